@@ -1,0 +1,1 @@
+//! The network-namespace lab and helpers shared by the end-to-end tests.
