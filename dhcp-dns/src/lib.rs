@@ -1,1 +1,3 @@
-//! placeholder
+//! dhcp-dns
+
+pub mod config;

@@ -1,1 +1,3 @@
-//! placeholder
+//! ha-membership
+
+pub mod config;

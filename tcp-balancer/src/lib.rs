@@ -1,1 +1,3 @@
-//! placeholder
+//! tcp-balancer
+
+pub mod config;

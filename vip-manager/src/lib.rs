@@ -1,1 +1,3 @@
-//! placeholder
+//! vip-manager
+
+pub mod config;

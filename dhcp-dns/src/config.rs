@@ -1,0 +1,1 @@
+//! Serde types of this crate's config section (owned by the config work).
