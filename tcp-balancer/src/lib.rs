@@ -1,3 +1,9 @@
-//! tcp-balancer
+//! tcp-balancer: the L4 data path of hastack's HAProxy replacement.
+//!
+//! - [`balance`]: balancing algorithms over a server table (pure code).
+//! - [`health`]: HAProxy-style health-check state machine (sans-IO) and check conversations.
+//! - [`checker`]: the tokio task that runs health checks (TCP, HTTP, HTTPS, TLS hello, MySQL).
+//! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, zero-copy relay, counters.
 
+pub mod balance;
 pub mod config;
