@@ -1,0 +1,306 @@
+//! A parsed config file that remembers where every key and value came from, so any problem can be
+//! reported as `file:line:column: reason`.
+//!
+//! The file is parsed once with toml's span-preserving parser (`toml::de::DeTable`); each section is
+//! then deserialized on its own from that tree, so a type error in one section does not hide the
+//! problems of the others, and validation problems (a [`KeyPath`]) are mapped back to the span of
+//! their key or value.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::diag::{Anchor, KeyPath, Problem, Segment};
+
+/// A diagnostic with its place in a file: printed as `file:line:column: reason`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Located {
+    /// The file name as the operator gave it.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, counted in characters.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found in one config file, located; empty means the file is good.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// The problems, sorted by position.
+    pub items: Vec<Located>,
+    /// True when the file could not be read at all (a different exit code from "has problems").
+    pub unreadable: bool,
+}
+
+impl Diagnostics {
+    /// One diagnostic for a file that cannot be read.
+    pub fn unreadable(file: &str, reason: impl fmt::Display) -> Self {
+        Self {
+            items: vec![Located { file: file.to_string(), line: 0, column: 0, message: format!("cannot read: {reason}") }],
+            unreadable: true,
+        }
+    }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Adds a located problem.
+    pub fn push(&mut self, located: Located) {
+        self.items.push(located);
+    }
+
+    /// Sorts by position and drops exact duplicates (the toml parser's recovery can repeat itself).
+    pub fn finish(&mut self) {
+        self.items.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        let mut seen = std::collections::HashSet::new();
+        self.items.retain(|d| seen.insert((d.line, d.column, d.message.clone())));
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.items {
+            if self.unreadable {
+                writeln!(f, "{}: {}", d.file, d.message)?;
+            } else {
+                writeln!(f, "{d}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// A config file parsed with its spans: the source of truth for locating problems.
+#[derive(Debug)]
+pub struct SourceFile<'a> {
+    name: String,
+    text: &'a str,
+    root: Spanned<DeTable<'a>>,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> SourceFile<'a> {
+    /// Parses `text` (named `name` in diagnostics); on syntax errors returns every one it found.
+    pub fn parse(name: &str, text: &'a str) -> Result<Self, Diagnostics> {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let (root, errors) = DeTable::parse_recoverable(text);
+        let file = Self { name: name.to_string(), text, root, line_starts };
+        if errors.is_empty() {
+            return Ok(file);
+        }
+        let mut diags = Diagnostics::default();
+        for e in errors {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            diags.push(file.at(offset, format!("syntax error: {}", e.message())));
+        }
+        diags.finish();
+        Err(diags)
+    }
+
+    /// The file name used in diagnostics.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The (1-based) line and column of a byte offset.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = self.text.get(start..offset).map(|s| s.chars().count()).unwrap_or(offset - start) + 1;
+        (line, column)
+    }
+
+    /// A diagnostic at a byte offset.
+    pub fn at(&self, offset: usize, message: impl Into<String>) -> Located {
+        let (line, column) = self.position(offset);
+        Located { file: self.name.clone(), line, column, message: message.into() }
+    }
+
+    /// The top-level keys with the span of each key, in file order.
+    pub fn top_level_keys(&self) -> Vec<(String, Range<usize>)> {
+        let mut keys: Vec<_> = self.root.get_ref().keys().map(|k| (k.get_ref().to_string(), k.span())).collect();
+        keys.sort_by_key(|(_, span)| span.start);
+        keys
+    }
+
+    /// The value at `path`, if the file has one.
+    pub fn get(&self, path: &KeyPath) -> Option<&Spanned<DeValue<'a>>> {
+        match self.walk(path) {
+            Walk::Found { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The number of elements of the array at `path` (arrays of tables included).
+    pub fn array_len(&self, path: &KeyPath) -> Option<usize> {
+        match self.get(path)?.get_ref() {
+            DeValue::Array(a) => Some(a.len()),
+            _ => None,
+        }
+    }
+
+    /// Deserializes the value at `path` on its own; `Ok(None)` when the file does not have it.
+    /// Errors carry the exact place of the offending key or value.
+    pub fn deserialize<T: DeserializeOwned>(&self, path: &KeyPath) -> Result<Option<T>, Located> {
+        let Some(value) = self.get(path) else { return Ok(None) };
+        let fallback = value.span().start;
+        T::deserialize(ValueDeserializer::from(value.clone())).map(Some).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(fallback);
+            self.at(offset, e.message().to_string())
+        })
+    }
+
+    /// Maps a validation problem to its place: the value (or key) at its path, else the nearest
+    /// enclosing item that exists (a missing key is reported at its table).
+    pub fn locate(&self, problem: &Problem) -> Located {
+        let offset = self.offset_of(&problem.path, problem.anchor);
+        let mut message = problem.message.clone();
+        if let Some(related) = &problem.related {
+            if let Walk::Found { value, .. } = self.walk(related) {
+                let (line, column) = self.position(value.span().start);
+                message.push_str(&format!(" (see line {line} column {column})"));
+            }
+        }
+        self.at(offset, message)
+    }
+
+    fn offset_of(&self, path: &KeyPath, anchor: Anchor) -> usize {
+        match self.walk(path) {
+            Walk::Found { key_span, value } => match (anchor, key_span) {
+                (Anchor::Key, Some(k)) => k.start,
+                _ => value.span().start,
+            },
+            Walk::Partial { nearest } => nearest.map(|v| v.span().start).unwrap_or(0),
+        }
+    }
+
+    fn walk(&self, path: &KeyPath) -> Walk<'_, 'a> {
+        let mut current: Option<&Spanned<DeValue<'a>>> = None;
+        let mut key_span = None;
+        for (i, seg) in path.segments().iter().enumerate() {
+            let next = match (seg, current) {
+                (Segment::Key(k), None) => self.root.get_ref().get_key_value(k.as_str()).map(|(k, v)| (Some(k.span()), v)),
+                (Segment::Key(k), Some(v)) => match v.get_ref() {
+                    DeValue::Table(t) => t.get_key_value(k.as_str()).map(|(k, v)| (Some(k.span()), v)),
+                    _ => None,
+                },
+                (Segment::Index(n), Some(v)) => match v.get_ref() {
+                    DeValue::Array(a) => a.get(*n).map(|e| (Some(e.span()), e)),
+                    _ => None,
+                },
+                (Segment::Index(_), None) => None,
+            };
+            match next {
+                Some((k, v)) => {
+                    key_span = k;
+                    current = Some(v);
+                }
+                None => {
+                    let _ = i;
+                    return Walk::Partial { nearest: current };
+                }
+            }
+        }
+        match current {
+            Some(value) => Walk::Found { key_span, value },
+            None => Walk::Partial { nearest: None },
+        }
+    }
+}
+
+enum Walk<'s, 'a> {
+    Found { key_span: Option<Range<usize>>, value: &'s Spanned<DeValue<'a>> },
+    Partial { nearest: Option<&'s Spanned<DeValue<'a>>> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    const TEXT: &str = "[cluster]\nname = \"lab\"\n\n[[cluster.node]]\nid = 1\nname = \"gw1\"\n\n[[cluster.node]]\nid = 2\nname = \"gw2\"   # two\n";
+
+    fn loc(file: &SourceFile<'_>, path: KeyPath) -> (usize, usize) {
+        let l = file.locate(&Problem::new(path, "x"));
+        (l.line, l.column)
+    }
+
+    #[test]
+    fn key_path_maps_to_the_value_span() {
+        let file = SourceFile::parse("t.toml", TEXT).unwrap();
+        assert_eq!(loc(&file, KeyPath::new("cluster.name")), (2, 8));
+        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(1).key("id")), (9, 6));
+        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(1)), (8, 1));
+        let key = file.locate(&Problem::new(KeyPath::new("cluster.node").index(1).key("name"), "x").at_key());
+        assert_eq!((key.line, key.column), (10, 1));
+    }
+
+    #[test]
+    fn a_missing_key_is_reported_at_its_nearest_existing_table() {
+        let file = SourceFile::parse("t.toml", TEXT).unwrap();
+        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(0).key("votes")), (4, 1));
+        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(7).key("id")), (4, 1));
+        assert_eq!(loc(&file, KeyPath::new("nothing.here")), (1, 1));
+    }
+
+    #[test]
+    fn related_paths_are_appended_with_their_position() {
+        let file = SourceFile::parse("t.toml", TEXT).unwrap();
+        let p = Problem::new(KeyPath::new("cluster.node").index(1).key("id"), "duplicate node id 1")
+            .with_related(KeyPath::new("cluster.node").index(0).key("id"));
+        assert_eq!(file.locate(&p).to_string(), "t.toml:9:6: duplicate node id 1 (see line 5 column 6)");
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let text = "a = \"é\"\nb = \"ü\" ; c = 1\n";
+        let (_, errs) = (0, SourceFile::parse("u.toml", text).unwrap_err());
+        assert_eq!(errs.items[0].line, 2);
+        assert_eq!(errs.items[0].column, 9);
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Node {
+        id: u32,
+        name: String,
+    }
+
+    #[test]
+    fn section_errors_point_at_the_offending_key() {
+        let text = "[[node]]\nid = 1\nnmae = \"a\"\n[[node]]\nid = \"two\"\nname = \"b\"\n";
+        let file = SourceFile::parse("n.toml", text).unwrap();
+        let e0 = file.deserialize::<Node>(&KeyPath::new("node").index(0)).unwrap_err();
+        assert_eq!((e0.line, e0.column), (3, 1));
+        assert!(e0.message.starts_with("unknown field `nmae`"), "{}", e0.message);
+        let e1 = file.deserialize::<Node>(&KeyPath::new("node").index(1)).unwrap_err();
+        assert_eq!((e1.line, e1.column), (5, 6));
+        assert_eq!(file.deserialize::<Node>(&KeyPath::new("absent")).unwrap().map(|n| n.id), None);
+    }
+
+    #[test]
+    fn syntax_errors_are_all_reported_and_sorted() {
+        let errs = SourceFile::parse("s.toml", "a = \nb = 2\nc = [1 2]\n").unwrap_err();
+        assert!(errs.items.len() >= 2, "{errs}");
+        assert!(errs.items.windows(2).all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)));
+        assert!(errs.items.iter().all(|d| d.message.starts_with("syntax error: ")));
+    }
+}
