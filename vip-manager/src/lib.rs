@@ -9,6 +9,7 @@ pub mod config;
 pub mod model;
 pub mod placement;
 pub mod score;
+pub mod transition;
 
 pub use model::{
     ClusterPolicy, Constraint, CurrentPlacement, FailCounts, NoQuorumPolicy, NodeId, OnFail,
@@ -16,3 +17,4 @@ pub use model::{
 };
 pub use placement::{place, Placement};
 pub use score::Score;
+pub use transition::{plan, Action, Plan};
