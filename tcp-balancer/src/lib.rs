@@ -7,3 +7,5 @@
 
 pub mod balance;
 pub mod config;
+pub mod checker;
+pub mod health;
