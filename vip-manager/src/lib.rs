@@ -6,9 +6,12 @@
 //! sans-IO; `vip`, `garp`, `exec` and `systemd` are the I/O resource agents.
 
 pub mod config;
+pub mod exec;
 pub mod model;
+pub mod monitor;
 pub mod placement;
 pub mod score;
+pub mod systemd;
 pub mod transition;
 
 pub use model::{
