@@ -3,9 +3,12 @@
 //! - [`balance`]: balancing algorithms over a server table (pure code).
 //! - [`health`]: HAProxy-style health-check state machine (sans-IO) and check conversations.
 //! - [`checker`]: the tokio task that runs health checks (TCP, HTTP, HTTPS, TLS hello, MySQL).
-//! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, zero-copy relay, counters.
+//! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, retries, counters, drain.
+//! - [`relay`]: the zero-copy (splice) or copy full-duplex relay with half-close and timeouts.
 
 pub mod balance;
 pub mod config;
 pub mod checker;
 pub mod health;
+pub mod proxy;
+pub mod relay;

@@ -1,0 +1,962 @@
+//! Mode tcp: one frontend (a listening address) in front of one backend (a server table).
+//!
+//! Session lifecycle:
+//! 1. **accept** — only while the frontend is below its `maxconn` (otherwise connections wait in
+//!    the kernel's backlog, as with HAProxy).
+//! 2. **assign** — the balancer picks a server; when every eligible server is at its `maxconn`
+//!    the session waits in the backend's bounded FIFO queue until a slot frees or
+//!    `timeout queue` passes (then the client is closed). No eligible server: closed.
+//! 3. **connect** — with `timeout connect`; on failure retried up to `retries` times, after a
+//!    turn-around delay on the same server, or on another server when the redispatch policy
+//!    says so (HAProxy's `option redispatch <interval>`).
+//! 4. **relay** — zero-copy full-duplex relay ([`crate::relay`]) with half-close forwarded and
+//!    client/server/tunnel/fin inactivity timeouts; killed when its server is marked down with
+//!    `on-marked-down shutdown-sessions`, or at the end of a graceful drain.
+//! 5. **close** — counters updated, the server's slot freed and the queue's head served.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::balance::{AdminState, Algorithm, BalanceError, Decision, ServerSpec, ServerTable, hash_addr};
+use crate::checker::{CheckSpec, Prober, TlsConfigError, run_health_loop};
+use crate::health::{HealthCheck, HealthEvent, HealthParams};
+use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, Side, relay};
+
+/// Session timeouts (HAProxy's `timeout` keywords).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `timeout connect`.
+    pub connect: Duration,
+    /// `timeout queue`; HAProxy uses `timeout connect` when unset.
+    pub queue: Option<Duration>,
+    /// Inactivity timeouts while relaying.
+    pub idle: IdleTimeouts,
+}
+
+impl Default for Timeouts {
+    /// kubeadm's HAProxy guide values: connect 5s, client/server 20s, tunnel unset.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            queue: None,
+            idle: IdleTimeouts {
+                client: Duration::from_secs(20),
+                server: Duration::from_secs(20),
+                tunnel: None,
+                client_fin: None,
+                server_fin: None,
+            },
+        }
+    }
+}
+
+/// TCP keepalive and `TCP_USER_TIMEOUT`, applied to both legs so a dead peer is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probes before the connection is dropped.
+    pub count: u32,
+    /// Longest time sent data may stay unacknowledged.
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for Keepalive {
+    /// Detects a dead peer in about a minute (30s + 3×10s), unacked data in 60s.
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            count: 3,
+            user_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// When a failed connect is retried on another server (`option redispatch <interval>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redispatch {
+    /// Always retry the same server.
+    Off,
+    /// Redispatch on every Nth retry (`option redispatch N`, N > 0).
+    Every(u32),
+    /// Redispatch on the Nth retry before the last (`option redispatch -N`; plain `option
+    /// redispatch` is `BeforeLast(1)`: the last retry).
+    BeforeLast(u32),
+}
+
+impl Redispatch {
+    fn applies(self, retry: u32, retries: u32) -> bool {
+        match self {
+            Redispatch::Off => false,
+            Redispatch::Every(n) => n > 0 && retry % n == 0,
+            Redispatch::BeforeLast(n) => retry + n.saturating_sub(1) == retries,
+        }
+    }
+}
+
+/// One server of the backend.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Name, unique in the backend.
+    pub name: String,
+    /// Address the balancer connects to.
+    pub addr: SocketAddr,
+    /// Weight 0..=256.
+    pub weight: u32,
+    /// Backup server.
+    pub backup: bool,
+    /// Most concurrent sessions (`maxconn`); `None` is unlimited.
+    pub maxconn: Option<u32>,
+    /// Health check (`check`) with its timing; `None` keeps the server always up.
+    pub check: Option<(CheckSpec, HealthParams)>,
+}
+
+/// The backend: servers, algorithm, queueing and retries.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Name.
+    pub name: String,
+    /// Balancing algorithm.
+    pub algorithm: Algorithm,
+    /// Servers.
+    pub servers: Vec<ServerConfig>,
+    /// Connect retries after the first failure (HAProxy default 3).
+    pub retries: u32,
+    /// Redispatch policy.
+    pub redispatch: Redispatch,
+    /// Delay before retrying the same server (HAProxy: min(timeout connect, 1s)).
+    pub retry_delay: Duration,
+    /// Most sessions waiting for a free server slot.
+    pub maxqueue: usize,
+    /// Seed of the `random` algorithm.
+    pub seed: u64,
+}
+
+/// The listening side.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// Name.
+    pub name: String,
+    /// Listening address (IPv4 or IPv6).
+    pub bind: SocketAddr,
+    /// Most concurrent sessions.
+    pub maxconn: usize,
+    /// listen(2) backlog.
+    pub backlog: u32,
+    /// IP_FREEBIND: bind even if the address is not (yet) local, e.g. a VIP held elsewhere.
+    pub freebind: bool,
+    /// SO_REUSEPORT: let a new process bind beside this one during a reload.
+    pub reuseport: bool,
+}
+
+/// A complete tcp-mode proxy (`listen` section).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Frontend.
+    pub frontend: FrontendConfig,
+    /// Backend.
+    pub backend: BackendConfig,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Keepalive on both legs; `None` leaves the system defaults.
+    pub keepalive: Option<Keepalive>,
+    /// Splice or copy.
+    pub relay: RelayMode,
+}
+
+impl ProxyConfig {
+    /// A config with HAProxy-like defaults for the given listener and servers (roundrobin).
+    pub fn simple(bind: SocketAddr, servers: Vec<(String, SocketAddr)>) -> Self {
+        Self {
+            frontend: FrontendConfig {
+                name: "fe".into(),
+                bind,
+                maxconn: 10_000,
+                backlog: 1024,
+                freebind: false,
+                reuseport: false,
+            },
+            backend: BackendConfig {
+                name: "be".into(),
+                algorithm: Algorithm::RoundRobin,
+                servers: servers
+                    .into_iter()
+                    .map(|(name, addr)| ServerConfig { name, addr, weight: 1, backup: false, maxconn: None, check: None })
+                    .collect(),
+                retries: 3,
+                redispatch: Redispatch::BeforeLast(1),
+                retry_delay: Duration::from_secs(1),
+                maxqueue: 1024,
+                seed: 0,
+            },
+            timeouts: Timeouts::default(),
+            keepalive: Some(Keepalive::default()),
+            relay: RelayMode::Splice,
+        }
+    }
+}
+
+/// Why a proxy could not start or an admin command failed.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// The listener could not be set up.
+    #[error("frontend {frontend}: bind {addr}: {source}")]
+    Bind {
+        /// Frontend name.
+        frontend: String,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The server table is invalid.
+    #[error("backend {backend}: {source}")]
+    Backend {
+        /// Backend name.
+        backend: String,
+        /// Why.
+        source: BalanceError,
+    },
+    /// A server's TLS check setup is invalid.
+    #[error("server {server}: check: {source}")]
+    Check {
+        /// Server name.
+        server: String,
+        /// Why.
+        source: TlsConfigError,
+    },
+    /// An admin command named an unknown server.
+    #[error("no server named {0}")]
+    UnknownServer(String),
+}
+
+/// Counters of the frontend or of one server (`show stat` columns).
+#[derive(Debug, Default)]
+pub struct Counters {
+    cur: AtomicU32,
+    max: AtomicU32,
+    total: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connect_errors: AtomicU64,
+    retries: AtomicU64,
+    redispatches: AtomicU64,
+    killed: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl Counters {
+    fn open(&self) {
+        let c = self.cur.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max.fetch_max(c, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+    fn close(&self) {
+        self.cur.fetch_sub(1, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> CounterSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            current: self.cur.load(Ordering::Relaxed),
+            max: self.max.load(Ordering::Relaxed),
+            total: g(&self.total),
+            bytes_in: g(&self.bytes_in),
+            bytes_out: g(&self.bytes_out),
+            connect_errors: g(&self.connect_errors),
+            retries: g(&self.retries),
+            redispatches: g(&self.redispatches),
+            killed: g(&self.killed),
+            timeouts: g(&self.timeouts),
+        }
+    }
+}
+
+/// A point-in-time copy of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterSnapshot {
+    /// Current sessions.
+    pub current: u32,
+    /// Highest concurrent sessions seen.
+    pub max: u32,
+    /// Sessions since start.
+    pub total: u64,
+    /// Bytes received from clients.
+    pub bytes_in: u64,
+    /// Bytes sent to clients.
+    pub bytes_out: u64,
+    /// Failed connects to servers.
+    pub connect_errors: u64,
+    /// Connect retries.
+    pub retries: u64,
+    /// Retries moved to another server.
+    pub redispatches: u64,
+    /// Sessions shut by the balancer (shutdown-sessions, hard stop).
+    pub killed: u64,
+    /// Sessions ended by an inactivity timeout.
+    pub timeouts: u64,
+}
+
+/// Backend-level queue and failure counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendSnapshot {
+    /// Sessions waiting in the queue now.
+    pub queue_current: usize,
+    /// Longest the queue has been.
+    pub queue_max: usize,
+    /// Sessions closed after `timeout queue`.
+    pub queue_timeouts: u64,
+    /// Sessions refused because the queue was full.
+    pub queue_full: u64,
+    /// Sessions closed because no server was eligible.
+    pub no_server: u64,
+    /// Sessions closed because every connect attempt failed.
+    pub connect_failed: u64,
+}
+
+/// One server's line of `show stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub addr: SocketAddr,
+    /// `UP`, `DOWN`, `DRAIN` or `MAINT`.
+    pub status: &'static str,
+    /// Effective weight.
+    pub weight: u32,
+    /// Backup flag.
+    pub backup: bool,
+    /// Counters.
+    pub counters: CounterSnapshot,
+}
+
+/// A `show stat`-like snapshot of the whole proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Frontend name.
+    pub frontend: String,
+    /// Frontend counters.
+    pub frontend_counters: CounterSnapshot,
+    /// Backend name.
+    pub backend: String,
+    /// Backend counters.
+    pub backend_counters: BackendSnapshot,
+    /// Servers in id order.
+    pub servers: Vec<ServerStats>,
+}
+
+/// One established session (`show sess`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Server name.
+    pub server: String,
+    /// Time since the session was accepted.
+    pub age: Duration,
+}
+
+struct Waiter {
+    hash: u64,
+    tx: oneshot::Sender<usize>,
+}
+
+struct BackendState {
+    table: ServerTable,
+    queue: VecDeque<Waiter>,
+}
+
+struct ServerRt {
+    name: String,
+    addr: SocketAddr,
+    counters: Counters,
+    /// Bumped to shut every session on this server.
+    kill: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct BackendCounters {
+    queue_max: AtomicUsize,
+    queue_timeouts: AtomicU64,
+    queue_full: AtomicU64,
+    no_server: AtomicU64,
+    connect_failed: AtomicU64,
+}
+
+struct Shared {
+    cfg: ProxyConfig,
+    state: Mutex<BackendState>,
+    servers: Vec<ServerRt>,
+    frontend: Counters,
+    backend: BackendCounters,
+    sessions: Mutex<HashMap<u64, (SocketAddr, usize, Instant)>>,
+    next_id: AtomicU64,
+    /// Sessions alive (accepted, not yet closed), for drain.
+    alive: AtomicUsize,
+    idle: Notify,
+    /// Stops accepting and health checks.
+    stop: watch::Sender<bool>,
+    /// Kills every session (end of drain).
+    kill_all: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, BackendState> {
+        // A panic while holding the lock would be a bug; the state stays usable either way.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands free server slots to queued sessions, in FIFO order.
+    fn dispatch(&self, st: &mut BackendState) {
+        while let Some(w) = st.queue.front() {
+            if w.tx.is_closed() {
+                st.queue.pop_front();
+                continue;
+            }
+            match st.table.pick(w.hash) {
+                Decision::Server(i) => {
+                    st.table.session_started(i);
+                    let Some(w) = st.queue.pop_front() else { break };
+                    if w.tx.send(i).is_err() {
+                        st.table.session_ended(i);
+                    }
+                }
+                Decision::AllFull => break,
+                // Nothing can serve them: dropping the senders closes those clients now.
+                Decision::NoServer => st.queue.clear(),
+            }
+        }
+    }
+
+    fn release(&self, idx: usize) {
+        let mut st = self.lock();
+        st.table.session_ended(idx);
+        self.dispatch(&mut st);
+    }
+
+    fn on_health(&self, idx: usize, ev: HealthEvent) {
+        let name = &self.servers[idx].name;
+        match ev {
+            HealthEvent::StartCheck => {}
+            HealthEvent::ServerUp => {
+                tracing::info!(backend = %self.cfg.backend.name, server = %name, "server is UP");
+                let mut st = self.lock();
+                st.table.set_up(idx, true);
+                self.dispatch(&mut st);
+            }
+            HealthEvent::ServerDown { shutdown_sessions } => {
+                tracing::warn!(backend = %self.cfg.backend.name, server = %name, shutdown_sessions, "server is DOWN");
+                {
+                    let mut st = self.lock();
+                    st.table.set_up(idx, false);
+                    self.dispatch(&mut st);
+                }
+                if shutdown_sessions {
+                    self.servers[idx].kill.send_modify(|g| *g += 1);
+                }
+            }
+            HealthEvent::WeightChanged(w) => {
+                let mut st = self.lock();
+                st.table.set_eweight(idx, w);
+                self.dispatch(&mut st);
+            }
+        }
+    }
+}
+
+/// A running tcp-mode proxy. Dropping it does not stop it; call [`Proxy::drain`] or
+/// [`Proxy::stop`].
+pub struct Proxy {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+/// Builds the listening socket: reuseaddr, optional reuseport and freebind, v6-only for v6.
+pub fn bind_listener(fe: &FrontendConfig) -> std::io::Result<TcpListener> {
+    let addr = fe.bind;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if fe.reuseport {
+        sock.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // A v6 listener must not grab the v4 port too: v4 has its own bind lines.
+        sock.set_only_v6(true)?;
+    }
+    if fe.freebind {
+        match addr {
+            SocketAddr::V4(_) => sock.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => sock.set_freebind_v6(true)?,
+        }
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(fe.backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(std::net::TcpListener::from(sock))
+}
+
+fn tune(sock: SockRef<'_>, ka: Option<&Keepalive>) {
+    let _ = sock.set_tcp_nodelay(true);
+    if let Some(ka) = ka {
+        let params = TcpKeepalive::new().with_time(ka.idle).with_interval(ka.interval).with_retries(ka.count);
+        if let Err(e) = sock.set_tcp_keepalive(&params) {
+            tracing::debug!(error = %e, "cannot set TCP keepalive");
+        }
+        if let Err(e) = sock.set_tcp_user_timeout(ka.user_timeout) {
+            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+        }
+    }
+}
+
+impl Proxy {
+    /// Binds the frontend, starts health checks and the accept loop.
+    pub async fn start(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let listener = bind_listener(&cfg.frontend).map_err(|source| ProxyError::Bind {
+            frontend: cfg.frontend.name.clone(),
+            addr: cfg.frontend.bind,
+            source,
+        })?;
+        Self::start_with_listener(cfg, listener)
+    }
+
+    /// Starts on an already bound listener (socket handed over by a previous process).
+    pub fn start_with_listener(cfg: ProxyConfig, listener: TcpListener) -> Result<Proxy, ProxyError> {
+        let be = &cfg.backend;
+        let specs = be
+            .servers
+            .iter()
+            .map(|s| ServerSpec { name: s.name.clone(), weight: s.weight, backup: s.backup, maxconn: s.maxconn })
+            .collect();
+        let table = ServerTable::new(be.algorithm, specs, be.seed)
+            .map_err(|source| ProxyError::Backend { backend: be.name.clone(), source })?;
+        let mut probers = Vec::new();
+        for (i, s) in be.servers.iter().enumerate() {
+            if let Some((spec, params)) = &s.check {
+                let p = Prober::new(spec.clone())
+                    .map_err(|source| ProxyError::Check { server: s.name.clone(), source })?;
+                probers.push((i, p, params.clone()));
+            }
+        }
+        let local = listener.local_addr().map_err(|source| ProxyError::Bind {
+            frontend: cfg.frontend.name.clone(),
+            addr: cfg.frontend.bind,
+            source,
+        })?;
+        let servers = be
+            .servers
+            .iter()
+            .map(|s| ServerRt {
+                name: s.name.clone(),
+                addr: s.addr,
+                counters: Counters::default(),
+                kill: watch::channel(0).0,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(BackendState { table, queue: VecDeque::new() }),
+            servers,
+            frontend: Counters::default(),
+            backend: BackendCounters::default(),
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            alive: AtomicUsize::new(0),
+            idle: Notify::new(),
+            stop: watch::channel(false).0,
+            kill_all: watch::channel(0).0,
+            cfg,
+        });
+        let mut tasks = Vec::new();
+        let n_checks = probers.len().max(1) as u32;
+        for (k, (i, prober, params)) in probers.into_iter().enumerate() {
+            // Spread first checks over one interval so servers are not probed in a burst.
+            let first = tokio::time::Instant::now().into_std() + params.inter / n_checks * k as u32;
+            let machine = HealthCheck::new(params, first);
+            {
+                let mut st = shared.lock();
+                st.table.set_up(i, machine.is_up());
+                st.table.set_eweight(i, machine.weight());
+            }
+            let sh = shared.clone();
+            let addr = shared.servers[i].addr;
+            let stop = shared.stop.subscribe();
+            tasks.push(tokio::spawn(run_health_loop(addr, prober, machine, stop, move |ev, err| {
+                if let (HealthEvent::ServerDown { .. }, Some(e)) = (ev, err) {
+                    tracing::warn!(server = %sh.servers[i].name, reason = %e, "last check failed");
+                }
+                sh.on_health(i, ev);
+            })));
+        }
+        tasks.push(tokio::spawn(accept_loop(shared.clone(), listener)));
+        Ok(Proxy { shared, local, tasks })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A `show stat`-like snapshot.
+    pub fn stats(&self) -> Stats {
+        let sh = &self.shared;
+        let st = sh.lock();
+        let servers = sh
+            .servers
+            .iter()
+            .zip(st.table.servers())
+            .map(|(rt, slot)| ServerStats {
+                name: rt.name.clone(),
+                addr: rt.addr,
+                status: match (slot.admin(), slot.is_up()) {
+                    (AdminState::Maint, _) => "MAINT",
+                    (_, false) => "DOWN",
+                    (AdminState::Drain, true) => "DRAIN",
+                    (AdminState::Ready, true) => "UP",
+                },
+                weight: slot.eweight(),
+                backup: slot.spec().backup,
+                counters: rt.counters.snapshot(),
+            })
+            .collect();
+        let b = &sh.backend;
+        Stats {
+            frontend: sh.cfg.frontend.name.clone(),
+            frontend_counters: sh.frontend.snapshot(),
+            backend: sh.cfg.backend.name.clone(),
+            backend_counters: BackendSnapshot {
+                queue_current: st.queue.len(),
+                queue_max: b.queue_max.load(Ordering::Relaxed),
+                queue_timeouts: b.queue_timeouts.load(Ordering::Relaxed),
+                queue_full: b.queue_full.load(Ordering::Relaxed),
+                no_server: b.no_server.load(Ordering::Relaxed),
+                connect_failed: b.connect_failed.load(Ordering::Relaxed),
+            },
+            servers,
+        }
+    }
+
+    /// Established sessions (`show sess`).
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let s = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<SessionInfo> = s
+            .iter()
+            .map(|(&id, &(client, idx, since))| SessionInfo {
+                id,
+                client,
+                server: self.shared.servers[idx].name.clone(),
+                age: since.elapsed(),
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    fn server_index(&self, name: &str) -> Result<usize, ProxyError> {
+        self.shared
+            .servers
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ProxyError::UnknownServer(name.to_string()))
+    }
+
+    /// `set server <b>/<s> state ready|drain|maint`.
+    pub fn set_server_state(&self, server: &str, state: AdminState) -> Result<(), ProxyError> {
+        let i = self.server_index(server)?;
+        let mut st = self.shared.lock();
+        st.table.set_admin(i, state);
+        self.shared.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// `shutdown sessions server <b>/<s>`: closes every session on that server.
+    pub fn shutdown_server_sessions(&self, server: &str) -> Result<(), ProxyError> {
+        let i = self.server_index(server)?;
+        self.shared.servers[i].kill.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Graceful drain: stop accepting and health checks, let sessions finish for up to `grace`,
+    /// then close the rest. Returns how many were closed by force.
+    pub async fn drain(mut self, grace: Duration) -> usize {
+        let sh = self.shared.clone();
+        sh.stop.send_replace(true);
+        let deadline = Instant::now() + grace;
+        while sh.alive.load(Ordering::Acquire) > 0 {
+            let notified = sh.idle.notified();
+            if sh.alive.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let forced = sh.alive.load(Ordering::Acquire);
+        if forced > 0 {
+            sh.kill_all.send_modify(|g| *g += 1);
+            // Killed sessions finish promptly; bounded anyway.
+            let end = Instant::now() + Duration::from_secs(2);
+            while sh.alive.load(Ordering::Acquire) > 0 && Instant::now() < end {
+                let _ = tokio::time::timeout(Duration::from_millis(20), sh.idle.notified()).await;
+            }
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        forced
+    }
+
+    /// Immediate stop: closes the listener and every session.
+    pub async fn stop(self) {
+        self.drain(Duration::ZERO).await;
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
+    let sem = Arc::new(Semaphore::new(sh.cfg.frontend.maxconn.max(1)));
+    let mut stop = sh.stop.subscribe();
+    loop {
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stopped(&mut stop) => return,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        sh.alive.fetch_add(1, Ordering::AcqRel);
+        let sh2 = sh.clone();
+        let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer);
+        tokio::spawn(
+            async move {
+                session(&sh2, sock, peer).await;
+                drop(permit);
+                if sh2.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    sh2.idle.notify_waiters();
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Why a session could not get a server slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AssignError {
+    NoServer,
+    QueueFull,
+    QueueTimeout,
+}
+
+async fn assign(sh: &Shared, hash: u64, exclude: Option<usize>) -> Result<usize, AssignError> {
+    let mut rx = {
+        let mut st = sh.lock();
+        match st.table.pick_excluding(hash, exclude) {
+            Decision::Server(i) => {
+                st.table.session_started(i);
+                return Ok(i);
+            }
+            Decision::NoServer => return Err(AssignError::NoServer),
+            Decision::AllFull => {
+                if st.queue.len() >= sh.cfg.backend.maxqueue {
+                    return Err(AssignError::QueueFull);
+                }
+                let (tx, rx) = oneshot::channel();
+                st.queue.push_back(Waiter { hash, tx });
+                sh.backend.queue_max.fetch_max(st.queue.len(), Ordering::Relaxed);
+                rx
+            }
+        }
+    };
+    let t = sh.cfg.timeouts.queue.unwrap_or(sh.cfg.timeouts.connect);
+    match tokio::time::timeout(t, &mut rx).await {
+        Ok(Ok(i)) => Ok(i),
+        Ok(Err(_)) => Err(AssignError::NoServer),
+        Err(_) => {
+            // A slot may have been handed over just as the timer fired: keep it rather than leak it.
+            rx.close();
+            match rx.try_recv() {
+                Ok(i) => Ok(i),
+                Err(_) => Err(AssignError::QueueTimeout),
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, t: Duration, ka: Option<&Keepalive>) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    tune(SockRef::from(&sock), ka);
+    match tokio::time::timeout(t, sock.connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Adds relayed bytes to the frontend's and the server's counters.
+struct Sink<'a> {
+    fe: &'a Counters,
+    srv: &'a Counters,
+}
+
+impl ByteSink for Sink<'_> {
+    fn client_to_server(&self, n: u64) {
+        self.fe.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.srv.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+    fn server_to_client(&self, n: u64) {
+        self.fe.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.srv.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Frees the server slot however the session ends (including a panic or a kill).
+struct SlotGuard<'a> {
+    sh: &'a Shared,
+    idx: usize,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.sh.release(self.idx);
+    }
+}
+
+async fn session(sh: &Shared, client: TcpStream, peer: SocketAddr) {
+    let cfg = &sh.cfg;
+    sh.frontend.open();
+    let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+    let ka = cfg.keepalive.as_ref();
+    tune(SockRef::from(&client), ka);
+    let hash = hash_addr(peer.ip());
+
+    let mut slot = match assign(sh, hash, None).await {
+        Ok(i) => SlotGuard { sh, idx: i },
+        Err(e) => {
+            let c = match e {
+                AssignError::NoServer => &sh.backend.no_server,
+                AssignError::QueueFull => &sh.backend.queue_full,
+                AssignError::QueueTimeout => &sh.backend.queue_timeouts,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(id, %peer, reason = ?e, "no server for session");
+            sh.frontend.close();
+            return;
+        }
+    };
+    let be = &cfg.backend;
+    let mut retry = 0u32;
+    let server = loop {
+        let srv = &sh.servers[slot.idx];
+        match connect(srv.addr, cfg.timeouts.connect, ka).await {
+            Ok(s) => break s,
+            Err(e) => {
+                srv.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(id, server = %srv.name, error = %e, retry, "connect failed");
+                if retry >= be.retries {
+                    sh.backend.connect_failed.fetch_add(1, Ordering::Relaxed);
+                    sh.frontend.close();
+                    return;
+                }
+                retry += 1;
+                srv.counters.retries.fetch_add(1, Ordering::Relaxed);
+                if be.redispatch.applies(retry, be.retries) {
+                    let failed = slot.idx;
+                    // Free the slot first so a full server can be re-picked if it is the only one.
+                    drop(slot);
+                    match assign(sh, hash, Some(failed)).await {
+                        Ok(i) => slot = SlotGuard { sh, idx: i },
+                        Err(_) => {
+                            sh.backend.connect_failed.fetch_add(1, Ordering::Relaxed);
+                            sh.frontend.close();
+                            return;
+                        }
+                    }
+                    if slot.idx != failed {
+                        sh.servers[slot.idx].counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    tokio::time::sleep(be.retry_delay.min(cfg.timeouts.connect)).await;
+                }
+            }
+        }
+    };
+    let srv = &sh.servers[slot.idx];
+    tune(SockRef::from(&server), ka);
+    srv.counters.open();
+    sh.sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, (peer, slot.idx, Instant::now()));
+
+    let mut kill_srv = srv.kill.subscribe();
+    let mut kill_all = sh.kill_all.subscribe();
+    let kill = async {
+        tokio::select! {
+            _ = kill_srv.changed() => {},
+            _ = kill_all.changed() => {},
+        }
+    };
+    let sink = Sink { fe: &sh.frontend, srv: &srv.counters };
+    let end = relay(&client, &server, cfg.relay, cfg.timeouts.idle, &sink, kill).await;
+    match &end {
+        RelayEnd::Closed => {}
+        RelayEnd::Timeout(side) => {
+            srv.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(id, side = ?side, "session timed out");
+        }
+        RelayEnd::Killed => {
+            srv.counters.killed.fetch_add(1, Ordering::Relaxed);
+        }
+        RelayEnd::Error(side, e) => {
+            let side = match side {
+                Side::Client => "client",
+                Side::Server => "server",
+            };
+            tracing::debug!(id, side, error = %e, "session aborted");
+        }
+    }
+    // Abortive close on a kill so both peers see the end at once (a watch client reconnects
+    // immediately) rather than after lingering data.
+    if matches!(end, RelayEnd::Killed) {
+        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(&server).set_linger(Some(Duration::ZERO));
+    }
+    sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    srv.counters.close();
+    sh.frontend.close();
+    drop(slot);
+}
