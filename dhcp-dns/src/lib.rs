@@ -8,3 +8,4 @@
 
 pub mod config;
 pub mod leases;
+pub mod dhcp;
