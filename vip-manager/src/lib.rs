@@ -7,12 +7,14 @@
 
 pub mod config;
 pub mod exec;
+pub mod garp;
 pub mod model;
 pub mod monitor;
 pub mod placement;
 pub mod score;
 pub mod systemd;
 pub mod transition;
+pub mod vip;
 
 pub use model::{
     ClusterPolicy, Constraint, CurrentPlacement, FailCounts, NoQuorumPolicy, NodeId, OnFail,
