@@ -2,7 +2,18 @@
 //!
 //! - [`wire`]: the datagram format (parse/emit, bounded, never panics).
 //! - [`auth`]: BLAKE3 keyed MAC, replay windows, authkey loading and `keygen`.
+//! - [`engine`]: the sans-IO core (failure detection, agreed views), see its lifecycle note.
+//! - [`quorum`]: votequorum semantics computed from the agreed view.
 
 pub mod auth;
 pub mod config;
+pub mod engine;
+pub mod quorum;
 pub mod wire;
+
+#[cfg(test)]
+mod sim;
+
+pub use engine::{Engine, EngineParams, Event, NodeSpec, Status, Timing, Transmit};
+pub use quorum::{QuorumSettings, QuorumStatus, TieBreaker};
+pub use wire::{Member, NodeId, ViewId};

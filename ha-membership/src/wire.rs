@@ -31,7 +31,8 @@ pub const MAX_MEMBERS: usize = 64;
 pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN - MAC_LEN - 8 - 4 - 8 - 4 - 8 - 2;
 
 /// A node's id from the static node list (Corosync's `nodeid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+#[serde(transparent)]
 pub struct NodeId(pub u32);
 
 impl fmt::Display for NodeId {
@@ -44,7 +45,7 @@ impl fmt::Display for NodeId {
 ///
 /// The coordinator's boot epoch is part of the id so that a coordinator that restarts and reuses an
 /// epoch number can never create a second, different view under an id some stale node still holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub struct ViewId {
     /// Monotonic view number; a member only ever installs views with a larger epoch.
     pub epoch: u64,
@@ -61,7 +62,7 @@ impl fmt::Display for ViewId {
 }
 
 /// One member of a view: a node in one particular life (boot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Member {
     /// The node's id.
     pub node: NodeId,

@@ -1,0 +1,1080 @@
+//! The sans-IO membership engine: failure detection, agreed views and quorum.
+//!
+//! Events in: [`Engine::handle_datagram`] (authenticated bytes from a link), [`Engine::handle_timeout`]
+//! (the time asked for by [`Engine::poll_timeout`] has come) and [`Engine::leave`]. Actions out:
+//! [`Engine::poll_transmit`] (datagrams to send on a link) and [`Engine::poll_event`] (notifications).
+//! The engine never reads a clock: `now` is always passed in.
+//!
+//! # Lifecycle of a peer (failure detection, SWIM/Lifeguard style)
+//! ```text
+//!  Unknown --any datagram--> Alive --silent > suspect_timeout*LHM--> Suspect --deadline--> Failed
+//!                              ^    (PingReq to the others; Suspect    |  deadline shrinks as the
+//!                              |     sent to everyone incl. target)    |  others confirm (their
+//!                              +---- datagram / Alive refute / --------+  Suspect or "not seen" votes)
+//!                                    "seen recently" vote
+//!  Failed --any datagram--> Alive;   any --Leave--> Left;   any --datagram with a newer boot--> Alive (new life)
+//! ```
+//! Heartbeats go to every configured node on every link (all-to-all suits small clusters and is the
+//! fastest detector). A peer is alive if any link is; links have their own up/down state, reported as
+//! events, and never cause a view change on their own. The Local Health Multiplier (LHM, 0..=max) goes up
+//! when this node's own timer fired late, when it is suspected, or when its suspicion is refuted, and
+//! multiplies its timeouts: an overloaded node stretches its patience instead of accusing healthy peers.
+//!
+//! # Lifecycle of a view (coordinator-based GMS, as in JGroups/Totem)
+//! ```text
+//!  NoView --join_delay--> (coordinator duty) --propose(E+1, R)--> Proposing --all acked--> Install
+//!                                                         |  resend to non-ackers each heartbeat;
+//!                                                         +-- deadline: exclude non-ackers, re-propose
+//! ```
+//! The reachable set R is this node plus every peer not Failed/Left/Unknown/excluded. The node with
+//! the lowest id in its own R is coordinator: when R differs from the installed view's members (ids and
+//! boots), or a peer in R has held a different view for longer than `view_timeout`, it proposes view
+//! `(max epoch seen + 1, me, my boot)` with members R. A member acks a proposal that contains it (with
+//! its current boot), whose epoch is above its installed one, unless it already promised a proposal of
+//! a lower-id coordinator. The coordinator installs when every member acked; members install a
+//! `ViewInstall` that contains them and is newer than their view. View ids are unique for ever (a
+//! coordinator never proposes the same epoch twice in one boot, and its boot is part of the id), so
+//! every member of a view holds it identically. Partitions heal because the coordinators of the two
+//! sides hear each other's heartbeats and the lower one proposes the union.
+
+use crate::auth::{Authenticator, DropCounters, ReplayGuard};
+use crate::quorum::{Quorum, QuorumSettings, QuorumStatus};
+use crate::wire::{Header, Member, Message, NodeId, ViewId};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// One node of the static node list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeSpec {
+    /// The node's id.
+    pub id: NodeId,
+    /// Its votes (1 by default; a witness usually has 1 too).
+    pub votes: u32,
+    /// How many links (networks) it has; link i is the same network on every node.
+    pub links: usize,
+    /// A vote-only member (the role of corosync-qnetd): takes part in views and quorum, runs nothing.
+    pub witness: bool,
+}
+
+/// Failure-detection and view timings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Timing {
+    /// Heartbeat period per link.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer (or a link) is suspected.
+    pub suspect_timeout: Duration,
+    /// Suspicion timeout once enough independent confirmations arrived.
+    pub confirm_min: Duration,
+    /// Suspicion timeout with no confirmation.
+    pub confirm_max: Duration,
+    /// How long a coordinator waits for acks before re-proposing without the silent members.
+    pub view_timeout: Duration,
+    /// How long a starting node listens before it may propose a view.
+    pub join_delay: Duration,
+    /// Upper bound of the Local Health Multiplier (timeouts are multiplied by 1 + LHM).
+    pub max_lhm: u32,
+}
+
+impl Default for Timing {
+    /// LAN defaults aimed at sub-100 ms failure detection.
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval: Duration::from_millis(10),
+            suspect_timeout: Duration::from_millis(30),
+            confirm_min: Duration::from_millis(10),
+            confirm_max: Duration::from_millis(40),
+            view_timeout: Duration::from_millis(50),
+            join_delay: Duration::from_millis(40),
+            max_lhm: 8,
+        }
+    }
+}
+
+/// Everything the engine needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct EngineParams {
+    /// Cluster id carried in every datagram.
+    pub cluster_id: u32,
+    /// This node.
+    pub local: NodeId,
+    /// The static node list, including this node.
+    pub nodes: Vec<NodeSpec>,
+    /// Timings.
+    pub timing: Timing,
+    /// votequorum options.
+    pub quorum: QuorumSettings,
+}
+
+/// Why the parameters cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    /// The local node is not in the node list.
+    #[error("local node {0} is not in the node list")]
+    LocalNotListed(NodeId),
+    /// A node id appears twice.
+    #[error("node {0} is listed twice")]
+    Duplicate(NodeId),
+    /// A node has no link.
+    #[error("node {0} has no link")]
+    NoLinks(NodeId),
+    /// Too many nodes for one view datagram.
+    #[error("{0} nodes exceed the maximum of {max}", max = crate::wire::MAX_MEMBERS)]
+    TooManyNodes(usize),
+    /// A timing is zero or inconsistent.
+    #[error("invalid timing: {0}")]
+    Timing(&'static str),
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination node.
+    pub to: NodeId,
+    /// Link index to send it on.
+    pub link: usize,
+    /// The sealed datagram.
+    pub payload: Bytes,
+}
+
+/// Notifications for the rest of the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new agreed view is installed here.
+    ViewInstalled { view: ViewId, members: Vec<Member> },
+    /// This node's partition became quorate.
+    QuorumGained { view: ViewId },
+    /// This node's partition lost quorum (or this node left).
+    QuorumLost,
+    /// A link to a peer started working.
+    LinkUp { node: NodeId, link: usize },
+    /// A link to a peer stopped working (the peer may still be alive over another link).
+    LinkDown { node: NodeId, link: usize },
+    /// A peer is suspected (informational; no view change yet).
+    PeerSuspected { node: NodeId },
+    /// A peer was declared failed by this node.
+    PeerFailed { node: NodeId },
+}
+
+/// What this node thinks of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PeerState {
+    /// Never heard in its current life.
+    Unknown,
+    /// Heard recently (directly or vouched for by others).
+    Alive,
+    /// Silent; confirmation pending.
+    Suspect,
+    /// Declared failed by this node.
+    Failed,
+    /// Said it was leaving.
+    Left,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    last_heard: Option<Instant>,
+    up: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Suspicion {
+    since: Instant,
+    confirmations: BTreeSet<NodeId>,
+    probe: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    spec: NodeSpec,
+    boot: Option<u64>,
+    incarnation: u32,
+    last_heard: Option<Instant>,
+    /// Latest time another member heard this peer, as reported in a probe vote.
+    vouched: Option<Instant>,
+    links: Vec<Link>,
+    state: PeerState,
+    suspicion: Option<Suspicion>,
+    /// The view this peer last announced in a heartbeat.
+    view: Option<ViewId>,
+    view_mismatch_since: Option<Instant>,
+    excluded_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    view: ViewId,
+    members: Vec<Member>,
+    acks: BTreeSet<NodeId>,
+    deadline: Instant,
+}
+
+/// An installed view.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct View {
+    /// Its id.
+    pub id: ViewId,
+    /// Its members, ascending by node id.
+    pub members: Vec<Member>,
+}
+
+/// Counters for metrics and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    /// Views installed here.
+    pub views_installed: u64,
+    /// Views proposed here.
+    pub views_proposed: u64,
+    /// Suspicions started here.
+    pub suspicions: u64,
+    /// Suspicions cleared by evidence (datagram, refutation or vote).
+    pub suspicions_cleared: u64,
+    /// Peers declared failed here.
+    pub failures_declared: u64,
+    /// Times this node refuted a suspicion about itself.
+    pub refutations: u64,
+    /// Times this node's timer fired late.
+    pub late_timers: u64,
+}
+
+/// Per-peer status for `hastack members`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerStatus {
+    /// The peer.
+    pub node: NodeId,
+    /// Its state as seen here.
+    pub state: PeerState,
+    /// Up/down per link.
+    pub links: Vec<bool>,
+    /// Its boot epoch, if known.
+    pub boot: Option<u64>,
+    /// Its votes.
+    pub votes: u32,
+    /// Whether it is a vote-only witness.
+    pub witness: bool,
+}
+
+/// Snapshot for `hastack members` / `hastack quorum`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// This node.
+    pub local: NodeId,
+    /// This node's boot epoch.
+    pub boot: u64,
+    /// The installed view, if any.
+    pub view: Option<View>,
+    /// Every other configured node.
+    pub peers: Vec<PeerStatus>,
+    /// Quorum state.
+    pub quorum: QuorumStatus,
+    /// Current Local Health Multiplier.
+    pub local_health: u32,
+    /// Dropped-datagram counters.
+    pub drops: DropCounters,
+    /// Protocol counters.
+    pub stats: EngineStats,
+    /// Whether this node has left.
+    pub left: bool,
+}
+
+/// The membership engine of one node.
+#[derive(Debug)]
+pub struct Engine {
+    params: EngineParams,
+    auth: Authenticator,
+    guard: ReplayGuard,
+    boot: u64,
+    seq: u64,
+    incarnation: u32,
+    peers: BTreeMap<NodeId, Peer>,
+    view: Option<View>,
+    max_epoch: u64,
+    pending: Option<Pending>,
+    promise: Option<(ViewId, Instant)>,
+    next_heartbeat: Instant,
+    propose_not_before: Instant,
+    lhm: u32,
+    on_time_ticks: u32,
+    left: bool,
+    next_probe: u32,
+    quorum: Quorum,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    drops: DropCounters,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Start an engine. `boot` must be larger than any boot this node used before (e.g. wall-clock µs).
+    pub fn new(
+        params: EngineParams,
+        auth: Authenticator,
+        boot: u64,
+        now: Instant,
+    ) -> Result<Self, ParamsError> {
+        let mut seen = BTreeSet::new();
+        for n in &params.nodes {
+            if !seen.insert(n.id) {
+                return Err(ParamsError::Duplicate(n.id));
+            }
+            if n.links == 0 {
+                return Err(ParamsError::NoLinks(n.id));
+            }
+        }
+        if params.nodes.len() > crate::wire::MAX_MEMBERS {
+            return Err(ParamsError::TooManyNodes(params.nodes.len()));
+        }
+        let local = params
+            .nodes
+            .iter()
+            .find(|n| n.id == params.local)
+            .ok_or(ParamsError::LocalNotListed(params.local))?
+            .clone();
+        let t = &params.timing;
+        if t.heartbeat_interval.is_zero() || t.suspect_timeout <= t.heartbeat_interval {
+            return Err(ParamsError::Timing("suspect_timeout must exceed heartbeat_interval > 0"));
+        }
+        if t.confirm_min > t.confirm_max || t.view_timeout.is_zero() {
+            return Err(ParamsError::Timing("confirm_min <= confirm_max and view_timeout > 0 required"));
+        }
+        let peers: BTreeMap<NodeId, Peer> = params
+            .nodes
+            .iter()
+            .filter(|n| n.id != params.local)
+            .map(|n| {
+                let links = n.links.min(local.links);
+                (
+                    n.id,
+                    Peer {
+                        spec: n.clone(),
+                        boot: None,
+                        incarnation: 0,
+                        last_heard: None,
+                        vouched: None,
+                        links: vec![Link { last_heard: None, up: false }; links],
+                        state: PeerState::Unknown,
+                        suspicion: None,
+                        view: None,
+                        view_mismatch_since: None,
+                        excluded_until: None,
+                    },
+                )
+            })
+            .collect();
+        let guard = ReplayGuard::for_nodes(peers.keys().copied());
+        let quorum = Quorum::new(params.quorum.clone(), params.nodes.iter().map(|n| (n.id, n.votes)));
+        let mut e = Engine {
+            auth,
+            guard,
+            boot,
+            seq: 0,
+            incarnation: 0,
+            peers,
+            view: None,
+            max_epoch: 0,
+            pending: None,
+            promise: None,
+            next_heartbeat: now,
+            propose_not_before: now + params.timing.join_delay,
+            lhm: 0,
+            on_time_ticks: 0,
+            left: false,
+            next_probe: 1,
+            quorum,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            stats: EngineStats::default(),
+            params,
+        };
+        let ids: Vec<NodeId> = e.peers.keys().copied().collect();
+        for p in ids {
+            e.send(p, &Message::Join { incarnation: 0 });
+        }
+        Ok(e)
+    }
+
+    /// This node's id.
+    pub fn local(&self) -> NodeId {
+        self.params.local
+    }
+
+    /// The installed view, if any.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// Whether this node's partition is quorate.
+    pub fn quorate(&self) -> bool {
+        self.quorum.quorate()
+    }
+
+    /// Whether this node has left.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next notification.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn mult(&self) -> u32 {
+        1 + self.lhm
+    }
+
+    fn suspect_timeout(&self) -> Duration {
+        self.params.timing.suspect_timeout * self.mult()
+    }
+
+    fn lhm_up(&mut self) {
+        self.lhm = (self.lhm + 1).min(self.params.timing.max_lhm);
+        self.on_time_ticks = 0;
+    }
+
+    /// The suspicion timeout given `c` confirmations (Lifeguard's logarithmic shrink).
+    fn suspicion_timeout(&self, target: NodeId, c: usize) -> Duration {
+        let t = &self.params.timing;
+        let k = self
+            .peers
+            .values()
+            .filter(|p| p.spec.id != target && p.state == PeerState::Alive)
+            .count()
+            .min(3);
+        let base = if k == 0 {
+            t.confirm_max
+        } else {
+            let frac = ((c.min(k) + 1) as f64).ln() / ((k + 1) as f64).ln();
+            let span = t.confirm_max.saturating_sub(t.confirm_min);
+            t.confirm_max.saturating_sub(span.mul_f64(frac.clamp(0.0, 1.0))).max(t.confirm_min)
+        };
+        base * self.mult()
+    }
+
+    fn suspicion_deadline(&self, p: &Peer) -> Option<Instant> {
+        let s = p.suspicion.as_ref()?;
+        Some(s.since + self.suspicion_timeout(p.spec.id, s.confirmations.len()))
+    }
+
+    /// When `handle_timeout` must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
+        }
+        let mut t = self.next_heartbeat;
+        for p in self.peers.values() {
+            if let Some(d) = self.suspicion_deadline(p) {
+                t = t.min(d);
+            }
+        }
+        if let Some(p) = &self.pending {
+            t = t.min(p.deadline);
+        }
+        if let Some(q) = self.quorum.poll_timeout() {
+            t = t.min(q);
+        }
+        Some(t)
+    }
+
+    fn seal(&mut self, msg: &Message) -> Option<Bytes> {
+        self.seq += 1;
+        let h = Header {
+            cluster_id: self.params.cluster_id,
+            sender: self.params.local,
+            boot: self.boot,
+            seq: self.seq,
+        };
+        match self.auth.seal(&h, msg) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(kind = msg.kind(), error = %e, "cannot emit membership message");
+                None
+            }
+        }
+    }
+
+    /// Send one sealed copy on every working link to `to` (all links if none is known to work); the
+    /// receiver's replay window drops the duplicates.
+    fn send(&mut self, to: NodeId, msg: &Message) {
+        let Some(payload) = self.seal(msg) else { return };
+        let Some(p) = self.peers.get(&to) else { return };
+        let up: Vec<usize> = (0..p.links.len()).filter(|&l| p.links[l].up).collect();
+        let links = if up.is_empty() { (0..p.links.len()).collect() } else { up };
+        for link in links {
+            self.transmits.push_back(Transmit { to, link, payload: payload.clone() });
+        }
+    }
+
+    fn send_heartbeats(&mut self) {
+        let view = self.view.as_ref().map(|v| v.id);
+        let msg = Message::Heartbeat { view, incarnation: self.incarnation };
+        let targets: Vec<(NodeId, usize)> =
+            self.peers.values().map(|p| (p.spec.id, p.links.len())).collect();
+        for (to, links) in targets {
+            for link in 0..links {
+                // One datagram per link: each link must prove itself.
+                if let Some(payload) = self.seal(&msg) {
+                    self.transmits.push_back(Transmit { to, link, payload });
+                }
+            }
+        }
+    }
+
+    /// Leave the cluster on purpose: tell every peer (twice, for loss) and stop.
+    pub fn leave(&mut self, _now: Instant) {
+        if self.left {
+            return;
+        }
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for _ in 0..2 {
+            for &p in &ids {
+                self.send(p, &Message::Leave);
+            }
+        }
+        self.left = true;
+        self.pending = None;
+        self.view = None;
+        if let Some(false) = self.quorum.clear() {
+            self.events.push_back(Event::QuorumLost);
+        }
+    }
+
+    /// Process one received datagram that arrived on `link`. Anything invalid is dropped and counted.
+    pub fn handle_datagram(&mut self, now: Instant, link: usize, datagram: &[u8]) {
+        if self.left {
+            return;
+        }
+        let (header, msg) = match self.auth.open(datagram, self.params.cluster_id, &mut self.guard) {
+            Ok(x) => x,
+            Err(reason) => {
+                tracing::debug!(%reason, "dropped membership datagram");
+                self.drops.record(&reason);
+                return;
+            }
+        };
+        let from = header.sender;
+        self.heard(now, from, header.boot, link);
+        match msg {
+            Message::Heartbeat { view, incarnation } => {
+                self.note_incarnation(from, incarnation);
+                self.note_peer_view(now, from, view);
+            }
+            Message::Join { incarnation } | Message::Alive { incarnation } => {
+                self.note_incarnation(from, incarnation);
+            }
+            Message::Ping { probe } => self.send(from, &Message::Ack { probe }),
+            Message::Ack { .. } => {}
+            Message::PingReq { target, probe } => self.on_ping_req(now, from, target, probe),
+            Message::ProbeVote { target, probe, alive, heard_ago_ms } => {
+                self.on_vote(now, from, target, probe, alive, heard_ago_ms)
+            }
+            Message::Suspect { target, boot, incarnation } => {
+                self.on_suspect(now, from, target, boot, incarnation)
+            }
+            Message::ViewPropose { view, members } => {
+                self.on_propose(now, from, header.boot, view, members)
+            }
+            Message::ViewAck { view, accept, max_epoch } => {
+                self.on_ack(now, from, view, accept, max_epoch)
+            }
+            Message::ViewInstall { view, members } => {
+                if view.coordinator == from && view.coordinator_boot == header.boot {
+                    self.install(now, view, members);
+                }
+            }
+            Message::Leave => self.on_leave(from),
+            // The ordered channel is not built yet; its messages are accepted and ignored.
+            Message::Data { .. } | Message::Nack { .. } => {}
+        }
+        self.coordinator_duty(now);
+    }
+
+    fn heard(&mut self, now: Instant, from: NodeId, boot: u64, link: usize) {
+        let Some(p) = self.peers.get_mut(&from) else { return };
+        if p.boot.is_some_and(|b| boot > b) {
+            // A new life of this node: the old one is gone.
+            p.incarnation = 0;
+            p.state = PeerState::Unknown;
+            p.suspicion = None;
+            p.view = None;
+            p.excluded_until = None;
+        }
+        p.boot = Some(boot);
+        if p.state == PeerState::Left {
+            return;
+        }
+        p.last_heard = Some(now);
+        if let Some(l) = p.links.get_mut(link) {
+            l.last_heard = Some(now);
+            if !l.up {
+                l.up = true;
+                self.events.push_back(Event::LinkUp { node: from, link });
+            }
+        }
+        if p.state != PeerState::Alive {
+            if p.state == PeerState::Suspect {
+                self.stats.suspicions_cleared += 1;
+            }
+            p.state = PeerState::Alive;
+            p.suspicion = None;
+        }
+    }
+
+    fn note_incarnation(&mut self, from: NodeId, incarnation: u32) {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.incarnation = p.incarnation.max(incarnation);
+        }
+    }
+
+    fn note_peer_view(&mut self, now: Instant, from: NodeId, view: Option<ViewId>) {
+        if let Some(v) = view {
+            self.max_epoch = self.max_epoch.max(v.epoch);
+        }
+        let mine = self.view.as_ref().map(|v| v.id);
+        let Some(p) = self.peers.get_mut(&from) else { return };
+        p.view = view;
+        if view == mine {
+            p.view_mismatch_since = None;
+        } else if p.view_mismatch_since.is_none() {
+            p.view_mismatch_since = Some(now);
+        }
+    }
+
+    fn on_ping_req(&mut self, now: Instant, from: NodeId, target: NodeId, probe: u32) {
+        let (alive, heard_ago_ms) = match self.peers.get(&target) {
+            Some(t) => match t.last_heard {
+                Some(h) if t.state != PeerState::Left => {
+                    let ago = now.saturating_duration_since(h);
+                    (ago < self.suspect_timeout(), ago.as_millis().min(u32::MAX as u128) as u32)
+                }
+                _ => (false, u32::MAX),
+            },
+            None => (false, u32::MAX),
+        };
+        self.send(from, &Message::ProbeVote { target, probe, alive, heard_ago_ms });
+    }
+
+    fn silence(p: &Peer, now: Instant) -> Option<Duration> {
+        let last = match (p.last_heard, p.vouched) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        last.map(|l| now.saturating_duration_since(l))
+    }
+
+    fn on_vote(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        target: NodeId,
+        probe: u32,
+        alive: bool,
+        ago_ms: u32,
+    ) {
+        let hb = self.params.timing.heartbeat_interval;
+        let Some(p) = self.peers.get_mut(&target) else { return };
+        // Only votes answering the current suspicion's probe count.
+        if p.suspicion.as_ref().is_none_or(|s| s.probe != probe) {
+            return;
+        }
+        let ago = Duration::from_millis(ago_ms as u64);
+        let my_silence = Self::silence(p, now).unwrap_or(Duration::MAX);
+        if alive && ago + hb < my_silence {
+            // Someone heard it clearly more recently than I did: my own path is the problem.
+            p.vouched = now.checked_sub(ago);
+            p.state = PeerState::Alive;
+            p.suspicion = None;
+            self.stats.suspicions_cleared += 1;
+            self.lhm_up();
+        } else if let Some(s) = p.suspicion.as_mut() {
+            s.confirmations.insert(from);
+        }
+    }
+
+    fn on_suspect(&mut self, now: Instant, from: NodeId, target: NodeId, boot: u64, inc: u32) {
+        if target == self.params.local {
+            if boot == self.boot && inc >= self.incarnation {
+                self.incarnation = inc + 1;
+                self.stats.refutations += 1;
+                self.lhm_up();
+                let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+                let msg = Message::Alive { incarnation: self.incarnation };
+                for p in ids {
+                    self.send(p, &msg);
+                }
+            }
+            return;
+        }
+        let _ = now;
+        if let Some(p) = self.peers.get_mut(&target) {
+            if p.boot == Some(boot) && inc >= p.incarnation {
+                if let Some(s) = p.suspicion.as_mut() {
+                    s.confirmations.insert(from);
+                }
+            }
+        }
+    }
+
+    fn on_leave(&mut self, from: NodeId) {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.state = PeerState::Left;
+            p.suspicion = None;
+            for (link, l) in p.links.iter_mut().enumerate() {
+                if l.up {
+                    l.up = false;
+                    self.events.push_back(Event::LinkDown { node: from, link });
+                }
+            }
+        }
+    }
+
+    fn my_member(&self) -> Member {
+        Member { node: self.params.local, boot: self.boot }
+    }
+
+    fn reachable(&self, now: Instant) -> Vec<Member> {
+        let mut r = vec![self.my_member()];
+        for p in self.peers.values() {
+            let ok = matches!(p.state, PeerState::Alive | PeerState::Suspect)
+                && p.excluded_until.is_none_or(|t| now >= t);
+            if let (true, Some(boot)) = (ok, p.boot) {
+                r.push(Member { node: p.spec.id, boot });
+            }
+        }
+        r.sort();
+        r
+    }
+
+    fn coordinator_duty(&mut self, now: Instant) {
+        if self.left || self.pending.is_some() || now < self.propose_not_before {
+            return;
+        }
+        let r = self.reachable(now);
+        if r[0].node != self.params.local {
+            return;
+        }
+        let vt = self.params.timing.view_timeout;
+        let same = self.view.as_ref().is_some_and(|v| v.members == r);
+        let stale_peer = r.iter().skip(1).any(|m| {
+            self.peers
+                .get(&m.node)
+                .and_then(|p| p.view_mismatch_since)
+                .is_some_and(|s| now.saturating_duration_since(s) >= vt)
+        });
+        if same && !stale_peer {
+            return;
+        }
+        self.propose(now, r);
+    }
+
+    fn propose(&mut self, now: Instant, members: Vec<Member>) {
+        self.max_epoch += 1;
+        let view = ViewId {
+            epoch: self.max_epoch,
+            coordinator: self.params.local,
+            coordinator_boot: self.boot,
+        };
+        self.stats.views_proposed += 1;
+        tracing::debug!(%view, n = members.len(), "proposing view");
+        let mut acks = BTreeSet::new();
+        acks.insert(self.params.local);
+        self.pending = Some(Pending {
+            view,
+            members: members.clone(),
+            acks,
+            deadline: now + self.params.timing.view_timeout,
+        });
+        self.promise = Some((view, now + self.params.timing.view_timeout));
+        if members.len() == 1 {
+            self.finish_pending(now);
+            return;
+        }
+        let msg = Message::ViewPropose { view, members: members.clone() };
+        let me = self.params.local;
+        for m in members.iter().filter(|m| m.node != me) {
+            self.send(m.node, &msg);
+        }
+    }
+
+    fn finish_pending(&mut self, now: Instant) {
+        let Some(p) = self.pending.take() else { return };
+        let msg = Message::ViewInstall { view: p.view, members: p.members.clone() };
+        let me = self.params.local;
+        for m in p.members.iter().filter(|m| m.node != me) {
+            self.send(m.node, &msg);
+        }
+        self.install(now, p.view, p.members);
+    }
+
+    fn on_propose(&mut self, now: Instant, from: NodeId, boot: u64, view: ViewId, members: Vec<Member>) {
+        self.max_epoch = self.max_epoch.max(view.epoch);
+        if view.coordinator != from || view.coordinator_boot != boot {
+            return;
+        }
+        let accept = self.should_accept(now, from, &view, &members);
+        if accept {
+            if self.pending.is_some() {
+                // A lower-id coordinator wins; our own proposal is abandoned.
+                self.pending = None;
+            }
+            self.promise = Some((view, now + self.params.timing.view_timeout * 2));
+        }
+        self.send(from, &Message::ViewAck { view, accept, max_epoch: self.max_epoch });
+    }
+
+    fn should_accept(&self, now: Instant, from: NodeId, view: &ViewId, members: &[Member]) -> bool {
+        if !members.contains(&self.my_member()) || !members.iter().any(|m| m.node == from) {
+            return false;
+        }
+        if self.view.as_ref().is_some_and(|v| view.epoch <= v.id.epoch) {
+            return false;
+        }
+        if self.pending.is_some() && self.params.local < from {
+            return false;
+        }
+        if let Some((pv, until)) = self.promise {
+            if now < until && pv != *view && pv.coordinator < from {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn on_ack(&mut self, now: Instant, from: NodeId, view: ViewId, accept: bool, max_epoch: u64) {
+        self.max_epoch = self.max_epoch.max(max_epoch);
+        let Some(p) = self.pending.as_mut() else { return };
+        if p.view != view {
+            return;
+        }
+        if !accept {
+            self.pending = None;
+            self.propose_not_before = now + self.params.timing.heartbeat_interval;
+            return;
+        }
+        if p.members.iter().any(|m| m.node == from) {
+            p.acks.insert(from);
+        }
+        if p.acks.len() == p.members.len() {
+            self.finish_pending(now);
+        }
+    }
+
+    fn install(&mut self, now: Instant, id: ViewId, members: Vec<Member>) {
+        if !members.contains(&self.my_member()) {
+            return;
+        }
+        if self.view.as_ref().is_some_and(|v| id.epoch <= v.id.epoch) {
+            return;
+        }
+        self.max_epoch = self.max_epoch.max(id.epoch);
+        if self.pending.as_ref().is_some_and(|p| p.view.epoch <= id.epoch && p.view != id) {
+            self.pending = None;
+        }
+        self.promise = None;
+        for p in self.peers.values_mut() {
+            p.view_mismatch_since = if p.view == Some(id) { None } else { Some(now) };
+        }
+        tracing::info!(view = %id, members = ?members.iter().map(|m| m.node.0).collect::<Vec<_>>(), "view installed");
+        self.stats.views_installed += 1;
+        let ids: Vec<NodeId> = members.iter().map(|m| m.node).collect();
+        self.view = Some(View { id, members: members.clone() });
+        self.events.push_back(Event::ViewInstalled { view: id, members });
+        match self.quorum.on_view(now, &ids) {
+            Some(true) => self.events.push_back(Event::QuorumGained { view: id }),
+            Some(false) => self.events.push_back(Event::QuorumLost),
+            None => {}
+        }
+    }
+
+    /// Run the timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.left {
+            return;
+        }
+        let hb = self.params.timing.heartbeat_interval;
+        let mut late = false;
+        if now >= self.next_heartbeat {
+            // Fired more than one period late: this node was stalled, so the silence it measures is
+            // partly its own; stretch timeouts and accuse nobody this round.
+            late = now >= self.next_heartbeat + hb;
+            if late {
+                self.stats.late_timers += 1;
+                self.lhm_up();
+            } else {
+                self.on_time_ticks += 1;
+                if self.on_time_ticks >= 32 {
+                    self.on_time_ticks = 0;
+                    self.lhm = self.lhm.saturating_sub(1);
+                }
+            }
+            self.next_heartbeat = now + hb;
+            self.send_heartbeats();
+            self.check_links(now);
+            if !late {
+                self.start_suspicions(now);
+            }
+            self.resend_pending(now);
+            self.resend_installs(now);
+        }
+        if !late {
+            self.expire_suspicions(now);
+        }
+        if let Some(p) = &self.pending {
+            if now >= p.deadline {
+                self.pending_timed_out(now);
+            }
+        }
+        match self.quorum.on_timeout(now) {
+            Some(true) => {
+                if let Some(v) = &self.view {
+                    self.events.push_back(Event::QuorumGained { view: v.id });
+                }
+            }
+            Some(false) => self.events.push_back(Event::QuorumLost),
+            None => {}
+        }
+        self.coordinator_duty(now);
+    }
+
+    fn check_links(&mut self, now: Instant) {
+        let timeout = self.suspect_timeout();
+        for p in self.peers.values_mut() {
+            for (i, l) in p.links.iter_mut().enumerate() {
+                if l.up && l.last_heard.is_none_or(|h| now.saturating_duration_since(h) > timeout) {
+                    l.up = false;
+                    self.events.push_back(Event::LinkDown { node: p.spec.id, link: i });
+                }
+            }
+        }
+    }
+
+    fn start_suspicions(&mut self, now: Instant) {
+        let timeout = self.suspect_timeout();
+        let mut new = Vec::new();
+        for p in self.peers.values() {
+            if p.state == PeerState::Alive && Self::silence(p, now).is_some_and(|s| s > timeout) {
+                new.push(p.spec.id);
+            }
+        }
+        for target in new {
+            let probe = self.next_probe;
+            self.next_probe = self.next_probe.wrapping_add(1);
+            let (boot, incarnation) = {
+                let Some(p) = self.peers.get_mut(&target) else { continue };
+                p.state = PeerState::Suspect;
+                p.suspicion = Some(Suspicion { since: now, confirmations: BTreeSet::new(), probe });
+                (p.boot.unwrap_or(0), p.incarnation)
+            };
+            self.stats.suspicions += 1;
+            self.events.push_back(Event::PeerSuspected { node: target });
+            tracing::debug!(node = %target, "peer suspected");
+            let others: Vec<NodeId> = self
+                .peers
+                .values()
+                .filter(|p| p.spec.id != target && p.state == PeerState::Alive)
+                .map(|p| p.spec.id)
+                .collect();
+            for o in others {
+                self.send(o, &Message::PingReq { target, probe });
+                self.send(o, &Message::Suspect { target, boot, incarnation });
+            }
+            // Tell the suspect so it can refute.
+            self.send(target, &Message::Suspect { target, boot, incarnation });
+        }
+    }
+
+    fn expire_suspicions(&mut self, now: Instant) {
+        let due: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| self.suspicion_deadline(p).is_some_and(|d| now >= d))
+            .map(|p| p.spec.id)
+            .collect();
+        for id in due {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.state = PeerState::Failed;
+                p.suspicion = None;
+                self.stats.failures_declared += 1;
+                self.events.push_back(Event::PeerFailed { node: id });
+                tracing::info!(node = %id, "peer declared failed");
+            }
+        }
+    }
+
+    fn resend_pending(&mut self, _now: Instant) {
+        let Some(p) = &self.pending else { return };
+        let msg = Message::ViewPropose { view: p.view, members: p.members.clone() };
+        let missing: Vec<NodeId> =
+            p.members.iter().map(|m| m.node).filter(|n| !p.acks.contains(n)).collect();
+        for n in missing {
+            self.send(n, &msg);
+        }
+    }
+
+    /// Members of my view (as its coordinator) still announcing an older view missed the install.
+    fn resend_installs(&mut self, now: Instant) {
+        let Some(v) = &self.view else { return };
+        if v.id.coordinator != self.params.local {
+            return;
+        }
+        let hb = self.params.timing.heartbeat_interval;
+        let lagging: Vec<NodeId> = v
+            .members
+            .iter()
+            .filter_map(|m| self.peers.get(&m.node))
+            .filter(|p| {
+                p.view.is_none_or(|pv| pv.epoch < v.id.epoch)
+                    && p.view_mismatch_since.is_some_and(|s| now.saturating_duration_since(s) >= hb * 2)
+            })
+            .map(|p| p.spec.id)
+            .collect();
+        let msg = Message::ViewInstall { view: v.id, members: v.members.clone() };
+        for n in lagging {
+            self.send(n, &msg);
+        }
+    }
+
+    fn pending_timed_out(&mut self, now: Instant) {
+        let Some(p) = self.pending.take() else { return };
+        let until = now + self.params.timing.view_timeout * 2;
+        for m in &p.members {
+            if !p.acks.contains(&m.node) {
+                if let Some(peer) = self.peers.get_mut(&m.node) {
+                    peer.excluded_until = Some(until);
+                }
+            }
+        }
+        tracing::debug!(view = %p.view, "proposal timed out; re-proposing without silent members");
+    }
+
+    /// A status snapshot for the operator commands.
+    pub fn status(&self) -> Status {
+        Status {
+            local: self.params.local,
+            boot: self.boot,
+            view: self.view.clone(),
+            peers: self
+                .peers
+                .values()
+                .map(|p| PeerStatus {
+                    node: p.spec.id,
+                    state: p.state,
+                    links: p.links.iter().map(|l| l.up).collect(),
+                    boot: p.boot,
+                    votes: p.spec.votes,
+                    witness: p.spec.witness,
+                })
+                .collect(),
+            quorum: self.quorum.status(),
+            local_health: self.lhm,
+            drops: self.drops,
+            stats: self.stats,
+            left: self.left,
+        }
+    }
+}
