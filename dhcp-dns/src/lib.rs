@@ -9,3 +9,4 @@
 pub mod config;
 pub mod leases;
 pub mod dhcp;
+pub mod dns;

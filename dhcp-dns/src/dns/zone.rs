@@ -1,0 +1,436 @@
+//! The authoritative data: static host records, hosts files, wildcard address records and the
+//! names of DHCP leases, with a lookup that says answer / no data / no such name / not ours.
+//!
+//! Names are kept lowercase without the trailing dot. The zone is shared as
+//! [`SharedZone`] (`Arc<RwLock<Zone>>`): queries take the read lock for a few hash lookups; a
+//! lease change takes the write lock for one insert.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, RwLock};
+
+use hashbrown::HashMap;
+use ipnet::IpNet;
+
+use super::hosts::HostsEntry;
+use crate::dhcp::LeaseChange;
+
+/// The zone shared by the DNS servers and the DHCP driver.
+pub type SharedZone = Arc<RwLock<Zone>>;
+
+/// Plain settings of the zone.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// The cluster domain this server is authoritative for (e.g. `cluster.test`).
+    pub domain: String,
+    /// TTL of local answers (dnsmasq's `local-ttl`; its default is 0).
+    pub ttl: u32,
+    /// TTL of negative answers (SOA minimum, RFC 2308).
+    pub negative_ttl: u32,
+    /// SOA primary name server; default `ns.<domain>`.
+    pub mname: Option<String>,
+    /// SOA mailbox; default `hostmaster.<domain>`.
+    pub rname: Option<String>,
+    /// Networks whose reverse (PTR) names this server is authoritative for.
+    pub reverse_networks: Vec<IpNet>,
+}
+
+impl ZoneConfig {
+    /// Defaults for `domain`.
+    pub fn new(domain: &str) -> ZoneConfig {
+        ZoneConfig {
+            domain: norm(domain),
+            ttl: 0,
+            negative_ttl: 0,
+            mname: None,
+            rname: None,
+            reverse_networks: Vec::new(),
+        }
+    }
+}
+
+/// Result of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Records of the asked type exist.
+    Found(Vec<IpAddr>),
+    /// PTR targets.
+    Names(Vec<String>),
+    /// The SOA of the zone apex.
+    Soa,
+    /// The name exists, but has no records of that type.
+    NoData,
+    /// The name does not exist in a zone we are authoritative for.
+    NxDomain,
+    /// Not ours to answer.
+    NotAuthoritative,
+}
+
+/// What kind of record is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A.
+    A,
+    /// AAAA.
+    Aaaa,
+    /// PTR.
+    Ptr,
+    /// SOA.
+    Soa,
+    /// ANY (answered with the addresses, RFC 8482 style).
+    Any,
+    /// Anything else.
+    Other,
+}
+
+/// The authoritative data.
+#[derive(Debug)]
+pub struct Zone {
+    cfg: ZoneConfig,
+    static_fwd: HashMap<String, Vec<IpAddr>>,
+    static_ptr: HashMap<IpAddr, Vec<String>>,
+    lease_fwd: HashMap<String, Ipv4Addr>,
+    lease_ptr: HashMap<Ipv4Addr, String>,
+    /// (suffix, addresses): the suffix and every name under it.
+    wildcards: Vec<(String, Vec<IpAddr>)>,
+    serial: u32,
+}
+
+/// Lowercase, no trailing dot.
+pub fn norm(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn under(name: &str, suffix: &str) -> bool {
+    suffix.is_empty()
+        || name == suffix
+        || (name.len() > suffix.len()
+            && name.ends_with(suffix)
+            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.')
+}
+
+/// The address a reverse name stands for (`5.0.18.198.in-addr.arpa` → 198.18.0.5).
+pub fn parse_reverse(name: &str) -> Option<IpAddr> {
+    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
+        let parts: Vec<&str> = rest.split('.').collect();
+        if parts.len() != 4 {
+            return None;
+        }
+        let mut o = [0u8; 4];
+        for (i, p) in parts.iter().rev().enumerate() {
+            o[i] = p.parse().ok()?;
+        }
+        return Some(IpAddr::V4(Ipv4Addr::from(o)));
+    }
+    if let Some(rest) = name.strip_suffix(".ip6.arpa") {
+        let nibbles: Vec<&str> = rest.split('.').collect();
+        if nibbles.len() != 32 {
+            return None;
+        }
+        let mut v: u128 = 0;
+        for n in nibbles.iter().rev() {
+            if n.len() != 1 {
+                return None;
+            }
+            v = (v << 4) | u128::from(u8::from_str_radix(n, 16).ok()?);
+        }
+        return Some(IpAddr::V6(Ipv6Addr::from(v)));
+    }
+    None
+}
+
+/// The reverse name of an address (no trailing dot).
+pub fn reverse_name(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v) => {
+            let mut s = String::with_capacity(72);
+            for b in v.octets().iter().rev() {
+                s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+                s.push('.');
+                s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+                s.push('.');
+            }
+            s.push_str("ip6.arpa");
+            s
+        }
+    }
+}
+
+/// The reverse zone name covering `net`, rounded out to a label boundary.
+pub fn reverse_zone(net: IpNet) -> String {
+    match net {
+        IpNet::V4(n) => {
+            let o = n.network().octets();
+            let k = usize::from(n.prefix_len() / 8);
+            let mut labels: Vec<String> = o[..k].iter().rev().map(|b| b.to_string()).collect();
+            labels.push("in-addr.arpa".into());
+            labels.join(".")
+        }
+        IpNet::V6(n) => {
+            let full = reverse_name(IpAddr::V6(n.network()));
+            let k = usize::from(n.prefix_len() / 4);
+            // 32 nibble labels of 2 bytes each precede "ip6.arpa".
+            full[(32 - k) * 2..].to_string()
+        }
+    }
+}
+
+impl Zone {
+    /// An empty zone.
+    pub fn new(cfg: ZoneConfig) -> Zone {
+        Zone {
+            cfg,
+            static_fwd: HashMap::new(),
+            static_ptr: HashMap::new(),
+            lease_fwd: HashMap::new(),
+            lease_ptr: HashMap::new(),
+            wildcards: Vec::new(),
+            serial: 1,
+        }
+    }
+
+    /// Wrap for sharing.
+    pub fn shared(self) -> SharedZone {
+        Arc::new(RwLock::new(self))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ZoneConfig {
+        &self.cfg
+    }
+
+    /// SOA serial; bumped by every change.
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    fn bump(&mut self) {
+        self.serial = self.serial.wrapping_add(1).max(1);
+    }
+
+    /// Add a static address record (and its PTR).
+    pub fn add_host(&mut self, name: &str, addr: IpAddr) {
+        let n = norm(name);
+        let v = self.static_fwd.entry(n.clone()).or_default();
+        if !v.contains(&addr) {
+            v.push(addr);
+        }
+        let p = self.static_ptr.entry(addr).or_default();
+        if !p.contains(&n) {
+            p.push(n);
+        }
+        self.bump();
+    }
+
+    /// Add hosts-file entries; with `expand`, bare names also get `.<domain>` (dnsmasq
+    /// `expand-hosts`).
+    pub fn add_hosts(&mut self, entries: &[HostsEntry], expand: bool) {
+        for e in entries {
+            for n in &e.names {
+                if expand && !n.contains('.') && !self.cfg.domain.is_empty() {
+                    let full = format!("{n}.{}", self.cfg.domain);
+                    self.add_host(&full, e.addr);
+                }
+                self.add_host(n, e.addr);
+            }
+        }
+    }
+
+    /// Answer `addr` for `domain` and every name under it (dnsmasq `address=/domain/addr`).
+    pub fn add_wildcard(&mut self, domain: &str, addr: IpAddr) {
+        let d = norm(domain);
+        match self.wildcards.iter_mut().find(|(s, _)| *s == d) {
+            Some((_, v)) => v.push(addr),
+            None => self.wildcards.push((d, vec![addr])),
+        }
+        // Longest suffix first, so the most specific wins.
+        self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.bump();
+    }
+
+    /// Apply a lease's name change (called the moment the DHCP core decides it).
+    pub fn apply_lease(&mut self, ch: &LeaseChange) {
+        if let Some(old) = &ch.old_name {
+            if self.lease_fwd.get(old) == Some(&ch.addr) {
+                self.lease_fwd.remove(old);
+            }
+        }
+        if self.lease_ptr.get(&ch.addr).is_some_and(|n| Some(n) == ch.old_name.as_ref() || ch.new_name.is_some()) {
+            self.lease_ptr.remove(&ch.addr);
+        }
+        if let Some(new) = &ch.new_name {
+            let n = norm(new);
+            // A name moving to a new address drops its old PTR.
+            if let Some(prev) = self.lease_fwd.insert(n.clone(), ch.addr) {
+                if prev != ch.addr && self.lease_ptr.get(&prev) == Some(&n) {
+                    self.lease_ptr.remove(&prev);
+                }
+            }
+            self.lease_ptr.insert(ch.addr, n);
+        }
+        self.bump();
+    }
+
+    /// Number of names from leases.
+    pub fn lease_names(&self) -> usize {
+        self.lease_fwd.len()
+    }
+
+    /// Is `name` (normalised) inside a zone we are authoritative for?
+    pub fn is_authoritative(&self, name: &str) -> bool {
+        if under(name, &self.cfg.domain) && !self.cfg.domain.is_empty() {
+            return true;
+        }
+        if let Some(ip) = parse_reverse(name) {
+            return self.cfg.reverse_networks.iter().any(|n| n.contains(&ip));
+        }
+        // A reverse zone apex or intermediate name of ours.
+        self.cfg.reverse_networks.iter().any(|n| under(name, &reverse_zone(*n)))
+    }
+
+    /// The apex (zone name) that holds `name`, for the SOA of negative answers.
+    pub fn apex_of(&self, name: &str) -> String {
+        if under(name, &self.cfg.domain) {
+            return self.cfg.domain.clone();
+        }
+        self.cfg
+            .reverse_networks
+            .iter()
+            .map(|n| reverse_zone(*n))
+            .filter(|z| under(name, z))
+            .max_by_key(String::len)
+            .unwrap_or_else(|| self.cfg.domain.clone())
+    }
+
+    fn forward(&self, name: &str) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.static_fwd.get(name).cloned().unwrap_or_default();
+        if let Some(a) = self.lease_fwd.get(name) {
+            let a = IpAddr::V4(*a);
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+        if v.is_empty() {
+            if let Some((_, w)) = self.wildcards.iter().find(|(s, _)| under(name, s)) {
+                v = w.clone();
+            }
+        }
+        v
+    }
+
+    /// Look `name` (normalised) up for `kind`.
+    pub fn lookup(&self, name: &str, kind: Kind) -> Lookup {
+        if kind == Kind::Ptr || parse_reverse(name).is_some() {
+            if let Some(ip) = parse_reverse(name) {
+                let mut names: Vec<String> = self.static_ptr.get(&ip).cloned().unwrap_or_default();
+                if let IpAddr::V4(v4) = ip {
+                    if let Some(n) = self.lease_ptr.get(&v4) {
+                        if !names.contains(n) {
+                            names.push(n.clone());
+                        }
+                    }
+                }
+                if !names.is_empty() {
+                    return if kind == Kind::Ptr || kind == Kind::Any { Lookup::Names(names) } else { Lookup::NoData };
+                }
+            }
+        }
+        let addrs = self.forward(name);
+        let auth = self.is_authoritative(name);
+        if kind == Kind::Soa && name == self.apex_of(name) && auth {
+            return Lookup::Soa;
+        }
+        if addrs.is_empty() {
+            let apex = auth && name == self.apex_of(name);
+            return if apex || (auth && self.has_descendant(name)) {
+                Lookup::NoData
+            } else if auth {
+                Lookup::NxDomain
+            } else {
+                Lookup::NotAuthoritative
+            };
+        }
+        let pick: Vec<IpAddr> = match kind {
+            Kind::A => addrs.iter().filter(|a| a.is_ipv4()).copied().collect(),
+            Kind::Aaaa => addrs.iter().filter(|a| a.is_ipv6()).copied().collect(),
+            Kind::Any => addrs,
+            _ => Vec::new(),
+        };
+        if pick.is_empty() { Lookup::NoData } else { Lookup::Found(pick) }
+    }
+
+    /// An empty non-terminal (e.g. `test` when `a.test` exists) exists: NODATA, not NXDOMAIN.
+    fn has_descendant(&self, name: &str) -> bool {
+        let below = |n: &String| n.len() > name.len() && under(n, name);
+        self.static_fwd.keys().any(below) || self.lease_fwd.keys().any(below)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone() -> Zone {
+        let mut c = ZoneConfig::new("Cluster.Test.");
+        c.reverse_networks = vec!["198.18.0.0/24".parse().unwrap()];
+        Zone::new(c)
+    }
+
+    #[test]
+    fn reverse_names_round_trip() {
+        for a in ["198.18.0.5", "fd00:198:18::5", "::1", "255.255.255.255"] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(parse_reverse(&reverse_name(ip)), Some(ip), "{a}");
+        }
+        assert_eq!(reverse_zone("198.18.0.0/24".parse().unwrap()), "0.18.198.in-addr.arpa");
+        assert_eq!(reverse_zone("198.18.0.0/15".parse().unwrap()), "198.in-addr.arpa");
+        assert_eq!(reverse_zone("fd00:198:18::/48".parse().unwrap()), "8.1.0.0.8.9.1.0.0.0.d.f.ip6.arpa");
+        assert_eq!(parse_reverse("1.2.3.in-addr.arpa"), None);
+    }
+
+    #[test]
+    fn lease_names_follow_grant_rename_and_release() {
+        let mut z = zone();
+        let a = Ipv4Addr::new(198, 18, 0, 5);
+        z.apply_lease(&LeaseChange { addr: a, old_name: None, new_name: Some("n1.cluster.test".into()) });
+        assert_eq!(z.lookup("n1.cluster.test", Kind::A), Lookup::Found(vec![IpAddr::V4(a)]));
+        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::Names(vec!["n1.cluster.test".into()]));
+        z.apply_lease(&LeaseChange { addr: a, old_name: Some("n1.cluster.test".into()), new_name: Some("n2.cluster.test".into()) });
+        assert_eq!(z.lookup("n1.cluster.test", Kind::A), Lookup::NxDomain);
+        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::Names(vec!["n2.cluster.test".into()]));
+        z.apply_lease(&LeaseChange { addr: a, old_name: Some("n2.cluster.test".into()), new_name: None });
+        assert_eq!(z.lookup("n2.cluster.test", Kind::A), Lookup::NxDomain);
+        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::NxDomain);
+        assert_eq!(z.lookup("5.0.19.198.in-addr.arpa", Kind::Ptr), Lookup::NotAuthoritative);
+    }
+
+    #[test]
+    fn static_wildcard_nodata_and_not_ours() {
+        let mut z = zone();
+        z.add_host("api.cluster.test", "198.18.0.10".parse().unwrap());
+        z.add_host("api.cluster.test", "fd00:198:18::10".parse().unwrap());
+        z.add_wildcard("apps.cluster.test", "198.18.0.20".parse().unwrap());
+        assert_eq!(z.lookup("api.cluster.test", Kind::Aaaa), Lookup::Found(vec!["fd00:198:18::10".parse().unwrap()]));
+        assert_eq!(z.lookup("x.y.apps.cluster.test", Kind::A), Lookup::Found(vec!["198.18.0.20".parse().unwrap()]));
+        assert_eq!(z.lookup("apps.cluster.test", Kind::A), Lookup::Found(vec!["198.18.0.20".parse().unwrap()]));
+        assert_eq!(z.lookup("xapps.cluster.test", Kind::A), Lookup::NxDomain);
+        assert_eq!(z.lookup("x.apps.cluster.test", Kind::Aaaa), Lookup::NoData);
+        assert_eq!(z.lookup("cluster.test", Kind::A), Lookup::NoData);
+        assert_eq!(z.lookup("cluster.test", Kind::Soa), Lookup::Soa);
+        assert_eq!(z.lookup("example.org", Kind::A), Lookup::NotAuthoritative);
+        assert_eq!(z.lookup("api.cluster.test", Kind::Other), Lookup::NoData);
+    }
+
+    #[test]
+    fn hosts_with_expand() {
+        let mut z = zone();
+        let (e, _) = crate::dns::hosts::parse("198.18.0.7 db\n");
+        z.add_hosts(&e, true);
+        assert_eq!(z.lookup("db", Kind::A), Lookup::Found(vec!["198.18.0.7".parse().unwrap()]));
+        assert_eq!(z.lookup("db.cluster.test", Kind::A), Lookup::Found(vec!["198.18.0.7".parse().unwrap()]));
+        assert_eq!(z.lookup("7.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::Names(vec!["db.cluster.test".into(), "db".into()]));
+    }
+}
