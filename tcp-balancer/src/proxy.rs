@@ -646,7 +646,7 @@ impl Proxy {
             frontend_counters: sh.frontend.snapshot(),
             backend: sh.cfg.backend.name.clone(),
             backend_counters: BackendSnapshot {
-                queue_current: st.queue.len(),
+                queue_current: st.queue.iter().filter(|w| !w.tx.is_closed()).count(),
                 queue_max: b.queue_max.load(Ordering::Relaxed),
                 queue_timeouts: b.queue_timeouts.load(Ordering::Relaxed),
                 queue_full: b.queue_full.load(Ordering::Relaxed),
@@ -792,6 +792,8 @@ async fn assign(sh: &Shared, hash: u64, exclude: Option<usize>) -> Result<usize,
             }
             Decision::NoServer => return Err(AssignError::NoServer),
             Decision::AllFull => {
+                // Waiters that gave up (queue timeout, client gone) hold no place.
+                st.queue.retain(|w| !w.tx.is_closed());
                 if st.queue.len() >= sh.cfg.backend.maxqueue {
                     return Err(AssignError::QueueFull);
                 }

@@ -1,0 +1,611 @@
+//! tcp-mode proxy against real backends on loopback: transfers, half-close, balancing, health,
+//! shutdown-sessions, retries, timeouts, queueing, drain, IPv6, freebind.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tcp_balancer::balance::{AdminState, Algorithm};
+use tcp_balancer::checker::CheckSpec;
+use tcp_balancer::health::{CheckKind, HealthParams, HttpCheck, InitState};
+use tcp_balancer::proxy::{FrontendConfig, Proxy, ProxyConfig, Redispatch, bind_listener};
+use tcp_balancer::relay::RelayMode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every test is bounded: a hung proxy fails the test instead of hanging CI.
+async fn bounded<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test exceeded its time bound");
+}
+
+fn tcp_check(params: HealthParams) -> Option<(CheckSpec, HealthParams)> {
+    Some((CheckSpec { kind: CheckKind::TcpConnect, port: None, tls: None, timeout: Duration::from_millis(200) }, params))
+}
+
+fn fast_params() -> HealthParams {
+    HealthParams {
+        inter: Duration::from_millis(100),
+        fastinter: Some(Duration::from_millis(50)),
+        downinter: Some(Duration::from_millis(100)),
+        rise: 2,
+        fall: 2,
+        init: InitState::FullyUp,
+        ..HealthParams::default()
+    }
+}
+
+async fn large_transfer(mode: RelayMode) {
+    const TOTAL: usize = 64 << 20;
+    let b = Backend::start(Kind::Echo).await;
+    let mut cfg = config(&[("s1", b.addr)]);
+    cfg.relay = mode;
+    let p = Proxy::start(cfg).await.unwrap();
+    let seed = 0x5eed_0001;
+    let pat = Arc::new(Pattern::new(seed));
+    let s = TcpStream::connect(p.local_addr()).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let pw = pat.clone();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        let mut i = 0;
+        while sent < TOTAL {
+            let (a, b) = pw.block(i);
+            w.write_all(a).await.unwrap();
+            w.write_all(b).await.unwrap();
+            sent += BLOCK;
+            i += 1;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0usize;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(pat.matches(got, &buf[..n]), "mismatch at offset {got} (seed {seed:#x}, mode {mode:?})");
+        got += n;
+    }
+    writer.await.unwrap();
+    assert_eq!(got, TOTAL, "mode {mode:?}");
+    assert!(eventually(Duration::from_secs(2), || p.stats().frontend_counters.current == 0).await);
+    let st = p.stats();
+    assert_eq!(st.frontend_counters.bytes_in, TOTAL as u64);
+    assert_eq!(st.frontend_counters.bytes_out, TOTAL as u64);
+    assert_eq!(st.servers[0].counters.bytes_in, TOTAL as u64);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfer_is_byte_exact_with_splice() {
+    bounded(60, large_transfer(RelayMode::Splice)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfer_is_byte_exact_with_copy() {
+    bounded(60, large_transfer(RelayMode::Copy)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_client_still_gets_the_reply() {
+    bounded(20, async {
+        let b = Backend::start(Kind::ReplyAfterEof).await;
+        for mode in [RelayMode::Splice, RelayMode::Copy] {
+            let mut cfg = config(&[("s1", b.addr)]);
+            cfg.relay = mode;
+            let p = Proxy::start(cfg).await.unwrap();
+            let payload = vec![7u8; 300_000];
+            let reply = roundtrip(p.local_addr(), &payload).await.unwrap();
+            assert_eq!(reply, b"got 300000", "mode {mode:?}");
+            p.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roundrobin_spreads_over_three_backends() {
+    bounded(20, async {
+        let bs = [Backend::start(Kind::Name("a")).await, Backend::start(Kind::Name("b")).await, Backend::start(Kind::Name("c")).await];
+        let p = Proxy::start(config(&[("a", bs[0].addr), ("b", bs[1].addr), ("c", bs[2].addr)])).await.unwrap();
+        let mut seq = String::new();
+        for _ in 0..30 {
+            let r = roundtrip(p.local_addr(), b"").await.unwrap();
+            seq.push_str(std::str::from_utf8(&r).unwrap());
+        }
+        assert_eq!(seq, "abc".repeat(10));
+        let st = p.stats();
+        for s in &st.servers {
+            assert_eq!(s.counters.total, 10, "{}", s.name);
+        }
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_dies_mid_run_no_failures_after_fall_threshold() {
+    bounded(30, async {
+        let bs = [Backend::start(Kind::Echo).await, Backend::start(Kind::Echo).await, Backend::start(Kind::Echo).await];
+        let mut cfg = config(&[("s1", bs[0].addr), ("s2", bs[1].addr), ("s3", bs[2].addr)]);
+        // No retries: only health checking can keep requests from failing.
+        cfg.backend.retries = 0;
+        cfg.backend.redispatch = Redispatch::Off;
+        for s in &mut cfg.backend.servers {
+            s.check = tcp_check(fast_params());
+        }
+        let p = Proxy::start(cfg).await.unwrap();
+        for i in 0..30u32 {
+            let msg = format!("req {i}");
+            assert_eq!(roundtrip(p.local_addr(), msg.as_bytes()).await.unwrap(), msg.as_bytes());
+        }
+        bs[1].kill();
+        let killed_at = Instant::now();
+        // Detection bound: one inter + (fall-1) fastinter + a check timeout, plus scheduling slack.
+        let bound = Duration::from_millis(100 + 50 + 200 + 250);
+        let mut late_failures = vec![];
+        let mut early_failures = 0;
+        let mut late_ok = 0;
+        let mut i = 0u32;
+        while killed_at.elapsed() < Duration::from_millis(1500) && i < 2000 {
+            i += 1;
+            let msg = format!("req {i}");
+            let ok = matches!(roundtrip(p.local_addr(), msg.as_bytes()).await, Ok(r) if r == msg.as_bytes());
+            match (ok, killed_at.elapsed() > bound) {
+                (false, true) => late_failures.push(killed_at.elapsed()),
+                (false, false) => early_failures += 1,
+                (true, true) => late_ok += 1,
+                (true, false) => {}
+            }
+        }
+        assert!(late_failures.is_empty(), "failures after the fall threshold at {late_failures:?}");
+        assert!(late_ok > 10, "too few requests after detection: {late_ok}");
+        let st = p.stats();
+        assert_eq!(st.servers[1].status, "DOWN");
+        assert!(st.servers[1].counters.connect_errors as usize <= early_failures);
+        p.stop().await;
+    })
+    .await;
+}
+
+/// A server whose health check fails while its data port is fine: with shutdown-sessions its
+/// established sessions are shut; without, they go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sessions_on_marked_down() {
+    bounded(30, async {
+        for shutdown in [true, false] {
+            let data = [Backend::start(Kind::Echo).await, Backend::start(Kind::Echo).await];
+            let check_port = Backend::start(Kind::Silent).await;
+            let mut cfg = config(&[("s1", data[0].addr), ("s2", data[1].addr)]);
+            cfg.backend.algorithm = Algorithm::First;
+            let mut params = HealthParams { shutdown_sessions: shutdown, ..fast_params() };
+            params.fall = 1;
+            let spec = CheckSpec {
+                kind: CheckKind::TcpConnect,
+                port: Some(check_port.addr.port()),
+                tls: None,
+                timeout: Duration::from_millis(200),
+            };
+            cfg.backend.servers[0].check = Some((spec, params));
+            let p = Proxy::start(cfg).await.unwrap();
+
+            let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
+            s.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(p.sessions().len(), 1);
+            assert_eq!(p.sessions()[0].server, "s1");
+
+            check_port.kill();
+            assert!(eventually(Duration::from_secs(3), || p.stats().servers[0].status == "DOWN").await);
+            if shutdown {
+                let mut rest = Vec::new();
+                let r = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+                assert!(r.is_ok(), "session on a down server was not shut");
+                assert_eq!(p.stats().servers[0].counters.killed, 1);
+            } else {
+                s.write_all(b"still").await.unwrap();
+                s.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"still");
+                assert_eq!(p.stats().servers[0].counters.killed, 0);
+            }
+            // New sessions go to s2.
+            assert_eq!(roundtrip(p.local_addr(), b"x").await.unwrap(), b"x");
+            assert_eq!(p.stats().servers[1].counters.total, 1);
+            p.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_and_redispatched() {
+    bounded(30, async {
+        let dead = dead_addr().await;
+        let live = Backend::start(Kind::Echo).await;
+        let mut cfg = config(&[("dead", dead), ("live", live.addr)]);
+        cfg.backend.retries = 2;
+        cfg.backend.redispatch = Redispatch::Every(1);
+        let p = Proxy::start(cfg).await.unwrap();
+        for i in 0..10 {
+            let m = format!("m{i}");
+            assert_eq!(roundtrip(p.local_addr(), m.as_bytes()).await.unwrap(), m.as_bytes());
+        }
+        let st = p.stats();
+        let errors = st.servers[0].counters.connect_errors;
+        assert!(errors >= 3, "{st:?}");
+        // Every failed attempt on the dead server moved to the live one at once.
+        assert_eq!(st.servers[1].counters.redispatches, errors, "{st:?}");
+        assert_eq!(st.backend_counters.connect_failed, 0);
+        p.stop().await;
+
+        // Without redispatch the retries stay on the dead server and the session fails.
+        let mut cfg = config(&[("dead", dead), ("live", live.addr)]);
+        cfg.backend.retries = 1;
+        cfg.backend.redispatch = Redispatch::Off;
+        let p = Proxy::start(cfg).await.unwrap();
+        let mut failed = 0;
+        for _ in 0..4 {
+            if roundtrip(p.local_addr(), b"z").await.map(|r| r.is_empty()).unwrap_or(true) {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 2);
+        let st = p.stats();
+        assert_eq!(st.backend_counters.connect_failed, 2);
+        assert_eq!(st.servers[0].counters.retries, 2);
+        assert_eq!(st.servers[0].counters.connect_errors, 4);
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_by_client_timeout_while_others_are_served() {
+    bounded(20, async {
+        let b = Backend::start(Kind::Echo).await;
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.timeouts.idle.client = Duration::from_millis(300);
+        cfg.timeouts.idle.server = Duration::from_secs(10);
+        let p = Proxy::start(cfg).await.unwrap();
+        let addr = p.local_addr();
+        let idle = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            // One byte then silence: a slowloris client.
+            s.write_all(b"G").await.unwrap();
+            let t = Instant::now();
+            let mut buf = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            (r.is_ok(), t.elapsed(), buf)
+        });
+        let mut active = TcpStream::connect(addr).await.unwrap();
+        for i in 0..10 {
+            let m = format!("ping{i}");
+            active.write_all(m.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; m.len()];
+            active.read_exact(&mut buf).await.unwrap();
+            assert_eq!(buf, m.as_bytes());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (closed, after, echoed) = idle.await.unwrap();
+        assert!(closed, "idle client was not cut");
+        assert_eq!(echoed, b"G");
+        assert!(after >= Duration::from_millis(250) && after < Duration::from_secs(2), "{after:?}");
+        assert_eq!(p.stats().servers[0].counters.timeouts, 1);
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxconn_queue_timeout_and_queue_full() {
+    bounded(20, async {
+        let b = Backend::start(Kind::Echo).await;
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.backend.servers[0].maxconn = Some(1);
+        cfg.backend.maxqueue = 1;
+        cfg.timeouts.queue = Some(Duration::from_millis(500));
+        let p = Proxy::start(cfg).await.unwrap();
+        let addr = p.local_addr();
+
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        a.write_all(b"a").await.unwrap();
+        let mut one = [0u8; 1];
+        a.read_exact(&mut one).await.unwrap();
+
+        // B waits in the queue and is closed after timeout queue.
+        let t = Instant::now();
+        let b_res = roundtrip(addr, b"b").await;
+        assert!(b_res.map(|r| r.is_empty()).unwrap_or(true));
+        assert!(t.elapsed() >= Duration::from_millis(450), "{:?}", t.elapsed());
+        assert_eq!(p.stats().backend_counters.queue_timeouts, 1);
+
+        // C queues, D finds the queue full; when A leaves, C is served.
+        let c = tokio::spawn(roundtrip(addr, b"c"));
+        assert!(eventually(Duration::from_secs(1), || p.stats().backend_counters.queue_current == 1).await);
+        let d = roundtrip(addr, b"d").await;
+        assert!(d.map(|r| r.is_empty()).unwrap_or(true));
+        assert_eq!(p.stats().backend_counters.queue_full, 1);
+        drop(a);
+        assert_eq!(c.await.unwrap().unwrap(), b"c");
+        let st = p.stats();
+        assert_eq!(st.servers[0].counters.max, 1, "{st:#?}");
+        assert_eq!(st.backend_counters.queue_max, 1);
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_maxconn_holds_connections_in_the_backlog() {
+    bounded(20, async {
+        let b = Backend::start(Kind::Echo).await;
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.frontend.maxconn = 1;
+        let p = Proxy::start(cfg).await.unwrap();
+        let mut a = TcpStream::connect(p.local_addr()).await.unwrap();
+        a.write_all(b"a").await.unwrap();
+        let mut one = [0u8; 1];
+        a.read_exact(&mut one).await.unwrap();
+        // The second connection completes in the kernel but is not served until A ends.
+        let second = tokio::spawn(roundtrip(p.local_addr(), b"second"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished());
+        assert_eq!(p.stats().frontend_counters.current, 1);
+        drop(a);
+        assert_eq!(second.await.unwrap().unwrap(), b"second");
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_steer_traffic_and_admin_states() {
+    bounded(30, async {
+        let st_a = Arc::new(AtomicU16::new(200));
+        let st_b = Arc::new(AtomicU16::new(503));
+        let a = Backend::start(Kind::Http("a", st_a.clone())).await;
+        let b = Backend::start(Kind::Http("b", st_b.clone())).await;
+        let mut cfg = config(&[("a", a.addr), ("b", b.addr)]);
+        for s in &mut cfg.backend.servers {
+            let spec = CheckSpec {
+                kind: CheckKind::Http(HttpCheck::get("/healthz", 200)),
+                port: None,
+                tls: None,
+                timeout: Duration::from_millis(200),
+            };
+            s.check = Some((spec, HealthParams { init: InitState::Up, ..fast_params() }));
+        }
+        let p = Proxy::start(cfg).await.unwrap();
+        let get = |addr: SocketAddr| async move {
+            let r = roundtrip(addr, b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            String::from_utf8_lossy(&r).rsplit("\r\n\r\n").next().unwrap_or_default().to_string()
+        };
+        assert!(eventually(Duration::from_secs(2), || p.stats().servers[1].status == "DOWN").await);
+        for _ in 0..6 {
+            assert_eq!(get(p.local_addr()).await, "a");
+        }
+        st_b.store(200, Ordering::Relaxed);
+        assert!(eventually(Duration::from_secs(2), || p.stats().servers[1].status == "UP").await);
+        let mut seen = String::new();
+        for _ in 0..4 {
+            seen.push_str(&get(p.local_addr()).await);
+        }
+        assert!(seen.contains('a') && seen.contains('b'), "{seen}");
+        // Operator drain: b takes no new sessions.
+        p.set_server_state("b", AdminState::Drain).unwrap();
+        assert_eq!(p.stats().servers[1].status, "DRAIN");
+        for _ in 0..4 {
+            assert_eq!(get(p.local_addr()).await, "a");
+        }
+        p.set_server_state("a", AdminState::Maint).unwrap();
+        // Nothing eligible: the client is closed without data.
+        assert_eq!(roundtrip(p.local_addr(), b"x").await.unwrap_or_default(), b"");
+        assert_eq!(p.stats().backend_counters.no_server, 1);
+        assert!(p.set_server_state("nope", AdminState::Ready).is_err());
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_sessions_finish_then_closes_the_rest() {
+    bounded(20, async {
+        let b = Backend::start(Kind::Echo).await;
+        let p = Proxy::start(config(&[("s1", b.addr)])).await.unwrap();
+        let addr = p.local_addr();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+        let t = Instant::now();
+        let forced = p.drain(Duration::from_millis(200)).await;
+        assert_eq!(forced, 1);
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok());
+        // The listener is gone.
+        assert!(TcpStream::connect(addr).await.is_err());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_frontend_and_backend() {
+    bounded(20, async {
+        let l = match tokio::net::TcpListener::bind("[::1]:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                assert!(!must_not_skip(), "IPv6 loopback unavailable under CI: {e}");
+                eprintln!("skipping: IPv6 loopback unavailable: {e}");
+                return;
+            }
+        };
+        drop(l);
+        let b = Backend::start_on("[::1]:0".parse().unwrap(), Kind::Echo).await;
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.frontend.bind = "[::1]:0".parse().unwrap();
+        let p = Proxy::start(cfg).await.unwrap();
+        assert!(p.local_addr().is_ipv6());
+        assert_eq!(roundtrip(p.local_addr(), b"six").await.unwrap(), b"six");
+        p.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn freebind_binds_an_address_that_is_not_local() {
+    // 198.18.0.0/15 is the benchmarking range; nothing is sent, the bind alone is tested.
+    let fe = |freebind| FrontendConfig {
+        name: "vip".into(),
+        bind: "198.18.200.77:0".parse().unwrap(),
+        maxconn: 10,
+        backlog: 16,
+        freebind,
+        reuseport: true,
+    };
+    assert!(bind_listener(&fe(false)).is_err(), "the address unexpectedly is local");
+    let l = bind_listener(&fe(true)).expect("IP_FREEBIND bind");
+    assert_eq!(l.local_addr().unwrap().ip().to_string(), "198.18.200.77");
+}
+
+#[tokio::test]
+async fn reuseport_lets_a_second_listener_bind_beside_the_first() {
+    let mut fe = FrontendConfig {
+        name: "fe".into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        maxconn: 10,
+        backlog: 16,
+        freebind: false,
+        reuseport: true,
+    };
+    let a = bind_listener(&fe).unwrap();
+    fe.bind = a.local_addr().unwrap();
+    let b = bind_listener(&fe).expect("second SO_REUSEPORT listener");
+    assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    fe.reuseport = false;
+    assert!(bind_listener(&fe).is_err());
+}
+
+#[tokio::test]
+async fn bad_configs_are_refused() {
+    let mut cfg: ProxyConfig = config(&[("a", "127.0.0.1:1".parse().unwrap()), ("a", "127.0.0.1:2".parse().unwrap())]);
+    assert!(Proxy::start(cfg.clone()).await.is_err());
+    cfg.backend.servers.pop();
+    cfg.backend.servers[0].weight = 1000;
+    assert!(Proxy::start(cfg).await.is_err());
+}
+
+mod checks {
+    use super::*;
+    use tcp_balancer::checker::{CheckError, CheckTls, Prober, TlsVerify};
+    use tcp_balancer::health::{Expect, Step};
+
+    fn spec(kind: CheckKind) -> CheckSpec {
+        CheckSpec { kind, port: None, tls: None, timeout: Duration::from_secs(2) }
+    }
+
+    async fn probe(spec: CheckSpec, addr: SocketAddr) -> Result<(), CheckError> {
+        Prober::new(spec).unwrap().probe(addr).await
+    }
+
+    #[tokio::test]
+    async fn http_healthz_200_passes_503_fails() {
+        bounded(10, async {
+            let status = Arc::new(AtomicU16::new(200));
+            let b = Backend::start(Kind::Http("api", status.clone())).await;
+            let k = CheckKind::Http(HttpCheck::get("/healthz", 200));
+            probe(spec(k.clone()), b.addr).await.unwrap();
+            status.store(503, Ordering::Relaxed);
+            let e = probe(spec(k), b.addr).await.unwrap_err();
+            assert!(e.to_string().contains("503"), "{e}");
+            // A bare httpchk sends OPTIONS / and accepts 2xx (the stand-in answers 200 on /).
+            probe(spec(CheckKind::Http(HttpCheck::bare())), b.addr).await.unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn tcp_connect_and_tcp_check_rules() {
+        bounded(10, async {
+            let b = Backend::start(Kind::Echo).await;
+            probe(spec(CheckKind::TcpConnect), b.addr).await.unwrap();
+            let dead = dead_addr().await;
+            assert!(matches!(probe(spec(CheckKind::TcpConnect), dead).await, Err(CheckError::Connect(_))));
+            let rules = vec![Step::Send(b"PING\r\n".to_vec()), Step::Expect(Expect::Contains(b"PING".to_vec()))];
+            probe(spec(CheckKind::TcpCheck(rules)), b.addr).await.unwrap();
+            let rules = vec![Step::Send(b"PING\r\n".to_vec()), Step::Expect(Expect::Contains(b"PONG".to_vec()))];
+            // The echo never says PONG: the probe ends by its timeout.
+            let mut s = spec(CheckKind::TcpCheck(rules));
+            s.timeout = Duration::from_millis(200);
+            assert!(matches!(probe(s, b.addr).await, Err(CheckError::Timeout(_))));
+            // The check port overrides the server's.
+            let mut s = spec(CheckKind::TcpConnect);
+            s.port = Some(b.addr.port());
+            probe(s, dead).await.unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn https_check_with_sni_verify_none_and_ca_file() {
+        bounded(10, async {
+            let (cfg, pem) = tls_server(&["apiserver.test"]);
+            let status = Arc::new(AtomicU16::new(200));
+            let b = Backend::start(Kind::Https("api", status.clone(), cfg)).await;
+            let https = |sni: &str, verify: TlsVerify| CheckSpec {
+                kind: CheckKind::Http(HttpCheck::get("/readyz", 200)),
+                port: None,
+                tls: Some(CheckTls { sni: Some(sni.into()), verify }),
+                timeout: Duration::from_secs(2),
+            };
+            probe(https("apiserver.test", TlsVerify::None), b.addr).await.unwrap();
+            let dir = std::env::temp_dir().join(format!("hastack-tcp-balancer-ca-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, pem).unwrap();
+            probe(https("apiserver.test", TlsVerify::CaFile(ca.clone())), b.addr).await.unwrap();
+            // The certificate does not name this host: verification fails, verify none passes.
+            assert!(matches!(probe(https("other.test", TlsVerify::CaFile(ca.clone())), b.addr).await, Err(CheckError::Tls(_))));
+            probe(https("other.test", TlsVerify::None), b.addr).await.unwrap();
+            status.store(503, Ordering::Relaxed);
+            assert!(matches!(probe(https("apiserver.test", TlsVerify::None), b.addr).await, Err(CheckError::Probe(_))));
+            // A plain-text server fails the TLS handshake.
+            let plain = Backend::start(Kind::Http("plain", Arc::new(AtomicU16::new(200)))).await;
+            assert!(probe(https("apiserver.test", TlsVerify::None), plain.addr).await.is_err());
+            // An unreadable CA file is a config error.
+            assert!(Prober::new(https("x", TlsVerify::CaFile(dir.join("missing.pem")))).is_err());
+            std::fs::remove_dir_all(&dir).unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn ssl_hello_check_against_tls_and_plain_servers() {
+        bounded(10, async {
+            let (cfg, _) = tls_server(&["db.test"]);
+            let tls = Backend::start(Kind::Https("tls", Arc::new(AtomicU16::new(200)), cfg)).await;
+            probe(spec(CheckKind::SslHello), tls.addr).await.unwrap();
+            let plain = Backend::start(Kind::Http("plain", Arc::new(AtomicU16::new(200)))).await;
+            assert!(probe(spec(CheckKind::SslHello), plain.addr).await.is_err());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn mysql_check_reads_the_greeting() {
+        bounded(10, async {
+            let db = Backend::start(Kind::MysqlGreeting).await;
+            probe(spec(CheckKind::Mysql { user: None }), db.addr).await.unwrap();
+            let not_db = Backend::start(Kind::Name("SSH-2.0-OpenSSH_9.2\r\n")).await;
+            assert!(probe(spec(CheckKind::Mysql { user: None }), not_db.addr).await.is_err());
+        })
+        .await;
+    }
+}
