@@ -10,3 +10,4 @@ pub mod config;
 pub mod leases;
 pub mod dhcp;
 pub mod dns;
+pub mod server;

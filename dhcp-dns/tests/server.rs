@@ -1,0 +1,263 @@
+//! End-to-end tests of the tokio drivers on loopback (high ports; no traffic leaves the host).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhcp_dns::dhcp::{DhcpConfig, DhcpServer, Ipv4Net, LeaseChange, Reservation, Subnet};
+use dhcp_dns::dns::{Zone, ZoneConfig};
+use dhcp_dns::leases::commit::CompactionPolicy;
+use dhcp_dns::leases::{GroupCommitter, LeaseLog, LogRecord, log::MAGIC};
+use dhcp_dns::server::{DhcpDriverConfig, DnsServerConfig, start_dhcp, start_dns};
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Encodable};
+use hickory_proto::op::{Message as DnsMessage, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+fn dns_query(id: u16, name: &str, t: RecordType) -> Vec<u8> {
+    let mut m = DnsMessage::query();
+    m.metadata.id = id;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+    m.to_vec().unwrap()
+}
+
+fn udp_ask(server: SocketAddr, q: &[u8]) -> DnsMessage {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(q, server).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = s.recv_from(&mut buf).unwrap();
+    DnsMessage::from_vec(&buf[..n]).unwrap()
+}
+
+fn test_zone() -> Zone {
+    let mut c = ZoneConfig::new("cluster.test");
+    c.ttl = 7;
+    c.reverse_networks = vec!["127.77.0.0/16".parse().unwrap()];
+    let mut z = Zone::new(c);
+    z.add_host("api.cluster.test", "127.77.0.10".parse().unwrap());
+    z
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_over_udp_and_tcp_follows_lease_changes() {
+    let zone = test_zone().shared();
+    let cfg = DnsServerConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        udp_sockets_per_addr: 2,
+        tcp_idle: Duration::from_millis(300),
+        ..DnsServerConfig::default()
+    };
+    let h = start_dns(cfg, zone.clone()).await.unwrap();
+    let udp = h.udp_addrs[0];
+    let tcp = h.tcp_addrs[0];
+
+    let r = tokio::task::spawn_blocking(move || udp_ask(udp, &dns_query(1, "api.cluster.test.", RecordType::A))).await.unwrap();
+    assert_eq!(r.answers[0].data, RData::A(A(Ipv4Addr::new(127, 77, 0, 10))));
+    assert_eq!(r.answers[0].ttl, 7);
+
+    let r = tokio::task::spawn_blocking(move || udp_ask(udp, &dns_query(2, "node-1.cluster.test.", RecordType::A))).await.unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    // A lease is granted: the name resolves at once.
+    zone.write().unwrap().apply_lease(&LeaseChange {
+        addr: Ipv4Addr::new(127, 77, 1, 5),
+        old_name: None,
+        new_name: Some("node-1.cluster.test".into()),
+    });
+    let r = tokio::task::spawn_blocking(move || udp_ask(udp, &dns_query(3, "node-1.cluster.test.", RecordType::A))).await.unwrap();
+    assert_eq!(r.answers[0].data, RData::A(A(Ipv4Addr::new(127, 77, 1, 5))));
+
+    // TCP: three pipelined queries in one write, three answers in order.
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(tcp).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        for (id, name, t) in [(10u16, "api.cluster.test.", RecordType::A), (11, "5.1.77.127.in-addr.arpa.", RecordType::PTR), (12, "nope.cluster.test.", RecordType::A)] {
+            let q = dns_query(id, name, t);
+            out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+            out.extend_from_slice(&q);
+        }
+        c.write_all(&out).unwrap();
+        let mut msgs = Vec::new();
+        for _ in 0..3 {
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).unwrap();
+            let mut b = vec![0u8; u16::from_be_bytes(len) as usize];
+            c.read_exact(&mut b).unwrap();
+            msgs.push(DnsMessage::from_vec(&b).unwrap());
+        }
+        // Idle timeout: the server closes the connection (read returns EOF).
+        let mut one = [0u8; 1];
+        let eof = c.read(&mut one).unwrap();
+        (msgs, eof)
+    })
+    .await
+    .unwrap();
+    let (msgs, eof) = answers;
+    assert_eq!(msgs.iter().map(|m| m.metadata.id).collect::<Vec<_>>(), vec![10, 11, 12]);
+    assert_eq!(msgs[1].answers[0].data, RData::PTR(PTR(Name::from_ascii("node-1.cluster.test.").unwrap())));
+    assert_eq!(msgs[2].metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(eof, 0, "idle connection closed by the server");
+    assert!(h.transport.tcp_idle_closed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    // Garbage over UDP: no crash, counted, server keeps answering.
+    tokio::task::spawn_blocking(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(&[0u8; 5], udp).unwrap();
+        s.send_to(&[0xde, 0xad, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff], udp).unwrap();
+    })
+    .await
+    .unwrap();
+    let r = tokio::task::spawn_blocking(move || udp_ask(udp, &dns_query(4, "api.cluster.test.", RecordType::A))).await.unwrap();
+    assert_eq!(r.metadata.id, 4);
+    assert!(h.stats.dropped.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(h.stats.formerr.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    // dig, when installed, agrees.
+    if let Ok(out) = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &udp.port().to_string(), "+short", "+time=2", "+tries=1", "node-1.cluster.test", "A"])
+        .output()
+    {
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(s.trim(), "127.77.1.5", "dig said: {s}");
+        let out = std::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &udp.port().to_string(), "+short", "+time=2", "+tries=1", "-x", "127.77.1.5"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "node-1.cluster.test.");
+        let out = std::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &tcp.port().to_string(), "+tcp", "+short", "+time=2", "+tries=1", "api.cluster.test"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.77.0.10");
+    } else {
+        eprintln!("dig not installed: skipped the dig cross-check");
+    }
+    h.shutdown().await;
+}
+
+fn relay_request(xid: u32, mac: &[u8], mt: MessageType, giaddr: Ipv4Addr, extra: Vec<DhcpOption>) -> Vec<u8> {
+    let mut m = Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, giaddr, mac);
+    m.set_hops(1);
+    m.opts_mut().insert(DhcpOption::MessageType(mt));
+    for o in extra {
+        m.opts_mut().insert(o);
+    }
+    m.to_vec().unwrap()
+}
+
+/// Records durably in the log file right now (read without modifying it).
+fn durable_records(path: &std::path::Path) -> Vec<LogRecord> {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.starts_with(MAGIC));
+    let mut off = MAGIC.len();
+    let mut out = Vec::new();
+    while let Some((r, used)) = LogRecord::decode(&b[off..]) {
+        out.push(r);
+        off += used;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_dora_on_loopback_persists_before_ack_and_publishes_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases.log");
+    let (log, _) = LeaseLog::open(&path).unwrap();
+    let committer = Arc::new(GroupCommitter::start(log, CompactionPolicy::default()));
+    let giaddr = Ipv4Addr::new(127, 77, 0, 1);
+    let sid = Ipv4Addr::new(127, 0, 0, 1);
+    let mut s = Subnet::new("127.77.0.0/16".parse::<Ipv4Net>().unwrap(), sid);
+    s.ranges = vec![(Ipv4Addr::new(127, 77, 1, 10), Ipv4Addr::new(127, 77, 1, 20))];
+    s.routers = vec![giaddr];
+    let core = DhcpServer::new(DhcpConfig {
+        domain: Some("cluster.test".into()),
+        subnets: vec![s],
+        reservations: vec![Reservation {
+            hwaddr: Some(vec![2, 0, 0, 0, 0, 0x99]),
+            client_id: None,
+            addr: Ipv4Addr::new(127, 77, 2, 1),
+            hostname: Some("fixed".into()),
+        }],
+        ..DhcpConfig::default()
+    });
+    let zone = test_zone().shared();
+    // The "relay agent": a socket on giaddr; the server sends replies to giaddr:relay_port.
+    let relay = UdpSocket::bind(SocketAddrV4::new(giaddr, 0)).unwrap();
+    relay.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let dcfg = DhcpDriverConfig {
+        bind: SocketAddrV4::new(sid, 0),
+        relay_port,
+        client_port: relay_port,
+        broadcast: Ipv4Addr::new(127, 255, 255, 255),
+        ..DhcpDriverConfig::default()
+    };
+    let h = start_dhcp(dcfg, core, committer.clone(), Some(zone.clone())).await.unwrap();
+    let server = h.local;
+    let dns = start_dns(
+        DnsServerConfig { udp: vec!["127.0.0.1:0".parse().unwrap()], ..DnsServerConfig::default() },
+        zone.clone(),
+    )
+    .await
+    .unwrap();
+    let dns_addr = dns.udp_addrs[0];
+    let path2 = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 1500];
+        for (i, mac) in [[2u8, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 0x99]].iter().enumerate() {
+            let host = format!("worker-{i}");
+            let xid = 0x5000 + i as u32;
+            relay.send_to(&relay_request(xid, mac, MessageType::Discover, giaddr, vec![DhcpOption::Hostname(host.clone())]), server).unwrap();
+            let (n, _) = relay.recv_from(&mut buf).unwrap();
+            let offer = Message::from_bytes(&buf[..n]).unwrap();
+            assert_eq!(offer.xid(), xid);
+            assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+            let a = offer.yiaddr();
+            relay
+                .send_to(
+                    &relay_request(xid, mac, MessageType::Request, giaddr, vec![
+                        DhcpOption::Hostname(host.clone()),
+                        DhcpOption::ServerIdentifier(sid),
+                        DhcpOption::RequestedIpAddress(a),
+                    ]),
+                    server,
+                )
+                .unwrap();
+            let (n, _) = relay.recv_from(&mut buf).unwrap();
+            let ack = Message::from_bytes(&buf[..n]).unwrap();
+            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+            assert_eq!(ack.yiaddr(), a);
+            assert_eq!(ack.opts().get(OptionCode::Router), Some(&DhcpOption::Router(vec![giaddr])));
+            // The ACK was sent only after the lease was durable: it is in the file already.
+            let recs = durable_records(&path2);
+            assert!(
+                recs.iter().any(|r| matches!(r, LogRecord::Upsert(l) if l.addr == a && l.hwaddr == mac.to_vec())),
+                "lease {a} not durable when its ACK arrived"
+            );
+            // And its name resolves right away.
+            let name = if mac[5] == 0x99 { "fixed".to_string() } else { host.clone() };
+            let r = udp_ask(dns_addr, &dns_query(100 + i as u16, &format!("{name}.cluster.test."), RecordType::A));
+            assert_eq!(r.answers.first().map(|r| r.data.clone()), Some(RData::A(A(a))), "{name}");
+            if mac[5] == 0x99 {
+                assert_eq!(a, Ipv4Addr::new(127, 77, 2, 1), "reservation");
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let core = h.shutdown().await.unwrap();
+    assert_eq!(core.counters().acks, 3);
+    dns.shutdown().await;
+    let committer = Arc::try_unwrap(committer).ok().expect("sole owner");
+    drop(committer.shutdown());
+    let (log, rec) = LeaseLog::open(&path).unwrap();
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_eq!(log.table().len(), 3);
+    let mut names: Vec<_> = log.table().values().filter_map(|l| l.fqdn.clone()).collect();
+    names.sort();
+    assert_eq!(names, vec!["fixed.cluster.test", "worker-0.cluster.test", "worker-1.cluster.test"]);
+}
