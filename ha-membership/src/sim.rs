@@ -559,6 +559,18 @@ fn chaos(seed: u64, shape: Shape) {
             panic!("{}", sim.fail(&format!("node {id} not quorate after full heal")));
         }
     }
+    if std::env::var_os("HASTACK_SIM_VERBOSE").is_some() {
+        eprintln!(
+            "seed {seed} {shape:?} links {links}: {} views, {} failures declared, {} datagrams, {:?} simulated",
+            sim.views_installed,
+            sim.failures_declared,
+            sim.datagrams,
+            sim.now.duration_since(sim.t0)
+        );
+        if std::env::var_os("HASTACK_SIM_VERBOSE").is_some_and(|v| v == "2") {
+            eprintln!("{}", sim.log.join("\n"));
+        }
+    }
 }
 
 /// Faults below tolerance: no failure may be declared and no view may change.
@@ -640,6 +652,7 @@ fn crash_detected_and_committed_quickly() {
         times.push(t);
     }
     times.sort();
+    eprintln!("detection+commit times after a crash: {times:?}");
     let median = times[times.len() / 2];
     assert!(median <= Duration::from_millis(100), "median detection {median:?} ({times:?})");
 }
@@ -721,4 +734,22 @@ fn forged_and_replayed_datagrams_change_nothing() {
     assert_eq!(after.view, before.view);
     assert_eq!(after.peers, before.peers);
     assert!(sim.converged());
+}
+
+#[test]
+fn steady_state_is_heartbeats_only() {
+    let (nodes, q) = specs(Shape::Three, 2);
+    let mut sim = Sim::new(11, nodes, q);
+    form(&mut sim);
+    sim.run_for(Duration::from_millis(200));
+    let (d0, v0) = (sim.datagrams, sim.views_installed);
+    sim.run_for(Duration::from_millis(1000));
+    // 3 nodes x 2 peers x 2 links x 100 heartbeats per second, nothing else.
+    let n = sim.datagrams - d0;
+    assert!((1188..=1212).contains(&n), "{n} datagrams in a quiet second");
+    assert_eq!(sim.views_installed, v0);
+    let st = sim.engine(NodeId(1)).unwrap().status();
+    assert!(st.peers.iter().all(|p| p.links == vec![true, true]));
+    assert_eq!(st.quorum.flags, vec!["Quorate"]);
+    assert_eq!((st.quorum.total_votes, st.quorum.expected_votes, st.quorum.quorum), (3, 3, 2));
 }
