@@ -301,6 +301,20 @@ impl Lab {
         &self.shared.dir
     }
 
+    /// Writes `content` to `name` inside the lab directory and returns the full path (for
+    /// configs, key files and scripts the processes under test read).
+    pub fn write_file(&self, name: &str, content: impl AsRef<[u8]>) -> Result<PathBuf> {
+        if name.contains('/') || name.is_empty() || name == ".." {
+            return Err(LabError::Invalid(format!(
+                "lab file name {name:?} must be a plain file name"
+            )));
+        }
+        let p = self.shared.dir.join(name);
+        std::fs::write(&p, content)
+            .map_err(|e| LabError::io(format!("writing {}", p.display()), e))?;
+        Ok(p)
+    }
+
     /// Number of links (bridges).
     pub fn link_count(&self) -> usize {
         self.links
@@ -385,6 +399,9 @@ impl Lab {
         }
         // Record first: if the batch fails halfway, drop still deletes those that were made.
         self.namespaces.extend(names.iter().cloned());
+        for n in names {
+            netns::create_etc(n)?;
+        }
         let script: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
         cmd::ip_batch(None, &script).map(drop)
     }
@@ -644,6 +661,9 @@ impl Drop for Lab {
         }
         if let Err(e) = netns::delete_netns(&self.namespaces) {
             eprintln!("lab {}: deleting namespaces: {e}", self.id);
+        }
+        for ns in &self.namespaces {
+            netns::remove_etc(ns);
         }
         let left: Vec<&String> = self
             .namespaces

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hastack_tests::lab::netns;
@@ -26,12 +27,9 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
     GATE.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A ping that must fail: a short wait, since the answer would take well under a millisecond.
+/// A ping that must fail (one probe, 500 ms wait).
 fn unreachable(lab: &Lab, from: impl Into<HostId>, to: IpAddr) -> bool {
-    match lab.host(from).ping_stats(to, 1, 0.2, 0.4) {
-        Ok((_, rx)) => rx == 0,
-        Err(_) => true, // "Network is unreachable" and friends: no summary, and no reply either.
-    }
+    lab.host(from).ping_fails(to)
 }
 
 /// True when a process no longer runs (gone, or a zombie waiting for its reaper).
@@ -82,6 +80,8 @@ fn next(state: &mut u64) -> u64 {
 }
 
 /// Sends `count` UDP datagrams from host `from` to `to`:`port` and returns how many arrived.
+/// Only the lab's rules may lose datagrams: the receive buffer is forced large, and the receiver
+/// stops only after the sender has finished and the socket stayed quiet for 200 ms.
 fn udp_delivered(
     lab: &Lab,
     from: HostId,
@@ -91,29 +91,38 @@ fn udp_delivered(
 ) -> anyhow::Result<usize> {
     let dst = SocketAddr::new(IpAddr::V4(lab.host(to).addr(0)), port);
     let rx = lab.host(to).run_in(|| UdpSocket::bind(dst))??;
-    rx.set_read_timeout(Some(Duration::from_millis(300)))?;
-    let counter = std::thread::spawn(move || {
-        let mut got = 0usize;
-        let mut buf = [0u8; 64];
-        while rx.recv(&mut buf).is_ok() {
-            got += 1;
-        }
-        got
-    });
-    lab.host(from).run_in(|| -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBufForce, &(4 << 20))?;
+    rx.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let sent = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let sent = Arc::clone(&sent);
+        std::thread::spawn(move || {
+            let (mut got, mut buf) = (0usize, [0u8; 64]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(_) if sent.load(Ordering::SeqCst) || Instant::now() > deadline => {
+                        break got;
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let send = lab.host(from).run_in(|| -> std::io::Result<()> {
         let tx = UdpSocket::bind("0.0.0.0:0")?;
         for i in 0..count {
             tx.send_to(&(i as u32).to_be_bytes(), dst)?;
-            if i % 25 == 24 {
-                // Pacing keeps the receiver's socket buffer from overflowing: only the rule drops.
-                std::thread::sleep(Duration::from_millis(1));
-            }
         }
         Ok(())
-    })??;
-    counter
+    });
+    sent.store(true, Ordering::SeqCst);
+    let got = counter
         .join()
-        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
+    send??;
+    Ok(got)
 }
 
 #[test]
@@ -140,6 +149,20 @@ fn three_namespaces_ping_each_other_v4_and_v6() -> TestResult {
         "{addrs}"
     );
     assert!(!addrs.contains("tentative"), "DAD must be off: {addrs}");
+
+    // Each host has its own resolv.conf; the machine's stays untouched.
+    let host_resolv = std::fs::read("/etc/resolv.conf").ok();
+    lab.node(1).set_resolv_conf("nameserver 198.18.0.12\n")?;
+    assert_eq!(
+        lab.node(1).exec_ok(&["cat", "/etc/resolv.conf"])?,
+        "nameserver 198.18.0.12\n"
+    );
+    let other = lab.node(2).exec_ok(&["cat", "/etc/resolv.conf"])?;
+    assert!(
+        other.starts_with("# resolv.conf of lab namespace"),
+        "{other}"
+    );
+    assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_resolv);
     Ok(())
 }
 
@@ -438,6 +461,10 @@ fn footprint_of(lab: &Lab) -> anyhow::Result<Footprint> {
 fn assert_gone(fp: &Footprint, before_links: &BTreeSet<String>) {
     for ns in &fp.namespaces {
         assert!(!netns::netns_exists(ns), "namespace {ns} left behind");
+        assert!(
+            !std::path::Path::new(netns::ETC_NETNS_DIR).join(ns).exists(),
+            "/etc/netns/{ns} left behind"
+        );
     }
     let all_gone = poll_until(Duration::from_secs(2), Duration::from_millis(10), || {
         fp.pids.iter().all(|p| process_gone(*p))
@@ -642,6 +669,10 @@ fn a_crashed_test_process_is_cleaned_up_by_the_next_lab() -> TestResult {
     let _lab = Lab::builder().nodes(1).build()?;
     for ns in &names {
         assert!(!netns::netns_exists(ns), "{ns} survived the crash cleanup");
+        assert!(
+            !std::path::Path::new(netns::ETC_NETNS_DIR).join(ns).exists(),
+            "/etc/netns/{ns} survived"
+        );
     }
     assert!(
         poll_until(Duration::from_secs(2), Duration::from_millis(10), || {

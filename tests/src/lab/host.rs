@@ -225,11 +225,23 @@ impl Host {
         netns::thread_in(&self.ns, f)
     }
 
-    /// One ping to `to` with a 1 s wait: true if it was answered.
+    /// True if `to` answers a ping within 3 s (one probe every 200 ms until the first reply),
+    /// so a busy machine does not turn a working path into a failure.
     pub fn ping(&self, to: impl Into<IpAddr>) -> bool {
-        self.ping_stats(to, 1, 0.2, 1.0)
-            .map(|(_, rx)| rx == 1)
+        let to = to.into().to_string();
+        self.exec(&["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", &to])
+            .map(|o| o.status.success())
             .unwrap_or(false)
+    }
+
+    /// True if one ping to `to` gets no answer within 500 ms (for asserting a cut path; a lab
+    /// round trip takes well under a millisecond). Also true if there is no route at all.
+    pub fn ping_fails(&self, to: impl Into<IpAddr>) -> bool {
+        match self.ping_stats(to, 1, 0.2, 0.5) {
+            Ok((_, rx)) => rx == 0,
+            // No summary: "Network is unreachable" and the like; no reply either way.
+            Err(_) => true,
+        }
     }
 
     /// Sends `count` pings `interval` seconds apart and waits at most `wait` s for each reply;
@@ -254,6 +266,22 @@ impl Host {
                 String::from_utf8_lossy(&out.stderr)
             ),
         })
+    }
+
+    /// Path of the host's own resolv.conf: `ip netns exec` bind-mounts it over /etc/resolv.conf
+    /// for every process of the host, so a DHCP client script or a test never rewrites the
+    /// machine's real one.
+    pub fn resolv_conf_path(&self) -> PathBuf {
+        PathBuf::from(netns::ETC_NETNS_DIR)
+            .join(&self.ns)
+            .join("resolv.conf")
+    }
+
+    /// Replaces the host's resolv.conf (e.g. `"nameserver 198.18.0.11\n"`); seen by processes
+    /// started afterwards.
+    pub fn set_resolv_conf(&self, content: &str) -> Result<()> {
+        let p = self.resolv_conf_path();
+        std::fs::write(&p, content).map_err(|e| LabError::io(format!("writing {}", p.display()), e))
     }
 
     /// The host's neighbour (ARP and NDP) table.

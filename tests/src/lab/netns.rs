@@ -26,6 +26,29 @@ pub const PREFIX: &str = "hsl";
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// Where `ip netns exec` finds per-namespace files to bind-mount over /etc.
+pub const ETC_NETNS_DIR: &str = "/etc/netns";
+
+/// Gives namespace `name` its own /etc/resolv.conf (see `Host::resolv_conf_path`).
+pub fn create_etc(name: &str) -> Result<()> {
+    let dir = Path::new(ETC_NETNS_DIR).join(name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let file = dir.join("resolv.conf");
+    std::fs::write(&file, format!("# resolv.conf of lab namespace {name}\n"))
+        .map_err(|e| LabError::io(format!("writing {}", file.display()), e))
+}
+
+/// Removes what `create_etc` made (no error if it is not there).
+pub fn remove_etc(name: &str) {
+    let dir = Path::new(ETC_NETNS_DIR).join(name);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("lab: removing {}: {e}", dir.display());
+    }
+}
+
 /// Owner pid encoded in a lab namespace or directory name, or None if the name is not the lab's.
 pub fn owner_pid(name: &str) -> Option<i32> {
     let rest = name.strip_prefix(PREFIX)?;
@@ -194,6 +217,17 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     // fail, which is fine as long as the namespaces end up gone.
     let _ = delete_netns(&stale);
     let gone: Vec<String> = stale.into_iter().filter(|n| !netns_exists(n)).collect();
+    // Per-namespace /etc files of dead owners, whether or not their namespace still existed.
+    if let Ok(rd) = std::fs::read_dir(ETC_NETNS_DIR) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if let Some(name) = e.file_name().to_str()
+                && owner_pid(name).is_some_and(|pid| !pid_alive(pid))
+                && !netns_exists(name)
+            {
+                remove_etc(name);
+            }
+        }
+    }
     if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name();
