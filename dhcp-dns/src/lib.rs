@@ -11,3 +11,4 @@ pub mod leases;
 pub mod dhcp;
 pub mod dns;
 pub mod server;
+pub mod runtime;
