@@ -29,9 +29,31 @@
 //!   deleted (their veths, bridges and nft tables go with them). Building a lab first deletes the
 //!   namespaces of earlier test processes that died without cleaning up (owner pid in the name).
 //!
+//! * Each host has its own `/etc/resolv.conf` (bind-mounted by `ip netns exec` from
+//!   `/etc/netns/<ns>/`), so a DHCP client script never rewrites the machine's; each lab has a
+//!   scratch directory ([`Lab::dir`]) for configs and the logs of spawned processes.
+//!
+//! ```no_run
+//! use hastack_tests::{Lab, require_lab};
+//! # fn main() -> anyhow::Result<()> {
+//! if !require_lab()? {
+//!     return Ok(()); // printed "SKIP: ..." (panics instead under CI=true)
+//! }
+//! let mut lab = Lab::builder().nodes(3).links(2).ipv6(true).build()?;
+//! let client = lab.add_client(std::net::Ipv4Addr::new(198, 18, 0, 100))?;
+//! let cfg = lab.write_file("hastack.toml", "# ...")?;
+//! let daemon = lab.node(1).spawn(&["/path/to/hastack", "cluster", "--config", cfg.to_str().unwrap()])?;
+//! lab.partition(1, 2)?; // nodes 1 and 2 no longer hear each other; 3 hears both
+//! assert!(lab.host(client).ping(lab.node(3).addr(0)));
+//! lab.heal()?;
+//! drop(daemon); // SIGKILL + reap; the lab would do it on drop anyway
+//! # Ok(()) }
+//! ```
+//!
 //! Lifecycle of a lab: `build()` → (faults applied / healed, clients added, processes spawned) →
 //! drop. A failed `build()` or `add_client()` cleans up what it had created before returning.
 
+mod bin;
 mod cmd;
 mod error;
 pub mod fault;
@@ -47,6 +69,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use bin::hastack_bin;
 pub use cmd::find_tool;
 pub use error::{LabError, Result};
 pub use host::{Host, HostId, HostLink};

@@ -7,7 +7,7 @@ pub mod lab;
 
 pub use lab::{
     Host, HostId, HostLink, Lab, LabBuilder, LabError, MacAddr, Neighbour, Proc, cleanup_stale,
-    in_ci, require_lab, require_root, require_tools,
+    hastack_bin, in_ci, require_lab, require_root, require_tools,
 };
 
 use std::time::{Duration, Instant};

@@ -356,6 +356,21 @@ fn neighbour_table_shows_the_peer_mac_after_a_ping() -> TestResult {
         assert!(e.is_resolved() && e.dev == "eth0", "{e:?}");
     }
     assert_eq!(peer.mac(0).to_string(), "02:5a:00:00:00:02");
+
+    // A VIP-like extra address: who holds it, and whose MAC the other side learns for it.
+    let vip: IpAddr = "198.18.0.50".parse()?;
+    assert!(!peer.has_addr(vip)?);
+    peer.exec_ok(&["ip", "addr", "add", "198.18.0.50/24", "dev", "eth0"])?;
+    assert!(peer.has_addr(vip)? && !lab.node(1).has_addr(vip)?);
+    assert!(lab.node(1).ping(vip));
+    assert!(
+        lab.node(1)
+            .wait_for_neighbour(vip, peer.mac(0), Duration::from_secs(2))
+    );
+    assert!(
+        !lab.node(1)
+            .wait_for_neighbour(vip, lab.node(1).mac(0), Duration::from_millis(100))
+    );
     Ok(())
 }
 

@@ -290,6 +290,37 @@ impl Host {
         parse_neigh_json(&json)
     }
 
+    /// Waits up to `timeout` until the neighbour table maps `ip` to `mac` (e.g. after a
+    /// gratuitous ARP or unsolicited NA moved a VIP); returns whether it did.
+    pub fn wait_for_neighbour(
+        &self,
+        ip: impl Into<IpAddr>,
+        mac: MacAddr,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let ip = ip.into();
+        crate::poll_until(timeout, std::time::Duration::from_millis(20), || {
+            self.neighbours()
+                .map(|n| {
+                    n.iter()
+                        .any(|e| e.ip == ip && e.mac == Some(mac) && e.is_resolved())
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// Every address configured in the host (`ip -j addr`), with prefix length and interface.
+    pub fn addresses(&self) -> Result<Vec<(IpAddr, u8, String)>> {
+        let json = cmd::ip_ok(&["-n", &self.ns, "-j", "addr", "show"])?;
+        parse_addr_json(&json)
+    }
+
+    /// True if `ip` is configured on any interface of the host (e.g. "who holds the VIP").
+    pub fn has_addr(&self, ip: impl Into<IpAddr>) -> Result<bool> {
+        let ip = ip.into();
+        Ok(self.addresses()?.iter().any(|(a, _, _)| *a == ip))
+    }
+
     /// Sets the host-side interface of `link` administratively down (`ip link set ethL down`).
     pub fn link_down(&self, link: usize) -> Result<()> {
         cmd::ip_ok(&["-n", &self.ns, "link", "set", self.ifname(link), "down"]).map(drop)
@@ -328,6 +359,39 @@ impl Host {
     }
 }
 
+/// Parses `ip -j addr show` into (address, prefix length, interface).
+pub(crate) fn parse_addr_json(json: &str) -> Result<Vec<(IpAddr, u8, String)>> {
+    let bad = |detail: String| LabError::Parse {
+        what: "ip -j addr",
+        detail,
+    };
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let links = value
+        .as_array()
+        .ok_or_else(|| bad("not a JSON array".into()))?;
+    let mut out = Vec::new();
+    for link in links {
+        let dev = link
+            .get("ifname")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let Some(infos) = link.get("addr_info").and_then(|v| v.as_array()) else {
+            continue;
+        };
+        for info in infos {
+            let Some(local) = info.get("local").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let ip: IpAddr = local
+                .parse()
+                .map_err(|_| bad(format!("bad address {local:?}")))?;
+            let prefix = info.get("prefixlen").and_then(|v| v.as_u64()).unwrap_or(0);
+            out.push((ip, u8::try_from(prefix).unwrap_or(u8::MAX), dev.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// (transmitted, received) from ping's summary line.
 pub(crate) fn parse_ping_summary(out: &str) -> Option<(u32, u32)> {
     let line = out.lines().find(|l| l.contains("packets transmitted"))?;
@@ -352,6 +416,22 @@ mod tests {
             parse_ping_summary("connect: Network is unreachable\n"),
             None
         );
+    }
+
+    #[test]
+    fn addr_json() {
+        let json = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+            {"ifindex":2,"ifname":"eth0","addr_info":[{"family":"inet","local":"198.18.0.11","prefixlen":24},
+            {"family":"inet6","local":"fd00:198:18::11","prefixlen":64}]},{"ifindex":3,"ifname":"eth1"}]"#;
+        let a = parse_addr_json(json).unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            a[1],
+            ("198.18.0.11".parse().unwrap(), 24, "eth0".to_string())
+        );
+        assert_eq!(a[2].0, "fd00:198:18::11".parse::<IpAddr>().unwrap());
+        assert!(parse_addr_json("nope").is_err());
+        assert!(parse_addr_json(r#"[{"ifname":"x","addr_info":[{"local":"1.2.3"}]}]"#).is_err());
     }
 
     #[test]
