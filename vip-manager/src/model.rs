@@ -145,7 +145,8 @@ pub struct ResourceDef {
     pub priority: i32,
     /// resource-stickiness; `None` uses the cluster default.
     pub stickiness: Option<Score>,
-    /// migration-threshold: a node with this many unexpired failures is banned; `None` = never.
+    /// migration-threshold: a node with this many unexpired failures is banned; `None` = never
+    /// (Pacemaker's default is INFINITY, which only fatal failures reach).
     pub migration_threshold: Option<u32>,
     /// failure-timeout: failures older than this are forgotten; `None` = never.
     pub failure_timeout: Option<Duration>,
@@ -166,7 +167,7 @@ impl ResourceDef {
             enabled: true,
             priority: 0,
             stickiness: None,
-            migration_threshold: None,
+            migration_threshold: Some(FATAL_FAIL_COUNT),
             failure_timeout: None,
             on_fail: OnFail::Restart,
             release_without_quorum: release,
@@ -240,6 +241,9 @@ pub mod operator {
     }
 }
 
+/// Fail count of a fatal failure (Pacemaker's INFINITY); reaches any migration-threshold.
+pub const FATAL_FAIL_COUNT: u32 = 1_000_000;
+
 /// One node's unexpired failure history for one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailRecord {
@@ -269,6 +273,22 @@ impl FailCounts {
             .or_insert(FailRecord { count: 0, last_failure: now });
         e.count = e.count.saturating_add(1);
         e.last_failure = e.last_failure.max(now);
+    }
+
+    /// Counts a failure that bans the node at once (Pacemaker's start-failure-is-fatal: the fail
+    /// count becomes INFINITY).
+    pub fn record_fatal(&mut self, rsc: &ResourceId, node: NodeId, now: Timestamp) {
+        let e = self
+            .records
+            .entry((rsc.clone(), node))
+            .or_insert(FailRecord { count: 0, last_failure: now });
+        e.count = e.count.max(FATAL_FAIL_COUNT);
+        e.last_failure = e.last_failure.max(now);
+    }
+
+    /// Sets a record as replicated from its node.
+    pub fn insert(&mut self, rsc: &ResourceId, node: NodeId, rec: FailRecord) {
+        self.records.insert((rsc.clone(), node), rec);
     }
 
     /// `resource cleanup`: forgets failures of `rsc` (on `node` only, when given).

@@ -1,0 +1,713 @@
+//! The resource engine of one node, sans-IO: agreed views and ordered cluster messages in,
+//! actions and cluster messages out.
+//!
+//! Every node runs the same engine on the same totally ordered message stream (the membership
+//! channel), so all members compute the same placement and plan; each executes only its own steps.
+//!
+//! Lifecycle (per installed view):
+//! 1. `view_installed` — a newer view: the generation becomes `(epoch, 0)` and the plan is dropped.
+//!    If the view is not quorate, or this node sees no peer, local VIPs are removed at once
+//!    (no waiting for anybody). The node then sends a `Snapshot` of what it runs and its failure
+//!    records as soon as its own running actions have finished.
+//! 2. Syncing — once the snapshots of all members are delivered, the replicated state is rebuilt
+//!    from them (members only; operator state from the highest version) and the node is synced.
+//!    VIPs held here are re-announced when the view gained members (a healed partition).
+//! 3. Planning — when something changed (sync, a failure, an operator command, a completed plan,
+//!    a failure expiring at an agreed `Tick`) and no claimed step is still running anywhere, every
+//!    node computes placement and plan at the same point of the message order: generation n+1.
+//! 4. Executing — a node broadcasts `Claim` for its runnable steps and runs a step only when its
+//!    own claim is delivered in the same generation with no replan pending (so a step is either
+//!    seen in flight by every node, or run by none). Its `Done` updates everybody's state.
+//!
+//! Time: `now: Instant` drives local timers (monitors, ticks); `wall: Timestamp` stamps messages.
+//! Placement uses the largest stamp delivered so far (`agreed_now`), identical on every node.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::model::{
+    operator, ClusterPolicy, Constraint, CurrentPlacement, FailCounts, FailRecord, NoQuorumPolicy,
+    NodeId, OnFail, ResourceDef, ResourceId, ResourceKind, RunState, Timestamp, View,
+};
+use crate::monitor::{MonitorEvent, MonitorOutcome, MonitorRequest, MonitorScheduler};
+use crate::placement::{place, Placement};
+use crate::transition::{self, Action, Plan};
+
+/// A plan generation: the view's epoch and the plan number within the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Gen {
+    /// View epoch.
+    pub epoch: u64,
+    /// Plan number within the view.
+    pub n: u32,
+}
+
+/// Identifies one execution of an action, for the driver to report back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ticket {
+    /// Step `step` of plan generation `generation`.
+    Plan { generation: Gen, step: usize },
+    /// An action this node decided alone (isolation release, re-announcement).
+    Local(u64),
+}
+
+/// Operator commands (pcs/crm shaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorCmd {
+    /// `resource move NAME NODE`.
+    Move { rsc: ResourceId, node: NodeId },
+    /// `resource ban NAME NODE`.
+    Ban { rsc: ResourceId, node: NodeId },
+    /// `resource clear NAME [NODE]`.
+    Clear { rsc: ResourceId, node: Option<NodeId> },
+    /// `resource cleanup NAME [NODE]`: forget failures.
+    Cleanup { rsc: ResourceId, node: Option<NodeId> },
+    /// `node standby NODE`.
+    Standby(NodeId),
+    /// `node online NODE`.
+    Online(NodeId),
+    /// `property maintenance-mode=true|false`.
+    Maintenance(bool),
+    /// A node is stopping gracefully: move everything off it (dropped when it leaves the view).
+    Shutdown(NodeId),
+}
+
+/// Cluster-wide operator state, replicated with a version.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OperatorState {
+    /// Bumped by every operator command.
+    pub version: u64,
+    /// Ban/move constraints.
+    pub constraints: Vec<Constraint>,
+    /// Standby nodes.
+    pub standby: BTreeSet<NodeId>,
+    /// Maintenance mode.
+    pub maintenance: bool,
+    /// Nodes shutting down gracefully.
+    pub shutting_down: BTreeSet<NodeId>,
+}
+
+/// Messages on the ordered cluster channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// What `from` runs and its failure records, sent once per view.
+    Snapshot {
+        from: NodeId,
+        epoch: u64,
+        resources: Vec<(ResourceId, RunState)>,
+        failures: Vec<(ResourceId, FailRecord)>,
+        operator: OperatorState,
+        at: Timestamp,
+    },
+    /// `from` wants to run step `step` of `generation`.
+    Claim { from: NodeId, generation: Gen, step: usize, at: Timestamp },
+    /// `from` finished an action.
+    Done { from: NodeId, ticket: Ticket, action: Action, ok: bool, at: Timestamp },
+    /// A monitor found `rsc` failed on `from`.
+    Failure { from: NodeId, rsc: ResourceId, at: Timestamp },
+    /// An operator command.
+    Operator { from: NodeId, cmd: OperatorCmd, at: Timestamp },
+    /// Periodic agreed time (sent by the lowest member) so failure timeouts expire everywhere at once.
+    Tick { from: NodeId, at: Timestamp },
+}
+
+impl Msg {
+    /// The sender's wall-clock stamp.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Msg::Snapshot { at, .. }
+            | Msg::Claim { at, .. }
+            | Msg::Done { at, .. }
+            | Msg::Failure { at, .. }
+            | Msg::Operator { at, .. }
+            | Msg::Tick { at, .. } => *at,
+        }
+    }
+}
+
+/// What the engine asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send on the ordered cluster channel (to all members, this node included).
+    Broadcast(Msg),
+    /// Run an action on this node, then call [`Engine::action_finished`] with the ticket.
+    Execute { ticket: Ticket, action: Action },
+    /// Run a monitor, then call [`Engine::monitor_result`].
+    RunMonitor(MonitorRequest),
+}
+
+/// Static settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This node.
+    pub local: NodeId,
+    /// Configured number of nodes (to tell "alone" from "single-node cluster").
+    pub cluster_size: usize,
+    /// Resources.
+    pub resources: Vec<ResourceDef>,
+    /// Configured constraints.
+    pub constraints: Vec<Constraint>,
+    /// Configured policy (operator standby/maintenance are added to it).
+    pub policy: ClusterPolicy,
+    /// Monitor interval.
+    pub monitor_interval: Duration,
+    /// Monitor timeout.
+    pub monitor_timeout: Duration,
+    /// Agreed-time tick period.
+    pub tick_every: Duration,
+}
+
+/// A read-only view for `hastack status`.
+#[derive(Debug, Clone)]
+pub struct EngineStatus {
+    /// Installed view.
+    pub view: Option<View>,
+    /// Whether the replicated state is rebuilt for this view.
+    pub synced: bool,
+    /// Last placement.
+    pub placement: Option<Placement>,
+    /// What runs where.
+    pub current: CurrentPlacement,
+    /// Failure records.
+    pub fails: FailCounts,
+    /// Operator state.
+    pub operator: OperatorState,
+    /// (done, total) steps of the current plan.
+    pub progress: (usize, usize),
+}
+
+/// The engine of one node.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    view: Option<View>,
+    prev_members: BTreeSet<NodeId>,
+    synced: bool,
+    snapshots: BTreeMap<NodeId, (Vec<(ResourceId, RunState)>, Vec<(ResourceId, FailRecord)>, OperatorState)>,
+    snapshot_sent: bool,
+    current: CurrentPlacement,
+    fails: FailCounts,
+    operator: OperatorState,
+    agreed_now: Timestamp,
+    generation: Gen,
+    plan: Plan,
+    done: Vec<bool>,
+    claimed: Vec<bool>,
+    claim_sent: BTreeSet<usize>,
+    in_flight: BTreeSet<(Gen, usize)>,
+    replan_pending: bool,
+    placement: Option<Placement>,
+    local_state: BTreeMap<ResourceId, RunState>,
+    local_running: BTreeMap<Ticket, Action>,
+    next_local: u64,
+    monitors: MonitorScheduler,
+    next_tick: Option<Instant>,
+    stalled: bool,
+    out: VecDeque<Output>,
+}
+
+impl Engine {
+    /// A fresh engine: holds nothing, knows no view. (Stale VIPs must already be removed.)
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            view: None,
+            prev_members: BTreeSet::new(),
+            synced: false,
+            snapshots: BTreeMap::new(),
+            snapshot_sent: false,
+            current: CurrentPlacement::new(),
+            fails: FailCounts::new(),
+            operator: OperatorState::default(),
+            agreed_now: Timestamp(0),
+            generation: Gen::default(),
+            plan: Plan::default(),
+            done: Vec::new(),
+            claimed: Vec::new(),
+            claim_sent: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            replan_pending: false,
+            placement: None,
+            local_state: BTreeMap::new(),
+            local_running: BTreeMap::new(),
+            next_local: 0,
+            monitors: MonitorScheduler::new(),
+            next_tick: None,
+            stalled: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn local(&self) -> NodeId {
+        self.cfg.local
+    }
+
+    /// Next output for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Resources this node runs (its own truth, updated as its actions finish).
+    pub fn local_resources(&self) -> &BTreeMap<ResourceId, RunState> {
+        &self.local_state
+    }
+
+    /// True once a graceful shutdown has moved everything off this node.
+    pub fn idle(&self) -> bool {
+        self.local_state.is_empty() && self.local_running.is_empty()
+    }
+
+    /// Status snapshot.
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            view: self.view.clone(),
+            synced: self.synced,
+            placement: self.placement.clone(),
+            current: self.current.clone(),
+            fails: self.fails.clone(),
+            operator: self.operator.clone(),
+            progress: (self.done.iter().filter(|d| **d).count(), self.done.len()),
+        }
+    }
+
+    fn def(&self, rsc: &ResourceId) -> Option<&ResourceDef> {
+        self.cfg.resources.iter().find(|d| &d.id == rsc)
+    }
+
+    fn broadcast(&mut self, m: Msg) {
+        self.out.push_back(Output::Broadcast(m));
+    }
+
+    /// A new agreed view was installed.
+    pub fn view_installed(&mut self, view: View, now: Instant, wall: Timestamp) {
+        if self.view.as_ref().is_some_and(|v| v.epoch >= view.epoch) {
+            return;
+        }
+        if let Some(v) = &self.view {
+            self.prev_members = v.member_set();
+        }
+        self.generation = Gen { epoch: view.epoch, n: 0 };
+        self.view = Some(view.clone());
+        self.synced = false;
+        self.snapshots.clear();
+        self.snapshot_sent = false;
+        self.plan = Plan { epoch: view.epoch, ..Plan::default() };
+        self.done.clear();
+        self.claimed.clear();
+        self.claim_sent.clear();
+        self.replan_pending = true;
+        self.stalled = false;
+
+        // Safety first: a node without quorum, or alone, drops its VIPs before anything else.
+        let mut mine = CurrentPlacement::new();
+        for (r, s) in &self.local_state {
+            mine.set(r, self.cfg.local, *s);
+        }
+        let releasing: BTreeSet<ResourceId> = self
+            .local_running
+            .values()
+            .filter(|a| matches!(a, Action::RemoveVip { .. }))
+            .map(|a| a.rsc().clone())
+            .collect();
+        let policy = self.effective_policy();
+        for a in transition::release_on_isolation(
+            self.cfg.local,
+            &view,
+            self.cfg.cluster_size,
+            &policy,
+            &self.cfg.resources,
+            &mine,
+        ) {
+            if !releasing.contains(a.rsc()) {
+                self.run_local(a);
+            }
+        }
+        self.try_send_snapshot(wall);
+        self.progress(now, wall);
+    }
+
+    /// The driver noticed this process was stopped or starved (its timers fired far too late, as
+    /// after SIGSTOP/SIGCONT): the cluster has probably moved on without it. Local VIPs are
+    /// released at once, and nothing else happens until the next view is installed.
+    pub fn resumed_after_stall(&mut self, now: Instant, wall: Timestamp) {
+        self.stalled = true;
+        let releasing: BTreeSet<ResourceId> = self
+            .local_running
+            .values()
+            .filter(|a| matches!(a, Action::RemoveVip { .. }))
+            .map(|a| a.rsc().clone())
+            .collect();
+        let vips: Vec<Action> = self
+            .cfg
+            .resources
+            .iter()
+            .filter(|d| self.local_state.contains_key(&d.id) && !releasing.contains(&d.id))
+            .filter_map(|d| match &d.kind {
+                ResourceKind::Vip(v) => {
+                    Some(Action::RemoveVip { node: self.cfg.local, rsc: d.id.clone(), vip: v.clone() })
+                }
+                ResourceKind::Agent => None,
+            })
+            .collect();
+        for a in vips {
+            self.run_local(a);
+        }
+        let _ = (now, wall);
+    }
+
+    fn run_local(&mut self, action: Action) {
+        self.next_local += 1;
+        let ticket = Ticket::Local(self.next_local);
+        self.local_running.insert(ticket, action.clone());
+        self.out.push_back(Output::Execute { ticket, action });
+    }
+
+    fn try_send_snapshot(&mut self, wall: Timestamp) {
+        let Some(v) = &self.view else { return };
+        if self.snapshot_sent || !self.local_running.is_empty() {
+            return;
+        }
+        let local = self.cfg.local;
+        let msg = Msg::Snapshot {
+            from: local,
+            epoch: v.epoch,
+            resources: self.local_state.iter().map(|(r, s)| (r.clone(), *s)).collect(),
+            failures: self
+                .fails
+                .iter()
+                .filter(|(_, n, _)| *n == local)
+                .map(|(r, _, f)| (r.clone(), f))
+                .collect(),
+            operator: self.operator.clone(),
+            at: wall,
+        };
+        self.snapshot_sent = true;
+        self.broadcast(msg);
+    }
+
+    /// A message delivered by the ordered channel (including this node's own).
+    pub fn deliver(&mut self, msg: Msg, now: Instant, wall: Timestamp) {
+        self.agreed_now = self.agreed_now.max(msg.at());
+        match msg {
+            Msg::Snapshot { from, epoch, resources, failures, operator, .. } => {
+                let Some(v) = &self.view else { return };
+                if v.epoch != epoch || self.synced || !v.members.contains(&from) {
+                    return;
+                }
+                self.snapshots.insert(from, (resources, failures, operator));
+                if v.member_set().iter().all(|m| self.snapshots.contains_key(m)) {
+                    self.sync(now, wall);
+                }
+            }
+            Msg::Claim { from, generation, step, .. } => {
+                let valid = self.synced
+                    && !self.stalled
+                    && generation == self.generation
+                    && !self.replan_pending
+                    && step < self.plan.steps.len()
+                    && !self.claimed[step]
+                    && !self.done[step]
+                    && self.plan.steps[step].action.node() == from
+                    && self.plan.steps[step].after.iter().all(|j| self.done[*j]);
+                if valid {
+                    self.claimed[step] = true;
+                    self.in_flight.insert((generation, step));
+                    if from == self.cfg.local {
+                        self.execute(step, now, wall);
+                    }
+                }
+            }
+            Msg::Done { from, ticket, action, ok, at } => {
+                self.apply_effect(from, &action, ok, at);
+                if let Ticket::Plan { generation, step } = ticket {
+                    self.in_flight.remove(&(generation, step));
+                    if generation == self.generation && step < self.done.len() {
+                        self.done[step] = true;
+                        if !self.done.is_empty() && self.done.iter().all(|d| *d) {
+                            self.replan_pending = true;
+                        }
+                    }
+                }
+                if !ok {
+                    self.replan_pending = true;
+                }
+            }
+            Msg::Failure { from, rsc, at } => {
+                let ignore = self.def(&rsc).is_none_or(|d| d.on_fail == OnFail::Ignore);
+                if !ignore {
+                    self.fails.record_failure(&rsc, from, at);
+                    if self.current.state(&rsc, from) == Some(RunState::Running) {
+                        self.current.set(&rsc, from, RunState::Failed);
+                    }
+                    if from == self.cfg.local {
+                        self.monitors.stop(&rsc, from);
+                        if let Some(s) = self.local_state.get_mut(&rsc) {
+                            *s = RunState::Failed;
+                        }
+                    }
+                    self.replan_pending = true;
+                }
+            }
+            Msg::Operator { cmd, .. } => {
+                self.apply_operator(cmd);
+                self.operator.version += 1;
+                self.replan_pending = true;
+            }
+            Msg::Tick { .. } => {
+                // Failure timeouts are judged at agreed time; replan only if the answer changed.
+                if self.synced && !self.replan_pending {
+                    let p = self.compute_placement();
+                    let changed = self.placement.as_ref().is_none_or(|old| {
+                        old.targets().collect::<Vec<_>>() != p.targets().collect::<Vec<_>>()
+                    });
+                    if changed {
+                        self.replan_pending = true;
+                    }
+                }
+            }
+        }
+        self.progress(now, wall);
+    }
+
+    fn apply_operator(&mut self, cmd: OperatorCmd) {
+        let o = &mut self.operator;
+        match cmd {
+            OperatorCmd::Move { rsc, node } => operator::move_to(&mut o.constraints, &rsc, node),
+            OperatorCmd::Ban { rsc, node } => operator::ban(&mut o.constraints, &rsc, node),
+            OperatorCmd::Clear { rsc, node } => {
+                operator::clear(&mut o.constraints, &rsc, node);
+            }
+            OperatorCmd::Cleanup { rsc, node } => self.fails.clear(&rsc, node),
+            OperatorCmd::Standby(n) => {
+                o.standby.insert(n);
+            }
+            OperatorCmd::Online(n) => {
+                o.standby.remove(&n);
+            }
+            OperatorCmd::Maintenance(m) => o.maintenance = m,
+            OperatorCmd::Shutdown(n) => {
+                o.shutting_down.insert(n);
+            }
+        }
+    }
+
+    fn apply_effect(&mut self, from: NodeId, action: &Action, ok: bool, at: Timestamp) {
+        let rsc = action.rsc().clone();
+        match (action.is_start(), action.is_stop(), ok) {
+            (true, _, true) => self.current.set(&rsc, from, RunState::Running),
+            (true, _, false) => {
+                self.current.set(&rsc, from, RunState::Failed);
+                self.fails.record_fatal(&rsc, from, at);
+            }
+            (_, true, true) => self.current.remove(&rsc, from),
+            (_, true, false) => {
+                self.current.set(&rsc, from, RunState::Failed);
+                self.fails.record_failure(&rsc, from, at);
+            }
+            _ => {}
+        }
+    }
+
+    fn sync(&mut self, now: Instant, wall: Timestamp) {
+        let Some(v) = self.view.clone() else { return };
+        let members = v.member_set();
+        self.current = CurrentPlacement::new();
+        self.fails = FailCounts::new();
+        let mut best: Option<(u64, NodeId)> = None;
+        for (node, (rs, fs, op)) in &self.snapshots {
+            for (r, s) in rs {
+                self.current.set(r, *node, *s);
+            }
+            for (r, f) in fs {
+                self.fails.insert(r, *node, *f);
+            }
+            // Highest version wins; ties go to the lowest node id (iteration is ascending).
+            if best.is_none_or(|(ver, _)| op.version > ver) {
+                best = Some((op.version, *node));
+            }
+        }
+        if let Some((_, n)) = best {
+            if let Some((_, _, op)) = self.snapshots.get(&n) {
+                self.operator = op.clone();
+            }
+        }
+        self.operator.shutting_down.retain(|n| members.contains(n));
+        self.snapshots.clear();
+        self.synced = true;
+        self.in_flight.clear();
+        self.replan_pending = true;
+        // A view that gained members may be a healed partition: announce our VIPs again.
+        let joined = members.iter().any(|m| !self.prev_members.contains(m));
+        if joined && !self.prev_members.is_empty() {
+            let mut mine = CurrentPlacement::new();
+            for (r, s) in &self.local_state {
+                mine.set(r, self.cfg.local, *s);
+            }
+            for a in transition::reannounce(self.cfg.local, &self.cfg.resources, &mine) {
+                self.run_local(a);
+            }
+        }
+        let _ = (now, wall);
+    }
+
+    fn effective_policy(&self) -> ClusterPolicy {
+        let mut p = self.cfg.policy.clone();
+        p.standby.extend(self.operator.standby.iter().copied());
+        p.standby.extend(self.operator.shutting_down.iter().copied());
+        p.maintenance |= self.operator.maintenance;
+        p
+    }
+
+    fn constraints(&self) -> Vec<Constraint> {
+        let mut c = self.cfg.constraints.clone();
+        c.extend(self.operator.constraints.iter().cloned());
+        c
+    }
+
+    fn compute_placement(&self) -> Placement {
+        let view = self.view.clone().unwrap_or(View { epoch: 0, members: vec![], quorate: false });
+        place(
+            &view,
+            &self.effective_policy(),
+            &self.cfg.resources,
+            &self.constraints(),
+            &self.fails,
+            &self.current,
+            self.agreed_now,
+        )
+    }
+
+    fn progress(&mut self, now: Instant, wall: Timestamp) {
+        if self.synced && self.replan_pending && self.in_flight.is_empty() && !self.stalled {
+            let Some(view) = self.view.clone() else { return };
+            let placement = self.compute_placement();
+            let plan = transition::plan(&view, &placement, &self.cfg.resources, &self.constraints(), &self.current);
+            self.generation.n += 1;
+            self.done = vec![false; plan.steps.len()];
+            self.claimed = vec![false; plan.steps.len()];
+            self.claim_sent.clear();
+            self.plan = plan;
+            self.placement = Some(placement);
+            self.replan_pending = false;
+        }
+        if !self.synced || self.replan_pending || self.stalled {
+            return;
+        }
+        let local = self.cfg.local;
+        let generation = self.generation;
+        let runnable: Vec<usize> = (0..self.plan.steps.len())
+            .filter(|i| {
+                let s = &self.plan.steps[*i];
+                s.action.node() == local
+                    && !self.done[*i]
+                    && !self.claimed[*i]
+                    && !self.claim_sent.contains(i)
+                    && s.after.iter().all(|j| self.done[*j])
+            })
+            .collect();
+        for step in runnable {
+            self.claim_sent.insert(step);
+            self.broadcast(Msg::Claim { from: local, generation, step, at: wall });
+        }
+        let _ = now;
+    }
+
+    fn execute(&mut self, step: usize, now: Instant, wall: Timestamp) {
+        let action = self.plan.steps[step].action.clone();
+        let ticket = Ticket::Plan { generation: self.generation, step };
+        if let Action::Monitor { rsc, node } = &action {
+            // Monitors are the engine's own business: schedule and confirm at once.
+            self.monitors.start(rsc, *node, self.cfg.monitor_interval, self.cfg.monitor_timeout, now);
+            self.broadcast(Msg::Done { from: self.cfg.local, ticket, action, ok: true, at: wall });
+            return;
+        }
+        self.local_running.insert(ticket, action.clone());
+        self.out.push_back(Output::Execute { ticket, action });
+    }
+
+    /// The driver finished an action it was asked to execute.
+    pub fn action_finished(&mut self, ticket: Ticket, ok: bool, now: Instant, wall: Timestamp) {
+        let Some(action) = self.local_running.remove(&ticket) else { return };
+        let rsc = action.rsc().clone();
+        if action.is_start() {
+            self.local_state.insert(rsc.clone(), if ok { RunState::Running } else { RunState::Failed });
+        } else if action.is_stop() {
+            self.monitors.stop(&rsc, self.cfg.local);
+            if ok {
+                self.local_state.remove(&rsc);
+            } else {
+                self.local_state.insert(rsc.clone(), RunState::Failed);
+            }
+        }
+        self.broadcast(Msg::Done { from: self.cfg.local, ticket, action, ok, at: wall });
+        self.try_send_snapshot(wall);
+        self.progress(now, wall);
+    }
+
+    /// The driver finished a monitor.
+    pub fn monitor_result(&mut self, rsc: &ResourceId, outcome: MonitorOutcome, now: Instant, wall: Timestamp) {
+        if let Some(MonitorEvent::Failed { rsc, node, .. }) = self.monitors.on_result(rsc, self.cfg.local, outcome, now) {
+            self.broadcast(Msg::Failure { from: node, rsc, at: wall });
+        }
+    }
+
+    /// The driver found a resource gone that this node should be running (a VIP whose lease ran
+    /// out while the daemon was stopped, for instance): it is reported as failed.
+    pub fn resource_lost(&mut self, rsc: &ResourceId, wall: Timestamp) {
+        if let Some(s) = self.local_state.get_mut(rsc) {
+            *s = RunState::Failed;
+            self.monitors.stop(rsc, self.cfg.local);
+            self.broadcast(Msg::Failure { from: self.cfg.local, rsc: rsc.clone(), at: wall });
+        }
+    }
+
+    /// Queues an operator command for the cluster.
+    pub fn operator(&mut self, cmd: OperatorCmd, wall: Timestamp) {
+        self.broadcast(Msg::Operator { from: self.cfg.local, cmd, at: wall });
+    }
+
+    /// Begins a graceful stop of this node: its resources move away (the VIP in one round trip);
+    /// the daemon may exit once [`Engine::idle`] is true.
+    pub fn begin_shutdown(&mut self, wall: Timestamp) {
+        self.operator(OperatorCmd::Shutdown(self.cfg.local), wall);
+    }
+
+    /// When the driver should call [`Engine::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let tick = if self.is_ticker() { self.next_tick } else { None };
+        [self.monitors.poll_timeout(), tick].into_iter().flatten().min()
+    }
+
+    fn is_ticker(&self) -> bool {
+        self.synced
+            && self.view.as_ref().and_then(|v| v.member_set().first().copied()) == Some(self.cfg.local)
+    }
+
+    /// Timers: due monitors, monitor timeouts, agreed-time ticks.
+    pub fn handle_timeout(&mut self, now: Instant, wall: Timestamp) {
+        for req in self.monitors.poll_due(now) {
+            self.out.push_back(Output::RunMonitor(req));
+        }
+        for MonitorEvent::Failed { rsc, node, .. } in self.monitors.handle_timeout(now) {
+            self.broadcast(Msg::Failure { from: node, rsc, at: wall });
+        }
+        if self.is_ticker() {
+            match self.next_tick {
+                Some(t) if t > now => {}
+                Some(_) => {
+                    self.broadcast(Msg::Tick { from: self.cfg.local, at: wall });
+                    self.next_tick = Some(now + self.cfg.tick_every);
+                }
+                None => self.next_tick = Some(now + self.cfg.tick_every),
+            }
+        }
+    }
+
+    /// Whether the VIP resources' kind and the no-quorum policy make this node release on
+    /// isolation (for drivers that want to log the decision).
+    pub fn releases_on_isolation(&self) -> bool {
+        self.cfg.policy.no_quorum_policy != NoQuorumPolicy::Ignore
+            && self.cfg.resources.iter().any(|d| matches!(d.kind, ResourceKind::Vip(_)))
+    }
+}
