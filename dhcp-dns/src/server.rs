@@ -26,7 +26,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::dhcp::{Action, DhcpServer, RecvMeta, Reply, ReplyTarget};
-use crate::dns::{AnswerStats, SharedZone, Transport, answer};
+use crate::dns::answer::forwarded_response;
+use crate::dns::forward::{CacheKey, has_rebind_answer, matches_query};
+use crate::dns::zone::norm;
+use crate::dns::{AnswerStats, DnsCache, ForwardConfig, Outcome, SharedZone, Transport, answer_or_forward};
+use hickory_proto::op::{Edns, Message as DnsMessage, ResponseCode};
 use crate::leases::{GroupCommitter, LeaseError, UnixTime};
 
 /// Wall-clock seconds since the Unix epoch.
@@ -69,6 +73,8 @@ pub struct DnsServerConfig {
     pub tcp_max_connections: usize,
     /// SO_BINDTODEVICE for every socket.
     pub device: Option<String>,
+    /// Forward names outside our zones (None: answer REFUSED).
+    pub forward: Option<ForwardConfig>,
 }
 
 impl Default for DnsServerConfig {
@@ -80,6 +86,7 @@ impl Default for DnsServerConfig {
             tcp_idle: Duration::from_secs(10),
             tcp_max_connections: 4096,
             device: None,
+            forward: None,
         }
     }
 }
@@ -107,6 +114,8 @@ pub struct DnsHandle {
     pub stats: Arc<AnswerStats>,
     /// Transport counters.
     pub transport: Arc<DnsTransportStats>,
+    /// The forwarder, when forwarding is configured.
+    pub forwarder: Option<Arc<Forwarder>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -129,6 +138,7 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
     let mut tasks = Vec::new();
     let mut udp_addrs = Vec::new();
     let mut tcp_addrs = Vec::new();
+    let forwarder = cfg.forward.clone().map(|f| Arc::new(Forwarder::new(f)));
     for addr in &cfg.udp {
         let n = cfg.udp_sockets_per_addr.max(1);
         let first = bind_udp(*addr, n > 1, cfg.device.as_deref(), false)?;
@@ -139,7 +149,8 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
             socks.push(bind_udp(bound, true, cfg.device.as_deref(), false)?);
         }
         for s in socks {
-            tasks.push(tokio::spawn(dns_udp_loop(s, zone.clone(), stats.clone(), transport.clone(), stop_rx.clone())));
+            let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
+            tasks.push(tokio::spawn(dns_udp_loop(Arc::new(s), ctx, stop_rx.clone())));
         }
     }
     for addr in &cfg.tcp {
@@ -153,18 +164,46 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
         s.listen(1024)?;
         let l = TcpListener::from_std(s.into())?;
         tcp_addrs.push(l.local_addr()?);
-        tasks.push(tokio::spawn(dns_tcp_accept(l, zone.clone(), stats.clone(), transport.clone(), cfg.clone(), stop_rx.clone())));
+        let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
+        tasks.push(tokio::spawn(dns_tcp_accept(l, ctx, cfg.clone(), stop_rx.clone())));
     }
-    Ok(DnsHandle { udp_addrs, tcp_addrs, stats, transport, stop, tasks })
+    Ok(DnsHandle { udp_addrs, tcp_addrs, stats, transport, forwarder, stop, tasks })
 }
 
-async fn dns_udp_loop(
-    sock: UdpSocket,
+/// What every DNS task shares.
+#[derive(Clone)]
+struct DnsCtx {
     zone: SharedZone,
     stats: Arc<AnswerStats>,
     transport: Arc<DnsTransportStats>,
-    mut stop: watch::Receiver<bool>,
-) {
+    forwarder: Option<Arc<Forwarder>>,
+}
+
+impl DnsCtx {
+    /// Answer from the zone; `Err` carries a query to forward.
+    fn local(&self, q: &[u8], t: Transport) -> Result<Option<Vec<u8>>, Box<DnsMessage>> {
+        let out = match self.zone.read() {
+            Ok(z) => answer_or_forward(&z, q, t, &self.stats),
+            Err(_) => return Ok(None),
+        };
+        match out {
+            Outcome::Respond(b) => Ok(Some(b)),
+            Outcome::Drop => Ok(None),
+            Outcome::Forward(req) => match &self.forwarder {
+                Some(f) => match f.from_cache(&req, t, &self.stats) {
+                    Some(b) => Ok(Some(b)),
+                    None => Err(req),
+                },
+                None => {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    Ok(forwarded_response(&req, ResponseCode::Refused, Vec::new(), Vec::new(), t, &self.stats))
+                }
+            },
+        }
+    }
+}
+
+async fn dns_udp_loop(sock: Arc<UdpSocket>, ctx: DnsCtx, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = tokio::select! {
@@ -178,26 +217,30 @@ async fn dns_udp_loop(
             },
             _ = stop.changed() => return,
         };
-        let resp = match zone.read() {
-            Ok(z) => answer(&z, &buf[..n], Transport::Udp, &stats),
-            Err(_) => return,
-        };
-        if let Some(r) = resp {
-            if sock.send_to(&r, peer).await.is_err() {
-                transport.send_errors.fetch_add(1, Ordering::Relaxed);
+        match ctx.local(&buf[..n], Transport::Udp) {
+            Ok(Some(r)) => {
+                if sock.send_to(&r, peer).await.is_err() {
+                    ctx.transport.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => {}
+            Err(req) => {
+                // Forwarded queries run concurrently; the loop keeps answering local names.
+                let (sock, ctx) = (sock.clone(), ctx.clone());
+                tokio::spawn(async move {
+                    let Some(f) = &ctx.forwarder else { return };
+                    if let Some(r) = f.resolve(&req, Transport::Udp, &ctx.stats).await {
+                        if sock.send_to(&r, peer).await.is_err() {
+                            ctx.transport.send_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
             }
         }
     }
 }
 
-async fn dns_tcp_accept(
-    l: TcpListener,
-    zone: SharedZone,
-    stats: Arc<AnswerStats>,
-    transport: Arc<DnsTransportStats>,
-    cfg: DnsServerConfig,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn dns_tcp_accept(l: TcpListener, ctx: DnsCtx, cfg: DnsServerConfig, mut stop: watch::Receiver<bool>) {
     let live = Arc::new(AtomicUsize::new(0));
     loop {
         let (conn, peer) = tokio::select! {
@@ -212,17 +255,17 @@ async fn dns_tcp_accept(
             _ = stop.changed() => return,
         };
         if live.load(Ordering::Relaxed) >= cfg.tcp_max_connections {
-            transport.tcp_rejected.fetch_add(1, Ordering::Relaxed);
+            ctx.transport.tcp_rejected.fetch_add(1, Ordering::Relaxed);
             drop(conn);
             continue;
         }
-        transport.tcp_accepted.fetch_add(1, Ordering::Relaxed);
+        ctx.transport.tcp_accepted.fetch_add(1, Ordering::Relaxed);
         live.fetch_add(1, Ordering::Relaxed);
-        let (zone, stats, transport, live, stop) = (zone.clone(), stats.clone(), transport.clone(), live.clone(), stop.clone());
+        let (ctx, live, stop) = (ctx.clone(), live.clone(), stop.clone());
         let idle = cfg.tcp_idle;
         tokio::spawn(async move {
             let _ = conn.set_nodelay(true);
-            if let Err(e) = dns_tcp_conn(conn, zone, stats, &transport, idle, stop).await {
+            if let Err(e) = dns_tcp_conn(conn, &ctx, idle, stop).await {
                 tracing::debug!(%peer, error = %e, "dns tcp connection ended");
             }
             live.fetch_sub(1, Ordering::Relaxed);
@@ -230,14 +273,7 @@ async fn dns_tcp_accept(
     }
 }
 
-async fn dns_tcp_conn(
-    conn: TcpStream,
-    zone: SharedZone,
-    stats: Arc<AnswerStats>,
-    transport: &DnsTransportStats,
-    idle: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
+async fn dns_tcp_conn(conn: TcpStream, ctx: &DnsCtx, idle: Duration, mut stop: watch::Receiver<bool>) -> io::Result<()> {
     let (r, w) = conn.into_split();
     let mut r = BufReader::new(r);
     let mut w = BufWriter::new(w);
@@ -253,7 +289,7 @@ async fn dns_tcp_conn(
                 Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    transport.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
+                    ctx.transport.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
             },
@@ -265,9 +301,12 @@ async fn dns_tcp_conn(
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()),
         }
-        let resp = match zone.read() {
-            Ok(z) => answer(&z, &msg, Transport::Tcp, &stats),
-            Err(_) => return Ok(()),
+        let resp = match ctx.local(&msg, Transport::Tcp) {
+            Ok(r) => r,
+            Err(req) => match &ctx.forwarder {
+                Some(f) => f.resolve(&req, Transport::Tcp, &ctx.stats).await,
+                None => None,
+            },
         };
         if let Some(resp) = resp {
             let Ok(n) = u16::try_from(resp.len()) else { continue };
@@ -275,6 +314,162 @@ async fn dns_tcp_conn(
             w.write_all(&resp).await?;
         }
     }
+}
+
+/// Counters of the forwarder.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Queries sent upstream.
+    pub forwarded: AtomicU64,
+    /// Answers served from the cache.
+    pub cache_hits: AtomicU64,
+    /// Upstream attempts that timed out or failed.
+    pub upstream_failures: AtomicU64,
+    /// Packets from upstream that did not match the query (id/question), ignored.
+    pub mismatched: AtomicU64,
+    /// Answers refused by rebinding protection.
+    pub rebind_blocked: AtomicU64,
+    /// Queries answered SERVFAIL (all upstreams failed, or too many in flight).
+    pub servfail: AtomicU64,
+}
+
+/// Forwarding state shared by all DNS tasks: settings, cache, in-flight count.
+pub struct Forwarder {
+    cfg: ForwardConfig,
+    cache: std::sync::Mutex<DnsCache>,
+    in_flight: AtomicUsize,
+    /// Counters.
+    pub stats: ForwardStats,
+}
+
+impl Forwarder {
+    /// A forwarder with an empty cache.
+    pub fn new(cfg: ForwardConfig) -> Forwarder {
+        let cache = DnsCache::new(cfg.cache_size, cfg.max_ttl, cfg.max_negative_ttl);
+        Forwarder { cfg, cache: std::sync::Mutex::new(cache), in_flight: AtomicUsize::new(0), stats: ForwardStats::default() }
+    }
+
+    /// Cache counters and size.
+    pub fn cache_len(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The cached response to `req`, if fresh.
+    fn from_cache(&self, req: &DnsMessage, t: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+        let key = CacheKey::of(req)?;
+        let hit = self.cache.lock().ok()?.get(&key, std::time::Instant::now())?;
+        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        forwarded_response(req, hit.rcode, hit.answers, hit.authorities, t, stats)
+    }
+
+    /// Resolve `req` upstream (trying each server in turn) and build the client's response.
+    pub async fn resolve(&self, req: &DnsMessage, t: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+        let fail = |rcode| forwarded_response(req, rcode, Vec::new(), Vec::new(), t, stats);
+        let q = req.queries.first()?;
+        let name = norm(&q.name().to_ascii());
+        let ups = self.cfg.upstreams_for(&name).to_vec();
+        if ups.is_empty() {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return fail(ResponseCode::Refused);
+        }
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.stats.servfail.fetch_add(1, Ordering::Relaxed);
+            return fail(ResponseCode::ServFail);
+        }
+        let mut result = None;
+        for up in ups {
+            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            match query_upstream(up, req, self.cfg.timeout, &self.stats).await {
+                Ok(resp) => {
+                    let rc = resp.metadata.response_code;
+                    if rc != ResponseCode::NoError && rc != ResponseCode::NXDomain {
+                        // SERVFAIL/REFUSED from this one: another upstream may do better.
+                        result = Some(resp);
+                        continue;
+                    }
+                    result = Some(resp);
+                    break;
+                }
+                Err(e) => {
+                    self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(upstream = %up, error = %e, "upstream failed");
+                }
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(resp) = result else {
+            self.stats.servfail.fetch_add(1, Ordering::Relaxed);
+            return fail(ResponseCode::ServFail);
+        };
+        if !self.cfg.rebind_allowed(&name) && has_rebind_answer(&resp) {
+            self.stats.rebind_blocked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%name, "possible DNS rebinding: upstream answer points into private space; refused");
+            return fail(ResponseCode::Refused);
+        }
+        if let (Some(key), Ok(mut c)) = (CacheKey::of(req), self.cache.lock()) {
+            c.insert(key, &resp, std::time::Instant::now());
+        }
+        let rc = resp.metadata.response_code;
+        forwarded_response(req, rc, resp.answers, resp.authorities, t, stats)
+    }
+}
+
+/// One query to one upstream: a fresh socket (random source port from the kernel), a random id,
+/// answers accepted only from that server with the same id and question; TCP when truncated.
+async fn query_upstream(up: SocketAddr, req: &DnsMessage, timeout: Duration, stats: &ForwardStats) -> io::Result<DnsMessage> {
+    let mut q = DnsMessage::query();
+    q.metadata.id = rand::random::<u16>();
+    q.metadata.recursion_desired = true;
+    q.add_queries(req.queries.iter().cloned());
+    let mut e = Edns::new();
+    e.set_max_payload(crate::dns::answer::OUR_UDP_PAYLOAD);
+    q.set_edns(e);
+    let bytes = q.to_vec().map_err(io::Error::other)?;
+    let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0".parse().map_err(io::Error::other)? } else { "[::]:0".parse().map_err(io::Error::other)? };
+    let sock = UdpSocket::bind(bind).await?;
+    // connect(): the kernel drops datagrams from any other source.
+    sock.connect(up).await?;
+    sock.send(&bytes).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timeout")),
+        };
+        let Ok(resp) = DnsMessage::from_vec(&buf[..n]) else {
+            stats.mismatched.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if !matches_query(&q, &resp) {
+            stats.mismatched.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if resp.metadata.truncation {
+            return tokio::time::timeout_at(deadline, query_upstream_tcp(up, &q, &bytes))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream tcp timeout"))?;
+        }
+        return Ok(resp);
+    }
+}
+
+async fn query_upstream_tcp(up: SocketAddr, q: &DnsMessage, bytes: &[u8]) -> io::Result<DnsMessage> {
+    let mut c = TcpStream::connect(up).await?;
+    let len = u16::try_from(bytes.len()).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    c.write_all(&out).await?;
+    let n = c.read_u16().await? as usize;
+    let mut b = vec![0u8; n];
+    c.read_exact(&mut b).await?;
+    let resp = DnsMessage::from_vec(&b).map_err(io::Error::other)?;
+    if !matches_query(q, &resp) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "upstream tcp answer does not match the query"));
+    }
+    Ok(resp)
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -261,3 +261,138 @@ async fn relayed_dora_on_loopback_persists_before_ack_and_publishes_the_name() {
     names.sort();
     assert_eq!(names, vec!["fixed.cluster.test", "worker-0.cluster.test", "worker-1.cluster.test"]);
 }
+
+/// A fake upstream DNS server on loopback; answers a few fixed names, counts queries, and first
+/// sends a spoofed answer (wrong id) to check that the forwarder ignores it. Bounded in time.
+fn fake_upstream(answer_ip: Ipv4Addr) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::Record;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let addr = s.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c2, st2) = (count.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 1500];
+        while !st2.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            let Ok((n, peer)) = s.recv_from(&mut buf) else { continue };
+            let Ok(q) = DnsMessage::from_vec(&buf[..n]) else { continue };
+            c2.fetch_add(1, Ordering::Relaxed);
+            let name = q.queries[0].name().clone();
+            let mut r = DnsMessage::response(q.metadata.id, q.metadata.op_code);
+            r.metadata.recursion_available = true;
+            r.add_queries(q.queries.iter().cloned());
+            let lname = name.to_ascii().to_ascii_lowercase();
+            if lname.starts_with("nx.") {
+                r.metadata.response_code = ResponseCode::NXDomain;
+                let soa = SOA::new(Name::from_ascii("ns.example.org.").unwrap(), Name::from_ascii("h.example.org.").unwrap(), 1, 1, 1, 1, 60);
+                r.add_authority(Record::from_rdata(Name::from_ascii("example.org.").unwrap(), 300, RData::SOA(soa)));
+            } else if lname.starts_with("evil.") {
+                r.add_answer(Record::from_rdata(name, 300, RData::A(A(Ipv4Addr::new(10, 0, 0, 5)))));
+            } else {
+                r.add_answer(Record::from_rdata(name, 300, RData::A(A(answer_ip))));
+            }
+            let mut spoof = r.clone();
+            spoof.metadata.id = q.metadata.id.wrapping_add(1);
+            let _ = s.send_to(&spoof.to_vec().unwrap(), peer);
+            let _ = s.send_to(&r.to_vec().unwrap(), peer);
+        }
+    });
+    (addr, count, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_caching_negative_caching_rebind_and_per_domain_upstreams() {
+    use dhcp_dns::dns::ForwardConfig;
+    use std::sync::atomic::Ordering;
+    let (up1, count1, stop1) = fake_upstream(Ipv4Addr::new(203, 0, 113, 7));
+    let (up2, count2, stop2) = fake_upstream(Ipv4Addr::new(203, 0, 113, 99));
+    let cfg = DnsServerConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        forward: Some(ForwardConfig {
+            upstreams: vec![up1],
+            domains: vec![("corp.test".into(), vec![up2])],
+            timeout: Duration::from_secs(2),
+            ..ForwardConfig::default()
+        }),
+        ..DnsServerConfig::default()
+    };
+    let h = start_dns(cfg, test_zone().shared()).await.unwrap();
+    let udp = h.udp_addrs[0];
+    let tcp = h.tcp_addrs[0];
+    let fw = h.forwarder.clone().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let r = udp_ask(udp, &dns_query(21, "www.example.org.", RecordType::A));
+        assert_eq!(r.metadata.id, 21);
+        assert!(r.metadata.recursion_available);
+        assert_eq!(r.answers[0].data, RData::A(A(Ipv4Addr::new(203, 0, 113, 7))));
+        let r = udp_ask(udp, &dns_query(22, "WWW.example.org.", RecordType::A));
+        assert_eq!(r.answers[0].data, RData::A(A(Ipv4Addr::new(203, 0, 113, 7))));
+        assert!(r.answers[0].ttl <= 300);
+        assert_eq!(count1.load(Ordering::Relaxed), 1, "second answer from the cache");
+
+        for id in [23, 24] {
+            let r = udp_ask(udp, &dns_query(id, "nx.example.org.", RecordType::A));
+            assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+            assert_eq!(r.authorities.len(), 1);
+        }
+        assert_eq!(count1.load(Ordering::Relaxed), 2, "NXDOMAIN cached (RFC 2308)");
+
+        let r = udp_ask(udp, &dns_query(25, "evil.example.org.", RecordType::A));
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused, "rebinding protection");
+
+        let r = udp_ask(udp, &dns_query(26, "host.corp.test.", RecordType::A));
+        assert_eq!(r.answers[0].data, RData::A(A(Ipv4Addr::new(203, 0, 113, 99))));
+        assert_eq!(count2.load(Ordering::Relaxed), 1, "per-domain upstream");
+
+        // Local names are still answered locally, authoritative.
+        let r = udp_ask(udp, &dns_query(27, "api.cluster.test.", RecordType::A));
+        assert!(r.metadata.authoritative);
+
+        // Forwarding over TCP too.
+        let mut c = TcpStream::connect(tcp).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let q = dns_query(28, "tcp.example.org.", RecordType::A);
+        c.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+        c.write_all(&q).unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut b = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut b).unwrap();
+        let r = DnsMessage::from_vec(&b).unwrap();
+        assert_eq!(r.metadata.id, 28);
+        assert_eq!(r.answers[0].data, RData::A(A(Ipv4Addr::new(203, 0, 113, 7))));
+    })
+    .await
+    .unwrap();
+    assert!(fw.stats.mismatched.load(Ordering::Relaxed) >= 1, "spoofed answers (wrong id) ignored");
+    assert!(fw.stats.rebind_blocked.load(Ordering::Relaxed) == 1);
+    assert!(fw.stats.cache_hits.load(Ordering::Relaxed) >= 2);
+    stop1.store(true, Ordering::Relaxed);
+    stop2.store(true, Ordering::Relaxed);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_to_a_dead_upstream_gives_servfail_in_bounded_time() {
+    use dhcp_dns::dns::ForwardConfig;
+    // A bound socket that never answers: the upstream is "down".
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = DnsServerConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        forward: Some(ForwardConfig { upstreams: vec![silent.local_addr().unwrap()], timeout: Duration::from_millis(200), ..ForwardConfig::default() }),
+        ..DnsServerConfig::default()
+    };
+    let h = start_dns(cfg, test_zone().shared()).await.unwrap();
+    let udp = h.udp_addrs[0];
+    let t0 = std::time::Instant::now();
+    let r = tokio::task::spawn_blocking(move || udp_ask(udp, &dns_query(31, "www.example.org.", RecordType::A))).await.unwrap();
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    drop(silent);
+    h.shutdown().await;
+}

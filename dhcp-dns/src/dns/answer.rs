@@ -69,32 +69,99 @@ fn raw_error(query: &[u8], rcode: u8) -> Vec<u8> {
     r
 }
 
-/// Answer one DNS query from `zone`. `None` means: send nothing.
+/// What to do with a query.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send these bytes.
+    Respond(Vec<u8>),
+    /// Send nothing.
+    Drop,
+    /// Not ours: forward the decoded query (only from [`answer_or_forward`]).
+    Forward(Box<Message>),
+}
+
+/// Answer one DNS query from `zone`. `None` means: send nothing. Names outside the zone: REFUSED.
 pub fn answer(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+    match answer_inner(zone, query, transport, stats, false) {
+        Outcome::Respond(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// Like [`answer`], but names outside our zones come back as [`Outcome::Forward`].
+pub fn answer_or_forward(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerStats) -> Outcome {
+    answer_inner(zone, query, transport, stats, true)
+}
+
+/// The UDP size limit the client of `req` accepts.
+pub fn udp_limit(req: &Message) -> usize {
+    match &req.edns {
+        Some(e) => usize::from(e.max_payload().clamp(512, OUR_UDP_PAYLOAD)),
+        None => CLASSIC_UDP,
+    }
+}
+
+/// A response to `req` carrying a forwarded (or cached) answer.
+pub fn forwarded_response(
+    req: &Message,
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    transport: Transport,
+    stats: &AnswerStats,
+) -> Option<Vec<u8>> {
+    let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.metadata.checking_disabled = req.metadata.checking_disabled;
+    resp.metadata.response_code = rcode;
+    resp.add_queries(req.queries.iter().cloned());
+    resp.insert_answers(answers);
+    resp.insert_authorities(authorities);
+    if req.edns.is_some() {
+        let mut ours = Edns::new();
+        ours.set_max_payload(OUR_UDP_PAYLOAD);
+        resp.set_edns(ours);
+    }
+    finish(resp, transport, udp_limit(req), stats)
+}
+
+fn answer_inner(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerStats, forward: bool) -> Outcome {
+    match answer_msg(zone, query, transport, stats, forward) {
+        Ok(Some(b)) => Outcome::Respond(b),
+        Ok(None) => Outcome::Drop,
+        Err(req) => Outcome::Forward(req),
+    }
+}
+
+fn answer_msg(
+    zone: &Zone,
+    query: &[u8],
+    transport: Transport,
+    stats: &AnswerStats,
+    forward: bool,
+) -> Result<Option<Vec<u8>>, Box<Message>> {
     bump(&stats.queries);
     if query.len() < 12 || query[2] & 0x80 != 0 {
         bump(&stats.dropped);
-        return None;
+        return Ok(None);
     }
     let req = match Message::from_vec(query) {
         Ok(m) => m,
         Err(_) => {
             bump(&stats.formerr);
-            return Some(raw_error(query, 1));
+            return Ok(Some(raw_error(query, 1)));
         }
     };
     if req.metadata.message_type != MessageType::Query {
         bump(&stats.dropped);
-        return None;
+        return Ok(None);
     }
     let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.checking_disabled = req.metadata.checking_disabled;
     resp.add_queries(req.queries.iter().cloned());
-    let udp_limit = match &req.edns {
-        Some(e) => usize::from(e.max_payload().clamp(512, OUR_UDP_PAYLOAD)),
-        None => CLASSIC_UDP,
-    };
+    let udp_limit = udp_limit(&req);
     if let Some(e) = &req.edns {
         let mut ours = Edns::new();
         ours.set_max_payload(OUR_UDP_PAYLOAD);
@@ -103,24 +170,24 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerSta
         if e.version() > 0 {
             bump(&stats.notimp);
             resp.metadata.response_code = ResponseCode::BADVERS;
-            return finish(resp, transport, udp_limit, stats);
+            return Ok(finish(resp, transport, udp_limit, stats));
         }
     }
     if req.metadata.op_code != OpCode::Query {
         bump(&stats.notimp);
         resp.metadata.response_code = ResponseCode::NotImp;
-        return finish(resp, transport, udp_limit, stats);
+        return Ok(finish(resp, transport, udp_limit, stats));
     }
     if req.queries.len() != 1 {
         bump(&stats.formerr);
         resp.metadata.response_code = ResponseCode::FormErr;
-        return finish(resp, transport, udp_limit, stats);
+        return Ok(finish(resp, transport, udp_limit, stats));
     }
     let q = &req.queries[0];
     if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY {
         bump(&stats.refused);
         resp.metadata.response_code = ResponseCode::Refused;
-        return finish(resp, transport, udp_limit, stats);
+        return Ok(finish(resp, transport, udp_limit, stats));
     }
     let qname = q.name().clone();
     let name = norm(&qname.to_ascii());
@@ -176,12 +243,13 @@ pub fn answer(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerSta
                 resp.add_authority(r);
             }
         }
+        Lookup::NotAuthoritative if forward => return Err(Box::new(req)),
         Lookup::NotAuthoritative => {
             bump(&stats.refused);
             resp.metadata.response_code = ResponseCode::Refused;
         }
     }
-    finish(resp, transport, udp_limit, stats)
+    Ok(finish(resp, transport, udp_limit, stats))
 }
 
 /// The SOA of the zone holding `name`; TTL = negative TTL (RFC 2308 §3: min of SOA TTL and MINIMUM).
@@ -203,7 +271,7 @@ fn soa_record(zone: &Zone, name: &str) -> Option<Record> {
     Some(Record::from_rdata(owner, cfg.negative_ttl, RData::SOA(soa)))
 }
 
-fn finish(resp: Message, transport: Transport, udp_limit: usize, stats: &AnswerStats) -> Option<Vec<u8>> {
+pub(crate) fn finish(resp: Message, transport: Transport, udp_limit: usize, stats: &AnswerStats) -> Option<Vec<u8>> {
     let bytes = match resp.to_vec() {
         Ok(b) => b,
         Err(_) => {

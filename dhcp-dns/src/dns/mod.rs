@@ -4,10 +4,13 @@
 //! - [`zone`]: the records (static, wildcard, lease-driven) and the lookup.
 //! - [`hosts`]: `/etc/hosts`-format parsing.
 //! - [`answer`]: wire query in, wire response out (hickory-proto for the format).
+//! - [`forward`]: upstream choice, cache, response checks for names that are not ours.
 
 pub mod answer;
+pub mod forward;
 pub mod hosts;
 pub mod zone;
 
-pub use answer::{AnswerStats, Transport, answer};
+pub use answer::{AnswerStats, Outcome, Transport, answer, answer_or_forward};
+pub use forward::{DnsCache, ForwardConfig};
 pub use zone::{SharedZone, Zone, ZoneConfig};
