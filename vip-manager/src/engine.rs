@@ -329,7 +329,9 @@ impl Engine {
 
     /// The driver noticed this process was stopped or starved (its timers fired far too late, as
     /// after SIGSTOP/SIGCONT): the cluster has probably moved on without it. Local VIPs are
-    /// released at once, and nothing else happens until the next view is installed.
+    /// released at once, and nothing else is planned or run until the channel proves the view is
+    /// still current (a message is delivered) or a new view is installed. The channel must deliver
+    /// only in an intact view (safe delivery), or a resumed node could act on a dead view.
     pub fn resumed_after_stall(&mut self, now: Instant, wall: Timestamp) {
         self.stalled = true;
         let releasing: BTreeSet<ResourceId> = self
@@ -389,6 +391,8 @@ impl Engine {
     /// A message delivered by the ordered channel (including this node's own).
     pub fn deliver(&mut self, msg: Msg, now: Instant, wall: Timestamp) {
         self.agreed_now = self.agreed_now.max(msg.at());
+        // A message delivered in the current view proves the view survived the stall.
+        self.stalled = false;
         match msg {
             Msg::Snapshot { from, epoch, resources, failures, operator, .. } => {
                 let Some(v) = &self.view else { return };
@@ -420,6 +424,10 @@ impl Engine {
             }
             Msg::Done { from, ticket, action, ok, at } => {
                 self.apply_effect(from, &action, ok, at);
+                if let Ticket::Local(_) = ticket {
+                    // A decision taken alone changed the state behind the plan's back.
+                    self.replan_pending = true;
+                }
                 if let Ticket::Plan { generation, step } = ticket {
                     self.in_flight.remove(&(generation, step));
                     if generation == self.generation && step < self.done.len() {

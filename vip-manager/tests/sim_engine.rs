@@ -27,6 +27,8 @@ use vip_manager::{
 const N: u32 = 3;
 const LEASE_MS: u64 = 2000;
 const RELEASE_BOUND_MS: u64 = 10;
+/// A daemon whose timers fire this late knows it was stopped (below the detection delay).
+const STALL_THRESHOLD_MS: u64 = 15;
 
 struct Rng(u64);
 impl Rng {
@@ -82,6 +84,7 @@ struct Node {
     lb_broken: bool,
     timer_at: Option<u64>,
     deferred: Vec<(Ticket, bool)>,
+    frozen_at: u64,
 }
 
 #[derive(Debug)]
@@ -145,6 +148,7 @@ impl Sim {
                     lb_broken: false,
                     timer_at: None,
                     deferred: Vec::new(),
+                    frozen_at: 0,
                 },
             );
             s.start_daemon(id);
@@ -386,7 +390,9 @@ impl Sim {
 
     fn freeze(&mut self, id: NodeId) {
         self.expire_renewals(id);
-        self.nodes.get_mut(&id).unwrap().daemon = Daemon::Frozen;
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.daemon = Daemon::Frozen;
+        n.frozen_at = self.now;
     }
 
     fn thaw(&mut self, id: NodeId) {
@@ -407,10 +413,22 @@ impl Sim {
         let wall = self.wall();
         let n = self.nodes.get_mut(&id).unwrap();
         n.daemon = Daemon::Up;
+        let stalled = now - n.frozen_at > STALL_THRESHOLD_MS;
+        let quorate_view = n.view.as_ref().is_some_and(|(v, _)| v.quorate);
         let deferred = std::mem::take(&mut n.deferred);
+        if !stalled && quorate_view {
+            for h in self.holders.values_mut() {
+                if let Some(e) = h.get_mut(&id) {
+                    *e = u64::MAX;
+                }
+            }
+        }
+        let n = self.nodes.get_mut(&id).unwrap();
         if let Some(e) = n.engine.as_mut() {
-            // The driver sees its timers fire late: it was stopped; drop VIPs, wait for a view.
-            e.resumed_after_stall(self.base + Duration::from_millis(now), Timestamp(now));
+            // The driver sees its timers fire late: it was stopped; drop VIPs, wait for the view.
+            if stalled {
+                e.resumed_after_stall(self.base + Duration::from_millis(now), Timestamp(now));
+            }
             let held: Vec<ResourceId> = e.local_resources().keys().cloned().collect();
             for r in held {
                 if lost.contains(&r) {
