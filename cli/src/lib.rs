@@ -1,4 +1,9 @@
 //! The `hastack` binary's library half: the whole-file config (assembled from each crate's section),
-//! and the operator commands, so integration tests can call them directly.
+//! the daemons, the control socket, logging and the systemd protocol, so integration tests can call
+//! them directly.
 
+pub mod cluster;
 pub mod config;
+pub mod control;
+pub mod logging;
+pub mod service;

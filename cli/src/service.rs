@@ -1,0 +1,26 @@
+//! What a daemon owes systemd: READY=1 once it serves (Type=notify), WATCHDOG=1 pings at half of
+//! WatchdogSec, STOPPING=1 on the way out. Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+/// Tells systemd the daemon is up and serving.
+pub fn ready(status: &str) {
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// Tells systemd the daemon is stopping on purpose.
+pub fn stopping() {
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+}
+
+/// The interval at which the watchdog must be fed, if systemd asked for one (half of WatchdogSec).
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|d| d / 2)
+}
+
+/// Feeds the watchdog from the daemon's own protocol loop, so a stuck loop is restarted by systemd.
+pub fn watchdog_ping() {
+    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+}
