@@ -38,8 +38,9 @@
 //! sides hear each other's heartbeats and the lower one proposes the union.
 
 use crate::auth::{Authenticator, DropCounters, ReplayGuard};
+use crate::channel::{Channel, ChannelError, Out};
 use crate::quorum::{Quorum, QuorumSettings, QuorumStatus};
-use crate::wire::{Header, Member, Message, NodeId, ViewId};
+use crate::wire::{Cut, Header, MAX_CUTS, Member, Message, NodeId, ViewId};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -154,6 +155,9 @@ pub enum Event {
     PeerSuspected { node: NodeId },
     /// A peer was declared failed by this node.
     PeerFailed { node: NodeId },
+    /// An ordered-channel message, delivered in the view's total order (before the next
+    /// `ViewInstalled`).
+    Delivered { view: ViewId, seq: u64, origin: NodeId, origin_seq: u64, payload: Bytes },
 }
 
 /// What this node thinks of a peer.
@@ -198,6 +202,8 @@ struct Peer {
     /// The view this peer last announced in a heartbeat.
     view: Option<ViewId>,
     view_mismatch_since: Option<Instant>,
+    /// Since when this peer announces it is blocked waiting for a view install.
+    blocked_since: Option<Instant>,
     excluded_until: Option<Instant>,
 }
 
@@ -205,7 +211,8 @@ struct Peer {
 struct Pending {
     view: ViewId,
     members: Vec<Member>,
-    acks: BTreeSet<NodeId>,
+    /// Acks so far: each member's previous view and how far it delivered it.
+    acks: BTreeMap<NodeId, (Option<ViewId>, u64)>,
     deadline: Instant,
 }
 
@@ -216,6 +223,9 @@ pub struct View {
     pub id: ViewId,
     /// Its members, ascending by node id.
     pub members: Vec<Member>,
+    /// The flush cuts it was installed with (resent to members that missed the install).
+    #[serde(skip)]
+    pub cuts: Vec<Cut>,
 }
 
 /// Counters for metrics and status.
@@ -275,6 +285,12 @@ pub struct Status {
     pub stats: EngineStats,
     /// Whether this node has left.
     pub left: bool,
+    /// Highest ordered-channel sequence number delivered in the current view.
+    pub channel_delivered: u64,
+    /// Messages waiting to be ordered.
+    pub channel_outbox: usize,
+    /// Whether the channel is blocked for a view change.
+    pub channel_blocked: bool,
 }
 
 /// The membership engine of one node.
@@ -298,6 +314,12 @@ pub struct Engine {
     left: bool,
     next_probe: u32,
     quorum: Quorum,
+    chan: Channel,
+    /// A proposal was made: some view must be installed even if membership looks unchanged,
+    /// because members that acked are blocked until then.
+    must_install: bool,
+    /// Cuts of the install being applied (kept with the view for resends).
+    pending_cuts: Vec<Cut>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     drops: DropCounters,
@@ -356,6 +378,7 @@ impl Engine {
                         suspicion: None,
                         view: None,
                         view_mismatch_since: None,
+                        blocked_since: None,
                         excluded_until: None,
                     },
                 )
@@ -381,6 +404,9 @@ impl Engine {
             left: false,
             next_probe: 1,
             quorum,
+            chan: Channel::new(params.local),
+            must_install: false,
+            pending_cuts: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
@@ -512,7 +538,12 @@ impl Engine {
 
     fn send_heartbeats(&mut self) {
         let view = self.view.as_ref().map(|v| v.id);
-        let msg = Message::Heartbeat { view, incarnation: self.incarnation };
+        let msg = Message::Heartbeat {
+            view,
+            incarnation: self.incarnation,
+            delivered: self.chan.delivered(),
+            blocked: self.chan.blocked(),
+        };
         let targets: Vec<(NodeId, usize)> =
             self.peers.values().map(|p| (p.spec.id, p.links.len())).collect();
         for (to, links) in targets {
@@ -560,9 +591,10 @@ impl Engine {
         let from = header.sender;
         self.heard(now, from, header.boot, link);
         match msg {
-            Message::Heartbeat { view, incarnation } => {
+            Message::Heartbeat { view, incarnation, delivered, blocked } => {
                 self.note_incarnation(from, incarnation);
-                self.note_peer_view(now, from, view);
+                self.note_peer_view(now, from, view, blocked);
+                self.chan.on_heartbeat(from, view, delivered);
             }
             Message::Join { incarnation } | Message::Alive { incarnation } => {
                 self.note_incarnation(from, incarnation);
@@ -579,17 +611,30 @@ impl Engine {
             Message::ViewPropose { view, members } => {
                 self.on_propose(now, from, header.boot, view, members)
             }
-            Message::ViewAck { view, accept, max_epoch } => {
-                self.on_ack(now, from, view, accept, max_epoch)
+            Message::ViewAck { view, accept, max_epoch, prev, delivered } => {
+                self.on_ack(now, from, view, accept, max_epoch, prev, delivered)
             }
-            Message::ViewInstall { view, members } => {
+            Message::ViewInstall { view, members, cuts } => {
                 if view.coordinator == from && view.coordinator_boot == header.boot {
-                    self.install(now, view, members);
+                    self.install(now, view, members, cuts);
                 }
             }
             Message::Leave => self.on_leave(from),
-            // The ordered channel is not built yet; its messages are accepted and ignored.
-            Message::Data { .. } | Message::Nack { .. } => {}
+            Message::Data { view, seq, origin, origin_seq, payload } => {
+                let mut out = Out::default();
+                self.chan.on_data(view, seq, origin, origin_seq, payload, &mut out);
+                self.apply(now, out);
+            }
+            Message::Nack { view, from: lo, to: hi } => {
+                let mut out = Out::default();
+                self.chan.on_nack(from, view, lo, hi, &mut out);
+                self.apply(now, out);
+            }
+            Message::Submit { view, origin_seq, oldest, payload } => {
+                let mut out = Out::default();
+                self.chan.on_submit(from, view, origin_seq, oldest, payload, &mut out);
+                self.apply(now, out);
+            }
         }
         self.coordinator_duty(now);
     }
@@ -631,13 +676,42 @@ impl Engine {
         }
     }
 
-    fn note_peer_view(&mut self, now: Instant, from: NodeId, view: Option<ViewId>) {
+    /// Send what the channel produced, emit its events, and finish a flush that completed.
+    fn apply(&mut self, now: Instant, out: Out) {
+        for (to, msg) in out.sends {
+            self.send(to, &msg);
+        }
+        self.events.extend(out.events);
+        if let Some((view, members)) = self.chan.take_flush_done() {
+            self.complete_install(now, view, members);
+        }
+    }
+
+    /// Queue `payload` for ordered delivery to every member of the view (this node included);
+    /// returns its per-origin number.
+    pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> Result<u64, ChannelError> {
+        if self.left {
+            return Err(ChannelError::Left);
+        }
+        let n = self.chan.broadcast(payload)?;
+        let mut out = Out::default();
+        self.chan.pump(now, self.params.timing.heartbeat_interval * 3, &mut out);
+        self.apply(now, out);
+        Ok(n)
+    }
+
+    fn note_peer_view(&mut self, now: Instant, from: NodeId, view: Option<ViewId>, blocked: bool) {
         if let Some(v) = view {
             self.max_epoch = self.max_epoch.max(v.epoch);
         }
         let mine = self.view.as_ref().map(|v| v.id);
         let Some(p) = self.peers.get_mut(&from) else { return };
         p.view = view;
+        if !blocked {
+            p.blocked_since = None;
+        } else if p.blocked_since.is_none() {
+            p.blocked_since = Some(now);
+        }
         if view == mine {
             p.view_mismatch_since = None;
         } else if p.view_mismatch_since.is_none() {
@@ -760,13 +834,14 @@ impl Engine {
         }
         let vt = self.params.timing.view_timeout;
         let same = self.view.as_ref().is_some_and(|v| v.members == r);
+        let older = |s: Option<Instant>| s.is_some_and(|s| now.saturating_duration_since(s) >= vt);
+        // A peer in another view, or blocked by a proposal that never completed, needs a new view.
         let stale_peer = r.iter().skip(1).any(|m| {
             self.peers
                 .get(&m.node)
-                .and_then(|p| p.view_mismatch_since)
-                .is_some_and(|s| now.saturating_duration_since(s) >= vt)
+                .is_some_and(|p| older(p.view_mismatch_since) || older(p.blocked_since))
         });
-        if same && !stale_peer {
+        if same && !stale_peer && !self.must_install {
             return;
         }
         self.propose(now, r);
@@ -781,8 +856,10 @@ impl Engine {
         };
         self.stats.views_proposed += 1;
         tracing::debug!(%view, n = members.len(), "proposing view");
-        let mut acks = BTreeSet::new();
-        acks.insert(self.params.local);
+        self.chan.block();
+        self.must_install = true;
+        let mut acks = BTreeMap::new();
+        acks.insert(self.params.local, self.chan.ack_info());
         self.pending = Some(Pending {
             view,
             members: members.clone(),
@@ -803,12 +880,27 @@ impl Engine {
 
     fn finish_pending(&mut self, now: Instant) {
         let Some(p) = self.pending.take() else { return };
-        let msg = Message::ViewInstall { view: p.view, members: p.members.clone() };
+        let cuts = Channel::cuts(&p.acks);
+        if cuts.len() > MAX_CUTS {
+            // Too many previous views to flush in one install: leave the members of the extra ones
+            // out for now; they join in a following view.
+            let keep: Vec<ViewId> = cuts.iter().take(MAX_CUTS).map(|c| c.view).collect();
+            let until = now + self.params.timing.view_timeout * 2;
+            for (n, (prev, _)) in &p.acks {
+                if prev.is_some_and(|v| !keep.contains(&v)) {
+                    if let Some(peer) = self.peers.get_mut(n) {
+                        peer.excluded_until = Some(until);
+                    }
+                }
+            }
+            return;
+        }
+        let msg = Message::ViewInstall { view: p.view, members: p.members.clone(), cuts: cuts.clone() };
         let me = self.params.local;
         for m in p.members.iter().filter(|m| m.node != me) {
             self.send(m.node, &msg);
         }
-        self.install(now, p.view, p.members);
+        self.install(now, p.view, p.members, cuts);
     }
 
     fn on_propose(&mut self, now: Instant, from: NodeId, boot: u64, view: ViewId, members: Vec<Member>) {
@@ -823,8 +915,11 @@ impl Engine {
                 self.pending = None;
             }
             self.promise = Some((view, now + self.params.timing.view_timeout * 2));
+            // Report how far we delivered, and stop there until a view is installed.
+            self.chan.block();
         }
-        self.send(from, &Message::ViewAck { view, accept, max_epoch: self.max_epoch });
+        let (prev, delivered) = self.chan.ack_info();
+        self.send(from, &Message::ViewAck { view, accept, max_epoch: self.max_epoch, prev, delivered });
     }
 
     fn should_accept(&self, now: Instant, from: NodeId, view: &ViewId, members: &[Member]) -> bool {
@@ -845,7 +940,17 @@ impl Engine {
         true
     }
 
-    fn on_ack(&mut self, now: Instant, from: NodeId, view: ViewId, accept: bool, max_epoch: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        view: ViewId,
+        accept: bool,
+        max_epoch: u64,
+        prev: Option<ViewId>,
+        delivered: u64,
+    ) {
         self.max_epoch = self.max_epoch.max(max_epoch);
         let Some(p) = self.pending.as_mut() else { return };
         if p.view != view {
@@ -857,14 +962,14 @@ impl Engine {
             return;
         }
         if p.members.iter().any(|m| m.node == from) {
-            p.acks.insert(from);
+            p.acks.insert(from, (prev, delivered));
         }
         if p.acks.len() == p.members.len() {
             self.finish_pending(now);
         }
     }
 
-    fn install(&mut self, now: Instant, id: ViewId, members: Vec<Member>) {
+    fn install(&mut self, now: Instant, id: ViewId, members: Vec<Member>, cuts: Vec<Cut>) {
         if !members.contains(&self.my_member()) {
             return;
         }
@@ -872,23 +977,44 @@ impl Engine {
             return;
         }
         self.max_epoch = self.max_epoch.max(id.epoch);
+        self.pending_cuts = cuts.clone();
+        let mut out = Out::default();
+        let ready = self.chan.begin_install(id, &members, &cuts, &mut out);
+        self.apply(now, out);
+        if ready && self.view.as_ref().is_none_or(|v| v.id.epoch < id.epoch) {
+            self.complete_install(now, id, members);
+        }
+    }
+
+    fn complete_install(&mut self, now: Instant, id: ViewId, members: Vec<Member>) {
+        if self.view.as_ref().is_some_and(|v| id.epoch <= v.id.epoch) {
+            return;
+        }
         if self.pending.as_ref().is_some_and(|p| p.view.epoch <= id.epoch && p.view != id) {
             self.pending = None;
         }
         self.promise = None;
         for p in self.peers.values_mut() {
             p.view_mismatch_since = if p.view == Some(id) { None } else { Some(now) };
+            // Members unblock by installing this view; their next heartbeat says so.
+            p.blocked_since = None;
         }
         tracing::info!(view = %id, members = ?members.iter().map(|m| m.node.0).collect::<Vec<_>>(), "view installed");
         self.stats.views_installed += 1;
         let ids: Vec<NodeId> = members.iter().map(|m| m.node).collect();
-        self.view = Some(View { id, members: members.clone() });
+        let cuts = std::mem::take(&mut self.pending_cuts);
+        self.chan.installed(id, &members);
+        self.must_install = false;
+        self.view = Some(View { id, members: members.clone(), cuts });
         self.events.push_back(Event::ViewInstalled { view: id, members });
         match self.quorum.on_view(now, &ids) {
             Some(true) => self.events.push_back(Event::QuorumGained { view: id }),
             Some(false) => self.events.push_back(Event::QuorumLost),
             None => {}
         }
+        let mut out = Out::default();
+        self.chan.pump(now, self.params.timing.heartbeat_interval * 3, &mut out);
+        self.apply(now, out);
     }
 
     /// Run the timers that are due at `now`.
@@ -920,6 +1046,9 @@ impl Engine {
             }
             self.resend_pending(now);
             self.resend_installs(now);
+            let mut out = Out::default();
+            self.chan.tick(now, hb * 3, &mut out);
+            self.apply(now, out);
         }
         if !late {
             self.expire_suspicions(now);
@@ -1010,7 +1139,7 @@ impl Engine {
         let Some(p) = &self.pending else { return };
         let msg = Message::ViewPropose { view: p.view, members: p.members.clone() };
         let missing: Vec<NodeId> =
-            p.members.iter().map(|m| m.node).filter(|n| !p.acks.contains(n)).collect();
+            p.members.iter().map(|m| m.node).filter(|n| !p.acks.contains_key(n)).collect();
         for n in missing {
             self.send(n, &msg);
         }
@@ -1033,7 +1162,7 @@ impl Engine {
             })
             .map(|p| p.spec.id)
             .collect();
-        let msg = Message::ViewInstall { view: v.id, members: v.members.clone() };
+        let msg = Message::ViewInstall { view: v.id, members: v.members.clone(), cuts: v.cuts.clone() };
         for n in lagging {
             self.send(n, &msg);
         }
@@ -1043,7 +1172,7 @@ impl Engine {
         let Some(p) = self.pending.take() else { return };
         let until = now + self.params.timing.view_timeout * 2;
         for m in &p.members {
-            if !p.acks.contains(&m.node) {
+            if !p.acks.contains_key(&m.node) {
                 if let Some(peer) = self.peers.get_mut(&m.node) {
                     peer.excluded_until = Some(until);
                 }
@@ -1075,6 +1204,9 @@ impl Engine {
             drops: self.drops,
             stats: self.stats,
             left: self.left,
+            channel_delivered: self.chan.delivered(),
+            channel_outbox: self.chan.outbox_len(),
+            channel_blocked: self.chan.blocked(),
         }
     }
 }

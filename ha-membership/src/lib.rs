@@ -3,9 +3,11 @@
 //! - [`wire`]: the datagram format (parse/emit, bounded, never panics).
 //! - [`auth`]: BLAKE3 keyed MAC, replay windows, authkey loading and `keygen`.
 //! - [`engine`]: the sans-IO core (failure detection, agreed views), see its lifecycle note.
+//! - [`channel`]: the ordered cluster channel (CPG contract), driven by the engine.
 //! - [`quorum`]: votequorum semantics computed from the agreed view.
 
 pub mod auth;
+pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod quorum;

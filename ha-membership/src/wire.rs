@@ -26,9 +26,11 @@ pub const MAC_LEN: usize = 32;
 /// Largest datagram sent or accepted (fits one Ethernet frame with IPv6 + UDP headers).
 pub const MAX_DATAGRAM: usize = 1400;
 /// Largest member list a view message may carry.
-pub const MAX_MEMBERS: usize = 64;
+pub const MAX_MEMBERS: usize = 32;
+/// Largest number of flush cuts a view install may carry (one per previous view of its members).
+pub const MAX_CUTS: usize = 16;
 /// Largest ordered-channel payload that still fits a datagram.
-pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN - MAC_LEN - 8 - 4 - 8 - 4 - 8 - 2;
+pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN - MAC_LEN - 20 - 8 - 4 - 8 - 2;
 
 /// A node's id from the static node list (Corosync's `nodeid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
@@ -83,11 +85,24 @@ pub struct Header {
     pub seq: u64,
 }
 
+/// Where the members coming from one previous view must stop delivering before the next view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cut {
+    /// The previous view.
+    pub view: ViewId,
+    /// Deliver its messages up to and including this sequence number, no further.
+    pub seq: u64,
+    /// A member that delivered up to `seq` and can retransmit what others miss.
+    pub donor: NodeId,
+}
+
 /// The typed body of a datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// Periodic liveness signal sent on every link; carries the sender's view and SWIM incarnation.
-    Heartbeat { view: Option<ViewId>, incarnation: u32 },
+    /// Periodic liveness signal sent on every link: the sender's view, SWIM incarnation, and how far it
+    /// delivered (or, for the sequencer, numbered) that view's ordered channel.
+    /// `blocked` says the sender acked a view proposal and waits for its install.
+    Heartbeat { view: Option<ViewId>, incarnation: u32, delivered: u64, blocked: bool },
     /// A direct probe, answered by `Ack`.
     Ping { probe: u32 },
     /// Answer to `Ping`.
@@ -103,17 +118,21 @@ pub enum Message {
     /// A coordinator proposes view `view` with `members`.
     ViewPropose { view: ViewId, members: Vec<Member> },
     /// A member's answer to a proposal; a refusal tells the coordinator the largest epoch it knows.
-    ViewAck { view: ViewId, accept: bool, max_epoch: u64 },
-    /// The coordinator commits the proposed view: every listed member installs it.
-    ViewInstall { view: ViewId, members: Vec<Member> },
+    /// An acceptance says which view the member is in and how far it delivered it (it then stops).
+    ViewAck { view: ViewId, accept: bool, max_epoch: u64, prev: Option<ViewId>, delivered: u64 },
+    /// The coordinator commits the proposed view: every listed member flushes its previous view to
+    /// that view's cut, then installs this one.
+    ViewInstall { view: ViewId, members: Vec<Member>, cuts: Vec<Cut> },
     /// The sender is leaving on purpose; the others commit a view without it at once.
     Leave,
     /// The sender has (re)started and wants to be in the view.
     Join { incarnation: u32 },
-    /// An ordered-channel message, numbered by the view's sequencer.
-    Data { view: ViewId, seq: u64, origin: NodeId, payload: Bytes },
-    /// Ask the sequencer to retransmit ordered-channel messages `from..=to` of `view`.
+    /// An ordered-channel message, numbered `seq` by the view's sequencer.
+    Data { view: ViewId, seq: u64, origin: NodeId, origin_seq: u64, payload: Bytes },
+    /// Ask the sequencer (or a flush donor) to retransmit ordered-channel messages `from..=to` of `view`.
     Nack { view: ViewId, from: u64, to: u64 },
+    /// A member hands a message to the view's sequencer; `oldest` is its oldest unsequenced one.
+    Submit { view: ViewId, origin_seq: u64, oldest: u64, payload: Bytes },
 }
 
 /// Numeric message types on the wire.
@@ -132,6 +151,7 @@ mod ty {
     pub const JOIN: u8 = 12;
     pub const DATA: u8 = 13;
     pub const NACK: u8 = 14;
+    pub const SUBMIT: u8 = 15;
 }
 
 impl Message {
@@ -152,6 +172,7 @@ impl Message {
             Message::Join { .. } => "join",
             Message::Data { .. } => "data",
             Message::Nack { .. } => "nack",
+            Message::Submit { .. } => "submit",
         }
     }
 
@@ -171,6 +192,7 @@ impl Message {
             Message::Join { .. } => ty::JOIN,
             Message::Data { .. } => ty::DATA,
             Message::Nack { .. } => ty::NACK,
+            Message::Submit { .. } => ty::SUBMIT,
         }
     }
 }
@@ -262,6 +284,46 @@ impl<'a> Reader<'a> {
         }
         Ok(v)
     }
+    fn cuts(&mut self) -> Result<Vec<Cut>, WireError> {
+        let n = self.u8()? as usize;
+        if n > MAX_CUTS {
+            return Err(WireError::InvalidField("cut count"));
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(Cut { view: self.view()?, seq: self.u64()?, donor: self.node()? });
+        }
+        Ok(v)
+    }
+    fn payload(&mut self) -> Result<Bytes, WireError> {
+        let len = self.u16()? as usize;
+        if len > MAX_PAYLOAD {
+            return Err(WireError::Oversized(len));
+        }
+        Ok(Bytes::copy_from_slice(self.take(len)?))
+    }
+    fn opt_view(&mut self) -> Result<Option<ViewId>, WireError> {
+        Ok(if self.bool("view present")? { Some(self.view()?) } else { None })
+    }
+}
+
+fn put_opt_view(b: &mut BytesMut, v: &Option<ViewId>) {
+    match v {
+        Some(v) => {
+            b.put_u8(1);
+            put_view(b, v);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+fn put_payload(b: &mut BytesMut, p: &Bytes) -> Result<(), WireError> {
+    if p.len() > MAX_PAYLOAD {
+        return Err(WireError::Oversized(p.len()));
+    }
+    b.put_u16(p.len() as u16);
+    b.put_slice(p);
+    Ok(())
 }
 
 fn put_view(b: &mut BytesMut, v: &ViewId) {
@@ -296,15 +358,11 @@ pub fn emit(header: &Header, msg: &Message) -> Result<BytesMut, WireError> {
     b.put_u64(header.boot);
     b.put_u64(header.seq);
     match msg {
-        Message::Heartbeat { view, incarnation } => {
-            match view {
-                Some(v) => {
-                    b.put_u8(1);
-                    put_view(&mut b, v);
-                }
-                None => b.put_u8(0),
-            }
+        Message::Heartbeat { view, incarnation, delivered, blocked } => {
+            put_opt_view(&mut b, view);
             b.put_u32(*incarnation);
+            b.put_u64(*delivered);
+            b.put_u8(u8::from(*blocked));
         }
         Message::Ping { probe } | Message::Ack { probe } => b.put_u32(*probe),
         Message::PingReq { target, probe } => {
@@ -323,25 +381,43 @@ pub fn emit(header: &Header, msg: &Message) -> Result<BytesMut, WireError> {
             b.put_u32(*incarnation);
         }
         Message::Alive { incarnation } | Message::Join { incarnation } => b.put_u32(*incarnation),
-        Message::ViewPropose { view, members } | Message::ViewInstall { view, members } => {
+        Message::ViewPropose { view, members } => {
             put_view(&mut b, view);
             put_members(&mut b, members)?;
         }
-        Message::ViewAck { view, accept, max_epoch } => {
+        Message::ViewInstall { view, members, cuts } => {
+            put_view(&mut b, view);
+            put_members(&mut b, members)?;
+            if cuts.len() > MAX_CUTS {
+                return Err(WireError::InvalidField("cut count"));
+            }
+            b.put_u8(cuts.len() as u8);
+            for c in cuts {
+                put_view(&mut b, &c.view);
+                b.put_u64(c.seq);
+                b.put_u32(c.donor.0);
+            }
+        }
+        Message::ViewAck { view, accept, max_epoch, prev, delivered } => {
             put_view(&mut b, view);
             b.put_u8(u8::from(*accept));
             b.put_u64(*max_epoch);
+            put_opt_view(&mut b, prev);
+            b.put_u64(*delivered);
         }
         Message::Leave => {}
-        Message::Data { view, seq, origin, payload } => {
-            if payload.len() > MAX_PAYLOAD {
-                return Err(WireError::Oversized(payload.len()));
-            }
+        Message::Data { view, seq, origin, origin_seq, payload } => {
             put_view(&mut b, view);
             b.put_u64(*seq);
             b.put_u32(origin.0);
-            b.put_u16(payload.len() as u16);
-            b.put_slice(payload);
+            b.put_u64(*origin_seq);
+            put_payload(&mut b, payload)?;
+        }
+        Message::Submit { view, origin_seq, oldest, payload } => {
+            put_view(&mut b, view);
+            b.put_u64(*origin_seq);
+            b.put_u64(*oldest);
+            put_payload(&mut b, payload)?;
         }
         Message::Nack { view, from, to } => {
             if from > to {
@@ -382,8 +458,12 @@ pub fn parse(buf: &[u8]) -> Result<(Header, Message), WireError> {
     let mut r = Reader { buf, pos: HEADER_LEN };
     let msg = match t {
         ty::HEARTBEAT => {
-            let view = if r.bool("view present")? { Some(r.view()?) } else { None };
-            Message::Heartbeat { view, incarnation: r.u32()? }
+            Message::Heartbeat {
+                view: r.opt_view()?,
+                incarnation: r.u32()?,
+                delivered: r.u64()?,
+                blocked: r.bool("blocked")?,
+            }
         }
         ty::PING => Message::Ping { probe: r.u32()? },
         ty::ACK => Message::Ack { probe: r.u32()? },
@@ -397,23 +477,31 @@ pub fn parse(buf: &[u8]) -> Result<(Header, Message), WireError> {
         ty::SUSPECT => Message::Suspect { target: r.node()?, boot: r.u64()?, incarnation: r.u32()? },
         ty::ALIVE => Message::Alive { incarnation: r.u32()? },
         ty::VIEW_PROPOSE => Message::ViewPropose { view: r.view()?, members: r.members()? },
-        ty::VIEW_ACK => {
-            Message::ViewAck { view: r.view()?, accept: r.bool("accept")?, max_epoch: r.u64()? }
+        ty::VIEW_ACK => Message::ViewAck {
+            view: r.view()?,
+            accept: r.bool("accept")?,
+            max_epoch: r.u64()?,
+            prev: r.opt_view()?,
+            delivered: r.u64()?,
+        },
+        ty::VIEW_INSTALL => {
+            Message::ViewInstall { view: r.view()?, members: r.members()?, cuts: r.cuts()? }
         }
-        ty::VIEW_INSTALL => Message::ViewInstall { view: r.view()?, members: r.members()? },
         ty::LEAVE => Message::Leave,
         ty::JOIN => Message::Join { incarnation: r.u32()? },
-        ty::DATA => {
-            let view = r.view()?;
-            let seq = r.u64()?;
-            let origin = r.node()?;
-            let len = r.u16()? as usize;
-            if len > MAX_PAYLOAD {
-                return Err(WireError::Oversized(len));
-            }
-            let payload = Bytes::copy_from_slice(r.take(len)?);
-            Message::Data { view, seq, origin, payload }
-        }
+        ty::DATA => Message::Data {
+            view: r.view()?,
+            seq: r.u64()?,
+            origin: r.node()?,
+            origin_seq: r.u64()?,
+            payload: r.payload()?,
+        },
+        ty::SUBMIT => Message::Submit {
+            view: r.view()?,
+            origin_seq: r.u64()?,
+            oldest: r.u64()?,
+            payload: r.payload()?,
+        },
         ty::NACK => {
             let view = r.view()?;
             let from = r.u64()?;
@@ -444,16 +532,26 @@ mod tests {
         })
     }
 
+    fn arb_cut() -> impl Strategy<Value = Cut> {
+        (arb_view(), any::<u64>(), any::<u32>()).prop_map(|(view, seq, d)| Cut { view, seq, donor: NodeId(d) })
+    }
+
     fn arb_members() -> impl Strategy<Value = Vec<Member>> {
-        proptest::collection::btree_map(any::<u32>(), any::<u64>(), 1..MAX_MEMBERS).prop_map(|m| {
+        proptest::collection::btree_map(any::<u32>(), any::<u64>(), 1..=MAX_MEMBERS).prop_map(|m| {
             m.into_iter().map(|(n, b)| Member { node: NodeId(n), boot: b }).collect()
         })
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (proptest::option::of(arb_view()), any::<u32>())
-                .prop_map(|(view, incarnation)| Message::Heartbeat { view, incarnation }),
+            (proptest::option::of(arb_view()), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
+                |(view, incarnation, delivered, blocked)| Message::Heartbeat {
+                    view,
+                    incarnation,
+                    delivered,
+                    blocked
+                }
+            ),
             any::<u32>().prop_map(|probe| Message::Ping { probe }),
             any::<u32>().prop_map(|probe| Message::Ack { probe }),
             (any::<u32>(), any::<u32>())
@@ -467,22 +565,37 @@ mod tests {
             any::<u32>().prop_map(|incarnation| Message::Alive { incarnation }),
             (arb_view(), arb_members())
                 .prop_map(|(view, members)| Message::ViewPropose { view, members }),
-            (arb_view(), any::<bool>(), any::<u64>())
-                .prop_map(|(view, accept, max_epoch)| Message::ViewAck { view, accept, max_epoch }),
-            (arb_view(), arb_members())
-                .prop_map(|(view, members)| Message::ViewInstall { view, members }),
+            (arb_view(), any::<bool>(), any::<u64>(), proptest::option::of(arb_view()), any::<u64>())
+                .prop_map(|(view, accept, max_epoch, prev, delivered)| Message::ViewAck {
+                    view,
+                    accept,
+                    max_epoch,
+                    prev,
+                    delivered
+                }),
+            (arb_view(), arb_members(), proptest::collection::vec(arb_cut(), 0..=MAX_CUTS))
+                .prop_map(|(view, members, cuts)| Message::ViewInstall { view, members, cuts }),
             Just(Message::Leave),
             any::<u32>().prop_map(|incarnation| Message::Join { incarnation }),
             (
                 arb_view(),
                 any::<u64>(),
                 any::<u32>(),
-                proptest::collection::vec(any::<u8>(), 0..MAX_PAYLOAD)
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_PAYLOAD)
             )
-                .prop_map(|(view, seq, o, p)| Message::Data {
+                .prop_map(|(view, seq, o, os, p)| Message::Data {
                     view,
                     seq,
                     origin: NodeId(o),
+                    origin_seq: os,
+                    payload: Bytes::from(p)
+                }),
+            (arb_view(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..=MAX_PAYLOAD))
+                .prop_map(|(view, origin_seq, oldest, p)| Message::Submit {
+                    view,
+                    origin_seq,
+                    oldest,
                     payload: Bytes::from(p)
                 }),
             (arb_view(), any::<u64>(), any::<u64>()).prop_map(|(view, a, b)| Message::Nack {
@@ -538,7 +651,10 @@ mod tests {
     fn unsorted_members_rejected() {
         let h = Header { cluster_id: 1, sender: NodeId(2), boot: 3, seq: 4 };
         let m = vec![Member { node: NodeId(2), boot: 0 }, Member { node: NodeId(1), boot: 0 }];
-        assert!(emit(&h, &Message::ViewInstall { view: ViewId::default(), members: m }).is_err());
+        assert!(
+            emit(&h, &Message::ViewInstall { view: ViewId::default(), members: m, cuts: vec![] })
+                .is_err()
+        );
     }
 
     #[test]
