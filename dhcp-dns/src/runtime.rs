@@ -247,9 +247,9 @@ mod tests {
         {
             let z = run.zone.read().unwrap();
             use crate::dns::zone::{Kind, Lookup};
-            assert_eq!(z.lookup("imported.cluster.test", Kind::A), Lookup::Found(vec!["127.77.1.10".parse().unwrap()]));
-            assert_eq!(z.lookup("gw.cluster.test", Kind::A), Lookup::Found(vec!["127.77.0.2".parse().unwrap()]));
-            assert_eq!(z.lookup("x.apps.cluster.test", Kind::A), Lookup::Found(vec!["127.77.0.3".parse().unwrap()]));
+            assert_eq!(z.lookup("imported.cluster.test", Kind::A).addrs(), vec!["127.77.1.10".parse::<std::net::IpAddr>().unwrap()]);
+            assert_eq!(z.lookup("gw.cluster.test", Kind::A).addrs(), vec!["127.77.0.2".parse::<std::net::IpAddr>().unwrap()]);
+            assert_eq!(z.lookup("x.apps.cluster.test", Kind::A).addrs(), vec!["127.77.0.3".parse::<std::net::IpAddr>().unwrap()]);
             // Reverse zone defaults to the DHCP subnets.
             assert_eq!(z.lookup("99.1.77.127.in-addr.arpa", Kind::Ptr), Lookup::NxDomain);
         }

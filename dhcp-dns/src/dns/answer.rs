@@ -8,14 +8,13 @@
 //! - UDP: the response is limited to 512 bytes, or the client's EDNS size capped by ours; over
 //!   that it is sent truncated (TC=1, question only) so the client retries over TCP.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::rdata::SOA;
+use hickory_proto::rr::{DNSClass, Name, RData, Record};
 
-use super::zone::{Kind, Lookup, Zone, norm};
+use super::zone::{Lookup, Zone, norm};
 
 /// Largest UDP response we send to EDNS clients (DNS flag day 2020 value).
 pub const OUR_UDP_PAYLOAD: u16 = 1232;
@@ -191,36 +190,41 @@ fn answer_msg(
     }
     let qname = q.name().clone();
     let name = norm(&qname.to_ascii());
-    let kind = match q.query_type() {
-        RecordType::A => Kind::A,
-        RecordType::AAAA => Kind::Aaaa,
-        RecordType::PTR => Kind::Ptr,
-        RecordType::SOA => Kind::Soa,
-        RecordType::ANY => Kind::Any,
-        _ => Kind::Other,
-    };
+    let qtype = q.query_type();
     let ttl = zone.config().ttl;
-    match zone.lookup(&name, kind) {
-        Lookup::Found(addrs) => {
+    let mut lookup = zone.lookup_type(&name, qtype);
+    // Follow CNAMEs inside our data (bounded: loops and long chains stop).
+    let mut owner = qname.clone();
+    let mut target_name = name.clone();
+    for _ in 0..8 {
+        let Lookup::Cname(rec, target) = lookup else { break };
+        resp.metadata.authoritative = true;
+        resp.add_answer(Record::from_rdata(owner.clone(), rec.ttl.unwrap_or(ttl), rec.rdata));
+        let Ok(t) = Name::from_ascii(format!("{target}.")) else {
+            lookup = Lookup::NoData;
+            break;
+        };
+        owner = t;
+        target_name = target;
+        lookup = zone.lookup_type(&target_name, qtype);
+        if matches!(lookup, Lookup::NotAuthoritative) {
+            // The target is elsewhere: the client's resolver chases it.
+            lookup = Lookup::Records(Vec::new());
+        }
+    }
+    if matches!(lookup, Lookup::Cname(..)) {
+        lookup = Lookup::Records(Vec::new());
+    }
+    let name = target_name;
+    match lookup {
+        Lookup::Records(recs) => {
             resp.metadata.authoritative = true;
             bump(&stats.answered);
-            for a in addrs {
-                let rdata = match a {
-                    IpAddr::V4(v) => RData::A(A(v)),
-                    IpAddr::V6(v) => RData::AAAA(AAAA(v)),
-                };
-                resp.add_answer(Record::from_rdata(qname.clone(), ttl, rdata));
+            for r in recs {
+                resp.add_answer(Record::from_rdata(owner.clone(), r.ttl.unwrap_or(ttl), r.rdata));
             }
         }
-        Lookup::Names(names) => {
-            resp.metadata.authoritative = true;
-            bump(&stats.answered);
-            for n in names {
-                if let Ok(target) = Name::from_ascii(format!("{n}.")) {
-                    resp.add_answer(Record::from_rdata(qname.clone(), ttl, RData::PTR(PTR(target))));
-                }
-            }
-        }
+        Lookup::Cname(..) => {}
         Lookup::Soa => {
             resp.metadata.authoritative = true;
             bump(&stats.answered);
@@ -299,7 +303,9 @@ mod tests {
     use crate::dhcp::LeaseChange;
     use crate::dns::zone::ZoneConfig;
     use hickory_proto::op::Query;
-    use std::net::Ipv4Addr;
+    use hickory_proto::rr::RecordType;
+    use hickory_proto::rr::rdata::{A, CNAME, PTR};
+    use std::net::{IpAddr, Ipv4Addr};
 
     fn zone() -> Zone {
         let mut c = ZoneConfig::new("cluster.test");
@@ -345,6 +351,31 @@ mod tests {
         assert_eq!(r.answers[0].ttl, 5);
         let r = ask(&z, &query("77.0.18.198.in-addr.arpa.", RecordType::PTR, None), Transport::Udp);
         assert_eq!(r.answers[0].data, RData::PTR(PTR(Name::from_ascii("node-77.cluster.test.").unwrap())));
+    }
+
+    #[test]
+    fn cname_is_chased_inside_the_zone_and_loops_stop() {
+        let mut z = zone();
+        let d = "cluster.test";
+        z.add_record("www.cluster.test", crate::dns::zone::parse_rdata("CNAME", "api", d).unwrap(), None);
+        z.add_record("ext.cluster.test", crate::dns::zone::parse_rdata("CNAME", "www.example.org.", d).unwrap(), None);
+        z.add_record("loop1.cluster.test", crate::dns::zone::parse_rdata("CNAME", "loop2", d).unwrap(), None);
+        z.add_record("loop2.cluster.test", crate::dns::zone::parse_rdata("CNAME", "loop1", d).unwrap(), None);
+        z.add_record("dangling.cluster.test", crate::dns::zone::parse_rdata("CNAME", "gone", d).unwrap(), None);
+        let r = ask(&z, &query("www.cluster.test.", RecordType::A, None), Transport::Udp);
+        assert_eq!(r.answers.len(), 2);
+        assert_eq!(r.answers[0].data, RData::CNAME(CNAME(Name::from_ascii("api.cluster.test.").unwrap())));
+        assert_eq!(r.answers[1].name, Name::from_ascii("api.cluster.test.").unwrap());
+        assert_eq!(r.answers[1].data, RData::A(A(Ipv4Addr::new(198, 18, 0, 10))));
+        let r = ask(&z, &query("ext.cluster.test.", RecordType::A, None), Transport::Udp);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(r.answers.len(), 1);
+        let r = ask(&z, &query("loop1.cluster.test.", RecordType::A, None), Transport::Udp);
+        assert!(r.answers.len() <= 8);
+        // RFC 6604: the rcode is the one of the last name in the chain.
+        let r = ask(&z, &query("dangling.cluster.test.", RecordType::A, None), Transport::Udp);
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(r.answers.len(), 1);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 
 use hashbrown::HashMap;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SRV, TXT};
+use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
 
 use super::hosts::HostsEntry;
@@ -48,13 +50,28 @@ impl ZoneConfig {
     }
 }
 
+/// One record of an answer: data and TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    /// The record data.
+    pub rdata: RData,
+    /// Its TTL; `None` means the zone's local TTL.
+    pub ttl: Option<u32>,
+}
+
+impl Rec {
+    fn new(rdata: RData) -> Rec {
+        Rec { rdata, ttl: None }
+    }
+}
+
 /// Result of a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// Records of the asked type exist.
-    Found(Vec<IpAddr>),
-    /// PTR targets.
-    Names(Vec<String>),
+    /// Records of the asked type.
+    Records(Vec<Rec>),
+    /// The name is an alias: answer this CNAME, then look the target up.
+    Cname(Rec, String),
     /// The SOA of the zone apex.
     Soa,
     /// The name exists, but has no records of that type.
@@ -65,7 +82,85 @@ pub enum Lookup {
     NotAuthoritative,
 }
 
-/// What kind of record is asked.
+impl Lookup {
+    /// The addresses in a `Records` answer (for tests and status output).
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        match self {
+            Lookup::Records(v) => v
+                .iter()
+                .filter_map(|r| match &r.rdata {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The target names in a `Records` answer of PTRs.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Lookup::Records(v) => v
+                .iter()
+                .filter_map(|r| match &r.rdata {
+                    RData::PTR(p) => Some(norm(&p.0.to_ascii())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn abs_name(n: &str) -> Option<Name> {
+    Name::from_ascii(format!("{}.", norm(n))).ok()
+}
+
+fn addr_rdata(a: IpAddr) -> RData {
+    match a {
+        IpAddr::V4(v) => RData::A(A(v)),
+        IpAddr::V6(v) => RData::AAAA(AAAA(v)),
+    }
+}
+
+/// Parse zone-file record data (`value`) of type `kind` (A, AAAA, CNAME, PTR, TXT, MX, SRV).
+/// Names without a trailing dot are relative to `domain`.
+pub fn parse_rdata(kind: &str, value: &str, domain: &str) -> Result<RData, String> {
+    let name = |s: &str| -> Result<Name, String> {
+        let full = if s.ends_with('.') || domain.is_empty() { s.to_string() } else { format!("{s}.{domain}") };
+        abs_name(&full).ok_or_else(|| format!("\"{s}\" is not a valid DNS name"))
+    };
+    let v = value.trim();
+    let num = |s: Option<&str>, what: &str| -> Result<u16, String> {
+        s.and_then(|x| x.parse().ok()).ok_or_else(|| format!("\"{v}\": bad {what}"))
+    };
+    Ok(match kind.to_ascii_uppercase().as_str() {
+        "A" => RData::A(A(v.parse().map_err(|_| format!("\"{v}\" is not an IPv4 address"))?)),
+        "AAAA" => RData::AAAA(AAAA(v.parse().map_err(|_| format!("\"{v}\" is not an IPv6 address"))?)),
+        "CNAME" => RData::CNAME(CNAME(name(v)?)),
+        "PTR" => RData::PTR(PTR(name(v)?)),
+        "TXT" => {
+            let t = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v);
+            // A TXT character-string holds at most 255 bytes: split longer text.
+            let chunks: Vec<String> = t.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+            RData::TXT(TXT::new(if chunks.is_empty() { vec![String::new()] } else { chunks }))
+        }
+        "MX" => {
+            let mut f = v.split_ascii_whitespace();
+            let pref = num(f.next(), "preference")?;
+            RData::MX(MX::new(pref, name(f.next().ok_or("MX needs \"preference exchange\"")?)?))
+        }
+        "SRV" => {
+            let mut f = v.split_ascii_whitespace();
+            let (p, w, port) = (num(f.next(), "priority")?, num(f.next(), "weight")?, num(f.next(), "port")?);
+            RData::SRV(SRV::new(p, w, port, name(f.next().ok_or("SRV needs \"priority weight port target\"")?)?))
+        }
+        other => return Err(format!("record type {other} is not supported")),
+    })
+}
+
+/// What kind of record is asked (kept for callers that do not have a hickory type at hand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A.
@@ -76,18 +171,31 @@ pub enum Kind {
     Ptr,
     /// SOA.
     Soa,
-    /// ANY (answered with the addresses, RFC 8482 style).
+    /// ANY.
     Any,
     /// Anything else.
     Other,
+}
+
+impl Kind {
+    fn rtype(self) -> RecordType {
+        match self {
+            Kind::A => RecordType::A,
+            Kind::Aaaa => RecordType::AAAA,
+            Kind::Ptr => RecordType::PTR,
+            Kind::Soa => RecordType::SOA,
+            Kind::Any => RecordType::ANY,
+            Kind::Other => RecordType::NULL,
+        }
+    }
 }
 
 /// The authoritative data.
 #[derive(Debug)]
 pub struct Zone {
     cfg: ZoneConfig,
-    static_fwd: HashMap<String, Vec<IpAddr>>,
-    static_ptr: HashMap<IpAddr, Vec<String>>,
+    /// Static records by owner name (reverse names included, for PTRs).
+    records: HashMap<String, Vec<Rec>>,
     lease_fwd: HashMap<String, Ipv4Addr>,
     lease_ptr: HashMap<Ipv4Addr, String>,
     /// (suffix, addresses): the suffix and every name under it.
@@ -183,8 +291,7 @@ impl Zone {
     pub fn new(cfg: ZoneConfig) -> Zone {
         Zone {
             cfg,
-            static_fwd: HashMap::new(),
-            static_ptr: HashMap::new(),
+            records: HashMap::new(),
             lease_fwd: HashMap::new(),
             lease_ptr: HashMap::new(),
             wildcards: Vec::new(),
@@ -214,13 +321,17 @@ impl Zone {
     /// Add a static address record (and its PTR).
     pub fn add_host(&mut self, name: &str, addr: IpAddr) {
         let n = norm(name);
-        let v = self.static_fwd.entry(n.clone()).or_default();
-        if !v.contains(&addr) {
-            v.push(addr);
+        self.add_record(&n, addr_rdata(addr), None);
+        if let Some(target) = abs_name(&n) {
+            self.add_record(&reverse_name(addr), RData::PTR(PTR(target)), None);
         }
-        let p = self.static_ptr.entry(addr).or_default();
-        if !p.contains(&n) {
-            p.push(n);
+    }
+
+    /// Add a static record at `name` (absolute, normalised here); duplicates are ignored.
+    pub fn add_record(&mut self, name: &str, rdata: RData, ttl: Option<u32>) {
+        let v = self.records.entry(norm(name)).or_default();
+        if !v.iter().any(|r| r.rdata == rdata) {
+            v.push(Rec { rdata, ttl });
         }
         self.bump();
     }
@@ -305,46 +416,40 @@ impl Zone {
             .unwrap_or_else(|| self.cfg.domain.clone())
     }
 
-    fn forward(&self, name: &str) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self.static_fwd.get(name).cloned().unwrap_or_default();
+    /// Every record at `name`: static ones, then the lease's A or PTR, else wildcard addresses.
+    fn records_at(&self, name: &str) -> Vec<Rec> {
+        let mut v: Vec<Rec> = self.records.get(name).cloned().unwrap_or_default();
         if let Some(a) = self.lease_fwd.get(name) {
-            let a = IpAddr::V4(*a);
-            if !v.contains(&a) {
-                v.push(a);
+            let r = RData::A(A(*a));
+            if !v.iter().any(|x| x.rdata == r) {
+                v.push(Rec::new(r));
+            }
+        }
+        if let Some(IpAddr::V4(ip)) = parse_reverse(name) {
+            if let Some(target) = self.lease_ptr.get(&ip).and_then(|n| abs_name(n)) {
+                let r = RData::PTR(PTR(target));
+                if !v.iter().any(|x| x.rdata == r) {
+                    v.push(Rec::new(r));
+                }
             }
         }
         if v.is_empty() {
             if let Some((_, w)) = self.wildcards.iter().find(|(s, _)| under(name, s)) {
-                v = w.clone();
+                v = w.iter().map(|a| Rec::new(addr_rdata(*a))).collect();
             }
         }
         v
     }
 
-    /// Look `name` (normalised) up for `kind`.
-    pub fn lookup(&self, name: &str, kind: Kind) -> Lookup {
-        if kind == Kind::Ptr || parse_reverse(name).is_some() {
-            if let Some(ip) = parse_reverse(name) {
-                let mut names: Vec<String> = self.static_ptr.get(&ip).cloned().unwrap_or_default();
-                if let IpAddr::V4(v4) = ip {
-                    if let Some(n) = self.lease_ptr.get(&v4) {
-                        if !names.contains(n) {
-                            names.push(n.clone());
-                        }
-                    }
-                }
-                if !names.is_empty() {
-                    return if kind == Kind::Ptr || kind == Kind::Any { Lookup::Names(names) } else { Lookup::NoData };
-                }
-            }
-        }
-        let addrs = self.forward(name);
+    /// Look `name` (normalised) up for records of type `qtype`.
+    pub fn lookup_type(&self, name: &str, qtype: RecordType) -> Lookup {
         let auth = self.is_authoritative(name);
-        if kind == Kind::Soa && name == self.apex_of(name) && auth {
+        let apex = auth && name == self.apex_of(name);
+        if qtype == RecordType::SOA && apex {
             return Lookup::Soa;
         }
-        if addrs.is_empty() {
-            let apex = auth && name == self.apex_of(name);
+        let all = self.records_at(name);
+        if all.is_empty() {
             return if apex || (auth && self.has_descendant(name)) {
                 Lookup::NoData
             } else if auth {
@@ -353,19 +458,30 @@ impl Zone {
                 Lookup::NotAuthoritative
             };
         }
-        let pick: Vec<IpAddr> = match kind {
-            Kind::A => addrs.iter().filter(|a| a.is_ipv4()).copied().collect(),
-            Kind::Aaaa => addrs.iter().filter(|a| a.is_ipv6()).copied().collect(),
-            Kind::Any => addrs,
-            _ => Vec::new(),
+        if qtype != RecordType::CNAME && qtype != RecordType::ANY {
+            if let Some(c) = all.iter().find(|r| matches!(r.rdata, RData::CNAME(_))) {
+                if let RData::CNAME(t) = &c.rdata {
+                    return Lookup::Cname(c.clone(), norm(&t.0.to_ascii()));
+                }
+            }
+        }
+        let pick: Vec<Rec> = if qtype == RecordType::ANY {
+            all
+        } else {
+            all.into_iter().filter(|r| r.rdata.record_type() == qtype).collect()
         };
-        if pick.is_empty() { Lookup::NoData } else { Lookup::Found(pick) }
+        if pick.is_empty() { Lookup::NoData } else { Lookup::Records(pick) }
+    }
+
+    /// Look `name` (normalised) up for `kind`.
+    pub fn lookup(&self, name: &str, kind: Kind) -> Lookup {
+        self.lookup_type(name, kind.rtype())
     }
 
     /// An empty non-terminal (e.g. `test` when `a.test` exists) exists: NODATA, not NXDOMAIN.
     fn has_descendant(&self, name: &str) -> bool {
         let below = |n: &String| n.len() > name.len() && under(n, name);
-        self.static_fwd.keys().any(below) || self.lease_fwd.keys().any(below)
+        self.records.keys().any(below) || self.lease_fwd.keys().any(below)
     }
 }
 
@@ -391,17 +507,21 @@ mod tests {
         assert_eq!(parse_reverse("1.2.3.in-addr.arpa"), None);
     }
 
+    fn a(s: &str) -> Vec<IpAddr> {
+        vec![s.parse().unwrap()]
+    }
+
     #[test]
     fn lease_names_follow_grant_rename_and_release() {
         let mut z = zone();
-        let a = Ipv4Addr::new(198, 18, 0, 5);
-        z.apply_lease(&LeaseChange { addr: a, old_name: None, new_name: Some("n1.cluster.test".into()) });
-        assert_eq!(z.lookup("n1.cluster.test", Kind::A), Lookup::Found(vec![IpAddr::V4(a)]));
-        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::Names(vec!["n1.cluster.test".into()]));
-        z.apply_lease(&LeaseChange { addr: a, old_name: Some("n1.cluster.test".into()), new_name: Some("n2.cluster.test".into()) });
+        let ad = Ipv4Addr::new(198, 18, 0, 5);
+        z.apply_lease(&LeaseChange { addr: ad, old_name: None, new_name: Some("n1.cluster.test".into()) });
+        assert_eq!(z.lookup("n1.cluster.test", Kind::A).addrs(), a("198.18.0.5"));
+        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr).names(), vec!["n1.cluster.test".to_string()]);
+        z.apply_lease(&LeaseChange { addr: ad, old_name: Some("n1.cluster.test".into()), new_name: Some("n2.cluster.test".into()) });
         assert_eq!(z.lookup("n1.cluster.test", Kind::A), Lookup::NxDomain);
-        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::Names(vec!["n2.cluster.test".into()]));
-        z.apply_lease(&LeaseChange { addr: a, old_name: Some("n2.cluster.test".into()), new_name: None });
+        assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr).names(), vec!["n2.cluster.test".to_string()]);
+        z.apply_lease(&LeaseChange { addr: ad, old_name: Some("n2.cluster.test".into()), new_name: None });
         assert_eq!(z.lookup("n2.cluster.test", Kind::A), Lookup::NxDomain);
         assert_eq!(z.lookup("5.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::NxDomain);
         assert_eq!(z.lookup("5.0.19.198.in-addr.arpa", Kind::Ptr), Lookup::NotAuthoritative);
@@ -413,9 +533,9 @@ mod tests {
         z.add_host("api.cluster.test", "198.18.0.10".parse().unwrap());
         z.add_host("api.cluster.test", "fd00:198:18::10".parse().unwrap());
         z.add_wildcard("apps.cluster.test", "198.18.0.20".parse().unwrap());
-        assert_eq!(z.lookup("api.cluster.test", Kind::Aaaa), Lookup::Found(vec!["fd00:198:18::10".parse().unwrap()]));
-        assert_eq!(z.lookup("x.y.apps.cluster.test", Kind::A), Lookup::Found(vec!["198.18.0.20".parse().unwrap()]));
-        assert_eq!(z.lookup("apps.cluster.test", Kind::A), Lookup::Found(vec!["198.18.0.20".parse().unwrap()]));
+        assert_eq!(z.lookup("api.cluster.test", Kind::Aaaa).addrs(), a("fd00:198:18::10"));
+        assert_eq!(z.lookup("x.y.apps.cluster.test", Kind::A).addrs(), a("198.18.0.20"));
+        assert_eq!(z.lookup("apps.cluster.test", Kind::A).addrs(), a("198.18.0.20"));
         assert_eq!(z.lookup("xapps.cluster.test", Kind::A), Lookup::NxDomain);
         assert_eq!(z.lookup("x.apps.cluster.test", Kind::Aaaa), Lookup::NoData);
         assert_eq!(z.lookup("cluster.test", Kind::A), Lookup::NoData);
@@ -429,8 +549,39 @@ mod tests {
         let mut z = zone();
         let (e, _) = crate::dns::hosts::parse("198.18.0.7 db\n");
         z.add_hosts(&e, true);
-        assert_eq!(z.lookup("db", Kind::A), Lookup::Found(vec!["198.18.0.7".parse().unwrap()]));
-        assert_eq!(z.lookup("db.cluster.test", Kind::A), Lookup::Found(vec!["198.18.0.7".parse().unwrap()]));
-        assert_eq!(z.lookup("7.0.18.198.in-addr.arpa", Kind::Ptr), Lookup::Names(vec!["db.cluster.test".into(), "db".into()]));
+        assert_eq!(z.lookup("db", Kind::A).addrs(), a("198.18.0.7"));
+        assert_eq!(z.lookup("db.cluster.test", Kind::A).addrs(), a("198.18.0.7"));
+        assert_eq!(z.lookup("7.0.18.198.in-addr.arpa", Kind::Ptr).names(), vec!["db.cluster.test".to_string(), "db".to_string()]);
+    }
+
+    #[test]
+    fn other_record_types_and_cname() {
+        let mut z = zone();
+        let d = "cluster.test";
+        for (name, kind, value) in [
+            ("www.cluster.test", "CNAME", "api"),
+            ("api.cluster.test", "A", "198.18.0.10"),
+            ("cluster.test", "MX", "10 mail.cluster.test."),
+            ("_kube._tcp.cluster.test", "SRV", "0 5 6443 api"),
+            ("cluster.test", "TXT", "\"v=spf1 -all\""),
+        ] {
+            z.add_record(name, parse_rdata(kind, value, d).unwrap(), Some(42));
+        }
+        match z.lookup_type("www.cluster.test", RecordType::A) {
+            Lookup::Cname(r, target) => {
+                assert_eq!(target, "api.cluster.test");
+                assert_eq!(r.ttl, Some(42));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(z.lookup_type("www.cluster.test", RecordType::CNAME), Lookup::Records(_)));
+        assert!(matches!(z.lookup_type("cluster.test", RecordType::MX), Lookup::Records(v) if v.len() == 1));
+        assert!(matches!(z.lookup_type("_kube._tcp.cluster.test", RecordType::SRV), Lookup::Records(_)));
+        assert!(matches!(z.lookup_type("cluster.test", RecordType::TXT), Lookup::Records(_)));
+        assert_eq!(z.lookup_type("cluster.test", RecordType::SOA), Lookup::Soa);
+        assert!(parse_rdata("A", "nope", d).is_err());
+        assert!(parse_rdata("MX", "x mail", d).is_err());
+        assert!(parse_rdata("SRV", "1 2", d).is_err());
+        assert!(parse_rdata("HINFO", "x", d).is_err());
     }
 }
