@@ -29,7 +29,7 @@ use crate::dhcp::{Action, DhcpServer, RecvMeta, Reply, ReplyTarget};
 use crate::dns::answer::forwarded_response;
 use crate::dns::forward::{CacheKey, has_rebind_answer, matches_query};
 use crate::dns::zone::norm;
-use crate::dns::{AnswerStats, DnsCache, ForwardConfig, Outcome, SharedZone, Transport, answer_or_forward};
+use crate::dns::{AnswerStats, DnsCache, ForwardConfig, Outcome, RateLimitConfig, RateLimiter, SharedZone, Transport, answer_or_forward};
 use hickory_proto::op::{Edns, Message as DnsMessage, ResponseCode};
 use crate::leases::{GroupCommitter, LeaseError, UnixTime};
 
@@ -75,6 +75,8 @@ pub struct DnsServerConfig {
     pub device: Option<String>,
     /// Forward names outside our zones (None: answer REFUSED).
     pub forward: Option<ForwardConfig>,
+    /// Per-client UDP rate limit (None: unlimited).
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl Default for DnsServerConfig {
@@ -87,6 +89,7 @@ impl Default for DnsServerConfig {
             tcp_max_connections: 4096,
             device: None,
             forward: None,
+            rate_limit: None,
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct DnsTransportStats {
     pub tcp_idle_closed: AtomicU64,
     /// Send errors.
     pub send_errors: AtomicU64,
+    /// UDP queries dropped by the per-client rate limit.
+    pub rate_limited: AtomicU64,
 }
 
 /// A running DNS server.
@@ -139,6 +144,7 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
     let mut udp_addrs = Vec::new();
     let mut tcp_addrs = Vec::new();
     let forwarder = cfg.forward.clone().map(|f| Arc::new(Forwarder::new(f)));
+    let limiter = cfg.rate_limit.map(|r| Arc::new(std::sync::Mutex::new(RateLimiter::new(r, 65_536))));
     for addr in &cfg.udp {
         let n = cfg.udp_sockets_per_addr.max(1);
         let first = bind_udp(*addr, n > 1, cfg.device.as_deref(), false)?;
@@ -150,7 +156,7 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
         }
         for s in socks {
             let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
-            tasks.push(tokio::spawn(dns_udp_loop(Arc::new(s), ctx, stop_rx.clone())));
+            tasks.push(tokio::spawn(dns_udp_loop(Arc::new(s), ctx, limiter.clone(), stop_rx.clone())));
         }
     }
     for addr in &cfg.tcp {
@@ -203,7 +209,12 @@ impl DnsCtx {
     }
 }
 
-async fn dns_udp_loop(sock: Arc<UdpSocket>, ctx: DnsCtx, mut stop: watch::Receiver<bool>) {
+async fn dns_udp_loop(
+    sock: Arc<UdpSocket>,
+    ctx: DnsCtx,
+    limiter: Option<Arc<std::sync::Mutex<RateLimiter>>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = tokio::select! {
@@ -217,6 +228,13 @@ async fn dns_udp_loop(sock: Arc<UdpSocket>, ctx: DnsCtx, mut stop: watch::Receiv
             },
             _ = stop.changed() => return,
         };
+        if let Some(l) = &limiter {
+            let ok = l.lock().map(|mut l| l.allow(peer.ip(), std::time::Instant::now())).unwrap_or(true);
+            if !ok {
+                ctx.transport.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
         match ctx.local(&buf[..n], Transport::Udp) {
             Ok(Some(r)) => {
                 if sock.send_to(&r, peer).await.is_err() {

@@ -396,3 +396,33 @@ async fn forwarding_to_a_dead_upstream_gives_servfail_in_bounded_time() {
     drop(silent);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_rate_limit_per_client() {
+    use dhcp_dns::dns::RateLimitConfig;
+    let cfg = DnsServerConfig {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        rate_limit: Some(RateLimitConfig { queries_per_second: 1, burst: 5 }),
+        ..DnsServerConfig::default()
+    };
+    let h = start_dns(cfg, test_zone().shared()).await.unwrap();
+    let udp = h.udp_addrs[0];
+    let answered = tokio::task::spawn_blocking(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        for i in 0..20u16 {
+            s.send_to(&dns_query(i, "api.cluster.test.", RecordType::A), udp).unwrap();
+        }
+        let mut buf = [0u8; 1500];
+        let mut n = 0;
+        while s.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .unwrap();
+    assert!((5..=7).contains(&answered), "answered {answered} of 20 with burst 5");
+    assert!(h.transport.rate_limited.load(std::sync::atomic::Ordering::Relaxed) >= 13);
+    h.shutdown().await;
+}

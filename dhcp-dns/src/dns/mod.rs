@@ -9,8 +9,10 @@
 pub mod answer;
 pub mod forward;
 pub mod hosts;
+pub mod ratelimit;
 pub mod zone;
 
 pub use answer::{AnswerStats, Outcome, Transport, answer, answer_or_forward};
 pub use forward::{DnsCache, ForwardConfig};
+pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use zone::{SharedZone, Zone, ZoneConfig};
