@@ -34,8 +34,8 @@ use crate::placement::{place, Placement};
 use crate::transition::{self, Action, Plan};
 
 /// A plan generation: the view's epoch and the plan number within the view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Gen {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct Generation {
     /// View epoch.
     pub epoch: u64,
     /// Plan number within the view.
@@ -43,16 +43,16 @@ pub struct Gen {
 }
 
 /// Identifies one execution of an action, for the driver to report back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Ticket {
     /// Step `step` of plan generation `generation`.
-    Plan { generation: Gen, step: usize },
+    Plan { generation: Generation, step: usize },
     /// An action this node decided alone (isolation release, re-announcement).
     Local(u64),
 }
 
 /// Operator commands (pcs/crm shaped).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OperatorCmd {
     /// `resource move NAME NODE`.
     Move { rsc: ResourceId, node: NodeId },
@@ -73,7 +73,7 @@ pub enum OperatorCmd {
 }
 
 /// Cluster-wide operator state, replicated with a version.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct OperatorState {
     /// Bumped by every operator command.
     pub version: u64,
@@ -88,7 +88,7 @@ pub struct OperatorState {
 }
 
 /// Messages on the ordered cluster channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Msg {
     /// What `from` runs and its failure records, sent once per view.
     Snapshot {
@@ -100,7 +100,7 @@ pub enum Msg {
         at: Timestamp,
     },
     /// `from` wants to run step `step` of `generation`.
-    Claim { from: NodeId, generation: Gen, step: usize, at: Timestamp },
+    Claim { from: NodeId, generation: Generation, step: usize, at: Timestamp },
     /// `from` finished an action.
     Done { from: NodeId, ticket: Ticket, action: Action, ok: bool, at: Timestamp },
     /// A monitor found `rsc` failed on `from`.
@@ -111,7 +111,23 @@ pub enum Msg {
     Tick { from: NodeId, at: Timestamp },
 }
 
+/// A message that could not be decoded (dropped and counted by the channel user).
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable cluster message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
 impl Msg {
+    /// Encodes for the cluster channel.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data with derived impls cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a message from the cluster channel.
+    pub fn decode(b: &[u8]) -> Result<Msg, DecodeError> {
+        Ok(serde_json::from_slice(b)?)
+    }
+
     /// The sender's wall-clock stamp.
     pub fn at(&self) -> Timestamp {
         match self {
@@ -189,12 +205,12 @@ pub struct Engine {
     fails: FailCounts,
     operator: OperatorState,
     agreed_now: Timestamp,
-    generation: Gen,
+    generation: Generation,
     plan: Plan,
     done: Vec<bool>,
     claimed: Vec<bool>,
     claim_sent: BTreeSet<usize>,
-    in_flight: BTreeSet<(Gen, usize)>,
+    in_flight: BTreeSet<(Generation, usize)>,
     replan_pending: bool,
     placement: Option<Placement>,
     local_state: BTreeMap<ResourceId, RunState>,
@@ -220,7 +236,7 @@ impl Engine {
             fails: FailCounts::new(),
             operator: OperatorState::default(),
             agreed_now: Timestamp(0),
-            generation: Gen::default(),
+            generation: Generation::default(),
             plan: Plan::default(),
             done: Vec::new(),
             claimed: Vec::new(),
@@ -287,7 +303,7 @@ impl Engine {
         if let Some(v) = &self.view {
             self.prev_members = v.member_set();
         }
-        self.generation = Gen { epoch: view.epoch, n: 0 };
+        self.generation = Generation { epoch: view.epoch, n: 0 };
         self.view = Some(view.clone());
         self.synced = false;
         self.snapshots.clear();
@@ -719,3 +735,6 @@ impl Engine {
             && self.cfg.resources.iter().any(|d| matches!(d.kind, ResourceKind::Vip(_)))
     }
 }
+
+#[cfg(test)]
+mod tests;

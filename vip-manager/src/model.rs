@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::score::Score;
 
 /// A cluster node's id (the same id ha-membership uses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct NodeId(pub u32);
 
 impl fmt::Display for NodeId {
@@ -21,7 +21,7 @@ impl fmt::Display for NodeId {
 }
 
 /// A resource's name, unique in the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ResourceId(pub String);
 
 impl ResourceId {
@@ -39,7 +39,7 @@ impl fmt::Display for ResourceId {
 
 /// Cluster time in milliseconds since an epoch all nodes agree on (failure records are replicated
 /// with these stamps, so expiry is decided identically everywhere).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -113,7 +113,7 @@ pub enum OnFail {
 }
 
 /// A virtual IP address on a named interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VipSpec {
     /// The address.
     pub address: IpAddr,
@@ -176,7 +176,7 @@ impl ResourceDef {
 }
 
 /// Whether an order constraint forces the second resource down with the first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub enum OrderKind {
     /// `then` may run only while `first` runs (Pacemaker kind=Mandatory).
     #[default]
@@ -186,7 +186,7 @@ pub enum OrderKind {
 }
 
 /// A constraint, from the config or from an operator command.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Constraint {
     /// Location preference: add `score` to `rsc` on `node`.
     Location { rsc: ResourceId, node: NodeId, score: Score },
@@ -245,7 +245,7 @@ pub mod operator {
 pub const FATAL_FAIL_COUNT: u32 = 1_000_000;
 
 /// One node's unexpired failure history for one resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FailRecord {
     /// Failures counted.
     pub count: u32,
@@ -327,7 +327,7 @@ impl FailCounts {
 }
 
 /// Where a resource instance is in its life on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RunState {
     /// Started and its last monitor passed.
     Running,

@@ -10,7 +10,21 @@ use std::fmt;
 
 /// One Pacemaker score, always within `[-INFINITY, +INFINITY]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(from = "i64", into = "i64")]
 pub struct Score(i64);
+
+impl From<i64> for Score {
+    fn from(v: i64) -> Score {
+        Score::new(v)
+    }
+}
+
+impl From<Score> for i64 {
+    fn from(s: Score) -> i64 {
+        s.0
+    }
+}
 
 impl Score {
     /// Pacemaker's INFINITY.

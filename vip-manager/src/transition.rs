@@ -27,7 +27,7 @@ use crate::model::{
 use crate::placement::Placement;
 
 /// One thing for one node to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     /// Add the VIP address (with its lease) on `node`.
     AddVip { node: NodeId, rsc: ResourceId, vip: VipSpec },

@@ -339,3 +339,146 @@ mod tests {
         assert!(a.is_marked());
     }
 }
+
+/// Lease renewal bookkeeping, sans-IO: which held VIPs to renew, and which must be given up.
+///
+/// Lifecycle of one VIP: `added` → held, renewed every `renew_every` while renewals are allowed
+/// (the node is in a quorate view and not stalled). Once `last_renewed + lifetime - guard` has
+/// passed, the address may already be gone from the kernel, and a "renewal" (an add with
+/// NLM_F_REPLACE, which the kernel treats as a create when the address is missing) would bring
+/// it back behind the cluster's back: the VIP is reported lost instead and never renewed again.
+#[derive(Debug)]
+pub struct LeaseKeeper {
+    lease: Lease,
+    held: std::collections::BTreeMap<crate::model::ResourceId, (VipSpec, std::time::Instant)>,
+    allowed: bool,
+}
+
+/// What the driver must do now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LeasePoll {
+    /// Renew these (then call [`LeaseKeeper::renewed`]).
+    pub renew: Vec<(crate::model::ResourceId, VipSpec)>,
+    /// These may have expired: remove them and report them lost.
+    pub lost: Vec<(crate::model::ResourceId, VipSpec)>,
+}
+
+impl LeaseKeeper {
+    /// A keeper for `lease`; renewals start disallowed.
+    pub fn new(lease: Lease) -> Self {
+        LeaseKeeper { lease, held: Default::default(), allowed: false }
+    }
+
+    fn guard(&self) -> Duration {
+        self.lease.renew_every.min(self.lease.lifetime / 4)
+    }
+
+    /// A VIP was just added (its lease starts now).
+    pub fn added(&mut self, rsc: &crate::model::ResourceId, vip: &VipSpec, now: std::time::Instant) {
+        self.held.insert(rsc.clone(), (vip.clone(), now));
+    }
+
+    /// A VIP was removed.
+    pub fn removed(&mut self, rsc: &crate::model::ResourceId) {
+        self.held.remove(rsc);
+    }
+
+    /// A renewal went through at `now`.
+    pub fn renewed(&mut self, rsc: &crate::model::ResourceId, now: std::time::Instant) {
+        if let Some((_, t)) = self.held.get_mut(rsc) {
+            *t = (*t).max(now);
+        }
+    }
+
+    /// Whether renewals may happen (quorate view, not stalled).
+    pub fn set_allowed(&mut self, allowed: bool) {
+        self.allowed = allowed;
+    }
+
+    /// Due renewals and lost leases at `now`. Lost entries are forgotten.
+    pub fn poll(&mut self, now: std::time::Instant) -> LeasePoll {
+        let mut out = LeasePoll::default();
+        let (life, guard, every) = (self.lease.lifetime, self.guard(), self.lease.renew_every);
+        self.held.retain(|rsc, (vip, last)| {
+            if now >= *last + life - guard {
+                out.lost.push((rsc.clone(), vip.clone()));
+                false
+            } else {
+                if now >= *last + every {
+                    out.renew.push((rsc.clone(), vip.clone()));
+                }
+                true
+            }
+        });
+        if !self.allowed {
+            out.renew.clear();
+        }
+        out
+    }
+
+    /// Next time [`LeaseKeeper::poll`] has something to say.
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        let (life, guard, every) = (self.lease.lifetime, self.guard(), self.lease.renew_every);
+        self.held
+            .values()
+            .map(|(_, last)| if self.allowed { *last + every } else { *last + life - guard })
+            .min()
+    }
+
+    /// VIPs currently held.
+    pub fn held(&self) -> impl Iterator<Item = (&crate::model::ResourceId, &VipSpec)> {
+        self.held.iter().map(|(r, (v, _))| (r, v))
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use crate::model::ResourceId;
+    use std::time::Instant;
+
+    fn spec() -> VipSpec {
+        VipSpec { address: "198.18.0.10".parse().unwrap(), prefix_len: 24, interface: "eth0".into() }
+    }
+
+    #[test]
+    fn renews_on_schedule_while_allowed() {
+        let t0 = Instant::now();
+        let r = ResourceId::new("vip");
+        let mut k = LeaseKeeper::new(Lease::default());
+        k.set_allowed(true);
+        k.added(&r, &spec(), t0);
+        assert_eq!(k.poll(t0 + Duration::from_millis(100)), LeasePoll::default());
+        assert_eq!(k.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        let p = k.poll(t0 + Duration::from_millis(500));
+        assert_eq!(p.renew.len(), 1);
+        k.renewed(&r, t0 + Duration::from_millis(500));
+        assert!(k.poll(t0 + Duration::from_millis(900)).renew.is_empty());
+    }
+
+    #[test]
+    fn a_lease_past_its_guard_is_lost_not_renewed() {
+        let t0 = Instant::now();
+        let r = ResourceId::new("vip");
+        let mut k = LeaseKeeper::new(Lease::default());
+        k.set_allowed(true);
+        k.added(&r, &spec(), t0);
+        // Stopped for 1.6 s (guard is 500 ms of a 2 s lease): too close to expiry to renew.
+        let p = k.poll(t0 + Duration::from_millis(1600));
+        assert!(p.renew.is_empty());
+        assert_eq!(p.lost.len(), 1);
+        assert_eq!(k.held().count(), 0);
+    }
+
+    #[test]
+    fn no_renewal_while_disallowed() {
+        let t0 = Instant::now();
+        let r = ResourceId::new("vip");
+        let mut k = LeaseKeeper::new(Lease::default());
+        k.added(&r, &spec(), t0);
+        assert!(k.poll(t0 + Duration::from_millis(700)).renew.is_empty());
+        assert_eq!(k.poll_timeout(), Some(t0 + Duration::from_millis(1500)));
+        k.set_allowed(true);
+        assert_eq!(k.poll(t0 + Duration::from_millis(700)).renew.len(), 1);
+    }
+}

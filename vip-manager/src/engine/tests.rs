@@ -1,0 +1,102 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::model::VipSpec;
+
+fn cfg(local: u32, size: usize) -> EngineConfig {
+    let vip = ResourceDef::new(
+        "vip",
+        ResourceKind::Vip(VipSpec { address: "198.18.0.10".parse().unwrap(), prefix_len: 24, interface: "eth0".into() }),
+    );
+    EngineConfig {
+        local: NodeId(local),
+        cluster_size: size,
+        resources: vec![vip],
+        constraints: vec![],
+        policy: ClusterPolicy::default(),
+        monitor_interval: Duration::from_secs(1),
+        monitor_timeout: Duration::from_millis(500),
+        tick_every: Duration::from_secs(1),
+    }
+}
+
+/// Loops a single engine's broadcasts back to it and completes every action; returns executed actions.
+fn settle(e: &mut Engine, now: Instant) -> Vec<Action> {
+    let mut executed = Vec::new();
+    for _ in 0..1000 {
+        let Some(o) = e.poll_output() else { return executed };
+        match o {
+            Output::Broadcast(m) => {
+                let m = Msg::decode(&m.encode()).expect("round trip");
+                e.deliver(m, now, Timestamp(1));
+            }
+            Output::Execute { ticket, action } => {
+                executed.push(action);
+                e.action_finished(ticket, true, now, Timestamp(1));
+            }
+            Output::RunMonitor(_) => {}
+        }
+    }
+    panic!("engine did not settle");
+}
+
+#[test]
+fn single_node_cluster_starts_and_stops_its_vip() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(1, 1));
+    e.view_installed(View { epoch: 1, members: vec![NodeId(1)], quorate: true }, now, Timestamp(1));
+    let acts = settle(&mut e, now);
+    assert!(matches!(acts[..], [Action::AddVip { .. }, Action::SendGarp { .. }]), "{acts:?}");
+    assert_eq!(e.local_resources().get(&ResourceId::new("vip")), Some(&RunState::Running));
+    e.operator(OperatorCmd::Standby(NodeId(1)), Timestamp(2));
+    let acts = settle(&mut e, now);
+    assert!(matches!(acts[..], [Action::RemoveVip { .. }]), "{acts:?}");
+    assert!(e.idle());
+    assert_eq!(e.status().operator.version, 1);
+}
+
+#[test]
+fn quorum_loss_releases_without_any_message() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(1, 1));
+    e.view_installed(View { epoch: 1, members: vec![NodeId(1)], quorate: true }, now, Timestamp(1));
+    settle(&mut e, now);
+    // Now the node thinks it is in a 3-node cluster that lost quorum: release comes first.
+    e.cfg.cluster_size = 3;
+    e.view_installed(View { epoch: 2, members: vec![NodeId(1)], quorate: false }, now, Timestamp(2));
+    match e.poll_output() {
+        Some(Output::Execute { action: Action::RemoveVip { .. }, .. }) => {}
+        other => panic!("expected an immediate RemoveVip, got {other:?}"),
+    }
+}
+
+#[test]
+fn stale_views_and_claims_are_ignored() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(1, 1));
+    e.view_installed(View { epoch: 5, members: vec![NodeId(1)], quorate: true }, now, Timestamp(1));
+    settle(&mut e, now);
+    e.view_installed(View { epoch: 4, members: vec![NodeId(1)], quorate: false }, now, Timestamp(1));
+    assert!(e.poll_output().is_none(), "an older view changes nothing");
+    e.deliver(Msg::Claim { from: NodeId(1), generation: Generation { epoch: 1, n: 1 }, step: 0, at: Timestamp(1) }, now, Timestamp(1));
+    assert!(e.poll_output().is_none());
+}
+
+#[test]
+fn stall_releases_vips_until_the_view_proves_alive() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(1, 1));
+    e.view_installed(View { epoch: 1, members: vec![NodeId(1)], quorate: true }, now, Timestamp(1));
+    settle(&mut e, now);
+    e.resumed_after_stall(now, Timestamp(5));
+    let acts = settle(&mut e, now);
+    // Released, then (its own Done delivered in the intact view) planned and added back.
+    assert!(matches!(acts[0], Action::RemoveVip { .. }), "{acts:?}");
+    assert!(acts.iter().any(|a| matches!(a, Action::AddVip { .. })), "{acts:?}");
+}
+
+#[test]
+fn garbage_does_not_decode() {
+    assert!(Msg::decode(b"{not json").is_err());
+    assert!(Msg::decode(b"{\"Tick\":{\"from\":1}}").is_err());
+}
