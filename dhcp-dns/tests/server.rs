@@ -181,6 +181,7 @@ async fn relayed_dora_on_loopback_persists_before_ack_and_publishes_the_name() {
             client_id: None,
             addr: Ipv4Addr::new(127, 77, 2, 1),
             hostname: Some("fixed".into()),
+            lease_secs: None,
         }],
         ..DhcpConfig::default()
     });

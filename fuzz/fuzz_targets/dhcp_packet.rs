@@ -22,6 +22,7 @@ fn server() -> DhcpServer {
             client_id: None,
             addr: Ipv4Addr::new(198, 18, 0, 50),
             hostname: Some("fixed".into()),
+            lease_secs: None,
         }],
         ..DhcpConfig::default()
     })

@@ -127,6 +127,8 @@ pub struct Reservation {
     pub addr: Ipv4Addr,
     /// Its name; wins over what the client asks for.
     pub hostname: Option<String>,
+    /// Its lease time, seconds, instead of the subnet's.
+    pub lease_secs: Option<u32>,
 }
 
 /// Everything the DHCP core needs to know, as plain data.
@@ -145,6 +147,9 @@ pub struct DhcpConfig {
     pub offer_hold_secs: u64,
     /// How long a declined address is kept out of the pool, seconds.
     pub decline_quarantine_secs: u64,
+    /// How long a released or expired lease is remembered (so its client gets the same address
+    /// back) before its record is removed, seconds.
+    pub expired_retention_secs: u64,
 }
 
 impl Default for DhcpConfig {
@@ -156,6 +161,7 @@ impl Default for DhcpConfig {
             reservations: Vec::new(),
             offer_hold_secs: 30,
             decline_quarantine_secs: 600,
+            expired_retention_secs: 86_400,
         }
     }
 }
@@ -244,6 +250,8 @@ pub struct DhcpCounters {
     pub informs: u64,
     /// Leases that expired.
     pub expired: u64,
+    /// Old released/expired records forgotten.
+    pub collected: u64,
 }
 
 /// Transport facts the driver knows about a received datagram.
@@ -273,8 +281,12 @@ pub struct DhcpServer {
     res_by_addr: HashMap<Ipv4Addr, usize>,
     server_ids: HashSet<Ipv4Addr>,
     cursors: Vec<u64>,
+    next_gc: Option<UnixTime>,
     counters: DhcpCounters,
 }
+
+/// How often old released/expired records are swept, seconds.
+const GC_INTERVAL: u64 = 60;
 
 /// RFC 3396 / 2131 minimum a client must accept.
 const MIN_DHCP_SIZE: usize = 576;
@@ -306,6 +318,7 @@ impl DhcpServer {
             res_by_addr,
             server_ids,
             cursors,
+            next_gc: None,
             counters: DhcpCounters::default(),
         }
     }
@@ -340,10 +353,8 @@ impl DhcpServer {
     /// When [`handle_timeout`](Self::handle_timeout) next has work.
     pub fn poll_timeout(&self) -> Option<UnixTime> {
         let offers = self.offers.values().map(|o| o.expires).min();
-        match (self.leases.next_expiry(), offers) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let gc = self.next_gc.filter(|_| !self.leases.is_empty());
+        [self.leases.next_expiry(), offers, gc].into_iter().flatten().min()
     }
 
     /// Advance time: expire leases, end quarantines, drop stale offers.
@@ -372,6 +383,26 @@ impl DhcpServer {
                 }
                 _ => {}
             }
+        }
+        match self.next_gc {
+            None => self.next_gc = Some(now + GC_INTERVAL),
+            Some(t) if now >= t => {
+                self.next_gc = Some(now + GC_INTERVAL);
+                let keep = self.cfg.expired_retention_secs;
+                let old: Vec<Ipv4Addr> = self
+                    .leases
+                    .iter()
+                    .filter(|l| matches!(l.state, LeaseState::Released | LeaseState::Expired))
+                    .filter(|l| l.expiry.saturating_add(keep) <= now)
+                    .map(|l| l.addr)
+                    .collect();
+                for addr in old {
+                    self.leases.remove(addr);
+                    self.counters.collected += 1;
+                    out.push(Action::PersistLease { record: LogRecord::Remove(addr), reply: None });
+                }
+            }
+            Some(_) => {}
         }
         out
     }
@@ -556,7 +587,7 @@ impl DhcpServer {
         }
         self.offered.insert(addr, tok);
         let names = self.names_for(msg, client, si, None);
-        let lease_secs = self.lease_secs(msg, si);
+        let lease_secs = self.lease_secs(msg, client, si);
         let reply = self.build_reply(msg, MessageType::Offer, addr, si, Some(lease_secs), names.as_ref());
         self.counters.offers += 1;
         reply.map(Action::Reply).into_iter().collect()
@@ -757,7 +788,7 @@ impl DhcpServer {
                 out.push(Action::PersistLease { record: LogRecord::Upsert(other), reply: None });
             }
         }
-        let lease_secs = self.lease_secs(msg, si);
+        let lease_secs = self.lease_secs(msg, client, si);
         let lease = Lease {
             addr,
             hwaddr: client.hwaddr.clone(),
@@ -829,8 +860,8 @@ impl DhcpServer {
         Some((label, fqdn))
     }
 
-    fn lease_secs(&self, msg: &Message, si: usize) -> u32 {
-        let max = self.cfg.subnets[si].lease_secs;
+    fn lease_secs(&self, msg: &Message, client: &ClientKey, si: usize) -> u32 {
+        let max = self.reservation_of(client).and_then(|r| r.lease_secs).unwrap_or(self.cfg.subnets[si].lease_secs);
         match msg.opts().get(OptionCode::AddressLeaseTime) {
             Some(DhcpOption::AddressLeaseTime(t)) => (*t).clamp(60.min(max), max),
             _ => max,

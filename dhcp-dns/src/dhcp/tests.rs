@@ -43,16 +43,19 @@ fn cfg() -> DhcpConfig {
                 client_id: None,
                 addr: Ipv4Addr::new(198, 18, 0, 50),
                 hostname: Some("gateway-reserved".into()),
+                lease_secs: None,
             },
             Reservation {
                 hwaddr: None,
                 client_id: Some(vec![0xff, 1, 2, 3]),
                 addr: Ipv4Addr::new(198, 18, 0, 51),
                 hostname: None,
+                lease_secs: Some(120),
             },
         ],
         offer_hold_secs: 30,
         decline_quarantine_secs: 600,
+        expired_retention_secs: 86_400,
     }
 }
 
@@ -373,6 +376,7 @@ fn reservation_by_client_id() {
     d.opts_mut().insert(DhcpOption::ClientIdentifier(vec![0xff, 1, 2, 3]));
     let (_, o) = one_reply(&s.handle_packet(T0, &bytes(&d), direct()));
     assert_eq!(o.yiaddr(), Ipv4Addr::new(198, 18, 0, 51));
+    assert_eq!(o.opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(120)), "reservation's lease time");
     // RFC 6842: client-id echoed.
     assert_eq!(o.opts().get(OptionCode::ClientIdentifier), Some(&DhcpOption::ClientIdentifier(vec![0xff, 1, 2, 3])));
 }
@@ -542,4 +546,23 @@ fn sanitize_labels() {
     assert_eq!(sanitize_label("--").as_deref(), None);
     assert_eq!(sanitize_label(&"a".repeat(64)), None);
     assert_eq!(sanitize_label("ok\u{0}é").as_deref(), Some("ok"));
+}
+
+#[test]
+fn old_released_and_expired_records_are_collected_after_retention() {
+    let mut s = DhcpServer::new(cfg());
+    let a = dora(&mut s, T0, &MAC_A, None);
+    let b = dora(&mut s, T0, &MAC_B, None);
+    let mut r = msg(MessageType::Release, &MAC_B);
+    r.set_ciaddr(b);
+    s.handle_packet(T0 + 10, &bytes(&r), direct());
+    s.handle_timeout(T0 + 3600); // a expires
+    assert_eq!(s.leases().len(), 2, "remembered during retention");
+    let acts = s.handle_timeout(T0 + 10 + 86_400 + GC_INTERVAL);
+    assert!(acts.contains(&Action::PersistLease { record: LogRecord::Remove(b), reply: None }));
+    assert!(s.leases().get(a).is_some(), "a ended later: still kept");
+    let acts = s.handle_timeout(T0 + 3600 + 86_400 + 2 * GC_INTERVAL);
+    assert!(acts.contains(&Action::PersistLease { record: LogRecord::Remove(a), reply: None }));
+    assert!(s.leases().is_empty());
+    assert_eq!(s.counters().collected, 2);
 }
