@@ -194,7 +194,7 @@ impl<'a> SourceFile<'a> {
     fn walk(&self, path: &KeyPath) -> Walk<'_, 'a> {
         let mut current: Option<&Spanned<DeValue<'a>>> = None;
         let mut key_span = None;
-        for (i, seg) in path.segments().iter().enumerate() {
+        for seg in path.segments() {
             let next = match (seg, current) {
                 (Segment::Key(k), None) => self.root.get_ref().get_key_value(k.as_str()).map(|(k, v)| (Some(k.span()), v)),
                 (Segment::Key(k), Some(v)) => match v.get_ref() {
@@ -212,10 +212,7 @@ impl<'a> SourceFile<'a> {
                     key_span = k;
                     current = Some(v);
                 }
-                None => {
-                    let _ = i;
-                    return Walk::Partial { nearest: current };
-                }
+                None => return Walk::Partial { nearest: current },
             }
         }
         match current {
@@ -271,7 +268,7 @@ mod tests {
     #[test]
     fn columns_count_characters_not_bytes() {
         let text = "a = \"é\"\nb = \"ü\" ; c = 1\n";
-        let (_, errs) = (0, SourceFile::parse("u.toml", text).unwrap_err());
+        let errs = SourceFile::parse("u.toml", text).unwrap_err();
         assert_eq!(errs.items[0].line, 2);
         assert_eq!(errs.items[0].column, 9);
     }
@@ -302,5 +299,65 @@ mod tests {
         assert!(errs.items.len() >= 2, "{errs}");
         assert!(errs.items.windows(2).all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)));
         assert!(errs.items.iter().all(|d| d.message.starts_with("syntax error: ")));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Builds a document of `[[t]]` tables (with a random amount of padding and comments) and
+        /// remembers where each value was written, so the mapping can be checked exactly.
+        fn document(rows: &[(usize, usize, bool, i64)]) -> (String, Vec<(KeyPath, usize, usize)>) {
+            let mut text = String::from("# generated\n");
+            let mut line = 2;
+            let mut expect = Vec::new();
+            for (i, (pad, blank, comment, value)) in rows.iter().enumerate() {
+                if *comment {
+                    text.push_str("# a comment with é\n");
+                    line += 1;
+                }
+                text.push_str("[[t]]\n");
+                line += 1;
+                for _ in 0..*blank {
+                    text.push('\n');
+                    line += 1;
+                }
+                let prefix = format!("{}k{i} ={}", " ".repeat(*pad), " ".repeat(pad % 3 + 1));
+                text.push_str(&format!("{prefix}{value}\n"));
+                expect.push((KeyPath::new("t").index(i).key(format!("k{i}")), line, prefix.chars().count() + 1));
+                line += 1;
+            }
+            (text, expect)
+        }
+
+        proptest! {
+            #[test]
+            fn every_value_is_located_where_it_was_written(
+                rows in proptest::collection::vec((0usize..6, 0usize..3, any::<bool>(), any::<i64>()), 1..12)
+            ) {
+                let (text, expect) = document(&rows);
+                let file = SourceFile::parse("p.toml", &text).expect("generated TOML parses");
+                for (path, line, column) in expect {
+                    let got = file.locate(&Problem::new(path.clone(), "x"));
+                    prop_assert_eq!((got.line, got.column), (line, column), "path {} in\n{}", path, text);
+                }
+            }
+
+            #[test]
+            fn locating_any_path_never_panics(
+                keys in proptest::collection::vec(("[a-z]{1,3}", proptest::option::of(0usize..4)), 0..5)
+            ) {
+                let file = SourceFile::parse("p.toml", "a = 1\n[b]\nc = [1, 2]\n[[d]]\ne = { f = 1 }\n").expect("parses");
+                let mut path = KeyPath::root();
+                for (k, idx) in keys {
+                    path = path.key(k);
+                    if let Some(i) = idx {
+                        path = path.index(i);
+                    }
+                }
+                let got = file.locate(&Problem::new(path, "x"));
+                prop_assert!(got.line >= 1 && got.column >= 1);
+            }
+        }
     }
 }
