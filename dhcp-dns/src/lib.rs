@@ -12,3 +12,4 @@ pub mod dhcp;
 pub mod dns;
 pub mod server;
 pub mod runtime;
+pub mod from_config;

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hickory_proto::rr::RData;
 use ipnet::IpNet;
 
 use crate::dhcp::{Action, DhcpConfig, DhcpServer};
@@ -41,6 +42,8 @@ pub struct DnsRuntime {
     pub expand_hosts: bool,
     /// Static host records.
     pub hosts: Vec<(String, IpAddr)>,
+    /// Static records of any type: owner (absolute), data, TTL (`None`: local TTL).
+    pub records: Vec<(String, RData, Option<u32>)>,
     /// Wildcard address records (domain and everything under it).
     pub wildcards: Vec<(String, IpAddr)>,
 }
@@ -48,7 +51,7 @@ pub struct DnsRuntime {
 /// Everything needed to run dhcp-dns.
 #[derive(Debug, Clone)]
 pub struct DhcpDnsOptions {
-    /// The durable lease log.
+    /// The durable lease log (opened only when DHCP is served).
     pub lease_file: PathBuf,
     /// When to compact it.
     pub compaction: CompactionPolicy,
@@ -84,8 +87,8 @@ pub struct Running {
     pub dhcp: Option<DhcpHandle>,
     /// The DNS server, if started.
     pub dns: Option<DnsHandle>,
-    /// The lease committer.
-    pub committer: Arc<GroupCommitter>,
+    /// The lease committer (when DHCP is served).
+    pub committer: Option<Arc<GroupCommitter>>,
 }
 
 impl Running {
@@ -97,7 +100,7 @@ impl Running {
         if let Some(d) = self.dns {
             d.shutdown().await;
         }
-        if let Ok(c) = Arc::try_unwrap(self.committer) {
+        if let Some(Ok(c)) = self.committer.map(Arc::try_unwrap) {
             let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
         }
     }
@@ -106,30 +109,12 @@ impl Running {
 /// Start the service.
 pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
     let now = unix_now();
-    let path = opts.lease_file.clone();
-    let (mut log, rec) = tokio::task::spawn_blocking(move || LeaseLog::open(path))
-        .await
-        .map_err(|e| RuntimeError::Io { what: "lease log open task".into(), source: std::io::Error::other(e) })??;
-    if rec.truncated_bytes > 0 {
-        tracing::warn!(bytes = rec.truncated_bytes, "lease log had a torn tail (crash); truncated");
-    }
-    if log.table().is_empty() {
-        if let Some(p) = &opts.import_dnsmasq_leases {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| RuntimeError::Io { what: format!("read {}", p.display()), source: e })?;
-            let domain = opts.dhcp.as_ref().and_then(|d| d.core.domain.clone());
-            let (leases, errors) = dnsmasq::import(&text, domain.as_deref(), now);
-            for e in &errors {
-                tracing::warn!(file = %p.display(), error = %e, "dnsmasq lease line skipped");
-            }
-            let recs: Vec<LogRecord> = leases.into_iter().map(LogRecord::Upsert).collect();
-            tracing::info!(count = recs.len(), "imported dnsmasq leases");
-            log.append(&recs)?;
-            log.sync()?;
-        }
-    }
-    let leases = log.leases();
-    let committer = Arc::new(GroupCommitter::start(log, opts.compaction));
+    let (leases, committer) = if opts.dhcp.is_some() {
+        let (leases, c) = open_leases(&opts, now).await?;
+        (leases, Some(c))
+    } else {
+        (Vec::new(), None)
+    };
 
     let zone_cfg = match &opts.dns {
         Some(d) => {
@@ -160,11 +145,14 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
         for (n, a) in &d.wildcards {
             zone.add_wildcard(n, *a);
         }
+        for (n, r, ttl) in &d.records {
+            zone.add_record(n, r.clone(), *ttl);
+        }
     }
     let zone = zone.shared();
 
-    let dhcp = match &opts.dhcp {
-        Some(d) => {
+    let dhcp = match (&opts.dhcp, &committer) {
+        (Some(d), Some(committer)) => {
             let mut core = DhcpServer::new(d.core.clone());
             for a in core.restore(leases, now) {
                 if let Action::LeaseChanged(ch) = a {
@@ -179,7 +167,7 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
                     .map_err(|e| RuntimeError::Io { what: format!("bind DHCP {}", d.driver.bind), source: e })?,
             )
         }
-        None => None,
+        _ => None,
     };
     let dns = match &opts.dns {
         Some(d) => Some(
@@ -190,6 +178,38 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
         None => None,
     };
     Ok(Running { zone, dhcp, dns, committer })
+}
+
+/// Open the lease log (recovering a torn tail), import dnsmasq leases into an empty one, and start
+/// the group committer on it.
+async fn open_leases(opts: &DhcpDnsOptions, now: u64) -> Result<(Vec<Lease>, Arc<GroupCommitter>), RuntimeError> {
+    let path = opts.lease_file.clone();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Io { what: format!("create {}", dir.display()), source: e })?;
+    }
+    let (mut log, rec) = tokio::task::spawn_blocking(move || LeaseLog::open(path))
+        .await
+        .map_err(|e| RuntimeError::Io { what: "lease log open task".into(), source: std::io::Error::other(e) })??;
+    if rec.truncated_bytes > 0 {
+        tracing::warn!(bytes = rec.truncated_bytes, "lease log had a torn tail (crash); truncated");
+    }
+    if log.table().is_empty() {
+        if let Some(p) = &opts.import_dnsmasq_leases {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| RuntimeError::Io { what: format!("read {}", p.display()), source: e })?;
+            let domain = opts.dhcp.as_ref().and_then(|d| d.core.domain.clone());
+            let (leases, errors) = dnsmasq::import(&text, domain.as_deref(), now);
+            for e in &errors {
+                tracing::warn!(file = %p.display(), error = %e, "dnsmasq lease line skipped");
+            }
+            let recs: Vec<LogRecord> = leases.into_iter().map(LogRecord::Upsert).collect();
+            tracing::info!(count = recs.len(), "imported dnsmasq leases");
+            log.append(&recs)?;
+            log.sync()?;
+        }
+    }
+    let leases = log.leases();
+    Ok((leases, Arc::new(GroupCommitter::start(log, opts.compaction))))
 }
 
 /// Read the leases in a log without modifying it (for `hastack leases` while the daemon runs):
@@ -240,6 +260,7 @@ mod tests {
                 hosts_files: vec![hosts_file],
                 expand_hosts: true,
                 hosts: vec![],
+                records: vec![("www.cluster.test".into(), crate::dns::zone::parse_rdata("CNAME", "gw", "cluster.test").unwrap(), None)],
                 wildcards: vec![("apps.cluster.test".into(), "127.77.0.3".parse().unwrap())],
             }),
         };

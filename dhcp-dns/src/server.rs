@@ -363,7 +363,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder with an empty cache.
     pub fn new(cfg: ForwardConfig) -> Forwarder {
-        let cache = DnsCache::new(cfg.cache_size, cfg.max_ttl, cfg.max_negative_ttl);
+        let cache = DnsCache::new(cfg.cache_size, cfg.max_ttl, cfg.max_negative_ttl).with_negative_ttl_without_soa(cfg.negative_ttl_without_soa);
         Forwarder { cfg, cache: std::sync::Mutex::new(cache), in_flight: AtomicUsize::new(0), stats: ForwardStats::default() }
     }
 

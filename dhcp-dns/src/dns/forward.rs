@@ -36,6 +36,8 @@ pub struct ForwardConfig {
     pub rebind_allow: Vec<String>,
     /// Most forwarded queries in flight; beyond it queries get SERVFAIL (no small fixed cap).
     pub max_in_flight: usize,
+    /// How long a negative upstream answer without an SOA is cached (dnsmasq `neg-ttl`); 0: not.
+    pub negative_ttl_without_soa: u32,
 }
 
 impl Default for ForwardConfig {
@@ -50,6 +52,7 @@ impl Default for ForwardConfig {
             rebind_protection: true,
             rebind_allow: Vec::new(),
             max_in_flight: 16_384,
+            negative_ttl_without_soa: 0,
         }
     }
 }
@@ -167,13 +170,20 @@ pub struct DnsCache {
     cap: usize,
     max_ttl: u32,
     max_negative_ttl: u32,
+    negative_ttl_without_soa: u32,
     stats: CacheStats,
 }
 
 impl DnsCache {
     /// A cache of at most `cap` answers.
     pub fn new(cap: usize, max_ttl: u32, max_negative_ttl: u32) -> DnsCache {
-        DnsCache { map: HashMap::new(), cap, max_ttl, max_negative_ttl, stats: CacheStats::default() }
+        DnsCache { map: HashMap::new(), cap, max_ttl, max_negative_ttl, negative_ttl_without_soa: 0, stats: CacheStats::default() }
+    }
+
+    /// Also cache negative answers that carry no SOA, for `ttl` seconds (0: never).
+    pub fn with_negative_ttl_without_soa(mut self, ttl: u32) -> DnsCache {
+        self.negative_ttl_without_soa = ttl;
+        self
     }
 
     /// Number of entries (fresh or not yet collected).
@@ -232,6 +242,7 @@ impl DnsCache {
             });
             match soa {
                 Some(t) => t.min(self.max_negative_ttl),
+                None if self.negative_ttl_without_soa > 0 => self.negative_ttl_without_soa.min(self.max_negative_ttl),
                 None => return,
             }
         } else if rcode == ResponseCode::NoError {
@@ -339,6 +350,11 @@ mod tests {
         let k = CacheKey::of(&m).unwrap();
         c.insert(k.clone(), &m, t0);
         assert!(c.get(&k, t0).is_none());
+        // ... unless configured (dnsmasq neg-ttl).
+        let mut c2 = DnsCache::new(10, 86400, 100).with_negative_ttl_without_soa(10);
+        c2.insert(k.clone(), &m, t0);
+        assert!(c2.get(&k, t0 + Duration::from_secs(9)).is_some());
+        assert!(c2.get(&k, t0 + Duration::from_secs(10)).is_none());
         // SERVFAIL is never cached.
         let m = resp("sf.example.", ResponseCode::ServFail, None, Some((300, 300)));
         let k = CacheKey::of(&m).unwrap();
