@@ -19,6 +19,11 @@
 //!   delivered among them) and a donor that has it; a member behind its cut fetches the rest from the
 //!   donor, delivers exactly up to the cut, then installs. Messages above every survivor's cut were
 //!   delivered by nobody who moves on; their origins resubmit them in the new view.
+//! - Exactly once: an origin resubmits what it has not delivered itself, so a member on the other
+//!   side of a partition may see a message again in a later view; each node delivers a given
+//!   (origin, origin boot, origin_seq) at most once and silently skips the repeat (its sequence
+//!   number is then absent from that node's deliveries). Origins submit in FIFO order, so the
+//!   highest origin_seq delivered per origin life is enough to recognise repeats.
 
 use crate::engine::Event;
 use crate::wire::{Cut, MAX_PAYLOAD, Member, Message, NodeId, ViewId};
@@ -93,6 +98,10 @@ pub(crate) struct Channel {
     flush_done: Option<(ViewId, Vec<Member>)>,
     sequencer_top: u64,
     peer_delivered: BTreeMap<NodeId, u64>,
+    /// Boot of each member of the current view (identifies the origin's life).
+    member_boots: BTreeMap<NodeId, u64>,
+    /// Highest origin_seq delivered here per origin, with the origin's boot.
+    origin_delivered: BTreeMap<NodeId, (u64, u64)>,
 }
 
 impl Channel {
@@ -153,6 +162,16 @@ impl Channel {
         if m.origin == self.me {
             self.outbox.remove(&m.origin_seq);
         }
+        let boot = self.member_boots.get(&m.origin).copied().unwrap_or(0);
+        let repeat = self
+            .origin_delivered
+            .get(&m.origin)
+            .is_some_and(|&(b, max)| b == boot && m.origin_seq <= max);
+        if repeat {
+            self.log.insert(seq, m);
+            return;
+        }
+        self.origin_delivered.insert(m.origin, (boot, m.origin_seq));
         out.events.push(Event::Delivered {
             view,
             seq,
@@ -374,6 +393,17 @@ impl Channel {
         false
     }
 
+    /// The view a flush in progress leads to.
+    pub(crate) fn flush_target(&self) -> Option<ViewId> {
+        self.flush.as_ref().map(|f| f.view)
+    }
+
+    /// Give up a flush (its install became void); stay blocked where delivery stopped.
+    pub(crate) fn cancel_flush(&mut self) {
+        self.flush = None;
+        self.flush_done = None;
+    }
+
     /// A flush finished: the view to install now.
     pub(crate) fn take_flush_done(&mut self) -> Option<(ViewId, Vec<Member>)> {
         self.flush_done.take()
@@ -386,6 +416,7 @@ impl Channel {
         }
         self.view = Some(view);
         self.members = members.iter().map(|m| m.node).collect();
+        self.member_boots = members.iter().map(|m| (m.node, m.boot)).collect();
         self.delivered = 0;
         self.ahead.clear();
         self.blocked = false;

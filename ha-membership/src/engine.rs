@@ -318,6 +318,9 @@ pub struct Engine {
     /// A proposal was made: some view must be installed even if membership looks unchanged,
     /// because members that acked are blocked until then.
     must_install: bool,
+    /// Proposals acked (or made) since the last install, with the (view, delivered) reported. Only
+    /// these may be installed: an install is only safe from the state its cuts were computed from.
+    acked: BTreeMap<ViewId, (Option<ViewId>, u64)>,
     /// Cuts of the install being applied (kept with the view for resends).
     pending_cuts: Vec<Cut>,
     transmits: VecDeque<Transmit>,
@@ -406,6 +409,7 @@ impl Engine {
             quorum,
             chan: Channel::new(params.local),
             must_install: false,
+            acked: BTreeMap::new(),
             pending_cuts: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -858,6 +862,7 @@ impl Engine {
         tracing::debug!(%view, n = members.len(), "proposing view");
         self.chan.block();
         self.must_install = true;
+        self.record_ack(view);
         let mut acks = BTreeMap::new();
         acks.insert(self.params.local, self.chan.ack_info());
         self.pending = Some(Pending {
@@ -876,6 +881,17 @@ impl Engine {
         for m in members.iter().filter(|m| m.node != me) {
             self.send(m.node, &msg);
         }
+    }
+
+    /// Remember that `view` was acked from the current channel state; earlier acks made from another
+    /// state (before a flush advanced it) become void, and so does a flush toward one of them.
+    fn record_ack(&mut self, view: ViewId) {
+        let info = self.chan.ack_info();
+        self.acked.retain(|_, v| *v == info);
+        if self.chan.flush_target().is_some_and(|t| !self.acked.contains_key(&t)) {
+            self.chan.cancel_flush();
+        }
+        self.acked.insert(view, info);
     }
 
     fn finish_pending(&mut self, now: Instant) {
@@ -917,6 +933,7 @@ impl Engine {
             self.promise = Some((view, now + self.params.timing.view_timeout * 2));
             // Report how far we delivered, and stop there until a view is installed.
             self.chan.block();
+            self.record_ack(view);
         }
         let (prev, delivered) = self.chan.ack_info();
         self.send(from, &Message::ViewAck { view, accept, max_epoch: self.max_epoch, prev, delivered });
@@ -977,6 +994,10 @@ impl Engine {
             return;
         }
         self.max_epoch = self.max_epoch.max(id.epoch);
+        if !self.acked.contains_key(&id) {
+            // Acked from an earlier state, or never: its cuts do not describe us.
+            return;
+        }
         self.pending_cuts = cuts.clone();
         let mut out = Out::default();
         let ready = self.chan.begin_install(id, &members, &cuts, &mut out);
@@ -1005,6 +1026,7 @@ impl Engine {
         let cuts = std::mem::take(&mut self.pending_cuts);
         self.chan.installed(id, &members);
         self.must_install = false;
+        self.acked.clear();
         self.view = Some(View { id, members: members.clone(), cuts });
         self.events.push_back(Event::ViewInstalled { view: id, members });
         match self.quorum.on_view(now, &ids) {

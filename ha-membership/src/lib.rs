@@ -4,11 +4,13 @@
 //! - [`auth`]: BLAKE3 keyed MAC, replay windows, authkey loading and `keygen`.
 //! - [`engine`]: the sans-IO core (failure detection, agreed views), see its lifecycle note.
 //! - [`channel`]: the ordered cluster channel (CPG contract), driven by the engine.
+//! - [`driver`]: the tokio UDP driver (one socket per link, own real-time thread).
 //! - [`quorum`]: votequorum semantics computed from the agreed view.
 
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod quorum;
 pub mod wire;

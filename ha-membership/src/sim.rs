@@ -76,7 +76,8 @@ struct SimNode {
     left: bool,
     /// Ordered-channel bookkeeping of the current life.
     cur_view: Option<ViewId>,
-    cur_list: Vec<u64>,
+    /// (seq, message id) delivered in the current view.
+    cur_list: Vec<(u64, u64)>,
     seen: std::collections::HashSet<u64>,
     sent: Vec<u64>,
 }
@@ -99,9 +100,10 @@ pub(crate) struct Sim {
     pub log: Vec<String>,
     pub datagrams: u64,
     /// Total order of each view's channel messages (by payload id), as first delivered anywhere.
-    total_order: HashMap<ViewId, Vec<u64>>,
+    total_order: HashMap<ViewId, BTreeMap<u64, u64>>,
     /// What was delivered in a view by members that then installed a given next view.
-    transitions: HashMap<(ViewId, ViewId), Vec<u64>>,
+    #[allow(clippy::type_complexity)]
+    transitions: HashMap<(ViewId, ViewId), Vec<(NodeId, BTreeMap<u64, u64>, std::collections::HashSet<u64>)>>,
     next_msg: u64,
     pub delivered: u64,
 }
@@ -305,20 +307,29 @@ impl Sim {
         b.copy_from_slice(&payload[..8]);
         let msg = u64::from_be_bytes(b);
         let seed = self.seed;
+        self.note(format!("node {id} delivered msg {msg} as #{seq} of {view}"));
+        let problem = match self.nodes.get(&id) {
+            Some(n) if n.cur_view != Some(view) => Some(format!("delivered in {view} while in {:?}", n.cur_view)),
+            Some(n) if n.cur_list.last().is_some_and(|&(s, _)| s >= seq) => Some("delivered out of order".to_string()),
+            Some(n) if n.seen.contains(&msg) => Some(format!("delivered message {msg} twice")),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            panic!("{}", self.fail(&format!("node {id} {p}")));
+        }
         let Some(n) = self.nodes.get_mut(&id) else { return };
-        assert_eq!(n.cur_view, Some(view), "seed {seed}: node {id} delivered in {view} while in {:?}", n.cur_view);
-        assert_eq!(seq as usize, n.cur_list.len() + 1, "seed {seed}: node {id} skipped a sequence number");
-        assert!(n.seen.insert(msg), "seed {seed}: node {id} delivered message {msg} twice");
-        n.cur_list.push(msg);
-        let k = n.cur_list.len();
+        n.seen.insert(msg);
+        n.cur_list.push((seq, msg));
         let order = self.total_order.entry(view).or_default();
-        if order.len() >= k {
-            if order[k - 1] != msg {
+        match order.get(&seq) {
+            Some(&other) if other != msg => {
                 let log = self.log.join("\n");
-                panic!("seed {seed}: node {id} delivered {msg} as #{k} of {view}, others delivered {}\n{log}", order[k - 1]);
+                panic!("seed {seed}: node {id} delivered {msg} as #{seq} of {view}, others delivered {other}\n{log}");
             }
-        } else {
-            order.push(msg);
+            Some(_) => {}
+            None => {
+                order.insert(seq, msg);
+            }
         }
     }
 
@@ -327,17 +338,21 @@ impl Sim {
         let seed = self.seed;
         let Some(n) = self.nodes.get_mut(&id) else { return };
         if let Some(old) = n.cur_view {
-            let list = std::mem::take(&mut n.cur_list);
-            match self.transitions.get(&(old, new)) {
-                Some(other) if *other != list => {
+            let mine: BTreeMap<u64, u64> = std::mem::take(&mut n.cur_list).into_iter().collect();
+            let others = self.transitions.entry((old, new)).or_default();
+            // Members moving together from `old` to `new` delivered the same messages there, except
+            // repeats one of them had already delivered in an earlier view and rightly skipped.
+            for (other, theirs, their_seen) in others.iter() {
+                let missing: Vec<u64> =
+                    theirs.iter().filter(|(s, m)| !mine.contains_key(s) && !n.seen.contains(m)).map(|(_, m)| *m).collect();
+                let extra: Vec<u64> =
+                    mine.iter().filter(|(s, m)| !theirs.contains_key(s) && !their_seen.contains(m)).map(|(_, m)| *m).collect();
+                if !missing.is_empty() || !extra.is_empty() {
                     let log = self.log.join("\n");
-                    panic!("seed {seed}: node {id} moved {old} -> {new} having delivered {list:?}, another delivered {other:?}\n{log}");
-                }
-                Some(_) => {}
-                None => {
-                    self.transitions.insert((old, new), list);
+                    panic!("seed {seed}: nodes {id} and {other} moved {old} -> {new}; {id} lacks {missing:?}, {other} lacks {extra:?}\n{log}");
                 }
             }
+            others.push((id, mine, n.seen.clone()));
         }
         n.cur_list.clear();
         n.cur_view = Some(new);
@@ -357,6 +372,7 @@ impl Sim {
         e.broadcast(now, Bytes::from(payload)).ok()?;
         n.sent.push(msg);
         self.next_msg += 1;
+        self.note(format!("node {id} broadcasts msg {msg}"));
         self.flush(id);
         Some(msg)
     }

@@ -1,0 +1,388 @@
+//! The thin tokio driver: UDP sockets (one per link) around the sans-IO [`Engine`].
+//!
+//! The engine runs on its own OS thread with a current-thread runtime, so load elsewhere in the
+//! process cannot delay heartbeats, and the thread asks for SCHED_FIFO real-time priority (ignored
+//! when not permitted). Received datagrams are handled before due timers, so a briefly stalled
+//! thread first learns what its peers said before it judges their silence.
+//!
+//! Lifecycle: `spawn` → Running (datagrams, timers, commands) → `leave` or handle dropped → Leaving
+//! (Leave sent on every link) → thread exits.
+
+use crate::auth::{AuthKeyError, Authenticator};
+use crate::channel::ChannelError;
+use crate::engine::{Engine, EngineParams, Event, ParamsError, Status};
+use crate::wire::{MAX_DATAGRAM, NodeId};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Where the authkey comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Read and check this file (mode 0600, at least 32 bytes).
+    File(PathBuf),
+    /// Use this key material directly (tests, or a key the caller already loaded).
+    Material(Vec<u8>),
+}
+
+/// Everything needed to run one node's membership.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Engine parameters (node list, timings, quorum).
+    pub params: EngineParams,
+    /// Each node's address on each link (index = link number).
+    pub addrs: BTreeMap<NodeId, Vec<SocketAddr>>,
+    /// The shared key.
+    pub key: KeySource,
+    /// SCHED_FIFO priority for the membership thread (1..=99); `None` keeps the default scheduler.
+    pub realtime_priority: Option<i32>,
+}
+
+/// Why the driver could not start or a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The authkey is unusable (operator must fix it; not retryable).
+    #[error(transparent)]
+    AuthKey(#[from] AuthKeyError),
+    /// The parameters are inconsistent (not retryable).
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    /// The local node has no address for a link it is configured with.
+    #[error("no address for node {node} link {link}")]
+    MissingAddress { node: NodeId, link: usize },
+    /// Binding a link socket failed (address in use or not configured on this host; retryable).
+    #[error("cannot bind link {link} to {addr}: {source}")]
+    Bind { link: usize, addr: SocketAddr, source: std::io::Error },
+    /// The runtime or thread could not be created.
+    #[error("cannot start the membership thread: {0}")]
+    Thread(std::io::Error),
+    /// The channel refused the message.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The membership thread is gone.
+    #[error("membership thread stopped")]
+    Stopped,
+}
+
+enum Command {
+    Broadcast(Bytes, oneshot::Sender<Result<u64, ChannelError>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// A running membership node.
+pub struct ClusterHandle {
+    cmds: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<Arc<Status>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterHandle {
+    /// The latest status snapshot (refreshed at least every heartbeat interval).
+    pub fn status(&self) -> Arc<Status> {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees each new status snapshot.
+    pub fn watch_status(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
+    }
+
+    /// Queue a message on the ordered cluster channel.
+    pub async fn broadcast(&self, payload: Bytes) -> Result<u64, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Command::Broadcast(payload, tx)).map_err(|_| DriverError::Stopped)?;
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+
+    /// Leave the cluster gracefully and stop the thread.
+    pub async fn leave(mut self) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Command::Leave(tx)).map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)?;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        Ok(())
+    }
+}
+
+/// A boot epoch larger than any earlier one of this host (wall-clock microseconds).
+pub fn boot_epoch() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
+}
+
+fn set_realtime(priority: i32) {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: plain syscall on the calling thread with a valid, initialised parameter struct.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::info!(%err, "SCHED_FIFO not available; membership runs with the default scheduler");
+    }
+}
+
+/// Start the membership thread: binds the link sockets, then runs until `leave` or the handle drops.
+/// Events (views, quorum, links, channel deliveries) arrive on the returned receiver, in order.
+pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceiver<Event>), DriverError> {
+    let auth = match &cfg.key {
+        KeySource::File(p) => Authenticator::load(p)?,
+        KeySource::Material(m) => Authenticator::from_key_material(m),
+    };
+    let local = cfg.params.local;
+    let links = cfg
+        .params
+        .nodes
+        .iter()
+        .find(|n| n.id == local)
+        .map(|n| n.links)
+        .ok_or(ParamsError::LocalNotListed(local))?;
+    let mut binds = Vec::with_capacity(links);
+    for link in 0..links {
+        let addr = cfg
+            .addrs
+            .get(&local)
+            .and_then(|a| a.get(link))
+            .copied()
+            .ok_or(DriverError::MissingAddress { node: local, link })?;
+        let sock = std::net::UdpSocket::bind(addr).map_err(|source| DriverError::Bind { link, addr, source })?;
+        sock.set_nonblocking(true).map_err(|source| DriverError::Bind { link, addr, source })?;
+        binds.push(sock);
+    }
+    let engine = Engine::new(cfg.params.clone(), auth, boot_epoch(), Instant::now())?;
+    let (status_tx, status_rx) = watch::channel(Arc::new(engine.status()));
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let addrs = cfg.addrs.clone();
+    let prio = cfg.realtime_priority;
+    let thread = std::thread::Builder::new()
+        .name(format!("hastack-membership-{local}"))
+        .spawn(move || {
+            if let Some(p) = prio {
+                set_realtime(p);
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the membership runtime");
+                    return;
+                }
+            };
+            rt.block_on(run(engine, binds, addrs, cmd_rx, ev_tx, status_tx));
+        })
+        .map_err(DriverError::Thread)?;
+    Ok((ClusterHandle { cmds: cmd_tx, status: status_rx, thread: Some(thread) }, ev_rx))
+}
+
+async fn run(
+    mut engine: Engine,
+    binds: Vec<std::net::UdpSocket>,
+    addrs: BTreeMap<NodeId, Vec<SocketAddr>>,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    status: watch::Sender<Arc<Status>>,
+) {
+    let mut socks = Vec::new();
+    for s in binds {
+        match UdpSocket::from_std(s) {
+            Ok(s) => socks.push(Arc::new(s)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register link socket");
+                return;
+            }
+        }
+    }
+    // One receive task per link feeds a single queue, so the engine sees datagrams in arrival order.
+    let (rx_tx, mut rx) = mpsc::channel::<(usize, Bytes)>(4096);
+    let mut readers = Vec::new();
+    for (link, s) in socks.iter().enumerate() {
+        let s = s.clone();
+        let tx = rx_tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM + 512];
+            loop {
+                match s.recv_from(&mut buf).await {
+                    Ok((n, _from)) => {
+                        if tx.send((link, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP errors (peer port closed) surface here on Linux; they are not fatal.
+                        tracing::trace!(link, error = %e, "link receive error");
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }));
+    }
+    drop(rx_tx);
+    let mut last_status = Instant::now();
+    let mut leave_ack: Option<oneshot::Sender<()>> = None;
+    loop {
+        flush(&mut engine, &socks, &addrs, &events).await;
+        let now = Instant::now();
+        if now.duration_since(last_status) >= Duration::from_millis(10) {
+            last_status = now;
+            status.send_replace(Arc::new(engine.status()));
+        }
+        if engine.has_left() {
+            break;
+        }
+        let deadline = engine.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        tokio::select! {
+            biased;
+            Some((link, d)) = rx.recv() => {
+                engine.handle_datagram(Instant::now(), link, &d);
+                // Drain what else is queued before timers run.
+                while let Ok((link, d)) = rx.try_recv() {
+                    engine.handle_datagram(Instant::now(), link, &d);
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(Command::Broadcast(p, reply)) => {
+                    let _ = reply.send(engine.broadcast(Instant::now(), p));
+                }
+                Some(Command::Leave(reply)) => {
+                    engine.leave(Instant::now());
+                    leave_ack = Some(reply);
+                }
+                None => engine.leave(Instant::now()),
+            },
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                engine.handle_timeout(Instant::now());
+            }
+        }
+    }
+    flush(&mut engine, &socks, &addrs, &events).await;
+    status.send_replace(Arc::new(engine.status()));
+    for r in readers {
+        r.abort();
+    }
+    if let Some(a) = leave_ack {
+        let _ = a.send(());
+    }
+}
+
+async fn flush(
+    engine: &mut Engine,
+    socks: &[Arc<UdpSocket>],
+    addrs: &BTreeMap<NodeId, Vec<SocketAddr>>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    while let Some(t) = engine.poll_transmit() {
+        let (Some(sock), Some(addr)) = (socks.get(t.link), addrs.get(&t.to).and_then(|a| a.get(t.link))) else {
+            continue;
+        };
+        if let Err(e) = sock.send_to(&t.payload, addr).await {
+            tracing::trace!(to = %t.to, link = t.link, error = %e, "send failed");
+        }
+    }
+    while let Some(ev) = engine.poll_event() {
+        // The receiver may be gone during shutdown; events are then irrelevant.
+        let _ = events.send(ev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{NodeSpec, Timing};
+    use crate::quorum::QuorumSettings;
+
+    fn free_ports(n: usize) -> Vec<SocketAddr> {
+        // Bind to port 0 to let the kernel choose, then release: fine for a loopback test.
+        (0..n)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.local_addr().unwrap()
+            })
+            .collect()
+    }
+
+    fn cfg(local: u32, addrs: &BTreeMap<NodeId, Vec<SocketAddr>>) -> DriverConfig {
+        let nodes = (1..=3).map(|i| NodeSpec { id: NodeId(i), votes: 1, links: 2, witness: false }).collect();
+        DriverConfig {
+            params: EngineParams {
+                cluster_id: 7,
+                local: NodeId(local),
+                nodes,
+                timing: Timing::default(),
+                quorum: QuorumSettings::default(),
+            },
+            addrs: addrs.clone(),
+            key: KeySource::Material(b"driver test key material, 32 bytes+".to_vec()),
+            realtime_priority: Some(10),
+        }
+    }
+
+    async fn wait_view(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize) -> crate::wire::ViewId {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Event::ViewInstalled { view, members })) if members.len() == n => return view,
+                Ok(Some(_)) => {}
+                other => panic!("no view of {n} members: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_on_loopback_form_order_and_leave() {
+        let ports = free_ports(6);
+        let addrs: BTreeMap<NodeId, Vec<SocketAddr>> =
+            (1..=3u32).map(|i| (NodeId(i), vec![ports[(i as usize - 1) * 2], ports[(i as usize - 1) * 2 + 1]])).collect();
+        let (h1, mut e1) = spawn(cfg(1, &addrs)).unwrap();
+        let (h2, mut e2) = spawn(cfg(2, &addrs)).unwrap();
+        let (h3, mut e3) = spawn(cfg(3, &addrs)).unwrap();
+        let v = wait_view(&mut e1, 3).await;
+        assert_eq!(wait_view(&mut e2, 3).await, v);
+        assert_eq!(wait_view(&mut e3, 3).await, v);
+
+        h2.broadcast(Bytes::from_static(b"hello")).await.unwrap();
+        for rx in [&mut e1, &mut e3] {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                    Ok(Some(Event::Delivered { payload, origin, .. })) => {
+                        assert_eq!((&payload[..], origin), (&b"hello"[..], NodeId(2)));
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    other => panic!("not delivered: {other:?}"),
+                }
+            }
+        }
+        let st = h1.status();
+        assert!(st.quorum.quorate);
+
+        let t = Instant::now();
+        h3.leave().await.unwrap();
+        wait_view(&mut e1, 2).await;
+        assert!(t.elapsed() < Duration::from_secs(1), "leave committed in {:?}", t.elapsed());
+        assert_eq!(h1.status().stats.failures_declared, 0, "a leave is not a failure");
+        h1.leave().await.unwrap();
+        h2.leave().await.unwrap();
+    }
+
+    #[test]
+    fn refuses_world_readable_authkey() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("authkey");
+        std::fs::write(&p, [7u8; 64]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let ports = free_ports(6);
+        let addrs: BTreeMap<NodeId, Vec<SocketAddr>> =
+            (1..=3u32).map(|i| (NodeId(i), vec![ports[(i as usize - 1) * 2], ports[(i as usize - 1) * 2 + 1]])).collect();
+        let mut c = cfg(1, &addrs);
+        c.key = KeySource::File(p);
+        match spawn(c) {
+            Err(DriverError::AuthKey(AuthKeyError::Permissions { .. })) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("started with a world-readable authkey"),
+        }
+    }
+}
