@@ -269,6 +269,20 @@ impl Engine {
         &self.local_state
     }
 
+    /// Whether VIP leases may be renewed now: a quorate view (or no-quorum-policy=ignore) with
+    /// a peer in sight when the cluster has several nodes, and no stall since the last delivery.
+    pub fn renewals_allowed(&self) -> bool {
+        let Some(v) = &self.view else { return false };
+        let alone = self.cfg.cluster_size > 1 && v.member_set().len() <= 1;
+        let ignore = self.cfg.policy.no_quorum_policy == NoQuorumPolicy::Ignore;
+        !self.stalled && (ignore || (v.quorate && !alone))
+    }
+
+    /// The resource definitions this engine was built with.
+    pub fn resources(&self) -> &[ResourceDef] {
+        &self.cfg.resources
+    }
+
     /// True once a graceful shutdown has moved everything off this node.
     pub fn idle(&self) -> bool {
         self.local_state.is_empty() && self.local_running.is_empty()

@@ -6,6 +6,7 @@
 //! sans-IO; `vip`, `garp`, `exec` and `systemd` are the I/O resource agents.
 
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod exec;
 pub mod garp;

@@ -1,0 +1,375 @@
+//! The tokio driver of the engine: applies its outputs with real I/O (rtnetlink, AF_PACKET,
+//! agents), feeds back completions, renews VIP leases and detects stalls.
+//!
+//! Lifecycle: `Driver::start` removes stale VIPs (before joining anything), then `run` loops over
+//! four sources — the cluster channel (views and ordered messages), completions of spawned
+//! actions and monitors, a periodic tick (engine timers, lease renewals, stall detection) and a
+//! shutdown signal (graceful stop: resources move away, then `run` returns).
+//!
+//! Stall detection: if the tick fires more than `stall_threshold` late (SIGSTOP, a starved CPU),
+//! the engine releases its VIPs at once and waits for the view to prove alive.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, EngineConfig, Msg, Output, Ticket};
+use crate::exec::ExecAgent;
+use crate::garp::{announce, announcement_frames, AnnounceSchedule, PacketSocket};
+use crate::model::{ResourceId, ResourceKind, Timestamp, VipSpec, View};
+use crate::monitor::MonitorOutcome;
+use crate::transition::Action;
+use crate::vip::{Lease, LeaseKeeper, NetlinkVips, VipError};
+
+/// What the cluster channel hands the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    /// A new agreed view.
+    View(View),
+    /// A message delivered in total order (safe delivery: only while the view is intact).
+    Deliver(Msg),
+}
+
+/// The membership layer's ordered channel as the driver needs it.
+pub trait ClusterChannel {
+    /// The next event; `None` when the channel is closed for good.
+    fn recv(&mut self) -> impl Future<Output = Option<ChannelEvent>> + Send;
+    /// Sends a message to every member of the current view (this node included).
+    fn broadcast(&mut self, msg: &Msg) -> Result<(), ChannelError>;
+}
+
+/// The channel refused a message.
+#[derive(Debug, Error)]
+#[error("cluster channel: {0}")]
+pub struct ChannelError(pub String);
+
+/// Driver failures.
+#[derive(Debug, Error)]
+pub enum DriverError {
+    /// Netlink setup or the start-up cleanup failed.
+    #[error(transparent)]
+    Vip(#[from] VipError),
+    /// The channel closed.
+    #[error("cluster channel closed")]
+    ChannelClosed,
+    /// The channel refused a message.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+}
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// VIP lease.
+    pub lease: Lease,
+    /// Announcement schedule after a takeover.
+    pub announce: AnnounceSchedule,
+    /// Tick period (engine timers, renewals).
+    pub tick: Duration,
+    /// A tick this late means the process was stopped or starved.
+    pub stall_threshold: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            lease: Lease::default(),
+            announce: AnnounceSchedule::default(),
+            tick: Duration::from_millis(10),
+            stall_threshold: Duration::from_millis(500),
+        }
+    }
+}
+
+enum Completion {
+    Action { ticket: Ticket, action: Action, ok: bool, issued: Instant },
+    Monitor { rsc: ResourceId, outcome: MonitorOutcome },
+    Renewed { rsc: ResourceId, issued: Instant, ok: bool },
+    Lost { rsc: ResourceId },
+}
+
+/// Milliseconds since the Unix epoch, the cluster's message stamp.
+pub fn wall_clock() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// The engine with its I/O.
+pub struct Driver<C> {
+    engine: Engine,
+    channel: C,
+    vips: Arc<NetlinkVips>,
+    agents: Arc<BTreeMap<ResourceId, ExecAgent>>,
+    leases: LeaseKeeper,
+    cfg: DriverConfig,
+    tx: mpsc::UnboundedSender<Completion>,
+    rx: mpsc::UnboundedReceiver<Completion>,
+}
+
+enum Wake {
+    Channel(Option<ChannelEvent>),
+    Done(Option<Completion>),
+    Tick,
+    Shutdown,
+}
+
+impl<C: ClusterChannel> Driver<C> {
+    /// Connects netlink and removes stale VIPs (any marked address, and any address equal to a
+    /// configured VIP) before the node joins. Must run inside a tokio runtime.
+    pub async fn start(
+        engine_cfg: EngineConfig,
+        agents: BTreeMap<ResourceId, ExecAgent>,
+        channel: C,
+        cfg: DriverConfig,
+    ) -> Result<Self, DriverError> {
+        cfg.lease.validate()?;
+        let vips = NetlinkVips::connect()?;
+        let configured: Vec<VipSpec> = engine_cfg
+            .resources
+            .iter()
+            .filter_map(|d| match &d.kind {
+                ResourceKind::Vip(v) => Some(v.clone()),
+                ResourceKind::Agent => None,
+            })
+            .collect();
+        let removed = vips.remove_stale(&configured).await?;
+        if !removed.is_empty() {
+            tracing::warn!(count = removed.len(), "removed stale VIPs at start-up");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Driver {
+            engine: Engine::new(engine_cfg),
+            channel,
+            vips: Arc::new(vips),
+            agents: Arc::new(agents),
+            leases: LeaseKeeper::new(cfg.lease),
+            cfg,
+            tx,
+            rx,
+        })
+    }
+
+    /// The engine (for status).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Runs until the shutdown signal turns true and this node holds nothing, or the channel
+    /// closes. On return, every VIP this node added has been removed or handed over.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), DriverError> {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
+        let mut shutting = false;
+        loop {
+            self.flush()?;
+            if shutting && self.engine.idle() {
+                return Ok(());
+            }
+            let wake = tokio::select! {
+                ev = self.channel.recv() => Wake::Channel(ev),
+                c = self.rx.recv() => Wake::Done(c),
+                _ = ticker.tick() => Wake::Tick,
+                r = shutdown.changed(), if !shutting => {
+                    if r.is_err() || *shutdown.borrow() { Wake::Shutdown } else { continue }
+                }
+            };
+            let (now, wall) = (Instant::now(), wall_clock());
+            match wake {
+                Wake::Channel(None) => {
+                    // Without the channel nothing is safe to hold.
+                    self.release_all().await;
+                    return Err(DriverError::ChannelClosed);
+                }
+                Wake::Channel(Some(ChannelEvent::View(v))) => self.engine.view_installed(v, now, wall),
+                Wake::Channel(Some(ChannelEvent::Deliver(m))) => self.engine.deliver(m, now, wall),
+                Wake::Done(None) => {}
+                Wake::Done(Some(c)) => self.completed(c, now, wall),
+                Wake::Tick => {
+                    if now.duration_since(last_tick) > self.cfg.stall_threshold {
+                        tracing::warn!(late = ?now.duration_since(last_tick), "stalled; releasing VIPs");
+                        self.engine.resumed_after_stall(now, wall);
+                    }
+                    last_tick = now;
+                    self.engine.handle_timeout(now, wall);
+                    self.leases.set_allowed(self.engine.renewals_allowed());
+                    self.poll_leases(now);
+                }
+                Wake::Shutdown => {
+                    shutting = true;
+                    self.engine.begin_shutdown(wall);
+                }
+            }
+        }
+    }
+
+    fn poll_leases(&mut self, now: Instant) {
+        let p = self.leases.poll(now);
+        for (rsc, vip) in p.renew {
+            let (vips, tx, lease) = (self.vips.clone(), self.tx.clone(), self.cfg.lease);
+            tokio::spawn(async move {
+                let ok = vips.add(&vip, &lease).await.is_ok();
+                let _ = tx.send(Completion::Renewed { rsc, issued: now, ok });
+            });
+        }
+        for (rsc, vip) in p.lost {
+            tracing::error!(%rsc, "VIP lease may have run out; giving it up");
+            let (vips, tx) = (self.vips.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let _ = vips.remove(&vip).await;
+                let _ = tx.send(Completion::Lost { rsc });
+            });
+        }
+    }
+
+    async fn release_all(&mut self) {
+        let held: Vec<VipSpec> = self.leases.held().map(|(_, v)| v.clone()).collect();
+        for v in held {
+            if let Err(e) = self.vips.remove(&v).await {
+                tracing::error!(error = %e, address = %v.address, "removing VIP");
+            }
+        }
+    }
+
+    fn completed(&mut self, c: Completion, now: Instant, wall: Timestamp) {
+        match c {
+            Completion::Action { ticket, action, ok, issued } => {
+                match &action {
+                    // The lease started when the request left, not when it was acknowledged.
+                    Action::AddVip { rsc, vip, .. } if ok => self.leases.added(rsc, vip, issued),
+                    _ => {}
+                }
+                self.engine.action_finished(ticket, ok, now, wall);
+            }
+            Completion::Monitor { rsc, outcome } => self.engine.monitor_result(&rsc, outcome, now, wall),
+            Completion::Renewed { rsc, issued, ok } => {
+                if ok {
+                    self.leases.renewed(&rsc, issued);
+                }
+            }
+            Completion::Lost { rsc } => self.engine.resource_lost(&rsc, wall),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), DriverError> {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Broadcast(m) => self.channel.broadcast(&m)?,
+                Output::Execute { ticket, action } => self.execute(ticket, action),
+                Output::RunMonitor(req) => {
+                    let tx = self.tx.clone();
+                    let rsc = req.rsc.clone();
+                    let vip = self.engine.resources().iter().find(|d| d.id == rsc).and_then(|d| match &d.kind {
+                        ResourceKind::Vip(v) => Some(v.clone()),
+                        ResourceKind::Agent => None,
+                    });
+                    let (vips, agents) = (self.vips.clone(), self.agents.clone());
+                    tokio::spawn(async move {
+                        let outcome = match (vip, agents.get(&rsc)) {
+                            (Some(v), _) => match vips.has(&v).await {
+                                Ok(true) => MonitorOutcome::Running,
+                                Ok(false) => MonitorOutcome::NotRunning,
+                                Err(_) => MonitorOutcome::Failed(1),
+                            },
+                            (None, Some(a)) => a.monitor().await.unwrap_or(MonitorOutcome::Failed(1)),
+                            (None, None) => MonitorOutcome::Failed(1),
+                        };
+                        let _ = tx.send(Completion::Monitor { rsc, outcome });
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, ticket: Ticket, action: Action) {
+        let issued = Instant::now();
+        let (tx, vips, agents) = (self.tx.clone(), self.vips.clone(), self.agents.clone());
+        let lease = self.cfg.lease;
+        let schedule = self.cfg.announce.clone();
+        if let Action::RemoveVip { rsc, .. } = &action {
+            // Stop renewing before removing, so a renewal cannot re-create it.
+            self.leases.removed(rsc);
+        }
+        tokio::spawn(async move {
+            let ok = match &action {
+                Action::AddVip { vip, .. } => match vips.add(vip, &lease).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "adding VIP");
+                        false
+                    }
+                },
+                Action::RemoveVip { vip, .. } => match vips.remove(vip).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "removing VIP");
+                        false
+                    }
+                },
+                Action::SendGarp { vip, .. } => {
+                    // Reported done at once; the burst and its repeat go on in the background.
+                    match vips.interface(&vip.interface).await {
+                        Ok(ifc) => match (ifc.mac, PacketSocket::open(ifc.index)) {
+                            (Some(mac), Ok(sock)) => {
+                                let frames = announcement_frames(mac, vip.address);
+                                tokio::spawn(async move {
+                                    announce(&sock, &frames, &schedule).await;
+                                });
+                            }
+                            (_, Err(e)) => tracing::warn!(error = %e, "announcement socket"),
+                            (None, _) => tracing::warn!(iface = %vip.interface, "no MAC to announce"),
+                        },
+                        Err(e) => tracing::warn!(error = %e, "announcing VIP"),
+                    }
+                    true
+                }
+                Action::StartResource { rsc, .. } => match agents.get(rsc) {
+                    Some(a) => a.start().await.is_ok_and(|s| s.start_ok()),
+                    None => false,
+                },
+                Action::StopResource { rsc, .. } => match agents.get(rsc) {
+                    Some(a) => a.stop().await.is_ok_and(|s| s.stop_ok()),
+                    None => true,
+                },
+                Action::Monitor { .. } => true,
+            };
+            let _ = tx.send(Completion::Action { ticket, action, ok, issued });
+        });
+    }
+}
+
+/// A channel for a single-node cluster: one quorate view, messages looped back in order.
+pub struct LoopbackChannel {
+    view: Option<View>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+impl LoopbackChannel {
+    /// A loopback channel whose only view is `{local}`, quorate.
+    pub fn new(local: crate::model::NodeId) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        LoopbackChannel { view: Some(View { epoch: 1, members: vec![local], quorate: true }), tx, rx }
+    }
+}
+
+impl ClusterChannel for LoopbackChannel {
+    fn recv(&mut self) -> impl Future<Output = Option<ChannelEvent>> + Send {
+        // Taken inside the future, so a recv cancelled by select! loses nothing.
+        let (view, rx) = (&mut self.view, &mut self.rx);
+        async move {
+            if let Some(v) = view.take() {
+                return Some(ChannelEvent::View(v));
+            }
+            rx.recv().await.map(ChannelEvent::Deliver)
+        }
+    }
+
+    fn broadcast(&mut self, msg: &Msg) -> Result<(), ChannelError> {
+        self.tx.send(msg.clone()).map_err(|e| ChannelError(e.to_string()))
+    }
+}
