@@ -155,6 +155,10 @@ impl LabBuilder {
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        // Lets a later run tell this lab's namespaces from those of a dead process with our pid.
+        let owner = dir.join(netns::OWNER_FILE);
+        std::fs::write(&owner, netns::owner_record())
+            .map_err(|e| LabError::io(format!("writing {}", owner.display()), e))?;
         let mut lab = Lab {
             switch_ns: format!("{id}sw"),
             id,

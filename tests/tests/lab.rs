@@ -567,14 +567,7 @@ fn crash_cleanup_removes_namespaces_of_dead_owners() -> TestResult {
     let _g = exclusive();
     let name = format!("{}{}x7sw", netns::PREFIX, dead_pid()?);
     // A process in a fresh network namespace, then named: as if a crashed run left it running.
-    let mut cmd = Command::new("sleep");
-    cmd.arg("30").stdin(Stdio::null());
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
-    }
-    let mut squatter = cmd.spawn()?;
+    let mut squatter = sleeper_in_own_netns()?;
     let attach = Command::new("ip")
         .args(["netns", "attach", &name, &squatter.id().to_string()])
         .output()?;
@@ -611,6 +604,78 @@ fn crash_cleanup_removes_namespaces_of_dead_owners() -> TestResult {
         netns::netns_exists(lab.switch_ns()),
         "our own live lab is untouched"
     );
+    Ok(())
+}
+
+/// Plants a namespace named after live process `owner` (a sleeping child of ours, attached as
+/// the namespace's only process) with an owner file saying start time `start`.
+fn plant(
+    owner: &std::process::Child,
+    counter: u32,
+    start: u64,
+) -> anyhow::Result<(String, std::path::PathBuf)> {
+    let id = format!("{}{}x{counter}", netns::PREFIX, owner.id());
+    let dir = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join(netns::OWNER_FILE),
+        format!("{} {start}\n", owner.id()),
+    )?;
+    let ns = format!("{id}sw");
+    let out = Command::new("ip")
+        .args(["netns", "attach", &ns, &owner.id().to_string()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip netns attach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((ns, dir))
+}
+
+fn sleeper_in_own_netns() -> anyhow::Result<std::process::Child> {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30").stdin(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    Ok(cmd.spawn()?)
+}
+
+#[test]
+fn crash_cleanup_sees_through_pid_reuse() -> TestResult {
+    if !require_lab()? {
+        return Ok(());
+    }
+    let _g = exclusive();
+    // "reused": the owner pid is alive but its start time is not the recorded one.
+    let mut reused = sleeper_in_own_netns()?;
+    let real = netns::process_start_time(reused.id() as i32).expect("start time");
+    let (reused_ns, reused_dir) = plant(&reused, 901, real + 1)?;
+    // "live": pid and start time match, so this lab's owner is still running: keep it.
+    let mut live = sleeper_in_own_netns()?;
+    let start = netns::process_start_time(live.id() as i32).expect("start time");
+    let (live_ns, live_dir) = plant(&live, 902, start)?;
+
+    let lab = Lab::builder().nodes(1).build();
+    let reused_gone = !netns::netns_exists(&reused_ns) && !reused_dir.exists();
+    let live_kept = netns::netns_exists(&live_ns) && live_dir.exists();
+    // Tidy up whatever is left before asserting.
+    let _ = netns::delete_netns(&[reused_ns.clone(), live_ns.clone()]);
+    let _ = std::fs::remove_dir_all(&reused_dir);
+    let _ = std::fs::remove_dir_all(&live_dir);
+    for child in [&mut reused, &mut live] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    lab?;
+    assert!(
+        reused_gone,
+        "namespace {reused_ns} of a reused owner pid survived"
+    );
+    assert!(live_kept, "namespace {live_ns} of a live owner was deleted");
     Ok(())
 }
 

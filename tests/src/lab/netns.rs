@@ -75,6 +75,64 @@ fn split_digits(s: &str) -> Option<(&str, &str)> {
     (end > 0).then(|| s.split_at(end))
 }
 
+/// The lab id (`hsl<pid>x<n>`) a lab namespace or directory name belongs to.
+pub fn lab_id(name: &str) -> Option<&str> {
+    owner_pid(name)?;
+    let after_x = name.find('x')? + 1;
+    let digits = name[after_x..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    Some(&name[..after_x + digits])
+}
+
+/// Start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses) start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Name of the file, in a lab's scratch directory, recording its owner's start time.
+pub const OWNER_FILE: &str = "owner";
+
+/// Content of the owner file for this process: "<pid> <start time>".
+pub fn owner_record() -> String {
+    let pid = std::process::id() as i32;
+    format!("{pid} {}\n", process_start_time(pid).unwrap_or(0))
+}
+
+/// True if the process that created the lab named `name` is gone: its pid is dead, or the pid
+/// now belongs to a different process (start time differs from the owner file in the lab's
+/// scratch directory; pids are reused quickly where pid_max is small).
+pub fn owner_dead(name: &str) -> bool {
+    let Some(pid) = owner_pid(name) else {
+        return false;
+    };
+    if pid == std::process::id() as i32 {
+        return false;
+    }
+    if !pid_alive(pid) {
+        return true;
+    }
+    let recorded = lab_id(name)
+        .and_then(|id| std::fs::read_to_string(std::env::temp_dir().join(id).join(OWNER_FILE)).ok())
+        .and_then(|r| {
+            r.split_whitespace()
+                .nth(1)
+                .and_then(|t| t.parse::<u64>().ok())
+        });
+    match (recorded, process_start_time(pid)) {
+        (Some(rec), Some(now)) => rec != 0 && rec != now,
+        _ => false,
+    }
+}
+
 /// True if a process with this pid exists (EPERM still means it exists).
 pub fn pid_alive(pid: i32) -> bool {
     !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
@@ -206,10 +264,7 @@ pub fn write_sysctls(name: &str, values: &[(&str, &str)]) -> Result<()> {
 /// Crash cleanup: deletes every lab namespace (and temp directory) whose owner process is dead,
 /// after SIGKILLing the processes still inside it. Returns the deleted namespace names.
 pub fn cleanup_stale() -> Result<Vec<String>> {
-    let stale: Vec<String> = list_netns()
-        .into_iter()
-        .filter(|n| owner_pid(n).is_some_and(|pid| !pid_alive(pid)))
-        .collect();
+    let stale: Vec<String> = list_netns().into_iter().filter(|n| owner_dead(n)).collect();
     for ns in &stale {
         kill_all_in(ns);
     }
@@ -221,7 +276,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     if let Ok(rd) = std::fs::read_dir(ETC_NETNS_DIR) {
         for e in rd.filter_map(|e| e.ok()) {
             if let Some(name) = e.file_name().to_str()
-                && owner_pid(name).is_some_and(|pid| !pid_alive(pid))
+                && owner_dead(name)
                 && !netns_exists(name)
             {
                 remove_etc(name);
@@ -232,7 +287,8 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            if owner_pid(name).is_some_and(|pid| !pid_alive(pid)) && e.path().is_dir() {
+            // The directory goes last: owner_dead() of the namespaces above reads it.
+            if owner_dead(name) && e.path().is_dir() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -262,5 +318,16 @@ mod tests {
     #[test]
     fn own_pid_is_alive() {
         assert!(pid_alive(std::process::id() as i32));
+        assert!(!owner_dead(&format!("hsl{}x0sw", std::process::id())));
+        assert!(process_start_time(std::process::id() as i32).is_some_and(|t| t > 0));
+        assert!(owner_record().starts_with(&format!("{} ", std::process::id())));
+    }
+
+    #[test]
+    fn lab_id_strips_the_role() {
+        assert_eq!(lab_id("hsl123x45sw"), Some("hsl123x45"));
+        assert_eq!(lab_id("hsl123x45n12"), Some("hsl123x45"));
+        assert_eq!(lab_id("hsl123x45"), Some("hsl123x45"));
+        assert_eq!(lab_id("hslab"), None);
     }
 }
