@@ -97,14 +97,9 @@ pub fn options_from_config(
 }
 
 fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>) -> DhcpRuntime {
-    if d.interfaces.len() > 1 {
-        problems.push(format!(
-            "dhcp.interfaces: serving {} interfaces from one process is not supported yet; run one per interface or list one",
-            d.interfaces.len()
-        ));
-    }
-    let iface = d.interfaces.first().cloned();
-    let on_iface: Vec<&LocalAddr> = local.iter().filter(|l| iface.as_deref().is_none_or(|i| l.interface == i)).collect();
+    let ifaces: Vec<Option<String>> = if d.interfaces.is_empty() { vec![None] } else { d.interfaces.iter().cloned().map(Some).collect() };
+    let on_iface: Vec<&LocalAddr> =
+        local.iter().filter(|l| d.interfaces.is_empty() || d.interfaces.iter().any(|i| *i == l.interface)).collect();
     let mut subnets = Vec::new();
     for (i, s) in d.subnets.iter().enumerate() {
         let IpNet::V4(net) = s.subnet.0 else {
@@ -165,13 +160,20 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
         decline_quarantine_secs: d.decline_quarantine.0.as_secs(),
         ..DhcpConfig::default()
     };
-    let driver = DhcpDriverConfig {
-        interface: iface,
-        local_addr: on_iface.iter().find(|l| !l.addr.is_loopback()).map(|l| l.addr),
-        bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, crate::dhcp::SERVER_PORT),
-        ..DhcpDriverConfig::default()
-    };
-    DhcpRuntime { core, driver }
+    let drivers = ifaces
+        .into_iter()
+        .map(|iface| DhcpDriverConfig {
+            local_addr: local
+                .iter()
+                .filter(|l| iface.as_deref().is_none_or(|i| l.interface == i) && !l.addr.is_loopback())
+                .map(|l| l.addr)
+                .next(),
+            interface: iface,
+            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, crate::dhcp::SERVER_PORT),
+            ..DhcpDriverConfig::default()
+        })
+        .collect();
+    DhcpRuntime { core, drivers }
 }
 
 fn dns_runtime(d: &DnsSection, dhcp: Option<&DhcpSection>, problems: &mut Vec<String>) -> DnsRuntime {
@@ -289,7 +291,9 @@ servers = ["198.18.0.9:5353"]
         assert_eq!(s.options, vec![(252, b"http://wpad/".to_vec())]);
         assert_eq!(s.classless_routes.len(), 1);
         assert_eq!(d.core.reservations[0].hwaddr.as_deref(), Some(&[0x52, 0x54, 0, 0, 0, 0x31][..]));
-        assert_eq!(d.driver.interface.as_deref(), Some("eth1"));
+        assert_eq!(d.drivers.len(), 1);
+        assert_eq!(d.drivers[0].interface.as_deref(), Some("eth1"));
+        assert_eq!(d.drivers[0].local_addr, Some("198.18.0.100".parse().unwrap()));
         let n = o.dns.expect("dns");
         assert_eq!(n.server.udp, vec!["198.18.0.100:53".parse::<SocketAddr>().unwrap()]);
         assert_eq!(n.server.tcp, n.server.udp);

@@ -25,8 +25,8 @@ use crate::server::{DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, st
 pub struct DhcpRuntime {
     /// The core's settings.
     pub core: DhcpConfig,
-    /// Sockets.
-    pub driver: DhcpDriverConfig,
+    /// Sockets, one per served interface.
+    pub drivers: Vec<DhcpDriverConfig>,
 }
 
 /// DNS part of the service.
@@ -162,9 +162,9 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
                 }
             }
             Some(
-                start_dhcp(d.driver.clone(), core, committer.clone(), Some(zone.clone()))
+                start_dhcp(d.drivers.clone(), core, committer.clone(), Some(zone.clone()))
                     .await
-                    .map_err(|e| RuntimeError::Io { what: format!("bind DHCP {}", d.driver.bind), source: e })?,
+                    .map_err(|e| RuntimeError::Io { what: "bind DHCP sockets".into(), source: e })?,
             )
         }
         _ => None,
@@ -252,7 +252,7 @@ mod tests {
             import_dnsmasq_leases: Some(dm),
             dhcp: Some(DhcpRuntime {
                 core: DhcpConfig { domain: Some("cluster.test".into()), subnets: vec![s], ..DhcpConfig::default() },
-                driver: DhcpDriverConfig { bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..DhcpDriverConfig::default() },
+                drivers: vec![DhcpDriverConfig { bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..DhcpDriverConfig::default() }],
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),

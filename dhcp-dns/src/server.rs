@@ -536,49 +536,84 @@ pub struct DhcpDriverStats {
 
 /// A running DHCP driver.
 pub struct DhcpHandle {
-    /// The bound address.
-    pub local: SocketAddr,
+    /// The bound addresses, one per socket (port 0 resolved).
+    pub locals: Vec<SocketAddr>,
     /// Driver counters.
     pub stats: Arc<DhcpDriverStats>,
     stop: watch::Sender<bool>,
     task: JoinHandle<DhcpServer>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl DhcpHandle {
     /// Stop receiving, wait for pending durable replies, and return the core (for inspection).
     pub async fn shutdown(self) -> Option<DhcpServer> {
         let _ = self.stop.send(true);
+        for r in self.readers {
+            r.abort();
+        }
         self.task.await.ok()
     }
 }
 
-/// Bind the DHCP socket and run the core on it.
+/// Bind one DHCP socket per entry of `cfgs` (e.g. one per served interface) and run the core on
+/// all of them; each reply leaves through the socket its request came in on.
 pub async fn start_dhcp(
-    cfg: DhcpDriverConfig,
+    cfgs: Vec<DhcpDriverConfig>,
     core: DhcpServer,
     committer: Arc<GroupCommitter>,
     zone: Option<SharedZone>,
 ) -> io::Result<DhcpHandle> {
-    let sock = bind_udp(SocketAddr::V4(cfg.bind), false, cfg.interface.as_deref(), true)?;
-    let local = sock.local_addr()?;
+    let mut socks = Vec::new();
+    let mut locals = Vec::new();
+    for c in &cfgs {
+        let s = Arc::new(bind_udp(SocketAddr::V4(c.bind), false, c.interface.as_deref(), true)?);
+        locals.push(s.local_addr()?);
+        socks.push(s);
+    }
     let stats = Arc::new(DhcpDriverStats::default());
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(dhcp_loop(cfg, sock, core, committer, zone, stats.clone(), stop_rx));
-    Ok(DhcpHandle { local, stats, stop, task })
+    // Readers only receive; the core (one task) decides; bounded queue so a flood is dropped at
+    // the socket rather than buffered without limit.
+    let (in_tx, in_rx) = mpsc::channel::<(usize, Vec<u8>, SocketAddrV4)>(4096);
+    let mut readers = Vec::new();
+    for (i, s) in socks.iter().enumerate() {
+        let (s, tx) = (s.clone(), in_tx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.recv_from(&mut buf).await {
+                    Ok((n, SocketAddr::V4(src))) => {
+                        if tx.send((i, buf[..n].to_vec(), src)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "dhcp recv"),
+                }
+            }
+        }));
+    }
+    drop(in_tx);
+    let task = tokio::spawn(dhcp_loop(cfgs, socks, in_rx, core, committer, zone, stats.clone(), stop_rx));
+    Ok(DhcpHandle { locals, stats, stop, task, readers })
 }
 
+type Durable = (usize, Option<Reply>, Result<(), LeaseError>);
+
+#[allow(clippy::too_many_arguments)]
 async fn dhcp_loop(
-    cfg: DhcpDriverConfig,
-    sock: UdpSocket,
+    cfgs: Vec<DhcpDriverConfig>,
+    socks: Vec<Arc<UdpSocket>>,
+    mut input: mpsc::Receiver<(usize, Vec<u8>, SocketAddrV4)>,
     mut core: DhcpServer,
     committer: Arc<GroupCommitter>,
     zone: Option<SharedZone>,
     stats: Arc<DhcpDriverStats>,
     mut stop: watch::Receiver<bool>,
 ) -> DhcpServer {
-    let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<(Option<Reply>, Result<(), LeaseError>)>();
+    let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<Durable>();
     let mut pending = 0usize;
-    let mut buf = vec![0u8; 4096];
     let mut stopping = false;
     loop {
         if stopping && pending == 0 {
@@ -586,24 +621,17 @@ async fn dhcp_loop(
         }
         let now = unix_now();
         let wake = core.poll_timeout().map_or(Duration::from_secs(1), |t| Duration::from_secs(t.saturating_sub(now)).min(Duration::from_secs(1)));
-        let actions = tokio::select! {
-            r = sock.recv_from(&mut buf), if !stopping => match r {
-                Ok((n, SocketAddr::V4(src))) => {
-                    let meta = RecvMeta { src, local_addr: cfg.local_addr };
-                    core.handle_packet(unix_now(), &buf[..n], meta)
-                }
-                Ok(_) => Vec::new(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "dhcp recv");
-                    Vec::new()
-                }
+        let (idx, actions) = tokio::select! {
+            Some((i, pkt, src)) = input.recv(), if !stopping => {
+                let meta = RecvMeta { src, local_addr: cfgs[i].local_addr };
+                (i, core.handle_packet(unix_now(), &pkt, meta))
             },
-            Some((reply, res)) = durable_rx.recv() => {
+            Some((i, reply, res)) = durable_rx.recv() => {
                 pending -= 1;
                 match res {
                     Ok(()) => {
                         if let Some(r) = reply {
-                            send_reply(&sock, &cfg, &stats, r).await;
+                            send_reply(&socks[i], &cfgs[i], &stats, r).await;
                         }
                     }
                     Err(e) => {
@@ -611,17 +639,17 @@ async fn dhcp_loop(
                         tracing::error!(error = %e, "lease not durable: reply withheld");
                     }
                 }
-                Vec::new()
+                (i, Vec::new())
             }
-            _ = tokio::time::sleep(wake) => core.handle_timeout(unix_now()),
+            _ = tokio::time::sleep(wake) => (0, core.handle_timeout(unix_now())),
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                Vec::new()
+                (0, Vec::new())
             }
         };
         for a in actions {
             match a {
-                Action::Reply(r) => send_reply(&sock, &cfg, &stats, r).await,
+                Action::Reply(r) => send_reply(&socks[idx], &cfgs[idx], &stats, r).await,
                 Action::LeaseChanged(ch) => {
                     if let Some(z) = &zone {
                         if let Ok(mut z) = z.write() {
@@ -633,7 +661,7 @@ async fn dhcp_loop(
                     pending += 1;
                     let tx = durable_tx.clone();
                     committer.submit(vec![record], Box::new(move |res| {
-                        let _ = tx.send((reply, res));
+                        let _ = tx.send((idx, reply, res));
                     }));
                 }
             }

@@ -197,8 +197,8 @@ async fn relayed_dora_on_loopback_persists_before_ack_and_publishes_the_name() {
         broadcast: Ipv4Addr::new(127, 255, 255, 255),
         ..DhcpDriverConfig::default()
     };
-    let h = start_dhcp(dcfg, core, committer.clone(), Some(zone.clone())).await.unwrap();
-    let server = h.local;
+    let h = start_dhcp(vec![dcfg], core, committer.clone(), Some(zone.clone())).await.unwrap();
+    let server = h.locals[0];
     let dns = start_dns(
         DnsServerConfig { udp: vec!["127.0.0.1:0".parse().unwrap()], ..DnsServerConfig::default() },
         zone.clone(),
