@@ -271,6 +271,8 @@ pub struct Status {
     pub local: NodeId,
     /// This node's boot epoch.
     pub boot: u64,
+    /// This node's votes.
+    pub votes: u32,
     /// The installed view, if any.
     pub view: Option<View>,
     /// Every other configured node.
@@ -1049,7 +1051,7 @@ impl Engine {
         if now >= self.next_heartbeat {
             // Fired more than one period late: this node was stalled, so the silence it measures is
             // partly its own; stretch timeouts and accuse nobody this round.
-            late = now >= self.next_heartbeat + hb;
+            late = now > self.next_heartbeat + hb;
             if late {
                 self.stats.late_timers += 1;
                 self.lhm_up();
@@ -1208,6 +1210,13 @@ impl Engine {
         Status {
             local: self.params.local,
             boot: self.boot,
+            votes: self
+                .params
+                .nodes
+                .iter()
+                .find(|n| n.id == self.params.local)
+                .map(|n| n.votes)
+                .unwrap_or(0),
             view: self.view.clone(),
             peers: self
                 .peers
@@ -1230,5 +1239,160 @@ impl Engine {
             channel_outbox: self.chan.outbox_len(),
             channel_blocked: self.chan.blocked(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"engine unit test key material 32b";
+
+    fn params(local: u32, n: u32) -> EngineParams {
+        EngineParams {
+            cluster_id: 9,
+            local: NodeId(local),
+            nodes: (1..=n).map(|i| NodeSpec { id: NodeId(i), votes: 1, links: 1, witness: false }).collect(),
+            timing: Timing::default(),
+            quorum: QuorumSettings::default(),
+        }
+    }
+
+    fn engine(local: u32, n: u32, now: Instant) -> Engine {
+        let mut e = Engine::new(params(local, n), Authenticator::from_key_material(KEY), 100, now).unwrap();
+        while e.poll_transmit().is_some() {}
+        e
+    }
+
+    /// A datagram as peer `from` would send it.
+    fn from_peer(from: u32, seq: u64, msg: Message) -> Bytes {
+        let h = Header { cluster_id: 9, sender: NodeId(from), boot: 50, seq };
+        Authenticator::from_key_material(KEY).seal(&h, &msg).unwrap()
+    }
+
+    fn heartbeat(from: u32, seq: u64) -> Bytes {
+        from_peer(from, seq, Message::Heartbeat { view: None, incarnation: 0, delivered: 0, blocked: false })
+    }
+
+    fn sent(e: &mut Engine) -> Vec<(NodeId, Message)> {
+        std::iter::from_fn(|| e.poll_transmit())
+            .map(|t| {
+                let (_, m) = crate::wire::parse(&t.payload[..t.payload.len() - crate::wire::MAC_LEN]).unwrap();
+                (t.to, m)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let t = Instant::now();
+        let a = || Authenticator::from_key_material(KEY);
+        let mut p = params(4, 3);
+        assert_eq!(Engine::new(p.clone(), a(), 1, t).unwrap_err(), ParamsError::LocalNotListed(NodeId(4)));
+        p.local = NodeId(1);
+        p.nodes.push(p.nodes[0].clone());
+        assert_eq!(Engine::new(p, a(), 1, t).unwrap_err(), ParamsError::Duplicate(NodeId(1)));
+        let mut p = params(1, 3);
+        p.timing.suspect_timeout = p.timing.heartbeat_interval;
+        assert!(matches!(Engine::new(p, a(), 1, t), Err(ParamsError::Timing(_))));
+    }
+
+    #[test]
+    fn a_suspect_refutes_with_a_larger_incarnation() {
+        let t = Instant::now();
+        let mut e = engine(1, 3, t);
+        e.handle_datagram(t, 0, &from_peer(2, 1, Message::Suspect { target: NodeId(1), boot: 100, incarnation: 0 }));
+        let out = sent(&mut e);
+        assert!(out.contains(&(NodeId(2), Message::Alive { incarnation: 1 })));
+        assert!(out.contains(&(NodeId(3), Message::Alive { incarnation: 1 })));
+        let st = e.status();
+        assert_eq!(st.stats.refutations, 1);
+        assert_eq!(st.local_health, 1, "being suspected raises the local health multiplier");
+        // A suspicion about an older life of this node is ignored.
+        e.handle_datagram(t, 0, &from_peer(2, 2, Message::Suspect { target: NodeId(1), boot: 99, incarnation: 5 }));
+        assert_eq!(e.status().stats.refutations, 1);
+    }
+
+    #[test]
+    fn a_late_timer_stretches_instead_of_accusing() {
+        let t = Instant::now();
+        let mut e = engine(1, 3, t);
+        e.handle_timeout(t);
+        e.handle_datagram(t, 0, &heartbeat(2, 1));
+        e.handle_datagram(t, 0, &heartbeat(3, 1));
+        // The node stalls for 200 ms: far past every timeout, but it was the one asleep.
+        let late = t + Duration::from_millis(200);
+        e.handle_timeout(late);
+        let st = e.status();
+        assert_eq!(st.stats.late_timers, 1);
+        assert_eq!(st.stats.suspicions, 0);
+        assert_eq!(st.local_health, 1);
+        // Its peers speak again at once: nothing happened.
+        e.handle_datagram(late, 0, &heartbeat(2, 2));
+        e.handle_datagram(late, 0, &heartbeat(3, 2));
+        e.handle_timeout(late + Duration::from_millis(10));
+        assert_eq!(e.status().stats.suspicions, 0);
+    }
+
+    #[test]
+    fn silence_leads_to_probes_and_an_alive_vote_clears_it() {
+        let t = Instant::now();
+        let mut e = engine(1, 3, t);
+        e.handle_timeout(t);
+        e.handle_datagram(t, 0, &heartbeat(2, 1));
+        e.handle_datagram(t, 0, &heartbeat(3, 1));
+        let mut now = t;
+        let mut seq = 2;
+        // Node 3 keeps talking; node 2 goes quiet.
+        while e.status().stats.suspicions == 0 {
+            now += Duration::from_millis(10);
+            e.handle_datagram(now, 0, &heartbeat(3, seq));
+            seq += 1;
+            e.handle_timeout(now);
+            assert!(now - t < Duration::from_millis(60), "no suspicion after {:?}", now - t);
+        }
+        let out = sent(&mut e);
+        let probe = out
+            .iter()
+            .find_map(|(to, m)| match m {
+                Message::PingReq { target, probe } if *to == NodeId(3) && *target == NodeId(2) => Some(*probe),
+                _ => None,
+            })
+            .expect("indirect probe sent to the other member");
+        assert!(out.iter().any(|(to, m)| *to == NodeId(2) && matches!(m, Message::Suspect { .. })), "suspect told");
+        // Node 3 still hears node 2: my path to it is the problem, not node 2.
+        let vote = Message::ProbeVote { target: NodeId(2), probe, alive: true, heard_ago_ms: 1 };
+        e.handle_datagram(now, 0, &from_peer(3, seq, vote));
+        let st = e.status();
+        assert_eq!(st.stats.suspicions_cleared, 1);
+        assert_eq!(st.peers[0].state, PeerState::Alive);
+        assert_eq!(st.stats.failures_declared, 0);
+    }
+
+    #[test]
+    fn confirmed_silence_is_declared_failed() {
+        let t = Instant::now();
+        let mut e = engine(1, 3, t);
+        e.handle_datagram(t, 0, &heartbeat(2, 1));
+        e.handle_datagram(t, 0, &heartbeat(3, 1));
+        let mut now = t;
+        let mut seq = 2;
+        let mut confirmed = false;
+        while e.status().stats.failures_declared == 0 {
+            now = e.poll_timeout().unwrap().max(now);
+            e.handle_datagram(now, 0, &heartbeat(3, seq));
+            seq += 1;
+            e.handle_timeout(now);
+            if !confirmed && e.status().stats.suspicions == 1 {
+                confirmed = true;
+                let c = Message::Suspect { target: NodeId(2), boot: 50, incarnation: 0 };
+                e.handle_datagram(now, 0, &from_peer(3, seq, c));
+                seq += 1;
+            }
+            assert!(now - t < Duration::from_millis(200));
+        }
+        // 30 ms of silence (+ up to one heartbeat) then the confirmed suspicion timeout of 10 ms.
+        assert!(now - t <= Duration::from_millis(55), "declared after {:?}", now - t);
+        assert_eq!(e.status().peers[0].state, PeerState::Failed);
     }
 }

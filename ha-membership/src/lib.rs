@@ -6,6 +6,7 @@
 //! - [`channel`]: the ordered cluster channel (CPG contract), driven by the engine.
 //! - [`driver`]: the tokio UDP driver (one socket per link, own real-time thread).
 //! - [`quorum`]: votequorum semantics computed from the agreed view.
+//! - [`status`]: `hastack members` / `hastack quorum` text renderings.
 
 pub mod auth;
 pub mod channel;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod quorum;
+pub mod status;
 pub mod wire;
 
 #[cfg(test)]

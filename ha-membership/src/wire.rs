@@ -39,7 +39,8 @@ pub struct NodeId(pub u32);
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        // Delegate so width and alignment flags work in tables.
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
