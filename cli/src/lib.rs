@@ -5,5 +5,7 @@
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod demo;
+pub mod failover;
 pub mod logging;
 pub mod service;

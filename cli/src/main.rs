@@ -1,3 +1,164 @@
-fn main() {
-    println!("hastack");
+//! `hastack`: one binary, a subcommand per daemon (each its own systemd unit) plus the operator commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hastack::cluster::setup::{self, Role};
+use hastack::control::{self, Request};
+
+/// The default config file, as systemd units and operators expect it.
+const DEFAULT_CONFIG: &str = "/etc/hastack/hastack.toml";
+
+#[derive(Parser)]
+#[command(name = "hastack", version, about = "High-availability stack: membership, VIP, balancer, DHCP/DNS")]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "HASTACK_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Control socket of the cluster daemon (default: [control] socket of the config, else /run/hastack/cluster.sock).
+    #[arg(long, global = true, env = "HASTACK_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the cluster daemon: membership, quorum, resource placement and the VIP.
+    Cluster {
+        /// This node's name in [cluster] (default: the node whose link address is on this host).
+        #[arg(long, env = "HASTACK_NODE")]
+        node: Option<String>,
+    },
+    /// Run the vote-only witness of a two-node cluster (the role of corosync-qnetd).
+    Witness,
+    /// Write a new random cluster key (mode 0600) to FILE.
+    Keygen {
+        /// Where to write it (default: the config's authkey path).
+        file: Option<PathBuf>,
+    },
+    /// Show the cluster at a glance: members, quorum, where each resource runs.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A local demo cluster in network namespaces: status, the VIP holder killed, the outage seen.
+    Demo {
+        /// Failover cycles.
+        #[arg(long, default_value_t = 1)]
+        cycles: usize,
+        /// Faults to inject on the holder, comma separated: crash, kill, stop, graceful.
+        #[arg(long, default_value = "crash,graceful")]
+        faults: String,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Config file commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Client-observed VIP outage per fault over many cycles (min / median / p99 / max).
+    Failover {
+        /// Cycles per fault.
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+        /// Faults, comma separated: crash, kill, stop, graceful.
+        #[arg(long, default_value = "crash,kill,stop,graceful")]
+        faults: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate config files completely; print every problem as file:line:column: reason.
+    Check {
+        /// Files to check (default: the --config file).
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Config { command: ConfigCommand::Check { files } } => {
+            let files = if files.is_empty() { vec![cli.config] } else { files };
+            return exit(hastack::config::check_files(&files));
+        }
+        Command::Cluster { node } => run_cluster(&cli.config, cli.socket, Role::Node(node)),
+        Command::Witness => run_cluster(&cli.config, cli.socket, Role::Witness),
+        Command::Keygen { file } => keygen(&cli.config, file),
+        Command::Status { json } => status(&cli.config, cli.socket, json),
+        Command::Demo { cycles, faults } => failover(cycles, &faults, true),
+        Command::Bench { command: BenchCommand::Failover { cycles, faults } } => failover(cycles, &faults, false),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hastack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Loads and fully validates the config, printing every problem, before anything is applied.
+fn load(path: &std::path::Path) -> anyhow::Result<hastack::config::Config> {
+    hastack::config::load(path).map_err(|d| anyhow::anyhow!("{d}\nconfig rejected; nothing was changed"))
+}
+
+fn socket_path(cfg: Option<&hastack::config::Config>, flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| cfg.and_then(|c| c.control_socket()))
+        .unwrap_or_else(|| PathBuf::from(control::DEFAULT_CLUSTER_SOCKET))
+}
+
+fn run_cluster(path: &std::path::Path, socket: Option<PathBuf>, role: Role) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    hastack::logging::init(cfg.log_level());
+    let cluster = cfg.cluster.as_ref().context("the config has no [cluster] section")?;
+    let quorum = cfg.quorum.clone().unwrap_or_default();
+    let sock = socket_path(Some(&cfg), socket);
+    let s = setup::build(cluster, &quorum, cfg.resources_config().as_ref(), &role, sock)?;
+    hastack::cluster::run(s)
+}
+
+fn keygen(path: &std::path::Path, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let file = match file {
+        Some(f) => f,
+        None => load(path)?.cluster.context("no [cluster] section to take the authkey path from")?.authkey,
+    };
+    ha_membership::auth::keygen(&file).with_context(|| format!("writing {}", file.display()))?;
+    println!("wrote a new cluster key to {} (mode 0600); copy it to every node", file.display());
+    Ok(())
+}
+
+fn status(path: &std::path::Path, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let cfg = hastack::config::load(path).ok();
+    let v = control::query(&socket_path(cfg.as_ref(), socket), &Request::Status)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", hastack::cluster::status_text(&v));
+    }
+    Ok(())
+}
+
+fn failover(cycles: usize, faults: &str, show_status: bool) -> anyhow::Result<()> {
+    let faults = faults.split(',').map(|f| hastack::failover::Fault::parse(f.trim())).collect::<anyhow::Result<Vec<_>>>()?;
+    let binary = std::env::current_exe().context("locating the hastack binary")?;
+    let plan = hastack::demo::Plan { nodes: 3, faults, cycles: cycles.clamp(1, 1000), show_status };
+    hastack::demo::run(&binary, &plan).map(|_| ())
 }

@@ -70,7 +70,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     let Setup { params, auth, local_links, peers, resources, control_socket, names } = setup;
     let local = params.local;
     let suspect_timeout = params.timing.suspect_timeout;
-    let mut engine = Engine::new(params, auth, boot_epoch(), Instant::now()).context("membership parameters")?;
+    let mut engine = Engine::new(params.clone(), auth.clone(), boot_epoch(), Instant::now()).context("membership parameters")?;
 
     let mut sockets = Vec::with_capacity(local_links.len());
     for addr in &local_links {
@@ -113,6 +113,11 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     let mut next_renew = Instant::now() + renew_every;
     let mut view: Option<(u64, Vec<Member>)> = None;
     let mut fenced = false;
+    // Set when this node was out of the quorate view (quorum lost, or its loop froze): it comes back
+    // as a new life (a new boot epoch), so it counts as the newest member and takes nothing back
+    // from the node that served meanwhile.
+    let mut reincarnate = false;
+    let mut had_quorum = false;
     let mut last_tick = Instant::now();
     service::ready("joining the cluster");
     info!(node = local.0, links = ?local_links, "cluster daemon started");
@@ -127,12 +132,22 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
                     fenced = false;
                     view = Some((id.epoch, members));
                 }
-                Event::QuorumGained { view: id } => info!(epoch = id.epoch, "quorum gained"),
-                Event::QuorumLost => warn!("quorum lost"),
+                Event::QuorumGained { view: id } => {
+                    info!(epoch = id.epoch, "quorum gained");
+                    had_quorum = true;
+                }
+                Event::QuorumLost => {
+                    warn!("quorum lost");
+                    if had_quorum {
+                        reincarnate = true;
+                    }
+                }
                 Event::LinkUp { node, link } => info!(peer = node.0, link, "link up"),
                 Event::LinkDown { node, link } => warn!(peer = node.0, link, "link down"),
                 Event::PeerSuspected { node } => info!(peer = node.0, "peer suspected"),
                 Event::PeerFailed { node } => warn!(peer = node.0, "peer declared failed"),
+                // Nothing is replicated over the ordered channel by this daemon yet.
+                Event::Delivered { .. } => continue,
             }
             if let Some(rs) = local_rs.as_mut() {
                 match (&view, engine.quorate() && !fenced) {
@@ -171,6 +186,19 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
                     fenced = true;
                 }
             }
+            reincarnate = true;
+        }
+        if reincarnate {
+            reincarnate = false;
+            had_quorum = false;
+            view = None;
+            if let Some(rs) = local_rs.as_mut() {
+                rs.release_all().await;
+            }
+            info!("rejoining the cluster as a new member");
+            last_tick = now;
+            engine = Engine::new(params.clone(), auth.clone(), boot_epoch(), now).context("membership parameters")?;
+            continue;
         }
         last_tick = now;
         if engine.poll_timeout().is_some_and(|t| t <= now) {

@@ -1,0 +1,403 @@
+//! The failover measurement behind `hastack demo` and `hastack bench failover`: a lab of three LB
+//! nodes and a client in network namespaces, a real `hastack cluster` daemon on each node holding a
+//! VIP, a TCP service on every node, and a client that opens a connection to the VIP every few
+//! milliseconds. A fault hits the node that holds the VIP; the outage is what the client saw: from
+//! its last answered probe before the fault to its first probe answered by the new holder.
+//!
+//! Faults: `crash` (daemon killed and the node's link cut at once: a dead machine), `kill` (the
+//! daemon alone killed with SIGKILL: the node stays up), `stop` (SIGSTOP: a frozen daemon), and
+//! `graceful` (SIGTERM: a planned handover). Every run is bounded in time and count and cleans up
+//! after itself (the lab removes its namespaces and processes on drop, also on panic).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use tokio::io::AsyncReadExt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hastack_lab::{Lab, Proc};
+use nix::sys::signal::Signal;
+
+/// The VIP of the lab cluster.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The TCP port every node serves behind the VIP.
+pub const SERVICE_PORT: u16 = 8080;
+
+/// A fault injected on the VIP holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Daemon SIGKILLed and link cut: the machine is gone.
+    Crash,
+    /// Daemon SIGKILLed; the node stays up.
+    Kill,
+    /// Daemon SIGSTOPped (frozen), then SIGCONTed after the measurement.
+    Stop,
+    /// Daemon SIGTERMed: a planned handover.
+    Graceful,
+}
+
+impl Fault {
+    /// Parses `crash`, `kill`, `stop`, `graceful`.
+    pub fn parse(s: &str) -> anyhow::Result<Fault> {
+        Ok(match s {
+            "crash" => Fault::Crash,
+            "kill" => Fault::Kill,
+            "stop" => Fault::Stop,
+            "graceful" => Fault::Graceful,
+            _ => bail!("unknown fault \"{s}\" (crash, kill, stop, graceful)"),
+        })
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Crash => "crash",
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+            Fault::Graceful => "graceful",
+        }
+    }
+}
+
+/// One measured failover.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// What was done.
+    pub fault: Fault,
+    /// Node that held the VIP before.
+    pub from: usize,
+    /// Node that answered for the VIP after.
+    pub to: usize,
+    /// Client-observed outage.
+    pub outage: Duration,
+    /// Longest time two live daemons' nodes held the VIP at once (should be zero).
+    pub double_holder: Duration,
+}
+
+/// A running lab cluster.
+pub struct LabCluster {
+    /// The lab (dropped last: it removes namespaces and kills what runs in them).
+    pub lab: Lab,
+    binary: PathBuf,
+    config: PathBuf,
+    daemons: BTreeMap<usize, Proc>,
+    stop: Arc<AtomicBool>,
+    probes: Arc<Mutex<Vec<Probe>>>,
+    holders: Arc<Mutex<Vec<(Instant, [bool; 8])>>>,
+    nodes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    at: Instant,
+    /// Which node answered (1-based), None = failed.
+    node: Option<usize>,
+}
+
+impl Drop for LabCluster {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The config the lab cluster runs with.
+pub fn lab_config(nodes: usize, authkey: &Path) -> String {
+    let mut s = format!(
+        "[cluster]\nname = \"hastack-lab\"\nauthkey = \"{}\"\n\n",
+        authkey.display()
+    );
+    for i in 1..=nodes {
+        s += &format!("[[cluster.node]]\nid = {i}\nname = \"lb{i}\"\nlinks = [\"198.18.0.{}/24\"]\n\n", 10 + i);
+    }
+    s += "[resource_defaults]\n# Keep the VIP where it runs: a recovered node takes nothing back.\nstickiness = 100\n\n";
+    s += &format!("[[resource]]\nname = \"vip\"\n[resource.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\nlease = \"2s\"\n");
+    s
+}
+
+impl LabCluster {
+    /// Builds the lab, writes the config and key, starts a daemon and a TCP service per node, and
+    /// the client's probe loop. `binary` is the `hastack` executable.
+    pub fn start(binary: &Path, nodes: usize) -> anyhow::Result<LabCluster> {
+        if nodes > 8 {
+            bail!("at most 8 nodes");
+        }
+        let mut lab = Lab::builder().nodes(nodes).links(1).ipv6(false).build().context("building the lab")?;
+        lab.add_client(Ipv4Addr::new(198, 18, 0, 200)).context("adding the client")?;
+        let dir = lab.dir().to_path_buf();
+        let key = dir.join("authkey");
+        ha_membership::auth::keygen(&key).context("writing the cluster key")?;
+        let config = dir.join("hastack.toml");
+        std::fs::write(&config, lab_config(nodes, &key))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        for i in 1..=nodes {
+            let stop = stop.clone();
+            lab.node(i).thread_in(move || serve_node(i, &stop))?;
+        }
+        let mut c = LabCluster {
+            lab,
+            binary: binary.to_path_buf(),
+            config,
+            daemons: BTreeMap::new(),
+            stop,
+            probes: Arc::new(Mutex::new(Vec::new())),
+            holders: Arc::new(Mutex::new(Vec::new())),
+            nodes,
+        };
+        for i in 1..=nodes {
+            c.start_daemon(i)?;
+        }
+        let (stop, probes) = (c.stop.clone(), c.probes.clone());
+        c.lab.client(1).thread_in(move || probe_loop(&stop, probes))?;
+        for i in 1..=nodes {
+            let (stop, holders) = (c.stop.clone(), c.holders.clone());
+            c.lab.node(i).thread_in(move || watch_vip(i, &stop, &holders))?;
+        }
+        Ok(c)
+    }
+
+    /// The control socket of node i.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.lab.dir().join(format!("lb{i}.sock"))
+    }
+
+    /// The config file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = self.lab.node(i).spawn(&[
+            self.binary.as_os_str(),
+            "cluster".as_ref(),
+            "--config".as_ref(),
+            self.config.as_os_str(),
+            "--node".as_ref(),
+            format!("lb{i}").as_ref(),
+            "--socket".as_ref(),
+            self.socket(i).as_os_str(),
+        ])?;
+        self.daemons.insert(i, p);
+        Ok(())
+    }
+
+    /// Which nodes hold the VIP right now (from the watchers).
+    pub fn holders(&self) -> Vec<usize> {
+        let h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        h.last().map(|(_, set)| (1..=self.nodes).filter(|i| set[*i - 1]).collect()).unwrap_or_default()
+    }
+
+    /// Waits until exactly one node holds the VIP and the client reaches it; returns that node.
+    pub fn wait_for_holder(&self, within: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let h = self.holders();
+            if h.len() == 1 {
+                let since = Instant::now();
+                std::thread::sleep(Duration::from_millis(50));
+                if self.probes_since(since).iter().any(|p| p.node == Some(h[0])) {
+                    return Ok(h[0]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("no single VIP holder reachable by the client within {within:?} (holders: {:?})", self.holders())
+    }
+
+    fn probes_since(&self, t: Instant) -> Vec<Probe> {
+        let p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter().filter(|x| x.at >= t).copied().collect()
+    }
+
+    /// Runs `fault` on the current holder, measures the outage, then restores the node and waits
+    /// until it has rejoined.
+    pub fn failover(&mut self, fault: Fault, timeout: Duration) -> anyhow::Result<Sample> {
+        let from = self.wait_for_holder(Duration::from_secs(10))?;
+        let daemon = self.daemons.get(&from).context("no daemon on the holder")?;
+        let t0 = Instant::now();
+        match fault {
+            Fault::Crash => {
+                daemon.signal(Signal::SIGKILL)?;
+                self.lab.link_down(from, 0)?;
+            }
+            Fault::Kill => daemon.signal(Signal::SIGKILL)?,
+            Fault::Stop => daemon.signal(Signal::SIGSTOP)?,
+            Fault::Graceful => daemon.signal(Signal::SIGTERM)?,
+        }
+        // First probe answered by another node. Probes run concurrently and finish out of order:
+        // once one succeeded, wait out the probe deadline and take the earliest start.
+        let deadline = t0 + timeout;
+        loop {
+            if Instant::now() > deadline {
+                self.restore(fault, from)?;
+                bail!("{}: no other node answered for the VIP within {timeout:?}", fault.name());
+            }
+            if self.probes_since(t0).iter().any(|p| p.node.is_some_and(|n| n != from)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let (to, first_ok) = self
+            .probes_since(t0)
+            .iter()
+            .filter(|p| p.node.is_some_and(|n| n != from))
+            .min_by_key(|p| p.at)
+            .map(|p| (p.node.unwrap_or(0), p.at))
+            .context("probe vanished")?;
+        let last_ok = {
+            let p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            p.iter().filter(|x| x.at < t0 && x.node.is_some()).map(|x| x.at).max().unwrap_or(t0)
+        };
+        let double_holder = self.double_holder_time(t0, fault, from);
+        self.restore(fault, from)?;
+        Ok(Sample { fault, from, to, outage: first_ok.saturating_duration_since(last_ok), double_holder })
+    }
+
+    /// Time during which two nodes held the VIP, counting the faulted node only where it still
+    /// runs a live daemon and can talk (graceful stop): a killed or frozen daemon's VIP is bounded by
+    /// its lease instead.
+    fn double_holder_time(&self, since: Instant, fault: Fault, faulted: usize) -> Duration {
+        let h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = Duration::ZERO;
+        let samples: Vec<&(Instant, [bool; 8])> = h.iter().filter(|(t, _)| *t >= since).collect();
+        for w in samples.windows(2) {
+            let (t, set) = w[0];
+            let count = (1..=self.nodes)
+                .filter(|i| set[*i - 1])
+                .filter(|i| *i != faulted || fault == Fault::Graceful)
+                .count();
+            if count > 1 {
+                total += w[1].0.saturating_duration_since(*t);
+            }
+        }
+        total
+    }
+
+    fn restore(&mut self, fault: Fault, node: usize) -> anyhow::Result<()> {
+        match fault {
+            Fault::Crash => {
+                self.lab.link_up(node, 0)?;
+                self.start_daemon(node)?;
+            }
+            Fault::Kill | Fault::Graceful => self.start_daemon(node)?,
+            Fault::Stop => {
+                if let Some(d) = self.daemons.get(&node) {
+                    d.signal(Signal::SIGCONT)?;
+                }
+            }
+        }
+        // The restored node must be back in the view (and hold nothing) before the next fault.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let members = crate::control::query(&self.socket(node), &crate::control::Request::Status)
+                .ok()
+                .and_then(|v| v["membership"]["view"]["members"].as_array().map(|a| a.len()));
+            if members == Some(self.nodes) && self.holders().len() == 1 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node lb{node} did not rejoin within 15 s after {}", fault.name());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `hastack status` of node i, as text.
+    pub fn status_text(&self, i: usize) -> String {
+        match crate::control::query(&self.socket(i), &crate::control::Request::Status) {
+            Ok(v) => crate::cluster::status_text(&v),
+            Err(e) => format!("(status unavailable: {e})\n"),
+        }
+    }
+
+    /// The daemon log of node i (for error reports).
+    pub fn daemon_log(&self, i: usize) -> String {
+        self.daemons.get(&i).map(|p| p.log()).unwrap_or_default()
+    }
+}
+
+/// The service behind the VIP: answers every connection with its node number.
+fn serve_node(i: usize, stop: &AtomicBool) -> anyhow::Result<()> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVICE_PORT))?;
+    l.set_nonblocking(true)?;
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.write_all(&[i as u8]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    Ok(())
+}
+
+/// Every 5 ms, a new connection to the VIP (each with its own 200 ms deadline, so a lost SYN does
+/// not delay the next probe; results are recorded with the time the probe started). Bounded: it stops
+/// with the lab cluster, and after one hour at most.
+fn probe_loop(stop: &AtomicBool, probes: Arc<Mutex<Vec<Probe>>>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let end = Instant::now() + Duration::from_secs(3600);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            tick.tick().await;
+            let at = Instant::now();
+            let probes = probes.clone();
+            tokio::spawn(async move {
+                let node = tokio::time::timeout(Duration::from_millis(200), async {
+                    let mut s = tokio::net::TcpStream::connect(SocketAddr::new(IpAddr::V4(VIP), SERVICE_PORT)).await.ok()?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).await.ok()?;
+                    Some(b[0] as usize)
+                })
+                .await
+                .ok()
+                .flatten();
+                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+                // Bounded memory: an hour of probes at most.
+                if p.len() < 1_000_000 {
+                    p.push(Probe { at, node });
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Records every 2 ms whether node i holds the VIP (read through netlink in its namespace).
+fn watch_vip(i: usize, stop: &AtomicBool, holders: &Mutex<Vec<(Instant, [bool; 8])>>) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(3600);
+    let mut last: Option<bool> = None;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        let has = nix::ifaddrs::getifaddrs()
+            .map(|mut a| a.any(|x| x.address.and_then(|s| s.as_sockaddr_in().map(|v| v.ip())) == Some(VIP)))
+            .unwrap_or(false);
+        if last != Some(has) {
+            let mut h = holders.lock().unwrap_or_else(|e| e.into_inner());
+            let mut set = h.last().map(|x| x.1).unwrap_or([false; 8]);
+            set[i - 1] = has;
+            h.push((Instant::now(), set));
+            last = Some(has);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Summary figures of a list of durations.
+pub fn summarize(mut d: Vec<Duration>) -> Option<(Duration, Duration, Duration, Duration)> {
+    if d.is_empty() {
+        return None;
+    }
+    d.sort();
+    let pct = |p: f64| d[((d.len() - 1) as f64 * p).round() as usize];
+    Some((d[0], pct(0.5), pct(0.99), d[d.len() - 1]))
+}
