@@ -1,19 +1,18 @@
 //! The network-namespace lab: a throw-away L2 network of namespaces for end-to-end tests.
 //!
 //! ```text
-//!                       switch namespace  hsl<pid>x<n>sw
-//!             +----------------------------------------------------+
-//!             |  br0 (link 0)                     br1 (link 1)     |
-//!             |  n1l0  n2l0  n3l0  c1l0           n1l1  n2l1  n3l1 |
-//!             +---|-----|-----|-----|---------------|-----|-----|---+
-//!            veth |     |     |     |               |     |     |
-//!    +------------+--+  |     |  +--+----------+    |     |     |
-//!    | node 1   eth0 |--------------- eth1 -----------+     |     |   (one veth per link)
-//!    | hsl..n1       |  |     |  | client 1     |           ...   ...
-//!    +---------------+  ...  ... | hsl..c1 eth0 |
-//!                                +--------------+
-//!   link 0: 198.18.0.(10+i)/24   fd00:198:18:0::(10+i)/64
-//!   link 1: 198.19.0.(10+i)/24   fd00:198:18:1::(10+i)/64
+//!         switch namespace hsl<pid>x<n>sw: one Linux bridge per link, nothing of the host attached
+//!    +--------------------------------------------------------------------+
+//!    |   br0 = link 0                          br1 = link 1               |
+//!    |   n1l0   n2l0   n3l0   c1l0             n1l1   n2l1   n3l1        |
+//!    +----|------|------|------|----------------|------|------|-----------+
+//!         |      |      |      |   veth pairs   |      |      |
+//!       eth0   eth0   eth0   eth0             eth1   eth1   eth1
+//!      node 1 node 2 node 3 client 1         node 1 node 2 node 3
+//!
+//!    node i = namespace hsl<pid>x<n>n<i> (its eth0 and eth1), client j = hsl<pid>x<n>c<j>
+//!    link 0: 198.18.0.(10+i)/24   fd00:198:18:0::(10+i)/64
+//!    link 1: 198.19.0.(10+i)/24   fd00:198:18:1::(10+i)/64
 //! ```
 //!
 //! * The bridges live inside their own "switch" namespace, so nothing is ever attached to the host's
@@ -28,7 +27,6 @@
 //!   any other process left inside a lab namespace is killed by PID, then the namespaces are
 //!   deleted (their veths, bridges and nft tables go with them). Building a lab first deletes the
 //!   namespaces of earlier test processes that died without cleaning up (owner pid in the name).
-//!
 //! * Each host has its own `/etc/resolv.conf` (bind-mounted by `ip netns exec` from
 //!   `/etc/netns/<ns>/`), so a DHCP client script never rewrites the machine's; each lab has a
 //!   scratch directory ([`Lab::dir`]) for configs and the logs of spawned processes.

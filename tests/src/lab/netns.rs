@@ -101,7 +101,7 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 /// Name of the file, in a lab's scratch directory, recording its owner's start time.
 pub const OWNER_FILE: &str = "owner";
 
-/// Content of the owner file for this process: "<pid> <start time>".
+/// Content of the owner file for this process: `<pid> <start time>`.
 pub fn owner_record() -> String {
     let pid = std::process::id() as i32;
     format!("{pid} {}\n", process_start_time(pid).unwrap_or(0))
