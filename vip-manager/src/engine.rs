@@ -192,6 +192,9 @@ pub struct EngineStatus {
     pub progress: (usize, usize),
 }
 
+/// What one member's snapshot carries: its resources, its failure records, its operator state.
+type SnapshotData = (Vec<(ResourceId, RunState)>, Vec<(ResourceId, FailRecord)>, OperatorState);
+
 /// The engine of one node.
 #[derive(Debug)]
 pub struct Engine {
@@ -199,7 +202,7 @@ pub struct Engine {
     view: Option<View>,
     prev_members: BTreeSet<NodeId>,
     synced: bool,
-    snapshots: BTreeMap<NodeId, (Vec<(ResourceId, RunState)>, Vec<(ResourceId, FailRecord)>, OperatorState)>,
+    snapshots: BTreeMap<NodeId, SnapshotData>,
     snapshot_sent: bool,
     current: CurrentPlacement,
     fails: FailCounts,
@@ -565,10 +568,10 @@ impl Engine {
                 best = Some((op.version, *node));
             }
         }
-        if let Some((_, n)) = best {
-            if let Some((_, _, op)) = self.snapshots.get(&n) {
-                self.operator = op.clone();
-            }
+        if let Some((_, n)) = best
+            && let Some((_, _, op)) = self.snapshots.get(&n)
+        {
+            self.operator = op.clone();
         }
         self.operator.shutting_down.retain(|n| members.contains(n));
         self.snapshots.clear();

@@ -122,12 +122,12 @@ impl MonitorScheduler {
     pub fn poll_due(&mut self, now: Instant) -> Vec<MonitorRequest> {
         let mut out = Vec::new();
         for ((rsc, node), e) in self.entries.iter_mut() {
-            if let Phase::Idle { next_due } = e.phase {
-                if next_due <= now {
-                    let deadline = now + e.timeout;
-                    e.phase = Phase::InFlight { deadline };
-                    out.push(MonitorRequest { rsc: rsc.clone(), node: *node, deadline });
-                }
+            if let Phase::Idle { next_due } = e.phase
+                && next_due <= now
+            {
+                let deadline = now + e.timeout;
+                e.phase = Phase::InFlight { deadline };
+                out.push(MonitorRequest { rsc: rsc.clone(), node: *node, deadline });
             }
         }
         out
@@ -164,10 +164,10 @@ impl MonitorScheduler {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<MonitorEvent> {
         let mut out = Vec::new();
         for ((rsc, node), e) in self.entries.iter_mut() {
-            if let Phase::InFlight { deadline } = e.phase {
-                if deadline <= now {
-                    out.extend(Self::complete(e, rsc, *node, MonitorOutcome::TimedOut, now));
-                }
+            if let Phase::InFlight { deadline } = e.phase
+                && deadline <= now
+            {
+                out.extend(Self::complete(e, rsc, *node, MonitorOutcome::TimedOut, now));
             }
         }
         out

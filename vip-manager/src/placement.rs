@@ -179,10 +179,12 @@ fn allocation_order<'a>(defs: &[&'a ResourceDef], cons: &[&Constraint]) -> Vec<&
     let ids: BTreeSet<&ResourceId> = defs.iter().map(|d| &d.id).collect();
     let mut deps: BTreeMap<&ResourceId, BTreeSet<&ResourceId>> = BTreeMap::new();
     for c in cons {
-        if let Constraint::Colocation { rsc, with, .. } = c {
-            if ids.contains(rsc) && ids.contains(with) && rsc != with {
-                deps.entry(rsc).or_default().insert(with);
-            }
+        if let Constraint::Colocation { rsc, with, .. } = c
+            && ids.contains(rsc)
+            && ids.contains(with)
+            && rsc != with
+        {
+            deps.entry(rsc).or_default().insert(with);
         }
     }
     let key = |d: &&ResourceDef| (std::cmp::Reverse(d.priority), d.id.clone());
@@ -282,11 +284,10 @@ fn decide(
                             }
                         }
                     }
-                    Some(Decision { node: None, .. }) => {
-                        if score.is_plus_infinity() {
-                            return stopped(StopReason::ColocatedWithStopped(with.clone()));
-                        }
+                    Some(Decision { node: None, .. }) if score.is_plus_infinity() => {
+                        return stopped(StopReason::ColocatedWithStopped(with.clone()));
                     }
+                    Some(Decision { node: None, .. }) => {}
                 }
             }
             _ => {}

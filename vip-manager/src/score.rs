@@ -63,7 +63,7 @@ impl Score {
     }
 
     /// Pacemaker's addition of two scores (`-INFINITY` wins, then `+INFINITY`, else a clamped sum).
-    pub fn add(self, other: Score) -> Score {
+    pub fn plus(self, other: Score) -> Score {
         let mut s = ScoreSum::default();
         s.add(self);
         s.add(other);
@@ -121,15 +121,15 @@ mod tests {
 
     #[test]
     fn minus_infinity_wins_over_plus_infinity() {
-        assert_eq!(Score::INFINITY.add(Score::MINUS_INFINITY), Score::MINUS_INFINITY);
-        assert_eq!(Score::MINUS_INFINITY.add(Score::INFINITY), Score::MINUS_INFINITY);
+        assert_eq!(Score::INFINITY.plus(Score::MINUS_INFINITY), Score::MINUS_INFINITY);
+        assert_eq!(Score::MINUS_INFINITY.plus(Score::INFINITY), Score::MINUS_INFINITY);
     }
 
     #[test]
     fn finite_sums_clamp() {
-        assert_eq!(Score::new(999_999).add(Score::new(5)), Score::INFINITY);
-        assert_eq!(Score::new(-999_999).add(Score::new(-5)), Score::MINUS_INFINITY);
-        assert_eq!(Score::new(7).add(Score::new(-3)), Score::new(4));
+        assert_eq!(Score::new(999_999).plus(Score::new(5)), Score::INFINITY);
+        assert_eq!(Score::new(-999_999).plus(Score::new(-5)), Score::MINUS_INFINITY);
+        assert_eq!(Score::new(7).plus(Score::new(-3)), Score::new(4));
         assert_eq!(Score::new(i64::MAX), Score::INFINITY);
     }
 

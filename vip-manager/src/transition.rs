@@ -217,10 +217,10 @@ pub fn plan(
         // stop(first) waits for stop(then) for every `then` ordered after this resource.
         let mut after = Vec::new();
         for (then, firsts) in &order_after {
-            if firsts.contains(&rsc) {
-                if let Some(ix) = stop_idx.get(*then) {
-                    after.extend(ix);
-                }
+            if firsts.contains(&rsc)
+                && let Some(ix) = stop_idx.get(*then)
+            {
+                after.extend(ix);
             }
         }
         after.sort_unstable();

@@ -296,11 +296,11 @@ impl NetlinkVips {
     pub async fn remove_stale(&self, configured: &[VipSpec]) -> Result<Vec<FoundAddress>, VipError> {
         let mut removed = Vec::new();
         for a in self.addresses().await? {
-            if a.is_marked() || configured.iter().any(|v| v.address == a.address) {
-                if self.remove_raw(a.index, a.address, a.prefix_len).await? {
-                    tracing::info!(address = %a.address, "removed stale VIP");
-                    removed.push(a);
-                }
+            if (a.is_marked() || configured.iter().any(|v| v.address == a.address))
+                && self.remove_raw(a.index, a.address, a.prefix_len).await?
+            {
+                tracing::info!(address = %a.address, "removed stale VIP");
+                removed.push(a);
             }
         }
         Ok(removed)
