@@ -18,7 +18,7 @@ use ha_membership::config::{ClusterConfig, NodeConfig, QuorumConfig};
 use hastack_common::{Diagnostics, KeyPath, Problem, Problems, SockAddr, SourceFile};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tcp_balancer::config::{Backend, BalancerConfig, Frontend, Server};
+use tcp_balancer::config::BalancerConfig;
 use vip_manager::config::{Constraint, Policy, Resource, ResourceDefaults, ResourceKind, ResourcesConfig};
 
 /// The default path of the config file.
@@ -405,25 +405,6 @@ fn assemble(file: &SourceFile<'_>, diags: &mut Diagnostics) -> Config {
         dns: section(file, "dns", diags),
         ..Config::default()
     };
-    if cfg.cluster.is_none() {
-        probe_each::<ha_membership::config::NodeConfig>(file, &KeyPath::new("cluster.node"), diags);
-    }
-    if cfg.balancer.is_none() {
-        probe_each::<Frontend>(file, &KeyPath::new("balancer.frontend"), diags);
-        let backends = KeyPath::new("balancer.backend");
-        probe_each::<Backend>(file, &backends, diags);
-        for i in 0..file.array_len(&backends).unwrap_or(0) {
-            probe_each::<Server>(file, &backends.index(i).key("server"), diags);
-        }
-    }
-    if cfg.dhcp.is_none() {
-        probe_each::<dhcp_dns::config::Subnet>(file, &KeyPath::new("dhcp.subnet"), diags);
-        probe_each::<dhcp_dns::config::HostReservation>(file, &KeyPath::new("dhcp.host"), diags);
-    }
-    if cfg.dns.is_none() {
-        probe_each::<dhcp_dns::config::DnsRecord>(file, &KeyPath::new("dns.record"), diags);
-        probe_each::<dhcp_dns::config::Forward>(file, &KeyPath::new("dns.forward"), diags);
-    }
     // Resources and constraints: one element at a time, and only a complete set is kept (a missing
     // resource would make every constraint naming it look wrong).
     match array_section::<Resource>(file, "resource", diags) {
@@ -444,19 +425,9 @@ fn assemble(file: &SourceFile<'_>, diags: &mut Diagnostics) -> Config {
 fn section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &mut Diagnostics) -> Option<T> {
     match file.deserialize::<T>(&KeyPath::new(key)) {
         Ok(v) => v,
-        Err(located) => {
-            diags.push(located);
+        Err(errors) => {
+            errors.into_iter().for_each(|e| diags.push(e));
             None
-        }
-    }
-}
-
-/// Deserializes each element of an array of tables, reporting each element's error: used after a
-/// section failed, so one run shows the problems of every element, not only the first.
-fn probe_each<T: DeserializeOwned>(file: &SourceFile<'_>, path: &KeyPath, diags: &mut Diagnostics) {
-    for i in 0..file.array_len(path).unwrap_or(0) {
-        if let Err(located) = file.deserialize::<T>(&path.index(i)) {
-            diags.push(located);
         }
     }
 }
@@ -474,8 +445,8 @@ fn array_section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &
         match file.deserialize::<T>(&path.index(i)) {
             Ok(Some(v)) => out.push(v),
             Ok(None) => ok = false,
-            Err(located) => {
-                diags.push(located);
+            Err(errors) => {
+                errors.into_iter().for_each(|e| diags.push(e));
                 ok = false;
             }
         }

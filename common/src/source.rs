@@ -157,14 +157,38 @@ impl<'a> SourceFile<'a> {
     }
 
     /// Deserializes the value at `path` on its own; `Ok(None)` when the file does not have it.
-    /// Errors carry the exact place of the offending key or value.
-    pub fn deserialize<T: DeserializeOwned>(&self, path: &KeyPath) -> Result<Option<T>, Located> {
+    ///
+    /// Serde stops at the first error, so after each error the offending key (or array element)
+    /// is removed from a copy of the tree and deserialization is retried: one run reports every
+    /// unknown key and every badly typed value of the section, each at its exact place. A
+    /// "missing field" that only follows from such a removal is not reported.
+    pub fn deserialize<T: DeserializeOwned>(&self, path: &KeyPath) -> Result<Option<T>, Vec<Located>> {
         let Some(value) = self.get(path) else { return Ok(None) };
-        let fallback = value.span().start;
-        T::deserialize(ValueDeserializer::from(value.clone())).map(Some).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(fallback);
-            self.at(offset, e.message().to_string())
-        })
+        let mut value = value.clone();
+        let mut errors = Vec::new();
+        let mut removed: Vec<(String, usize)> = Vec::new();
+        for _ in 0..MAX_RETRIES {
+            let root_start = value.span().start;
+            let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(v) if errors.is_empty() => return Ok(Some(v)),
+                Ok(_) => return Err(errors),
+                Err(e) => e,
+            };
+            let offset = e.span().map(|s| s.start).unwrap_or(root_start);
+            let follow_on = missing_field(e.message()).is_some_and(|f| removed.iter().any(|(k, at)| k == f && *at == offset));
+            if !follow_on {
+                errors.push(self.at(offset, e.message().to_string()));
+            }
+            match remove_at(&mut value, offset) {
+                Some(key) => removed.push(key),
+                None => break,
+            }
+        }
+        if errors.is_empty() {
+            // Only follow-on errors were seen; report the last state rather than claim success.
+            errors.push(self.at(value.span().start, "this section could not be read"));
+        }
+        Err(errors)
     }
 
     /// Maps a validation problem to its place: the value (or key) at its path, else the nearest
@@ -219,6 +243,48 @@ impl<'a> SourceFile<'a> {
             Some(value) => Walk::Found { key_span, value },
             None => Walk::Partial { nearest: None },
         }
+    }
+}
+
+/// How many errors one section may report before the rest is left for the next run.
+const MAX_RETRIES: usize = 64;
+
+/// The field name of serde's "missing field `name`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Removes the table entry whose key or value starts at `offset`, or the array element that does,
+/// anywhere below `value`; returns the removed key's name (empty for an array element) and where
+/// its table starts (serde reports a missing field there).
+fn remove_at(value: &mut Spanned<DeValue<'_>>, offset: usize) -> Option<(String, usize)> {
+    let own_start = value.span().start;
+    // Deepest match first: an array of tables starts where its first table does, and the error
+    // is about the table, not the whole array.
+    match value.get_mut() {
+        DeValue::Table(t) => {
+            if let Some(found) = t.iter_mut().find_map(|(_, v)| remove_at(v, offset)) {
+                return Some(found);
+            }
+            let key = t
+                .iter()
+                .find(|(k, v)| k.span().start == offset || v.span().start == offset)
+                .map(|(k, _)| k.get_ref().to_string())?;
+            t.remove(key.as_str());
+            Some((key, own_start))
+        }
+        DeValue::Array(a) => {
+            if let Some(found) = a.iter_mut().find_map(|e| remove_at(e, offset)) {
+                return Some(found);
+            }
+            if !a.iter().any(|e| e.span().start == offset) {
+                return None;
+            }
+            let kept: Vec<_> = a.iter().filter(|e| e.span().start != offset).cloned().collect();
+            *a = kept.into_iter().collect();
+            Some((String::new(), own_start))
+        }
+        _ => None,
     }
 }
 
@@ -286,11 +352,28 @@ mod tests {
         let text = "[[node]]\nid = 1\nnmae = \"a\"\n[[node]]\nid = \"two\"\nname = \"b\"\n";
         let file = SourceFile::parse("n.toml", text).unwrap();
         let e0 = file.deserialize::<Node>(&KeyPath::new("node").index(0)).unwrap_err();
-        assert_eq!((e0.line, e0.column), (3, 1));
-        assert!(e0.message.starts_with("unknown field `nmae`"), "{}", e0.message);
+        assert_eq!(e0.len(), 2, "misspelt `name` is both unknown and missing: {e0:?}");
+        assert_eq!((e0[0].line, e0[0].column), (3, 1));
+        assert!(e0[0].message.starts_with("unknown field `nmae`"), "{}", e0[0].message);
         let e1 = file.deserialize::<Node>(&KeyPath::new("node").index(1)).unwrap_err();
-        assert_eq!((e1.line, e1.column), (5, 6));
+        assert_eq!((e1[0].line, e1[0].column), (5, 6));
         assert_eq!(file.deserialize::<Node>(&KeyPath::new("absent")).unwrap().map(|n| n.id), None);
+    }
+
+    #[test]
+    fn every_unknown_key_and_bad_value_of_a_section_is_reported() {
+        let text = "[[node]]\nid = 1\nnmae = \"a\"\ncolour = 1\n[[node]]\nid = \"two\"\nname = \"b\"\n[[node]]\nname = \"c\"\n";
+        let file = SourceFile::parse("n.toml", text).unwrap();
+        let errs = file.deserialize::<Vec<Node>>(&KeyPath::new("node")).unwrap_err();
+        let got: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(got.iter().any(|g| g.starts_with("n.toml:3:1: unknown field `nmae`")), "{got:?}");
+        // node[0] lacks `name` because it was misspelt, not removed: serde says so, and it is real.
+        assert!(got.iter().any(|g| g.starts_with("n.toml:1:1: missing field `name`")), "{got:?}");
+        assert!(got.iter().any(|g| g.starts_with("n.toml:4:1: unknown field `colour`")), "{got:?}");
+        assert!(got.iter().any(|g| g.starts_with("n.toml:6:6: invalid type")), "{got:?}");
+        assert!(got.iter().any(|g| g.starts_with("n.toml:8:1: missing field `id`")), "{got:?}");
+        assert!(!got.iter().any(|g| g.contains("missing field `id`") && g.starts_with("n.toml:5:")), "{got:?}");
     }
 
     #[test]
