@@ -566,3 +566,35 @@ fn old_released_and_expired_records_are_collected_after_retention() {
     assert!(s.leases().is_empty());
     assert_eq!(s.counters().collected, 2);
 }
+
+proptest::proptest! {
+    /// The fuzz target's property, run in CI: any mutation of a valid request through the core
+    /// never panics, and every reply it emits decodes.
+    #[test]
+    fn mutated_requests_never_panic_and_replies_decode(
+        flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..12),
+        cut in proptest::prelude::any::<usize>(),
+        kind in 0u8..5,
+    ) {
+        let mt = [MessageType::Discover, MessageType::Request, MessageType::Release, MessageType::Decline, MessageType::Inform][kind as usize];
+        let mut m = msg(mt, &MAC_A);
+        m.opts_mut().insert(DhcpOption::Hostname("fuzz".into()));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SID));
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(198, 18, 0, 101)));
+        m.opts_mut().insert(DhcpOption::ClientFQDN(ClientFQDN::new(FqdnFlags::new(0), dhcproto::Name::from_ascii("a.b.").unwrap())));
+        m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![OptionCode::ClasslessStaticRoute, OptionCode::Router]));
+        let mut b = bytes(&m);
+        for (pos, val) in flips {
+            let i = pos % b.len();
+            b[i] = val;
+        }
+        b.truncate(cut % (b.len() + 1));
+        let mut s = DhcpServer::new(cfg());
+        for now in [T0, T0 + 1] {
+            for r in replies(&s.handle_packet(now, &b, direct())).into_iter().map(|(_, m)| m) {
+                proptest::prop_assert!(wire::decode(&r.to_vec().unwrap()).is_ok());
+            }
+        }
+        let _ = s.handle_timeout(T0 + 100_000);
+    }
+}
