@@ -156,6 +156,48 @@ impl Config {
         if diags.is_empty() { Ok(config) } else { Err(diags) }
     }
 
+    /// The config as TOML that loads back to an equal `Config` (what `hastack import` writes).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            logging: Option<&'a LoggingConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            control: Option<&'a ControlConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cluster: Option<&'a ClusterConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            quorum: Option<&'a QuorumConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            resource_defaults: Option<&'a ResourceDefaults>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            policy: Option<&'a Policy>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            resource: &'a [Resource],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            constraint: &'a [Constraint],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            balancer: Option<&'a BalancerConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dhcp: Option<&'a DhcpConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dns: Option<&'a DnsConfig>,
+        }
+        toml::to_string(&Out {
+            logging: self.logging.as_ref(),
+            control: self.control.as_ref(),
+            cluster: self.cluster.as_ref(),
+            quorum: self.quorum.as_ref(),
+            resource_defaults: self.resource_defaults.as_ref(),
+            policy: self.policy.as_ref(),
+            resource: &self.resources,
+            constraint: &self.constraints,
+            balancer: self.balancer.as_ref(),
+            dhcp: self.dhcp.as_ref(),
+            dns: self.dns.as_ref(),
+        })
+    }
+
     /// The control socket of the cluster daemon, when `[control]` is present.
     pub fn control_socket(&self) -> Option<PathBuf> {
         self.control.as_ref().map(|c| c.socket.clone())
@@ -515,6 +557,17 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].starts_with("t.toml:2:14: "), "{p:?}");
         assert!(p[1].starts_with("t.toml:5:9: "), "{p:?}");
+    }
+
+    #[test]
+    fn examples_round_trip_through_to_toml() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for name in ["three-node.toml", "two-node.toml"] {
+            let original = load(&root.join(name)).unwrap_or_else(|d| panic!("{name}:\n{d}"));
+            let text = original.to_toml().expect("serializes");
+            let again = Config::from_str_named(name, &text).unwrap_or_else(|d| panic!("{name} re-read:\n{d}\n{text}"));
+            assert_eq!(again, original, "{name} changed in a round trip:\n{text}");
+        }
     }
 
     #[test]
