@@ -41,4 +41,7 @@ modprobe nf_tables 2>/dev/null || true
 export CI="${CI:-true}"
 export RUST_BACKTRACE=1
 
+# End-to-end tests run the real `hastack` binary inside namespaces: build it first (the tests cannot,
+# cargo holds the build lock while they run).
+cargo build --locked -p hastack
 cargo test --workspace --locked --no-fail-fast "$@"

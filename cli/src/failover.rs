@@ -170,7 +170,42 @@ impl LabCluster {
         &self.config
     }
 
-    fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+    /// The daemon process of node i, if one was started.
+    pub fn daemon(&self, i: usize) -> Option<&Proc> {
+        self.daemons.get(&i)
+    }
+
+    /// The status answer of node i's daemon (None if it does not answer).
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        crate::control::query(&self.socket(i), &crate::control::Request::Status).ok()
+    }
+
+    /// Node ids in node i's current view (None without a view or an answer).
+    pub fn view_members(&self, i: usize) -> Option<Vec<u64>> {
+        let v = self.status(i)?;
+        let members = v["membership"]["view"]["members"].as_array()?;
+        Some(members.iter().filter_map(|m| m["node"].as_u64()).collect())
+    }
+
+    /// Whether node i's partition is quorate (None if it does not answer).
+    pub fn quorate(&self, i: usize) -> Option<bool> {
+        self.status(i)?["membership"]["quorum"]["quorate"].as_bool()
+    }
+
+    /// Waits until `f` holds, polling every 20 ms; false after `within`.
+    pub fn wait(&self, within: Duration, mut f: impl FnMut(&Self) -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if f(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f(self)
+    }
+
+    /// Starts (or restarts) the daemon of node i.
+    pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
         let p = self.lab.node(i).spawn(&[
             self.binary.as_os_str(),
             "cluster".as_ref(),
@@ -183,6 +218,21 @@ impl LabCluster {
         ])?;
         self.daemons.insert(i, p);
         Ok(())
+    }
+
+    /// Longest time, since `t`, during which two nodes other than `except` held the VIP.
+    pub fn double_holders_since(&self, t: Instant, except: Option<usize>) -> Duration {
+        let h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        let samples: Vec<&(Instant, [bool; 8])> = h.iter().filter(|(at, _)| *at >= t).collect();
+        let mut total = Duration::ZERO;
+        for w in samples.windows(2) {
+            let (at, set) = w[0];
+            let n = (1..=self.nodes).filter(|i| set[*i - 1] && Some(*i) != except).count();
+            if n > 1 {
+                total += w[1].0.saturating_duration_since(*at);
+            }
+        }
+        total
     }
 
     /// Which nodes hold the VIP right now (from the watchers).
@@ -262,20 +312,8 @@ impl LabCluster {
     /// runs a live daemon and can talk (graceful stop): a killed or frozen daemon's VIP is bounded by
     /// its lease instead.
     fn double_holder_time(&self, since: Instant, fault: Fault, faulted: usize) -> Duration {
-        let h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = Duration::ZERO;
-        let samples: Vec<&(Instant, [bool; 8])> = h.iter().filter(|(t, _)| *t >= since).collect();
-        for w in samples.windows(2) {
-            let (t, set) = w[0];
-            let count = (1..=self.nodes)
-                .filter(|i| set[*i - 1])
-                .filter(|i| *i != faulted || fault == Fault::Graceful)
-                .count();
-            if count > 1 {
-                total += w[1].0.saturating_duration_since(*t);
-            }
-        }
-        total
+        let except = (fault != Fault::Graceful).then_some(faulted);
+        self.double_holders_since(since, except)
     }
 
     fn restore(&mut self, fault: Fault, node: usize) -> anyhow::Result<()> {
