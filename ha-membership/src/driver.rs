@@ -224,9 +224,10 @@ async fn run(
     let mut last_status = Instant::now();
     let mut leave_ack: Option<oneshot::Sender<()>> = None;
     loop {
-        flush(&mut engine, &socks, &addrs, &events).await;
+        let changed = flush(&mut engine, &socks, &addrs, &events).await;
         let now = Instant::now();
-        if now.duration_since(last_status) >= Duration::from_millis(10) {
+        // Refresh on every state change, and at least every 10 ms for link and counter updates.
+        if changed || now.duration_since(last_status) >= Duration::from_millis(10) {
             last_status = now;
             status.send_replace(Arc::new(engine.status()));
         }
@@ -258,7 +259,7 @@ async fn run(
             }
         }
     }
-    flush(&mut engine, &socks, &addrs, &events).await;
+    let _ = flush(&mut engine, &socks, &addrs, &events).await;
     status.send_replace(Arc::new(engine.status()));
     for r in readers {
         r.abort();
@@ -273,7 +274,7 @@ async fn flush(
     socks: &[Arc<UdpSocket>],
     addrs: &BTreeMap<NodeId, Vec<SocketAddr>>,
     events: &mpsc::UnboundedSender<Event>,
-) {
+) -> bool {
     while let Some(t) = engine.poll_transmit() {
         let (Some(sock), Some(addr)) = (socks.get(t.link), addrs.get(&t.to).and_then(|a| a.get(t.link))) else {
             continue;
@@ -282,10 +283,13 @@ async fn flush(
             tracing::trace!(to = %t.to, link = t.link, error = %e, "send failed");
         }
     }
+    let mut changed = false;
     while let Some(ev) = engine.poll_event() {
+        changed |= !matches!(ev, Event::Delivered { .. });
         // The receiver may be gone during shutdown; events are then irrelevant.
         let _ = events.send(ev);
     }
+    changed
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub struct Timing {
     pub join_delay: Duration,
     /// Upper bound of the Local Health Multiplier (timeouts are multiplied by 1 + LHM).
     pub max_lhm: u32,
+    /// How many other members an indirect probe asks (0 means all).
+    pub indirect_probes: usize,
 }
 
 impl Default for Timing {
@@ -88,6 +90,7 @@ impl Default for Timing {
             view_timeout: Duration::from_millis(50),
             join_delay: Duration::from_millis(40),
             max_lhm: 8,
+            indirect_probes: 0,
         }
     }
 }
@@ -1132,8 +1135,16 @@ impl Engine {
                 .filter(|p| p.spec.id != target && p.state == PeerState::Alive)
                 .map(|p| p.spec.id)
                 .collect();
+            // Ask up to `indirect_probes` of them, rotating so every member gets asked over time.
+            let k = match self.params.timing.indirect_probes {
+                0 => others.len(),
+                k => k.min(others.len()),
+            };
+            let start = if others.is_empty() { 0 } else { probe as usize % others.len() };
+            for i in 0..k {
+                self.send(others[(start + i) % others.len()], &Message::PingReq { target, probe });
+            }
             for o in others {
-                self.send(o, &Message::PingReq { target, probe });
                 self.send(o, &Message::Suspect { target, boot, incarnation });
             }
             // Tell the suspect so it can refute.

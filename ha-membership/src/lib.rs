@@ -5,6 +5,7 @@
 //! - [`engine`]: the sans-IO core (failure detection, agreed views), see its lifecycle note.
 //! - [`channel`]: the ordered cluster channel (CPG contract), driven by the engine.
 //! - [`driver`]: the tokio UDP driver (one socket per link, own real-time thread).
+//! - [`from_config`]: `[cluster]`/`[quorum]` config → engine and driver parameters.
 //! - [`quorum`]: votequorum semantics computed from the agreed view.
 //! - [`status`]: `hastack members` / `hastack quorum` text renderings.
 
@@ -13,6 +14,7 @@ pub mod channel;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod from_config;
 pub mod quorum;
 pub mod status;
 pub mod wire;

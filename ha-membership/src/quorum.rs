@@ -12,15 +12,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Which node breaks an exact 50/50 tie when auto_tie_breaker is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub enum TieBreaker {
     /// The lowest configured node id (votequorum's default).
     #[default]
     Lowest,
     /// The highest configured node id.
     Highest,
-    /// A given node id.
-    Node(NodeId),
+    /// The first of these nodes that was a member of the last view before the split (both halves of
+    /// a split share that view, so they agree on the winner).
+    Nodes(Vec<NodeId>),
 }
 
 /// votequorum options.
@@ -80,6 +81,8 @@ pub struct Quorum {
     expected: u32,
     wfa_satisfied: bool,
     members: Vec<NodeId>,
+    /// Members of the view before the current one.
+    prev_members: Vec<NodeId>,
     quorate: bool,
     lms_deadline: Option<Instant>,
 }
@@ -98,6 +101,7 @@ impl Quorum {
             expected: configured_expected,
             wfa_satisfied: !wfa,
             members: Vec::new(),
+            prev_members: Vec::new(),
             quorate: false,
             lms_deadline: None,
         }
@@ -118,10 +122,13 @@ impl Quorum {
     }
 
     fn tie_breaker_node(&self) -> Option<NodeId> {
-        match self.settings.tie_breaker {
+        match &self.settings.tie_breaker {
             TieBreaker::Lowest => self.votes.keys().next().copied(),
             TieBreaker::Highest => self.votes.keys().next_back().copied(),
-            TieBreaker::Node(n) => Some(n),
+            TieBreaker::Nodes(list) => list
+                .iter()
+                .find(|n| self.prev_members.contains(n) || self.members.contains(n))
+                .copied(),
         }
     }
 
@@ -140,14 +147,15 @@ impl Quorum {
 
     /// Feed a newly installed view; returns the new quorate flag if it changed.
     pub fn on_view(&mut self, now: Instant, members: &[NodeId]) -> Option<bool> {
-        self.members = members.to_vec();
+        self.prev_members = std::mem::replace(&mut self.members, members.to_vec());
         let v = self.view_votes();
         let all: u32 = self.votes.values().sum();
         if !self.wfa_satisfied && v >= all {
             self.wfa_satisfied = true;
         }
         if v > self.expected {
-            self.expected = v.min(self.configured_expected.max(v));
+            // More votes present than expected: votequorum raises expected votes to match.
+            self.expected = v;
         }
         let was = self.quorate;
         self.quorate = self.compute();
@@ -297,6 +305,25 @@ mod tests {
         let mut b = q(s, 4);
         assert_eq!(b.on_view(t, &ids(&[3, 4])), None);
         assert!(!b.quorate());
+    }
+
+    #[test]
+    fn tie_breaker_list_uses_the_shared_previous_view() {
+        let t = Instant::now();
+        let s = QuorumSettings {
+            auto_tie_breaker: true,
+            tie_breaker: TieBreaker::Nodes(vec![NodeId(9), NodeId(3), NodeId(1)]),
+            ..Default::default()
+        };
+        let full = ids(&[1, 2, 3, 4]);
+        let mut a = Quorum::new(s.clone(), (1..=4).map(|i| (NodeId(i), 1)));
+        let mut b = a.clone();
+        a.on_view(t, &full);
+        b.on_view(t, &full);
+        // Node 9 was not in the shared view, so node 3 decides: its half wins, the other loses.
+        assert_eq!(a.on_view(t, &ids(&[3, 4])), None);
+        assert!(a.quorate());
+        assert_eq!(b.on_view(t, &ids(&[1, 2])), Some(false));
     }
 
     #[test]
