@@ -4,6 +4,7 @@
 //! - [`health`]: HAProxy-style health-check state machine (sans-IO) and check conversations.
 //! - [`checker`]: the tokio task that runs health checks (TCP, HTTP, HTTPS, TLS hello, MySQL).
 //! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, retries, counters, drain.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 parse and emit (accept-proxy, send-proxy).
 //! - [`relay`]: the zero-copy (splice) or copy full-duplex relay with half-close and timeouts.
 
 pub mod balance;
@@ -11,4 +12,5 @@ pub mod config;
 pub mod checker;
 pub mod health;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -31,6 +32,7 @@ use tracing::Instrument;
 use crate::balance::{AdminState, Algorithm, BalanceError, Decision, ServerSpec, ServerTable, hash_addr};
 use crate::checker::{CheckSpec, Prober, TlsConfigError, run_health_loop};
 use crate::health::{HealthCheck, HealthEvent, HealthParams};
+use crate::proxy_protocol::{self, Header, Version as ProxyVersion};
 use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, Side, relay};
 
 /// Session timeouts (HAProxy's `timeout` keywords).
@@ -102,7 +104,7 @@ impl Redispatch {
     fn applies(self, retry: u32, retries: u32) -> bool {
         match self {
             Redispatch::Off => false,
-            Redispatch::Every(n) => n > 0 && retry % n == 0,
+            Redispatch::Every(n) => n > 0 && retry.is_multiple_of(n),
             Redispatch::BeforeLast(n) => retry + n.saturating_sub(1) == retries,
         }
     }
@@ -123,6 +125,8 @@ pub struct ServerConfig {
     pub maxconn: Option<u32>,
     /// Health check (`check`) with its timing; `None` keeps the server always up.
     pub check: Option<(CheckSpec, HealthParams)>,
+    /// `send-proxy` / `send-proxy-v2`: announce the client's address with a PROXY header.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// The backend: servers, algorithm, queueing and retries.
@@ -161,6 +165,8 @@ pub struct FrontendConfig {
     pub freebind: bool,
     /// SO_REUSEPORT: let a new process bind beside this one during a reload.
     pub reuseport: bool,
+    /// `accept-proxy`: clients start with a PROXY header (v1 or v2) giving the real client.
+    pub accept_proxy: bool,
 }
 
 /// A complete tcp-mode proxy (`listen` section).
@@ -189,13 +195,22 @@ impl ProxyConfig {
                 backlog: 1024,
                 freebind: false,
                 reuseport: false,
+                accept_proxy: false,
             },
             backend: BackendConfig {
                 name: "be".into(),
                 algorithm: Algorithm::RoundRobin,
                 servers: servers
                     .into_iter()
-                    .map(|(name, addr)| ServerConfig { name, addr, weight: 1, backup: false, maxconn: None, check: None })
+                    .map(|(name, addr)| ServerConfig {
+                        name,
+                        addr,
+                        weight: 1,
+                        backup: false,
+                        maxconn: None,
+                        check: None,
+                        send_proxy: None,
+                    })
                     .collect(),
                 retries: 3,
                 redispatch: Redispatch::BeforeLast(1),
@@ -325,6 +340,8 @@ pub struct BackendSnapshot {
     pub no_server: u64,
     /// Sessions closed because every connect attempt failed.
     pub connect_failed: u64,
+    /// Frontend connections closed for a missing or malformed PROXY header (`accept-proxy`).
+    pub bad_proxy_header: u64,
 }
 
 /// One server's line of `show stat`.
@@ -397,6 +414,7 @@ struct BackendCounters {
     queue_full: AtomicU64,
     no_server: AtomicU64,
     connect_failed: AtomicU64,
+    bad_proxy_header: AtomicU64,
 }
 
 struct Shared {
@@ -652,6 +670,7 @@ impl Proxy {
                 queue_full: b.queue_full.load(Ordering::Relaxed),
                 no_server: b.no_server.load(Ordering::Relaxed),
                 connect_failed: b.connect_failed.load(Ordering::Relaxed),
+                bad_proxy_header: b.bad_proxy_header.load(Ordering::Relaxed),
             },
             servers,
         }
@@ -857,12 +876,52 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-async fn session(sh: &Shared, client: TcpStream, peer: SocketAddr) {
+/// Reads a PROXY header from a client; returns it with any bytes read past it.
+async fn read_proxy_header(client: &mut TcpStream) -> Result<(Header, Vec<u8>), std::io::Error> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match proxy_protocol::parse(&buf) {
+            Ok(Some((h, len))) => return Ok((h, buf.split_off(len))),
+            Ok(None) => {}
+            Err(e) => return Err(bad(e.to_string())),
+        }
+    }
+}
+
+async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr) {
     let cfg = &sh.cfg;
     sh.frontend.open();
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
     let ka = cfg.keepalive.as_ref();
     tune(SockRef::from(&client), ka);
+    let local = client.local_addr().unwrap_or(cfg.frontend.bind);
+    // The real client and the address it reached: from the PROXY header when one is expected.
+    let (peer, local, early) = if cfg.frontend.accept_proxy {
+        match tokio::time::timeout(cfg.timeouts.idle.client, read_proxy_header(&mut client)).await {
+            Ok(Ok((Header::Tcp { src, dst }, rest))) => (src, dst, rest),
+            Ok(Ok((Header::Local, rest))) => (peer, local, rest),
+            Ok(Err(e)) => {
+                tracing::debug!(id, %peer, error = %e, "bad PROXY header");
+                sh.backend.bad_proxy_header.fetch_add(1, Ordering::Relaxed);
+                sh.frontend.close();
+                return;
+            }
+            Err(_) => {
+                sh.backend.bad_proxy_header.fetch_add(1, Ordering::Relaxed);
+                sh.frontend.close();
+                return;
+            }
+        }
+    } else {
+        (peer, local, Vec::new())
+    };
     let hash = hash_addr(peer.ip());
 
     let mut slot = match assign(sh, hash, None).await {
@@ -916,8 +975,25 @@ async fn session(sh: &Shared, client: TcpStream, peer: SocketAddr) {
             }
         }
     };
+    let mut server = server;
     let srv = &sh.servers[slot.idx];
     tune(SockRef::from(&server), ka);
+    // PROXY header first, then whatever the client sent along with its own header.
+    let mut first = Vec::new();
+    if let Some(v) = cfg.backend.servers[slot.idx].send_proxy {
+        proxy_protocol::emit(&Header::Tcp { src: peer, dst: local }, v, &mut first);
+    }
+    first.extend_from_slice(&early);
+    if !first.is_empty() {
+        let w = tokio::time::timeout(cfg.timeouts.idle.server, server.write_all(&first)).await;
+        if !matches!(w, Ok(Ok(()))) {
+            tracing::debug!(id, server = %srv.name, "cannot send the first bytes to the server");
+            sh.frontend.close();
+            return;
+        }
+        sh.frontend.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
+        srv.counters.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
     srv.counters.open();
     sh.sessions
         .lock()

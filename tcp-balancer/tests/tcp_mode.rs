@@ -12,6 +12,7 @@ use support::*;
 use tcp_balancer::balance::{AdminState, Algorithm};
 use tcp_balancer::checker::CheckSpec;
 use tcp_balancer::health::{CheckKind, HealthParams, HttpCheck, InitState};
+use tcp_balancer::proxy_protocol::Version as PpVersion;
 use tcp_balancer::proxy::{FrontendConfig, Proxy, ProxyConfig, Redispatch, bind_listener};
 use tcp_balancer::relay::RelayMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -469,6 +470,7 @@ async fn freebind_binds_an_address_that_is_not_local() {
         backlog: 16,
         freebind,
         reuseport: true,
+        accept_proxy: false,
     };
     assert!(bind_listener(&fe(false)).is_err(), "the address unexpectedly is local");
     let l = bind_listener(&fe(true)).expect("IP_FREEBIND bind");
@@ -484,6 +486,7 @@ async fn reuseport_lets_a_second_listener_bind_beside_the_first() {
         backlog: 16,
         freebind: false,
         reuseport: true,
+        accept_proxy: false,
     };
     let a = bind_listener(&fe).unwrap();
     fe.bind = a.local_addr().unwrap();
@@ -608,4 +611,34 @@ mod checks {
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_accept_and_send() {
+    bounded(20, async {
+        let b = Backend::start(Kind::ProxyEcho).await;
+        // accept-proxy on the frontend, send-proxy-v2 to the server: the real client goes through.
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.frontend.accept_proxy = true;
+        cfg.backend.servers[0].send_proxy = Some(PpVersion::V2);
+        let p = Proxy::start(cfg).await.unwrap();
+        let r = roundtrip(p.local_addr(), b"PROXY TCP4 198.18.0.9 198.18.0.1 4000 6443\r\nhello").await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&r), "198.18.0.9:4000 198.18.0.1:6443|hello");
+        assert_eq!(p.stats().frontend_counters.bytes_in, 5);
+        // A client without a header is refused.
+        let r = roundtrip(p.local_addr(), b"GET / HTTP/1.1\r\n\r\n").await.unwrap_or_default();
+        assert!(r.is_empty());
+        assert_eq!(p.stats().backend_counters.bad_proxy_header, 1);
+        p.stop().await;
+
+        // send-proxy (v1) alone: the server learns the loopback client address.
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.backend.servers[0].send_proxy = Some(PpVersion::V1);
+        let p = Proxy::start(cfg).await.unwrap();
+        let r = roundtrip(p.local_addr(), b"x").await.unwrap();
+        let text = String::from_utf8_lossy(&r).to_string();
+        assert!(text.starts_with("127.0.0.1:") && text.ends_with(&format!(" {}|x", p.local_addr())), "{text}");
+        p.stop().await;
+    })
+    .await;
 }

@@ -30,6 +30,8 @@ pub enum Kind {
     MysqlGreeting,
     /// Accept and hold, sending nothing.
     Silent,
+    /// Expect a PROXY header; answer "src dst|" then echo the rest until FIN.
+    ProxyEcho,
 }
 
 /// A running stand-in backend.
@@ -125,6 +127,30 @@ async fn serve(mut s: TcpStream, kind: Kind) {
             let _ = s.write_all(&p).await;
             let mut sink = [0u8; 1024];
             while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        Kind::ProxyEcho => {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let (h, len) = loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                match tcp_balancer::proxy_protocol::parse(&buf) {
+                    Ok(Some(x)) => break x,
+                    Ok(None) => continue,
+                    Err(_) => return,
+                }
+            };
+            let head = match h {
+                tcp_balancer::proxy_protocol::Header::Tcp { src, dst } => format!("{src} {dst}|"),
+                tcp_balancer::proxy_protocol::Header::Local => "local|".to_string(),
+            };
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&buf[len..]).await;
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
         }
         Kind::Silent => {
             let mut sink = [0u8; 1024];
