@@ -341,6 +341,8 @@ impl ClusterConfig {
         for (i, node) in self.nodes.iter().enumerate() {
             if node.id == 0 {
                 problems.add(at(i, "id"), "node id 0 is reserved: ids start at 1");
+            } else if node.id == u32::MAX {
+                problems.add(at(i, "id"), format!("node id {} is reserved for the witness", u32::MAX));
             }
             check_name(problems, at(i, "name"), &node.name, "node name");
             if node.links.is_empty() {
