@@ -200,11 +200,11 @@ impl Channel {
         // Drop anything the limit makes undeliverable in this view, and stale entries.
         let d = self.delivered;
         self.ahead.retain(|&s, _| s > d);
-        if let Some(f) = &self.flush {
-            if self.delivered >= f.cut {
-                self.flush_done = Some((f.view, f.members.clone()));
-                self.flush = None;
-            }
+        if let Some(f) = &self.flush
+            && self.delivered >= f.cut
+        {
+            self.flush_done = Some((f.view, f.members.clone()));
+            self.flush = None;
         }
     }
 

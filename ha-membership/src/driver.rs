@@ -41,6 +41,9 @@ pub struct DriverConfig {
     pub key: KeySource,
     /// SCHED_FIFO priority for the membership thread (1..=99); `None` keeps the default scheduler.
     pub realtime_priority: Option<i32>,
+    /// File remembering the last boot epoch, so a clock stepped backwards cannot make a restarted
+    /// node look older than its previous life (peers would drop it as a replay). `None`: clock only.
+    pub boot_state: Option<PathBuf>,
 }
 
 /// Why the driver could not start or a command failed.
@@ -67,6 +70,9 @@ pub enum DriverError {
     /// The membership thread is gone.
     #[error("membership thread stopped")]
     Stopped,
+    /// The boot-epoch state file could not be read or written.
+    #[error("boot state {path}: {source}")]
+    BootState { path: PathBuf, source: std::io::Error },
 }
 
 enum Command {
@@ -111,9 +117,25 @@ impl ClusterHandle {
     }
 }
 
-/// A boot epoch larger than any earlier one of this host (wall-clock microseconds).
+/// A boot epoch from the wall clock (microseconds since the Unix epoch).
 pub fn boot_epoch() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
+}
+
+/// A boot epoch larger than the clock's and than the one stored in `path`, which is then updated
+/// (written to a temporary file and renamed, so a crash leaves the old or the new value).
+pub fn next_boot_epoch(path: &std::path::Path) -> Result<u64, DriverError> {
+    let err = |source| DriverError::BootState { path: path.into(), source };
+    let prev = match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(err(e)),
+    };
+    let next = boot_epoch().max(prev.saturating_add(1));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{next}\n")).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(next)
 }
 
 fn set_realtime(priority: i32) {
@@ -153,7 +175,11 @@ pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceive
         sock.set_nonblocking(true).map_err(|source| DriverError::Bind { link, addr, source })?;
         binds.push(sock);
     }
-    let engine = Engine::new(cfg.params.clone(), auth, boot_epoch(), Instant::now())?;
+    let boot = match &cfg.boot_state {
+        Some(p) => next_boot_epoch(p)?,
+        None => boot_epoch(),
+    };
+    let engine = Engine::new(cfg.params.clone(), auth, boot, Instant::now())?;
     let (status_tx, status_rx) = watch::channel(Arc::new(engine.status()));
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -321,6 +347,7 @@ mod tests {
             addrs: addrs.clone(),
             key: KeySource::Material(b"driver test key material, 32 bytes+".to_vec()),
             realtime_priority: Some(10),
+            boot_state: None,
         }
     }
 
@@ -369,6 +396,18 @@ mod tests {
         assert_eq!(h1.status().stats.failures_declared, 0, "a leave is not a failure");
         h1.leave().await.unwrap();
         h2.leave().await.unwrap();
+    }
+
+    #[test]
+    fn boot_epoch_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("boot");
+        let a = next_boot_epoch(&p).unwrap();
+        // A stored value ahead of the clock (the clock was stepped back) still moves forward.
+        std::fs::write(&p, format!("{}\n", a + 10_000_000_000)).unwrap();
+        let b = next_boot_epoch(&p).unwrap();
+        assert_eq!(b, a + 10_000_000_001);
+        assert!(next_boot_epoch(&p).unwrap() > b);
     }
 
     #[test]

@@ -794,12 +794,12 @@ impl Engine {
             return;
         }
         let _ = now;
-        if let Some(p) = self.peers.get_mut(&target) {
-            if p.boot == Some(boot) && inc >= p.incarnation {
-                if let Some(s) = p.suspicion.as_mut() {
-                    s.confirmations.insert(from);
-                }
-            }
+        if let Some(p) = self.peers.get_mut(&target)
+            && p.boot == Some(boot)
+            && inc >= p.incarnation
+            && let Some(s) = p.suspicion.as_mut()
+        {
+            s.confirmations.insert(from);
         }
     }
 
@@ -908,10 +908,10 @@ impl Engine {
             let keep: Vec<ViewId> = cuts.iter().take(MAX_CUTS).map(|c| c.view).collect();
             let until = now + self.params.timing.view_timeout * 2;
             for (n, (prev, _)) in &p.acks {
-                if prev.is_some_and(|v| !keep.contains(&v)) {
-                    if let Some(peer) = self.peers.get_mut(n) {
-                        peer.excluded_until = Some(until);
-                    }
+                if prev.is_some_and(|v| !keep.contains(&v))
+                    && let Some(peer) = self.peers.get_mut(n)
+                {
+                    peer.excluded_until = Some(until);
                 }
             }
             return;
@@ -954,10 +954,12 @@ impl Engine {
         if self.pending.is_some() && self.params.local < from {
             return false;
         }
-        if let Some((pv, until)) = self.promise {
-            if now < until && pv != *view && pv.coordinator < from {
-                return false;
-            }
+        if let Some((pv, until)) = self.promise
+            && now < until
+            && pv != *view
+            && pv.coordinator < from
+        {
+            return false;
         }
         true
     }
@@ -1080,10 +1082,8 @@ impl Engine {
         if !late {
             self.expire_suspicions(now);
         }
-        if let Some(p) = &self.pending {
-            if now >= p.deadline {
-                self.pending_timed_out(now);
-            }
+        if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
+            self.pending_timed_out(now);
         }
         match self.quorum.on_timeout(now) {
             Some(true) => {
@@ -1207,10 +1207,10 @@ impl Engine {
         let Some(p) = self.pending.take() else { return };
         let until = now + self.params.timing.view_timeout * 2;
         for m in &p.members {
-            if !p.acks.contains_key(&m.node) {
-                if let Some(peer) = self.peers.get_mut(&m.node) {
-                    peer.excluded_until = Some(until);
-                }
+            if !p.acks.contains_key(&m.node)
+                && let Some(peer) = self.peers.get_mut(&m.node)
+            {
+                peer.excluded_until = Some(until);
             }
         }
         tracing::debug!(view = %p.view, "proposal timed out; re-proposing without silent members");

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 
 /// The node id the witness uses on the wire (above every configurable node id's typical range).
 pub const WITNESS_NODE_ID: NodeId = NodeId(u32::MAX);
+/// Where the last boot epoch is remembered.
+pub const BOOT_STATE: &str = "/var/lib/hastack/membership-boot";
 /// SCHED_FIFO priority asked for the membership thread.
 pub const REALTIME_PRIORITY: i32 = 50;
 
@@ -93,6 +95,7 @@ fn build(cluster: &ClusterConfig, quorum: &QuorumConfig, local: NodeId) -> Drive
         addrs,
         key: KeySource::File(cluster.authkey.clone()),
         realtime_priority: Some(REALTIME_PRIORITY),
+        boot_state: Some(std::path::PathBuf::from(BOOT_STATE)),
     }
 }
 

@@ -566,10 +566,10 @@ pub(crate) fn specs(shape: Shape, links: usize) -> (Vec<NodeSpec>, QuorumSetting
 }
 
 fn seeds(default: u64) -> Vec<u64> {
-    if let Ok(s) = std::env::var("HASTACK_SIM_SEED") {
-        if let Ok(n) = s.parse() {
-            return vec![n];
-        }
+    if let Ok(s) = std::env::var("HASTACK_SIM_SEED")
+        && let Ok(n) = s.parse()
+    {
+        return vec![n];
     }
     let n = std::env::var("HASTACK_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     (0..n).collect()
