@@ -61,13 +61,24 @@ pub enum DriverError {
     Channel(#[from] ChannelError),
 }
 
-/// Driver settings.
-#[derive(Debug, Clone)]
-pub struct DriverConfig {
-    /// VIP lease.
+/// Lease and announcements of one VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSettings {
+    /// Address lease.
     pub lease: Lease,
     /// Announcement schedule after a takeover.
     pub announce: AnnounceSchedule,
+}
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Default VIP lease.
+    pub lease: Lease,
+    /// Default announcement schedule after a takeover.
+    pub announce: AnnounceSchedule,
+    /// Per-VIP lease and announcements (others use the defaults).
+    pub vips: BTreeMap<ResourceId, VipSettings>,
     /// Tick period (engine timers, renewals).
     pub tick: Duration,
     /// A tick this late means the process was stopped or starved.
@@ -79,6 +90,7 @@ impl Default for DriverConfig {
         DriverConfig {
             lease: Lease::default(),
             announce: AnnounceSchedule::default(),
+            vips: BTreeMap::new(),
             tick: Duration::from_millis(10),
             stall_threshold: Duration::from_millis(500),
         }
@@ -126,6 +138,9 @@ impl<C: ClusterChannel> Driver<C> {
         cfg: DriverConfig,
     ) -> Result<Self, DriverError> {
         cfg.lease.validate()?;
+        for s in cfg.vips.values() {
+            s.lease.validate()?;
+        }
         let vips = NetlinkVips::connect()?;
         let configured: Vec<VipSpec> = engine_cfg
             .resources
@@ -145,7 +160,7 @@ impl<C: ClusterChannel> Driver<C> {
             channel,
             vips: Arc::new(vips),
             agents: Arc::new(agents),
-            leases: LeaseKeeper::new(cfg.lease),
+            leases: LeaseKeeper::new(),
             cfg,
             tx,
             rx,
@@ -208,8 +223,8 @@ impl<C: ClusterChannel> Driver<C> {
 
     fn poll_leases(&mut self, now: Instant) {
         let p = self.leases.poll(now);
-        for (rsc, vip) in p.renew {
-            let (vips, tx, lease) = (self.vips.clone(), self.tx.clone(), self.cfg.lease);
+        for (rsc, vip, lease) in p.renew {
+            let (vips, tx) = (self.vips.clone(), self.tx.clone());
             tokio::spawn(async move {
                 let ok = vips.add(&vip, &lease).await.is_ok();
                 let _ = tx.send(Completion::Renewed { rsc, issued: now, ok });
@@ -239,7 +254,10 @@ impl<C: ClusterChannel> Driver<C> {
             Completion::Action { ticket, action, ok, issued } => {
                 match &action {
                     // The lease started when the request left, not when it was acknowledged.
-                    Action::AddVip { rsc, vip, .. } if ok => self.leases.added(rsc, vip, issued),
+                    Action::AddVip { rsc, vip, .. } if ok => {
+                        let lease = self.settings(rsc).lease;
+                        self.leases.added(rsc, vip, lease, issued)
+                    }
                     _ => {}
                 }
                 self.engine.action_finished(ticket, ok, now, wall);
@@ -285,11 +303,18 @@ impl<C: ClusterChannel> Driver<C> {
         Ok(())
     }
 
+    fn settings(&self, rsc: &ResourceId) -> VipSettings {
+        self.cfg
+            .vips
+            .get(rsc)
+            .cloned()
+            .unwrap_or_else(|| VipSettings { lease: self.cfg.lease, announce: self.cfg.announce.clone() })
+    }
+
     fn execute(&mut self, ticket: Ticket, action: Action) {
         let issued = Instant::now();
         let (tx, vips, agents) = (self.tx.clone(), self.vips.clone(), self.agents.clone());
-        let lease = self.cfg.lease;
-        let schedule = self.cfg.announce.clone();
+        let VipSettings { lease, announce: schedule } = self.settings(action.rsc());
         if let Action::RemoveVip { rsc, .. } = &action {
             // Stop renewing before removing, so a renewal cannot re-create it.
             self.leases.removed(rsc);

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::model::{
-    operator, ClusterPolicy, Constraint, CurrentPlacement, FailCounts, FailRecord, NoQuorumPolicy,
+    operator, ClusterPolicy, Constraint, CurrentPlacement, FailCounts, FailRecord, Monitoring, NoQuorumPolicy,
     NodeId, OnFail, ResourceDef, ResourceId, ResourceKind, RunState, Timestamp, View,
 };
 use crate::monitor::{MonitorEvent, MonitorOutcome, MonitorRequest, MonitorScheduler};
@@ -165,9 +165,9 @@ pub struct EngineConfig {
     pub constraints: Vec<Constraint>,
     /// Configured policy (operator standby/maintenance are added to it).
     pub policy: ClusterPolicy,
-    /// Monitor interval.
+    /// Monitor interval of resources with `Monitoring::Default`.
     pub monitor_interval: Duration,
-    /// Monitor timeout.
+    /// Monitor timeout of resources with `Monitoring::Default`.
     pub monitor_timeout: Duration,
     /// Agreed-time tick period.
     pub tick_every: Duration,
@@ -659,7 +659,15 @@ impl Engine {
         let ticket = Ticket::Plan { generation: self.generation, step };
         if let Action::Monitor { rsc, node } = &action {
             // Monitors are the engine's own business: schedule and confirm at once.
-            self.monitors.start(rsc, *node, self.cfg.monitor_interval, self.cfg.monitor_timeout, now);
+            let monitoring = self.def(rsc).map(|d| d.monitoring).unwrap_or_default();
+            let every = match monitoring {
+                Monitoring::Default => Some((self.cfg.monitor_interval, self.cfg.monitor_timeout)),
+                Monitoring::Every { interval, timeout } => Some((interval, timeout)),
+                Monitoring::Off => None,
+            };
+            if let Some((interval, timeout)) = every {
+                self.monitors.start(rsc, *node, interval, timeout, now);
+            }
             self.broadcast(Msg::Done { from: self.cfg.local, ticket, action, ok: true, at: wall });
             return;
         }

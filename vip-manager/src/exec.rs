@@ -115,6 +115,8 @@ pub struct ExecAgent {
     pub env: BTreeMap<String, String>,
     /// Exit codes that mean "not running" (OCF: 7; systemctl is-active: 3).
     pub not_running_codes: Vec<i32>,
+    /// Working directory of the commands (`None` = the daemon's, normally /).
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 impl ExecAgent {
@@ -129,6 +131,7 @@ impl ExecAgent {
             monitor: op("monitor"),
             env: BTreeMap::new(),
             not_running_codes: vec![7],
+            workdir: None,
         }
     }
 
@@ -161,6 +164,9 @@ impl ExecAgent {
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(d) = &self.workdir {
+            cmd.current_dir(d);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|source| ExecError::Spawn { op: name, program: program.clone(), source })?;
@@ -212,6 +218,7 @@ mod tests {
             monitor: sh(monitor, t),
             env: BTreeMap::new(),
             not_running_codes: vec![7],
+            workdir: None,
         }
     }
 

@@ -311,6 +311,14 @@ impl Default for AnnounceSchedule {
 }
 
 impl AnnounceSchedule {
+    /// `count` announcements `interval` apart, repeated once after `repeat_after` if given.
+    pub fn evenly(count: u32, interval: Duration, repeat_after: Option<Duration>) -> Self {
+        AnnounceSchedule {
+            burst: (0..count.max(1)).map(|i| interval * i).collect(),
+            repeat_after: repeat_after.filter(|d| !d.is_zero()),
+        }
+    }
+
     /// Every send time, sorted, relative to the start.
     pub fn times(&self) -> Vec<Duration> {
         let mut t: Vec<Duration> = self.burst.clone();

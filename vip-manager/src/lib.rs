@@ -9,6 +9,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod exec;
+pub mod from_config;
 pub mod garp;
 pub mod model;
 pub mod monitor;
@@ -19,7 +20,7 @@ pub mod transition;
 pub mod vip;
 
 pub use model::{
-    ClusterPolicy, Constraint, CurrentPlacement, FailCounts, NoQuorumPolicy, NodeId, OnFail,
+    ClusterPolicy, Constraint, CurrentPlacement, FailCounts, Monitoring, NoQuorumPolicy, NodeId, OnFail,
     OrderKind, ResourceDef, ResourceId, ResourceKind, RunState, Timestamp, VipSpec, View,
 };
 pub use placement::{place, Placement};

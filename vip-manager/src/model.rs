@@ -132,6 +132,23 @@ pub enum ResourceKind {
     Agent,
 }
 
+/// How a resource is monitored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Monitoring {
+    /// With the engine's default interval and timeout.
+    #[default]
+    Default,
+    /// With its own interval and timeout.
+    Every {
+        /// Time between two monitors.
+        interval: Duration,
+        /// A monitor taking longer is a failure.
+        timeout: Duration,
+    },
+    /// Not monitored (only start/stop failures count).
+    Off,
+}
+
 /// A resource as placement and transitions see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceDef {
@@ -155,6 +172,8 @@ pub struct ResourceDef {
     /// Stopped when quorum is lost even under no-quorum-policy=freeze (true for VIPs: two holders
     /// of an address is the failure that must never happen).
     pub release_without_quorum: bool,
+    /// Monitoring of the running instance.
+    pub monitoring: Monitoring,
 }
 
 impl ResourceDef {
@@ -171,6 +190,7 @@ impl ResourceDef {
             failure_timeout: None,
             on_fail: OnFail::Restart,
             release_without_quorum: release,
+            monitoring: Monitoring::Default,
         }
     }
 }

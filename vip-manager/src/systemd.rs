@@ -47,6 +47,7 @@ pub fn unit_agent(
         monitor: Operation::new([systemctl, "is-active", "--quiet", "--", unit], monitor_timeout),
         env: BTreeMap::new(),
         not_running_codes: vec![3],
+        workdir: None,
     })
 }
 

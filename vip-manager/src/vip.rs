@@ -349,33 +349,32 @@ mod tests {
 /// it back behind the cluster's back: the VIP is reported lost instead and never renewed again.
 #[derive(Debug)]
 pub struct LeaseKeeper {
-    lease: Lease,
-    held: std::collections::BTreeMap<crate::model::ResourceId, (VipSpec, std::time::Instant)>,
+    held: std::collections::BTreeMap<crate::model::ResourceId, (VipSpec, Lease, std::time::Instant)>,
     allowed: bool,
 }
 
 /// What the driver must do now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct LeasePoll {
-    /// Renew these (then call [`LeaseKeeper::renewed`]).
-    pub renew: Vec<(crate::model::ResourceId, VipSpec)>,
+    /// Renew these with their lease (then call [`LeaseKeeper::renewed`]).
+    pub renew: Vec<(crate::model::ResourceId, VipSpec, Lease)>,
     /// These may have expired: remove them and report them lost.
     pub lost: Vec<(crate::model::ResourceId, VipSpec)>,
 }
 
 impl LeaseKeeper {
-    /// A keeper for `lease`; renewals start disallowed.
-    pub fn new(lease: Lease) -> Self {
-        LeaseKeeper { lease, held: Default::default(), allowed: false }
+    /// An empty keeper; renewals start disallowed.
+    pub fn new() -> Self {
+        LeaseKeeper { held: Default::default(), allowed: false }
     }
 
-    fn guard(&self) -> Duration {
-        self.lease.renew_every.min(self.lease.lifetime / 4)
+    fn guard(lease: &Lease) -> Duration {
+        lease.renew_every.min(lease.lifetime / 4)
     }
 
-    /// A VIP was just added (its lease starts now).
-    pub fn added(&mut self, rsc: &crate::model::ResourceId, vip: &VipSpec, now: std::time::Instant) {
-        self.held.insert(rsc.clone(), (vip.clone(), now));
+    /// A VIP was just added with `lease` (which starts now).
+    pub fn added(&mut self, rsc: &crate::model::ResourceId, vip: &VipSpec, lease: Lease, now: std::time::Instant) {
+        self.held.insert(rsc.clone(), (vip.clone(), lease, now));
     }
 
     /// A VIP was removed.
@@ -385,7 +384,7 @@ impl LeaseKeeper {
 
     /// A renewal went through at `now`.
     pub fn renewed(&mut self, rsc: &crate::model::ResourceId, now: std::time::Instant) {
-        if let Some((_, t)) = self.held.get_mut(rsc) {
+        if let Some((_, _, t)) = self.held.get_mut(rsc) {
             *t = (*t).max(now);
         }
     }
@@ -398,14 +397,14 @@ impl LeaseKeeper {
     /// Due renewals and lost leases at `now`. Lost entries are forgotten.
     pub fn poll(&mut self, now: std::time::Instant) -> LeasePoll {
         let mut out = LeasePoll::default();
-        let (life, guard, every) = (self.lease.lifetime, self.guard(), self.lease.renew_every);
-        self.held.retain(|rsc, (vip, last)| {
+        self.held.retain(|rsc, (vip, lease, last)| {
+            let (life, guard, every) = (lease.lifetime, Self::guard(lease), lease.renew_every);
             if now >= *last + life - guard {
                 out.lost.push((rsc.clone(), vip.clone()));
                 false
             } else {
                 if now >= *last + every {
-                    out.renew.push((rsc.clone(), vip.clone()));
+                    out.renew.push((rsc.clone(), vip.clone(), *lease));
                 }
                 true
             }
@@ -418,16 +417,23 @@ impl LeaseKeeper {
 
     /// Next time [`LeaseKeeper::poll`] has something to say.
     pub fn poll_timeout(&self) -> Option<std::time::Instant> {
-        let (life, guard, every) = (self.lease.lifetime, self.guard(), self.lease.renew_every);
         self.held
             .values()
-            .map(|(_, last)| if self.allowed { *last + every } else { *last + life - guard })
+            .map(|(_, lease, last)| {
+                if self.allowed { *last + lease.renew_every } else { *last + lease.lifetime - Self::guard(lease) }
+            })
             .min()
     }
 
     /// VIPs currently held.
     pub fn held(&self) -> impl Iterator<Item = (&crate::model::ResourceId, &VipSpec)> {
-        self.held.iter().map(|(r, (v, _))| (r, v))
+        self.held.iter().map(|(r, (v, _, _))| (r, v))
+    }
+}
+
+impl Default for LeaseKeeper {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -445,9 +451,9 @@ mod lease_tests {
     fn renews_on_schedule_while_allowed() {
         let t0 = Instant::now();
         let r = ResourceId::new("vip");
-        let mut k = LeaseKeeper::new(Lease::default());
+        let mut k = LeaseKeeper::new();
         k.set_allowed(true);
-        k.added(&r, &spec(), t0);
+        k.added(&r, &spec(), Lease::default(), t0);
         assert_eq!(k.poll(t0 + Duration::from_millis(100)), LeasePoll::default());
         assert_eq!(k.poll_timeout(), Some(t0 + Duration::from_millis(500)));
         let p = k.poll(t0 + Duration::from_millis(500));
@@ -460,9 +466,9 @@ mod lease_tests {
     fn a_lease_past_its_guard_is_lost_not_renewed() {
         let t0 = Instant::now();
         let r = ResourceId::new("vip");
-        let mut k = LeaseKeeper::new(Lease::default());
+        let mut k = LeaseKeeper::new();
         k.set_allowed(true);
-        k.added(&r, &spec(), t0);
+        k.added(&r, &spec(), Lease::default(), t0);
         // Stopped for 1.6 s (guard is 500 ms of a 2 s lease): too close to expiry to renew.
         let p = k.poll(t0 + Duration::from_millis(1600));
         assert!(p.renew.is_empty());
@@ -474,8 +480,8 @@ mod lease_tests {
     fn no_renewal_while_disallowed() {
         let t0 = Instant::now();
         let r = ResourceId::new("vip");
-        let mut k = LeaseKeeper::new(Lease::default());
-        k.added(&r, &spec(), t0);
+        let mut k = LeaseKeeper::new();
+        k.added(&r, &spec(), Lease::default(), t0);
         assert!(k.poll(t0 + Duration::from_millis(700)).renew.is_empty());
         assert_eq!(k.poll_timeout(), Some(t0 + Duration::from_millis(1500)));
         k.set_allowed(true);

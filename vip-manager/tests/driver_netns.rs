@@ -71,6 +71,7 @@ fn driver_runs_a_single_node_cluster() {
         monitor: Operation::new(["/bin/sh", "-c", &format!("[ -e {p} ] || exit 7")], t),
         env: BTreeMap::new(),
         not_running_codes: vec![7],
+        workdir: None,
     };
     let vip_spec = VipSpec { address: "198.18.0.10".parse().unwrap(), prefix_len: 24, interface: "veth0".into() };
     let resources = vec![ResourceDef::new("vip", ResourceKind::Vip(vip_spec)), ResourceDef::new("lb", ResourceKind::Agent)];
