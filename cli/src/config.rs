@@ -447,16 +447,18 @@ fn assemble(file: &SourceFile<'_>, diags: &mut Diagnostics) -> Config {
         dns: section(file, "dns", diags),
         ..Config::default()
     };
-    // Resources and constraints: one element at a time, and only a complete set is kept (a missing
-    // resource would make every constraint naming it look wrong).
-    match array_section::<Resource>(file, "resource", diags) {
-        Some(v) => cfg.resources = v,
-        None => cfg.policy = None,
-    }
-    match array_section::<Constraint>(file, "constraint", diags) {
-        Some(v) if cfg.policy.is_some() || file.get(&KeyPath::new("policy")).is_none() => cfg.constraints = v,
+    // Resources and constraints: one element at a time. The four resource sections are only kept
+    // together: without a resource that failed to load, every constraint naming it would look wrong.
+    let resources = array_section::<Resource>(file, "resource", diags);
+    let constraints = array_section::<Constraint>(file, "constraint", diags);
+    let loaded = |key: &str, present: bool| present || file.get(&KeyPath::new(key)).is_none();
+    let group_ok = loaded("resource_defaults", cfg.resource_defaults.is_some()) && loaded("policy", cfg.policy.is_some());
+    match (resources, constraints) {
+        (Some(r), Some(c)) if group_ok => {
+            cfg.resources = r;
+            cfg.constraints = c;
+        }
         _ => {
-            cfg.resources.clear();
             cfg.resource_defaults = None;
             cfg.policy = None;
         }
@@ -478,8 +480,11 @@ fn section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &mut Di
 fn array_section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &mut Diagnostics) -> Option<Vec<T>> {
     let path = KeyPath::new(key);
     let Some(n) = file.array_len(&path) else {
-        // Absent, or not an array: let serde say what it expected.
-        return section::<Vec<T>>(file, key, diags).or(Some(Vec::new())).filter(|_| file.get(&path).is_none() || diags.is_empty());
+        if file.get(&path).is_none() {
+            return Some(Vec::new());
+        }
+        // Present but not an array (`[resource]` instead of `[[resource]]`): serde says so.
+        return section::<Vec<T>>(file, key, diags);
     };
     let mut out = Vec::with_capacity(n);
     let mut ok = true;
@@ -568,6 +573,21 @@ mod tests {
             let again = Config::from_str_named(name, &text).unwrap_or_else(|d| panic!("{name} re-read:\n{d}\n{text}"));
             assert_eq!(again, original, "{name} changed in a round trip:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_resource_that_failed_to_load_does_not_make_its_constraints_look_wrong() {
+        let text = "[[resource]]\nname = \"vip\"\nstickyness = 5\n[resource.vip]\naddress = \"198.18.0.100/24\"\ninterface = \"eth0\"\n\n[[constraint]]\nlocation = { resource = \"vip\", node = \"gw1\", score = 10 }\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("t.toml:3:1: unknown field `stickyness`"), "{p:?}");
+    }
+
+    #[test]
+    fn a_table_where_an_array_of_tables_belongs_is_reported() {
+        let p = problems("[resource]\nname = \"vip\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("t.toml:1:1: invalid type: map, expected a sequence"), "{p:?}");
     }
 
     #[test]
