@@ -323,6 +323,8 @@ pub struct Engine {
     /// A proposal was made: some view must be installed even if membership looks unchanged,
     /// because members that acked are blocked until then.
     must_install: bool,
+    /// The quorate flag last reported (view quorate and enough of it heard).
+    effective_quorate: bool,
     /// Proposals acked (or made) since the last install, with the (view, delivered) reported. Only
     /// these may be installed: an install is only safe from the state its cuts were computed from.
     acked: BTreeMap<ViewId, (Option<ViewId>, u64)>,
@@ -414,6 +416,7 @@ impl Engine {
             quorum,
             chan: Channel::new(params.local),
             must_install: false,
+            effective_quorate: false,
             acked: BTreeMap::new(),
             pending_cuts: Vec::new(),
             transmits: VecDeque::new(),
@@ -439,9 +442,24 @@ impl Engine {
         self.view.as_ref()
     }
 
-    /// Whether this node's partition is quorate.
+    /// Whether this node's partition is quorate: the agreed view has quorum and this node still hears
+    /// enough of its members to carry it.
     pub fn quorate(&self) -> bool {
-        self.quorum.quorate()
+        self.effective_quorate
+    }
+
+    /// Emit QuorumGained/QuorumLost when the effective quorate flag changes.
+    fn update_quorate(&mut self) {
+        let mut present = vec![self.params.local];
+        present.extend(self.peers.values().filter(|p| p.state == PeerState::Alive).map(|p| p.spec.id));
+        let q = !self.left && self.view.is_some() && self.quorum.quorate_with(&present);
+        if q != self.effective_quorate {
+            self.effective_quorate = q;
+            match (q, &self.view) {
+                (true, Some(v)) => self.events.push_back(Event::QuorumGained { view: v.id }),
+                _ => self.events.push_back(Event::QuorumLost),
+            }
+        }
     }
 
     /// Whether this node has left.
@@ -579,9 +597,8 @@ impl Engine {
         self.left = true;
         self.pending = None;
         self.view = None;
-        if let Some(false) = self.quorum.clear() {
-            self.events.push_back(Event::QuorumLost);
-        }
+        let _ = self.quorum.clear();
+        self.update_quorate();
     }
 
     /// Process one received datagram that arrived on `link`. Anything invalid is dropped and counted.
@@ -646,6 +663,7 @@ impl Engine {
             }
         }
         self.coordinator_duty(now);
+        self.update_quorate();
     }
 
     fn heard(&mut self, now: Instant, from: NodeId, boot: u64, link: usize) {
@@ -1036,10 +1054,16 @@ impl Engine {
         self.acked.clear();
         self.view = Some(View { id, members: members.clone(), cuts });
         self.events.push_back(Event::ViewInstalled { view: id, members });
-        match self.quorum.on_view(now, &ids) {
-            Some(true) => self.events.push_back(Event::QuorumGained { view: id }),
-            Some(false) => self.events.push_back(Event::QuorumLost),
-            None => {}
+        let _ = self.quorum.on_view(now, &ids);
+        // A new view is a new quorum decision even if the flag stays the same.
+        if self.effective_quorate {
+            self.effective_quorate = false;
+            self.update_quorate();
+            if !self.effective_quorate {
+                self.events.push_back(Event::QuorumLost);
+            }
+        } else {
+            self.update_quorate();
         }
         let mut out = Out::default();
         self.chan.pump(now, self.params.timing.heartbeat_interval * 3, &mut out);
@@ -1085,16 +1109,9 @@ impl Engine {
         if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
             self.pending_timed_out(now);
         }
-        match self.quorum.on_timeout(now) {
-            Some(true) => {
-                if let Some(v) = &self.view {
-                    self.events.push_back(Event::QuorumGained { view: v.id });
-                }
-            }
-            Some(false) => self.events.push_back(Event::QuorumLost),
-            None => {}
-        }
+        let _ = self.quorum.on_timeout(now);
         self.coordinator_duty(now);
+        self.update_quorate();
     }
 
     fn check_links(&mut self, now: Instant) {
@@ -1241,7 +1258,15 @@ impl Engine {
                     witness: p.spec.witness,
                 })
                 .collect(),
-            quorum: self.quorum.status(),
+            quorum: {
+                let mut q = self.quorum.status();
+                q.quorate = self.effective_quorate;
+                q.flags.retain(|f| *f != "Quorate");
+                if q.quorate {
+                    q.flags.insert(0, "Quorate");
+                }
+                q
+            },
             local_health: self.lhm,
             drops: self.drops,
             stats: self.stats,

@@ -145,6 +145,26 @@ impl Quorum {
             && self.tie_breaker_node().is_some_and(|t| self.members.contains(&t))
     }
 
+    /// Whether the view is quorate *and* the members this node can hear right now (`present`, itself
+    /// included) still carry quorum: a node cut off from its peers stops being quorate as soon as it
+    /// suspects them, before the rest of the cluster commits a view without it.
+    pub fn quorate_with(&self, present: &[NodeId]) -> bool {
+        if !self.quorate {
+            return false;
+        }
+        let v: u32 = present
+            .iter()
+            .filter(|n| self.members.contains(n))
+            .map(|n| self.votes.get(n).copied().unwrap_or(0))
+            .sum();
+        if v >= self.threshold() {
+            return true;
+        }
+        self.settings.auto_tie_breaker
+            && v * 2 == self.expected
+            && self.tie_breaker_node().is_some_and(|t| present.contains(&t))
+    }
+
     /// Feed a newly installed view; returns the new quorate flag if it changed.
     pub fn on_view(&mut self, now: Instant, members: &[NodeId]) -> Option<bool> {
         self.prev_members = std::mem::replace(&mut self.members, members.to_vec());
