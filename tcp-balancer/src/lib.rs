@@ -3,12 +3,14 @@
 //! - [`balance`]: balancing algorithms over a server table (pure code).
 //! - [`health`]: HAProxy-style health-check state machine (sans-IO) and check conversations.
 //! - [`checker`]: the tokio task that runs health checks (TCP, HTTP, HTTPS, TLS hello, MySQL).
+//! - [`from_config`]: maps the `[balancer]` config section onto the runtime's structs.
 //! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, retries, counters, drain.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 parse and emit (accept-proxy, send-proxy).
 //! - [`relay`]: the zero-copy (splice) or copy full-duplex relay with half-close and timeouts.
 
 pub mod balance;
 pub mod config;
+pub mod from_config;
 pub mod checker;
 pub mod health;
 pub mod proxy;

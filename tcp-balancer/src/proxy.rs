@@ -157,6 +157,8 @@ pub struct FrontendConfig {
     pub name: String,
     /// Listening address (IPv4 or IPv6).
     pub bind: SocketAddr,
+    /// Further listening addresses sharing this frontend (e.g. the IPv6 twin of `bind`).
+    pub extra_binds: Vec<SocketAddr>,
     /// Most concurrent sessions.
     pub maxconn: usize,
     /// listen(2) backlog.
@@ -191,6 +193,7 @@ impl ProxyConfig {
             frontend: FrontendConfig {
                 name: "fe".into(),
                 bind,
+                extra_binds: Vec::new(),
                 maxconn: 10_000,
                 backlog: 1024,
                 freebind: false,
@@ -503,6 +506,7 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     local: SocketAddr,
+    locals: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -514,7 +518,10 @@ impl std::fmt::Debug for Proxy {
 
 /// Builds the listening socket: reuseaddr, optional reuseport and freebind, v6-only for v6.
 pub fn bind_listener(fe: &FrontendConfig) -> std::io::Result<TcpListener> {
-    let addr = fe.bind;
+    bind_addr(fe, fe.bind)
+}
+
+fn bind_addr(fe: &FrontendConfig, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     if fe.reuseport {
@@ -552,16 +559,18 @@ fn tune(sock: SockRef<'_>, ka: Option<&Keepalive>) {
 impl Proxy {
     /// Binds the frontend, starts health checks and the accept loop.
     pub async fn start(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
-        let listener = bind_listener(&cfg.frontend).map_err(|source| ProxyError::Bind {
-            frontend: cfg.frontend.name.clone(),
-            addr: cfg.frontend.bind,
-            source,
-        })?;
-        Self::start_with_listener(cfg, listener)
+        let fe = &cfg.frontend;
+        let mut listeners = Vec::with_capacity(1 + fe.extra_binds.len());
+        for &addr in std::iter::once(&fe.bind).chain(&fe.extra_binds) {
+            let l = bind_addr(fe, addr).map_err(|source| ProxyError::Bind { frontend: fe.name.clone(), addr, source })?;
+            listeners.push(l);
+        }
+        Self::start_with_listeners(cfg, listeners)
     }
 
-    /// Starts on an already bound listener (socket handed over by a previous process).
-    pub fn start_with_listener(cfg: ProxyConfig, listener: TcpListener) -> Result<Proxy, ProxyError> {
+    /// Starts on already bound listeners (sockets handed over by a previous process); the
+    /// first one's address is [`Proxy::local_addr`].
+    pub fn start_with_listeners(cfg: ProxyConfig, listeners: Vec<TcpListener>) -> Result<Proxy, ProxyError> {
         let be = &cfg.backend;
         let specs = be
             .servers
@@ -578,11 +587,17 @@ impl Proxy {
                 probers.push((i, p, params.clone()));
             }
         }
-        let local = listener.local_addr().map_err(|source| ProxyError::Bind {
+        let no_listener = || ProxyError::Bind {
             frontend: cfg.frontend.name.clone(),
             addr: cfg.frontend.bind,
-            source,
-        })?;
+            source: std::io::ErrorKind::InvalidInput.into(),
+        };
+        let locals = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ProxyError::Bind { frontend: cfg.frontend.name.clone(), addr: cfg.frontend.bind, source })?;
+        let local = *locals.first().ok_or_else(no_listener)?;
         let servers = be
             .servers
             .iter()
@@ -627,13 +642,22 @@ impl Proxy {
                 sh.on_health(i, ev);
             })));
         }
-        tasks.push(tokio::spawn(accept_loop(shared.clone(), listener)));
-        Ok(Proxy { shared, local, tasks })
+        // One frontend-wide maxconn over all its listeners.
+        let sem = Arc::new(Semaphore::new(shared.cfg.frontend.maxconn.max(1)));
+        for l in listeners {
+            tasks.push(tokio::spawn(accept_loop(shared.clone(), l, sem.clone())));
+        }
+        Ok(Proxy { shared, local, locals, tasks })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Every bound address, `bind` first.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
     }
 
     /// A `show stat`-like snapshot.
@@ -757,8 +781,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn accept_loop(sh: Arc<Shared>, listener: TcpListener) {
-    let sem = Arc::new(Semaphore::new(sh.cfg.frontend.maxconn.max(1)));
+async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, sem: Arc<Semaphore>) {
     let mut stop = sh.stop.subscribe();
     loop {
         let permit = tokio::select! {

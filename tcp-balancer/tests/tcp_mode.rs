@@ -452,9 +452,14 @@ async fn ipv6_loopback_frontend_and_backend() {
         let b = Backend::start_on("[::1]:0".parse().unwrap(), Kind::Echo).await;
         let mut cfg = config(&[("s1", b.addr)]);
         cfg.frontend.bind = "[::1]:0".parse().unwrap();
+        // The IPv4 twin shares the frontend (one backend, one maxconn).
+        cfg.frontend.extra_binds = vec!["127.0.0.1:0".parse().unwrap()];
         let p = Proxy::start(cfg).await.unwrap();
         assert!(p.local_addr().is_ipv6());
+        assert_eq!(p.local_addrs().len(), 2);
         assert_eq!(roundtrip(p.local_addr(), b"six").await.unwrap(), b"six");
+        assert_eq!(roundtrip(p.local_addrs()[1], b"four").await.unwrap(), b"four");
+        assert_eq!(p.stats().frontend_counters.total, 2);
         p.stop().await;
     })
     .await;
@@ -466,6 +471,7 @@ async fn freebind_binds_an_address_that_is_not_local() {
     let fe = |freebind| FrontendConfig {
         name: "vip".into(),
         bind: "198.18.200.77:0".parse().unwrap(),
+        extra_binds: vec![],
         maxconn: 10,
         backlog: 16,
         freebind,
@@ -482,6 +488,7 @@ async fn reuseport_lets_a_second_listener_bind_beside_the_first() {
     let mut fe = FrontendConfig {
         name: "fe".into(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        extra_binds: vec![],
         maxconn: 10,
         backlog: 16,
         freebind: false,

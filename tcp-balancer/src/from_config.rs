@@ -1,0 +1,334 @@
+//! Maps the `[balancer]` config section onto the runtime's plain structs: one
+//! [`ProxyConfig`] per tcp-mode frontend (all its bind addresses share one backend instance).
+//!
+//! Features the runtime does not have yet (http mode, TLS termination, SNI routes, per-server
+//! maxqueue) are refused with [`MapError::Unsupported`] rather than silently ignored.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::balance::Algorithm;
+use crate::checker::{CheckSpec, CheckTls, TlsVerify};
+use crate::config::{self, BalancerConfig, Balance, CheckType};
+use crate::health::{CheckKind, Expect, HealthParams, HttpCheck, InitState, StatusMatch, Step};
+use crate::proxy::{BackendConfig, FrontendConfig, Keepalive, ProxyConfig, Redispatch, ServerConfig, Timeouts};
+use crate::proxy_protocol::Version;
+use crate::relay::{IdleTimeouts, RelayMode};
+
+/// Why a config cannot be run by this runtime.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MapError {
+    /// The frontend names no default backend.
+    #[error("frontend {0}: no backend")]
+    NoBackend(String),
+    /// The frontend names a backend that does not exist.
+    #[error("frontend {frontend}: unknown backend {backend}")]
+    UnknownBackend {
+        /// Frontend name.
+        frontend: String,
+        /// Backend name.
+        backend: String,
+    },
+    /// The frontend has no bind address.
+    #[error("frontend {0}: no bind address")]
+    NoBind(String),
+    /// A feature the tcp-mode runtime does not implement yet.
+    #[error("{place}: {feature} is not supported by the tcp-mode runtime yet")]
+    Unsupported {
+        /// Where (frontend or backend name).
+        place: String,
+        /// What.
+        feature: &'static str,
+    },
+}
+
+/// Every tcp-mode frontend as a runnable [`ProxyConfig`].
+pub fn tcp_proxies(cfg: &BalancerConfig) -> Result<Vec<ProxyConfig>, MapError> {
+    cfg.frontends.iter().map(|fe| tcp_proxy(cfg, fe)).collect()
+}
+
+fn unsupported(place: &str, feature: &'static str) -> MapError {
+    MapError::Unsupported { place: place.to_string(), feature }
+}
+
+/// One frontend with its default backend.
+pub fn tcp_proxy(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<ProxyConfig, MapError> {
+    if fe.mode != config::Mode::Tcp {
+        return Err(unsupported(&fe.name, "mode http"));
+    }
+    if fe.tls.is_some() {
+        return Err(unsupported(&fe.name, "TLS termination"));
+    }
+    if !fe.routes.is_empty() {
+        return Err(unsupported(&fe.name, "routes (SNI routing)"));
+    }
+    let bname = fe.backend.as_ref().ok_or_else(|| MapError::NoBackend(fe.name.clone()))?;
+    let be = cfg.backend(bname).ok_or_else(|| MapError::UnknownBackend {
+        frontend: fe.name.clone(),
+        backend: bname.clone(),
+    })?;
+    let mut binds = fe.bind.iter().map(|b| b.get());
+    let bind = binds.next().ok_or_else(|| MapError::NoBind(fe.name.clone()))?;
+    let t = &cfg.timeouts;
+    let timeouts = Timeouts {
+        connect: t.connect.get(),
+        queue: t.queue.map(|q| q.get()),
+        idle: IdleTimeouts {
+            client: t.client.get(),
+            server: t.server.get(),
+            tunnel: t.tunnel.map(|x| x.get()),
+            client_fin: t.client_fin.map(|x| x.get()),
+            server_fin: t.server_fin.map(|x| x.get()),
+        },
+    };
+    let k = &cfg.keepalive;
+    let keepalive = k.enabled.then(|| Keepalive {
+        idle: k.idle.get(),
+        interval: k.interval.get(),
+        count: k.count,
+        user_timeout: (!k.user_timeout.is_zero()).then(|| k.user_timeout.get()),
+    });
+    Ok(ProxyConfig {
+        frontend: FrontendConfig {
+            name: fe.name.clone(),
+            bind,
+            extra_binds: binds.collect(),
+            maxconn: fe.maxconn.unwrap_or(cfg.maxconn) as usize,
+            backlog: fe.backlog,
+            freebind: fe.freebind,
+            // A reload starts the new process beside the old one on the same ports.
+            reuseport: true,
+            accept_proxy: fe.accept_proxy,
+        },
+        backend: backend(cfg, be)?,
+        timeouts,
+        keepalive,
+        relay: if cfg.splice { RelayMode::Splice } else { RelayMode::Copy },
+    })
+}
+
+fn backend(cfg: &BalancerConfig, be: &config::Backend) -> Result<BackendConfig, MapError> {
+    let algorithm = match be.balance {
+        Balance::Roundrobin => Algorithm::RoundRobin,
+        Balance::StaticRr => Algorithm::StaticRr,
+        Balance::Leastconn => Algorithm::LeastConn,
+        Balance::First => Algorithm::First,
+        Balance::Source => Algorithm::Source,
+        Balance::Random => Algorithm::Random { draws: be.random_draws.max(1) },
+    };
+    let redispatch = match be.redispatch.0 {
+        0 => Redispatch::Off,
+        n if n > 0 => Redispatch::Every(n.unsigned_abs()),
+        n => Redispatch::BeforeLast(n.unsigned_abs()),
+    };
+    let mut servers = Vec::with_capacity(be.servers.len());
+    for s in be.effective_servers() {
+        if s.maxqueue.is_some() {
+            return Err(unsupported(&be.name, "per-server maxqueue (use the backend's maxqueue)"));
+        }
+        let check = match (&be.check, s.check) {
+            (Some(c), true) => Some(check(cfg, be, c, &s)?),
+            _ => None,
+        };
+        servers.push(ServerConfig {
+            name: s.name.clone(),
+            addr: s.address,
+            weight: s.weight,
+            backup: s.backup,
+            maxconn: s.maxconn,
+            check,
+            send_proxy: s.send_proxy.map(|v| match v {
+                config::ProxyVersion::V1 => Version::V1,
+                config::ProxyVersion::V2 => Version::V2,
+            }),
+        });
+    }
+    Ok(BackendConfig {
+        name: be.name.clone(),
+        algorithm,
+        servers,
+        retries: be.retries,
+        redispatch,
+        retry_delay: cfg.timeouts.connect.get().min(Duration::from_secs(1)),
+        maxqueue: be.maxqueue as usize,
+        // Stable per backend so `random` decisions are reproducible from the config.
+        seed: be.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
+    })
+}
+
+fn check(
+    cfg: &BalancerConfig,
+    be: &config::Backend,
+    c: &config::Check,
+    s: &config::EffectiveServer,
+) -> Result<(CheckSpec, HealthParams), MapError> {
+    let http = || {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        if let Some(h) = &c.host {
+            headers.push(("Host".into(), h.clone()));
+        }
+        headers.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        HttpCheck {
+            method: c.method.clone().unwrap_or_else(|| "OPTIONS".into()),
+            uri: c.uri.clone().unwrap_or_else(|| "/".into()),
+            version: c.version.clone().unwrap_or_else(|| "HTTP/1.0".into()),
+            headers,
+            body: Vec::new(),
+            expect: if c.expect_status.is_empty() {
+                StatusMatch::default_ok()
+            } else {
+                StatusMatch(c.expect_status.iter().map(|r| (r.0, r.1)).collect())
+            },
+        }
+    };
+    let (kind, tls) = match c.kind {
+        CheckType::Tcp => match &c.expect_string {
+            Some(x) => (CheckKind::TcpCheck(vec![Step::Expect(Expect::Contains(x.as_bytes().to_vec()))]), None),
+            None => (CheckKind::TcpConnect, None),
+        },
+        CheckType::Http | CheckType::Https => {
+            if c.expect_string.is_some() {
+                return Err(unsupported(&be.name, "expect_string with http checks"));
+            }
+            let tls = (c.kind == CheckType::Https).then(|| CheckTls {
+                sni: c.sni.clone(),
+                verify: match (c.verify, &c.ca_file) {
+                    (config::Verify::Required, Some(f)) => TlsVerify::CaFile(f.clone()),
+                    _ => TlsVerify::None,
+                },
+            });
+            (CheckKind::Http(http()), tls)
+        }
+        CheckType::SslHello => (CheckKind::SslHello, None),
+        CheckType::Mysql => (CheckKind::Mysql { user: c.mysql_user.clone() }, None),
+    };
+    let spec = CheckSpec {
+        kind,
+        port: c.port,
+        tls,
+        timeout: cfg.timeouts.check.map(|t| t.get()).unwrap_or(c.inter.get()),
+    };
+    let params = HealthParams {
+        inter: c.inter.get(),
+        fastinter: c.fastinter.map(|x| x.get()),
+        downinter: c.downinter.map(|x| x.get()),
+        rise: c.rise,
+        fall: c.fall,
+        init: match s.init_state {
+            config::InitState::FullyUp => InitState::FullyUp,
+            config::InitState::Up => InitState::Up,
+            config::InitState::Down => InitState::Down,
+            config::InitState::FullyDown => InitState::FullyDown,
+        },
+        slowstart: s.slowstart,
+        weight: s.weight,
+        shutdown_sessions: s.shutdown_sessions,
+    };
+    Ok((spec, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> BalancerConfig {
+        #[derive(serde::Deserialize)]
+        struct Root {
+            balancer: BalancerConfig,
+        }
+        toml::from_str::<Root>(toml_text).expect("valid config").balancer
+    }
+
+    #[test]
+    fn kubeadm_style_config_maps_onto_the_runtime() {
+        let cfg = parse(
+            r#"
+[balancer]
+maxconn = 5000
+[balancer.timeouts]
+connect = "3s"
+tunnel = "1h"
+[[balancer.frontend]]
+name = "kube-apiserver"
+bind = ["198.18.0.100:6443", "[fd00:198:18::100]:6443"]
+freebind = true
+backend = "apiservers"
+[[balancer.backend]]
+name = "apiservers"
+balance = "leastconn"
+redispatch = 2
+check = { type = "https", uri = "/readyz", method = "GET", expect_status = ["200"], sni = "kubernetes", inter = "1s", fall = 2 }
+[balancer.backend.default_server]
+on_marked_down = "shutdown_sessions"
+slowstart = "30s"
+[[balancer.backend.server]]
+name = "api1"
+address = "198.18.0.21:6443"
+[[balancer.backend.server]]
+name = "api2"
+address = "198.18.0.22:6443"
+send_proxy = "v2"
+check = false
+"#,
+        );
+        let p = tcp_proxies(&cfg).unwrap();
+        assert_eq!(p.len(), 1);
+        let p = &p[0];
+        assert_eq!(p.frontend.bind.to_string(), "198.18.0.100:6443");
+        assert_eq!(p.frontend.extra_binds.len(), 1);
+        assert!(p.frontend.freebind && p.frontend.reuseport);
+        assert_eq!(p.frontend.maxconn, 5000);
+        assert_eq!(p.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(p.timeouts.idle.tunnel, Some(Duration::from_secs(3600)));
+        assert_eq!(p.backend.algorithm, Algorithm::LeastConn);
+        assert_eq!(p.backend.redispatch, Redispatch::Every(2));
+        assert_eq!(p.backend.retry_delay, Duration::from_secs(1));
+        let (spec, params) = p.backend.servers[0].check.clone().expect("api1 is checked");
+        assert_eq!(
+            spec.kind,
+            CheckKind::Http(HttpCheck {
+                method: "GET".into(),
+                uri: "/readyz".into(),
+                version: "HTTP/1.0".into(),
+                headers: vec![],
+                body: vec![],
+                expect: StatusMatch::exactly(200),
+            })
+        );
+        assert_eq!(spec.tls, Some(CheckTls { sni: Some("kubernetes".into()), verify: TlsVerify::None }));
+        assert_eq!(spec.timeout, Duration::from_secs(1));
+        assert_eq!((params.fall, params.rise), (2, 2));
+        assert!(params.shutdown_sessions);
+        assert_eq!(params.slowstart, Some(Duration::from_secs(30)));
+        assert!(p.backend.servers[1].check.is_none());
+        assert_eq!(p.backend.servers[1].send_proxy, Some(Version::V2));
+    }
+
+    #[test]
+    fn unsupported_features_are_refused() {
+        let cfg = parse(
+            r#"
+[balancer]
+[[balancer.frontend]]
+name = "web"
+bind = ["198.18.0.100:80"]
+mode = "http"
+backend = "b"
+[[balancer.backend]]
+name = "b"
+"#,
+        );
+        assert_eq!(tcp_proxies(&cfg).err(), Some(MapError::Unsupported { place: "web".into(), feature: "mode http" }));
+        let cfg = parse(
+            r#"
+[balancer]
+[[balancer.frontend]]
+name = "fe"
+bind = ["198.18.0.100:80"]
+backend = "missing"
+"#,
+        );
+        assert!(matches!(tcp_proxies(&cfg), Err(MapError::UnknownBackend { .. })));
+    }
+}
