@@ -190,6 +190,21 @@ pub struct EngineStatus {
     pub operator: OperatorState,
     /// (done, total) steps of the current plan.
     pub progress: (usize, usize),
+    /// The last failed operation seen: what, where, when.
+    pub last_failure: Option<FailedOp>,
+}
+
+/// A failed operation, for status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedOp {
+    /// Resource.
+    pub rsc: ResourceId,
+    /// Node it failed on.
+    pub node: NodeId,
+    /// Operation (start, stop, monitor).
+    pub op: &'static str,
+    /// Sender's stamp.
+    pub at: Timestamp,
 }
 
 /// What one member's snapshot carries: its resources, its failure records, its operator state.
@@ -222,6 +237,7 @@ pub struct Engine {
     monitors: MonitorScheduler,
     next_tick: Option<Instant>,
     stalled: bool,
+    last_failure: Option<FailedOp>,
     out: VecDeque<Output>,
 }
 
@@ -253,6 +269,7 @@ impl Engine {
             monitors: MonitorScheduler::new(),
             next_tick: None,
             stalled: false,
+            last_failure: None,
             out: VecDeque::new(),
         }
     }
@@ -301,6 +318,7 @@ impl Engine {
             fails: self.fails.clone(),
             operator: self.operator.clone(),
             progress: (self.done.iter().filter(|d| **d).count(), self.done.len()),
+            last_failure: self.last_failure.clone(),
         }
     }
 
@@ -471,10 +489,13 @@ impl Engine {
                     }
                 }
                 if !ok {
+                    let op = if action.is_start() { "start" } else { "stop" };
+                    self.last_failure = Some(FailedOp { rsc: action.rsc().clone(), node: from, op, at });
                     self.replan_pending = true;
                 }
             }
             Msg::Failure { from, rsc, at } => {
+                self.last_failure = Some(FailedOp { rsc: rsc.clone(), node: from, op: "monitor", at });
                 let ignore = self.def(&rsc).is_none_or(|d| d.on_fail == OnFail::Ignore);
                 if !ignore {
                     self.fails.record_failure(&rsc, from, at);

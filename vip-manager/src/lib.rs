@@ -15,6 +15,7 @@ pub mod model;
 pub mod monitor;
 pub mod placement;
 pub mod score;
+pub mod status;
 pub mod systemd;
 pub mod transition;
 pub mod vip;
