@@ -494,6 +494,24 @@ impl Sim {
         true
     }
 
+    /// Converged, every live node sees every other live node alive, and no view change is under way.
+    pub(crate) fn settled(&self) -> bool {
+        let live = self.live();
+        self.converged()
+            && live.iter().all(|id| {
+                self.engine(*id).is_some_and(|e| {
+                    let st = e.status();
+                    // Not blocked: no view proposal under way.
+                    !st.channel_blocked
+                        && st
+                            .peers
+                            .iter()
+                            .filter(|p| live.contains(&p.node))
+                            .all(|p| p.state == crate::engine::PeerState::Alive)
+                })
+            })
+    }
+
     /// Safety, checked after every step.
     fn check_invariants(&self) {
         // 1. Same view id, same members (also checked against all history when installed).
@@ -676,7 +694,7 @@ fn chaos(seed: u64, shape: Shape) {
         sim.crash(id);
         sim.start(id, now);
     }
-    if sim.run_until(CONVERGE_WITHIN, Sim::converged).is_none() {
+    if sim.run_until(CONVERGE_WITHIN, Sim::settled).is_none() {
         panic!("{}", sim.fail(&format!("no single view {CONVERGE_WITHIN:?} after heal")));
     }
     // Quorate once each node hears the members of the view (a restarted node may be in the view
