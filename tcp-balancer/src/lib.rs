@@ -7,6 +7,7 @@
 //! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, retries, counters, drain.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 parse and emit (accept-proxy, send-proxy).
 //! - [`relay`]: the zero-copy (splice) or copy full-duplex relay with half-close and timeouts.
+//! - [`runtime`]: every frontend of a config running, with the admin API (`show stat`, ...).
 
 pub mod balance;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod health;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod runtime;

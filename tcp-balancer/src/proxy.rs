@@ -655,6 +655,11 @@ impl Proxy {
         self.local
     }
 
+    /// Name of the backend this frontend uses.
+    pub fn backend_name(&self) -> &str {
+        &self.shared.cfg.backend.name
+    }
+
     /// Every bound address, `bind` first.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.locals

@@ -649,3 +649,50 @@ async fn proxy_protocol_accept_and_send() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_runs_a_toml_config() {
+    bounded(20, async {
+        let a = Backend::start(Kind::Name("a")).await;
+        let b = Backend::start(Kind::Name("b")).await;
+        let text = format!(
+            r#"
+[balancer]
+[[balancer.frontend]]
+name = "api"
+bind = ["127.0.0.1:0"]
+backend = "apiservers"
+[[balancer.backend]]
+name = "apiservers"
+check = {{ type = "tcp", inter = "100ms" }}
+[[balancer.backend.server]]
+name = "a"
+address = "{}"
+[[balancer.backend.server]]
+name = "b"
+address = "{}"
+"#,
+            a.addr, b.addr
+        );
+        #[derive(serde::Deserialize)]
+        struct Root {
+            balancer: tcp_balancer::config::BalancerConfig,
+        }
+        let cfg = toml::from_str::<Root>(&text).unwrap().balancer;
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let addr = bal.proxies()[0].local_addr();
+        let mut seen = String::new();
+        for _ in 0..4 {
+            seen.push_str(&String::from_utf8(roundtrip(addr, b"").await.unwrap()).unwrap());
+        }
+        assert_eq!(seen, "abab");
+        bal.set_server_state("apiservers", "a", AdminState::Maint).unwrap();
+        assert!(bal.set_server_state("nope", "a", AdminState::Maint).is_err());
+        assert_eq!(roundtrip(addr, b"").await.unwrap(), b"b");
+        let st = bal.stats();
+        assert_eq!(st[0].servers[0].status, "MAINT");
+        assert_eq!(st[0].frontend_counters.total, 5);
+        assert_eq!(bal.drain(Duration::from_millis(100)).await, 0);
+    })
+    .await;
+}

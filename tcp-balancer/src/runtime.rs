@@ -1,0 +1,104 @@
+//! The balancer daemon's core: every tcp-mode frontend of a `[balancer]` config running, with
+//! the runtime API the control socket needs (`show stat`, `show sess`, `set server state`).
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::balance::AdminState;
+use crate::config::BalancerConfig;
+use crate::from_config::{MapError, tcp_proxies};
+use crate::proxy::{Proxy, ProxyError, SessionInfo, Stats};
+
+/// Why the balancer could not start or an admin command failed.
+#[derive(Debug, Error)]
+pub enum BalancerError {
+    /// The config uses something the runtime cannot run.
+    #[error(transparent)]
+    Map(#[from] MapError),
+    /// A frontend could not start.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// No frontend uses a backend of that name.
+    #[error("no running backend named {0}")]
+    UnknownBackend(String),
+}
+
+/// All running frontends of one config.
+#[derive(Debug)]
+pub struct Balancer {
+    proxies: Vec<Proxy>,
+}
+
+impl Balancer {
+    /// Starts every frontend; if one fails, the ones already started are stopped.
+    pub async fn start(cfg: &BalancerConfig) -> Result<Self, BalancerError> {
+        let configs = tcp_proxies(cfg)?;
+        let mut proxies = Vec::with_capacity(configs.len());
+        for c in configs {
+            match Proxy::start(c).await {
+                Ok(p) => proxies.push(p),
+                Err(e) => {
+                    for p in proxies {
+                        p.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Self { proxies })
+    }
+
+    /// The running frontends, in config order.
+    pub fn proxies(&self) -> &[Proxy] {
+        &self.proxies
+    }
+
+    /// `show stat`: one snapshot per frontend.
+    pub fn stats(&self) -> Vec<Stats> {
+        self.proxies.iter().map(Proxy::stats).collect()
+    }
+
+    /// `show sess`: (frontend name, session) pairs.
+    pub fn sessions(&self) -> Vec<(String, SessionInfo)> {
+        self.proxies
+            .iter()
+            .flat_map(|p| {
+                let fe = p.stats().frontend;
+                p.sessions().into_iter().map(move |s| (fe.clone(), s))
+            })
+            .collect()
+    }
+
+    fn with_backend(&self, backend: &str, mut f: impl FnMut(&Proxy) -> Result<(), ProxyError>) -> Result<(), BalancerError> {
+        let mut found = false;
+        for p in &self.proxies {
+            if p.backend_name() == backend {
+                found = true;
+                f(p)?;
+            }
+        }
+        if found { Ok(()) } else { Err(BalancerError::UnknownBackend(backend.to_string())) }
+    }
+
+    /// `set server <backend>/<server> state ready|drain|maint`, on every frontend using it.
+    pub fn set_server_state(&self, backend: &str, server: &str, state: AdminState) -> Result<(), BalancerError> {
+        self.with_backend(backend, |p| p.set_server_state(server, state))
+    }
+
+    /// `shutdown sessions server <backend>/<server>`.
+    pub fn shutdown_server_sessions(&self, backend: &str, server: &str) -> Result<(), BalancerError> {
+        self.with_backend(backend, |p| p.shutdown_server_sessions(server))
+    }
+
+    /// Graceful stop of every frontend; returns the sessions closed by force.
+    pub async fn drain(self, grace: Duration) -> usize {
+        // All frontends drain at once: one shared grace period, not one per frontend.
+        let waits: Vec<_> = self.proxies.into_iter().map(|p| tokio::spawn(p.drain(grace))).collect();
+        let mut forced = 0;
+        for w in waits {
+            forced += w.await.unwrap_or(0);
+        }
+        forced
+    }
+}
