@@ -97,6 +97,7 @@ pub(crate) struct Sim {
     history: HashMap<ViewId, Vec<Member>>,
     pub failures_declared: u64,
     pub views_installed: u64,
+    pub quorum_losses: u64,
     pub log: Vec<String>,
     pub datagrams: u64,
     /// Total order of each view's channel messages (by payload id), as first delivered anywhere.
@@ -132,6 +133,7 @@ impl Sim {
             history: HashMap::new(),
             failures_declared: 0,
             views_installed: 0,
+            quorum_losses: 0,
             log: Vec::new(),
             datagrams: 0,
             total_order: HashMap::new(),
@@ -294,7 +296,10 @@ impl Sim {
                 }
                 Event::PeerSuspected { node } => self.note(format!("node {id} suspects {node}")),
                 Event::QuorumGained { view } => self.note(format!("node {id} quorate in {view}")),
-                Event::QuorumLost => self.note(format!("node {id} lost quorum")),
+                Event::QuorumLost => {
+                    self.quorum_losses += 1;
+                    self.note(format!("node {id} lost quorum"));
+                }
                 Event::LinkUp { .. } | Event::LinkDown { .. } => {}
             }
         }
@@ -732,6 +737,7 @@ fn calm(seed: u64, shape: Shape) {
     form(&mut sim);
     let views_before = sim.views_installed;
     let failures_before = sim.failures_declared;
+    let losses_before = sim.quorum_losses;
     sim.net.loss = 0.05;
     sim.net.dup = 0.02;
     sim.net.jitter = Duration::from_millis(3);
@@ -744,13 +750,17 @@ fn calm(seed: u64, shape: Shape) {
         sim.net.cuts.insert((ids[1], ids[0], 0));
     }
     sim.run_for(Duration::from_millis(1500));
-    if sim.failures_declared != failures_before || sim.views_installed != views_before {
+    if sim.failures_declared != failures_before
+        || sim.views_installed != views_before
+        || sim.quorum_losses != losses_before
+    {
         panic!(
             "{}",
             sim.fail(&format!(
-                "false failure under tolerable faults: {} failures, {} views",
+                "false failure under tolerable faults: {} failures, {} views, {} quorum losses",
                 sim.failures_declared - failures_before,
-                sim.views_installed - views_before
+                sim.views_installed - views_before,
+                sim.quorum_losses - losses_before
             ))
         );
     }
