@@ -200,7 +200,17 @@ pub struct Zone {
     lease_ptr: HashMap<Ipv4Addr, String>,
     /// (suffix, addresses): the suffix and every name under it.
     wildcards: Vec<(String, Vec<IpAddr>)>,
+    /// For each ancestor of a name we hold, how many held names lie below it: an ancestor with no
+    /// records of its own is an empty non-terminal (NODATA, not NXDOMAIN), found in O(1).
+    interior: HashMap<String, usize>,
+    /// Reverse zone names of `reverse_networks`, computed once.
+    reverse_zones: Vec<String>,
     serial: u32,
+}
+
+/// The proper ancestors of `name`, nearest first (`a.b.c` → `b.c`, `c`).
+fn ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('.').map(move |(i, _)| &name[i + 1..])
 }
 
 /// Lowercase, no trailing dot.
@@ -289,7 +299,10 @@ pub fn reverse_zone(net: IpNet) -> String {
 impl Zone {
     /// An empty zone.
     pub fn new(cfg: ZoneConfig) -> Zone {
+        let reverse_zones = cfg.reverse_networks.iter().map(|n| reverse_zone(*n)).collect();
         Zone {
+            interior: HashMap::new(),
+            reverse_zones,
             cfg,
             records: HashMap::new(),
             lease_fwd: HashMap::new(),
@@ -329,7 +342,11 @@ impl Zone {
 
     /// Add a static record at `name` (absolute, normalised here); duplicates are ignored.
     pub fn add_record(&mut self, name: &str, rdata: RData, ttl: Option<u32>) {
-        let v = self.records.entry(norm(name)).or_default();
+        let n = norm(name);
+        if !self.records.contains_key(&n) {
+            self.mark_interior(&n, true);
+        }
+        let v = self.records.entry(n).or_default();
         if !v.iter().any(|r| r.rdata == rdata) {
             v.push(Rec { rdata, ttl });
         }
@@ -362,11 +379,25 @@ impl Zone {
         self.bump();
     }
 
+    fn mark_interior(&mut self, name: &str, add: bool) {
+        for a in ancestors(name) {
+            if add {
+                *self.interior.entry(a.to_string()).or_default() += 1;
+            } else if let Some(c) = self.interior.get_mut(a) {
+                *c -= 1;
+                if *c == 0 {
+                    self.interior.remove(a);
+                }
+            }
+        }
+    }
+
     /// Apply a lease's name change (called the moment the DHCP core decides it).
     pub fn apply_lease(&mut self, ch: &LeaseChange) {
         if let Some(old) = &ch.old_name {
             if self.lease_fwd.get(old) == Some(&ch.addr) {
                 self.lease_fwd.remove(old);
+                self.mark_interior(old, false);
             }
         }
         if self.lease_ptr.get(&ch.addr).is_some_and(|n| Some(n) == ch.old_name.as_ref() || ch.new_name.is_some()) {
@@ -375,10 +406,13 @@ impl Zone {
         if let Some(new) = &ch.new_name {
             let n = norm(new);
             // A name moving to a new address drops its old PTR.
-            if let Some(prev) = self.lease_fwd.insert(n.clone(), ch.addr) {
-                if prev != ch.addr && self.lease_ptr.get(&prev) == Some(&n) {
-                    self.lease_ptr.remove(&prev);
+            match self.lease_fwd.insert(n.clone(), ch.addr) {
+                Some(prev) => {
+                    if prev != ch.addr && self.lease_ptr.get(&prev) == Some(&n) {
+                        self.lease_ptr.remove(&prev);
+                    }
                 }
+                None => self.mark_interior(&n, true),
             }
             self.lease_ptr.insert(ch.addr, n);
         }
@@ -399,7 +433,7 @@ impl Zone {
             return self.cfg.reverse_networks.iter().any(|n| n.contains(&ip));
         }
         // A reverse zone apex or intermediate name of ours.
-        self.cfg.reverse_networks.iter().any(|n| under(name, &reverse_zone(*n)))
+        self.reverse_zones.iter().any(|z| under(name, z))
     }
 
     /// The apex (zone name) that holds `name`, for the SOA of negative answers.
@@ -407,12 +441,11 @@ impl Zone {
         if under(name, &self.cfg.domain) {
             return self.cfg.domain.clone();
         }
-        self.cfg
-            .reverse_networks
+        self.reverse_zones
             .iter()
-            .map(|n| reverse_zone(*n))
             .filter(|z| under(name, z))
-            .max_by_key(String::len)
+            .max_by_key(|z| z.len())
+            .cloned()
             .unwrap_or_else(|| self.cfg.domain.clone())
     }
 
@@ -480,8 +513,7 @@ impl Zone {
 
     /// An empty non-terminal (e.g. `test` when `a.test` exists) exists: NODATA, not NXDOMAIN.
     fn has_descendant(&self, name: &str) -> bool {
-        let below = |n: &String| n.len() > name.len() && under(n, name);
-        self.records.keys().any(below) || self.lease_fwd.keys().any(below)
+        self.interior.contains_key(name)
     }
 }
 
@@ -542,6 +574,12 @@ mod tests {
         assert_eq!(z.lookup("cluster.test", Kind::Soa), Lookup::Soa);
         assert_eq!(z.lookup("example.org", Kind::A), Lookup::NotAuthoritative);
         assert_eq!(z.lookup("api.cluster.test", Kind::Other), Lookup::NoData);
+        // Empty non-terminals: NODATA; they vanish with the last name below them.
+        z.apply_lease(&LeaseChange { addr: Ipv4Addr::new(198, 18, 0, 9), old_name: None, new_name: Some("n.rack1.cluster.test".into()) });
+        assert_eq!(z.lookup("rack1.cluster.test", Kind::A), Lookup::NoData);
+        z.apply_lease(&LeaseChange { addr: Ipv4Addr::new(198, 18, 0, 9), old_name: Some("n.rack1.cluster.test".into()), new_name: None });
+        assert_eq!(z.lookup("rack1.cluster.test", Kind::A), Lookup::NxDomain);
+        assert_eq!(z.lookup("0.18.198.in-addr.arpa", Kind::Ptr), Lookup::NoData, "reverse apex");
     }
 
     #[test]
