@@ -71,6 +71,21 @@ pub trait ByteSink: Sync {
     fn server_to_client(&self, n: u64);
 }
 
+/// Bytes moved by splice(2) since start, over all sessions (zero-copy share of the traffic).
+static SPLICED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Pipes currently held by sessions.
+static PIPES_IN_USE: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes relayed with splice(2) since start (a Prometheus counter).
+pub fn spliced_bytes() -> u64 {
+    SPLICED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Splice pipes held right now (two per active spliced session at most).
+pub fn pipes_in_use() -> u64 {
+    PIPES_IN_USE.load(Ordering::Relaxed)
+}
+
 /// Largest chunk moved per splice/read.
 const CHUNK: usize = 256 * 1024;
 /// Copy-mode buffer size per direction.
@@ -180,6 +195,7 @@ async fn pump(
                 }
                 left -= m;
                 count(m);
+                SPLICED_BYTES.fetch_add(m as u64, Ordering::Relaxed);
                 act.touch(to);
             }
         },
@@ -243,7 +259,14 @@ impl Pipe {
         // A bigger pipe moves more per syscall; the default (64 KiB) is kept if refused.
         // SAFETY: fcntl on an fd we own.
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+        PIPES_IN_USE.fetch_add(1, Ordering::Relaxed);
         Ok(Self { r, w })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES_IN_USE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

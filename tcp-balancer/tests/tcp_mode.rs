@@ -47,6 +47,7 @@ async fn large_transfer(mode: RelayMode) {
     let p = Proxy::start(cfg).await.unwrap();
     let seed = 0x5eed_0001;
     let pat = Arc::new(Pattern::new(seed));
+    let spliced_before = tcp_balancer::relay::spliced_bytes();
     let s = TcpStream::connect(p.local_addr()).await.unwrap();
     let (mut r, mut w) = s.into_split();
     let pw = pat.clone();
@@ -79,6 +80,10 @@ async fn large_transfer(mode: RelayMode) {
     assert_eq!(st.frontend_counters.bytes_in, TOTAL as u64);
     assert_eq!(st.frontend_counters.bytes_out, TOTAL as u64);
     assert_eq!(st.servers[0].counters.bytes_in, TOTAL as u64);
+    if mode == RelayMode::Splice {
+        // Both directions went through the pipes (other tests may add more, never less).
+        assert!(tcp_balancer::relay::spliced_bytes() - spliced_before >= 2 * TOTAL as u64);
+    }
     p.stop().await;
 }
 
@@ -693,6 +698,42 @@ address = "{}"
         assert_eq!(st[0].servers[0].status, "MAINT");
         assert_eq!(st[0].frontend_counters.total, 5);
         assert_eq!(bal.drain(Duration::from_millis(100)).await, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_and_client_fin_timeouts() {
+    bounded(20, async {
+        let b = Backend::start(Kind::Silent).await;
+        // tunnel replaces client/server once relaying.
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.timeouts.idle.tunnel = Some(Duration::from_millis(300));
+        let p = Proxy::start(cfg).await.unwrap();
+        let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "tunnel timeout did not cut the idle session");
+        assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+        p.stop().await;
+
+        // client-fin: once the client half-closed, a hung server is given only server_fin.
+        let b = Backend::start(Kind::HoldAfterEof).await;
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.timeouts.idle.client_fin = Some(Duration::from_millis(300));
+        cfg.timeouts.idle.server_fin = Some(Duration::from_millis(300));
+        let p = Proxy::start(cfg).await.unwrap();
+        let mut s = TcpStream::connect(p.local_addr()).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        s.shutdown().await.unwrap();
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "fin timeout did not cut the half-closed session");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(eventually(Duration::from_secs(1), || p.stats().servers[0].counters.timeouts == 1).await);
+        p.stop().await;
     })
     .await;
 }

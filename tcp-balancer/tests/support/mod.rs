@@ -30,6 +30,8 @@ pub enum Kind {
     MysqlGreeting,
     /// Accept and hold, sending nothing.
     Silent,
+    /// Read until the client's FIN, then keep the connection open and silent (a hung server).
+    HoldAfterEof,
     /// Expect a PROXY header; answer "src dst|" then echo the rest until FIN.
     ProxyEcho,
 }
@@ -151,6 +153,11 @@ async fn serve(mut s: TcpStream, kind: Kind) {
             let (mut r, mut w) = s.split();
             let _ = tokio::io::copy(&mut r, &mut w).await;
             let _ = w.shutdown().await;
+        }
+        Kind::HoldAfterEof => {
+            let mut sink = [0u8; 1024];
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
         Kind::Silent => {
             let mut sink = [0u8; 1024];
