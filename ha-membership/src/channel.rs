@@ -274,7 +274,7 @@ impl Channel {
             return;
         }
         let last = *self.origin_last.entry(from).or_insert(oldest.saturating_sub(1));
-        if origin_seq == last + 1 {
+        if Some(origin_seq) == last.checked_add(1) {
             self.sequence(from, origin_seq, payload, out);
         }
     }

@@ -800,7 +800,7 @@ impl Engine {
     fn on_suspect(&mut self, now: Instant, from: NodeId, target: NodeId, boot: u64, inc: u32) {
         if target == self.params.local {
             if boot == self.boot && inc >= self.incarnation {
-                self.incarnation = inc + 1;
+                self.incarnation = inc.saturating_add(1);
                 self.stats.refutations += 1;
                 self.lhm_up();
                 let ids: Vec<NodeId> = self.peers.keys().copied().collect();
@@ -875,7 +875,7 @@ impl Engine {
     }
 
     fn propose(&mut self, now: Instant, members: Vec<Member>) {
-        self.max_epoch += 1;
+        self.max_epoch = self.max_epoch.saturating_add(1);
         let view = ViewId {
             epoch: self.max_epoch,
             coordinator: self.params.local,

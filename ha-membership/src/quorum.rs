@@ -141,7 +141,7 @@ impl Quorum {
             return true;
         }
         self.settings.auto_tie_breaker
-            && v * 2 == self.expected
+            && v.saturating_mul(2) == self.expected
             && self.tie_breaker_node().is_some_and(|t| self.members.contains(&t))
     }
 
@@ -161,7 +161,7 @@ impl Quorum {
             return true;
         }
         self.settings.auto_tie_breaker
-            && v * 2 == self.expected
+            && v.saturating_mul(2) == self.expected
             && self.tie_breaker_node().is_some_and(|t| present.contains(&t))
     }
 
