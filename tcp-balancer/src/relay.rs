@@ -164,8 +164,9 @@ async fn pump(
         Side::Client => Side::Server,
         Side::Server => Side::Client,
     };
-    // Lazily made: an idle connection holds no pipe and no buffer.
-    src.readable().await.map_err(|e| (from, e))?;
+    // Lazily made: an idle connection holds no pipe and no buffer. A one-byte peek (not mere
+    // readiness, which can be spurious) waits for data or a FIN.
+    src.peek(&mut [0u8; 1]).await.map_err(|e| (from, e))?;
     let pipe = match mode {
         RelayMode::Splice => Pipe::new().ok(),
         RelayMode::Copy => None,

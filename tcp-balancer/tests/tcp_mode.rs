@@ -737,3 +737,55 @@ async fn tunnel_and_client_fin_timeouts() {
     })
     .await;
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Idle connections cost little: no pipe and no buffer until data flows. The count defaults to
+/// 2000 to keep CI fast (HASTACK_IDLE_CONNS=10000 for the figure; needs a raised fd limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_stay_cheap() {
+    bounded(60, async {
+        let want: usize = std::env::var("HASTACK_IDLE_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        // Four descriptors per connection live in this process (client, two proxy legs, backend).
+        let need = (want * 4 + 256) as u64;
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit on a local struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        if lim.rlim_cur < need {
+            let raised = libc::rlimit { rlim_cur: need.max(lim.rlim_cur), rlim_max: need.max(lim.rlim_max) };
+            // SAFETY: as above; failure is handled by lowering the count.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+                eprintln!("cannot raise the fd limit to {need}");
+            }
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        }
+        let n = want.min((lim.rlim_cur as usize).saturating_sub(256) / 4);
+        assert!(n >= 500 || !must_not_skip(), "fd limit too low for the idle test: {}", lim.rlim_cur);
+        let b = Backend::start(Kind::Silent).await;
+        let p = Proxy::start(config(&[("s1", b.addr)])).await.unwrap();
+        let pipes_before = tcp_balancer::relay::pipes_in_use();
+        let before = rss_kib();
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(TcpStream::connect(p.local_addr()).await.unwrap());
+        }
+        assert!(eventually(Duration::from_secs(20), || p.stats().servers[0].counters.current as usize == n).await);
+        let after = rss_kib();
+        let per_conn = (after.saturating_sub(before) * 1024) as usize / n;
+        eprintln!("{n} idle connections: {} KiB RSS growth, {per_conn} bytes each (clients and backend included)", after - before);
+        // Client socket, backend task and proxy session together; a pipe pair or copy buffers
+        // per idle session would be >= 64 KiB each.
+        assert!(per_conn < 16 * 1024, "{per_conn} bytes per idle connection");
+        let pipes = tcp_balancer::relay::pipes_in_use() - pipes_before;
+        assert!(pipes <= 8, "idle sessions hold {pipes} pipes");
+        drop(conns);
+        assert!(eventually(Duration::from_secs(20), || p.stats().frontend_counters.current == 0).await);
+        p.stop().await;
+    })
+    .await;
+}
