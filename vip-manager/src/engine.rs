@@ -8,7 +8,8 @@
 //! 1. `view_installed` — a newer view: the generation becomes `(epoch, 0)` and the plan is dropped.
 //!    If the view is not quorate, or this node sees no peer, local VIPs are removed at once
 //!    (no waiting for anybody). The node then sends a `Snapshot` of what it runs and its failure
-//!    records as soon as its own running actions have finished.
+//!    records at once; a resource with an action still running is reported Failed, so the plan
+//!    stops it first (local actions on one resource run one at a time, in order).
 //! 2. Syncing — once the snapshots of all members are delivered, the replicated state is rebuilt
 //!    from them (members only; operator state from the highest version) and the node is synced.
 //!    VIPs held here are re-announced when the view gained members (a healed partition).
@@ -233,6 +234,9 @@ pub struct Engine {
     placement: Option<Placement>,
     local_state: BTreeMap<ResourceId, RunState>,
     local_running: BTreeMap<Ticket, Action>,
+    /// Actions waiting for an earlier action on the same resource to finish (one at a time per
+    /// resource, so a release never overtakes the add it must undo).
+    queued: VecDeque<(Ticket, Action)>,
     next_local: u64,
     monitors: MonitorScheduler,
     next_tick: Option<Instant>,
@@ -265,6 +269,7 @@ impl Engine {
             placement: None,
             local_state: BTreeMap::new(),
             local_running: BTreeMap::new(),
+            queued: VecDeque::new(),
             next_local: 0,
             monitors: MonitorScheduler::new(),
             next_tick: None,
@@ -305,7 +310,7 @@ impl Engine {
 
     /// True once a graceful shutdown has moved everything off this node.
     pub fn idle(&self) -> bool {
-        self.local_state.is_empty() && self.local_running.is_empty()
+        self.local_state.is_empty() && self.local_running.is_empty() && self.queued.is_empty()
     }
 
     /// Status snapshot.
@@ -358,6 +363,7 @@ impl Engine {
         let releasing: BTreeSet<ResourceId> = self
             .local_running
             .values()
+            .chain(self.queued.iter().map(|(_, a)| a))
             .filter(|a| matches!(a, Action::RemoveVip { .. }))
             .map(|a| a.rsc().clone())
             .collect();
@@ -388,6 +394,7 @@ impl Engine {
         let releasing: BTreeSet<ResourceId> = self
             .local_running
             .values()
+            .chain(self.queued.iter().map(|(_, a)| a))
             .filter(|a| matches!(a, Action::RemoveVip { .. }))
             .map(|a| a.rsc().clone())
             .collect();
@@ -412,20 +419,56 @@ impl Engine {
     fn run_local(&mut self, action: Action) {
         self.next_local += 1;
         let ticket = Ticket::Local(self.next_local);
-        self.local_running.insert(ticket, action.clone());
-        self.out.push_back(Output::Execute { ticket, action });
+        self.dispatch(ticket, action);
+    }
+
+    /// Hands an action to the driver, or queues it behind a running action on the same resource.
+    fn dispatch(&mut self, ticket: Ticket, action: Action) {
+        let busy = self.local_running.values().any(|a| a.rsc() == action.rsc())
+            || self.queued.iter().any(|(_, a)| a.rsc() == action.rsc());
+        if busy {
+            self.queued.push_back((ticket, action));
+        } else {
+            self.local_running.insert(ticket, action.clone());
+            self.out.push_back(Output::Execute { ticket, action });
+        }
+    }
+
+    /// Dispatches queued actions whose resource became free, in queue order.
+    fn dispatch_queued(&mut self) {
+        let mut waiting = VecDeque::new();
+        while let Some((t, a)) = self.queued.pop_front() {
+            let busy = self.local_running.values().any(|x| x.rsc() == a.rsc())
+                || waiting.iter().any(|(_, x): &(Ticket, Action)| x.rsc() == a.rsc());
+            if busy {
+                waiting.push_back((t, a));
+            } else {
+                self.local_running.insert(t, a.clone());
+                self.out.push_back(Output::Execute { ticket: t, action: a });
+            }
+        }
+        self.queued = waiting;
     }
 
     fn try_send_snapshot(&mut self, wall: Timestamp) {
         let Some(v) = &self.view else { return };
-        if self.snapshot_sent || !self.local_running.is_empty() {
+        if self.snapshot_sent {
             return;
         }
         let local = self.cfg.local;
+        // Sent at once, even with actions still running (a slow agent must not hold up a
+        // failover): a resource with a start or stop under way is reported Failed, so the plan
+        // stops it here before it may run anywhere else, and that stop queues behind it.
+        let mut resources: BTreeMap<ResourceId, RunState> = self.local_state.clone();
+        for a in self.local_running.values().chain(self.queued.iter().map(|(_, a)| a)) {
+            if a.is_start() || a.is_stop() {
+                resources.insert(a.rsc().clone(), RunState::Failed);
+            }
+        }
         let msg = Msg::Snapshot {
             from: local,
             epoch: v.epoch,
-            resources: self.local_state.iter().map(|(r, s)| (r.clone(), *s)).collect(),
+            resources: resources.into_iter().collect(),
             failures: self
                 .fails
                 .iter()
@@ -692,8 +735,7 @@ impl Engine {
             self.broadcast(Msg::Done { from: self.cfg.local, ticket, action, ok: true, at: wall });
             return;
         }
-        self.local_running.insert(ticket, action.clone());
-        self.out.push_back(Output::Execute { ticket, action });
+        self.dispatch(ticket, action);
     }
 
     /// The driver finished an action it was asked to execute.
@@ -711,6 +753,7 @@ impl Engine {
             }
         }
         self.broadcast(Msg::Done { from: self.cfg.local, ticket, action, ok, at: wall });
+        self.dispatch_queued();
         self.try_send_snapshot(wall);
         self.progress(now, wall);
     }

@@ -233,7 +233,10 @@ impl Sim {
                             1
                         }
                         Action::RemoveVip { .. } => 1,
-                        Action::StartResource { .. } | Action::StopResource { .. } => 3,
+                        // Agents are sometimes slow, so view changes land mid-action.
+                        Action::StartResource { .. } | Action::StopResource { .. } => {
+                            if self.rng.below(5) == 0 { 50 + self.rng.below(350) } else { 3 }
+                        }
                         _ => 0,
                     };
                     self.log.push(format!("{} {id} exec {action:?}", self.now));
