@@ -395,7 +395,8 @@ impl Engine {
             })
             .collect();
         let guard = ReplayGuard::for_nodes(peers.keys().copied());
-        let quorum = Quorum::new(params.quorum.clone(), params.nodes.iter().map(|n| (n.id, n.votes)));
+        let mut quorum = Quorum::new(params.quorum.clone(), params.nodes.iter().map(|n| (n.id, n.votes)));
+        quorum.exclude_from_tie_break(params.nodes.iter().filter(|n| n.witness).map(|n| n.id));
         let mut e = Engine {
             auth,
             guard,

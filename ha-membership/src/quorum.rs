@@ -83,6 +83,7 @@ pub struct Quorum {
     members: Vec<NodeId>,
     /// Members of the view before the current one.
     prev_members: Vec<NodeId>,
+    not_tie_breakers: Vec<NodeId>,
     quorate: bool,
     lms_deadline: Option<Instant>,
 }
@@ -102,6 +103,7 @@ impl Quorum {
             wfa_satisfied: !wfa,
             members: Vec::new(),
             prev_members: Vec::new(),
+            not_tie_breakers: Vec::new(),
             quorate: false,
             lms_deadline: None,
         }
@@ -121,10 +123,16 @@ impl Quorum {
         if self.two_node_active() { 1 } else { self.expected / 2 + 1 }
     }
 
+    /// Keep these nodes (vote-only witnesses) out of the lowest/highest tie-breaker choice.
+    pub fn exclude_from_tie_break(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        self.not_tie_breakers.extend(ids);
+    }
+
     fn tie_breaker_node(&self) -> Option<NodeId> {
+        let mut candidates = self.votes.keys().filter(|n| !self.not_tie_breakers.contains(n));
         match &self.settings.tie_breaker {
-            TieBreaker::Lowest => self.votes.keys().next().copied(),
-            TieBreaker::Highest => self.votes.keys().next_back().copied(),
+            TieBreaker::Lowest => candidates.next().copied(),
+            TieBreaker::Highest => candidates.next_back().copied(),
             TieBreaker::Nodes(list) => list
                 .iter()
                 .find(|n| self.prev_members.contains(n) || self.members.contains(n))
@@ -344,6 +352,21 @@ mod tests {
         assert_eq!(a.on_view(t, &ids(&[3, 4])), None);
         assert!(a.quorate());
         assert_eq!(b.on_view(t, &ids(&[1, 2])), Some(false));
+    }
+
+    #[test]
+    fn a_witness_is_never_the_tie_breaker() {
+        let t = Instant::now();
+        let s = QuorumSettings { auto_tie_breaker: true, tie_breaker: TieBreaker::Highest, ..Default::default() };
+        // Four voting nodes and a zero-vote witness 5: on a 2|2 split the highest *node*, 4, decides.
+        let votes = [(NodeId(1), 1), (NodeId(2), 1), (NodeId(3), 1), (NodeId(4), 1), (NodeId(5), 0)];
+        let mut a = Quorum::new(s, votes);
+        a.exclude_from_tie_break([NodeId(5)]);
+        let mut b = a.clone();
+        a.on_view(t, &ids(&[1, 2, 5]));
+        assert!(!a.quorate(), "the witness's side must not win the tie");
+        b.on_view(t, &ids(&[3, 4]));
+        assert!(b.quorate());
     }
 
     #[test]
