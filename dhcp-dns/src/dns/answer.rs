@@ -125,7 +125,18 @@ pub fn forwarded_response(
     finish(resp, transport, udp_limit(req), stats)
 }
 
+/// The general path alone (no fast path): the reference the fast path is tested against.
+pub fn answer_general(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+    match answer_msg(zone, query, transport, stats, false) {
+        Ok(b) => b,
+        Err(_) => None,
+    }
+}
+
 fn answer_inner(zone: &Zone, query: &[u8], transport: Transport, stats: &AnswerStats, forward: bool) -> Outcome {
+    if let Some(b) = super::fast::answer_fast(zone, query, transport, stats) {
+        return Outcome::Respond(b);
+    }
     match answer_msg(zone, query, transport, stats, forward) {
         Ok(Some(b)) => Outcome::Respond(b),
         Ok(None) => Outcome::Drop,

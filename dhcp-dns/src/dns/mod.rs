@@ -7,6 +7,7 @@
 //! - [`forward`]: upstream choice, cache, response checks for names that are not ours.
 
 pub mod answer;
+pub mod fast;
 pub mod forward;
 pub mod hosts;
 pub mod ratelimit;

@@ -50,6 +50,19 @@ impl ZoneConfig {
     }
 }
 
+/// A record handed out by the fast path, borrowed from the zone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FastRec<'a> {
+    /// IPv4 address.
+    A(Ipv4Addr),
+    /// IPv6 address.
+    Aaaa(Ipv6Addr),
+    /// PTR target as a hickory name.
+    PtrName(&'a Name),
+    /// PTR target as a normalised string (lease names).
+    PtrStr(&'a str),
+}
+
 /// One record of an answer: data and TTL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rec {
@@ -472,6 +485,52 @@ impl Zone {
             }
         }
         v
+    }
+
+    /// Fast-path lookup for A/AAAA/PTR without cloning: calls `f` for each record of `qtype` at
+    /// `name`. `None` means the general path must answer (CNAME present, wildcard, nothing found).
+    pub(crate) fn visit(&self, name: &str, qtype: RecordType, f: &mut dyn FnMut(FastRec<'_>, u32)) -> Option<usize> {
+        let ttl = self.cfg.ttl;
+        let mut n = 0;
+        if let Some(v) = self.records.get(name) {
+            for r in v {
+                let t = r.ttl.unwrap_or(ttl);
+                match (&r.rdata, qtype) {
+                    (RData::CNAME(_), _) => return None,
+                    (RData::A(a), RecordType::A) => f(FastRec::A(a.0), t),
+                    (RData::AAAA(a), RecordType::AAAA) => f(FastRec::Aaaa(a.0), t),
+                    (RData::PTR(p), RecordType::PTR) => f(FastRec::PtrName(&p.0), t),
+                    _ => continue,
+                }
+                n += 1;
+            }
+        }
+        match qtype {
+            RecordType::A => {
+                if let Some(a) = self.lease_fwd.get(name) {
+                    let dup = self.records.get(name).is_some_and(|v| v.iter().any(|r| r.rdata == RData::A(A(*a))));
+                    if !dup {
+                        f(FastRec::A(*a), ttl);
+                        n += 1;
+                    }
+                }
+            }
+            RecordType::PTR => {
+                if let Some(IpAddr::V4(ip)) = parse_reverse(name) {
+                    if let Some(target) = self.lease_ptr.get(&ip) {
+                        let dup = self.records.get(name).is_some_and(|v| {
+                            v.iter().any(|r| matches!(&r.rdata, RData::PTR(p) if norm(&p.0.to_ascii()) == *target))
+                        });
+                        if !dup {
+                            f(FastRec::PtrStr(target), ttl);
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        (n > 0).then_some(n)
     }
 
     /// Look `name` (normalised) up for records of type `qtype`.

@@ -1,0 +1,259 @@
+//! The fast path: plain A/AAAA/PTR queries answered straight from the wire bytes, without building
+//! hickory messages. Anything unusual (several questions, EDNS options other than a bare OPT,
+//! compression in the question, CNAMEs, wildcards, negative answers, size limits) returns `None`
+//! and goes to the general path in [`super::answer`], which is the reference: a test checks both
+//! give the same answer.
+
+use std::sync::atomic::Ordering;
+
+use hickory_proto::rr::RecordType;
+
+use super::answer::{AnswerStats, CLASSIC_UDP, OUR_UDP_PAYLOAD, Transport};
+use super::zone::{FastRec, Zone};
+
+const MAX_NAME: usize = 255;
+
+/// Answer `q` if it is a plain query the fast path handles.
+pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    // QR=0, opcode 0 (QUERY), TC=0; one question, nothing else but at most one OPT.
+    if q[2] & 0xFA != 0 {
+        return None;
+    }
+    let count = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
+    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+        return None;
+    }
+    // QNAME → lowercase dotted key on the stack.
+    let mut key = [0u8; MAX_NAME];
+    let mut klen = 0usize;
+    let mut i = 12;
+    loop {
+        let l = *q.get(i)? as usize;
+        i += 1;
+        if l == 0 {
+            break;
+        }
+        if l > 63 || klen + l + 1 > MAX_NAME {
+            return None; // compression pointer or oversize: general path
+        }
+        let label = q.get(i..i + l)?;
+        if klen > 0 {
+            key[klen] = b'.';
+            klen += 1;
+        }
+        for &b in label {
+            if b == b'.' || !b.is_ascii_graphic() {
+                return None;
+            }
+            key[klen] = b.to_ascii_lowercase();
+            klen += 1;
+        }
+        i += l;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let qclass = u16::from_be_bytes([*q.get(i + 2)?, *q.get(i + 3)?]);
+    let qend = i + 4;
+    if qclass != 1 {
+        return None;
+    }
+    let rtype = match qtype {
+        1 => RecordType::A,
+        28 => RecordType::AAAA,
+        12 => RecordType::PTR,
+        _ => return None,
+    };
+    // Optional bare OPT: root name, type 41, version 0; its options are ignored (none echoed).
+    let mut client_size = None;
+    if count(10) == 1 {
+        let o = q.get(qend..)?;
+        if o.len() < 11 || o[0] != 0 || o[1..3] != [0, 41] || o[6] != 0 {
+            return None;
+        }
+        let rdlen = u16::from_be_bytes([o[9], o[10]]) as usize;
+        if o.len() != 11 + rdlen {
+            return None;
+        }
+        client_size = Some(u16::from_be_bytes([o[3], o[4]]));
+    } else if q.len() != qend {
+        return None;
+    }
+    let name = std::str::from_utf8(&key[..klen]).ok()?;
+    let mut out = Vec::with_capacity(qend + 64);
+    out.extend_from_slice(&q[..qend]);
+    let mut failed = false;
+    let n = zone.visit(name, rtype, &mut |rec, ttl| {
+        out.extend_from_slice(&[0xC0, 0x0C]);
+        out.extend_from_slice(&qtype.to_be_bytes());
+        out.extend_from_slice(&[0, 1]);
+        out.extend_from_slice(&ttl.to_be_bytes());
+        match rec {
+            FastRec::A(a) => {
+                out.extend_from_slice(&[0, 4]);
+                out.extend_from_slice(&a.octets());
+            }
+            FastRec::Aaaa(a) => {
+                out.extend_from_slice(&[0, 16]);
+                out.extend_from_slice(&a.octets());
+            }
+            FastRec::PtrName(n) => {
+                let at = out.len();
+                out.extend_from_slice(&[0, 0]);
+                for l in n.iter() {
+                    if l.is_empty() || l.len() > 63 {
+                        failed = true;
+                        return;
+                    }
+                    out.push(l.len() as u8);
+                    out.extend_from_slice(l);
+                }
+                out.push(0);
+                let len = (out.len() - at - 2) as u16;
+                out[at..at + 2].copy_from_slice(&len.to_be_bytes());
+            }
+            FastRec::PtrStr(s) => {
+                let at = out.len();
+                out.extend_from_slice(&[0, 0]);
+                for l in s.split('.') {
+                    if l.is_empty() || l.len() > 63 {
+                        failed = true;
+                        return;
+                    }
+                    out.push(l.len() as u8);
+                    out.extend_from_slice(l.as_bytes());
+                }
+                out.push(0);
+                let len = (out.len() - at - 2) as u16;
+                out[at..at + 2].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+    })?;
+    if failed {
+        return None;
+    }
+    // Header: QR=1, AA=1, keep RD (and opcode 0); RA=0, keep CD, RCODE=0.
+    out[2] = 0x80 | 0x04 | (q[2] & 0x01);
+    out[3] = q[3] & 0x10;
+    out[6..8].copy_from_slice(&(n as u16).to_be_bytes());
+    let limit = match client_size {
+        Some(sz) => {
+            out[10..12].copy_from_slice(&1u16.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            usize::from(sz.clamp(512, OUR_UDP_PAYLOAD))
+        }
+        None => {
+            out[10..12].copy_from_slice(&0u16.to_be_bytes());
+            CLASSIC_UDP
+        }
+    };
+    if transport == Transport::Udp && out.len() > limit {
+        return None; // the general path truncates properly
+    }
+    stats.queries.fetch_add(1, Ordering::Relaxed);
+    stats.answered.fetch_add(1, Ordering::Relaxed);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::LeaseChange;
+    use crate::dns::answer::answer_general;
+    use crate::dns::zone::ZoneConfig;
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::Name;
+    use std::net::Ipv4Addr;
+
+    fn zone() -> Zone {
+        let mut c = ZoneConfig::new("cluster.test");
+        c.ttl = 9;
+        c.reverse_networks = vec!["198.18.0.0/16".parse().unwrap()];
+        let mut z = Zone::new(c);
+        z.add_host("api.cluster.test", "198.18.0.10".parse().unwrap());
+        z.add_host("api.cluster.test", "fd00:198:18::10".parse().unwrap());
+        z.add_host("two.cluster.test", "198.18.0.11".parse().unwrap());
+        z.add_host("two.cluster.test", "198.18.0.12".parse().unwrap());
+        z.add_record("www.cluster.test", crate::dns::zone::parse_rdata("CNAME", "api", "cluster.test").unwrap(), None);
+        z.apply_lease(&LeaseChange { addr: Ipv4Addr::new(198, 18, 1, 7), old_name: None, new_name: Some("node-7.cluster.test".into()) });
+        z
+    }
+
+    fn query(name: &str, t: RecordType, edns: bool, rd: bool) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0x4242;
+        m.metadata.recursion_desired = rd;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(4096);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn fast_and_general_paths_agree() {
+        let z = zone();
+        let s = AnswerStats::default();
+        let cases = [
+            ("api.cluster.test.", RecordType::A),
+            ("API.Cluster.Test.", RecordType::AAAA),
+            ("two.cluster.test.", RecordType::A),
+            ("node-7.cluster.test.", RecordType::A),
+            ("10.0.18.198.in-addr.arpa.", RecordType::PTR),
+            ("7.1.18.198.in-addr.arpa.", RecordType::PTR),
+        ];
+        for (name, t) in cases {
+            for edns in [false, true] {
+                for rd in [false, true] {
+                    let q = query(name, t, edns, rd);
+                    let fast = answer_fast(&z, &q, Transport::Udp, &s).unwrap_or_else(|| panic!("fast path declined {name} {t:?}"));
+                    let slow = answer_general(&z, &q, Transport::Udp, &s).unwrap();
+                    let (f, g) = (Message::from_vec(&fast).unwrap(), Message::from_vec(&slow).unwrap());
+                    assert_eq!(f.metadata, g.metadata, "{name} {t:?} edns={edns}");
+                    assert_eq!(f.queries, g.queries);
+                    assert_eq!(f.answers, g.answers, "{name} {t:?}");
+                    assert_eq!(f.edns.as_ref().map(|e| e.max_payload()), g.edns.as_ref().map(|e| e.max_payload()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unusual_queries_go_to_the_general_path() {
+        let z = zone();
+        let s = AnswerStats::default();
+        for (name, t) in [
+            ("www.cluster.test.", RecordType::A),     // CNAME
+            ("nope.cluster.test.", RecordType::A),    // NXDOMAIN
+            ("api.cluster.test.", RecordType::MX),    // other type
+            ("example.org.", RecordType::A),          // not ours
+        ] {
+            assert!(answer_fast(&z, &query(name, t, false, true), Transport::Udp, &s).is_none(), "{name}");
+        }
+        let mut resp = query("api.cluster.test.", RecordType::A, false, true);
+        resp[2] |= 0x80;
+        assert!(answer_fast(&z, &resp, Transport::Udp, &s).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), flips in proptest::collection::vec((0usize..64, proptest::prelude::any::<u8>()), 0..6)) {
+            let z = zone();
+            let s = AnswerStats::default();
+            let _ = answer_fast(&z, &bytes, Transport::Udp, &s);
+            let mut q = query("api.cluster.test.", RecordType::A, true, true);
+            for (i, v) in flips {
+                let i = i % q.len();
+                q[i] = v;
+            }
+            if let Some(r) = answer_fast(&z, &q, Transport::Udp, &s) {
+                proptest::prop_assert!(Message::from_vec(&r).is_ok());
+            }
+        }
+    }
+}
