@@ -146,9 +146,11 @@ pub struct Transmit {
 pub enum Event {
     /// A new agreed view is installed here.
     ViewInstalled { view: ViewId, members: Vec<Member> },
-    /// This node's partition became quorate.
+    /// This node's partition is quorate in `view`: emitted when quorum is gained, and again after
+    /// each newly installed view that is quorate.
     QuorumGained { view: ViewId },
-    /// This node's partition lost quorum (or this node left).
+    /// This node's partition lost quorum: the view lacks votes, this node no longer hears enough of
+    /// it, or this node left. Release anything that needs quorum at once.
     QuorumLost,
     /// A link to a peer started working.
     LinkUp { node: NodeId, link: usize },

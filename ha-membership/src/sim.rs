@@ -98,6 +98,7 @@ pub(crate) struct Sim {
     pub failures_declared: u64,
     pub views_installed: u64,
     pub quorum_losses: u64,
+    pub link_downs: u64,
     pub log: Vec<String>,
     pub datagrams: u64,
     /// Total order of each view's channel messages (by payload id), as first delivered anywhere.
@@ -134,6 +135,7 @@ impl Sim {
             failures_declared: 0,
             views_installed: 0,
             quorum_losses: 0,
+            link_downs: 0,
             log: Vec::new(),
             datagrams: 0,
             total_order: HashMap::new(),
@@ -300,7 +302,11 @@ impl Sim {
                     self.quorum_losses += 1;
                     self.note(format!("node {id} lost quorum"));
                 }
-                Event::LinkUp { .. } | Event::LinkDown { .. } => {}
+                Event::LinkDown { node, link } => {
+                    self.link_downs += 1;
+                    self.note(format!("node {id}: link {link} to {node} down"));
+                }
+                Event::LinkUp { .. } => {}
             }
         }
     }
@@ -749,7 +755,11 @@ fn calm(seed: u64, shape: Shape) {
         sim.net.cuts.insert((ids[0], ids[1], 0));
         sim.net.cuts.insert((ids[1], ids[0], 0));
     }
+    let downs_before = sim.link_downs;
     sim.run_for(Duration::from_millis(1500));
+    if links == 2 && sim.link_downs < downs_before + 2 {
+        panic!("{}", sim.fail("the cut link was not reported down at both ends"));
+    }
     if sim.failures_declared != failures_before
         || sim.views_installed != views_before
         || sim.quorum_losses != losses_before
