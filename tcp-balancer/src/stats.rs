@@ -72,6 +72,11 @@ pub fn show_stat(stats: &[Stats]) -> String {
     out
 }
 
+/// (name, help, getter) of a per-backend metric.
+type BackendMetric = (&'static str, &'static str, fn(&Stats) -> u64);
+/// (name, type, help, getter) of a per-server metric.
+type ServerMetric = (&'static str, &'static str, &'static str, fn(&crate::proxy::CounterSnapshot) -> u64);
+
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -101,7 +106,7 @@ pub fn prometheus(stats: &[Stats], out: &mut String) {
     for s in stats {
         let _ = writeln!(out, "hastack_balancer_backend_queue_current{{frontend=\"{}\",backend=\"{}\"}} {}", esc(&s.frontend), esc(&s.backend), s.backend_counters.queue_current);
     }
-    let backend_counters: [(&str, &str, fn(&Stats) -> u64); 4] = [
+    let backend_counters: [BackendMetric; 4] = [
         ("backend_queue_timeouts_total", "Sessions closed after timeout queue.", |s| s.backend_counters.queue_timeouts),
         ("backend_queue_full_total", "Sessions refused on a full queue.", |s| s.backend_counters.queue_full),
         ("backend_no_server_total", "Sessions closed with no eligible server.", |s| s.backend_counters.no_server),
@@ -126,7 +131,7 @@ pub fn prometheus(stats: &[Stats], out: &mut String) {
             let _ = writeln!(out, "hastack_balancer_server_weight{{backend=\"{}\",server=\"{}\"}} {}", esc(&s.backend), esc(&sv.name), sv.weight);
         }
     }
-    let server_gauge: [(&str, &str, &str, fn(&crate::proxy::CounterSnapshot) -> u64); 8] = [
+    let server_gauge: [ServerMetric; 8] = [
         ("server_current_sessions", "gauge", "Current sessions on a server.", |c| u64::from(c.current)),
         ("server_sessions_total", "counter", "Sessions sent to a server.", |c| c.total),
         ("server_bytes_in_total", "counter", "Bytes from clients relayed to a server.", |c| c.bytes_in),
