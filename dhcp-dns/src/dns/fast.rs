@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use hickory_proto::rr::RecordType;
 
 use super::answer::{AnswerStats, CLASSIC_UDP, OUR_UDP_PAYLOAD, Transport};
-use super::zone::{FastRec, Zone};
+use super::zone::{FastRec, Lookup, Zone, norm};
 
 const MAX_NAME: usize = 255;
 
@@ -84,7 +84,9 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
     let mut out = Vec::with_capacity(qend + 64);
     out.extend_from_slice(&q[..qend]);
     let mut failed = false;
-    let n = zone.visit(name, rtype, &mut |rec, ttl| {
+    let mut rcode = 0u8;
+    let mut authority = 0u16;
+    let visited = zone.visit(name, rtype, &mut |rec, ttl| {
         out.extend_from_slice(&[0xC0, 0x0C]);
         out.extend_from_slice(&qtype.to_be_bytes());
         out.extend_from_slice(&[0, 1]);
@@ -129,14 +131,30 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
                 out[at..at + 2].copy_from_slice(&len.to_be_bytes());
             }
         }
-    })?;
+    });
     if failed {
         return None;
     }
+    let n = match visited {
+        Some(n) => n,
+        None => {
+            // Negative answers (RFC 2308): NXDOMAIN or NODATA with the zone's SOA in authority.
+            let code = match zone.lookup_type(name, rtype) {
+                Lookup::NxDomain => 3,
+                Lookup::NoData => 0,
+                _ => return None,
+            };
+            put_soa(zone, name, &mut out)?;
+            rcode = code;
+            authority = 1;
+            0
+        }
+    };
     // Header: QR=1, AA=1, keep RD (and opcode 0); RA=0, keep CD, RCODE=0.
     out[2] = 0x80 | 0x04 | (q[2] & 0x01);
-    out[3] = q[3] & 0x10;
+    out[3] = (q[3] & 0x10) | rcode;
     out[6..8].copy_from_slice(&(n as u16).to_be_bytes());
+    out[8..10].copy_from_slice(&authority.to_be_bytes());
     let limit = match client_size {
         Some(sz) => {
             out[10..12].copy_from_slice(&1u16.to_be_bytes());
@@ -154,8 +172,53 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
         return None; // the general path truncates properly
     }
     stats.queries.fetch_add(1, Ordering::Relaxed);
-    stats.answered.fetch_add(1, Ordering::Relaxed);
+    let counter = match (authority, rcode) {
+        (0, _) => &stats.answered,
+        (_, 3) => &stats.nxdomain,
+        _ => &stats.nodata,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     Some(out)
+}
+
+/// Append `name` (dotted, normalised) in wire form; `None` if a label is invalid.
+fn put_name(out: &mut Vec<u8>, name: &str) -> Option<()> {
+    if !name.is_empty() {
+        for l in name.split('.') {
+            if l.is_empty() || l.len() > 63 {
+                return None;
+            }
+            out.push(l.len() as u8);
+            out.extend_from_slice(l.as_bytes());
+        }
+    }
+    out.push(0);
+    Some(())
+}
+
+/// Append the SOA of the zone holding `name` (same data as the general path's).
+fn put_soa(zone: &Zone, name: &str, out: &mut Vec<u8>) -> Option<()> {
+    let cfg = zone.config();
+    let apex = zone.apex_of(name);
+    put_name(out, &apex)?;
+    out.extend_from_slice(&[0, 6, 0, 1]);
+    out.extend_from_slice(&cfg.negative_ttl.to_be_bytes());
+    let at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    match &cfg.mname {
+        Some(m) => put_name(out, &norm(m))?,
+        None => put_name(out, &format!("ns.{}", cfg.domain))?,
+    }
+    match &cfg.rname {
+        Some(r) => put_name(out, &norm(r))?,
+        None => put_name(out, &format!("hostmaster.{}", cfg.domain))?,
+    }
+    for v in [zone.serial(), 3600, 600, 86400, cfg.negative_ttl] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    let len = u16::try_from(out.len() - at - 2).ok()?;
+    out[at..at + 2].copy_from_slice(&len.to_be_bytes());
+    Some(())
 }
 
 #[cfg(test)]
@@ -206,6 +269,10 @@ mod tests {
             ("node-7.cluster.test.", RecordType::A),
             ("10.0.18.198.in-addr.arpa.", RecordType::PTR),
             ("7.1.18.198.in-addr.arpa.", RecordType::PTR),
+            ("nope.cluster.test.", RecordType::A),
+            ("api.cluster.test.", RecordType::PTR),
+            ("99.9.18.198.in-addr.arpa.", RecordType::PTR),
+            ("cluster.test.", RecordType::A),
         ];
         for (name, t) in cases {
             for edns in [false, true] {
@@ -217,6 +284,7 @@ mod tests {
                     assert_eq!(f.metadata, g.metadata, "{name} {t:?} edns={edns}");
                     assert_eq!(f.queries, g.queries);
                     assert_eq!(f.answers, g.answers, "{name} {t:?}");
+                    assert_eq!(f.authorities, g.authorities, "{name} {t:?}");
                     assert_eq!(f.edns.as_ref().map(|e| e.max_payload()), g.edns.as_ref().map(|e| e.max_payload()));
                 }
             }
@@ -229,7 +297,6 @@ mod tests {
         let s = AnswerStats::default();
         for (name, t) in [
             ("www.cluster.test.", RecordType::A),     // CNAME
-            ("nope.cluster.test.", RecordType::A),    // NXDOMAIN
             ("api.cluster.test.", RecordType::MX),    // other type
             ("example.org.", RecordType::A),          // not ours
         ] {
