@@ -64,6 +64,29 @@ impl Fault {
     }
 }
 
+/// What holds the VIP in the lab: hastack, or keepalived (VRRP) as the reference peer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stack {
+    /// `hastack cluster` on every node.
+    Hastack,
+    /// keepalived on every node: VRRPv2 at a whole-second advert, VRRPv3 below a second; equal
+    /// priorities and `nopreempt`, so a recovered node takes nothing back (like hastack's stickiness).
+    Keepalived {
+        /// advert_int.
+        advert: Duration,
+    },
+}
+
+impl Stack {
+    /// A short label for reports.
+    pub fn label(&self) -> String {
+        match self {
+            Stack::Hastack => "hastack".into(),
+            Stack::Keepalived { advert } => format!("keepalived advert {}s", advert.as_secs_f64()),
+        }
+    }
+}
+
 /// One measured failover.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -77,6 +100,8 @@ pub struct Sample {
     pub outage: Duration,
     /// Longest time two live daemons' nodes held the VIP at once (should be zero).
     pub double_holder: Duration,
+    /// `kill` only: how long the killed daemon's node kept the VIP (None: still held after 10 s).
+    pub stale: Option<Duration>,
 }
 
 /// A running lab cluster.
@@ -85,6 +110,9 @@ pub struct LabCluster {
     pub lab: Lab,
     binary: PathBuf,
     config: PathBuf,
+    stack: Stack,
+    /// Daemon starts so far (fresh pid-file names: a killed, not yet reaped daemon still has a pid).
+    starts: usize,
     daemons: BTreeMap<usize, Proc>,
     stop: Arc<AtomicBool>,
     probes: Arc<Mutex<Vec<Probe>>>,
@@ -123,6 +151,11 @@ impl LabCluster {
     /// Builds the lab, writes the config and key, starts a daemon and a TCP service per node, and
     /// the client's probe loop. `binary` is the `hastack` executable.
     pub fn start(binary: &Path, nodes: usize) -> anyhow::Result<LabCluster> {
+        Self::start_stack(binary, nodes, Stack::Hastack)
+    }
+
+    /// Like [`LabCluster::start`], with the VIP held by `stack`.
+    pub fn start_stack(binary: &Path, nodes: usize, stack: Stack) -> anyhow::Result<LabCluster> {
         if nodes > 8 {
             bail!("at most 8 nodes");
         }
@@ -142,6 +175,8 @@ impl LabCluster {
             lab,
             binary: binary.to_path_buf(),
             config,
+            stack,
+            starts: 0,
             daemons: BTreeMap::new(),
             stop,
             probes: Arc::new(Mutex::new(Vec::new())),
@@ -206,16 +241,39 @@ impl LabCluster {
 
     /// Starts (or restarts) the daemon of node i.
     pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
-        let p = self.lab.node(i).spawn(&[
-            self.binary.as_os_str(),
-            "cluster".as_ref(),
-            "--config".as_ref(),
-            self.config.as_os_str(),
-            "--node".as_ref(),
-            format!("lb{i}").as_ref(),
-            "--socket".as_ref(),
-            self.socket(i).as_os_str(),
-        ])?;
+        self.starts += 1;
+        let n = self.starts;
+        let p = match self.stack {
+            Stack::Hastack => self.lab.node(i).spawn(&[
+                self.binary.as_os_str(),
+                "cluster".as_ref(),
+                "--config".as_ref(),
+                self.config.as_os_str(),
+                "--node".as_ref(),
+                format!("lb{i}").as_ref(),
+                "--socket".as_ref(),
+                self.socket(i).as_os_str(),
+            ])?,
+            Stack::Keepalived { advert } => {
+                let dir = self.lab.dir().to_path_buf();
+                let conf = dir.join(format!("keepalived-lb{i}.conf"));
+                std::fs::write(&conf, keepalived_config(i, advert))?;
+                let pid = dir.join(format!("keepalived-lb{i}-{n}.pid"));
+                let vrrp_pid = dir.join(format!("keepalived-lb{i}-{n}-vrrp.pid"));
+                self.lab.node(i).spawn(&[
+                    "keepalived".as_ref(),
+                    "--dont-fork".as_ref(),
+                    "--log-console".as_ref(),
+                    "--vrrp".as_ref(),
+                    "--use-file".as_ref(),
+                    conf.as_os_str(),
+                    "--pid".as_ref(),
+                    pid.as_os_str(),
+                    "--vrrp_pid".as_ref(),
+                    vrrp_pid.as_os_str(),
+                ])?
+            }
+        };
         self.daemons.insert(i, p);
         Ok(())
     }
@@ -233,6 +291,12 @@ impl LabCluster {
             }
         }
         total
+    }
+
+    /// When node i last stopped holding the VIP after `t`.
+    fn vip_dropped_at(&self, i: usize, t: Instant) -> Option<Instant> {
+        let h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        h.iter().filter(|(at, set)| *at >= t && !set[i - 1]).map(|(at, _)| *at).next()
     }
 
     /// Which nodes hold the VIP right now (from the watchers).
@@ -304,8 +368,15 @@ impl LabCluster {
             p.iter().filter(|x| x.at < t0 && x.node.is_some()).map(|x| x.at).max().unwrap_or(t0)
         };
         let double_holder = self.double_holder_time(t0, fault, from);
+        let stale = if fault == Fault::Kill {
+            // A process crash is not a node crash: the VIP must not outlive the daemon for long.
+            let gone = self.wait(Duration::from_secs(10), |c| !c.holders().contains(&from));
+            gone.then(|| self.vip_dropped_at(from, t0).map(|d| d.saturating_duration_since(t0)).unwrap_or_default())
+        } else {
+            None
+        };
         self.restore(fault, from)?;
-        Ok(Sample { fault, from, to, outage: first_ok.saturating_duration_since(last_ok), double_holder })
+        Ok(Sample { fault, from, to, outage: first_ok.saturating_duration_since(last_ok), double_holder, stale })
     }
 
     /// Time during which two nodes held the VIP, counting the faulted node only where it still
@@ -331,11 +402,21 @@ impl LabCluster {
         }
         // The restored node must be back in the view (and hold nothing) before the next fault.
         let deadline = Instant::now() + Duration::from_secs(15);
+        if let Stack::Keepalived { advert } = self.stack {
+            // VRRP has no view to ask: give the restarted instance a few adverts to settle as backup.
+            std::thread::sleep(advert * 4 + Duration::from_millis(500));
+        }
         loop {
-            let members = crate::control::query(&self.socket(node), &crate::control::Request::Status)
-                .ok()
-                .and_then(|v| v["membership"]["view"]["members"].as_array().map(|a| a.len()));
-            if members == Some(self.nodes) && self.holders().len() == 1 {
+            let rejoined = match self.stack {
+                Stack::Hastack => {
+                    crate::control::query(&self.socket(node), &crate::control::Request::Status)
+                        .ok()
+                        .and_then(|v| v["membership"]["view"]["members"].as_array().map(|a| a.len()))
+                        == Some(self.nodes)
+                }
+                Stack::Keepalived { .. } => true,
+            };
+            if rejoined && self.holders().len() == 1 {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -357,6 +438,16 @@ impl LabCluster {
     pub fn daemon_log(&self, i: usize) -> String {
         self.daemons.get(&i).map(|p| p.log()).unwrap_or_default()
     }
+}
+
+/// keepalived's config for node i: one VRRP instance for the VIP, all nodes equal, no preemption.
+pub fn keepalived_config(i: usize, advert: Duration) -> String {
+    let v3 = advert < Duration::from_secs(1) || advert.subsec_nanos() != 0;
+    format!(
+        "global_defs {{\n  router_id lb{i}\n  {}\n}}\n\nvrrp_instance VI_1 {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 51\n  priority 100\n  advert_int {}\n  virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n",
+        if v3 { "vrrp_version 3" } else { "vrrp_version 2" },
+        advert.as_secs_f64()
+    )
 }
 
 /// The service behind the VIP: answers every connection with its node number.

@@ -76,6 +76,13 @@ enum BenchCommand {
         /// Faults, comma separated: crash, kill, stop, graceful.
         #[arg(long, default_value = "crash,kill,stop,graceful")]
         faults: String,
+        /// Also run keepalived (Debian package) in the same lab, once per advert interval given in
+        /// seconds, comma separated (e.g. `1,0.05`), and report ratios.
+        #[arg(long)]
+        keepalived: Option<String>,
+        /// Write a strip plot of every sample to this SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -99,8 +106,10 @@ fn main() -> ExitCode {
         Command::Witness => run_cluster(&cli.config, cli.socket, Role::Witness),
         Command::Keygen { file } => keygen(&cli.config, file),
         Command::Status { json } => status(&cli.config, cli.socket, json),
-        Command::Demo { cycles, faults } => failover(cycles, &faults, true),
-        Command::Bench { command: BenchCommand::Failover { cycles, faults } } => failover(cycles, &faults, false),
+        Command::Demo { cycles, faults } => failover(cycles, &faults, true, None, None),
+        Command::Bench { command: BenchCommand::Failover { cycles, faults, keepalived, svg } } => {
+            failover(cycles, &faults, false, keepalived.as_deref(), svg)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,9 +165,23 @@ fn status(path: &std::path::Path, socket: Option<PathBuf>, json: bool) -> anyhow
     Ok(())
 }
 
-fn failover(cycles: usize, faults: &str, show_status: bool) -> anyhow::Result<()> {
-    let faults = faults.split(',').map(|f| hastack::failover::Fault::parse(f.trim())).collect::<anyhow::Result<Vec<_>>>()?;
+fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&str>, svg: Option<PathBuf>) -> anyhow::Result<()> {
+    use hastack::failover::{Fault, Stack};
+    let faults = faults.split(',').map(|f| Fault::parse(f.trim())).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut stacks = vec![Stack::Hastack];
+    for a in keepalived.into_iter().flat_map(|k| k.split(',')) {
+        let secs: f64 = a.trim().parse().with_context(|| format!("keepalived advert \"{a}\" is not a number of seconds"))?;
+        if !(0.01..=255.0).contains(&secs) {
+            anyhow::bail!("keepalived advert {secs}s is outside 0.01..=255");
+        }
+        stacks.push(Stack::Keepalived { advert: std::time::Duration::from_secs_f64(secs) });
+    }
     let binary = std::env::current_exe().context("locating the hastack binary")?;
-    let plan = hastack::demo::Plan { nodes: 3, faults, cycles: cycles.clamp(1, 1000), show_status };
-    hastack::demo::run(&binary, &plan).map(|_| ())
+    let plan = hastack::demo::Plan { nodes: 3, faults, cycles: cycles.clamp(1, 1000), show_status, stacks };
+    let all = hastack::demo::run(&binary, &plan)?;
+    if let Some(path) = svg {
+        std::fs::write(&path, hastack::demo::svg(&all)).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }

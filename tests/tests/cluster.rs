@@ -68,7 +68,7 @@ fn vip_moves_on_node_crash_and_the_client_learns_the_new_mac() {
 
 #[test]
 fn vip_moves_on_daemon_kill_and_the_dead_daemons_vip_expires() {
-    let Some(mut c) = cluster() else { return };
+    let Some(c) = cluster() else { return };
     let from = c.wait_for_holder(WITHIN).unwrap();
     // kill -9 the daemon alone: the node stays up, its VIP must go away by its lease (2 s + ~1 s).
     c.daemon(from).unwrap().signal(Signal::SIGKILL).unwrap();

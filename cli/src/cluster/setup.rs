@@ -89,8 +89,7 @@ fn quorum_settings(q: &QuorumConfig) -> QuorumSettings {
         tie_breaker: match &q.auto_tie_breaker_node {
             CfgTieBreaker::Lowest => TieBreaker::Lowest,
             CfgTieBreaker::Highest => TieBreaker::Highest,
-            // votequorum's list form: the first listed node; the engine takes one.
-            CfgTieBreaker::Nodes(ids) => ids.first().map(|i| TieBreaker::Node(NodeId(*i))).unwrap_or_default(),
+            CfgTieBreaker::Nodes(ids) => TieBreaker::Nodes(ids.iter().map(|i| NodeId(*i)).collect()),
         },
     }
 }
@@ -106,6 +105,7 @@ fn timing(c: &ClusterConfig) -> Timing {
         view_timeout: t.view_commit_timeout.get(),
         join_delay: t.join_interval.get(),
         max_lhm: t.max_health_multiplier,
+        indirect_probes: t.indirect_probes as usize,
     }
 }
 

@@ -760,3 +760,22 @@ mod tests {
         );
     }
 }
+
+/// Calls `f` every `interval` until it returns true or `timeout` passes; returns whether it did.
+/// For waiting on real network state in end-to-end tests (never in logic tests, which drive time).
+pub fn poll_until(
+    timeout: std::time::Duration,
+    interval: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(interval);
+    }
+}
