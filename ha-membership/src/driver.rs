@@ -10,7 +10,7 @@
 
 use crate::auth::{AuthKeyError, Authenticator};
 use crate::channel::ChannelError;
-use crate::engine::{Engine, EngineParams, Event, ParamsError, Status};
+use crate::engine::{Engine, EngineParams, Event, ParamsError, Status, Timing};
 use crate::wire::{MAX_DATAGRAM, NodeId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -79,6 +79,7 @@ enum Command {
     Broadcast(Bytes, oneshot::Sender<Result<u64, ChannelError>>),
     Leave(oneshot::Sender<()>),
     Halt(oneshot::Sender<()>),
+    Timing(Timing, oneshot::Sender<Result<(), ParamsError>>),
 }
 
 /// A running membership node.
@@ -103,6 +104,13 @@ impl ClusterHandle {
     pub async fn broadcast(&self, payload: Bytes) -> Result<u64, DriverError> {
         let (tx, rx) = oneshot::channel();
         self.cmds.send(Command::Broadcast(payload, tx)).map_err(|_| DriverError::Stopped)?;
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+
+    /// Apply new timings (config reload) without restarting.
+    pub async fn update_timing(&self, timing: Timing) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Command::Timing(timing, tx)).map_err(|_| DriverError::Stopped)?;
         Ok(rx.await.map_err(|_| DriverError::Stopped)??)
     }
 
@@ -291,6 +299,9 @@ async fn run(
                     engine.leave(Instant::now());
                     leave_ack = Some(reply);
                 }
+                Some(Command::Timing(t, reply)) => {
+                    let _ = reply.send(engine.update_timing(t));
+                }
                 Some(Command::Halt(reply)) => {
                     for r in &readers {
                         r.abort();
@@ -341,7 +352,7 @@ async fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{NodeSpec, Timing};
+    use crate::engine::NodeSpec;
     use crate::quorum::QuorumSettings;
 
     fn free_ports(n: usize) -> Vec<SocketAddr> {
@@ -408,6 +419,9 @@ mod tests {
         }
         let st = h1.status();
         assert!(st.quorum.quorate);
+        h1.update_timing(Timing::default()).await.unwrap();
+        let bad = Timing { suspect_timeout: Duration::from_millis(1), ..Timing::default() };
+        assert!(matches!(h1.update_timing(bad).await, Err(DriverError::Params(_))));
 
         let t = Instant::now();
         h3.leave().await.unwrap();

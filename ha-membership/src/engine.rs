@@ -300,6 +300,16 @@ pub struct Status {
     pub channel_blocked: bool,
 }
 
+fn check_timing(t: &Timing) -> Result<(), ParamsError> {
+    if t.heartbeat_interval.is_zero() || t.suspect_timeout <= t.heartbeat_interval {
+        return Err(ParamsError::Timing("suspect_timeout must exceed heartbeat_interval > 0"));
+    }
+    if t.confirm_min > t.confirm_max || t.view_timeout.is_zero() {
+        return Err(ParamsError::Timing("confirm_min <= confirm_max and view_timeout > 0 required"));
+    }
+    Ok(())
+}
+
 /// The membership engine of one node.
 #[derive(Debug)]
 pub struct Engine {
@@ -364,13 +374,7 @@ impl Engine {
             .find(|n| n.id == params.local)
             .ok_or(ParamsError::LocalNotListed(params.local))?
             .clone();
-        let t = &params.timing;
-        if t.heartbeat_interval.is_zero() || t.suspect_timeout <= t.heartbeat_interval {
-            return Err(ParamsError::Timing("suspect_timeout must exceed heartbeat_interval > 0"));
-        }
-        if t.confirm_min > t.confirm_max || t.view_timeout.is_zero() {
-            return Err(ParamsError::Timing("confirm_min <= confirm_max and view_timeout > 0 required"));
-        }
+        check_timing(&params.timing)?;
         let peers: BTreeMap<NodeId, Peer> = params
             .nodes
             .iter()
@@ -433,6 +437,13 @@ impl Engine {
             e.send(p, &Message::Join { incarnation: 0 });
         }
         Ok(e)
+    }
+
+    /// Apply new timings at once (config reload); the node list and quorum options need a restart.
+    pub fn update_timing(&mut self, timing: Timing) -> Result<(), ParamsError> {
+        check_timing(&timing)?;
+        self.params.timing = timing;
+        Ok(())
     }
 
     /// This node's id.
@@ -1334,6 +1345,21 @@ mod tests {
         let mut p = params(1, 3);
         p.timing.suspect_timeout = p.timing.heartbeat_interval;
         assert!(matches!(Engine::new(p, a(), 1, t), Err(ParamsError::Timing(_))));
+    }
+
+    #[test]
+    fn timing_reload_is_checked_and_applied() {
+        let t = Instant::now();
+        let mut e = engine(1, 3, t);
+        let mut bad = Timing::default();
+        bad.confirm_min = bad.confirm_max * 2;
+        assert!(e.update_timing(bad).is_err());
+        let slower = Timing { heartbeat_interval: Duration::from_millis(50), ..Timing::default() };
+        assert!(e.update_timing(slower.clone()).is_err(), "suspect_timeout must exceed the heartbeat");
+        let ok = Timing { suspect_timeout: Duration::from_millis(150), ..slower };
+        e.update_timing(ok).unwrap();
+        e.handle_timeout(t);
+        assert_eq!(e.poll_timeout(), Some(t + Duration::from_millis(50)));
     }
 
     #[test]
