@@ -778,21 +778,21 @@ fn calm(seed: u64, shape: Shape) {
 
 #[test]
 fn chaos_two_nodes_and_witness() {
-    for s in seeds(60) {
+    for s in seeds(100) {
         chaos(s, Shape::TwoNodesWitness);
     }
 }
 
 #[test]
 fn chaos_three_nodes() {
-    for s in seeds(60) {
+    for s in seeds(100) {
         chaos(1_000_000 + s, Shape::Three);
     }
 }
 
 #[test]
 fn chaos_five_nodes() {
-    for s in seeds(30) {
+    for s in seeds(40) {
         chaos(2_000_000 + s, Shape::Five);
     }
 }
