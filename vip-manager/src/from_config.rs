@@ -58,12 +58,12 @@ pub enum MappingError {
         source: InvalidUnit,
     },
     /// A lease the kernel cannot enforce.
-    #[error("resource {rsc:?}: {source}")]
+    #[error("resource {rsc:?}: {reason}")]
     Lease {
         /// Resource.
         rsc: String,
         /// Why.
-        source: VipError,
+        reason: String,
     },
 }
 
@@ -99,7 +99,9 @@ pub fn node_setup(
         let rkind = match kind {
             config::ResourceKind::Vip(v) => {
                 let lease = Lease::new(v.lease.get());
-                lease.validate().map_err(|source| MappingError::Lease { rsc: r.name.clone(), source })?;
+                lease
+                    .validate()
+                    .map_err(|e: VipError| MappingError::Lease { rsc: r.name.clone(), reason: e.to_string() })?;
                 let repeat = Some(v.announce_repeat_after.get());
                 vips.insert(
                     id.clone(),

@@ -24,7 +24,6 @@ use vip_manager::{
     Timestamp, VipSpec, View,
 };
 
-const N: u32 = 3;
 const LEASE_MS: u64 = 2000;
 const RELEASE_BOUND_MS: u64 = 10;
 /// A daemon whose timers fire this late knows it was stopped (below the detection delay).
@@ -112,12 +111,17 @@ struct Sim {
     /// VIP -> node -> lease expiry (u64::MAX while renewed).
     holders: BTreeMap<ResourceId, BTreeMap<NodeId, u64>>,
     faults_left: u32,
+    n_nodes: u32,
     settling: bool,
     log: Vec<String>,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Self::with_nodes(seed, 3)
+    }
+
+    fn with_nodes(seed: u64, n_nodes: u32) -> Sim {
         let mut s = Sim {
             seed,
             rng: Rng(seed),
@@ -132,10 +136,11 @@ impl Sim {
             epoch: 0,
             holders: BTreeMap::new(),
             faults_left: 40,
+            n_nodes,
             settling: false,
             log: Vec::new(),
         };
-        for i in 1..=N {
+        for i in 1..=n_nodes {
             let id = NodeId(i);
             s.nodes.insert(
                 id,
@@ -158,10 +163,10 @@ impl Sim {
         s
     }
 
-    fn cfg(id: NodeId) -> EngineConfig {
+    fn cfg(id: NodeId, n_nodes: u32) -> EngineConfig {
         EngineConfig {
             local: id,
-            cluster_size: N as usize,
+            cluster_size: n_nodes as usize,
             resources: resources(),
             constraints: constraints(),
             policy: ClusterPolicy::default(),
@@ -178,7 +183,7 @@ impl Sim {
         }
         *self.incarnation.entry(id).or_default() += 1;
         let n = self.nodes.get_mut(&id).unwrap();
-        n.engine = Some(Engine::new(Self::cfg(id)));
+        n.engine = Some(Engine::new(Self::cfg(id, self.n_nodes)));
         n.daemon = Daemon::Up;
         n.view = None;
         n.shutting_down = false;
@@ -283,7 +288,7 @@ impl Sim {
             let view = View {
                 epoch: self.epoch,
                 members: members.clone(),
-                quorate: members.len() * 2 > N as usize,
+                quorate: members.len() * 2 > self.n_nodes as usize,
             };
             self.log.push(format!("{} view {view:?}", self.now));
             for m in members {
@@ -319,7 +324,7 @@ impl Sim {
             (0, _) => {
                 // Random partition.
                 for i in &ids {
-                    let g = self.rng.below(2) as u32;
+                    let g = self.rng.below(if self.n_nodes > 3 { 3 } else { 2 }) as u32;
                     self.nodes.get_mut(i).unwrap().group = g;
                 }
                 desc = "partition".to_string();
@@ -528,7 +533,7 @@ impl Sim {
         let done: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.shutting_down && n.daemon == Daemon::Up && n.engine.as_ref().is_some_and(|e| e.idle() && e.status().operator.shutting_down.len() > 0))
+            .filter(|(_, n)| n.shutting_down && n.daemon == Daemon::Up && n.engine.as_ref().is_some_and(|e| e.idle() && !e.status().operator.shutting_down.is_empty()))
             .map(|(i, _)| *i)
             .collect();
         for id in done {
@@ -618,7 +623,7 @@ impl Sim {
 
     fn check_steady(&self) {
         let engines: Vec<&Engine> = self.nodes.values().filter_map(|n| n.engine.as_ref()).collect();
-        if engines.len() != N as usize {
+        if engines.len() != self.n_nodes as usize {
             self.fail(format!("{} daemons running after settling", engines.len()));
         }
         let placements: Vec<_> = engines.iter().map(|e| e.status().placement).collect();
@@ -651,6 +656,15 @@ fn random_faults_never_double_hold_and_converge() {
     let first: u64 = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     for seed in first..first + seeds {
         Sim::new(seed).run();
+    }
+}
+
+#[test]
+fn five_nodes_with_three_way_partitions() {
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200) / 2;
+    let first: u64 = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    for seed in first..first + seeds {
+        Sim::with_nodes(seed, 5).run();
     }
 }
 

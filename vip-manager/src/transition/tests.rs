@@ -94,8 +94,7 @@ fn graceful_stop_hands_over_in_one_round_trip() {
     let rs = vec![vip_def("vip", 10)];
     let mut cur = CurrentPlacement::new();
     cur.set(&r("vip"), n(1), RunState::Running);
-    let mut policy = ClusterPolicy::default();
-    policy.standby.insert(n(1));
+    let policy = ClusterPolicy { standby: [n(1)].into_iter().collect(), ..Default::default() };
     let p = plan_for(&view(&[1, 2]), &policy, &rs, &[], &cur);
     let waves = p.waves();
     assert_eq!(waves.len(), 3);
@@ -181,8 +180,7 @@ fn start_waits_for_stop_of_anti_colocated_resource() {
 #[test]
 fn maintenance_plans_nothing() {
     let rs = vec![vip_def("vip", 10)];
-    let mut policy = ClusterPolicy::default();
-    policy.maintenance = true;
+    let policy = ClusterPolicy { maintenance: true, ..Default::default() };
     let p = plan_for(&view(&[1, 2]), &policy, &rs, &[], &CurrentPlacement::new());
     assert!(p.steps.is_empty());
 }
