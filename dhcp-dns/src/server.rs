@@ -523,6 +523,17 @@ impl Default for DhcpDriverConfig {
     }
 }
 
+/// What the DHCP core looked like at its last timer tick (for status and metrics).
+#[derive(Debug, Default, Clone)]
+pub struct DhcpStatus {
+    /// The core's counters.
+    pub counters: crate::dhcp::DhcpCounters,
+    /// Lease records held (any state).
+    pub lease_records: usize,
+    /// Leases active now.
+    pub active_leases: usize,
+}
+
 /// Counters of the DHCP driver.
 #[derive(Debug, Default)]
 pub struct DhcpDriverStats {
@@ -532,6 +543,8 @@ pub struct DhcpDriverStats {
     pub not_durable: AtomicU64,
     /// Send errors.
     pub send_errors: AtomicU64,
+    /// The core's state, refreshed at least once a second.
+    pub status: std::sync::Mutex<DhcpStatus>,
 }
 
 /// A running DHCP driver.
@@ -641,7 +654,16 @@ async fn dhcp_loop(
                 }
                 (i, Vec::new())
             }
-            _ = tokio::time::sleep(wake) => (0, core.handle_timeout(unix_now())),
+            _ = tokio::time::sleep(wake) => {
+                let now = unix_now();
+                let acts = core.handle_timeout(now);
+                if let Ok(mut st) = stats.status.lock() {
+                    st.counters = core.counters().clone();
+                    st.lease_records = core.leases().len();
+                    st.active_leases = core.leases().iter().filter(|l| l.is_active(now)).count();
+                }
+                (0, acts)
+            }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 (0, Vec::new())

@@ -250,6 +250,17 @@ async fn relayed_dora_on_loopback_persists_before_ack_and_publishes_the_name() {
     })
     .await
     .unwrap();
+    // The driver publishes the core's counters at its timer ticks (at least once a second).
+    let mut published = 0;
+    for _ in 0..30 {
+        published = h.stats.status.lock().unwrap().counters.acks;
+        if published == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(published, 3);
+    assert_eq!(h.stats.status.lock().unwrap().active_leases, 3);
     let core = h.shutdown().await.unwrap();
     assert_eq!(core.counters().acks, 3);
     dns.shutdown().await;

@@ -1,7 +1,7 @@
 //! The fast path: plain A/AAAA/PTR queries answered straight from the wire bytes, without building
 //! hickory messages. Anything unusual (several questions, EDNS options other than a bare OPT,
 //! compression in the question, CNAMEs, wildcards, negative answers, size limits) returns `None`
-//! and goes to the general path in [`super::answer`], which is the reference: a test checks both
+//! and goes to the general path in [`mod@super::answer`], which is the reference: a test checks both
 //! give the same answer.
 
 use std::sync::atomic::Ordering;

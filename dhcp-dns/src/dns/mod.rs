@@ -3,7 +3,7 @@
 //!
 //! - [`zone`]: the records (static, wildcard, lease-driven) and the lookup.
 //! - [`hosts`]: `/etc/hosts`-format parsing.
-//! - [`answer`]: wire query in, wire response out (hickory-proto for the format).
+//! - [`mod@answer`]: wire query in, wire response out (hickory-proto for the format).
 //! - [`forward`]: upstream choice, cache, response checks for names that are not ours.
 
 pub mod answer;
