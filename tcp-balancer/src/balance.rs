@@ -789,3 +789,86 @@ mod tests {
         assert!((share(0) - 0.25).abs() < 0.1, "{c:?}");
     }
 }
+
+/// Long-lived connection rebalancing: the server holding the most sessions above its fair share
+/// (current sessions spread by effective weight over the eligible active servers), if any holds
+/// at least one more than its rounded-up share. Shedding one session there and repeating, at a
+/// bounded rate, evens out connections piled on the survivors after a server comes back.
+pub fn most_overloaded(t: &ServerTable) -> Option<usize> {
+    let eligible = |s: &ServerSlot| !s.spec.backup && s.usable(true);
+    let (total, wsum) = t
+        .servers
+        .iter()
+        .filter(|s| eligible(s))
+        .fold((0u64, 0u64), |(c, w), s| (c + u64::from(s.cur), w + u64::from(s.eweight)));
+    if wsum == 0 {
+        return None;
+    }
+    t.servers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| eligible(s))
+        .map(|(i, s)| {
+            let share = (total * u64::from(s.eweight)).div_ceil(wsum);
+            (i, u64::from(s.cur).saturating_sub(share))
+        })
+        .filter(|&(_, excess)| excess > 0)
+        .max_by_key(|&(i, excess)| (excess, std::cmp::Reverse(i)))
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod rebalance_tests {
+    use super::*;
+
+    #[test]
+    fn sheds_from_the_pile_until_even() {
+        let specs = (0..3).map(|i| ServerSpec { name: format!("s{i}"), weight: 1, backup: false, maxconn: None }).collect();
+        let mut t = ServerTable::new(Algorithm::LeastConn, specs, 0).unwrap();
+        // s2 was down: 12 watches piled on s0 and s1.
+        t.set_up(2, false);
+        for _ in 0..12 {
+            let Decision::Server(i) = t.pick(0) else { panic!() };
+            t.session_started(i);
+        }
+        assert_eq!(most_overloaded(&t), None, "balanced among the survivors");
+        t.set_up(2, true);
+        let mut shed = 0;
+        while let Some(i) = most_overloaded(&t) {
+            assert_ne!(i, 2);
+            t.session_ended(i);
+            // The client reconnects and the balancer places it.
+            let Decision::Server(j) = t.pick(0) else { panic!() };
+            t.session_started(j);
+            shed += 1;
+            assert!(shed <= 12, "rebalancing does not converge");
+        }
+        let cur: Vec<u32> = t.servers().iter().map(|s| s.current()).collect();
+        assert_eq!(cur, vec![4, 4, 4]);
+        assert_eq!(shed, 4);
+    }
+
+    #[test]
+    fn weights_and_ineligible_servers() {
+        let specs = vec![
+            ServerSpec { name: "a".into(), weight: 3, backup: false, maxconn: None },
+            ServerSpec { name: "b".into(), weight: 1, backup: false, maxconn: None },
+            ServerSpec { name: "c".into(), weight: 1, backup: true, maxconn: None },
+        ];
+        let mut t = ServerTable::new(Algorithm::RoundRobin, specs, 0).unwrap();
+        for _ in 0..6 {
+            t.session_started(0);
+        }
+        for _ in 0..2 {
+            t.session_started(1);
+        }
+        // 8 sessions, shares 6 and 2: balanced.
+        assert_eq!(most_overloaded(&t), None);
+        t.session_started(1);
+        t.session_started(1);
+        assert_eq!(most_overloaded(&t), Some(1));
+        // A draining server is not a target and its sessions are not counted.
+        t.set_admin(1, AdminState::Drain);
+        assert_eq!(most_overloaded(&t), None);
+    }
+}

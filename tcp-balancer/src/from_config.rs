@@ -12,7 +12,7 @@ use crate::balance::Algorithm;
 use crate::checker::{CheckSpec, CheckTls, TlsVerify};
 use crate::config::{self, BalancerConfig, Balance, CheckType};
 use crate::health::{CheckKind, Expect, HealthParams, HttpCheck, InitState, StatusMatch, Step};
-use crate::proxy::{BackendConfig, FrontendConfig, Keepalive, ProxyConfig, Redispatch, ServerConfig, Timeouts};
+use crate::proxy::{BackendConfig, FrontendConfig, Keepalive, ProxyConfig, Rebalance, Redispatch, ServerConfig, Timeouts};
 use crate::proxy_protocol::Version;
 use crate::relay::{IdleTimeouts, RelayMode};
 
@@ -154,6 +154,7 @@ fn backend(cfg: &BalancerConfig, be: &config::Backend) -> Result<BackendConfig, 
         maxqueue: be.maxqueue as usize,
         // Stable per backend so `random` decisions are reproducible from the config.
         seed: be.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
+        rebalance: be.rebalance.then_some(Rebalance { rate_per_sec: be.rebalance_rate.max(1), min_age: Duration::ZERO }),
     })
 }
 

@@ -148,6 +148,17 @@ pub struct BackendConfig {
     pub maxqueue: usize,
     /// Seed of the `random` algorithm.
     pub seed: u64,
+    /// Long-lived connection rebalancing when a server comes back (opt-in).
+    pub rebalance: Option<Rebalance>,
+}
+
+/// Shed sessions piled on some servers so their clients reconnect evenly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebalance {
+    /// Most sessions closed per second.
+    pub rate_per_sec: u32,
+    /// Only sessions at least this old are shed (short ones end by themselves).
+    pub min_age: Duration,
 }
 
 /// The listening side.
@@ -220,6 +231,7 @@ impl ProxyConfig {
                 retry_delay: Duration::from_secs(1),
                 maxqueue: 1024,
                 seed: 0,
+                rebalance: None,
             },
             timeouts: Timeouts::default(),
             keepalive: Some(Keepalive::default()),
@@ -275,6 +287,7 @@ pub struct Counters {
     redispatches: AtomicU64,
     killed: AtomicU64,
     timeouts: AtomicU64,
+    rebalanced: AtomicU64,
 }
 
 impl Counters {
@@ -299,6 +312,7 @@ impl Counters {
             redispatches: g(&self.redispatches),
             killed: g(&self.killed),
             timeouts: g(&self.timeouts),
+            rebalanced: g(&self.rebalanced),
         }
     }
 }
@@ -326,6 +340,8 @@ pub struct CounterSnapshot {
     pub killed: u64,
     /// Sessions ended by an inactivity timeout.
     pub timeouts: u64,
+    /// Sessions shed by long-lived connection rebalancing.
+    pub rebalanced: u64,
 }
 
 /// Backend-level queue and failure counters.
@@ -402,6 +418,14 @@ struct BackendState {
     queue: VecDeque<Waiter>,
 }
 
+struct SessionEntry {
+    client: SocketAddr,
+    server: usize,
+    since: Instant,
+    /// Closes this one session (rebalancing).
+    kill: Arc<Notify>,
+}
+
 struct ServerRt {
     name: String,
     addr: SocketAddr,
@@ -426,7 +450,9 @@ struct Shared {
     servers: Vec<ServerRt>,
     frontend: Counters,
     backend: BackendCounters,
-    sessions: Mutex<HashMap<u64, (SocketAddr, usize, Instant)>>,
+    sessions: Mutex<HashMap<u64, SessionEntry>>,
+    /// Wakes the rebalancer (a server came back).
+    rebalance_kick: Notify,
     next_id: AtomicU64,
     /// Sessions alive (accepted, not yet closed), for drain.
     alive: AtomicUsize,
@@ -480,6 +506,7 @@ impl Shared {
                 let mut st = self.lock();
                 st.table.set_up(idx, true);
                 self.dispatch(&mut st);
+                self.rebalance_kick.notify_one();
             }
             HealthEvent::ServerDown { shutdown_sessions } => {
                 tracing::warn!(backend = %self.cfg.backend.name, server = %name, shutdown_sessions, "server is DOWN");
@@ -614,6 +641,7 @@ impl Proxy {
             frontend: Counters::default(),
             backend: BackendCounters::default(),
             sessions: Mutex::new(HashMap::new()),
+            rebalance_kick: Notify::new(),
             next_id: AtomicU64::new(1),
             alive: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -646,6 +674,9 @@ impl Proxy {
         let sem = Arc::new(Semaphore::new(shared.cfg.frontend.maxconn.max(1)));
         for l in listeners {
             tasks.push(tokio::spawn(accept_loop(shared.clone(), l, sem.clone())));
+        }
+        if let Some(r) = shared.cfg.backend.rebalance {
+            tasks.push(tokio::spawn(rebalancer(shared.clone(), r)));
         }
         Ok(Proxy { shared, local, locals, tasks })
     }
@@ -710,11 +741,11 @@ impl Proxy {
         let s = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<SessionInfo> = s
             .iter()
-            .map(|(&id, &(client, idx, since))| SessionInfo {
+            .map(|(&id, e)| SessionInfo {
                 id,
-                client,
-                server: self.shared.servers[idx].name.clone(),
-                age: since.elapsed(),
+                client: e.client,
+                server: self.shared.servers[e.server].name.clone(),
+                age: e.since.elapsed(),
             })
             .collect();
         v.sort_by_key(|s| s.id);
@@ -735,6 +766,9 @@ impl Proxy {
         let mut st = self.shared.lock();
         st.table.set_admin(i, state);
         self.shared.dispatch(&mut st);
+        if state == AdminState::Ready {
+            self.shared.rebalance_kick.notify_one();
+        }
         Ok(())
     }
 
@@ -778,6 +812,41 @@ impl Proxy {
     /// Immediate stop: closes the listener and every session.
     pub async fn stop(self) {
         self.drain(Duration::ZERO).await;
+    }
+}
+
+/// Sheds sessions from the most overloaded server, one at a time at the configured rate, each
+/// time a server comes back, until the spread is even.
+async fn rebalancer(sh: Arc<Shared>, r: Rebalance) {
+    let pause = Duration::from_secs(1) / r.rate_per_sec.max(1);
+    let mut stop = sh.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = sh.rebalance_kick.notified() => {},
+            _ = stopped(&mut stop) => return,
+        }
+        loop {
+            let target = {
+                let st = sh.lock();
+                crate::balance::most_overloaded(&st.table)
+            };
+            let Some(idx) = target else { break };
+            // The oldest long-lived session there: the one most likely to have piled up.
+            let victim = {
+                let s = sh.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                s.values()
+                    .filter(|e| e.server == idx && e.since.elapsed() >= r.min_age)
+                    .min_by_key(|e| e.since)
+                    .map(|e| e.kill.clone())
+            };
+            let Some(kill) = victim else { break };
+            kill.notify_one();
+            sh.servers[idx].counters.rebalanced.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {},
+                _ = stopped(&mut stop) => return,
+            }
+        }
     }
 }
 
@@ -1023,10 +1092,11 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr) {
         srv.counters.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
     }
     srv.counters.open();
-    sh.sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, (peer, slot.idx, Instant::now()));
+    let kill_one = Arc::new(Notify::new());
+    sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        id,
+        SessionEntry { client: peer, server: slot.idx, since: Instant::now(), kill: kill_one.clone() },
+    );
 
     let mut kill_srv = srv.kill.subscribe();
     let mut kill_all = sh.kill_all.subscribe();
@@ -1034,6 +1104,7 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr) {
         tokio::select! {
             _ = kill_srv.changed() => {},
             _ = kill_all.changed() => {},
+            _ = kill_one.notified() => {},
         }
     };
     let sink = Sink { fe: &sh.frontend, srv: &srv.counters };

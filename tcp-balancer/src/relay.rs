@@ -96,6 +96,8 @@ struct Activity {
     client_ms: AtomicU64,
     server_ms: AtomicU64,
     half_closed: AtomicBool,
+    /// Wakes the watchdog when a direction shuts: fin timeouts may be shorter than the others.
+    fin: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -122,6 +124,7 @@ pub async fn relay<K: std::future::Future<Output = ()>>(
         client_ms: AtomicU64::new(0),
         server_ms: AtomicU64::new(0),
         half_closed: AtomicBool::new(false),
+        fin: tokio::sync::Notify::new(),
     };
     let up = pump(client, server, Side::Client, mode, &act, counters);
     let down = pump(server, client, Side::Server, mode, &act, counters);
@@ -146,8 +149,11 @@ async fn watchdog(act: &Activity, t: IdleTimeouts) -> Side {
         if Instant::now() >= deadline {
             return side;
         }
-        tokio::time::sleep_until(deadline).await;
-        // Loop: activity may have moved the deadline while we slept.
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {},
+            _ = act.fin.notified() => {},
+        }
+        // Loop: activity or a half-close may have moved the deadline while we slept.
     }
 }
 
@@ -238,6 +244,7 @@ async fn pump(
     let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
     act.half_closed.store(true, Ordering::Relaxed);
     act.touch(from);
+    act.fin.notify_one();
     Ok(())
 }
 
