@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
-use hastack_common::{HostPort, HumanDuration, KeyPath, Problem, Problems, SockAddr, check_unique, names::check_name};
+use hastack_common::{
+    HostPort, HumanDuration, KeyPath, Problem, Problems, SockAddr, check_unique, names::check_name,
+};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -272,9 +274,19 @@ impl std::str::FromStr for StatusRange {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("\"{s}\" is not a status, like \"200\", \"2xx\" or \"200-399\"");
         let t = s.trim();
-        let code = |x: &str| x.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)).ok_or_else(bad);
+        let code = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(bad)
+        };
         if let Some(d) = t.strip_suffix("xx") {
-            let c = d.parse::<u16>().ok().filter(|c| (1..=5).contains(c)).ok_or_else(bad)?;
+            let c = d
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (1..=5).contains(c))
+                .ok_or_else(bad)?;
             return Ok(Self(c * 100, c * 100 + 99));
         }
         if let Some((a, b)) = t.split_once('-') {
@@ -288,7 +300,11 @@ impl std::str::FromStr for StatusRange {
 
 impl fmt::Display for StatusRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == self.1 { write!(f, "{}", self.0) } else { write!(f, "{}-{}", self.0, self.1) }
+        if self.0 == self.1 {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{}-{}", self.0, self.1)
+        }
     }
 }
 
@@ -564,7 +580,9 @@ impl<'de> Deserialize<'de> for Redispatch {
                 Ok(Redispatch(if v { -1 } else { 0 }))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Redispatch, E> {
-                i32::try_from(v).map(Redispatch).map_err(|_| E::custom("redispatch interval out of range"))
+                i32::try_from(v)
+                    .map(Redispatch)
+                    .map_err(|_| E::custom("redispatch interval out of range"))
             }
         }
         d.deserialize_any(V)
@@ -594,9 +612,14 @@ impl Backend {
                 weight: s.weight.or(d.weight).unwrap_or(1),
                 maxconn: s.maxconn.or(d.maxconn),
                 maxqueue: s.maxqueue.or(d.maxqueue),
-                slowstart: s.slowstart.or(d.slowstart).map(|x| x.get()).filter(|x| !x.is_zero()),
+                slowstart: s
+                    .slowstart
+                    .or(d.slowstart)
+                    .map(|x| x.get())
+                    .filter(|x| !x.is_zero()),
                 send_proxy: s.send_proxy.or(d.send_proxy),
-                shutdown_sessions: s.on_marked_down.or(d.on_marked_down) == Some(OnMarkedDown::ShutdownSessions),
+                shutdown_sessions: s.on_marked_down.or(d.on_marked_down)
+                    == Some(OnMarkedDown::ShutdownSessions),
                 check: self.check.is_some() && s.check.or(d.check).unwrap_or(true),
                 init_state: s.init_state.or(d.init_state).unwrap_or_default(),
             })
@@ -622,19 +645,45 @@ impl BalancerConfig {
         self.validate_timeouts(problems);
         let fr = base.key("frontend");
         let be = base.key("backend");
-        check_unique(problems, self.frontends.iter().enumerate().map(|(i, f)| (fr.index(i).key("name"), &f.name)), "frontend name");
-        check_unique(problems, self.backends.iter().enumerate().map(|(i, b)| (be.index(i).key("name"), &b.name)), "backend name");
+        check_unique(
+            problems,
+            self.frontends
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (fr.index(i).key("name"), &f.name)),
+            "frontend name",
+        );
+        check_unique(
+            problems,
+            self.backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (be.index(i).key("name"), &b.name)),
+            "backend name",
+        );
         let binds: Vec<(KeyPath, SockAddr)> = self
             .frontends
             .iter()
             .enumerate()
             .flat_map(|(i, f)| {
                 let p = fr.index(i).key("bind");
-                f.bind.iter().enumerate().map(move |(j, a)| (p.index(j), *a))
+                f.bind
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, a)| (p.index(j), *a))
             })
             .collect();
-        check_unique(problems, binds.iter().map(|(p, a)| (p.clone(), a)), "bind address");
-        let backends: HashMap<&str, usize> = self.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        check_unique(
+            problems,
+            binds.iter().map(|(p, a)| (p.clone(), a)),
+            "bind address",
+        );
+        let backends: HashMap<&str, usize> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .collect();
         for (i, f) in self.frontends.iter().enumerate() {
             self.validate_frontend(f, fr.index(i), &backends, problems);
         }
@@ -642,18 +691,29 @@ impl BalancerConfig {
             validate_backend(b, be.index(i), problems);
         }
         if self.frontends.is_empty() {
-            problems.add(base.clone(), "[balancer] has no frontend: add a [[balancer.frontend]]");
+            problems.add(
+                base.clone(),
+                "[balancer] has no frontend: add a [[balancer.frontend]]",
+            );
         }
     }
 
     fn validate_timeouts(&self, problems: &mut Problems) {
         let base = KeyPath::new("balancer.timeouts");
         let t = &self.timeouts;
-        let required =
-            [("connect", t.connect), ("client", t.client), ("server", t.server), ("http_request", t.http_request), ("http_keep_alive", t.http_keep_alive)];
+        let required = [
+            ("connect", t.connect),
+            ("client", t.client),
+            ("server", t.server),
+            ("http_request", t.http_request),
+            ("http_keep_alive", t.http_keep_alive),
+        ];
         for (key, v) in required {
             if v.is_zero() {
-                problems.add(base.key(key), format!("timeout {key} must be longer than 0s"));
+                problems.add(
+                    base.key(key),
+                    format!("timeout {key} must be longer than 0s"),
+                );
             }
         }
         let optional = [
@@ -665,17 +725,26 @@ impl BalancerConfig {
         ];
         for (key, v) in optional {
             if v.is_some_and(|d| d.is_zero()) {
-                problems.add(base.key(key), format!("timeout {key} must be longer than 0s (remove it to use the default)"));
+                problems.add(
+                    base.key(key),
+                    format!("timeout {key} must be longer than 0s (remove it to use the default)"),
+                );
             }
         }
         let k = &self.keepalive;
         let kp = KeyPath::new("balancer.keepalive");
         if k.enabled {
             if k.idle.get().as_secs() == 0 {
-                problems.add(kp.key("idle"), "keepalive idle must be at least 1s (the kernel counts it in seconds)");
+                problems.add(
+                    kp.key("idle"),
+                    "keepalive idle must be at least 1s (the kernel counts it in seconds)",
+                );
             }
             if k.interval.get().as_secs() == 0 {
-                problems.add(kp.key("interval"), "keepalive interval must be at least 1s (the kernel counts it in seconds)");
+                problems.add(
+                    kp.key("interval"),
+                    "keepalive interval must be at least 1s (the kernel counts it in seconds)",
+                );
             }
             if k.count == 0 {
                 problems.add(kp.key("count"), "keepalive count must be at least 1");
@@ -683,21 +752,39 @@ impl BalancerConfig {
         }
     }
 
-    fn validate_frontend(&self, f: &Frontend, base: KeyPath, backends: &HashMap<&str, usize>, problems: &mut Problems) {
+    fn validate_frontend(
+        &self,
+        f: &Frontend,
+        base: KeyPath,
+        backends: &HashMap<&str, usize>,
+        problems: &mut Problems,
+    ) {
         check_name(problems, base.key("name"), &f.name, "frontend name");
         if f.bind.is_empty() {
-            problems.add(base.key("bind"), format!("frontend {} binds no address", f.name));
+            problems.add(
+                base.key("bind"),
+                format!("frontend {} binds no address", f.name),
+            );
         }
         for (j, a) in f.bind.iter().enumerate() {
             if a.0.port() == 0 {
-                problems.add(base.key("bind").index(j), "bind port must be between 1 and 65535");
+                problems.add(
+                    base.key("bind").index(j),
+                    "bind port must be between 1 and 65535",
+                );
             }
         }
         if let Some(m) = f.maxconn {
             if m == 0 {
                 problems.add(base.key("maxconn"), "maxconn must be at least 1");
             } else if m > self.maxconn {
-                problems.add(base.key("maxconn"), format!("frontend maxconn {m} is above the global maxconn {}", self.maxconn));
+                problems.add(
+                    base.key("maxconn"),
+                    format!(
+                        "frontend maxconn {m} is above the global maxconn {}",
+                        self.maxconn
+                    ),
+                );
             }
         }
         if f.backlog == 0 {
@@ -711,7 +798,10 @@ impl BalancerConfig {
         match &f.backend {
             Some(b) => known(problems, base.key("backend"), b),
             None if f.routes.is_empty() => {
-                problems.add(base.clone(), format!("frontend {} has neither a backend nor routes", f.name));
+                problems.add(
+                    base.clone(),
+                    format!("frontend {} has neither a backend nor routes", f.name),
+                );
             }
             None => {}
         }
@@ -729,34 +819,49 @@ impl BalancerConfig {
                 problems.add(base.key("monitor_uri"), "monitor_uri needs mode = \"http\"");
             }
             if f.forwarded_for {
-                problems.add(base.key("forwarded_for"), "forwarded_for needs mode = \"http\"");
+                problems.add(
+                    base.key("forwarded_for"),
+                    "forwarded_for needs mode = \"http\"",
+                );
             }
         }
-        if let Some(u) = &f.monitor_uri {
-            if !u.starts_with('/') {
-                problems.add(base.key("monitor_uri"), "monitor_uri must start with '/'");
-            }
+        if let Some(u) = &f.monitor_uri
+            && !u.starts_with('/')
+        {
+            problems.add(base.key("monitor_uri"), "monitor_uri must start with '/'");
         }
         for (i, r) in f.routes.iter().enumerate() {
             let rp = base.key("route").index(i);
             known(problems, rp.key("backend"), &r.backend);
             if r.host.is_none() && r.path_prefix.is_none() && r.sni.is_none() {
-                problems.add(rp.clone(), "route matches nothing: give host, path_prefix or sni");
+                problems.add(
+                    rp.clone(),
+                    "route matches nothing: give host, path_prefix or sni",
+                );
             }
             if f.mode == Mode::Tcp {
                 if r.host.is_some() {
-                    problems.add(rp.key("host"), "routing by host needs mode = \"http\" (use sni in tcp mode)");
+                    problems.add(
+                        rp.key("host"),
+                        "routing by host needs mode = \"http\" (use sni in tcp mode)",
+                    );
                 }
                 if r.path_prefix.is_some() {
-                    problems.add(rp.key("path_prefix"), "routing by path needs mode = \"http\"");
+                    problems.add(
+                        rp.key("path_prefix"),
+                        "routing by path needs mode = \"http\"",
+                    );
                 }
             } else if r.sni.is_some() && f.tls.is_none() {
-                problems.add(rp.key("sni"), "routing by sni in http mode needs tls on the frontend");
+                problems.add(
+                    rp.key("sni"),
+                    "routing by sni in http mode needs tls on the frontend",
+                );
             }
-            if let Some(p) = &r.path_prefix {
-                if !p.starts_with('/') {
-                    problems.add(rp.key("path_prefix"), "path_prefix must start with '/'");
-                }
+            if let Some(p) = &r.path_prefix
+                && !p.starts_with('/')
+            {
+                problems.add(rp.key("path_prefix"), "path_prefix must start with '/'");
             }
         }
     }
@@ -771,40 +876,76 @@ fn validate_backend(b: &Backend, base: KeyPath, problems: &mut Problems) {
         problems.add(base.key("random_draws"), "random_draws must be at least 1");
     }
     if b.rebalance && b.rebalance_rate == 0 {
-        problems.add(base.key("rebalance_rate"), "rebalance_rate must be at least 1 with rebalance = true");
+        problems.add(
+            base.key("rebalance_rate"),
+            "rebalance_rate must be at least 1 with rebalance = true",
+        );
     }
-    if let Some(w) = b.default_server.weight {
-        if w > MAX_WEIGHT {
-            problems.add(base.key("default_server").key("weight"), format!("weight {w} is above the maximum {MAX_WEIGHT}"));
-        }
+    if let Some(w) = b.default_server.weight
+        && w > MAX_WEIGHT
+    {
+        problems.add(
+            base.key("default_server").key("weight"),
+            format!("weight {w} is above the maximum {MAX_WEIGHT}"),
+        );
     }
     let sp = base.key("server");
-    check_unique(problems, b.servers.iter().enumerate().map(|(i, s)| (sp.index(i).key("name"), &s.name)), "server name");
-    check_unique(problems, b.servers.iter().enumerate().map(|(i, s)| (sp.index(i).key("address"), &s.address)), "server address");
+    check_unique(
+        problems,
+        b.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (sp.index(i).key("name"), &s.name)),
+        "server name",
+    );
+    check_unique(
+        problems,
+        b.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (sp.index(i).key("address"), &s.address)),
+        "server address",
+    );
     for (i, s) in b.servers.iter().enumerate() {
         let p = sp.index(i);
         check_name(problems, p.key("name"), &s.name, "server name");
         match s.address.port {
             None => problems.push(Problem::new(
                 p.key("address"),
-                format!("server {} has no port: write it like {}", s.name, match s.address.ip {
-                    std::net::IpAddr::V4(a) => format!("{a}:6443"),
-                    std::net::IpAddr::V6(a) => format!("[{a}]:6443"),
-                }),
+                format!(
+                    "server {} has no port: write it like {}",
+                    s.name,
+                    match s.address.ip {
+                        std::net::IpAddr::V4(a) => format!("{a}:6443"),
+                        std::net::IpAddr::V6(a) => format!("[{a}]:6443"),
+                    }
+                ),
             )),
             Some(0) => problems.add(p.key("address"), format!("server {} has port 0", s.name)),
             Some(_) => {}
         }
-        if let Some(w) = s.weight {
-            if w > MAX_WEIGHT {
-                problems.add(p.key("weight"), format!("weight {w} is above the maximum {MAX_WEIGHT}"));
-            }
+        if let Some(w) = s.weight
+            && w > MAX_WEIGHT
+        {
+            problems.add(
+                p.key("weight"),
+                format!("weight {w} is above the maximum {MAX_WEIGHT}"),
+            );
         }
         if s.maxconn == Some(0) {
-            problems.add(p.key("maxconn"), "maxconn must be at least 1 (remove it for unlimited)");
+            problems.add(
+                p.key("maxconn"),
+                "maxconn must be at least 1 (remove it for unlimited)",
+            );
         }
         if s.check == Some(true) && b.check.is_none() {
-            problems.add(p.key("check"), format!("server {} asks for checks but backend {} has no check", s.name, b.name));
+            problems.add(
+                p.key("check"),
+                format!(
+                    "server {} asks for checks but backend {} has no check",
+                    s.name, b.name
+                ),
+            );
         }
     }
     if let Some(c) = &b.check {
@@ -843,44 +984,70 @@ fn validate_check(c: &Check, base: KeyPath, problems: &mut Problems) {
         ];
         for (key, set) in http_only {
             if set {
-                problems.add(base.key(key), format!("{key} only applies to http and https checks, not {kind}"));
+                problems.add(
+                    base.key(key),
+                    format!("{key} only applies to http and https checks, not {kind}"),
+                );
             }
         }
     }
     if c.expect_string.is_some() && !matches!(c.kind, CheckType::Http | CheckType::Https) {
-        problems.add(base.key("expect_string"), format!("expect_string only applies to http and https checks, not {kind}"));
+        problems.add(
+            base.key("expect_string"),
+            format!("expect_string only applies to http and https checks, not {kind}"),
+        );
     }
-    if let Some(u) = &c.uri {
-        if !u.starts_with('/') && u != "*" {
-            problems.add(base.key("uri"), "uri must start with '/'");
-        }
+    if let Some(u) = &c.uri
+        && !u.starts_with('/')
+        && u != "*"
+    {
+        problems.add(base.key("uri"), "uri must start with '/'");
     }
-    if let Some(m) = &c.method {
-        if m.is_empty() || !m.chars().all(|ch| ch.is_ascii_uppercase()) {
-            problems.add(base.key("method"), format!("\"{m}\" is not an HTTP method like GET or OPTIONS"));
-        }
+    if let Some(m) = &c.method
+        && (m.is_empty() || !m.chars().all(|ch| ch.is_ascii_uppercase()))
+    {
+        problems.add(
+            base.key("method"),
+            format!("\"{m}\" is not an HTTP method like GET or OPTIONS"),
+        );
     }
-    if let Some(v) = &c.version {
-        if v != "HTTP/1.0" && v != "HTTP/1.1" {
-            problems.add(base.key("version"), "version must be \"HTTP/1.0\" or \"HTTP/1.1\"");
-        }
+    if let Some(v) = &c.version
+        && v != "HTTP/1.0"
+        && v != "HTTP/1.1"
+    {
+        problems.add(
+            base.key("version"),
+            "version must be \"HTTP/1.0\" or \"HTTP/1.1\"",
+        );
     }
     let tls = matches!(c.kind, CheckType::Https | CheckType::SslHello);
     if c.sni.is_some() && !tls {
-        problems.add(base.key("sni"), format!("sni only applies to https and ssl-hello checks, not {kind}"));
+        problems.add(
+            base.key("sni"),
+            format!("sni only applies to https and ssl-hello checks, not {kind}"),
+        );
     }
     if c.kind != CheckType::Https && c.verify == Verify::Required {
-        problems.add(base.key("verify"), format!("verify only applies to https checks, not {kind}"));
+        problems.add(
+            base.key("verify"),
+            format!("verify only applies to https checks, not {kind}"),
+        );
     }
     match (c.verify, &c.ca_file) {
         (Verify::Required, None) if c.kind == CheckType::Https => {
             problems.add(base.key("verify"), "verify = \"required\" needs ca_file");
         }
-        (Verify::None, Some(_)) => problems.add(base.key("ca_file"), "ca_file is only used with verify = \"required\""),
+        (Verify::None, Some(_)) => problems.add(
+            base.key("ca_file"),
+            "ca_file is only used with verify = \"required\"",
+        ),
         _ => {}
     }
     if c.mysql_user.is_some() && c.kind != CheckType::Mysql {
-        problems.add(base.key("mysql_user"), format!("mysql_user only applies to mysql checks, not {kind}"));
+        problems.add(
+            base.key("mysql_user"),
+            format!("mysql_user only applies to mysql checks, not {kind}"),
+        );
     }
 }
 
@@ -947,7 +1114,10 @@ backup = true
         assert!(s[0].shutdown_sessions && s[0].check);
         assert_eq!((s[0].weight, s[1].weight), (1, 10));
         assert_eq!(s[1].send_proxy, Some(ProxyVersion::V2));
-        assert_eq!(c.backends[0].check.as_ref().unwrap().expect_status, vec![StatusRange(200, 200), StatusRange(200, 299)]);
+        assert_eq!(
+            c.backends[0].check.as_ref().unwrap().expect_status,
+            vec![StatusRange(200, 200), StatusRange(200, 299)]
+        );
         assert_eq!(c.backends[0].redispatch, Redispatch(-1));
     }
 
@@ -955,18 +1125,41 @@ backup = true
     fn missing_ports_unknown_backends_and_misplaced_options_are_reported() {
         let text = GOOD
             .replace("198.18.0.22:6443", "198.18.0.22")
-            .replace("backend = \"apiservers\"\n[[frontend]]", "backend = \"apiserver\"\n[[frontend]]")
+            .replace(
+                "backend = \"apiservers\"\n[[frontend]]",
+                "backend = \"apiserver\"\n[[frontend]]",
+            )
             .replace("type = \"https\"", "type = \"tcp\"");
         let p = problems(&text);
-        assert!(p.iter().any(|m| m.starts_with("balancer.backend[0].server[1].address: server api2 has no port")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("balancer.frontend[0].backend: unknown backend \"apiserver\"")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("balancer.backend[0].check.uri: uri only applies")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("balancer.backend[0].check.sni")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m
+                    .starts_with("balancer.backend[0].server[1].address: server api2 has no port")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m
+                    .starts_with("balancer.frontend[0].backend: unknown backend \"apiserver\"")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("balancer.backend[0].check.uri: uri only applies")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("balancer.backend[0].check.sni")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn host_routes_need_http_mode() {
-        let text = GOOD.replace("mode = \"http\"\n", "").replace("monitor_uri = \"/healthz\"\n", "");
+        let text = GOOD
+            .replace("mode = \"http\"\n", "")
+            .replace("monitor_uri = \"/healthz\"\n", "");
         let p = problems(&text);
         assert_eq!(p.len(), 2, "{p:?}");
     }
@@ -974,7 +1167,10 @@ backup = true
     #[test]
     fn status_ranges() {
         assert_eq!("3xx".parse::<StatusRange>().unwrap(), StatusRange(300, 399));
-        assert_eq!("200-204".parse::<StatusRange>().unwrap(), StatusRange(200, 204));
+        assert_eq!(
+            "200-204".parse::<StatusRange>().unwrap(),
+            StatusRange(200, 204)
+        );
         assert!("700".parse::<StatusRange>().is_err());
         assert!("204-200".parse::<StatusRange>().is_err());
     }

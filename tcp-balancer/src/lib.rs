@@ -7,6 +7,7 @@
 //! - [`proxy`]: tcp-mode frontends: listener, balancing, queueing, retries, counters, drain.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 parse and emit (accept-proxy, send-proxy).
 //! - [`relay`]: the zero-copy (splice) or copy full-duplex relay with half-close and timeouts.
+//! - [`sni`]: the server name of a TLS ClientHello, for SNI routing of TLS passthrough.
 //! - [`stats`]: `show stat` CSV and Prometheus renderings of the counters.
 //! - [`runtime`]: every frontend of a config running, with the admin API (`show stat`, ...).
 
@@ -19,4 +20,5 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod runtime;
+pub mod sni;
 pub mod stats;

@@ -854,3 +854,35 @@ async fn long_lived_sessions_are_rebalanced_when_a_server_returns() {
     })
     .await;
 }
+
+/// A real rustls ClientHello (with its own extensions and key shares) yields its SNI.
+#[tokio::test]
+async fn sni_of_a_rustls_client_hello() {
+    bounded(10, async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let cfg = tcp_balancer::checker::tls_client_config(&tcp_balancer::checker::TlsVerify::None).unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("API.apps.test").unwrap();
+            // The handshake cannot finish (nobody answers); only the hello matters.
+            let _ = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await;
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let sni = loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed before a full hello");
+            buf.extend_from_slice(&chunk[..n]);
+            match tcp_balancer::sni::client_hello_sni(&buf).unwrap() {
+                tcp_balancer::sni::Sni::NeedMore => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(sni, tcp_balancer::sni::Sni::Name("api.apps.test".into()));
+        drop(s);
+        let _ = client.await;
+    })
+    .await;
+}
