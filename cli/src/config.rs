@@ -19,7 +19,9 @@ use hastack_common::{Diagnostics, KeyPath, Problem, Problems, SockAddr, SourceFi
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tcp_balancer::config::BalancerConfig;
-use vip_manager::config::{Constraint, Policy, Resource, ResourceDefaults, ResourceKind, ResourcesConfig};
+use vip_manager::config::{
+    Constraint, Policy, Resource, ResourceDefaults, ResourceKind, ResourcesConfig,
+};
 
 /// The default path of the config file.
 pub const DEFAULT_PATH: &str = "/etc/hastack/hastack.toml";
@@ -27,8 +29,19 @@ pub const DEFAULT_PATH: &str = "/etc/hastack/hastack.toml";
 pub const DEFAULT_CLUSTER_SOCKET: &str = "/run/hastack/cluster.sock";
 
 /// The top-level keys a file may have.
-pub const SECTIONS: [&str; 11] =
-    ["logging", "control", "cluster", "quorum", "resource", "constraint", "resource_defaults", "policy", "balancer", "dhcp", "dns"];
+pub const SECTIONS: [&str; 11] = [
+    "logging",
+    "control",
+    "cluster",
+    "quorum",
+    "resource",
+    "constraint",
+    "resource_defaults",
+    "policy",
+    "balancer",
+    "dhcp",
+    "dns",
+];
 
 /// `[logging]`: where and how much the daemons log (RUST_LOG overrides `level`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -153,7 +166,11 @@ impl Config {
             }
         }
         diags.finish();
-        if diags.is_empty() { Ok(config) } else { Err(diags) }
+        if diags.is_empty() {
+            Ok(config)
+        } else {
+            Err(diags)
+        }
     }
 
     /// The config as TOML that loads back to an equal `Config` (what `hastack import` writes).
@@ -234,14 +251,24 @@ impl Config {
     }
 
     fn validate_sections(&self, problems: &mut Problems) {
-        if let Some(l) = &self.logging {
-            if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&l.level) {
-                problems.add(KeyPath::new("logging.level"), format!("\"{}\" is not a log filter like \"info\" or \"info,ha_membership=debug\": {e}", l.level));
-            }
+        if let Some(l) = &self.logging
+            && let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&l.level)
+        {
+            problems.add(
+                KeyPath::new("logging.level"),
+                format!(
+                    "\"{}\" is not a log filter like \"info\" or \"info,ha_membership=debug\": {e}",
+                    l.level
+                ),
+            );
         }
         if let Some(c) = &self.control {
             let base = KeyPath::new("control");
-            for (key, path) in [("socket", &c.socket), ("balancer_socket", &c.balancer_socket), ("dhcp_dns_socket", &c.dhcp_dns_socket)] {
+            for (key, path) in [
+                ("socket", &c.socket),
+                ("balancer_socket", &c.balancer_socket),
+                ("dhcp_dns_socket", &c.dhcp_dns_socket),
+            ] {
                 if !path.is_absolute() {
                     problems.add(base.key(key), format!("{key} must be an absolute path"));
                 }
@@ -254,13 +281,21 @@ impl Config {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (base.key(k), v)))
             .collect();
-            hastack_common::check_unique(problems, metrics.iter().map(|(p, v)| (p.clone(), v)), "metrics address");
+            hastack_common::check_unique(
+                problems,
+                metrics.iter().map(|(p, v)| (p.clone(), v)),
+                "metrics address",
+            );
             let sockets = [
                 (base.key("socket"), Shown(&c.socket)),
                 (base.key("balancer_socket"), Shown(&c.balancer_socket)),
                 (base.key("dhcp_dns_socket"), Shown(&c.dhcp_dns_socket)),
             ];
-            hastack_common::check_unique(problems, sockets.iter().map(|(k, p)| (k.clone(), p)), "control socket");
+            hastack_common::check_unique(
+                problems,
+                sockets.iter().map(|(k, p)| (k.clone(), p)),
+                "control socket",
+            );
         }
         if let Some(c) = &self.cluster {
             c.validate(problems);
@@ -286,7 +321,10 @@ impl Config {
 
     fn validate_across(&self, problems: &mut Problems) {
         if self.quorum.is_some() && self.cluster.is_none() {
-            problems.add(KeyPath::new("quorum"), "[quorum] has no effect without a [cluster] section");
+            problems.add(
+                KeyPath::new("quorum"),
+                "[quorum] has no effect without a [cluster] section",
+            );
         }
         let rc = self.resources_config();
         if let Some(rc) = &rc {
@@ -296,33 +334,43 @@ impl Config {
             .resources
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| r.vip.as_ref().map(|v| (KeyPath::new("resource").index(i).key("vip").key("address"), v.address.addr())))
+            .filter_map(|(i, r)| {
+                r.vip.as_ref().map(|v| {
+                    (
+                        KeyPath::new("resource").index(i).key("vip").key("address"),
+                        v.address.addr(),
+                    )
+                })
+            })
             .collect();
         if let Some(b) = &self.balancer {
             check_binds_on_vips(b, &vips, problems);
         }
         if let Some(d) = &self.dhcp {
             if d.replication != Replication::None && self.cluster.is_none() {
-                problems.add(KeyPath::new("dhcp.replication"), "lease replication needs a [cluster] section to replicate over");
+                problems.add(
+                    KeyPath::new("dhcp.replication"),
+                    "lease replication needs a [cluster] section to replicate over",
+                );
             }
-            if let Some(dns) = &self.dns {
-                if let Some(zone) = &dns.domain {
-                    let mut domains: Vec<(KeyPath, &str)> = Vec::new();
-                    if let Some(dd) = &d.domain {
-                        domains.push((KeyPath::new("dhcp.domain"), dd));
+            if let Some(dns) = &self.dns
+                && let Some(zone) = &dns.domain
+            {
+                let mut domains: Vec<(KeyPath, &str)> = Vec::new();
+                if let Some(dd) = &d.domain {
+                    domains.push((KeyPath::new("dhcp.domain"), dd));
+                }
+                for (i, s) in d.subnets.iter().enumerate() {
+                    if let Some(sd) = &s.domain {
+                        domains.push((KeyPath::new("dhcp.subnet").index(i).key("domain"), sd));
                     }
-                    for (i, s) in d.subnets.iter().enumerate() {
-                        if let Some(sd) = &s.domain {
-                            domains.push((KeyPath::new("dhcp.subnet").index(i).key("domain"), sd));
-                        }
-                    }
-                    for (path, dom) in domains {
-                        if !is_within(dom, zone) {
-                            problems.push(
+                }
+                for (path, dom) in domains {
+                    if !is_within(dom, zone) {
+                        problems.push(
                                 Problem::new(path, format!("lease names under {dom} would not resolve: [dns] is authoritative for {zone} only"))
                                     .with_related(KeyPath::new("dns.domain")),
                             );
-                        }
                     }
                 }
             }
@@ -332,13 +380,19 @@ impl Config {
     fn check_resources_against_cluster(&self, rc: &ResourcesConfig, problems: &mut Problems) {
         let Some(cluster) = &self.cluster else {
             if !rc.resources.is_empty() {
-                problems.add(KeyPath::new("resource").index(0), "resources need a [cluster] section: nothing would run them");
+                problems.add(
+                    KeyPath::new("resource").index(0),
+                    "resources need a [cluster] section: nothing would run them",
+                );
             }
             return;
         };
         for (path, name) in rc.node_references() {
             if cluster.node_by_name(name).is_none() {
-                problems.add(path, format!("unknown node \"{name}\" (not in [[cluster.node]])"));
+                problems.add(
+                    path,
+                    format!("unknown node \"{name}\" (not in [[cluster.node]])"),
+                );
             }
         }
         for (i, r) in rc.resources.iter().enumerate() {
@@ -346,15 +400,24 @@ impl Config {
             match r.kind() {
                 Some(ResourceKind::Vip(v)) => {
                     let ip = v.address.addr();
-                    if !cluster.nodes.is_empty() && !cluster.nodes.iter().any(|n| node_has_subnet_for(n, &ip)) {
+                    if !cluster.nodes.is_empty()
+                        && !cluster.nodes.iter().any(|n| node_has_subnet_for(n, &ip))
+                    {
                         let subnets: Vec<String> = link_subnets(&cluster.nodes);
                         problems.add(
                             base.key("vip").key("address"),
-                            format!("VIP {ip} is outside every node link subnet ({})", subnets.join(", ")),
+                            format!(
+                                "VIP {ip} is outside every node link subnet ({})",
+                                subnets.join(", ")
+                            ),
                         );
                     } else {
-                        let missing: Vec<&str> =
-                            cluster.nodes.iter().filter(|n| !node_has_subnet_for(n, &ip)).map(|n| n.name.as_str()).collect();
+                        let missing: Vec<&str> = cluster
+                            .nodes
+                            .iter()
+                            .filter(|n| !node_has_subnet_for(n, &ip))
+                            .map(|n| n.name.as_str())
+                            .collect();
                         if !missing.is_empty() && missing.len() < cluster.nodes.len() {
                             problems.add(
                                 base.key("vip").key("address"),
@@ -362,18 +425,32 @@ impl Config {
                             );
                         }
                     }
-                    if let Some((j, n)) = cluster.nodes.iter().enumerate().find(|(_, n)| n.links.iter().any(|l| l.addr() == ip)) {
+                    if let Some((j, n)) = cluster
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .find(|(_, n)| n.links.iter().any(|l| l.addr() == ip))
+                    {
                         problems.push(
-                            Problem::new(base.key("vip").key("address"), format!("VIP {ip} is node {}'s own link address", n.name))
-                                .with_related(KeyPath::new("cluster.node").index(j)),
+                            Problem::new(
+                                base.key("vip").key("address"),
+                                format!("VIP {ip} is node {}'s own link address", n.name),
+                            )
+                            .with_related(KeyPath::new("cluster.node").index(j)),
                         );
                     }
                 }
                 Some(ResourceKind::Balancer(_)) if self.balancer.is_none() => {
-                    problems.add(base.key("balancer"), "a balancer resource needs a [balancer] section");
+                    problems.add(
+                        base.key("balancer"),
+                        "a balancer resource needs a [balancer] section",
+                    );
                 }
                 Some(ResourceKind::DhcpDns(_)) if self.dhcp.is_none() && self.dns.is_none() => {
-                    problems.add(base.key("dhcp_dns"), "a dhcp_dns resource needs a [dhcp] or [dns] section");
+                    problems.add(
+                        base.key("dhcp_dns"),
+                        "a dhcp_dns resource needs a [dhcp] or [dns] section",
+                    );
                 }
                 _ => {}
             }
@@ -432,7 +509,13 @@ fn check_binds_on_vips(b: &BalancerConfig, vips: &[(KeyPath, IpAddr)], problems:
 fn assemble(file: &SourceFile<'_>, diags: &mut Diagnostics) -> Config {
     for (key, span) in file.top_level_keys() {
         if !SECTIONS.contains(&key.as_str()) {
-            diags.push(file.at(span.start, format!("unknown section `{key}`, expected one of: {}", SECTIONS.join(", "))));
+            diags.push(file.at(
+                span.start,
+                format!(
+                    "unknown section `{key}`, expected one of: {}",
+                    SECTIONS.join(", ")
+                ),
+            ));
         }
     }
     let mut cfg = Config {
@@ -452,7 +535,8 @@ fn assemble(file: &SourceFile<'_>, diags: &mut Diagnostics) -> Config {
     let resources = array_section::<Resource>(file, "resource", diags);
     let constraints = array_section::<Constraint>(file, "constraint", diags);
     let loaded = |key: &str, present: bool| present || file.get(&KeyPath::new(key)).is_none();
-    let group_ok = loaded("resource_defaults", cfg.resource_defaults.is_some()) && loaded("policy", cfg.policy.is_some());
+    let group_ok = loaded("resource_defaults", cfg.resource_defaults.is_some())
+        && loaded("policy", cfg.policy.is_some());
     match (resources, constraints) {
         (Some(r), Some(c)) if group_ok => {
             cfg.resources = r;
@@ -466,7 +550,11 @@ fn assemble(file: &SourceFile<'_>, diags: &mut Diagnostics) -> Config {
     cfg
 }
 
-fn section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &mut Diagnostics) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    file: &SourceFile<'_>,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> Option<T> {
     match file.deserialize::<T>(&KeyPath::new(key)) {
         Ok(v) => v,
         Err(errors) => {
@@ -477,7 +565,11 @@ fn section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &mut Di
 }
 
 /// A top-level array of tables, element by element; `None` when any element failed.
-fn array_section<T: DeserializeOwned>(file: &SourceFile<'_>, key: &str, diags: &mut Diagnostics) -> Option<Vec<T>> {
+fn array_section<T: DeserializeOwned>(
+    file: &SourceFile<'_>,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> Option<Vec<T>> {
     let path = KeyPath::new(key);
     let Some(n) = file.array_len(&path) else {
         if file.get(&path).is_none() {
@@ -521,7 +613,11 @@ pub fn check_files(paths: &[PathBuf]) -> i32 {
                     code = 2;
                 } else {
                     let n = d.items.len();
-                    eprintln!("{}: {n} problem{}", path.display(), if n == 1 { "" } else { "s" });
+                    eprintln!(
+                        "{}: {n} problem{}",
+                        path.display(),
+                        if n == 1 { "" } else { "s" }
+                    );
                     code = code.max(1);
                 }
             }
@@ -551,8 +647,14 @@ mod tests {
     fn unknown_sections_and_keys_are_located() {
         let p = problems("[logging]\nlevle = \"debug\"\n\n[clutser]\nname = \"x\"\n");
         assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p[0].starts_with("t.toml:2:1: unknown field `levle`"), "{p:?}");
-        assert!(p[1].starts_with("t.toml:4:2: unknown section `clutser`"), "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:2:1: unknown field `levle`"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("t.toml:4:2: unknown section `clutser`"),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -570,7 +672,8 @@ mod tests {
         for name in ["three-node.toml", "two-node.toml"] {
             let original = load(&root.join(name)).unwrap_or_else(|d| panic!("{name}:\n{d}"));
             let text = original.to_toml().expect("serializes");
-            let again = Config::from_str_named(name, &text).unwrap_or_else(|d| panic!("{name} re-read:\n{d}\n{text}"));
+            let again = Config::from_str_named(name, &text)
+                .unwrap_or_else(|d| panic!("{name} re-read:\n{d}\n{text}"));
             assert_eq!(again, original, "{name} changed in a round trip:\n{text}");
         }
     }
@@ -580,14 +683,20 @@ mod tests {
         let text = "[[resource]]\nname = \"vip\"\nstickyness = 5\n[resource.vip]\naddress = \"198.18.0.100/24\"\ninterface = \"eth0\"\n\n[[constraint]]\nlocation = { resource = \"vip\", node = \"gw1\", score = 10 }\n";
         let p = problems(text);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("t.toml:3:1: unknown field `stickyness`"), "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:3:1: unknown field `stickyness`"),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn a_table_where_an_array_of_tables_belongs_is_reported() {
         let p = problems("[resource]\nname = \"vip\"\n");
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("t.toml:1:1: invalid type: map, expected a sequence"), "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:1:1: invalid type: map, expected a sequence"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -77,8 +77,13 @@ impl fmt::Display for KeyPath {
                         f.write_str(".")?;
                     }
                     let bare = !k.is_empty()
-                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                    if bare { f.write_str(k)? } else { write!(f, "{k:?}")? }
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    if bare {
+                        f.write_str(k)?
+                    } else {
+                        write!(f, "{k:?}")?
+                    }
                 }
                 Segment::Index(n) => write!(f, "[{n}]")?,
             }
@@ -114,7 +119,12 @@ pub struct Problem {
 impl Problem {
     /// A problem about the value at `path`.
     pub fn new(path: KeyPath, message: impl Into<String>) -> Self {
-        Self { path, anchor: Anchor::Value, message: message.into(), related: None }
+        Self {
+            path,
+            anchor: Anchor::Value,
+            message: message.into(),
+            related: None,
+        }
     }
 
     /// The same problem, pointing at `related` as a second place to look.
@@ -219,7 +229,10 @@ mod tests {
     fn key_path_displays_like_the_operator_reads_it() {
         let p = KeyPath::new("cluster").key("node").index(1).key("id");
         assert_eq!(p.to_string(), "cluster.node[1].id");
-        assert_eq!(KeyPath::new("dns.record").index(0).key("a b").to_string(), "dns.record[0].\"a b\"");
+        assert_eq!(
+            KeyPath::new("dns.record").index(0).key("a b").to_string(),
+            "dns.record[0].\"a b\""
+        );
         assert_eq!(p.parent().to_string(), "cluster.node[1]");
         assert_eq!(KeyPath::root().to_string(), "(top level)");
     }
@@ -230,13 +243,18 @@ mod tests {
         let mut problems = Problems::new();
         check_unique(
             &mut problems,
-            ids.iter().enumerate().map(|(i, id)| (KeyPath::new("n").index(i), id)),
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| (KeyPath::new("n").index(i), id)),
             "node id",
         );
         let v = problems.into_vec();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].path.to_string(), "n[2]");
-        assert_eq!(v[0].related.as_ref().map(|p| p.to_string()).as_deref(), Some("n[0]"));
+        assert_eq!(
+            v[0].related.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("n[0]")
+        );
         assert_eq!(v[1].path.to_string(), "n[3]");
     }
 }

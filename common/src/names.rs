@@ -6,8 +6,13 @@ use crate::diag::{KeyPath, Problems};
 /// Reports `name` unless it is 1-63 characters of letters, digits, `-`, `_` and `.`, starting with a
 /// letter or digit: safe in logs, file names, metrics labels and command lines.
 pub fn check_name(problems: &mut Problems, path: KeyPath, name: &str, what: &str) {
-    let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_start = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if name.is_empty() {
         problems.add(path, format!("{what} is empty"));
     } else if name.len() > 63 || !ok_start || !ok_chars {
@@ -36,7 +41,12 @@ pub fn is_domain(name: &str) -> bool {
 /// Reports `name` unless it is a single DNS label, as a DHCP client's host name must be.
 pub fn check_hostname(problems: &mut Problems, path: KeyPath, name: &str) {
     if !is_label(name) {
-        problems.add(path, format!("\"{name}\" is not a valid host name (letters, digits and inner '-', at most 63)"));
+        problems.add(
+            path,
+            format!(
+                "\"{name}\" is not a valid host name (letters, digits and inner '-', at most 63)"
+            ),
+        );
     }
 }
 

@@ -30,7 +30,11 @@ pub struct Located {
 
 impl fmt::Display for Located {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -47,7 +51,12 @@ impl Diagnostics {
     /// One diagnostic for a file that cannot be read.
     pub fn unreadable(file: &str, reason: impl fmt::Display) -> Self {
         Self {
-            items: vec![Located { file: file.to_string(), line: 0, column: 0, message: format!("cannot read: {reason}") }],
+            items: vec![Located {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {reason}"),
+            }],
             unreadable: true,
         }
     }
@@ -64,9 +73,10 @@ impl Diagnostics {
 
     /// Sorts by position and drops exact duplicates (the toml parser's recovery can repeat itself).
     pub fn finish(&mut self) {
-        self.items.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.items.sort_by_key(|a| (a.line, a.column));
         let mut seen = std::collections::HashSet::new();
-        self.items.retain(|d| seen.insert((d.line, d.column, d.message.clone())));
+        self.items
+            .retain(|d| seen.insert((d.line, d.column, d.message.clone())));
     }
 }
 
@@ -100,7 +110,12 @@ impl<'a> SourceFile<'a> {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         let (root, errors) = DeTable::parse_recoverable(text);
-        let file = Self { name: name.to_string(), text, root, line_starts };
+        let file = Self {
+            name: name.to_string(),
+            text,
+            root,
+            line_starts,
+        };
         if errors.is_empty() {
             return Ok(file);
         }
@@ -123,19 +138,34 @@ impl<'a> SourceFile<'a> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self.line_starts[line - 1];
-        let column = self.text.get(start..offset).map(|s| s.chars().count()).unwrap_or(offset - start) + 1;
+        let column = self
+            .text
+            .get(start..offset)
+            .map(|s| s.chars().count())
+            .unwrap_or(offset - start)
+            + 1;
         (line, column)
     }
 
     /// A diagnostic at a byte offset.
     pub fn at(&self, offset: usize, message: impl Into<String>) -> Located {
         let (line, column) = self.position(offset);
-        Located { file: self.name.clone(), line, column, message: message.into() }
+        Located {
+            file: self.name.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// The top-level keys with the span of each key, in file order.
     pub fn top_level_keys(&self) -> Vec<(String, Range<usize>)> {
-        let mut keys: Vec<_> = self.root.get_ref().keys().map(|k| (k.get_ref().to_string(), k.span())).collect();
+        let mut keys: Vec<_> = self
+            .root
+            .get_ref()
+            .keys()
+            .map(|k| (k.get_ref().to_string(), k.span()))
+            .collect();
         keys.sort_by_key(|(_, span)| span.start);
         keys
     }
@@ -162,8 +192,13 @@ impl<'a> SourceFile<'a> {
     /// is removed from a copy of the tree and deserialization is retried: one run reports every
     /// unknown key and every badly typed value of the section, each at its exact place. A
     /// "missing field" that only follows from such a removal is not reported.
-    pub fn deserialize<T: DeserializeOwned>(&self, path: &KeyPath) -> Result<Option<T>, Vec<Located>> {
-        let Some(value) = self.get(path) else { return Ok(None) };
+    pub fn deserialize<T: DeserializeOwned>(
+        &self,
+        path: &KeyPath,
+    ) -> Result<Option<T>, Vec<Located>> {
+        let Some(value) = self.get(path) else {
+            return Ok(None);
+        };
         let mut value = value.clone();
         let mut errors = Vec::new();
         let mut removed: Vec<(String, usize)> = Vec::new();
@@ -175,7 +210,8 @@ impl<'a> SourceFile<'a> {
                 Err(e) => e,
             };
             let offset = e.span().map(|s| s.start).unwrap_or(root_start);
-            let follow_on = missing_field(e.message()).is_some_and(|f| removed.iter().any(|(k, at)| k == f && *at == offset));
+            let follow_on = missing_field(e.message())
+                .is_some_and(|f| removed.iter().any(|(k, at)| k == f && *at == offset));
             if !follow_on {
                 errors.push(self.at(offset, e.message().to_string()));
             }
@@ -196,11 +232,11 @@ impl<'a> SourceFile<'a> {
     pub fn locate(&self, problem: &Problem) -> Located {
         let offset = self.offset_of(&problem.path, problem.anchor);
         let mut message = problem.message.clone();
-        if let Some(related) = &problem.related {
-            if let Walk::Found { value, .. } = self.walk(related) {
-                let (line, column) = self.position(value.span().start);
-                message.push_str(&format!(" (see line {line} column {column})"));
-            }
+        if let Some(related) = &problem.related
+            && let Walk::Found { value, .. } = self.walk(related)
+        {
+            let (line, column) = self.position(value.span().start);
+            message.push_str(&format!(" (see line {line} column {column})"));
         }
         self.at(offset, message)
     }
@@ -220,9 +256,15 @@ impl<'a> SourceFile<'a> {
         let mut key_span = None;
         for seg in path.segments() {
             let next = match (seg, current) {
-                (Segment::Key(k), None) => self.root.get_ref().get_key_value(k.as_str()).map(|(k, v)| (Some(k.span()), v)),
+                (Segment::Key(k), None) => self
+                    .root
+                    .get_ref()
+                    .get_key_value(k.as_str())
+                    .map(|(k, v)| (Some(k.span()), v)),
                 (Segment::Key(k), Some(v)) => match v.get_ref() {
-                    DeValue::Table(t) => t.get_key_value(k.as_str()).map(|(k, v)| (Some(k.span()), v)),
+                    DeValue::Table(t) => t
+                        .get_key_value(k.as_str())
+                        .map(|(k, v)| (Some(k.span()), v)),
                     _ => None,
                 },
                 (Segment::Index(n), Some(v)) => match v.get_ref() {
@@ -280,7 +322,11 @@ fn remove_at(value: &mut Spanned<DeValue<'_>>, offset: usize) -> Option<(String,
             if !a.iter().any(|e| e.span().start == offset) {
                 return None;
             }
-            let kept: Vec<_> = a.iter().filter(|e| e.span().start != offset).cloned().collect();
+            let kept: Vec<_> = a
+                .iter()
+                .filter(|e| e.span().start != offset)
+                .cloned()
+                .collect();
             *a = kept.into_iter().collect();
             Some((String::new(), own_start))
         }
@@ -289,8 +335,13 @@ fn remove_at(value: &mut Spanned<DeValue<'_>>, offset: usize) -> Option<(String,
 }
 
 enum Walk<'s, 'a> {
-    Found { key_span: Option<Range<usize>>, value: &'s Spanned<DeValue<'a>> },
-    Partial { nearest: Option<&'s Spanned<DeValue<'a>>> },
+    Found {
+        key_span: Option<Range<usize>>,
+        value: &'s Spanned<DeValue<'a>>,
+    },
+    Partial {
+        nearest: Option<&'s Spanned<DeValue<'a>>>,
+    },
 }
 
 #[cfg(test)]
@@ -309,26 +360,42 @@ mod tests {
     fn key_path_maps_to_the_value_span() {
         let file = SourceFile::parse("t.toml", TEXT).unwrap();
         assert_eq!(loc(&file, KeyPath::new("cluster.name")), (2, 8));
-        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(1).key("id")), (9, 6));
+        assert_eq!(
+            loc(&file, KeyPath::new("cluster.node").index(1).key("id")),
+            (9, 6)
+        );
         assert_eq!(loc(&file, KeyPath::new("cluster.node").index(1)), (8, 1));
-        let key = file.locate(&Problem::new(KeyPath::new("cluster.node").index(1).key("name"), "x").at_key());
+        let key = file
+            .locate(&Problem::new(KeyPath::new("cluster.node").index(1).key("name"), "x").at_key());
         assert_eq!((key.line, key.column), (10, 1));
     }
 
     #[test]
     fn a_missing_key_is_reported_at_its_nearest_existing_table() {
         let file = SourceFile::parse("t.toml", TEXT).unwrap();
-        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(0).key("votes")), (4, 1));
-        assert_eq!(loc(&file, KeyPath::new("cluster.node").index(7).key("id")), (4, 1));
+        assert_eq!(
+            loc(&file, KeyPath::new("cluster.node").index(0).key("votes")),
+            (4, 1)
+        );
+        assert_eq!(
+            loc(&file, KeyPath::new("cluster.node").index(7).key("id")),
+            (4, 1)
+        );
         assert_eq!(loc(&file, KeyPath::new("nothing.here")), (1, 1));
     }
 
     #[test]
     fn related_paths_are_appended_with_their_position() {
         let file = SourceFile::parse("t.toml", TEXT).unwrap();
-        let p = Problem::new(KeyPath::new("cluster.node").index(1).key("id"), "duplicate node id 1")
-            .with_related(KeyPath::new("cluster.node").index(0).key("id"));
-        assert_eq!(file.locate(&p).to_string(), "t.toml:9:6: duplicate node id 1 (see line 5 column 6)");
+        let p = Problem::new(
+            KeyPath::new("cluster.node").index(1).key("id"),
+            "duplicate node id 1",
+        )
+        .with_related(KeyPath::new("cluster.node").index(0).key("id"));
+        assert_eq!(
+            file.locate(&p).to_string(),
+            "t.toml:9:6: duplicate node id 1 (see line 5 column 6)"
+        );
     }
 
     #[test]
@@ -351,37 +418,88 @@ mod tests {
     fn section_errors_point_at_the_offending_key() {
         let text = "[[node]]\nid = 1\nnmae = \"a\"\n[[node]]\nid = \"two\"\nname = \"b\"\n";
         let file = SourceFile::parse("n.toml", text).unwrap();
-        let e0 = file.deserialize::<Node>(&KeyPath::new("node").index(0)).unwrap_err();
-        assert_eq!(e0.len(), 2, "misspelt `name` is both unknown and missing: {e0:?}");
+        let e0 = file
+            .deserialize::<Node>(&KeyPath::new("node").index(0))
+            .unwrap_err();
+        assert_eq!(
+            e0.len(),
+            2,
+            "misspelt `name` is both unknown and missing: {e0:?}"
+        );
         assert_eq!((e0[0].line, e0[0].column), (3, 1));
-        assert!(e0[0].message.starts_with("unknown field `nmae`"), "{}", e0[0].message);
-        let e1 = file.deserialize::<Node>(&KeyPath::new("node").index(1)).unwrap_err();
+        assert!(
+            e0[0].message.starts_with("unknown field `nmae`"),
+            "{}",
+            e0[0].message
+        );
+        let e1 = file
+            .deserialize::<Node>(&KeyPath::new("node").index(1))
+            .unwrap_err();
         assert_eq!((e1[0].line, e1[0].column), (5, 6));
-        assert_eq!(file.deserialize::<Node>(&KeyPath::new("absent")).unwrap().map(|n| n.id), None);
+        assert_eq!(
+            file.deserialize::<Node>(&KeyPath::new("absent"))
+                .unwrap()
+                .map(|n| n.id),
+            None
+        );
     }
 
     #[test]
     fn every_unknown_key_and_bad_value_of_a_section_is_reported() {
         let text = "[[node]]\nid = 1\nnmae = \"a\"\ncolour = 1\n[[node]]\nid = \"two\"\nname = \"b\"\n[[node]]\nname = \"c\"\n";
         let file = SourceFile::parse("n.toml", text).unwrap();
-        let errs = file.deserialize::<Vec<Node>>(&KeyPath::new("node")).unwrap_err();
+        let errs = file
+            .deserialize::<Vec<Node>>(&KeyPath::new("node"))
+            .unwrap_err();
         let got: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(got.len(), 5, "{got:?}");
-        assert!(got.iter().any(|g| g.starts_with("n.toml:3:1: unknown field `nmae`")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("n.toml:3:1: unknown field `nmae`")),
+            "{got:?}"
+        );
         // node[0] lacks `name` because it was misspelt, not removed: serde says so, and it is real.
-        assert!(got.iter().any(|g| g.starts_with("n.toml:1:1: missing field `name`")), "{got:?}");
-        assert!(got.iter().any(|g| g.starts_with("n.toml:4:1: unknown field `colour`")), "{got:?}");
-        assert!(got.iter().any(|g| g.starts_with("n.toml:6:6: invalid type")), "{got:?}");
-        assert!(got.iter().any(|g| g.starts_with("n.toml:8:1: missing field `id`")), "{got:?}");
-        assert!(!got.iter().any(|g| g.contains("missing field `id`") && g.starts_with("n.toml:5:")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("n.toml:1:1: missing field `name`")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("n.toml:4:1: unknown field `colour`")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("n.toml:6:6: invalid type")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("n.toml:8:1: missing field `id`")),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter()
+                .any(|g| g.contains("missing field `id`") && g.starts_with("n.toml:5:")),
+            "{got:?}"
+        );
     }
 
     #[test]
     fn syntax_errors_are_all_reported_and_sorted() {
         let errs = SourceFile::parse("s.toml", "a = \nb = 2\nc = [1 2]\n").unwrap_err();
         assert!(errs.items.len() >= 2, "{errs}");
-        assert!(errs.items.windows(2).all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column)));
-        assert!(errs.items.iter().all(|d| d.message.starts_with("syntax error: ")));
+        assert!(
+            errs.items
+                .windows(2)
+                .all(|w| (w[0].line, w[0].column) <= (w[1].line, w[1].column))
+        );
+        assert!(
+            errs.items
+                .iter()
+                .all(|d| d.message.starts_with("syntax error: "))
+        );
     }
 
     mod props {
@@ -407,7 +525,11 @@ mod tests {
                 }
                 let prefix = format!("{}k{i} ={}", " ".repeat(*pad), " ".repeat(pad % 3 + 1));
                 text.push_str(&format!("{prefix}{value}\n"));
-                expect.push((KeyPath::new("t").index(i).key(format!("k{i}")), line, prefix.chars().count() + 1));
+                expect.push((
+                    KeyPath::new("t").index(i).key(format!("k{i}")),
+                    line,
+                    prefix.chars().count() + 1,
+                ));
                 line += 1;
             }
             (text, expect)

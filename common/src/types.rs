@@ -42,7 +42,10 @@ impl<T: FromStr<Err = String>> Visitor<'_> for FromStrVisitor<T> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        Err(E::custom(format!("expected {}, found the number {v} (write it as a quoted string)", self.1)))
+        Err(E::custom(format!(
+            "expected {}, found the number {v} (write it as a quoted string)",
+            self.1
+        )))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
@@ -88,7 +91,9 @@ impl FromStr for HumanDuration {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!("duration \"{s}\" has no unit: write \"{t}s\" or \"{t}ms\""));
+            return Err(format!(
+                "duration \"{s}\" has no unit: write \"{t}s\" or \"{t}ms\""
+            ));
         }
         humantime::parse_duration(t)
             .map(Self)
@@ -153,9 +158,15 @@ impl FromStr for Cidr {
             let example = match t.parse::<IpAddr>() {
                 Ok(IpAddr::V4(_)) => format!("{t}/24"),
                 Ok(IpAddr::V6(_)) => format!("{t}/64"),
-                Err(_) => return Err(format!("\"{s}\" is not an IP address with a prefix length, like 198.18.0.11/24")),
+                Err(_) => {
+                    return Err(format!(
+                        "\"{s}\" is not an IP address with a prefix length, like 198.18.0.11/24"
+                    ));
+                }
             };
-            return Err(format!("\"{s}\" has no prefix length: write it like {example}"));
+            return Err(format!(
+                "\"{s}\" has no prefix length: write it like {example}"
+            ));
         }
         t.parse::<IpNet>()
             .map(Self)
@@ -169,7 +180,10 @@ impl fmt::Display for Cidr {
     }
 }
 
-string_serde!(Cidr, "an IP address with a prefix length, like \"198.18.0.11/24\"");
+string_serde!(
+    Cidr,
+    "an IP address with a prefix length, like \"198.18.0.11/24\""
+);
 
 /// An IP address and port that must both be given: `198.18.0.100:6443`, `[fd00:198:18::100]:6443`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -187,8 +201,14 @@ impl FromStr for SockAddr {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match HostPort::from_str(s)? {
-            HostPort { ip, port: Some(port) } => Ok(Self(SocketAddr::new(ip, port))),
-            HostPort { ip, port: None } => Err(format!("\"{s}\" has no port: write it like {}", HostPort::example(ip))),
+            HostPort {
+                ip,
+                port: Some(port),
+            } => Ok(Self(SocketAddr::new(ip, port))),
+            HostPort { ip, port: None } => Err(format!(
+                "\"{s}\" has no port: write it like {}",
+                HostPort::example(ip)
+            )),
         }
     }
 }
@@ -199,7 +219,10 @@ impl fmt::Display for SockAddr {
     }
 }
 
-string_serde!(SockAddr, "an address and port, like \"198.18.0.100:6443\" or \"[fd00:198:18::100]:6443\"");
+string_serde!(
+    SockAddr,
+    "an address and port, like \"198.18.0.100:6443\" or \"[fd00:198:18::100]:6443\""
+);
 
 /// An IP address with an optional port: `198.18.0.21:6443`, `198.18.0.21`, `[fd00::1]:53`,
 /// `fd00::1`. Sections decide whether a missing port is a default or a problem.
@@ -236,26 +259,35 @@ impl FromStr for HostPort {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if let Ok(sa) = t.parse::<SocketAddr>() {
-            return Ok(Self { ip: sa.ip(), port: Some(sa.port()) });
+            return Ok(Self {
+                ip: sa.ip(),
+                port: Some(sa.port()),
+            });
         }
         if let Ok(ip) = t.parse::<IpAddr>() {
             return Ok(Self { ip, port: None });
         }
-        if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            if let Ok(ip) = inner.parse::<IpAddr>() {
-                return Ok(Self { ip, port: None });
-            }
+        if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+            && let Ok(ip) = inner.parse::<IpAddr>()
+        {
+            return Ok(Self { ip, port: None });
         }
         if let Some((host, port)) = t.rsplit_once(':') {
             if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
                 return Err(format!("\"{s}\" has an invalid port \"{port}\" (1-65535)"));
             }
             if host.contains(':') {
-                return Err(format!("\"{s}\": write an IPv6 address with a port in brackets, like [fd00:198:18::1]:{port}"));
+                return Err(format!(
+                    "\"{s}\": write an IPv6 address with a port in brackets, like [fd00:198:18::1]:{port}"
+                ));
             }
-            return Err(format!("\"{s}\" is not an IP address (host names are not resolved): write it like 198.18.0.21:{port}"));
+            return Err(format!(
+                "\"{s}\" is not an IP address (host names are not resolved): write it like 198.18.0.21:{port}"
+            ));
         }
-        Err(format!("\"{s}\" is not an IP address (host names are not resolved)"))
+        Err(format!(
+            "\"{s}\" is not an IP address (host names are not resolved)"
+        ))
     }
 }
 
@@ -268,7 +300,10 @@ impl fmt::Display for HostPort {
     }
 }
 
-string_serde!(HostPort, "an IP address with an optional port, like \"198.18.0.21:6443\"");
+string_serde!(
+    HostPort,
+    "an IP address with an optional port, like \"198.18.0.21:6443\""
+);
 
 /// A MAC address, `52:54:00:12:34:56` (`-` separators accepted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -297,7 +332,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -311,9 +350,18 @@ impl FromStr for HexBytes {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let digits: String = s.trim().chars().filter(|c| *c != ':' && *c != '-').collect();
-        if digits.is_empty() || digits.len() % 2 != 0 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("\"{s}\" is not hex bytes, like \"01:52:54:00:12:34:56\""));
+        let digits: String = s
+            .trim()
+            .chars()
+            .filter(|c| *c != ':' && *c != '-')
+            .collect();
+        if digits.is_empty()
+            || !digits.len().is_multiple_of(2)
+            || !digits.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "\"{s}\" is not hex bytes, like \"01:52:54:00:12:34:56\""
+            ));
         }
         let bytes = (0..digits.len())
             .step_by(2)
@@ -373,10 +421,14 @@ impl FromStr for Ipv4Range {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let Some((a, b)) = s.split_once('-') else {
-            return Err(format!("\"{s}\" is not an address range: write it like 198.18.0.50-198.18.0.99"));
+            return Err(format!(
+                "\"{s}\" is not an address range: write it like 198.18.0.50-198.18.0.99"
+            ));
         };
         let parse = |x: &str| {
-            x.trim().parse::<Ipv4Addr>().map_err(|_| format!("\"{}\" in range \"{s}\" is not an IPv4 address", x.trim()))
+            x.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("\"{}\" in range \"{s}\" is not an IPv4 address", x.trim()))
         };
         let (start, end) = (parse(a)?, parse(b)?);
         if start > end {
@@ -392,7 +444,10 @@ impl fmt::Display for Ipv4Range {
     }
 }
 
-string_serde!(Ipv4Range, "an address range like \"198.18.0.50-198.18.0.99\"");
+string_serde!(
+    Ipv4Range,
+    "an address range like \"198.18.0.50-198.18.0.99\""
+);
 
 #[cfg(test)]
 mod tests {
@@ -401,37 +456,93 @@ mod tests {
 
     #[test]
     fn durations_parse_the_human_way_and_explain_mistakes() {
-        assert_eq!("10ms".parse::<HumanDuration>().unwrap(), HumanDuration::from_millis(10));
-        assert_eq!("3s".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(3));
-        assert_eq!("1m".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(60));
-        assert_eq!("1h 30m".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(5400));
-        assert_eq!("5".parse::<HumanDuration>().unwrap_err(), "duration \"5\" has no unit: write \"5s\" or \"5ms\"");
-        assert!("fast".parse::<HumanDuration>().unwrap_err().contains("like \"500ms\""));
+        assert_eq!(
+            "10ms".parse::<HumanDuration>().unwrap(),
+            HumanDuration::from_millis(10)
+        );
+        assert_eq!(
+            "3s".parse::<HumanDuration>().unwrap(),
+            HumanDuration::from_secs(3)
+        );
+        assert_eq!(
+            "1m".parse::<HumanDuration>().unwrap(),
+            HumanDuration::from_secs(60)
+        );
+        assert_eq!(
+            "1h 30m".parse::<HumanDuration>().unwrap(),
+            HumanDuration::from_secs(5400)
+        );
+        assert_eq!(
+            "5".parse::<HumanDuration>().unwrap_err(),
+            "duration \"5\" has no unit: write \"5s\" or \"5ms\""
+        );
+        assert!(
+            "fast"
+                .parse::<HumanDuration>()
+                .unwrap_err()
+                .contains("like \"500ms\"")
+        );
         assert_eq!(HumanDuration::default().to_string(), "0s");
     }
 
     #[test]
     fn addresses_explain_what_is_missing() {
-        assert_eq!("198.18.0.11".parse::<Cidr>().unwrap_err(), "\"198.18.0.11\" has no prefix length: write it like 198.18.0.11/24");
-        assert!("198.18.0.11/24".parse::<Cidr>().unwrap().contains(&"198.18.0.200".parse().unwrap()));
+        assert_eq!(
+            "198.18.0.11".parse::<Cidr>().unwrap_err(),
+            "\"198.18.0.11\" has no prefix length: write it like 198.18.0.11/24"
+        );
+        assert!(
+            "198.18.0.11/24"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains(&"198.18.0.200".parse().unwrap())
+        );
         assert!(!"198.18.0.11/24".parse::<Cidr>().unwrap().is_network());
-        assert_eq!("198.18.0.21".parse::<SockAddr>().unwrap_err(), "\"198.18.0.21\" has no port: write it like 198.18.0.21:PORT");
+        assert_eq!(
+            "198.18.0.21".parse::<SockAddr>().unwrap_err(),
+            "\"198.18.0.21\" has no port: write it like 198.18.0.21:PORT"
+        );
         assert_eq!("[fd00::1]:53".parse::<SockAddr>().unwrap().0.port(), 53);
         assert!("fd00::1:53".parse::<HostPort>().unwrap().port.is_none()); // a valid IPv6 address
-        assert!("api.lab:6443".parse::<HostPort>().unwrap_err().contains("host names are not resolved"));
-        assert!("198.18.0.1:99999".parse::<HostPort>().unwrap_err().contains("invalid port"));
-        assert_eq!("198.18.0.21".parse::<HostPort>().unwrap().with_default_port(53).port(), 53);
+        assert!(
+            "api.lab:6443"
+                .parse::<HostPort>()
+                .unwrap_err()
+                .contains("host names are not resolved")
+        );
+        assert!(
+            "198.18.0.1:99999"
+                .parse::<HostPort>()
+                .unwrap_err()
+                .contains("invalid port")
+        );
+        assert_eq!(
+            "198.18.0.21"
+                .parse::<HostPort>()
+                .unwrap()
+                .with_default_port(53)
+                .port(),
+            53
+        );
     }
 
     #[test]
     fn macs_hex_and_ranges() {
-        assert_eq!("52-54-00-AA-bb-01".parse::<MacAddr>().unwrap().to_string(), "52:54:00:aa:bb:01");
+        assert_eq!(
+            "52-54-00-AA-bb-01".parse::<MacAddr>().unwrap().to_string(),
+            "52:54:00:aa:bb:01"
+        );
         assert!("52:54:00:aa:bb".parse::<MacAddr>().is_err());
         assert_eq!("0102ff".parse::<HexBytes>().unwrap().0, vec![1, 2, 255]);
         assert!("012".parse::<HexBytes>().is_err());
         let r: Ipv4Range = "198.18.0.50 - 198.18.0.99".parse().unwrap();
         assert_eq!(r.len(), 50);
-        assert!("198.18.0.99-198.18.0.50".parse::<Ipv4Range>().unwrap_err().contains("starts after it ends"));
+        assert!(
+            "198.18.0.99-198.18.0.50"
+                .parse::<Ipv4Range>()
+                .unwrap_err()
+                .contains("starts after it ends")
+        );
     }
 
     #[test]
@@ -442,7 +553,11 @@ mod tests {
             d: HumanDuration,
         }
         let e = toml::from_str::<T>("d = 5").unwrap_err();
-        assert!(e.message().contains("found the number 5"), "{}", e.message());
+        assert!(
+            e.message().contains("found the number 5"),
+            "{}",
+            e.message()
+        );
     }
 
     proptest! {

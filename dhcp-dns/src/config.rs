@@ -28,7 +28,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use hastack_common::names::{check_domain, check_hostname, is_domain};
-use hastack_common::{Cidr, HexBytes, HostPort, HumanDuration, Ipv4Range, KeyPath, MacAddr, Problem, Problems, SockAddr, check_unique};
+use hastack_common::{
+    Cidr, HexBytes, HostPort, HumanDuration, Ipv4Range, KeyPath, MacAddr, Problem, Problems,
+    SockAddr, check_unique,
+};
 use serde::{Deserialize, Serialize};
 
 /// Where leases are logged unless `[dhcp] lease_file` says otherwise.
@@ -225,7 +228,11 @@ impl DhcpOption {
         if let Some(h) = &self.hex {
             values.push(h.0.clone());
         }
-        if values.len() == 1 { values.pop() } else { None }
+        if values.len() == 1 {
+            values.pop()
+        } else {
+            None
+        }
     }
 }
 
@@ -423,21 +430,36 @@ impl DhcpConfig {
     pub fn validate(&self, problems: &mut Problems) {
         let base = KeyPath::new("dhcp");
         if self.interfaces.is_empty() {
-            problems.add(base.key("interfaces"), "interfaces is empty: name the interfaces to serve DHCP on");
+            problems.add(
+                base.key("interfaces"),
+                "interfaces is empty: name the interfaces to serve DHCP on",
+            );
         }
         for (i, name) in self.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                problems.add(base.key("interfaces").index(i), format!("\"{name}\" is not a Linux interface name"));
+                problems.add(
+                    base.key("interfaces").index(i),
+                    format!("\"{name}\" is not a Linux interface name"),
+                );
             }
         }
         if !self.lease_file.is_absolute() {
-            problems.add(base.key("lease_file"), "lease_file must be an absolute path");
+            problems.add(
+                base.key("lease_file"),
+                "lease_file must be an absolute path",
+            );
         }
         if self.conflict_check != ConflictCheck::Off && self.conflict_check_timeout.is_zero() {
-            problems.add(base.key("conflict_check_timeout"), "conflict_check_timeout must be longer than 0s");
+            problems.add(
+                base.key("conflict_check_timeout"),
+                "conflict_check_timeout must be longer than 0s",
+            );
         }
         if self.replication == Replication::Async && self.replication_window.is_zero() {
-            problems.add(base.key("replication_window"), "replication_window must be longer than 0s with async replication");
+            problems.add(
+                base.key("replication_window"),
+                "replication_window must be longer than 0s with async replication",
+            );
         }
         if let Some(d) = &self.domain {
             check_domain(problems, base.key("domain"), d);
@@ -452,15 +474,26 @@ impl DhcpConfig {
         }
         for (i, a) in self.subnets.iter().enumerate() {
             for b in &self.subnets[..i] {
-                if a.subnet.0.contains(&b.subnet.network().network()) || b.subnet.0.contains(&a.subnet.network().network()) {
-                    problems.add(sp.index(i).key("subnet"), format!("subnet {} overlaps subnet {}", a.subnet, b.subnet));
+                if a.subnet.0.contains(&b.subnet.network().network())
+                    || b.subnet.0.contains(&a.subnet.network().network())
+                {
+                    problems.add(
+                        sp.index(i).key("subnet"),
+                        format!("subnet {} overlaps subnet {}", a.subnet, b.subnet),
+                    );
                     break;
                 }
             }
         }
         for (i, (path, range)) in pools.iter().enumerate() {
             if let Some((first, other)) = pools[..i].iter().find(|(_, r)| r.overlaps(range)) {
-                problems.push(Problem::new(path.clone(), format!("range {range} overlaps range {other}")).with_related(first.clone()));
+                problems.push(
+                    Problem::new(
+                        path.clone(),
+                        format!("range {range} overlaps range {other}"),
+                    )
+                    .with_related(first.clone()),
+                );
             }
         }
         self.validate_hosts(problems);
@@ -469,38 +502,70 @@ impl DhcpConfig {
     fn validate_hosts(&self, problems: &mut Problems) {
         let hp = KeyPath::new("dhcp.host");
         let at = |i: usize, k: &str| hp.index(i).key(k);
-        check_unique(problems, self.hosts.iter().enumerate().filter_map(|(i, h)| h.mac.as_ref().map(|m| (at(i, "mac"), m))), "reservation for MAC");
         check_unique(
             problems,
-            self.hosts.iter().enumerate().filter_map(|(i, h)| h.client_id.as_ref().map(|c| (at(i, "client_id"), c))),
+            self.hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.mac.as_ref().map(|m| (at(i, "mac"), m))),
+            "reservation for MAC",
+        );
+        check_unique(
+            problems,
+            self.hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.client_id.as_ref().map(|c| (at(i, "client_id"), c))),
             "reservation for client id",
         );
-        check_unique(problems, self.hosts.iter().enumerate().map(|(i, h)| (at(i, "address"), &h.address)), "reserved address");
         check_unique(
             problems,
-            self.hosts.iter().enumerate().filter_map(|(i, h)| h.hostname.as_ref().map(|n| (at(i, "hostname"), n))),
+            self.hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (at(i, "address"), &h.address)),
+            "reserved address",
+        );
+        check_unique(
+            problems,
+            self.hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.hostname.as_ref().map(|n| (at(i, "hostname"), n))),
             "reserved host name",
         );
         for (i, h) in self.hosts.iter().enumerate() {
             if h.mac.is_none() && h.client_id.is_none() {
-                problems.add(hp.index(i), "a reservation needs a mac or a client_id to match the client");
+                problems.add(
+                    hp.index(i),
+                    "a reservation needs a mac or a client_id to match the client",
+                );
             }
             if let Some(n) = &h.hostname {
                 check_hostname(problems, at(i, "hostname"), n);
             }
             let ip = IpAddr::V4(h.address);
             match self.subnets.iter().find(|s| s.subnet.contains(&ip)) {
-                None => problems.add(at(i, "address"), format!("reserved address {} is in no [[dhcp.subnet]]", h.address)),
+                None => problems.add(
+                    at(i, "address"),
+                    format!("reserved address {} is in no [[dhcp.subnet]]", h.address),
+                ),
                 Some(s) => {
                     if is_network_or_broadcast(s, h.address) {
-                        problems.add(at(i, "address"), format!("{} is the network or broadcast address of {}", h.address, s.subnet));
+                        problems.add(
+                            at(i, "address"),
+                            format!(
+                                "{} is the network or broadcast address of {}",
+                                h.address, s.subnet
+                            ),
+                        );
                     }
                 }
             }
-            if let Some(t) = h.lease_time {
-                if t.get().as_secs() < 10 {
-                    problems.add(at(i, "lease_time"), "lease_time must be at least 10s");
-                }
+            if let Some(t) = h.lease_time
+                && t.get().as_secs() < 10
+            {
+                problems.add(at(i, "lease_time"), "lease_time must be at least 10s");
             }
         }
     }
@@ -513,34 +578,60 @@ fn is_network_or_broadcast(s: &Subnet, a: Ipv4Addr) -> bool {
     }
 }
 
-fn validate_subnet(s: &Subnet, base: KeyPath, pools: &mut Vec<(KeyPath, Ipv4Range)>, problems: &mut Problems) {
+fn validate_subnet(
+    s: &Subnet,
+    base: KeyPath,
+    pools: &mut Vec<(KeyPath, Ipv4Range)>,
+    problems: &mut Problems,
+) {
     let sub = s.subnet;
     if !sub.is_ipv4() {
-        problems.add(base.key("subnet"), format!("{sub} is not IPv4: the DHCP server speaks DHCPv4 only"));
+        problems.add(
+            base.key("subnet"),
+            format!("{sub} is not IPv4: the DHCP server speaks DHCPv4 only"),
+        );
         return;
     }
     if !sub.is_network() {
-        problems.add(base.key("subnet"), format!("{sub} has host bits set: did you mean {}?", sub.network()));
+        problems.add(
+            base.key("subnet"),
+            format!("{sub} has host bits set: did you mean {}?", sub.network()),
+        );
     }
     let inside = |a: Ipv4Addr| sub.contains(&IpAddr::V4(a));
     for (j, r) in s.pool.iter().enumerate() {
         let p = base.key("pool").index(j);
         if !inside(r.start) || !inside(r.end) {
-            problems.add(p.clone(), format!("range {r} is outside subnet {}", sub.network()));
+            problems.add(
+                p.clone(),
+                format!("range {r} is outside subnet {}", sub.network()),
+            );
         } else if is_network_or_broadcast(s, r.start) || is_network_or_broadcast(s, r.end) {
-            problems.add(p.clone(), format!("range {r} includes the network or broadcast address of {}", sub.network()));
+            problems.add(
+                p.clone(),
+                format!(
+                    "range {r} includes the network or broadcast address of {}",
+                    sub.network()
+                ),
+            );
         }
         pools.push((p, *r));
     }
     for (j, r) in s.routers.iter().enumerate() {
         if !inside(*r) {
-            problems.add(base.key("routers").index(j), format!("router {r} is outside subnet {}", sub.network()));
+            problems.add(
+                base.key("routers").index(j),
+                format!("router {r} is outside subnet {}", sub.network()),
+            );
         }
     }
-    if let Some(id) = s.server_id {
-        if id.is_unspecified() || id.is_broadcast() {
-            problems.add(base.key("server_id"), format!("{id} cannot be a server identifier"));
-        }
+    if let Some(id) = s.server_id
+        && (id.is_unspecified() || id.is_broadcast())
+    {
+        problems.add(
+            base.key("server_id"),
+            format!("{id} cannot be a server identifier"),
+        );
     }
     let lease = s.lease_time.get();
     if lease.as_secs() < 10 {
@@ -549,44 +640,71 @@ fn validate_subnet(s: &Subnet, base: KeyPath, pools: &mut Vec<(KeyPath, Ipv4Rang
     let t1 = s.renew_time.map(|d| d.get()).unwrap_or(lease / 2);
     let t2 = s.rebind_time.map(|d| d.get()).unwrap_or(lease * 7 / 8);
     if s.renew_time.is_some() && t1 >= t2 {
-        problems.add(base.key("renew_time"), "renew_time (T1) must be shorter than rebind_time (T2)");
+        problems.add(
+            base.key("renew_time"),
+            "renew_time (T1) must be shorter than rebind_time (T2)",
+        );
     }
     if s.rebind_time.is_some() && t2 >= lease {
-        problems.add(base.key("rebind_time"), "rebind_time (T2) must be shorter than lease_time");
+        problems.add(
+            base.key("rebind_time"),
+            "rebind_time (T2) must be shorter than lease_time",
+        );
     }
     if let Some(d) = &s.domain {
         check_domain(problems, base.key("domain"), d);
     }
-    if let Some(m) = s.mtu {
-        if m < 68 {
-            problems.add(base.key("mtu"), "mtu must be at least 68 (RFC 2132)");
-        }
+    if let Some(m) = s.mtu
+        && m < 68
+    {
+        problems.add(base.key("mtu"), "mtu must be at least 68 (RFC 2132)");
     }
     for (j, r) in s.routes.iter().enumerate() {
         let p = base.key("routes").index(j);
         if !r.destination.is_ipv4() {
             problems.add(p.key("destination"), "route destination must be IPv4");
         } else if !r.destination.is_network() {
-            problems.add(p.key("destination"), format!("{} has host bits set: did you mean {}?", r.destination, r.destination.network()));
+            problems.add(
+                p.key("destination"),
+                format!(
+                    "{} has host bits set: did you mean {}?",
+                    r.destination,
+                    r.destination.network()
+                ),
+            );
         }
         if !inside(r.gateway) {
-            problems.add(p.key("gateway"), format!("gateway {} is outside subnet {}", r.gateway, sub.network()));
+            problems.add(
+                p.key("gateway"),
+                format!("gateway {} is outside subnet {}", r.gateway, sub.network()),
+            );
         }
     }
     let mut codes = HashSet::new();
     for (j, o) in s.options.iter().enumerate() {
         let p = base.key("option").index(j);
         if o.code == 0 || o.code == 255 {
-            problems.add(p.key("code"), format!("option code {} is reserved (pad/end)", o.code));
+            problems.add(
+                p.key("code"),
+                format!("option code {} is reserved (pad/end)", o.code),
+            );
         } else if let Some((_, key)) = STRUCTURED_OPTIONS.iter().find(|(c, _)| *c == o.code) {
-            problems.add(p.key("code"), format!("option {} is set with {key}, not by number", o.code));
+            problems.add(
+                p.key("code"),
+                format!("option {} is set with {key}, not by number", o.code),
+            );
         }
         if !codes.insert(o.code) {
             problems.add(p.key("code"), format!("option {} is given twice", o.code));
         }
         match o.payload() {
-            None => problems.add(p.clone(), "an option needs exactly one of text, ip, ips, u8, u16, u32, bool or hex"),
-            Some(v) if v.len() > 255 => problems.add(p.clone(), "an option value is at most 255 bytes"),
+            None => problems.add(
+                p.clone(),
+                "an option needs exactly one of text, ip, ips, u8, u16, u32, bool or hex",
+            ),
+            Some(v) if v.len() > 255 => {
+                problems.add(p.clone(), "an option value is at most 255 bytes")
+            }
             Some(_) => {}
         }
     }
@@ -597,12 +715,25 @@ impl DnsConfig {
     pub fn validate(&self, problems: &mut Problems) {
         let base = KeyPath::new("dns");
         if self.listen.is_empty() {
-            problems.add(base.key("listen"), "listen is empty: give the addresses to serve DNS on");
+            problems.add(
+                base.key("listen"),
+                "listen is empty: give the addresses to serve DNS on",
+            );
         }
-        check_unique(problems, self.listen.iter().enumerate().map(|(i, a)| (base.key("listen").index(i), a)), "listen address");
+        check_unique(
+            problems,
+            self.listen
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (base.key("listen").index(i), a)),
+            "listen address",
+        );
         for (i, a) in self.listen.iter().enumerate() {
             if a.0.port() == 0 {
-                problems.add(base.key("listen").index(i), "listen port must be between 1 and 65535");
+                problems.add(
+                    base.key("listen").index(i),
+                    "listen port must be between 1 and 65535",
+                );
             }
         }
         if let Some(d) = &self.domain {
@@ -610,7 +741,10 @@ impl DnsConfig {
         }
         for (i, f) in self.hosts_files.iter().enumerate() {
             if !f.is_absolute() {
-                problems.add(base.key("hosts_files").index(i), "hosts files must be absolute paths");
+                problems.add(
+                    base.key("hosts_files").index(i),
+                    "hosts files must be absolute paths",
+                );
             }
         }
         if self.expand_hosts && self.domain.is_none() {
@@ -618,7 +752,10 @@ impl DnsConfig {
         }
         for (i, r) in self.reverse_networks.iter().enumerate() {
             if !r.is_network() {
-                problems.add(base.key("reverse_networks").index(i), format!("{r} has host bits set: did you mean {}?", r.network()));
+                problems.add(
+                    base.key("reverse_networks").index(i),
+                    format!("{r} has host bits set: did you mean {}?", r.network()),
+                );
             }
         }
         for (i, r) in self.records.iter().enumerate() {
@@ -631,36 +768,72 @@ impl DnsConfig {
                 problems.add(p.key("addresses"), "a wildcard needs at least one address");
             }
         }
-        check_unique(problems, self.wildcards.iter().enumerate().map(|(i, w)| (base.key("wildcard").index(i).key("domain"), &w.domain)), "wildcard domain");
+        check_unique(
+            problems,
+            self.wildcards
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (base.key("wildcard").index(i).key("domain"), &w.domain)),
+            "wildcard domain",
+        );
         check_servers(problems, base.key("servers"), &self.servers);
         for (i, f) in self.forwards.iter().enumerate() {
             let p = base.key("forward").index(i);
             check_domain(problems, p.key("domain"), &f.domain);
             if f.servers.is_empty() {
-                problems.add(p.key("servers"), format!("no upstream server for {}", f.domain));
+                problems.add(
+                    p.key("servers"),
+                    format!("no upstream server for {}", f.domain),
+                );
             }
             check_servers(problems, p.key("servers"), &f.servers);
-            if self.domain.as_deref().is_some_and(|d| same_name(d, &f.domain)) {
-                problems.add(p.key("domain"), format!("{} is the local domain: it is answered here, never forwarded", f.domain));
+            if self
+                .domain
+                .as_deref()
+                .is_some_and(|d| same_name(d, &f.domain))
+            {
+                problems.add(
+                    p.key("domain"),
+                    format!(
+                        "{} is the local domain: it is answered here, never forwarded",
+                        f.domain
+                    ),
+                );
             }
         }
-        check_unique(problems, self.forwards.iter().enumerate().map(|(i, f)| (base.key("forward").index(i).key("domain"), &f.domain)), "forward domain");
+        check_unique(
+            problems,
+            self.forwards
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (base.key("forward").index(i).key("domain"), &f.domain)),
+            "forward domain",
+        );
         for (i, d) in self.rebind_allow.iter().enumerate() {
             check_domain(problems, base.key("rebind_allow").index(i), d);
         }
         if self.forward_timeout.is_zero() {
-            problems.add(base.key("forward_timeout"), "forward_timeout must be longer than 0s");
+            problems.add(
+                base.key("forward_timeout"),
+                "forward_timeout must be longer than 0s",
+            );
         }
         if self.max_inflight == 0 {
             problems.add(base.key("max_inflight"), "max_inflight must be at least 1");
         }
         if self.cache_size > 10_000_000 {
-            problems.add(base.key("cache_size"), "cache_size is at most 10000000 entries");
+            problems.add(
+                base.key("cache_size"),
+                "cache_size is at most 10000000 entries",
+            );
         }
         if let Some(rl) = &self.rate_limit {
             let p = base.key("rate_limit");
             if rl.queries_per_second == 0 {
-                problems.add(p.key("queries_per_second"), "queries_per_second must be at least 1 (remove rate_limit to disable it)");
+                problems.add(
+                    p.key("queries_per_second"),
+                    "queries_per_second must be at least 1 (remove rate_limit to disable it)",
+                );
             }
             if rl.burst.is_some_and(|b| b < rl.queries_per_second.max(1)) {
                 problems.add(p.key("burst"), "burst must be at least queries_per_second");
@@ -671,13 +844,27 @@ impl DnsConfig {
     fn validate_record(&self, r: &DnsRecord, base: KeyPath, problems: &mut Problems) {
         let absolute = r.name.ends_with('.');
         if !is_owner_name(&r.name) {
-            problems.add(base.key("name"), format!("\"{}\" is not a valid DNS name", r.name));
+            problems.add(
+                base.key("name"),
+                format!("\"{}\" is not a valid DNS name", r.name),
+            );
         }
         if !absolute && self.domain.is_none() {
-            problems.add(base.key("name"), format!("\"{}\" is relative but [dns] has no domain: end it with '.'", r.name));
+            problems.add(
+                base.key("name"),
+                format!(
+                    "\"{}\" is relative but [dns] has no domain: end it with '.'",
+                    r.name
+                ),
+            );
         }
         let v = r.value.trim();
-        let bad = |problems: &mut Problems, what: &str| problems.add(base.key("value"), format!("\"{}\" is not {what} for a {} record", r.value, r.kind));
+        let bad = |problems: &mut Problems, what: &str| {
+            problems.add(
+                base.key("value"),
+                format!("\"{}\" is not {what} for a {} record", r.value, r.kind),
+            )
+        };
         match r.kind {
             RecordType::A => {
                 if v.parse::<Ipv4Addr>().is_err() {
@@ -702,7 +889,10 @@ impl DnsConfig {
             RecordType::Mx => {
                 let parts: Vec<&str> = v.split_whitespace().collect();
                 if parts.len() != 2 || parts[0].parse::<u16>().is_err() || !is_domain(parts[1]) {
-                    bad(problems, "\"preference exchange\" (like \"10 mail.lab.example.\")");
+                    bad(
+                        problems,
+                        "\"preference exchange\" (like \"10 mail.lab.example.\")",
+                    );
                 }
             }
             RecordType::Srv => {
@@ -722,7 +912,10 @@ fn check_servers(problems: &mut Problems, base: KeyPath, servers: &[HostPort]) {
             problems.add(base.index(i), "upstream port must be between 1 and 65535");
         }
         if s.ip.is_unspecified() {
-            problems.add(base.index(i), format!("{} is not an upstream server address", s.ip));
+            problems.add(
+                base.index(i),
+                format!("{} is not an upstream server address", s.ip),
+            );
         }
     }
 }
@@ -734,17 +927,26 @@ fn is_owner_name(name: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 /// True when two DNS names are the same (case and trailing dot ignored).
 pub fn same_name(a: &str, b: &str) -> bool {
-    a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
 /// True when `name` is `domain` or below it.
 pub fn is_within(name: &str, domain: &str) -> bool {
-    let (n, d) = (name.trim_end_matches('.').to_ascii_lowercase(), domain.trim_end_matches('.').to_ascii_lowercase());
+    let (n, d) = (
+        name.trim_end_matches('.').to_ascii_lowercase(),
+        domain.trim_end_matches('.').to_ascii_lowercase(),
+    );
     n == d || n.ends_with(&format!(".{d}"))
 }
 
@@ -794,8 +996,18 @@ hostname = "worker1"
             .replace("code = 252", "code = 3");
         let p = dhcp_problems(&text);
         assert!(p.iter().any(|m| m.starts_with("dhcp.subnet[0].pool[0]: range 198.18.1.50-198.18.1.99 is outside subnet 198.18.0.0/24")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("dhcp.host[0].address: reserved address 198.19.0.31 is in no")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("dhcp.subnet[0].option[0].code: option 3 is set with routers")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m
+                    .starts_with("dhcp.host[0].address: reserved address 198.19.0.31 is in no")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m
+                    .starts_with("dhcp.subnet[0].option[0].code: option 3 is set with routers")),
+            "{p:?}"
+        );
         assert_eq!(p.len(), 3, "{p:?}");
     }
 
@@ -825,7 +1037,13 @@ servers = ["198.18.0.2"]
         let mut p = Problems::new();
         c.validate(&mut p);
         let v: Vec<String> = p.iter().map(|x| x.to_string()).collect();
-        assert_eq!(v, vec!["dns.record[2].value: \"198.18.0.100\" is not an IPv6 address for a AAAA record".to_string()]);
+        assert_eq!(
+            v,
+            vec![
+                "dns.record[2].value: \"198.18.0.100\" is not an IPv6 address for a AAAA record"
+                    .to_string()
+            ]
+        );
         assert!(is_within("a.lab.example.", "LAB.example"));
         assert!(!is_within("alab.example", "lab.example"));
     }

@@ -23,7 +23,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use hastack_common::{Cidr, HostPort, HumanDuration, KeyPath, Problem, Problems, check_unique, names::check_name};
+use hastack_common::{
+    Cidr, HostPort, HumanDuration, KeyPath, Problem, Problems, check_unique, names::check_name,
+};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -155,7 +157,9 @@ impl<'de> Deserialize<'de> for TieBreaker {
                 match v {
                     "lowest" => Ok(TieBreaker::Lowest),
                     "highest" => Ok(TieBreaker::Highest),
-                    _ => Err(E::custom(format!("auto_tie_breaker_node \"{v}\": expected \"lowest\", \"highest\" or a list of node ids"))),
+                    _ => Err(E::custom(format!(
+                        "auto_tie_breaker_node \"{v}\": expected \"lowest\", \"highest\" or a list of node ids"
+                    ))),
                 }
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<TieBreaker, A::Error> {
@@ -236,17 +240,26 @@ impl QuorumConfig {
             );
         }
         if self.expected_votes == Some(0) {
-            problems.add(base.key("expected_votes"), "expected_votes must be at least 1");
+            problems.add(
+                base.key("expected_votes"),
+                "expected_votes must be at least 1",
+            );
         }
         if self.last_man_standing && self.last_man_standing_window.is_zero() {
-            problems.add(base.key("last_man_standing_window"), "last_man_standing_window must be longer than 0s");
+            problems.add(
+                base.key("last_man_standing_window"),
+                "last_man_standing_window must be longer than 0s",
+            );
         }
         let Some(cluster) = cluster else {
             return;
         };
         let voters = cluster.nodes.len();
         if self.two_node && voters != 2 {
-            problems.add(base.key("two_node"), format!("two_node = true needs exactly 2 nodes, [cluster] lists {voters}"));
+            problems.add(
+                base.key("two_node"),
+                format!("two_node = true needs exactly 2 nodes, [cluster] lists {voters}"),
+            );
         }
         if self.two_node && cluster.witness.is_some() {
             problems.push(
@@ -261,22 +274,29 @@ impl QuorumConfig {
             );
         }
         let total = cluster.total_votes();
-        if let Some(expected) = self.expected_votes {
-            if expected != 0 && expected < total {
-                problems.add(
+        if let Some(expected) = self.expected_votes
+            && expected != 0
+            && expected < total
+        {
+            problems.add(
                     base.key("expected_votes"),
                     format!("expected_votes {expected} is less than the {total} votes configured: two partitions could both be quorate"),
                 );
-            }
         }
         if let TieBreaker::Nodes(ids) = &self.auto_tie_breaker_node {
             let known: HashSet<u32> = cluster.nodes.iter().map(|n| n.id).collect();
             if ids.is_empty() {
-                problems.add(base.key("auto_tie_breaker_node"), "auto_tie_breaker_node lists no node");
+                problems.add(
+                    base.key("auto_tie_breaker_node"),
+                    "auto_tie_breaker_node lists no node",
+                );
             }
             for (i, id) in ids.iter().enumerate() {
                 if !known.contains(id) {
-                    problems.add(base.key("auto_tie_breaker_node").index(i), format!("node id {id} is not in [cluster]"));
+                    problems.add(
+                        base.key("auto_tie_breaker_node").index(i),
+                        format!("node id {id} is not in [cluster]"),
+                    );
                 }
             }
         }
@@ -286,7 +306,11 @@ impl QuorumConfig {
 impl ClusterConfig {
     /// Sum of the votes of every node and the witness.
     pub fn total_votes(&self) -> u32 {
-        let nodes: u32 = self.nodes.iter().map(|n| n.votes).fold(0, u32::saturating_add);
+        let nodes: u32 = self
+            .nodes
+            .iter()
+            .map(|n| n.votes)
+            .fold(0, u32::saturating_add);
         nodes.saturating_add(self.witness.as_ref().map_or(0, |w| w.votes))
     }
 
@@ -302,7 +326,9 @@ impl ClusterConfig {
 
     /// The node owning one of these local addresses (how a daemon finds out which node it is).
     pub fn node_with_address(&self, local: &[IpAddr]) -> Option<&NodeConfig> {
-        self.nodes.iter().find(|n| n.links.iter().any(|l| local.contains(&l.addr())))
+        self.nodes
+            .iter()
+            .find(|n| n.links.iter().any(|l| local.contains(&l.addr())))
     }
 
     /// Reports every problem of `[cluster]`.
@@ -313,40 +339,79 @@ impl ClusterConfig {
             problems.add(base.key("port"), "port must be between 1 and 65535");
         }
         if self.authkey.as_os_str().is_empty() {
-            problems.add(base.key("authkey"), "authkey is empty: give the path of the shared key file");
+            problems.add(
+                base.key("authkey"),
+                "authkey is empty: give the path of the shared key file",
+            );
         } else if !self.authkey.is_absolute() {
-            problems.add(base.key("authkey"), format!("authkey \"{}\" must be an absolute path", self.authkey.display()));
+            problems.add(
+                base.key("authkey"),
+                format!(
+                    "authkey \"{}\" must be an absolute path",
+                    self.authkey.display()
+                ),
+            );
         }
         self.timing.validate(problems);
 
         let nodes = base.key("node");
         if self.nodes.is_empty() {
-            problems.add(base.clone(), "[cluster] lists no node: add at least one [[cluster.node]]");
+            problems.add(
+                base.clone(),
+                "[cluster] lists no node: add at least one [[cluster.node]]",
+            );
         }
         let at = |i: usize, key: &str| nodes.index(i).key(key);
-        check_unique(problems, self.nodes.iter().enumerate().map(|(i, n)| (at(i, "id"), &n.id)), "node id");
-        check_unique(problems, self.nodes.iter().enumerate().map(|(i, n)| (at(i, "name"), &n.name)), "node name");
+        check_unique(
+            problems,
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (at(i, "id"), &n.id)),
+            "node id",
+        );
+        check_unique(
+            problems,
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (at(i, "name"), &n.name)),
+            "node name",
+        );
         let addrs: Vec<(KeyPath, IpAddr)> = self
             .nodes
             .iter()
             .enumerate()
             .flat_map(|(i, n)| {
                 let links = nodes.index(i).key("links");
-                n.links.iter().enumerate().map(move |(j, l)| (links.index(j), l.addr()))
+                n.links
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, l)| (links.index(j), l.addr()))
             })
             .collect();
-        check_unique(problems, addrs.iter().map(|(p, a)| (p.clone(), a)), "link address");
+        check_unique(
+            problems,
+            addrs.iter().map(|(p, a)| (p.clone(), a)),
+            "link address",
+        );
 
         let link_count = self.nodes.first().map_or(0, |n| n.links.len());
         for (i, node) in self.nodes.iter().enumerate() {
             if node.id == 0 {
                 problems.add(at(i, "id"), "node id 0 is reserved: ids start at 1");
             } else if node.id == u32::MAX {
-                problems.add(at(i, "id"), format!("node id {} is reserved for the witness", u32::MAX));
+                problems.add(
+                    at(i, "id"),
+                    format!("node id {} is reserved for the witness", u32::MAX),
+                );
             }
             check_name(problems, at(i, "name"), &node.name, "node name");
             if node.links.is_empty() {
-                problems.add(at(i, "links"), format!("node {} has no link address", node.name));
+                problems.add(
+                    at(i, "links"),
+                    format!("node {} has no link address", node.name),
+                );
             } else if node.links.len() != link_count {
                 problems.push(
                     Problem::new(
@@ -362,14 +427,19 @@ impl ClusterConfig {
             for (j, link) in node.links.iter().enumerate() {
                 let path = nodes.index(i).key("links").index(j);
                 if link.is_network() && link.prefix_len() < if link.is_ipv4() { 32 } else { 128 } {
-                    problems.add(path.clone(), format!("{link} is a subnet address, not a node address"));
+                    problems.add(
+                        path.clone(),
+                        format!("{link} is a subnet address, not a node address"),
+                    );
                 }
-                if let (Some(first), true) = (self.nodes.first().and_then(|n| n.links.get(j)), i > 0) {
-                    if first.is_ipv4() != link.is_ipv4() {
-                        problems.push(
-                            Problem::new(path, format!("link {j} mixes IPv4 and IPv6 across nodes")).with_related(nodes.index(0).key("links").index(j)),
-                        );
-                    }
+                if let (Some(first), true) =
+                    (self.nodes.first().and_then(|n| n.links.get(j)), i > 0)
+                    && first.is_ipv4() != link.is_ipv4()
+                {
+                    problems.push(
+                        Problem::new(path, format!("link {j} mixes IPv4 and IPv6 across nodes"))
+                            .with_related(nodes.index(0).key("links").index(j)),
+                    );
                 }
             }
             if node.votes > 255 {
@@ -377,20 +447,32 @@ impl ClusterConfig {
             }
         }
         if !self.nodes.is_empty() && self.total_votes() == 0 {
-            problems.add(nodes.clone(), "no node has a vote: the cluster could never be quorate");
+            problems.add(
+                nodes.clone(),
+                "no node has a vote: the cluster could never be quorate",
+            );
         }
         if let Some(w) = &self.witness {
             let wp = base.key("witness");
             if w.votes == 0 {
-                problems.add(wp.key("votes"), "a witness with 0 votes breaks no tie: give it 1 vote");
+                problems.add(
+                    wp.key("votes"),
+                    "a witness with 0 votes breaks no tie: give it 1 vote",
+                );
             }
             if w.address.port == Some(0) {
-                problems.add(wp.key("address"), "witness port must be between 1 and 65535");
+                problems.add(
+                    wp.key("address"),
+                    "witness port must be between 1 and 65535",
+                );
             }
             if let Some((p, _)) = addrs.iter().find(|(_, a)| *a == w.address.ip) {
                 problems.push(
-                    Problem::new(wp.key("address"), "the witness must not run on a cluster node: it has to survive that node")
-                        .with_related(p.clone()),
+                    Problem::new(
+                        wp.key("address"),
+                        "the witness must not run on a cluster node: it has to survive that node",
+                    )
+                    .with_related(p.clone()),
                 );
             }
         }
@@ -413,7 +495,9 @@ impl TimingConfig {
                 problems.add(base.key(key), format!("{key} must be longer than 0s"));
             }
         }
-        if !self.heartbeat_interval.is_zero() && self.suspect_timeout.get() < self.heartbeat_interval.get() * 2 {
+        if !self.heartbeat_interval.is_zero()
+            && self.suspect_timeout.get() < self.heartbeat_interval.get() * 2
+        {
             problems.add(
                 base.key("suspect_timeout"),
                 format!(
@@ -423,10 +507,16 @@ impl TimingConfig {
             );
         }
         if self.max_health_multiplier == 0 {
-            problems.add(base.key("max_health_multiplier"), "max_health_multiplier must be at least 1");
+            problems.add(
+                base.key("max_health_multiplier"),
+                "max_health_multiplier must be at least 1",
+            );
         }
         if self.indirect_probes > 16 {
-            problems.add(base.key("indirect_probes"), "indirect_probes must be at most 16");
+            problems.add(
+                base.key("indirect_probes"),
+                "indirect_probes must be at most 16",
+            );
         }
     }
 }
@@ -464,18 +554,37 @@ links = ["198.18.0.13/24"]
         assert!(p.is_empty(), "{:?}", p);
         assert_eq!(c.total_votes(), 3);
         assert_eq!(c.port, DEFAULT_PORT);
-        assert_eq!(c.node_with_address(&["198.18.0.12".parse().unwrap()]).map(|n| n.id), Some(2));
+        assert_eq!(
+            c.node_with_address(&["198.18.0.12".parse().unwrap()])
+                .map(|n| n.id),
+            Some(2)
+        );
     }
 
     #[test]
     fn duplicates_are_each_reported() {
-        let text = THREE.replace("id = 2", "id = 1").replace("\"gw3\"", "\"gw1\"").replace("0.13/", "0.11/");
+        let text = THREE
+            .replace("id = 2", "id = 1")
+            .replace("\"gw3\"", "\"gw1\"")
+            .replace("0.13/", "0.11/");
         let mut p = Problems::new();
         cluster(&text).validate(&mut p);
         let msgs: Vec<String> = p.iter().map(|x| x.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.starts_with("cluster.node[1].id: duplicate node id 1")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("cluster.node[2].name: duplicate node name gw1")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("cluster.node[2].links[0]: duplicate link address")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("cluster.node[1].id: duplicate node id 1")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("cluster.node[2].name: duplicate node name gw1")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("cluster.node[2].links[0]: duplicate link address")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -484,12 +593,20 @@ links = ["198.18.0.13/24"]
         let mut p = Problems::new();
         QuorumConfig::default().validate(Some(&two), &mut p);
         assert_eq!(p.len(), 1, "a bare two-node cluster needs a tie-breaker");
-        let q = QuorumConfig { two_node: true, ..Default::default() };
+        let q = QuorumConfig {
+            two_node: true,
+            ..Default::default()
+        };
         assert!(q.wait_for_all());
         let mut p = Problems::new();
         q.validate(Some(&two), &mut p);
         assert!(p.is_empty(), "{p:?}");
-        let q = QuorumConfig { two_node: true, wait_for_all: Some(false), expected_votes: Some(1), ..Default::default() };
+        let q = QuorumConfig {
+            two_node: true,
+            wait_for_all: Some(false),
+            expected_votes: Some(1),
+            ..Default::default()
+        };
         let mut p = Problems::new();
         q.validate(Some(&cluster(THREE)), &mut p);
         assert_eq!(p.len(), 3, "{p:?}");
@@ -501,14 +618,23 @@ links = ["198.18.0.13/24"]
         struct T {
             t: TieBreaker,
         }
-        assert_eq!(toml::from_str::<T>("t = \"highest\"").unwrap().t, TieBreaker::Highest);
-        assert_eq!(toml::from_str::<T>("t = [3, 1]").unwrap().t, TieBreaker::Nodes(vec![3, 1]));
+        assert_eq!(
+            toml::from_str::<T>("t = \"highest\"").unwrap().t,
+            TieBreaker::Highest
+        );
+        assert_eq!(
+            toml::from_str::<T>("t = [3, 1]").unwrap().t,
+            TieBreaker::Nodes(vec![3, 1])
+        );
         assert!(toml::from_str::<T>("t = \"middle\"").is_err());
     }
 
     #[test]
     fn timing_that_would_suspect_on_one_lost_heartbeat_is_refused() {
-        let t = TimingConfig { suspect_timeout: HumanDuration::from_millis(15), ..Default::default() };
+        let t = TimingConfig {
+            suspect_timeout: HumanDuration::from_millis(15),
+            ..Default::default()
+        };
         let mut p = Problems::new();
         t.validate(&mut p);
         assert_eq!(p.len(), 1);

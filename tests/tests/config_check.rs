@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use hastack::config::{Config, check_files, load};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 fn files(dir: &Path, prefix: &str, ext: &str) -> Vec<PathBuf> {
@@ -25,7 +28,10 @@ fn files(dir: &Path, prefix: &str, ext: &str) -> Vec<PathBuf> {
 #[test]
 fn every_example_passes() {
     let examples = files(&root().join("examples"), "", ".toml");
-    assert!(examples.len() >= 2, "expected the three-node and two-node examples, found {examples:?}");
+    assert!(
+        examples.len() >= 2,
+        "expected the three-node and two-node examples, found {examples:?}"
+    );
     for path in &examples {
         if let Err(d) = load(path) {
             panic!("{} should be valid:\n{d}", path.display());
@@ -39,16 +45,26 @@ fn examples_say_what_the_issue_asks_for() {
     let three = load(&root().join("examples/three-node.toml")).expect("three-node loads");
     let cluster = three.cluster.as_ref().expect("three-node has [cluster]");
     assert_eq!(cluster.nodes.len(), 3);
-    assert!(three.resources.iter().any(|r| r.vip.is_some()), "a VIP resource");
+    assert!(
+        three.resources.iter().any(|r| r.vip.is_some()),
+        "a VIP resource"
+    );
     let balancer = three.balancer.as_ref().expect("a balancer");
-    assert_eq!(balancer.backends[0].servers.len(), 3, "three kube-apiservers");
+    assert_eq!(
+        balancer.backends[0].servers.len(),
+        3,
+        "three kube-apiservers"
+    );
     assert!(three.dhcp.is_some() && three.dns.is_some(), "DHCP and DNS");
 
     let two = load(&root().join("examples/two-node.toml")).expect("two-node loads");
     let cluster = two.cluster.as_ref().expect("two-node has [cluster]");
     assert_eq!(cluster.nodes.len(), 2);
     let quorum = two.quorum.clone().unwrap_or_default();
-    assert!(cluster.witness.is_some() || quorum.two_node || quorum.auto_tie_breaker, "a tie-breaker");
+    assert!(
+        cluster.witness.is_some() || quorum.two_node || quorum.auto_tie_breaker,
+        "a tie-breaker"
+    );
 }
 
 #[test]
@@ -58,7 +74,11 @@ fn every_broken_fixture_reports_exactly_its_expected_lines() {
     assert!(fixtures.len() >= 5, "fixtures missing in {}", dir.display());
     let mut failures = Vec::new();
     for path in &fixtures {
-        let name = path.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name")
+            .to_string();
         let text = std::fs::read_to_string(path).expect("fixture readable");
         let expected_path = path.with_extension("expected");
         let expected = std::fs::read_to_string(&expected_path)
@@ -69,9 +89,16 @@ fn every_broken_fixture_reports_exactly_its_expected_lines() {
             Err(d) => d.items.iter().map(|l| l.to_string()).collect(),
         };
         if got != expected {
-            failures.push(format!("{name}\n  expected:\n    {}\n  got:\n    {}", expected.join("\n    "), got.join("\n    ")));
+            failures.push(format!(
+                "{name}\n  expected:\n    {}\n  got:\n    {}",
+                expected.join("\n    "),
+                got.join("\n    ")
+            ));
         }
-        assert!(!expected.is_empty(), "{name}: a broken fixture must expect at least one problem");
+        assert!(
+            !expected.is_empty(),
+            "{name}: a broken fixture must expect at least one problem"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -114,9 +141,25 @@ impl XorShift {
 
 #[test]
 fn mutated_examples_never_panic_and_every_problem_is_inside_the_file() {
-    let seed: u64 = std::env::var("HASTACK_CONFIG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0ff_ee15_2026);
+    let seed: u64 = std::env::var("HASTACK_CONFIG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_c0ff_ee15_2026);
     let mut rng = XorShift(seed);
-    const JUNK: [&str; 12] = ["=", "[", "]]", "\"", "{", "x = 1", "[[resource]]", "-INFINITY", "\n", "1.5", "\"198.18.0\"", "é"];
+    const JUNK: [&str; 12] = [
+        "=",
+        "[",
+        "]]",
+        "\"",
+        "{",
+        "x = 1",
+        "[[resource]]",
+        "-INFINITY",
+        "\n",
+        "1.5",
+        "\"198.18.0\"",
+        "é",
+    ];
     for name in ["examples/three-node.toml", "examples/two-node.toml"] {
         let original = std::fs::read_to_string(root().join(name)).expect("example readable");
         for round in 0..300 {
@@ -145,9 +188,13 @@ fn mutated_examples_never_panic_and_every_problem_is_inside_the_file() {
             }
             let lines = text.lines().count() + 1;
             let result = std::panic::catch_unwind(|| Config::from_str_named(name, &text));
-            let outcome = result.unwrap_or_else(|_| panic!("seed {seed} round {round}: panicked on\n{text}"));
+            let outcome =
+                result.unwrap_or_else(|_| panic!("seed {seed} round {round}: panicked on\n{text}"));
             if let Err(d) = outcome {
-                assert!(!d.items.is_empty(), "seed {seed} round {round}: an error without a problem");
+                assert!(
+                    !d.items.is_empty(),
+                    "seed {seed} round {round}: an error without a problem"
+                );
                 for p in &d.items {
                     assert!(
                         p.line >= 1 && p.line <= lines && p.column >= 1,

@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
-use hastack_common::{Cidr, HumanDuration, KeyPath, Problem, Problems, check_unique, names::check_name};
+use hastack_common::{
+    Cidr, HumanDuration, KeyPath, Problem, Problems, check_unique, names::check_name,
+};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -74,10 +76,11 @@ impl<'de> Deserialize<'de> for ScoreValue {
                 match v.trim().to_ascii_uppercase().as_str() {
                     "INFINITY" | "+INFINITY" | "INF" | "+INF" => Ok(ScoreValue::INFINITY),
                     "-INFINITY" | "-INF" => Ok(ScoreValue::MINUS_INFINITY),
-                    other => other
-                        .parse::<i64>()
-                        .map(ScoreValue::new)
-                        .map_err(|_| E::custom(format!("score \"{v}\": expected an integer, \"INFINITY\" or \"-INFINITY\""))),
+                    other => other.parse::<i64>().map(ScoreValue::new).map_err(|_| {
+                        E::custom(format!(
+                            "score \"{v}\": expected an integer, \"INFINITY\" or \"-INFINITY\""
+                        ))
+                    }),
                 }
             }
         }
@@ -378,7 +381,11 @@ impl Resource {
     /// The resource's kind; `None` when it has none or several (validation reports both).
     pub fn kind(&self) -> Option<ResourceKind<'_>> {
         let kinds = self.kinds();
-        if kinds.len() == 1 { kinds.into_iter().next() } else { None }
+        if kinds.len() == 1 {
+            kinds.into_iter().next()
+        } else {
+            None
+        }
     }
 
     fn kinds(&self) -> Vec<ResourceKind<'_>> {
@@ -420,7 +427,8 @@ impl Resource {
         let nonzero = |x: std::time::Duration| (!x.is_zero()).then_some(x);
         EffectiveMeta {
             stickiness: self.stickiness.unwrap_or(d.stickiness),
-            migration_threshold: Some(self.migration_threshold.unwrap_or(d.migration_threshold)).filter(|t| *t > 0),
+            migration_threshold: Some(self.migration_threshold.unwrap_or(d.migration_threshold))
+                .filter(|t| *t > 0),
             failure_timeout: nonzero(self.failure_timeout.unwrap_or(d.failure_timeout).get()),
             on_fail: self.on_fail.unwrap_or(d.on_fail),
             monitor_interval: self.monitor_interval.unwrap_or(d.monitor_interval).get(),
@@ -546,11 +554,22 @@ impl ResourcesConfig {
     /// Every node name the section refers to, with its path (for the cross-section check that
     /// they exist in `[cluster]`).
     pub fn node_references(&self) -> Vec<(KeyPath, &str)> {
-        let mut refs: Vec<(KeyPath, &str)> =
-            self.policy.standby.iter().enumerate().map(|(i, n)| (KeyPath::new("policy.standby").index(i), n.as_str())).collect();
+        let mut refs: Vec<(KeyPath, &str)> = self
+            .policy
+            .standby
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (KeyPath::new("policy.standby").index(i), n.as_str()))
+            .collect();
         for (i, c) in self.constraints.iter().enumerate() {
             if let Some(l) = &c.location {
-                refs.push((KeyPath::new("constraint").index(i).key("location").key("node"), l.node.as_str()));
+                refs.push((
+                    KeyPath::new("constraint")
+                        .index(i)
+                        .key("location")
+                        .key("node"),
+                    l.node.as_str(),
+                ));
             }
         }
         refs
@@ -560,11 +579,23 @@ impl ResourcesConfig {
     pub fn validate(&self, problems: &mut Problems) {
         validate_defaults(&self.defaults, problems);
         let res = KeyPath::new("resource");
-        check_unique(problems, self.resources.iter().enumerate().map(|(i, r)| (res.index(i).key("name"), &r.name)), "resource name");
+        check_unique(
+            problems,
+            self.resources
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (res.index(i).key("name"), &r.name)),
+            "resource name",
+        );
         for (i, r) in self.resources.iter().enumerate() {
             validate_resource(r, res.index(i), &self.defaults, problems);
         }
-        let names: HashMap<&str, usize> = self.resources.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+        let names: HashMap<&str, usize> = self
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i))
+            .collect();
         let known = |problems: &mut Problems, path: KeyPath, name: &str| {
             if !names.contains_key(name) {
                 problems.add(path, format!("unknown resource \"{name}\""));
@@ -574,7 +605,14 @@ impl ResourcesConfig {
         let mut order_edges: Vec<(&str, &str, KeyPath)> = Vec::new();
         for (i, c) in self.constraints.iter().enumerate() {
             let base = cons.index(i);
-            let count = [c.colocation.is_some(), c.order.is_some(), c.location.is_some()].iter().filter(|x| **x).count();
+            let count = [
+                c.colocation.is_some(),
+                c.order.is_some(),
+                c.location.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
             if count != 1 {
                 problems.add(
                     base.clone(),
@@ -586,7 +624,10 @@ impl ResourcesConfig {
                 known(problems, p.key("resource"), &col.resource);
                 known(problems, p.key("with"), &col.with);
                 if col.resource == col.with {
-                    problems.add(p.key("with"), format!("resource \"{}\" is colocated with itself", col.resource));
+                    problems.add(
+                        p.key("with"),
+                        format!("resource \"{}\" is colocated with itself", col.resource),
+                    );
                 }
             }
             if let Some(o) = &c.order {
@@ -594,7 +635,10 @@ impl ResourcesConfig {
                 known(problems, p.key("first"), &o.first);
                 known(problems, p.key("then"), &o.then);
                 if o.first == o.then {
-                    problems.add(p.key("then"), format!("resource \"{}\" is ordered after itself", o.first));
+                    problems.add(
+                        p.key("then"),
+                        format!("resource \"{}\" is ordered after itself", o.first),
+                    );
                 } else if o.kind == OrderKind::Mandatory {
                     order_edges.push((o.first.as_str(), o.then.as_str(), p));
                 }
@@ -653,17 +697,28 @@ fn find_order_cycle(edges: &[(&str, &str, KeyPath)]) -> Option<KeyPath> {
 fn validate_defaults(d: &ResourceDefaults, problems: &mut Problems) {
     let base = KeyPath::new("resource_defaults");
     if d.monitor_interval.is_zero() {
-        problems.add(base.key("monitor_interval"), "monitor_interval must be longer than 0s");
+        problems.add(
+            base.key("monitor_interval"),
+            "monitor_interval must be longer than 0s",
+        );
     }
     if d.monitor_timeout.is_zero() {
-        problems.add(base.key("monitor_timeout"), "monitor_timeout must be longer than 0s");
+        problems.add(
+            base.key("monitor_timeout"),
+            "monitor_timeout must be longer than 0s",
+        );
     }
     if d.op_timeout.is_zero() {
         problems.add(base.key("op_timeout"), "op_timeout must be longer than 0s");
     }
 }
 
-fn validate_resource(r: &Resource, base: KeyPath, defaults: &ResourceDefaults, problems: &mut Problems) {
+fn validate_resource(
+    r: &Resource,
+    base: KeyPath,
+    defaults: &ResourceDefaults,
+    problems: &mut Problems,
+) {
     check_name(problems, base.key("name"), &r.name, "resource name");
     let kinds = r.kinds();
     match kinds.len() {
@@ -674,7 +729,11 @@ fn validate_resource(r: &Resource, base: KeyPath, defaults: &ResourceDefaults, p
         1 => {}
         n => problems.add(base.clone(), format!("resource \"{}\" has {n} kinds; give it exactly one", r.name)),
     }
-    for (key, v) in [("monitor_interval", r.monitor_interval), ("monitor_timeout", r.monitor_timeout), ("op_timeout", r.op_timeout)] {
+    for (key, v) in [
+        ("monitor_interval", r.monitor_interval),
+        ("monitor_timeout", r.monitor_timeout),
+        ("op_timeout", r.op_timeout),
+    ] {
         if v.is_some_and(|d| d.is_zero()) {
             problems.add(base.key(key), format!("{key} must be longer than 0s"));
         }
@@ -687,10 +746,18 @@ fn validate_resource(r: &Resource, base: KeyPath, defaults: &ResourceDefaults, p
         match k {
             ResourceKind::Vip(v) => {
                 let p = base.key("vip");
-                if v.address.is_network() && v.address.prefix_len() < if v.address.is_ipv4() { 32 } else { 128 } {
-                    problems.add(p.key("address"), format!("{} is a subnet address, not a host address", v.address));
+                if v.address.is_network()
+                    && v.address.prefix_len() < if v.address.is_ipv4() { 32 } else { 128 }
+                {
+                    problems.add(
+                        p.key("address"),
+                        format!("{} is a subnet address, not a host address", v.address),
+                    );
                 }
-                if v.interface.is_empty() || v.interface.len() > 15 || v.interface.contains(['/', ' ']) {
+                if v.interface.is_empty()
+                    || v.interface.len() > 15
+                    || v.interface.contains(['/', ' '])
+                {
                     problems.add(p.key("interface"), format!("\"{}\" is not a Linux interface name (1-15 characters, no '/' or space)", v.interface));
                 }
                 let lease = v.lease.get();
@@ -698,10 +765,16 @@ fn validate_resource(r: &Resource, base: KeyPath, defaults: &ResourceDefaults, p
                     problems.add(p.key("lease"), "lease must be a whole number of seconds, at least 1s (the kernel counts address lifetimes in seconds)");
                 }
                 if v.announce_count == 0 {
-                    problems.add(p.key("announce_count"), "announce_count must be at least 1: neighbours must learn the new holder");
+                    problems.add(
+                        p.key("announce_count"),
+                        "announce_count must be at least 1: neighbours must learn the new holder",
+                    );
                 }
                 if v.announce_count > 1 && v.announce_interval.is_zero() {
-                    problems.add(p.key("announce_interval"), "announce_interval must be longer than 0s");
+                    problems.add(
+                        p.key("announce_interval"),
+                        "announce_interval must be longer than 0s",
+                    );
                 }
             }
             ResourceKind::Exec(e) => {
@@ -715,13 +788,15 @@ fn validate_resource(r: &Resource, base: KeyPath, defaults: &ResourceDefaults, p
                 if e.monitor.as_ref().is_some_and(Command::is_empty) {
                     problems.add(p.key("monitor"), "monitor command is empty");
                 }
-                if let Some(w) = &e.workdir {
-                    if !w.is_absolute() {
-                        problems.add(p.key("workdir"), "workdir must be an absolute path");
-                    }
+                if let Some(w) = &e.workdir
+                    && !w.is_absolute()
+                {
+                    problems.add(p.key("workdir"), "workdir must be an absolute path");
                 }
             }
-            ResourceKind::Systemd(s) => check_unit(problems, base.key("systemd").key("unit"), &s.unit),
+            ResourceKind::Systemd(s) => {
+                check_unit(problems, base.key("systemd").key("unit"), &s.unit)
+            }
             ResourceKind::Balancer(d) => {
                 if let Some(u) = &d.unit {
                     check_unit(problems, base.key("balancer").key("unit"), u);
@@ -737,9 +812,18 @@ fn validate_resource(r: &Resource, base: KeyPath, defaults: &ResourceDefaults, p
 }
 
 fn check_unit(problems: &mut Problems, path: KeyPath, unit: &str) {
-    const SUFFIXES: [&str; 6] = [".service", ".socket", ".target", ".timer", ".mount", ".path"];
-    if !SUFFIXES.iter().any(|s| unit.len() > s.len() && unit.ends_with(s)) || unit.contains('/') {
-        problems.push(Problem::new(path, format!("\"{unit}\" is not a systemd unit name like nginx.service")));
+    const SUFFIXES: [&str; 6] = [
+        ".service", ".socket", ".target", ".timer", ".mount", ".path",
+    ];
+    if !SUFFIXES
+        .iter()
+        .any(|s| unit.len() > s.len() && unit.ends_with(s))
+        || unit.contains('/')
+    {
+        problems.push(Problem::new(
+            path,
+            format!("\"{unit}\" is not a systemd unit name like nginx.service"),
+        ));
     }
 }
 
@@ -757,7 +841,11 @@ mod tests {
 
     fn load(text: &str) -> ResourcesConfig {
         let d: Doc = toml::from_str(text).expect("test doc parses");
-        ResourcesConfig { resources: d.resource, constraints: d.constraint, ..Default::default() }
+        ResourcesConfig {
+            resources: d.resource,
+            constraints: d.constraint,
+            ..Default::default()
+        }
     }
 
     fn problems(c: &ResourcesConfig) -> Vec<String> {
@@ -798,9 +886,20 @@ location = { resource = "api-vip", node = "gw1", score = -100 }
         let c = load(GOOD);
         assert_eq!(problems(&c), Vec::<String>::new());
         assert!(matches!(c.resources[0].kind(), Some(ResourceKind::Vip(_))));
-        assert_eq!(c.resources[0].effective_meta(&c.defaults).stickiness, ScoreValue::INFINITY);
-        assert_eq!(c.constraints[0].colocation.as_ref().map(|x| x.score), Some(ScoreValue::INFINITY));
-        assert_eq!(c.resources[2].effective_meta(&c.defaults).migration_threshold, None);
+        assert_eq!(
+            c.resources[0].effective_meta(&c.defaults).stickiness,
+            ScoreValue::INFINITY
+        );
+        assert_eq!(
+            c.constraints[0].colocation.as_ref().map(|x| x.score),
+            Some(ScoreValue::INFINITY)
+        );
+        assert_eq!(
+            c.resources[2]
+                .effective_meta(&c.defaults)
+                .migration_threshold,
+            None
+        );
         assert_eq!(c.node_references().len(), 1);
     }
 
@@ -810,9 +909,18 @@ location = { resource = "api-vip", node = "gw1", score = -100 }
             "{GOOD}\n[[constraint]]\norder = {{ first = \"lb\", then = \"api-vip\" }}\n[[constraint]]\ncolocation = {{ resource = \"nope\", with = \"lb\" }}\n[[resource]]\nname = \"empty\"\n"
         );
         let p = problems(&load(&text));
-        assert!(p.iter().any(|m| m.starts_with("constraint[4].colocation.resource: unknown resource \"nope\"")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m
+                    .starts_with("constraint[4].colocation.resource: unknown resource \"nope\"")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|m| m.contains("form a cycle")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("resource[3]: resource \"empty\" has no kind")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("resource[3]: resource \"empty\" has no kind")),
+            "{p:?}"
+        );
         assert_eq!(p.len(), 3, "{p:?}");
     }
 
@@ -831,7 +939,10 @@ location = { resource = "api-vip", node = "gw1", score = -100 }
 
     #[test]
     fn vip_leases_are_whole_seconds() {
-        let text = GOOD.replace("interface = \"eth0\"", "interface = \"eth0\"\nlease = \"1500ms\"");
+        let text = GOOD.replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nlease = \"1500ms\"",
+        );
         let p = problems(&load(&text));
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("resource[0].vip.lease"));
