@@ -196,7 +196,7 @@ impl DnsCtx {
             Outcome::Respond(b) => Ok(Some(b)),
             Outcome::Drop => Ok(None),
             Outcome::Forward(req) => match &self.forwarder {
-                Some(f) => match f.from_cache(&req, t, &self.stats) {
+                Some(f) => match f.cached_response(&req, t, &self.stats) {
                     Some(b) => Ok(Some(b)),
                     None => Err(req),
                 },
@@ -373,7 +373,7 @@ impl Forwarder {
     }
 
     /// The cached response to `req`, if fresh.
-    fn from_cache(&self, req: &DnsMessage, t: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+    fn cached_response(&self, req: &DnsMessage, t: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
         let key = CacheKey::of(req)?;
         let hit = self.cache.lock().ok()?.get(&key, std::time::Instant::now())?;
         self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
