@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ha_membership::Engine;
+use ha_membership::Status;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -64,10 +64,9 @@ pub fn serve(path: PathBuf, to_loop: mpsc::Sender<(Request, oneshot::Sender<Stri
 }
 
 /// The cluster daemon's answer to `req`, built inside its loop.
-pub fn answer(req: &Request, engine: &Engine, resources: Option<&LocalResources>, names: &BTreeMap<u32, String>) -> String {
+pub fn answer(req: &Request, status: &Status, resources: Option<&LocalResources>, names: &BTreeMap<u32, String>) -> String {
     match req {
         Request::Status => {
-            let status = engine.status();
             let placement = resources.and_then(|r| r.last.as_ref()).map(|p| {
                 p.decisions
                     .iter()

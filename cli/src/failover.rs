@@ -253,6 +253,8 @@ impl LabCluster {
                 format!("lb{i}").as_ref(),
                 "--socket".as_ref(),
                 self.socket(i).as_os_str(),
+                "--state-dir".as_ref(),
+                self.lab.dir().join(format!("lb{i}")).as_os_str(),
             ])?,
             Stack::Keepalived { advert } => {
                 let dir = self.lab.dir().to_path_buf();

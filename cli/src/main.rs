@@ -20,6 +20,9 @@ struct Cli {
     /// Control socket of the cluster daemon (default: [control] socket of the config, else /run/hastack/cluster.sock).
     #[arg(long, global = true, env = "HASTACK_SOCKET")]
     socket: Option<PathBuf>,
+    /// Where daemons keep their state (membership boot epoch).
+    #[arg(long, global = true, env = "HASTACK_STATE_DIR", default_value = "/var/lib/hastack")]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,8 +105,8 @@ fn main() -> ExitCode {
             let files = if files.is_empty() { vec![cli.config] } else { files };
             return exit(hastack::config::check_files(&files));
         }
-        Command::Cluster { node } => run_cluster(&cli.config, cli.socket, Role::Node(node)),
-        Command::Witness => run_cluster(&cli.config, cli.socket, Role::Witness),
+        Command::Cluster { node } => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Node(node)),
+        Command::Witness => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Witness),
         Command::Keygen { file } => keygen(&cli.config, file),
         Command::Status { json } => status(&cli.config, cli.socket, json),
         Command::Demo { cycles, faults } => failover(cycles, &faults, true, None, None),
@@ -134,13 +137,13 @@ fn socket_path(cfg: Option<&hastack::config::Config>, flag: Option<PathBuf>) -> 
         .unwrap_or_else(|| PathBuf::from(control::DEFAULT_CLUSTER_SOCKET))
 }
 
-fn run_cluster(path: &std::path::Path, socket: Option<PathBuf>, role: Role) -> anyhow::Result<()> {
+fn run_cluster(path: &std::path::Path, socket: Option<PathBuf>, state_dir: &std::path::Path, role: Role) -> anyhow::Result<()> {
     let cfg = load(path)?;
     hastack::logging::init(cfg.log_level());
     let cluster = cfg.cluster.as_ref().context("the config has no [cluster] section")?;
     let quorum = cfg.quorum.clone().unwrap_or_default();
     let sock = socket_path(Some(&cfg), socket);
-    let s = setup::build(cluster, &quorum, cfg.resources_config().as_ref(), &role, sock)?;
+    let s = setup::build(cluster, &quorum, cfg.resources_config().as_ref(), &role, sock, Some(state_dir))?;
     hastack::cluster::run(s)
 }
 

@@ -2,14 +2,13 @@
 //! link addresses, and the resource model of vip-manager.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ha_membership::auth::Authenticator;
-use ha_membership::config::{ClusterConfig, QuorumConfig, TieBreaker as CfgTieBreaker};
-use ha_membership::{EngineParams, NodeId, NodeSpec, QuorumSettings, TieBreaker, Timing};
+use ha_membership::config::{ClusterConfig, QuorumConfig};
+use ha_membership::from_config::{node_driver_config, witness_driver_config, WITNESS_NODE_ID};
 use vip_manager::config::{self as rcfg, ResourcesConfig};
 use vip_manager::garp::AnnounceSchedule;
 use vip_manager::vip::Lease;
@@ -25,27 +24,6 @@ pub enum Role {
     Node(Option<String>),
     /// The vote-only witness.
     Witness,
-}
-
-/// The witness's node id: one above the highest node id, so every node derives the same.
-pub fn witness_id(cluster: &ClusterConfig) -> u32 {
-    cluster.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1
-}
-
-/// A stable cluster id from its name, carried in every datagram.
-pub fn cluster_id(name: &str) -> u32 {
-    let h = fnv1a(name.as_bytes());
-    (h ^ (h >> 32)) as u32
-}
-
-// FNV-1a: only used to tell clusters apart on a shared network, not for security (that is the MAC).
-fn fnv1a(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &x in b {
-        h ^= u64::from(x);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
 }
 
 /// Finds the local node: by name, or by a link address that is configured on this host.
@@ -78,92 +56,38 @@ pub fn find_local(cluster: &ClusterConfig, name: Option<&str>) -> anyhow::Result
     }
 }
 
-fn quorum_settings(q: &QuorumConfig) -> QuorumSettings {
-    QuorumSettings {
-        expected_votes: q.expected_votes,
-        two_node: q.two_node,
-        wait_for_all: q.wait_for_all.unwrap_or(q.two_node),
-        last_man_standing: q.last_man_standing,
-        lms_window: q.last_man_standing_window.get(),
-        auto_tie_breaker: q.auto_tie_breaker,
-        tie_breaker: match &q.auto_tie_breaker_node {
-            CfgTieBreaker::Lowest => TieBreaker::Lowest,
-            CfgTieBreaker::Highest => TieBreaker::Highest,
-            CfgTieBreaker::Nodes(ids) => TieBreaker::Nodes(ids.iter().map(|i| NodeId(*i)).collect()),
-        },
-    }
-}
-
-fn timing(c: &ClusterConfig) -> Timing {
-    let t = &c.timing;
-    let confirm = t.confirm_timeout.get();
-    Timing {
-        heartbeat_interval: t.heartbeat_interval.get(),
-        suspect_timeout: t.suspect_timeout.get(),
-        confirm_min: confirm / 2,
-        confirm_max: confirm * 2,
-        view_timeout: t.view_commit_timeout.get(),
-        join_delay: t.join_interval.get(),
-        max_lhm: t.max_health_multiplier,
-        indirect_probes: t.indirect_probes as usize,
-    }
-}
-
-/// Builds the daemon's setup for `role` from the config sections.
+/// Builds the daemon's setup for `role` from the config sections. `state_dir` keeps the membership
+/// boot epoch (so a restarted node is always a newer life, whatever the clock does).
 pub fn build(
     cluster: &ClusterConfig,
     quorum: &QuorumConfig,
     resources: Option<&ResourcesConfig>,
     role: &Role,
     control_socket: PathBuf,
+    state_dir: Option<&Path>,
 ) -> anyhow::Result<Setup> {
-    let auth = Authenticator::load(&cluster.authkey).with_context(|| format!("authkey {}", cluster.authkey.display()))?;
-    let wid = witness_id(cluster);
-    let local = match role {
-        Role::Node(name) => find_local(cluster, name.as_deref())?,
-        Role::Witness => {
-            if cluster.witness.is_none() {
-                bail!("this config has no [cluster.witness]");
-            }
-            wid
-        }
+    let mut driver = match role {
+        Role::Node(name) => node_driver_config(cluster, quorum, find_local(cluster, name.as_deref())?)?,
+        Role::Witness => witness_driver_config(cluster, quorum)?,
     };
-    let mut nodes: Vec<NodeSpec> = cluster
-        .nodes
-        .iter()
-        .map(|n| NodeSpec { id: NodeId(n.id), votes: n.votes, links: n.links.len(), witness: false })
-        .collect();
-    let mut peers: BTreeMap<NodeId, Vec<SocketAddr>> = cluster
-        .nodes
-        .iter()
-        .map(|n| (NodeId(n.id), n.links.iter().map(|l| SocketAddr::new(l.addr(), cluster.port)).collect()))
-        .collect();
-    let mut names: BTreeMap<u32, String> = cluster.nodes.iter().map(|n| (n.id, n.name.clone())).collect();
-    if let Some(w) = &cluster.witness {
-        let addr = w.address.with_default_port(ha_membership::config::DEFAULT_WITNESS_PORT);
-        nodes.push(NodeSpec { id: NodeId(wid), votes: w.votes, links: 1, witness: true });
-        peers.insert(NodeId(wid), vec![addr]);
-        names.insert(wid, "witness".into());
+    driver.boot_state = state_dir.map(|d| d.join(format!("membership-boot-{}", driver.params.local.0)));
+    if let Some(d) = state_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("state directory {}", d.display()))?;
     }
-    let local_links = peers.get(&NodeId(local)).cloned().unwrap_or_default();
-    // The witness has one link, the nodes' link 0: it binds its own address.
-    let params = EngineParams {
-        cluster_id: cluster_id(&cluster.name),
-        local: NodeId(local),
-        nodes,
-        timing: timing(cluster),
-        quorum: quorum_settings(quorum),
-    };
+    let mut names: BTreeMap<u32, String> = cluster.nodes.iter().map(|n| (n.id, n.name.clone())).collect();
+    if cluster.witness.is_some() {
+        names.insert(WITNESS_NODE_ID.0, "witness".into());
+    }
     let resources = match (role, resources) {
         (Role::Witness, _) => None,
-        (Role::Node(_), Some(r)) => Some(resource_setup(cluster, r, wid)?),
+        (Role::Node(_), Some(r)) => Some(resource_setup(cluster, r)?),
         (Role::Node(_), None) => Some(ResourceSetup::default()),
     };
-    Ok(Setup { params, auth, local_links, peers, resources, control_socket, names })
+    Ok(Setup { driver, resources, control_socket, names })
 }
 
 /// The vip-manager model of the `[[resource]]`, `[[constraint]]` and `[policy]` sections.
-pub fn resource_setup(cluster: &ClusterConfig, rc: &ResourcesConfig, witness: u32) -> anyhow::Result<ResourceSetup> {
+pub fn resource_setup(cluster: &ClusterConfig, rc: &ResourcesConfig) -> anyhow::Result<ResourceSetup> {
     let node_id = |name: &str| -> anyhow::Result<vip_manager::NodeId> {
         cluster
             .nodes
@@ -248,6 +172,6 @@ pub fn resource_setup(cluster: &ClusterConfig, rc: &ResourcesConfig, witness: u3
         lease: lease.map(Lease::new).unwrap_or_default(),
         announce,
         handover_delay: heartbeat * 3,
-        witnesses: [witness].into_iter().collect(),
+        witnesses: [WITNESS_NODE_ID.0].into_iter().collect(),
     })
 }
