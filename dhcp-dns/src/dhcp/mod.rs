@@ -335,6 +335,45 @@ impl DhcpServer {
         out
     }
 
+    /// Apply a lease change made by a peer gateway (replication): the record replaces ours for
+    /// that address, is persisted here too, and DNS follows. Offers we hold for that address are
+    /// withdrawn, since the peer has given it away.
+    pub fn apply_replicated(&mut self, rec: LogRecord, now: UnixTime) -> Vec<Action> {
+        let addr = rec.addr();
+        let old_name = self.leases.get(addr).filter(|l| l.is_active(now)).and_then(|l| l.fqdn.clone());
+        let new_name = match &rec {
+            LogRecord::Upsert(l) if l.is_active(now) => l.fqdn.clone(),
+            _ => None,
+        };
+        // A name the peer gave to this address leaves any other address that had it here.
+        let mut out = Vec::new();
+        if let Some(n) = &new_name {
+            if let Some(other) = self.leases.by_name(n).filter(|l| l.addr != addr).cloned() {
+                let mut other = other;
+                out.push(Action::LeaseChanged(LeaseChange { addr: other.addr, old_name: other.fqdn.clone(), new_name: None }));
+                other.fqdn = None;
+                other.hostname = None;
+                self.leases.insert(other);
+            }
+        }
+        match &rec {
+            LogRecord::Upsert(l) => {
+                self.leases.insert(l.clone());
+            }
+            LogRecord::Remove(a) => {
+                self.leases.remove(*a);
+            }
+        }
+        if let Some(tok) = self.offered.remove(&addr) {
+            self.offers.remove(&tok);
+        }
+        if old_name != new_name {
+            out.push(Action::LeaseChanged(LeaseChange { addr, old_name, new_name }));
+        }
+        out.push(Action::PersistLease { record: rec, reply: None });
+        out
+    }
+
     /// The lease table.
     pub fn leases(&self) -> &LeaseTable {
         &self.leases

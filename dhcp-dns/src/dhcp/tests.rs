@@ -598,3 +598,35 @@ proptest::proptest! {
         let _ = s.handle_timeout(T0 + 100_000);
     }
 }
+
+#[test]
+fn replicated_lease_is_served_by_the_standby_with_its_name() {
+    let mut primary = DhcpServer::new(cfg());
+    let mut standby = DhcpServer::new(cfg());
+    let mut d = msg(MessageType::Discover, &MAC_A);
+    d.opts_mut().insert(DhcpOption::Hostname("node-a".into()));
+    let (_, offer) = one_reply(&primary.handle_packet(T0, &bytes(&d), direct()));
+    let mut r = msg(MessageType::Request, &MAC_A);
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SID));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    r.opts_mut().insert(DhcpOption::Hostname("node-a".into()));
+    let acts = primary.handle_packet(T0, &bytes(&r), direct());
+    let Some(Action::PersistLease { record, .. }) = acts.last() else { panic!() };
+    // The standby held an offer of that address to someone else: withdrawn by the replica.
+    let mut d2 = msg(MessageType::Discover, &MAC_B);
+    d2.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    let (_, ob) = one_reply(&standby.handle_packet(T0, &bytes(&d2), direct()));
+    assert_eq!(ob.yiaddr(), offer.yiaddr());
+    let acts = standby.apply_replicated(record.clone(), T0);
+    assert!(changes(&acts).contains(&LeaseChange { addr: offer.yiaddr(), old_name: None, new_name: Some("node-a.cluster.test".into()) }));
+    assert!(matches!(acts.last(), Some(Action::PersistLease { reply: None, .. })));
+    // Failover: the client renews with the standby, which knows the lease.
+    let (_, ack) = one_reply(&standby.handle_packet(T0 + 1800, &bytes(&init_reboot(&MAC_A, offer.yiaddr())), direct()));
+    assert_eq!(mtype(&ack), MessageType::Ack);
+    // And MAC_B cannot take it there any more.
+    let mut rb = msg(MessageType::Request, &MAC_B);
+    rb.opts_mut().insert(DhcpOption::ServerIdentifier(SID));
+    rb.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    let (_, nak) = one_reply(&standby.handle_packet(T0 + 1, &bytes(&rb), direct()));
+    assert_eq!(mtype(&nak), MessageType::Nak);
+}
