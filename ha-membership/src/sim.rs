@@ -941,6 +941,30 @@ fn forged_and_replayed_datagrams_change_nothing() {
     assert!(sim.converged());
 }
 
+/// votequorum's two_node: nobody is quorate alone at first start (wait_for_all); once both were
+/// seen, the survivor of a crash stays quorate with one vote of two.
+#[test]
+fn two_node_mode_waits_for_all_then_survives_a_crash() {
+    let node = |id: u32| NodeSpec { id: NodeId(id), votes: 1, links: 2, witness: false };
+    let q = QuorumSettings { two_node: true, ..Default::default() };
+    let mut sim = Sim::new(21, vec![node(1), node(2)], q);
+    // Node 2 is cut off from the start: node 1 forms a view alone but must not be quorate.
+    sim.net.cuts.insert((NodeId(1), NodeId(2), usize::MAX));
+    sim.net.cuts.insert((NodeId(2), NodeId(1), usize::MAX));
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(sim.engine(NodeId(1)).unwrap().view().map(|v| v.members.len()), Some(1));
+    assert!(!sim.engine(NodeId(1)).unwrap().quorate(), "quorate alone before seeing the peer");
+    sim.heal();
+    sim.run_until(Duration::from_millis(500), Sim::settled).unwrap_or_else(|| panic!("{}", sim.fail("no view")));
+    sim.run_for(Duration::from_millis(20));
+    assert!(sim.engine(NodeId(1)).unwrap().quorate() && sim.engine(NodeId(2)).unwrap().quorate());
+    sim.crash(NodeId(2));
+    sim.run_until(Duration::from_millis(500), Sim::converged).unwrap_or_else(|| panic!("{}", sim.fail("no commit")));
+    let st = sim.engine(NodeId(1)).unwrap().status();
+    assert!(st.quorum.quorate, "two_node survivor keeps quorum");
+    assert_eq!(st.quorum.flags, vec!["Quorate", "WaitForAll", "2Node"]);
+}
+
 /// Same seed, same run: the simulator is a reproducer.
 #[test]
 fn a_seed_replays_exactly() {
