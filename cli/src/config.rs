@@ -303,7 +303,14 @@ impl Config {
         if let Some(q) = &self.quorum {
             q.validate(self.cluster.as_ref(), problems);
         } else if let Some(c) = &self.cluster {
-            QuorumConfig::default().validate(Some(c), problems);
+            // No [quorum]: the defaults still have to suit the node list; point at [cluster],
+            // since there is no [quorum] line to show.
+            let mut defaults = Problems::new();
+            QuorumConfig::default().validate(Some(c), &mut defaults);
+            for p in defaults {
+                let message = format!("{} (no [quorum] section: its defaults apply)", p.message);
+                problems.push(Problem::new(KeyPath::new("cluster"), message));
+            }
         }
         if let Some(rc) = self.resources_config() {
             rc.validate(problems);
@@ -695,6 +702,21 @@ mod tests {
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
             p[0].starts_with("t.toml:1:1: invalid type: map, expected a sequence"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn quorum_defaults_are_checked_against_the_cluster_when_quorum_is_absent() {
+        let text = "# pair\n[cluster]\nname = \"p\"\nauthkey = \"/k\"\n[[cluster.node]]\nid = 1\nname = \"a\"\nlinks = [\"198.18.0.11/24\"]\n[[cluster.node]]\nid = 2\nname = \"b\"\nlinks = [\"198.18.0.12/24\"]\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:2:1: a two-node cluster loses quorum"),
+            "{p:?}"
+        );
+        assert!(
+            p[0].ends_with("(no [quorum] section: its defaults apply)"),
             "{p:?}"
         );
     }
