@@ -304,6 +304,18 @@ impl QuorumConfig {
 }
 
 impl ClusterConfig {
+    /// A cluster without nodes, every other key at its default (for importers).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            port: DEFAULT_PORT,
+            authkey: default_authkey(),
+            timing: TimingConfig::default(),
+            nodes: Vec::new(),
+            witness: None,
+        }
+    }
+
     /// Sum of the votes of every node and the witness.
     pub fn total_votes(&self) -> u32 {
         let nodes: u32 = self
@@ -610,6 +622,19 @@ links = ["198.18.0.13/24"]
         let mut p = Problems::new();
         q.validate(Some(&cluster(THREE)), &mut p);
         assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn constructors_match_the_serde_defaults() {
+        assert_eq!(cluster("name = \"gw\""), ClusterConfig::new("gw"));
+        assert_eq!(
+            toml::from_str::<QuorumConfig>("").unwrap(),
+            QuorumConfig::default()
+        );
+        assert_eq!(
+            toml::from_str::<TimingConfig>("").unwrap(),
+            TimingConfig::default()
+        );
     }
 
     #[test]

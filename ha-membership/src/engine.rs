@@ -1333,6 +1333,36 @@ mod tests {
             .collect()
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// A peer holding the key but sending nonsense (any message, any field values) never makes
+        /// the engine panic, and never makes it hold a view without itself.
+        #[test]
+        fn authenticated_nonsense_never_panics(
+            msgs in proptest::collection::vec(
+                (2u32..=3, 0u64..30, crate::wire::tests::arb_message()),
+                1..60,
+            )
+        ) {
+            let t = Instant::now();
+            let mut e = engine(1, 3, t);
+            let mut now = t;
+            for (i, (from, step_ms, msg)) in msgs.into_iter().enumerate() {
+                now += Duration::from_millis(step_ms);
+                e.handle_datagram(now, (i % 2) as usize, &from_peer(from, i as u64 + 1, msg));
+                if e.poll_timeout().is_some_and(|d| d <= now) {
+                    e.handle_timeout(now);
+                }
+                let _ = e.broadcast(now, Bytes::from_static(b"x"));
+                while e.poll_transmit().is_some() {}
+                while e.poll_event().is_some() {}
+                if let Some(v) = e.view() {
+                    proptest::prop_assert!(v.members.iter().any(|m| m.node == NodeId(1)));
+                }
+            }
+        }
+    }
+
     #[test]
     fn params_are_checked() {
         let t = Instant::now();

@@ -521,7 +521,7 @@ pub fn parse(buf: &[u8]) -> Result<(Header, Message), WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -543,7 +543,7 @@ mod tests {
         })
     }
 
-    fn arb_message() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             (proptest::option::of(arb_view()), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
                 |(view, incarnation, delivered, blocked)| Message::Heartbeat {
