@@ -599,7 +599,105 @@ impl Serialize for Redispatch {
     }
 }
 
+impl Default for Check {
+    /// A TCP connect check with HAProxy's timing (inter 2s, rise 2, fall 3).
+    fn default() -> Self {
+        Self {
+            kind: CheckType::Tcp,
+            inter: default_inter(),
+            fastinter: None,
+            downinter: None,
+            rise: default_rise(),
+            fall: default_fall(),
+            port: None,
+            method: None,
+            uri: None,
+            version: None,
+            host: None,
+            headers: BTreeMap::new(),
+            expect_status: Vec::new(),
+            expect_string: None,
+            sni: None,
+            verify: Verify::None,
+            ca_file: None,
+            mysql_user: None,
+        }
+    }
+}
+
+impl Default for BalancerConfig {
+    /// No frontend or backend; every global setting at its default.
+    fn default() -> Self {
+        Self {
+            maxconn: default_maxconn(),
+            threads: None,
+            splice: true,
+            hard_stop_after: None,
+            timeouts: Timeouts::default(),
+            keepalive: Keepalive::default(),
+            frontends: Vec::new(),
+            backends: Vec::new(),
+        }
+    }
+}
+
+impl Frontend {
+    /// A tcp-mode frontend on `bind` with every other key at its default (for importers).
+    pub fn new(name: impl Into<String>, bind: Vec<SockAddr>) -> Self {
+        Self {
+            name: name.into(),
+            bind,
+            freebind: false,
+            mode: Mode::Tcp,
+            accept_proxy: false,
+            maxconn: None,
+            backlog: default_backlog(),
+            backend: None,
+            tls: None,
+            routes: Vec::new(),
+            monitor_uri: None,
+            forwarded_for: false,
+        }
+    }
+}
+
+impl Server {
+    /// A server with every optional key unset (for importers).
+    pub fn new(name: impl Into<String>, address: HostPort) -> Self {
+        Self {
+            name: name.into(),
+            address,
+            backup: false,
+            weight: None,
+            maxconn: None,
+            maxqueue: None,
+            slowstart: None,
+            send_proxy: None,
+            on_marked_down: None,
+            check: None,
+            init_state: None,
+        }
+    }
+}
+
 impl Backend {
+    /// A roundrobin backend without servers or checks, every key at its default (for importers).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            balance: Balance::Roundrobin,
+            random_draws: default_draws(),
+            retries: default_retries(),
+            redispatch: default_redispatch(),
+            maxqueue: default_maxqueue(),
+            check: None,
+            default_server: ServerDefaults::default(),
+            rebalance: false,
+            rebalance_rate: default_rebalance_rate(),
+            servers: Vec::new(),
+        }
+    }
+
     /// Every server with `default_server` applied.
     pub fn effective_servers(&self) -> Vec<EffectiveServer> {
         let d = &self.default_server;
@@ -1162,6 +1260,29 @@ backup = true
             .replace("monitor_uri = \"/healthz\"\n", "");
         let p = problems(&text);
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn constructors_match_the_serde_defaults() {
+        assert_eq!(toml::from_str::<Check>("").unwrap(), Check::default());
+        assert_eq!(
+            toml::from_str::<BalancerConfig>("").unwrap(),
+            BalancerConfig::default()
+        );
+        assert_eq!(
+            toml::from_str::<Backend>("name = \"b\"").unwrap(),
+            Backend::new("b")
+        );
+        let f = Frontend::new("f", vec!["127.0.0.1:80".parse().unwrap()]);
+        assert_eq!(
+            toml::from_str::<Frontend>("name = \"f\"\nbind = [\"127.0.0.1:80\"]").unwrap(),
+            f
+        );
+        let s = Server::new("s", "127.0.0.1:81".parse().unwrap());
+        assert_eq!(
+            toml::from_str::<Server>("name = \"s\"\naddress = \"127.0.0.1:81\"").unwrap(),
+            s
+        );
     }
 
     #[test]

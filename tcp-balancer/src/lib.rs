@@ -9,6 +9,7 @@
 //! - [`relay`]: the zero-copy (splice) or copy full-duplex relay with half-close and timeouts.
 //! - [`sni`]: the server name of a TLS ClientHello, for SNI routing of TLS passthrough.
 //! - [`stats`]: `show stat` CSV and Prometheus renderings of the counters.
+//! - [`router`]: TLS passthrough with routing by SNI in tcp mode.
 //! - [`runtime`]: every frontend of a config running, with the admin API (`show stat`, ...).
 
 pub mod balance;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
+pub mod router;
 pub mod runtime;
 pub mod sni;
 pub mod stats;

@@ -534,7 +534,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     local: SocketAddr,
     locals: Vec<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -548,7 +548,7 @@ pub fn bind_listener(fe: &FrontendConfig) -> std::io::Result<TcpListener> {
     bind_addr(fe, fe.bind)
 }
 
-fn bind_addr(fe: &FrontendConfig, addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_addr(fe: &FrontendConfig, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     if fe.reuseport {
@@ -614,17 +614,13 @@ impl Proxy {
                 probers.push((i, p, params.clone()));
             }
         }
-        let no_listener = || ProxyError::Bind {
-            frontend: cfg.frontend.name.clone(),
-            addr: cfg.frontend.bind,
-            source: std::io::ErrorKind::InvalidInput.into(),
-        };
         let locals = listeners
             .iter()
             .map(|l| l.local_addr())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| ProxyError::Bind { frontend: cfg.frontend.name.clone(), addr: cfg.frontend.bind, source })?;
-        let local = *locals.first().ok_or_else(no_listener)?;
+        // Without listeners (behind an SNI router) the configured address stands in.
+        let local = locals.first().copied().unwrap_or(cfg.frontend.bind);
         let servers = be
             .servers
             .iter()
@@ -678,7 +674,7 @@ impl Proxy {
         if let Some(r) = shared.cfg.backend.rebalance {
             tasks.push(tokio::spawn(rebalancer(shared.clone(), r)));
         }
-        Ok(Proxy { shared, local, locals, tasks })
+        Ok(Proxy { shared, local, locals, tasks: Mutex::new(tasks) })
     }
 
     /// The bound address (useful with port 0).
@@ -781,7 +777,7 @@ impl Proxy {
 
     /// Graceful drain: stop accepting and health checks, let sessions finish for up to `grace`,
     /// then close the rest. Returns how many were closed by force.
-    pub async fn drain(mut self, grace: Duration) -> usize {
+    pub async fn drain(&self, grace: Duration) -> usize {
         let sh = self.shared.clone();
         sh.stop.send_replace(true);
         let deadline = Instant::now() + grace;
@@ -803,10 +799,28 @@ impl Proxy {
                 let _ = tokio::time::timeout(Duration::from_millis(20), sh.idle.notified()).await;
             }
         }
-        for t in self.tasks.drain(..) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
         forced
+    }
+
+    /// Serves a connection accepted elsewhere (an SNI router): `early` holds bytes already read
+    /// from the client, sent to the server first; `guard` is dropped when the session ends.
+    pub fn handle<G: Send + 'static>(&self, stream: TcpStream, peer: SocketAddr, early: Vec<u8>, guard: G) {
+        let sh = self.shared.clone();
+        sh.alive.fetch_add(1, Ordering::AcqRel);
+        let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer);
+        tokio::spawn(
+            async move {
+                session(&sh, stream, peer, early).await;
+                drop(guard);
+                if sh.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    sh.idle.notify_waiters();
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Immediate stop: closes the listener and every session.
@@ -879,7 +893,7 @@ async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, sem: Arc<Semaphore>
         let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer);
         tokio::spawn(
             async move {
-                session(&sh2, sock, peer).await;
+                session(&sh2, sock, peer, Vec::new()).await;
                 drop(permit);
                 if sh2.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
                     sh2.idle.notify_waiters();
@@ -974,25 +988,24 @@ impl Drop for SlotGuard<'_> {
 }
 
 /// Reads a PROXY header from a client; returns it with any bytes read past it.
-async fn read_proxy_header(client: &mut TcpStream) -> Result<(Header, Vec<u8>), std::io::Error> {
+async fn read_proxy_header(client: &mut TcpStream, mut buf: Vec<u8>) -> Result<(Header, Vec<u8>), std::io::Error> {
     let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
         match proxy_protocol::parse(&buf) {
             Ok(Some((h, len))) => return Ok((h, buf.split_off(len))),
             Ok(None) => {}
             Err(e) => return Err(bad(e.to_string())),
         }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr) {
+async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in: Vec<u8>) {
     let cfg = &sh.cfg;
     sh.frontend.open();
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1001,7 +1014,7 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr) {
     let local = client.local_addr().unwrap_or(cfg.frontend.bind);
     // The real client and the address it reached: from the PROXY header when one is expected.
     let (peer, local, early) = if cfg.frontend.accept_proxy {
-        match tokio::time::timeout(cfg.timeouts.idle.client, read_proxy_header(&mut client)).await {
+        match tokio::time::timeout(cfg.timeouts.idle.client, read_proxy_header(&mut client, early_in)).await {
             Ok(Ok((Header::Tcp { src, dst }, rest))) => (src, dst, rest),
             Ok(Ok((Header::Local, rest))) => (peer, local, rest),
             Ok(Err(e)) => {
@@ -1017,7 +1030,7 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr) {
             }
         }
     } else {
-        (peer, local, Vec::new())
+        (peer, local, early_in)
     };
     let hash = hash_addr(peer.ip());
 

@@ -94,7 +94,8 @@ impl Balancer {
     /// Graceful stop of every frontend; returns the sessions closed by force.
     pub async fn drain(self, grace: Duration) -> usize {
         // All frontends drain at once: one shared grace period, not one per frontend.
-        let waits: Vec<_> = self.proxies.into_iter().map(|p| tokio::spawn(p.drain(grace))).collect();
+        let waits: Vec<_> =
+            self.proxies.into_iter().map(|p| tokio::spawn(async move { p.drain(grace).await })).collect();
         let mut forced = 0;
         for w in waits {
             forced += w.await.unwrap_or(0);

@@ -886,3 +886,57 @@ async fn sni_of_a_rustls_client_hello() {
     })
     .await;
 }
+
+/// TLS passthrough: the router reads the SNI and the right backend terminates TLS itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_routing_passes_tls_through() {
+    bounded(20, async {
+        let (cfg_a, _) = tls_server(&["web.apps.test"]);
+        let (cfg_b, _) = tls_server(&["api.test"]);
+        let a = Backend::start(Kind::Https("a", Arc::new(AtomicU16::new(200)), cfg_a)).await;
+        let b = Backend::start(Kind::Https("b", Arc::new(AtomicU16::new(200)), cfg_b)).await;
+        let plain = Backend::start(Kind::Name("plain")).await;
+        let fe = config(&[]).frontend;
+        let routes = vec![
+            tcp_balancer::router::SniRoute { pattern: "*.apps.test".into(), backend: config(&[("a", a.addr)]) },
+            tcp_balancer::router::SniRoute { pattern: "api.test".into(), backend: config(&[("b", b.addr)]) },
+        ];
+        let r = tcp_balancer::router::SniRouter::start(fe, routes, Some(config(&[("plain", plain.addr)])), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let addr = r.local_addrs()[0];
+        let tls_get = |sni: &'static str| async move {
+            let cfg = tcp_balancer::checker::tls_client_config(&tcp_balancer::checker::TlsVerify::None).unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).rsplit("\r\n\r\n").next().unwrap_or_default().to_string()
+        };
+        assert_eq!(tls_get("web.apps.test").await, "a");
+        assert_eq!(tls_get("api.test").await, "b");
+        // Not TLS at all: the default backend.
+        assert_eq!(roundtrip(addr, b"hello").await.unwrap(), b"plain");
+        let st = r.stats();
+        assert_eq!(st[0].servers[0].counters.total, 1);
+        assert_eq!(st[1].servers[0].counters.total, 1);
+        assert_eq!(st[2].servers[0].counters.total, 1);
+        assert_eq!(r.proxy_for("x.apps.test").map(|p| p.backend_name().to_string()), Some("be".into()));
+        r.drain(Duration::from_millis(100)).await;
+
+        // Without a default backend an unknown name is closed and counted.
+        let fe = config(&[]).frontend;
+        let routes = vec![tcp_balancer::router::SniRoute { pattern: "api.test".into(), backend: config(&[("b", b.addr)]) }];
+        let r = tcp_balancer::router::SniRouter::start(fe, routes, None, Duration::from_secs(2)).await.unwrap();
+        let addr = r.local_addrs()[0];
+        let cfg = tcp_balancer::checker::tls_client_config(&tcp_balancer::checker::TlsVerify::None).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("other.test").unwrap();
+        assert!(tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.is_err());
+        assert!(eventually(Duration::from_secs(1), || r.unrouted() == 1).await);
+        r.drain(Duration::from_millis(100)).await;
+    })
+    .await;
+}
