@@ -420,7 +420,72 @@ pub struct RateLimit {
     pub burst: Option<u32>,
 }
 
+impl Subnet {
+    /// A subnet with no pool or options, every key at its default (for importers).
+    pub fn new(subnet: Cidr) -> Self {
+        Self {
+            subnet,
+            pool: Vec::new(),
+            server_id: None,
+            lease_time: default_lease_time(),
+            renew_time: None,
+            rebind_time: None,
+            routers: Vec::new(),
+            dns_servers: Vec::new(),
+            domain: None,
+            ntp_servers: Vec::new(),
+            mtu: None,
+            routes: Vec::new(),
+            options: Vec::new(),
+        }
+    }
+}
+
+impl DnsConfig {
+    /// A DNS server on `listen` with every other key at its default (for importers).
+    pub fn new(listen: Vec<SockAddr>) -> Self {
+        Self {
+            listen,
+            domain: None,
+            local_ttl: default_local_ttl(),
+            neg_ttl: default_neg_ttl(),
+            read_etc_hosts: true,
+            hosts_files: Vec::new(),
+            expand_hosts: false,
+            reverse_networks: Vec::new(),
+            records: Vec::new(),
+            wildcards: Vec::new(),
+            servers: Vec::new(),
+            forwards: Vec::new(),
+            forward_timeout: default_forward_timeout(),
+            max_inflight: default_max_inflight(),
+            cache_size: default_cache_size(),
+            rebind_protection: true,
+            rebind_allow: Vec::new(),
+            rate_limit: None,
+        }
+    }
+}
+
 impl DhcpConfig {
+    /// A DHCP server on `interfaces` without subnets, every key at its default (for importers).
+    pub fn new(interfaces: Vec<String>) -> Self {
+        Self {
+            interfaces,
+            authoritative: true,
+            lease_file: default_lease_file(),
+            conflict_check: ConflictCheck::Off,
+            conflict_check_timeout: default_conflict_timeout(),
+            replication: Replication::None,
+            replication_window: default_replication_window(),
+            domain: None,
+            offer_hold: default_offer_hold(),
+            decline_quarantine: default_quarantine(),
+            subnets: Vec::new(),
+            hosts: Vec::new(),
+        }
+    }
+
     /// The domain lease names of `subnet` are published under.
     pub fn domain_of<'a>(&'a self, subnet: &'a Subnet) -> Option<&'a str> {
         subnet.domain.as_deref().or(self.domain.as_deref())
@@ -978,6 +1043,22 @@ hostname = "worker1"
         let mut p = Problems::new();
         c.validate(&mut p);
         p.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn constructors_match_the_serde_defaults() {
+        assert_eq!(
+            toml::from_str::<DhcpConfig>("interfaces = [\"eth1\"]").unwrap(),
+            DhcpConfig::new(vec!["eth1".into()])
+        );
+        assert_eq!(
+            toml::from_str::<Subnet>("subnet = \"198.18.0.0/24\"").unwrap(),
+            Subnet::new("198.18.0.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            toml::from_str::<DnsConfig>("listen = [\"127.0.0.1:53\"]").unwrap(),
+            DnsConfig::new(vec!["127.0.0.1:53".parse().unwrap()])
+        );
     }
 
     #[test]

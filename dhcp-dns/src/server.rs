@@ -31,7 +31,7 @@ use crate::dns::forward::{CacheKey, has_rebind_answer, matches_query};
 use crate::dns::zone::norm;
 use crate::dns::{AnswerStats, DnsCache, ForwardConfig, Outcome, RateLimitConfig, RateLimiter, SharedZone, Transport, answer_or_forward};
 use hickory_proto::op::{Edns, Message as DnsMessage, ResponseCode};
-use crate::leases::{GroupCommitter, LeaseError, UnixTime};
+use crate::leases::{GroupCommitter, LeaseError, LogRecord, UnixTime};
 
 /// Wall-clock seconds since the Unix epoch.
 pub fn unix_now() -> UnixTime {
@@ -545,6 +545,49 @@ pub struct DhcpDriverStats {
     pub send_errors: AtomicU64,
     /// The core's state, refreshed at least once a second.
     pub status: std::sync::Mutex<DhcpStatus>,
+    /// Leases whose replication to the peers failed (served anyway).
+    pub replication_failures: AtomicU64,
+}
+
+/// Where granted leases go for the other gateways (the cluster channel implements this).
+pub trait LeaseReplicator: Send + Sync + 'static {
+    /// Deliver `record` to the peers; call `done` once they hold it durably (or it failed).
+    fn replicate(&self, record: &LogRecord, done: Box<dyn FnOnce(Result<(), String>) + Send>);
+}
+
+/// When the ACK waits for the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// The ACK waits until the peers have the lease (or reported failure): after a failover the
+    /// standby knows every acknowledged lease while the peers were reachable.
+    Sync,
+    /// The ACK waits only for the local log; peers get the lease in the background.
+    Async,
+}
+
+/// Lease replication settings of a DHCP driver.
+#[derive(Clone)]
+pub struct Replication {
+    /// Where records go.
+    pub sink: Arc<dyn LeaseReplicator>,
+    /// Whether the ACK waits for it.
+    pub mode: ReplicationMode,
+}
+
+/// Feeds records received from peer gateways into a running driver.
+#[derive(Clone)]
+pub struct ReplicaInput {
+    tx: mpsc::Sender<(LogRecord, Option<ReplicaDone>)>,
+}
+
+/// Told when a replicated record is durable here.
+pub type ReplicaDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+impl ReplicaInput {
+    /// Apply `record` from a peer; `done` is called once it is durable in our log.
+    pub async fn apply(&self, record: LogRecord, done: Option<ReplicaDone>) -> Result<(), LogRecord> {
+        self.tx.send((record, done)).await.map_err(|e| e.0.0)
+    }
 }
 
 /// A running DHCP driver.
@@ -553,12 +596,18 @@ pub struct DhcpHandle {
     pub locals: Vec<SocketAddr>,
     /// Driver counters.
     pub stats: Arc<DhcpDriverStats>,
+    replica: ReplicaInput,
     stop: watch::Sender<bool>,
     task: JoinHandle<DhcpServer>,
     readers: Vec<JoinHandle<()>>,
 }
 
 impl DhcpHandle {
+    /// Where peer gateways' lease records enter this driver.
+    pub fn replica_input(&self) -> ReplicaInput {
+        self.replica.clone()
+    }
+
     /// Stop receiving, wait for pending durable replies, and return the core (for inspection).
     pub async fn shutdown(self) -> Option<DhcpServer> {
         let _ = self.stop.send(true);
@@ -576,6 +625,17 @@ pub async fn start_dhcp(
     core: DhcpServer,
     committer: Arc<GroupCommitter>,
     zone: Option<SharedZone>,
+) -> io::Result<DhcpHandle> {
+    start_dhcp_replicated(cfgs, core, committer, zone, None).await
+}
+
+/// [`start_dhcp`] with lease replication to peer gateways.
+pub async fn start_dhcp_replicated(
+    cfgs: Vec<DhcpDriverConfig>,
+    core: DhcpServer,
+    committer: Arc<GroupCommitter>,
+    zone: Option<SharedZone>,
+    replication: Option<Replication>,
 ) -> io::Result<DhcpHandle> {
     let mut socks = Vec::new();
     let mut locals = Vec::new();
@@ -608,56 +668,87 @@ pub async fn start_dhcp(
         }));
     }
     drop(in_tx);
-    let task = tokio::spawn(dhcp_loop(cfgs, socks, in_rx, core, committer, zone, stats.clone(), stop_rx));
-    Ok(DhcpHandle { locals, stats, stop, task, readers })
+    let (rep_tx, rep_rx) = mpsc::channel(4096);
+    let io = DhcpIo { cfgs, socks, committer, zone, stats: stats.clone(), replication };
+    let task = tokio::spawn(dhcp_loop(io, in_rx, rep_rx, core, stop_rx));
+    Ok(DhcpHandle { locals, stats, replica: ReplicaInput { tx: rep_tx }, stop, task, readers })
 }
 
-type Durable = (usize, Option<Reply>, Result<(), LeaseError>);
-
-#[allow(clippy::too_many_arguments)]
-async fn dhcp_loop(
+struct DhcpIo {
     cfgs: Vec<DhcpDriverConfig>,
     socks: Vec<Arc<UdpSocket>>,
-    mut input: mpsc::Receiver<(usize, Vec<u8>, SocketAddrV4)>,
-    mut core: DhcpServer,
     committer: Arc<GroupCommitter>,
     zone: Option<SharedZone>,
     stats: Arc<DhcpDriverStats>,
+    replication: Option<Replication>,
+}
+
+/// Completion of one part of a held reply.
+enum Part {
+    Local(Result<(), LeaseError>),
+    Peers(Result<(), String>),
+}
+
+/// A reply waiting for its lease to be durable (and, in sync mode, replicated).
+struct Held {
+    idx: usize,
+    reply: Option<Reply>,
+    local: Option<Result<(), LeaseError>>,
+    peers_done: bool,
+    replica_done: Option<ReplicaDone>,
+}
+
+async fn dhcp_loop(
+    io: DhcpIo,
+    mut input: mpsc::Receiver<(usize, Vec<u8>, SocketAddrV4)>,
+    mut replicas: mpsc::Receiver<(LogRecord, Option<ReplicaDone>)>,
+    mut core: DhcpServer,
     mut stop: watch::Receiver<bool>,
 ) -> DhcpServer {
-    let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<Durable>();
-    let mut pending = 0usize;
+    let (part_tx, mut part_rx) = mpsc::unbounded_channel::<(u64, Part)>();
+    let mut held: hashbrown::HashMap<u64, Held> = hashbrown::HashMap::new();
+    let mut next_id = 0u64;
     let mut stopping = false;
     loop {
-        if stopping && pending == 0 {
+        if stopping && held.is_empty() {
             return core;
         }
         let now = unix_now();
         let wake = core.poll_timeout().map_or(Duration::from_secs(1), |t| Duration::from_secs(t.saturating_sub(now)).min(Duration::from_secs(1)));
+        let mut replica_done = None;
         let (idx, actions) = tokio::select! {
             Some((i, pkt, src)) = input.recv(), if !stopping => {
-                let meta = RecvMeta { src, local_addr: cfgs[i].local_addr };
+                let meta = RecvMeta { src, local_addr: io.cfgs[i].local_addr };
                 (i, core.handle_packet(unix_now(), &pkt, meta))
             },
-            Some((i, reply, res)) = durable_rx.recv() => {
-                pending -= 1;
-                match res {
-                    Ok(()) => {
-                        if let Some(r) = reply {
-                            send_reply(&socks[i], &cfgs[i], &stats, r).await;
+            Some((rec, done)) = replicas.recv(), if !stopping => {
+                replica_done = done;
+                (0, core.apply_replicated(rec, unix_now()))
+            },
+            Some((id, part)) = part_rx.recv() => {
+                if let Some(h) = held.get_mut(&id) {
+                    match part {
+                        Part::Local(r) => h.local = Some(r),
+                        Part::Peers(r) => {
+                            if let Err(e) = r {
+                                io.stats.replication_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "lease not replicated to peers; serving on");
+                            }
+                            h.peers_done = true;
                         }
                     }
-                    Err(e) => {
-                        stats.not_durable.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "lease not durable: reply withheld");
+                    if h.local.is_some() && h.peers_done {
+                        if let Some(h) = held.remove(&id) {
+                            release_held(&io, h).await;
+                        }
                     }
                 }
-                (i, Vec::new())
+                (0, Vec::new())
             }
             _ = tokio::time::sleep(wake) => {
                 let now = unix_now();
                 let acts = core.handle_timeout(now);
-                if let Ok(mut st) = stats.status.lock() {
+                if let Ok(mut st) = io.stats.status.lock() {
                     st.counters = core.counters().clone();
                     st.lease_records = core.leases().len();
                     st.active_leases = core.leases().iter().filter(|l| l.is_active(now)).count();
@@ -669,25 +760,64 @@ async fn dhcp_loop(
                 (0, Vec::new())
             }
         };
+        let from_peer = replica_done.is_some();
         for a in actions {
             match a {
-                Action::Reply(r) => send_reply(&socks[idx], &cfgs[idx], &stats, r).await,
+                Action::Reply(r) => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, r).await,
                 Action::LeaseChanged(ch) => {
-                    if let Some(z) = &zone {
+                    if let Some(z) = &io.zone {
                         if let Ok(mut z) = z.write() {
                             z.apply_lease(&ch);
                         }
                     }
                 }
                 Action::PersistLease { record, reply } => {
-                    pending += 1;
-                    let tx = durable_tx.clone();
-                    committer.submit(vec![record], Box::new(move |res| {
-                        let _ = tx.send((idx, reply, res));
+                    let id = next_id;
+                    next_id += 1;
+                    // Records from peers are not sent back to them; our own changes are.
+                    let sync = match (&io.replication, from_peer) {
+                        (Some(rep), false) => {
+                            let tx = part_tx.clone();
+                            rep.sink.replicate(&record, Box::new(move |r| {
+                                let _ = tx.send((id, Part::Peers(r)));
+                            }));
+                            rep.mode == ReplicationMode::Sync && reply.is_some()
+                        }
+                        _ => false,
+                    };
+                    held.insert(id, Held { idx, reply, local: None, peers_done: !sync, replica_done: replica_done.take() });
+                    let tx = part_tx.clone();
+                    io.committer.submit(vec![record], Box::new(move |res| {
+                        let _ = tx.send((id, Part::Local(res)));
                     }));
                 }
             }
         }
+        if let Some(done) = replica_done {
+            // A replica that changed nothing here is already as durable as it needs to be.
+            done(Ok(()));
+        }
+    }
+}
+
+async fn release_held(io: &DhcpIo, h: Held) {
+    match h.local {
+        Some(Ok(())) => {
+            if let Some(done) = h.replica_done {
+                done(Ok(()));
+            }
+            if let Some(r) = h.reply {
+                send_reply(&io.socks[h.idx], &io.cfgs[h.idx], &io.stats, r).await;
+            }
+        }
+        Some(Err(e)) => {
+            io.stats.not_durable.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "lease not durable: reply withheld");
+            if let Some(done) = h.replica_done {
+                done(Err(e.to_string()));
+            }
+        }
+        None => {}
     }
 }
 

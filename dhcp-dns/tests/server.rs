@@ -438,3 +438,92 @@ async fn udp_rate_limit_per_client() {
     assert!(h.transport.rate_limited.load(std::sync::atomic::Ordering::Relaxed) >= 13);
     h.shutdown().await;
 }
+
+/// In-process stand-in for the cluster channel: hands each record to the standby's driver and
+/// reports success once the standby has it durable.
+struct ToStandby {
+    input: dhcp_dns::server::ReplicaInput,
+    rt: tokio::runtime::Handle,
+}
+
+impl dhcp_dns::server::LeaseReplicator for ToStandby {
+    fn replicate(&self, record: &LogRecord, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+        let input = self.input.clone();
+        let record = record.clone();
+        self.rt.spawn(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let ok: dhcp_dns::server::ReplicaDone = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            if input.apply(record, Some(ok)).await.is_err() {
+                done(Err("standby gone".into()));
+                return;
+            }
+            done(rx.await.unwrap_or_else(|_| Err("standby dropped the record".into())));
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_replication_puts_the_lease_and_name_on_the_standby_before_the_ack() {
+    use dhcp_dns::server::{Replication, ReplicationMode, start_dhcp_replicated};
+    let dir = tempfile::tempdir().unwrap();
+    let sid = Ipv4Addr::new(127, 0, 0, 1);
+    let giaddr = Ipv4Addr::new(127, 79, 0, 1);
+    let core_cfg = || {
+        let mut s = Subnet::new("127.79.0.0/16".parse::<Ipv4Net>().unwrap(), sid);
+        s.ranges = vec![(Ipv4Addr::new(127, 79, 1, 10), Ipv4Addr::new(127, 79, 1, 20))];
+        DhcpConfig { domain: Some("cluster.test".into()), subnets: vec![s], ..DhcpConfig::default() }
+    };
+    let relay = UdpSocket::bind(SocketAddrV4::new(giaddr, 0)).unwrap();
+    relay.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let dcfg = || DhcpDriverConfig { bind: SocketAddrV4::new(sid, 0), relay_port, client_port: relay_port, broadcast: Ipv4Addr::new(127, 255, 255, 255), ..DhcpDriverConfig::default() };
+
+    // Standby: its own log, zone and driver.
+    let standby_log = dir.path().join("standby.log");
+    let (log, _) = LeaseLog::open(&standby_log).unwrap();
+    let standby_commit = Arc::new(GroupCommitter::start(log, CompactionPolicy::default()));
+    let standby_zone = test_zone().shared();
+    let standby = start_dhcp(vec![dcfg()], DhcpServer::new(core_cfg()), standby_commit.clone(), Some(standby_zone.clone())).await.unwrap();
+
+    // Primary replicates synchronously to it.
+    let (log, _) = LeaseLog::open(dir.path().join("primary.log")).unwrap();
+    let primary_commit = Arc::new(GroupCommitter::start(log, CompactionPolicy::default()));
+    let rep = Replication { sink: Arc::new(ToStandby { input: standby.replica_input(), rt: tokio::runtime::Handle::current() }), mode: ReplicationMode::Sync };
+    let primary = start_dhcp_replicated(vec![dcfg()], DhcpServer::new(core_cfg()), primary_commit.clone(), None, Some(rep)).await.unwrap();
+    let server = primary.locals[0];
+
+    let sl = standby_log.clone();
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 1500];
+        let mac = [2u8, 0, 0, 0, 7, 7];
+        relay.send_to(&relay_request(9, &mac, MessageType::Discover, giaddr, vec![DhcpOption::Hostname("ha-node".into())]), server).unwrap();
+        let (n, _) = relay.recv_from(&mut buf).unwrap();
+        let a = Message::from_bytes(&buf[..n]).unwrap().yiaddr();
+        relay
+            .send_to(&relay_request(9, &mac, MessageType::Request, giaddr, vec![
+                DhcpOption::Hostname("ha-node".into()),
+                DhcpOption::ServerIdentifier(sid),
+                DhcpOption::RequestedIpAddress(a),
+            ]), server)
+            .unwrap();
+        let (n, _) = relay.recv_from(&mut buf).unwrap();
+        assert_eq!(Message::from_bytes(&buf[..n]).unwrap().opts().msg_type(), Some(MessageType::Ack));
+        // Sync mode: the standby had the lease durable before the client saw the ACK.
+        assert!(durable_records(&sl).iter().any(|r| matches!(r, LogRecord::Upsert(l) if l.addr == a)));
+        a
+    })
+    .await
+    .unwrap();
+    // The standby's DNS already answers the name.
+    {
+        use dhcp_dns::dns::zone::Kind;
+        let z = standby_zone.read().unwrap();
+        assert_eq!(z.lookup("ha-node.cluster.test", Kind::A).addrs(), vec![std::net::IpAddr::V4(addr)]);
+    }
+    let p = primary.shutdown().await.unwrap();
+    assert_eq!(p.counters().acks, 1);
+    let s = standby.shutdown().await.unwrap();
+    assert!(s.leases().get(addr).is_some_and(|l| l.fqdn.as_deref() == Some("ha-node.cluster.test")));
+}
