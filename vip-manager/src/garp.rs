@@ -33,7 +33,7 @@ const NA_FLAG_ROUTER: u8 = 0x80;
 pub enum ArpForm {
     /// ARP request for our own address (sender = target = VIP, target MAC zero).
     Request,
-    /// ARP reply, broadcast, sender = target = VIP.
+    /// ARP reply, broadcast, sender = target = VIP and target MAC = sender MAC.
     Reply,
 }
 
@@ -80,7 +80,9 @@ impl ArpFrame {
     pub fn announcement(mac: [u8; 6], ip: Ipv4Addr, form: ArpForm) -> Self {
         let (op, tha) = match form {
             ArpForm::Request => (1, [0; 6]),
-            ArpForm::Reply => (2, BROADCAST),
+            // Linux treats a reply as gratuitous (and lets it override a fresh entry) only when
+            // the target hardware address equals the sender's.
+            ArpForm::Reply => (2, mac),
         };
         ArpFrame { eth_dst: BROADCAST, eth_src: mac, op, sha: mac, spa: ip, tha, tpa: ip }
     }
