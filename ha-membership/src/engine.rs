@@ -184,6 +184,10 @@ pub enum PeerState {
 struct Link {
     last_heard: Option<Instant>,
     up: bool,
+    /// Outstanding latency probe on this link: (probe number, sent at).
+    ping: Option<(u32, Instant)>,
+    /// Last measured round-trip time on this link.
+    rtt: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +265,8 @@ pub struct PeerStatus {
     pub state: PeerState,
     /// Up/down per link.
     pub links: Vec<bool>,
+    /// Last round-trip time per link in microseconds (measured about once a second).
+    pub rtt_us: Vec<Option<u64>>,
     /// Its boot epoch, if known.
     pub boot: Option<u64>,
     /// Its votes.
@@ -328,6 +334,8 @@ pub struct Engine {
     propose_not_before: Instant,
     lhm: u32,
     on_time_ticks: u32,
+    /// Heartbeat ticks since start; every 100th also measures link latency.
+    ticks: u64,
     left: bool,
     next_probe: u32,
     quorum: Quorum,
@@ -389,7 +397,7 @@ impl Engine {
                         incarnation: 0,
                         last_heard: None,
                         vouched: None,
-                        links: vec![Link { last_heard: None, up: false }; links],
+                        links: vec![Link { last_heard: None, up: false, ping: None, rtt: None }; links],
                         state: PeerState::Unknown,
                         suspicion: None,
                         view: None,
@@ -418,6 +426,7 @@ impl Engine {
             propose_not_before: now + params.timing.join_delay,
             lhm: 0,
             on_time_ticks: 0,
+            ticks: 0,
             left: false,
             next_probe: 1,
             quorum,
@@ -577,6 +586,29 @@ impl Engine {
         }
     }
 
+    /// Send on one given link only.
+    fn send_on(&mut self, to: NodeId, link: usize, msg: &Message) {
+        if self.peers.get(&to).is_some_and(|p| link < p.links.len())
+            && let Some(payload) = self.seal(msg)
+        {
+            self.transmits.push_back(Transmit { to, link, payload });
+        }
+    }
+
+    /// One latency probe per peer and link.
+    fn send_pings(&mut self, now: Instant) {
+        let targets: Vec<(NodeId, usize)> =
+            self.peers.values().flat_map(|p| (0..p.links.len()).map(move |l| (p.spec.id, l))).collect();
+        for (to, link) in targets {
+            let probe = self.next_probe;
+            self.next_probe = self.next_probe.wrapping_add(1);
+            if let Some(l) = self.peers.get_mut(&to).and_then(|p| p.links.get_mut(link)) {
+                l.ping = Some((probe, now));
+            }
+            self.send_on(to, link, &Message::Ping { probe });
+        }
+    }
+
     fn send_heartbeats(&mut self) {
         let view = self.view.as_ref().map(|v| v.id);
         let msg = Message::Heartbeat {
@@ -639,8 +671,17 @@ impl Engine {
             Message::Join { incarnation } | Message::Alive { incarnation } => {
                 self.note_incarnation(from, incarnation);
             }
-            Message::Ping { probe } => self.send(from, &Message::Ack { probe }),
-            Message::Ack { .. } => {}
+            // Latency probes are answered on the link they came in on.
+            Message::Ping { probe } => self.send_on(from, link, &Message::Ack { probe }),
+            Message::Ack { probe } => {
+                if let Some(l) = self.peers.get_mut(&from).and_then(|p| p.links.get_mut(link))
+                    && let Some((want, sent)) = l.ping
+                    && want == probe
+                {
+                    l.rtt = Some(now.saturating_duration_since(sent));
+                    l.ping = None;
+                }
+            }
             Message::PingReq { target, probe } => self.on_ping_req(now, from, target, probe),
             Message::ProbeVote { target, probe, alive, heard_ago_ms } => {
                 self.on_vote(now, from, target, probe, alive, heard_ago_ms)
@@ -1107,6 +1148,10 @@ impl Engine {
             }
             self.next_heartbeat = now + hb;
             self.send_heartbeats();
+            self.ticks += 1;
+            if self.ticks % 100 == 1 {
+                self.send_pings(now);
+            }
             self.check_links(now);
             if !late {
                 self.start_suspicions(now);
@@ -1267,6 +1312,7 @@ impl Engine {
                     node: p.spec.id,
                     state: p.state,
                     links: p.links.iter().map(|l| l.up).collect(),
+                    rtt_us: p.links.iter().map(|l| l.rtt.map(|d| d.as_micros() as u64)).collect(),
                     boot: p.boot,
                     votes: p.spec.votes,
                     witness: p.spec.witness,

@@ -70,7 +70,13 @@ pub fn render_members(s: &Status, names: &BTreeMap<NodeId, String>) -> String {
             .links
             .iter()
             .enumerate()
-            .map(|(i, up)| format!("link {i} {}", if *up { "connected" } else { "disconnected" }))
+            .map(|(i, up)| {
+                let rtt = match p.rtt_us.get(i).copied().flatten() {
+                    Some(us) if *up => format!(" (rtt {:.2} ms)", us as f64 / 1000.0),
+                    _ => String::new(),
+                };
+                format!("link {i} {}{rtt}", if *up { "connected" } else { "disconnected" })
+            })
             .collect();
         let _ = writeln!(
             o,
@@ -110,7 +116,7 @@ mod tests {
         assert!(q.contains("         1          1 gw-a (local)"), "{q}");
         assert!(q.contains("node3 (witness)"), "{q}");
         let m = render_members(&st, &names);
-        assert!(m.contains("link 0 connected, link 1 connected"), "{m}");
+        assert!(m.contains("link 0 connected (rtt 0.40 ms), link 1 connected (rtt 0.40 ms)"), "{m}");
         let json = serde_json::to_string(&st).unwrap();
         assert!(json.contains("\"quorate\":true"), "{json}");
     }
