@@ -1395,7 +1395,7 @@ mod tests {
             let mut now = t;
             for (i, (from, step_ms, msg)) in msgs.into_iter().enumerate() {
                 now += Duration::from_millis(step_ms);
-                e.handle_datagram(now, (i % 2) as usize, &from_peer(from, i as u64 + 1, msg));
+                e.handle_datagram(now, i % 2, &from_peer(from, i as u64 + 1, msg));
                 if e.poll_timeout().is_some_and(|d| d <= now) {
                     e.handle_timeout(now);
                 }
