@@ -14,8 +14,16 @@
 //! and the torn tail is cut, so every acknowledged lease survives and the file stays readable.
 //! Many clients share one `fdatasync` (group commit); compaction rewrites the log in the
 //! background (snapshot, fsync, rename, fsync of the directory), never per change.
-//! Replication of leases to a standby gateway is not built yet: after a failover the standby
-//! relies on authoritative mode (it re-grants a free address a client asks for).
+//!
+//! # Replication (high availability)
+//! The DHCP driver hands every lease change to a [`server::LeaseReplicator`] (the cluster channel
+//! will implement it). In [`server::ReplicationMode::Sync`] the ACK waits until the local log is
+//! durable *and* the peers reported the record durable in theirs (or failed, which is counted and
+//! logged: a lone gateway keeps serving), so after a failover the standby answers for every lease
+//! the old active acknowledged while the peers were reachable, names included. In `Async` the ACK
+//! waits only for the local log. Peers' records enter through [`server::ReplicaInput`] and are
+//! persisted and published in DNS like local ones. Without replication the standby relies on
+//! authoritative mode (it re-grants a free address a client asks for).
 //!
 //! # DNS
 //! Authoritative for the cluster domain and the reverse zones of the served networks: lease

@@ -18,7 +18,7 @@ use crate::dns::{SharedZone, Zone, ZoneConfig};
 use crate::leases::commit::CompactionPolicy;
 use crate::leases::log::MAGIC;
 use crate::leases::{GroupCommitter, Lease, LeaseError, LeaseLog, LogRecord, dnsmasq};
-use crate::server::{DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, start_dhcp, start_dns, unix_now};
+use crate::server::{DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, Replication, start_dhcp_replicated, start_dns, unix_now};
 
 /// DHCP part of the service.
 #[derive(Debug, Clone)]
@@ -108,6 +108,12 @@ impl Running {
 
 /// Start the service.
 pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
+    start_replicated(opts, None).await
+}
+
+/// Start the service, replicating granted leases to peer gateways through `replication` (records
+/// from peers enter through `Running::dhcp`'s [`DhcpHandle::replica_input`]).
+pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replication>) -> Result<Running, RuntimeError> {
     let now = unix_now();
     let (leases, committer) = if opts.dhcp.is_some() {
         let (leases, c) = open_leases(&opts, now).await?;
@@ -162,7 +168,7 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
                 }
             }
             Some(
-                start_dhcp(d.drivers.clone(), core, committer.clone(), Some(zone.clone()))
+                start_dhcp_replicated(d.drivers.clone(), core, committer.clone(), Some(zone.clone()), replication)
                     .await
                     .map_err(|e| RuntimeError::Io { what: "bind DHCP sockets".into(), source: e })?,
             )
