@@ -15,6 +15,7 @@ use crate::health::{CheckKind, Expect, HealthParams, HttpCheck, InitState, Statu
 use crate::proxy::{BackendConfig, FrontendConfig, Keepalive, ProxyConfig, Rebalance, Redispatch, ServerConfig, Timeouts};
 use crate::proxy_protocol::Version;
 use crate::relay::{IdleTimeouts, RelayMode};
+use crate::router::SniRoute;
 
 /// Why a config cannot be run by this runtime.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -43,9 +44,64 @@ pub enum MapError {
     },
 }
 
-/// Every tcp-mode frontend as a runnable [`ProxyConfig`].
+/// Every tcp-mode frontend as a runnable [`ProxyConfig`] (frontends with routes refused).
 pub fn tcp_proxies(cfg: &BalancerConfig) -> Result<Vec<ProxyConfig>, MapError> {
     cfg.frontends.iter().map(|fe| tcp_proxy(cfg, fe)).collect()
+}
+
+/// A tcp-mode frontend as the runtime runs it.
+#[derive(Debug, Clone)]
+pub enum TcpFrontend {
+    /// One backend behind the listener.
+    Proxy(ProxyConfig),
+    /// TLS passthrough routed by SNI.
+    Router {
+        /// The listening side.
+        frontend: FrontendConfig,
+        /// Routes in order.
+        routes: Vec<SniRoute>,
+        /// Backend for unmatched or non-TLS connections.
+        default: Option<ProxyConfig>,
+        /// Longest wait for the ClientHello (`timeout client`).
+        hello_timeout: Duration,
+    },
+}
+
+/// Every tcp-mode frontend, routed ones included.
+pub fn tcp_frontends(cfg: &BalancerConfig) -> Result<Vec<TcpFrontend>, MapError> {
+    cfg.frontends
+        .iter()
+        .map(|fe| {
+            if fe.routes.is_empty() {
+                return tcp_proxy(cfg, fe).map(TcpFrontend::Proxy);
+            }
+            let plain = config::Frontend { routes: Vec::new(), backend: None, ..fe.clone() };
+            // Checks common to every backend (mode, TLS, binds) through the route-less mapping.
+            let with = |backend: &str| -> Result<ProxyConfig, MapError> {
+                tcp_proxy(cfg, &config::Frontend { backend: Some(backend.to_string()), ..plain.clone() })
+            };
+            if fe.accept_proxy {
+                return Err(unsupported(&fe.name, "accept_proxy with SNI routes"));
+            }
+            let mut routes = Vec::with_capacity(fe.routes.len());
+            for r in &fe.routes {
+                if r.host.is_some() || r.path_prefix.is_some() {
+                    return Err(unsupported(&fe.name, "host/path routes (http mode)"));
+                }
+                let Some(sni) = &r.sni else {
+                    return Err(unsupported(&fe.name, "a tcp-mode route without sni"));
+                };
+                routes.push(SniRoute { pattern: sni.clone(), backend: with(&r.backend)? });
+            }
+            let default = fe.backend.as_deref().map(with).transpose()?;
+            let frontend = match (&default, routes.first()) {
+                (Some(d), _) => d.frontend.clone(),
+                (None, Some(r)) => r.backend.frontend.clone(),
+                (None, None) => return Err(MapError::NoBackend(fe.name.clone())),
+            };
+            Ok(TcpFrontend::Router { frontend, routes, default, hello_timeout: cfg.timeouts.client.get() })
+        })
+        .collect()
 }
 
 fn unsupported(place: &str, feature: &'static str) -> MapError {
@@ -61,7 +117,7 @@ pub fn tcp_proxy(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<ProxyCon
         return Err(unsupported(&fe.name, "TLS termination"));
     }
     if !fe.routes.is_empty() {
-        return Err(unsupported(&fe.name, "routes (SNI routing)"));
+        return Err(unsupported(&fe.name, "routes here (use tcp_frontends)"));
     }
     let bname = fe.backend.as_ref().ok_or_else(|| MapError::NoBackend(fe.name.clone()))?;
     let be = cfg.backend(bname).ok_or_else(|| MapError::UnknownBackend {
@@ -304,6 +360,46 @@ check = false
         assert_eq!(params.slowstart, Some(Duration::from_secs(30)));
         assert!(p.backend.servers[1].check.is_none());
         assert_eq!(p.backend.servers[1].send_proxy, Some(Version::V2));
+    }
+
+    #[test]
+    fn sni_routes_map_onto_a_router() {
+        let cfg = parse(
+            r#"
+[balancer]
+[[balancer.frontend]]
+name = "tls"
+bind = ["198.18.0.100:443"]
+backend = "fallback"
+[[balancer.frontend.route]]
+sni = "*.apps.test"
+backend = "ingress"
+[[balancer.frontend.route]]
+sni = "api.test"
+backend = "apiservers"
+[[balancer.backend]]
+name = "ingress"
+[[balancer.backend.server]]
+name = "i1"
+address = "198.18.0.31:443"
+[[balancer.backend]]
+name = "apiservers"
+[[balancer.backend.server]]
+name = "a1"
+address = "198.18.0.21:6443"
+[[balancer.backend]]
+name = "fallback"
+"#,
+        );
+        let f = tcp_frontends(&cfg).unwrap();
+        let TcpFrontend::Router { frontend, routes, default, .. } = &f[0] else { panic!("{f:?}") };
+        assert_eq!(frontend.name, "tls");
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].pattern, "*.apps.test");
+        assert_eq!(routes[0].backend.backend.name, "ingress");
+        assert_eq!(routes[1].backend.backend.servers[0].name, "a1");
+        assert_eq!(default.as_ref().map(|d| d.backend.name.as_str()), Some("fallback"));
+        assert!(tcp_proxies(&cfg).is_err(), "the single-backend mapping refuses routes");
     }
 
     #[test]

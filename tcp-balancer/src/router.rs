@@ -109,6 +109,11 @@ impl SniRouter {
         &self.locals
     }
 
+    /// The backend proxies, in route order then the default.
+    pub fn proxies(&self) -> &[Arc<Proxy>] {
+        &self.proxies
+    }
+
     /// One snapshot per backend, in route order then the default.
     pub fn stats(&self) -> Vec<Stats> {
         self.proxies.iter().map(|p| p.stats()).collect()

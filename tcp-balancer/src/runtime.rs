@@ -7,8 +7,9 @@ use thiserror::Error;
 
 use crate::balance::AdminState;
 use crate::config::BalancerConfig;
-use crate::from_config::{MapError, tcp_proxies};
+use crate::from_config::{MapError, TcpFrontend, tcp_frontends};
 use crate::proxy::{Proxy, ProxyError, SessionInfo, Stats};
+use crate::router::SniRouter;
 
 /// Why the balancer could not start or an admin command failed.
 #[derive(Debug, Error)]
@@ -28,41 +29,50 @@ pub enum BalancerError {
 #[derive(Debug)]
 pub struct Balancer {
     proxies: Vec<Proxy>,
+    routers: Vec<SniRouter>,
 }
 
 impl Balancer {
     /// Starts every frontend; if one fails, the ones already started are stopped.
     pub async fn start(cfg: &BalancerConfig) -> Result<Self, BalancerError> {
-        let configs = tcp_proxies(cfg)?;
-        let mut proxies = Vec::with_capacity(configs.len());
-        for c in configs {
-            match Proxy::start(c).await {
-                Ok(p) => proxies.push(p),
-                Err(e) => {
-                    for p in proxies {
-                        p.stop().await;
-                    }
-                    return Err(e.into());
+        let mut me = Self { proxies: Vec::new(), routers: Vec::new() };
+        for f in tcp_frontends(cfg)? {
+            let started = match f {
+                TcpFrontend::Proxy(c) => Proxy::start(c).await.map(|p| me.proxies.push(p)),
+                TcpFrontend::Router { frontend, routes, default, hello_timeout } => {
+                    SniRouter::start(frontend, routes, default, hello_timeout).await.map(|r| me.routers.push(r))
                 }
+            };
+            if let Err(e) = started {
+                me.drain(Duration::ZERO).await;
+                return Err(e.into());
             }
         }
-        Ok(Self { proxies })
+        Ok(me)
     }
 
-    /// The running frontends, in config order.
+    /// The running single-backend frontends, in config order.
     pub fn proxies(&self) -> &[Proxy] {
         &self.proxies
     }
 
+    /// The running SNI-routed frontends, in config order.
+    pub fn routers(&self) -> &[SniRouter] {
+        &self.routers
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Proxy> {
+        self.proxies.iter().chain(self.routers.iter().flat_map(|r| r.proxies().iter().map(|p| &**p)))
+    }
+
     /// `show stat`: one snapshot per frontend.
     pub fn stats(&self) -> Vec<Stats> {
-        self.proxies.iter().map(Proxy::stats).collect()
+        self.all().map(Proxy::stats).collect()
     }
 
     /// `show sess`: (frontend name, session) pairs.
     pub fn sessions(&self) -> Vec<(String, SessionInfo)> {
-        self.proxies
-            .iter()
+        self.all()
             .flat_map(|p| {
                 let fe = p.stats().frontend;
                 p.sessions().into_iter().map(move |s| (fe.clone(), s))
@@ -72,7 +82,7 @@ impl Balancer {
 
     fn with_backend(&self, backend: &str, mut f: impl FnMut(&Proxy) -> Result<(), ProxyError>) -> Result<(), BalancerError> {
         let mut found = false;
-        for p in &self.proxies {
+        for p in self.all() {
             if p.backend_name() == backend {
                 found = true;
                 f(p)?;
@@ -94,8 +104,9 @@ impl Balancer {
     /// Graceful stop of every frontend; returns the sessions closed by force.
     pub async fn drain(self, grace: Duration) -> usize {
         // All frontends drain at once: one shared grace period, not one per frontend.
-        let waits: Vec<_> =
+        let mut waits: Vec<_> =
             self.proxies.into_iter().map(|p| tokio::spawn(async move { p.drain(grace).await })).collect();
+        waits.extend(self.routers.into_iter().map(|r| tokio::spawn(r.drain(grace))));
         let mut forced = 0;
         for w in waits {
             forced += w.await.unwrap_or(0);
