@@ -18,6 +18,7 @@ use vip_manager::vip::Lease;
 use vip_manager::{ClusterPolicy, NodeId, ResourceDef, ResourceKind, Score, VipSpec, View};
 
 const VIP: &str = "198.18.1.10";
+const VIP6: &str = "fd00:198:18:1::10";
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
@@ -125,10 +126,15 @@ fn start_node(id: u32, ns: &str, hub: &Arc<Hub>) -> NodeHandle {
                 ResourceKind::Vip(VipSpec { address: VIP.parse().unwrap(), prefix_len: 24, interface: "eth0".into() }),
             );
             vip.stickiness = Some(Score::new(100));
+            let mut vip6 = ResourceDef::new(
+                "vip6",
+                ResourceKind::Vip(VipSpec { address: VIP6.parse().unwrap(), prefix_len: 64, interface: "eth0".into() }),
+            );
+            vip6.stickiness = Some(Score::new(100));
             let engine = EngineConfig {
                 local: NodeId(id),
                 cluster_size: 3,
-                resources: vec![vip],
+                resources: vec![vip, vip6],
                 constraints: vec![],
                 policy: ClusterPolicy::default(),
                 monitor_interval: Duration::from_millis(500),
@@ -206,21 +212,28 @@ fn vip_follows_crash_graceful_stop_and_quorum_loss() {
     let nodes: Vec<Ns> = (1..=3).map(|i| mk(&format!("n{i}"))).collect();
     sw.ip(&["link", "add", "br0", "type", "bridge"]);
     sw.ip(&["link", "set", "br0", "up"]);
-    let attach = |ns: &Ns, port: &str, addr: &str| {
+    let attach = |ns: &Ns, port: &str, addr: &str, addr6: &str| {
         sw.ip(&["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0]);
         sw.ip(&["link", "set", port, "master", "br0", "up"]);
         ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["-6", "addr", "add", addr6, "dev", "eth0", "nodad"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["link", "set", "lo", "up"]);
     };
-    attach(&client, "pc", "198.18.1.100/24");
+    attach(&client, "pc", "198.18.1.100/24", "fd00:198:18:1::100/64");
     for (i, n) in nodes.iter().enumerate() {
-        attach(n, &format!("p{}", i + 1), &format!("198.18.1.{}/24", i + 1));
+        attach(n, &format!("p{}", i + 1), &format!("198.18.1.{}/24", i + 1), &format!("fd00:198:18:1::{}/64", i + 1));
     }
+    // The client takes unsolicited NAs only once IPv6 is up on its link (ff00::/8 route).
+    wait_for("client IPv6", Duration::from_secs(5), || {
+        client.ip(&["-6", "route", "show", "table", "local", "dev", "eth0"]).contains("ff00::/8")
+    });
     run(&["ip", "netns", "exec", &client.0, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.arp_accept=1"]);
     let macs: Vec<String> = nodes.iter().map(|n| n.mac("eth0")).collect();
     let client_sees = |mac: &str| client.ip(&["neigh", "show", VIP]).contains(mac);
+    let client_sees6 = |mac: &str| client.ip(&["-6", "neigh", "show", VIP6]).contains(mac);
     let holds = |i: usize| nodes[i].ip(&["-4", "addr", "show", "dev", "eth0"]).contains(&format!("{VIP}/24"));
+    let holds6 = |i: usize| nodes[i].ip(&["-6", "addr", "show", "dev", "eth0"]).contains(&format!("{VIP6}/64"));
 
     let hub = Arc::new(Hub::default());
     let mut handles: Vec<NodeHandle> =
@@ -230,6 +243,9 @@ fn vip_follows_crash_graceful_stop_and_quorum_loss() {
     // The client reaches the VIP and learns node1's MAC.
     run(&["ip", "netns", "exec", &client.0, "ping", "-c", "1", "-W", "2", VIP]);
     assert!(client_sees(&macs[0]), "client neighbour table: {}", client.ip(&["neigh"]));
+    wait_for("node1 to hold the IPv6 VIP", Duration::from_secs(5), || holds6(0));
+    run(&["ip", "netns", "exec", &client.0, "ping", "-6", "-c", "1", "-W", "2", VIP6]);
+    assert!(client_sees6(&macs[0]), "client IPv6 neighbours: {}", client.ip(&["-6", "neigh"]));
 
     // Node crash: daemon gone and link cut at once; the survivors get a new view.
     handles[0].stop(Stop::Kill);
@@ -240,8 +256,10 @@ fn vip_follows_crash_graceful_stop_and_quorum_loss() {
     let takeover = t0.elapsed();
     assert!(holds(1) && !holds(2));
     run(&["ip", "netns", "exec", &client.0, "ping", "-c", "1", "-W", "2", VIP]);
+    wait_for("client to see node2's MAC for the IPv6 VIP", Duration::from_secs(2), || client_sees6(&macs[1]));
+    run(&["ip", "netns", "exec", &client.0, "ping", "-6", "-c", "1", "-W", "2", VIP6]);
     // The crashed node's kernel drops the VIP once the lease runs out.
-    wait_for("the dead daemon's VIP to expire", Duration::from_millis(3500), || !holds(0));
+    wait_for("the dead daemon's VIPs to expire", Duration::from_millis(3500), || !holds(0) && !holds6(0));
 
     // Graceful stop of node2: handed over to node3.
     let t1 = Instant::now();
@@ -259,11 +277,12 @@ fn vip_follows_crash_graceful_stop_and_quorum_loss() {
     }
     let handover = t1.elapsed();
     assert!(!holds(1) && holds(2));
+    wait_for("client to see node3's MAC for the IPv6 VIP", Duration::from_secs(2), || client_sees6(&macs[2]));
 
     // Node3 alone in a three-node cluster: no quorum, the VIP goes at once.
     let t2 = Instant::now();
     hub.install(&[&[3]]);
-    wait_for("node3 to release without quorum", Duration::from_secs(1), || !holds(2));
+    wait_for("node3 to release without quorum", Duration::from_secs(1), || !holds(2) && !holds6(2));
     let release = t2.elapsed();
     eprintln!("takeover after crash {takeover:?}, graceful handover {handover:?}, quorum-loss release {release:?}");
     drop(handles);
