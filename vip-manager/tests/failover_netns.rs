@@ -1,8 +1,9 @@
 //! Root end-to-end test: three nodes, each a real `Driver` in its own network namespace, joined by
 //! a bridge with a client namespace. Membership is an in-process hub (views and a total order
 //! handed to the drivers as the real channel would). The client's neighbour table must follow the
-//! VIP through a node crash (daemon gone + link cut), a graceful stop, and quorum loss must
-//! release the VIP. Skips when not root, unless CI=true.
+//! IPv4 and IPv6 VIPs through a partition (VIP only on the quorate side) and its heal (the holder
+//! announces again), a node crash (daemon gone + link cut), a graceful stop; quorum loss must
+//! release the VIPs. Skips when not root, unless CI=true.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -246,6 +247,15 @@ fn vip_follows_crash_graceful_stop_and_quorum_loss() {
     wait_for("node1 to hold the IPv6 VIP", Duration::from_secs(5), || holds6(0));
     run(&["ip", "netns", "exec", &client.0, "ping", "-6", "-c", "1", "-W", "2", VIP6]);
     assert!(client_sees6(&macs[0]), "client IPv6 neighbours: {}", client.ip(&["-6", "neigh"]));
+
+    // Partition {3} | {1, 2}: the VIP stays on the quorate side. The client's entry goes stale
+    // (as after a split brain elsewhere); the heal makes the holder announce again.
+    hub.install(&[&[1, 2], &[3]]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(holds(0) && !holds(2), "VIP only on the quorate side");
+    client.ip(&["neigh", "replace", VIP, "lladdr", &macs[2], "dev", "eth0", "nud", "stale"]);
+    hub.install(&[&[1, 2, 3]]);
+    wait_for("the heal to re-announce node1's MAC", Duration::from_secs(2), || client_sees(&macs[0]));
 
     // Node crash: daemon gone and link cut at once; the survivors get a new view.
     handles[0].stop(Stop::Kill);
