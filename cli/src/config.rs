@@ -407,31 +407,7 @@ impl Config {
             match r.kind() {
                 Some(ResourceKind::Vip(v)) => {
                     let ip = v.address.addr();
-                    if !cluster.nodes.is_empty()
-                        && !cluster.nodes.iter().any(|n| node_has_subnet_for(n, &ip))
-                    {
-                        let subnets: Vec<String> = link_subnets(&cluster.nodes);
-                        problems.add(
-                            base.key("vip").key("address"),
-                            format!(
-                                "VIP {ip} is outside every node link subnet ({})",
-                                subnets.join(", ")
-                            ),
-                        );
-                    } else {
-                        let missing: Vec<&str> = cluster
-                            .nodes
-                            .iter()
-                            .filter(|n| !node_has_subnet_for(n, &ip))
-                            .map(|n| n.name.as_str())
-                            .collect();
-                        if !missing.is_empty() && missing.len() < cluster.nodes.len() {
-                            problems.add(
-                                base.key("vip").key("address"),
-                                format!("VIP {ip} is outside the link subnets of node(s) {}: they could hold it but not reach it", missing.join(", ")),
-                            );
-                        }
-                    }
+                    check_vip_subnet(cluster, ip, base.key("vip").key("address"), problems);
                     if let Some((j, n)) = cluster
                         .nodes
                         .iter()
@@ -475,15 +451,52 @@ impl std::fmt::Display for Shown<'_> {
     }
 }
 
+/// Reports a VIP that no node (or only some nodes) could hold on-link. Only links of the VIP's
+/// family say where it can live: with none (an IPv6 VIP on IPv4-only cluster links) the
+/// interface's own addresses decide at run time and there is nothing to check here.
+fn check_vip_subnet(cluster: &ClusterConfig, ip: IpAddr, path: KeyPath, problems: &mut Problems) {
+    let same_family = cluster
+        .nodes
+        .iter()
+        .any(|n| n.links.iter().any(|l| l.addr().is_ipv4() == ip.is_ipv4()));
+    if !same_family {
+        return;
+    }
+    let missing: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .filter(|n| !node_has_subnet_for(n, &ip))
+        .map(|n| n.name.as_str())
+        .collect();
+    if missing.len() == cluster.nodes.len() {
+        let subnets = link_subnets(&cluster.nodes, ip.is_ipv4());
+        problems.add(
+            path,
+            format!(
+                "VIP {ip} is outside every node link subnet ({})",
+                subnets.join(", ")
+            ),
+        );
+    } else if !missing.is_empty() {
+        problems.add(
+            path,
+            format!(
+                "VIP {ip} is outside the link subnets of node(s) {}: they could hold it but not reach it",
+                missing.join(", ")
+            ),
+        );
+    }
+}
+
 fn node_has_subnet_for(n: &NodeConfig, ip: &IpAddr) -> bool {
     n.links.iter().any(|l| l.contains(ip))
 }
 
-fn link_subnets(nodes: &[NodeConfig]) -> Vec<String> {
+fn link_subnets(nodes: &[NodeConfig], ipv4: bool) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for n in nodes {
-        for l in &n.links {
+        for l in n.links.iter().filter(|l| l.is_ipv4() == ipv4) {
             let s = l.network().to_string();
             if seen.insert(s.clone()) {
                 out.push(s);
@@ -718,6 +731,27 @@ mod tests {
         assert!(
             p[0].ends_with("(no [quorum] section: its defaults apply)"),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn vips_are_checked_against_links_of_their_own_family() {
+        let base = "[cluster]\nname = \"c\"\nauthkey = \"/k\"\n[[cluster.node]]\nid = 1\nname = \"a\"\nlinks = [\"198.18.0.11/24\"]\n[[resource]]\nname = \"v\"\n[resource.vip]\ninterface = \"eth0\"\n";
+        assert_eq!(
+            problems(&format!("{base}address = \"fd00:198:18::100/64\"\n")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(&format!("{base}address = \"198.18.0.100/24\"\n")),
+            Vec::<String>::new()
+        );
+        let p = problems(&format!("{base}address = \"198.19.0.100/24\"\n"));
+        assert_eq!(
+            p,
+            vec![
+                "t.toml:12:11: VIP 198.19.0.100 is outside every node link subnet (198.18.0.0/24)"
+                    .to_string()
+            ]
         );
     }
 
