@@ -102,6 +102,8 @@ pub(crate) struct Channel {
     member_boots: BTreeMap<NodeId, u64>,
     /// Highest origin_seq delivered here per origin, with the origin's boot.
     origin_delivered: BTreeMap<NodeId, (u64, u64)>,
+    /// Nacks sent, to alternate their target.
+    nack_round: u64,
 }
 
 impl Channel {
@@ -323,15 +325,14 @@ impl Channel {
         }
     }
 
-    /// A heartbeat told how far `from` got in `view`.
+    /// A heartbeat told how far `from` got in `view` (for any member, a lower bound of the
+    /// sequencer's top: this node may be cut off from the sequencer but not from the others).
     pub(crate) fn on_heartbeat(&mut self, from: NodeId, view: Option<ViewId>, delivered: u64) {
-        if view.is_none() || view != self.view {
+        if view.is_none() || view != self.view || !self.members.contains(&from) {
             return;
         }
         self.peer_delivered.insert(from, delivered);
-        if Some(from) == self.sequencer() {
-            self.sequencer_top = self.sequencer_top.max(delivered);
-        }
+        self.sequencer_top = self.sequencer_top.max(delivered);
     }
 
     /// Periodic work: nack gaps, resubmit, trim the log to what every member delivered.
@@ -341,8 +342,18 @@ impl Channel {
         let top = self.sequencer_top.max(self.ahead.keys().next_back().copied().unwrap_or(0));
         let want = top.min(limit);
         if want > self.delivered {
+            self.nack_round = self.nack_round.wrapping_add(1);
+            // Every other nack goes to the member that got furthest, in case the path from the
+            // sequencer to this node is what is broken.
+            let ahead = self
+                .peer_delivered
+                .iter()
+                .filter(|(n, d)| **n != self.me && **d > self.delivered)
+                .max_by_key(|(_, d)| **d)
+                .map(|(n, _)| *n);
             let source = match &self.flush {
                 Some(f) => Some(f.donor),
+                None if self.nack_round & 1 == 0 && ahead.is_some() => ahead,
                 None => self.sequencer(),
             };
             if let Some(s) = source.filter(|s| *s != self.me) {
