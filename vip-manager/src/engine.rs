@@ -298,7 +298,7 @@ impl Engine {
     /// a peer in sight when the cluster has several nodes, and no stall since the last delivery.
     pub fn renewals_allowed(&self) -> bool {
         let Some(v) = &self.view else { return false };
-        let alone = self.cfg.cluster_size > 1 && v.member_set().len() <= 1;
+        let alone = transition::alone(self.cfg.cluster_size, v);
         let ignore = self.cfg.policy.no_quorum_policy == NoQuorumPolicy::Ignore;
         !self.stalled && (ignore || (v.quorate && !alone))
     }

@@ -314,6 +314,14 @@ fn topo(
     out
 }
 
+/// Whether a view leaves its node without any peer in a way quorum must not paper over. In a
+/// two-node cluster the survivor's quorum comes from votequorum's two_node/wait_for_all and a
+/// tie-breaker, which the membership layer folds into `quorate`, so only clusters of three or
+/// more count a lone member as isolated whatever the view says.
+pub fn alone(cluster_size: usize, view: &View) -> bool {
+    cluster_size > 2 && view.member_set().len() <= 1
+}
+
 /// What `local` must do at once, without waiting for any plan, when its view says it has lost
 /// quorum or sees no peer in a cluster of `cluster_size` nodes: remove every VIP it holds (unless
 /// no-quorum-policy=ignore). The VIP is never kept by a node that cannot prove it is alone in
@@ -326,8 +334,7 @@ pub fn release_on_isolation(
     resources: &[ResourceDef],
     current: &CurrentPlacement,
 ) -> Vec<Action> {
-    let members = view.member_set();
-    let alone = cluster_size > 1 && members.len() <= 1;
+    let alone = alone(cluster_size, view);
     if policy.no_quorum_policy == NoQuorumPolicy::Ignore || (view.quorate && !alone) {
         return Vec::new();
     }

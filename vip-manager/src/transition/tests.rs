@@ -210,6 +210,10 @@ fn isolation_releases_vips_at_once() {
     let alone = View { epoch: 4, members: vec![n(1)], quorate: true };
     assert_eq!(release_on_isolation(n(1), &alone, 3, &policy, &rs, &cur).len(), 1);
     assert!(release_on_isolation(n(1), &alone, 1, &policy, &rs, &cur).is_empty(), "single-node cluster");
+    assert!(
+        release_on_isolation(n(1), &alone, 2, &policy, &rs, &cur).is_empty(),
+        "two-node cluster: the survivor keeps the VIP when membership says quorate (two_node + tie-breaker)"
+    );
     let ignore = ClusterPolicy { no_quorum_policy: NoQuorumPolicy::Ignore, ..Default::default() };
     assert!(release_on_isolation(n(1), &v, 3, &ignore, &rs, &cur).is_empty());
 }
