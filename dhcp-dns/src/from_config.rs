@@ -151,8 +151,17 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             lease_secs: h.lease_time.as_ref().map(secs),
         })
         .collect();
+    let conflict_check = match d.conflict_check {
+        crate::config::ConflictCheck::Off => false,
+        crate::config::ConflictCheck::Icmp => true,
+        crate::config::ConflictCheck::Arp => {
+            problems.push("dhcp.conflict_check: \"arp\" is not implemented yet; use \"icmp\"".to_string());
+            false
+        }
+    };
     let core = DhcpConfig {
         authoritative: d.authoritative,
+        conflict_check,
         domain: d.domain.clone(),
         subnets,
         reservations,
@@ -173,7 +182,7 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             ..DhcpDriverConfig::default()
         })
         .collect();
-    DhcpRuntime { core, drivers }
+    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0 }
 }
 
 fn dns_runtime(d: &DnsSection, dhcp: Option<&DhcpSection>, problems: &mut Vec<String>) -> DnsRuntime {

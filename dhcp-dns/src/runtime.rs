@@ -18,7 +18,10 @@ use crate::dns::{SharedZone, Zone, ZoneConfig};
 use crate::leases::commit::CompactionPolicy;
 use crate::leases::log::MAGIC;
 use crate::leases::{GroupCommitter, Lease, LeaseError, LeaseLog, LogRecord, dnsmasq};
-use crate::server::{DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, Replication, start_dhcp_replicated, start_dns, unix_now};
+use crate::server::{
+    AddressProber, DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, DriverExtras, IcmpProber, Replication, start_dhcp_with,
+    start_dns, unix_now,
+};
 
 /// DHCP part of the service.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct DhcpRuntime {
     pub core: DhcpConfig,
     /// Sockets, one per served interface.
     pub drivers: Vec<DhcpDriverConfig>,
+    /// ICMP conflict probe timeout, when `core.conflict_check` is on.
+    pub probe_timeout: std::time::Duration,
 }
 
 /// DNS part of the service.
@@ -167,8 +172,10 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
                     }
                 }
             }
+            let prober: Option<Arc<dyn AddressProber>> =
+                d.core.conflict_check.then(|| Arc::new(IcmpProber { timeout: d.probe_timeout }) as Arc<dyn AddressProber>);
             Some(
-                start_dhcp_replicated(d.drivers.clone(), core, committer.clone(), Some(zone.clone()), replication)
+                start_dhcp_with(d.drivers.clone(), core, committer.clone(), Some(zone.clone()), DriverExtras { replication, prober })
                     .await
                     .map_err(|e| RuntimeError::Io { what: "bind DHCP sockets".into(), source: e })?,
             )
@@ -259,6 +266,7 @@ mod tests {
             dhcp: Some(DhcpRuntime {
                 core: DhcpConfig { domain: Some("cluster.test".into()), subnets: vec![s], ..DhcpConfig::default() },
                 drivers: vec![DhcpDriverConfig { bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..DhcpDriverConfig::default() }],
+                probe_timeout: std::time::Duration::from_millis(200),
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),

@@ -637,6 +637,86 @@ pub async fn start_dhcp_replicated(
     zone: Option<SharedZone>,
     replication: Option<Replication>,
 ) -> io::Result<DhcpHandle> {
+    start_dhcp_with(cfgs, core, committer, zone, DriverExtras { replication, prober: None }).await
+}
+
+/// Checks whether an address is already in use before it is offered.
+pub trait AddressProber: Send + Sync + 'static {
+    /// `Ok(true)` if something answered for `addr`; errors count as "free" (never stall).
+    fn probe(&self, addr: Ipv4Addr) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<bool>> + Send>>;
+}
+
+/// ICMP echo prober (unprivileged ping socket; works as root or within `ping_group_range`).
+pub struct IcmpProber {
+    /// How long to wait for an echo reply.
+    pub timeout: Duration,
+}
+
+impl AddressProber for IcmpProber {
+    fn probe(&self, addr: Ipv4Addr) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<bool>> + Send>> {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            // An unprivileged ping socket if allowed, else a raw socket (root / CAP_NET_RAW).
+            let (s, raw) = match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
+                Ok(s) => (s, false),
+                Err(_) => (Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?, true),
+            };
+            s.set_nonblocking(true)?;
+            let sock = UdpSocket::from_std(std::net::UdpSocket::from(std::os::fd::OwnedFd::from(s)))?;
+            sock.connect(SocketAddr::V4(SocketAddrV4::new(addr, 0))).await?;
+            let id: u16 = rand::random();
+            let seq: u16 = rand::random();
+            let mut pkt = vec![8u8, 0, 0, 0];
+            pkt.extend_from_slice(&id.to_be_bytes());
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(b"hastack-dhcp-probe");
+            let ck = icmp_checksum(&pkt);
+            pkt[2..4].copy_from_slice(&ck.to_be_bytes());
+            sock.send(&pkt).await?;
+            let mut buf = [0u8; 1500];
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                    Err(_) => return Ok(false),
+                    Ok(r) => r?,
+                };
+                // Raw sockets deliver the IP header too; ping sockets rewrite the identifier.
+                let off = if raw { usize::from(buf[0] & 0x0f) * 4 } else { 0 };
+                let Some(icmp) = buf.get(off..n) else { continue };
+                if icmp.len() >= 8 && icmp[0] == 0 && icmp[6..8] == seq.to_be_bytes() && (!raw || icmp[4..6] == id.to_be_bytes()) {
+                    return Ok(true);
+                }
+            }
+        })
+    }
+}
+
+fn icmp_checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Optional parts of a DHCP driver.
+#[derive(Clone, Default)]
+pub struct DriverExtras {
+    /// Lease replication to peer gateways.
+    pub replication: Option<Replication>,
+    /// Conflict check before offers (used when the core emits [`Action::Probe`]).
+    pub prober: Option<Arc<dyn AddressProber>>,
+}
+
+/// [`start_dhcp`] with replication and/or a conflict prober.
+pub async fn start_dhcp_with(
+    cfgs: Vec<DhcpDriverConfig>,
+    core: DhcpServer,
+    committer: Arc<GroupCommitter>,
+    zone: Option<SharedZone>,
+    extras: DriverExtras,
+) -> io::Result<DhcpHandle> {
+    let DriverExtras { replication, prober } = extras;
     let mut socks = Vec::new();
     let mut locals = Vec::new();
     for c in &cfgs {
@@ -669,7 +749,7 @@ pub async fn start_dhcp_replicated(
     }
     drop(in_tx);
     let (rep_tx, rep_rx) = mpsc::channel(4096);
-    let io = DhcpIo { cfgs, socks, committer, zone, stats: stats.clone(), replication };
+    let io = DhcpIo { cfgs, socks, committer, zone, stats: stats.clone(), replication, prober };
     let task = tokio::spawn(dhcp_loop(io, in_rx, rep_rx, core, stop_rx));
     Ok(DhcpHandle { locals, stats, replica: ReplicaInput { tx: rep_tx }, stop, task, readers })
 }
@@ -681,7 +761,22 @@ struct DhcpIo {
     zone: Option<SharedZone>,
     stats: Arc<DhcpDriverStats>,
     replication: Option<Replication>,
+    prober: Option<Arc<dyn AddressProber>>,
 }
+
+/// A probe's outcome, with what is needed to act on it.
+struct Probed {
+    idx: usize,
+    addr: Ipv4Addr,
+    reply: Reply,
+    request: Arc<Vec<u8>>,
+    meta: RecvMeta,
+    attempt: u8,
+    in_use: bool,
+}
+
+/// Most probes for one DISCOVER before the offer goes out unprobed (availability first).
+const MAX_PROBES: u8 = 3;
 
 /// Completion of one part of a held reply.
 enum Part {
@@ -706,20 +801,41 @@ async fn dhcp_loop(
     mut stop: watch::Receiver<bool>,
 ) -> DhcpServer {
     let (part_tx, mut part_rx) = mpsc::unbounded_channel::<(u64, Part)>();
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<Probed>();
+    let mut probing = 0usize;
     let mut held: hashbrown::HashMap<u64, Held> = hashbrown::HashMap::new();
     let mut next_id = 0u64;
     let mut stopping = false;
     loop {
-        if stopping && held.is_empty() {
+        if stopping && held.is_empty() && probing == 0 {
             return core;
         }
         let now = unix_now();
         let wake = core.poll_timeout().map_or(Duration::from_secs(1), |t| Duration::from_secs(t.saturating_sub(now)).min(Duration::from_secs(1)));
         let mut replica_done = None;
+        let mut request: Option<(Arc<Vec<u8>>, RecvMeta, u8)> = None;
         let (idx, actions) = tokio::select! {
             Some((i, pkt, src)) = input.recv(), if !stopping => {
                 let meta = RecvMeta { src, local_addr: io.cfgs[i].local_addr };
-                (i, core.handle_packet(unix_now(), &pkt, meta))
+                let acts = core.handle_packet(unix_now(), &pkt, meta);
+                request = Some((Arc::new(pkt), meta, 0));
+                (i, acts)
+            },
+            Some(p) = probe_rx.recv() => {
+                probing -= 1;
+                if !p.in_use {
+                    send_reply(&io.socks[p.idx], &io.cfgs[p.idx], &io.stats, p.reply).await;
+                    (p.idx, Vec::new())
+                } else {
+                    let now = unix_now();
+                    let mut acts = core.conflict_detected(p.addr, now);
+                    if !stopping {
+                        // Same DISCOVER again: the core picks another address.
+                        acts.extend(core.handle_packet(now, &p.request, p.meta));
+                        request = Some((p.request.clone(), p.meta, p.attempt + 1));
+                    }
+                    (p.idx, acts)
+                }
             },
             Some((rec, done)) = replicas.recv(), if !stopping => {
                 replica_done = done;
@@ -764,6 +880,24 @@ async fn dhcp_loop(
         for a in actions {
             match a {
                 Action::Reply(r) => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, r).await,
+                Action::Probe { addr, reply } => match (&io.prober, &request) {
+                    (Some(prober), Some((req, meta, attempt))) if *attempt < MAX_PROBES => {
+                        probing += 1;
+                        let (prober, tx) = (prober.clone(), probe_tx.clone());
+                        let (req, meta, attempt) = (req.clone(), *meta, *attempt);
+                        tokio::spawn(async move {
+                            let in_use = match prober.probe(addr).await {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    tracing::debug!(%addr, error = %e, "probe failed; treating the address as free");
+                                    false
+                                }
+                            };
+                            let _ = tx.send(Probed { idx, addr, reply, request: req, meta, attempt, in_use });
+                        });
+                    }
+                    _ => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, reply).await,
+                },
                 Action::LeaseChanged(ch) => {
                     if let Some(z) = &io.zone {
                         if let Ok(mut z) = z.write() {

@@ -527,3 +527,80 @@ async fn sync_replication_puts_the_lease_and_name_on_the_standby_before_the_ack(
     let s = standby.shutdown().await.unwrap();
     assert!(s.leases().get(addr).is_some_and(|l| l.fqdn.as_deref() == Some("ha-node.cluster.test")));
 }
+
+/// Says "in use" for the first `busy` addresses it is asked about, then "free".
+struct FirstBusy {
+    busy: std::sync::Mutex<usize>,
+    asked: std::sync::Mutex<Vec<Ipv4Addr>>,
+}
+
+impl dhcp_dns::server::AddressProber for FirstBusy {
+    fn probe(&self, addr: Ipv4Addr) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<bool>> + Send>> {
+        self.asked.lock().unwrap().push(addr);
+        let mut b = self.busy.lock().unwrap();
+        let in_use = *b > 0;
+        *b = b.saturating_sub(1);
+        Box::pin(async move { Ok(in_use) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_probe_skips_an_address_in_use_without_stalling() {
+    use dhcp_dns::server::{DriverExtras, start_dhcp_with};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = LeaseLog::open(dir.path().join("l.log")).unwrap();
+    let committer = Arc::new(GroupCommitter::start(log, CompactionPolicy::default()));
+    let sid = Ipv4Addr::new(127, 0, 0, 1);
+    let giaddr = Ipv4Addr::new(127, 81, 0, 1);
+    let mut s = Subnet::new("127.81.0.0/16".parse::<Ipv4Net>().unwrap(), sid);
+    s.ranges = vec![(Ipv4Addr::new(127, 81, 1, 10), Ipv4Addr::new(127, 81, 1, 20))];
+    let core = DhcpServer::new(DhcpConfig { subnets: vec![s], conflict_check: true, ..DhcpConfig::default() });
+    let relay = UdpSocket::bind(SocketAddrV4::new(giaddr, 0)).unwrap();
+    relay.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = relay.local_addr().unwrap().port();
+    let prober = Arc::new(FirstBusy { busy: std::sync::Mutex::new(1), asked: std::sync::Mutex::new(Vec::new()) });
+    let h = start_dhcp_with(
+        vec![DhcpDriverConfig { bind: SocketAddrV4::new(sid, 0), relay_port: port, client_port: port, broadcast: Ipv4Addr::new(127, 255, 255, 255), ..DhcpDriverConfig::default() }],
+        core,
+        committer,
+        None,
+        DriverExtras { replication: None, prober: Some(prober.clone()) },
+    )
+    .await
+    .unwrap();
+    let server = h.locals[0];
+    let offered = tokio::task::spawn_blocking(move || {
+        relay.send_to(&relay_request(1, &[2, 0, 0, 0, 9, 9], MessageType::Discover, giaddr, vec![]), server).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = relay.recv_from(&mut buf).unwrap();
+        Message::from_bytes(&buf[..n]).unwrap().yiaddr()
+    })
+    .await
+    .unwrap();
+    let asked = prober.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "first address busy, second probed free: {asked:?}");
+    assert_eq!(offered, asked[1]);
+    assert_ne!(asked[0], asked[1]);
+    let core = h.shutdown().await.unwrap();
+    assert_eq!(core.counters().conflicts, 1);
+}
+
+#[tokio::test]
+async fn icmp_prober_sees_a_live_loopback_address() {
+    use dhcp_dns::server::{AddressProber, IcmpProber};
+    if effective_uid() != 0 {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test needs root (raw ICMP socket)");
+        eprintln!("SKIP icmp_prober_sees_a_live_loopback_address: needs root");
+        return;
+    }
+    let p = IcmpProber { timeout: Duration::from_secs(2) };
+    assert!(p.probe(Ipv4Addr::LOCALHOST).await.unwrap(), "127.0.0.1 answers echo requests");
+}
+
+fn effective_uid() -> u32 {
+    // Read from /proc to avoid a libc dependency in the test.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).and_then(|u| u.parse().ok()))
+        .unwrap_or(u32::MAX)
+}

@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             let reply = match a {
                 Action::Reply(r) => Some(r),
                 Action::PersistLease { reply, .. } => reply,
+                Action::Probe { reply, .. } => Some(reply),
                 Action::LeaseChanged(_) => None,
             };
             if let Some(r) = reply {

@@ -147,6 +147,8 @@ pub struct DhcpConfig {
     pub offer_hold_secs: u64,
     /// How long a declined address is kept out of the pool, seconds.
     pub decline_quarantine_secs: u64,
+    /// Probe a new address before offering it (dnsmasq's ping check, but without stalling).
+    pub conflict_check: bool,
     /// How long a released or expired lease is remembered (so its client gets the same address
     /// back) before its record is removed, seconds.
     pub expired_retention_secs: u64,
@@ -161,6 +163,7 @@ impl Default for DhcpConfig {
             reservations: Vec::new(),
             offer_hold_secs: 30,
             decline_quarantine_secs: 600,
+            conflict_check: false,
             expired_retention_secs: 86_400,
         }
     }
@@ -219,6 +222,15 @@ pub enum Action {
     },
     /// Update DNS.
     LeaseChanged(LeaseChange),
+    /// Check that nobody already uses `addr` (ARP/ICMP) before sending this offer; report the
+    /// outcome with [`DhcpServer::conflict_detected`] (then handle the request again) or just
+    /// send the reply. Other clients are never held up by a probe.
+    Probe {
+        /// The address about to be offered.
+        addr: Ipv4Addr,
+        /// The offer, sent if the address is free.
+        reply: Reply,
+    },
 }
 
 /// Counters of the core (exported as metrics by the driver).
@@ -252,10 +264,12 @@ pub struct DhcpCounters {
     pub expired: u64,
     /// Old released/expired records forgotten.
     pub collected: u64,
+    /// Addresses found in use by a probe (quarantined).
+    pub conflicts: u64,
 }
 
 /// Transport facts the driver knows about a received datagram.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecvMeta {
     /// Source address and port.
     pub src: SocketAddrV4,
@@ -629,7 +643,37 @@ impl DhcpServer {
         let lease_secs = self.lease_secs(msg, client, si);
         let reply = self.build_reply(msg, MessageType::Offer, addr, si, Some(lease_secs), names.as_ref());
         self.counters.offers += 1;
-        reply.map(Action::Reply).into_iter().collect()
+        // Only an address new to this client is probed: its own lease or reservation answering
+        // a ping is the client itself.
+        let known = self.leases.get(addr).is_some_and(|l| client.owns(l))
+            || self.reservation_of(client).is_some_and(|r| r.addr == addr);
+        match reply {
+            Some(reply) if self.cfg.conflict_check && !known => vec![Action::Probe { addr, reply }],
+            Some(reply) => vec![Action::Reply(reply)],
+            None => Vec::new(),
+        }
+    }
+
+    /// A probe found `addr` in use: quarantine it (like a DECLINE) and withdraw its offer. The
+    /// driver then handles the client's DISCOVER again, which picks another address.
+    pub fn conflict_detected(&mut self, addr: Ipv4Addr, now: UnixTime) -> Vec<Action> {
+        self.counters.conflicts += 1;
+        tracing::warn!(%addr, "address answered a probe: in use by someone else; quarantined");
+        if let Some(tok) = self.offered.remove(&addr) {
+            self.offers.remove(&tok);
+        }
+        let q = Lease {
+            addr,
+            hwaddr: Vec::new(),
+            client_id: None,
+            hostname: None,
+            fqdn: None,
+            start: now,
+            expiry: now + self.cfg.decline_quarantine_secs,
+            state: LeaseState::Declined,
+        };
+        self.leases.insert(q.clone());
+        vec![Action::PersistLease { record: LogRecord::Upsert(q), reply: None }]
     }
 
     fn request(&mut self, now: UnixTime, msg: &Message, client: &ClientKey, meta: RecvMeta) -> Vec<Action> {

@@ -55,6 +55,7 @@ fn cfg() -> DhcpConfig {
         ],
         offer_hold_secs: 30,
         decline_quarantine_secs: 600,
+        conflict_check: false,
         expired_retention_secs: 86_400,
     }
 }
@@ -79,6 +80,7 @@ fn replies(actions: &[Action]) -> Vec<(ReplyTarget, Message)> {
         .filter_map(|a| match a {
             Action::Reply(r) => Some(r.clone()),
             Action::PersistLease { reply: Some(r), .. } => Some(r.clone()),
+            Action::Probe { reply, .. } => Some(reply.clone()),
             _ => None,
         })
         .map(|r| (r.to.clone(), Message::from_bytes(&r.packet).unwrap()))
@@ -629,4 +631,31 @@ fn replicated_lease_is_served_by_the_standby_with_its_name() {
     rb.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
     let (_, nak) = one_reply(&standby.handle_packet(T0 + 1, &bytes(&rb), direct()));
     assert_eq!(mtype(&nak), MessageType::Nak);
+}
+
+#[test]
+fn conflict_check_probes_new_addresses_and_skips_ones_in_use() {
+    let mut c = cfg();
+    c.conflict_check = true;
+    let mut s = DhcpServer::new(c);
+    let d = bytes(&msg(MessageType::Discover, &MAC_A));
+    let acts = s.handle_packet(T0, &d, direct());
+    let [Action::Probe { addr: first, .. }] = acts.as_slice() else { panic!("{acts:?}") };
+    let first = *first;
+    // Someone answered: quarantined, and the same DISCOVER now gets another address.
+    let acts = s.conflict_detected(first, T0);
+    assert!(matches!(&acts[0], Action::PersistLease { record: LogRecord::Upsert(l), .. } if l.state == LeaseState::Declined));
+    let acts = s.handle_packet(T0, &d, direct());
+    let [Action::Probe { addr: second, reply }] = acts.as_slice() else { panic!("{acts:?}") };
+    assert_ne!(*second, first);
+    assert_eq!(Message::from_bytes(&reply.packet).unwrap().yiaddr(), *second);
+    assert_eq!(s.counters().conflicts, 1);
+    // A client's own lease is not probed again (it would answer the ping itself).
+    let a = dora(&mut DhcpServer::new(cfg()), T0, &MAC_B, None);
+    let mut s2 = DhcpServer::new(DhcpConfig { conflict_check: true, ..cfg() });
+    let mut l = Lease { addr: a, hwaddr: MAC_B.to_vec(), client_id: None, hostname: None, fqdn: None, start: T0, expiry: T0 + 3600, state: LeaseState::Active };
+    l.start = T0;
+    s2.restore([l], T0);
+    let acts = s2.handle_packet(T0 + 5, &bytes(&msg(MessageType::Discover, &MAC_B)), direct());
+    assert!(matches!(acts.as_slice(), [Action::Reply(_)]), "{acts:?}");
 }
