@@ -1,12 +1,16 @@
 //! Thin tokio drivers for the DHCP core and the DNS answerer.
 //!
 //! # DHCP driver lifecycle
+//! One reader task per socket feeds a bounded queue; one task owns the core.
 //! `receiving` — a datagram goes to [`DhcpServer::handle_packet`] with the wall-clock `now`;
 //! each [`Action`] is applied: `Reply` is sent at once, `LeaseChanged` updates the zone at once,
-//! `PersistLease` goes to the [`GroupCommitter`] and its reply waits in `pending` until the
-//! committer says the record is durable (then `sending`). A timer drives
-//! [`DhcpServer::handle_timeout`]. On shutdown the loop stops receiving and waits for the
-//! committer to finish what it accepted.
+//! `PersistLease` goes to the [`GroupCommitter`] (and, with replication, to the peers) and its
+//! reply is `held` until the record is durable (and, in sync mode, the peers answered), then
+//! `sent`. `Probe` runs a conflict check in its own task: free → the offer is sent; in use →
+//! [`DhcpServer::conflict_detected`] and the same DISCOVER is handled again (at most
+//! `MAX_PROBES` times). Records from peers enter through [`ReplicaInput`]. A timer drives
+//! [`DhcpServer::handle_timeout`] and publishes [`DhcpStatus`]. On shutdown the loop stops
+//! receiving and waits for held replies and probes to finish.
 //!
 //! # DNS servers
 //! UDP: one task per socket (several `SO_REUSEPORT` sockets spread load over cores).
