@@ -119,3 +119,67 @@ impl LeaseError {
         LeaseError::Io { path: path.display().to_string(), op, source }
     }
 }
+
+/// Colon-separated lowercase hex (`52:54:00:12:34:56`).
+pub fn hex_colon(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// A table of leases for `hastack leases`: address, hardware address, name, state, time left.
+pub fn render_table(leases: &[Lease], now: UnixTime) -> String {
+    let mut rows = vec![["ADDRESS".to_string(), "HWADDR".into(), "NAME".into(), "STATE".into(), "EXPIRES".into()]];
+    let mut sorted: Vec<&Lease> = leases.iter().collect();
+    sorted.sort_by_key(|l| l.addr);
+    for l in sorted {
+        let state = match l.state {
+            LeaseState::Active if l.expiry <= now => "expired",
+            LeaseState::Active => "active",
+            LeaseState::Released => "released",
+            LeaseState::Expired => "expired",
+            LeaseState::Declined => "declined",
+        };
+        let expires = if l.expiry == INFINITE {
+            "never".to_string()
+        } else if l.expiry > now {
+            let left = l.expiry - now;
+            format!("in {}h{:02}m{:02}s", left / 3600, (left % 3600) / 60, left % 60)
+        } else {
+            format!("{}s ago", now - l.expiry)
+        };
+        let name = l.fqdn.clone().or_else(|| l.hostname.clone()).unwrap_or_else(|| "-".into());
+        rows.push([l.addr.to_string(), hex_colon(&l.hwaddr), name, state.into(), expires]);
+    }
+    let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn renders_leases_sorted_with_state_and_time_left() {
+        let l = |a: u8, st, exp| Lease {
+            addr: Ipv4Addr::new(198, 18, 0, a),
+            hwaddr: vec![0x52, 0x54, 0, 0, 0, a],
+            client_id: None,
+            hostname: Some(format!("h{a}")),
+            fqdn: Some(format!("h{a}.cluster.test")),
+            start: 0,
+            expiry: exp,
+            state: st,
+        };
+        let t = render_table(&[l(9, LeaseState::Active, 1000 + 3725), l(2, LeaseState::Released, 900), l(5, LeaseState::Active, INFINITE)], 1000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ADDRESS"));
+        assert!(lines[1].starts_with("198.18.0.2") && lines[1].contains("released") && lines[1].contains("100s ago"));
+        assert!(lines[2].contains("never"));
+        assert!(lines[3].contains("52:54:00:00:00:09") && lines[3].contains("h9.cluster.test") && lines[3].contains("in 1h02m05s"));
+    }
+}
