@@ -1,6 +1,7 @@
 //! tcp-balancer: the L4 data path of hastack's HAProxy replacement.
 //!
 //! - [`balance`]: balancing algorithms over a server table (pure code).
+//! - [`handover`]: listening sockets passed to a new process on reload (SCM_RIGHTS).
 //! - [`health`]: HAProxy-style health-check state machine (sans-IO) and check conversations.
 //! - [`checker`]: the tokio task that runs health checks (TCP, HTTP, HTTPS, TLS hello, MySQL).
 //! - [`from_config`]: maps the `[balancer]` config section onto the runtime's structs.
@@ -16,6 +17,7 @@ pub mod balance;
 pub mod config;
 pub mod from_config;
 pub mod checker;
+pub mod handover;
 pub mod health;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -535,6 +535,8 @@ pub struct Proxy {
     local: SocketAddr,
     locals: Vec<SocketAddr>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Duplicates of the listening sockets, kept to hand over on reload; closed by drain.
+    handover: Mutex<Vec<(SocketAddr, std::os::fd::OwnedFd)>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -619,6 +621,11 @@ impl Proxy {
             .map(|l| l.local_addr())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| ProxyError::Bind { frontend: cfg.frontend.name.clone(), addr: cfg.frontend.bind, source })?;
+        let handover = listeners
+            .iter()
+            .zip(&locals)
+            .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
+            .collect();
         // Without listeners (behind an SNI router) the configured address stands in.
         let local = locals.first().copied().unwrap_or(cfg.frontend.bind);
         let servers = be
@@ -674,7 +681,7 @@ impl Proxy {
         if let Some(r) = shared.cfg.backend.rebalance {
             tasks.push(tokio::spawn(rebalancer(shared.clone(), r)));
         }
-        Ok(Proxy { shared, local, locals, tasks: Mutex::new(tasks) })
+        Ok(Proxy { shared, local, locals, tasks: Mutex::new(tasks), handover: Mutex::new(handover) })
     }
 
     /// The bound address (useful with port 0).
@@ -685,6 +692,26 @@ impl Proxy {
     /// Name of the backend this frontend uses.
     pub fn backend_name(&self) -> &str {
         &self.shared.cfg.backend.name
+    }
+
+    /// Starts on listeners handed over by the previous process where their address matches
+    /// (taken out of `inherited`), binding the others.
+    pub fn start_inheriting(
+        cfg: ProxyConfig,
+        inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Proxy, ProxyError> {
+        let fe = cfg.frontend.clone();
+        let addrs: Vec<SocketAddr> = std::iter::once(fe.bind).chain(fe.extra_binds.iter().copied()).collect();
+        let listeners = crate::handover::take_or_bind(&addrs, inherited, |a| bind_addr(&fe, a))
+            .map_err(|source| ProxyError::Bind { frontend: fe.name.clone(), addr: fe.bind, source })?;
+        Self::start_with_listeners(cfg, listeners)
+    }
+
+    /// Sends this frontend's listening sockets to a new process (see [`crate::handover`]).
+    pub fn hand_over_listeners(&self, to: &std::os::unix::net::UnixStream) -> std::io::Result<()> {
+        let h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
+        let fds: Vec<_> = h.iter().map(|(a, fd)| (*a, std::os::fd::AsFd::as_fd(fd))).collect();
+        crate::handover::send_listeners(to, &fds)
     }
 
     /// Every bound address, `bind` first.
@@ -780,6 +807,7 @@ impl Proxy {
     pub async fn drain(&self, grace: Duration) -> usize {
         let sh = self.shared.clone();
         sh.stop.send_replace(true);
+        self.handover.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let deadline = Instant::now() + grace;
         while sh.alive.load(Ordering::Acquire) > 0 {
             let notified = sh.idle.notified();

@@ -940,3 +940,43 @@ async fn sni_routing_passes_tls_through() {
     })
     .await;
 }
+
+/// Reload, listener part: the new process takes the listening socket over a Unix socket and the
+/// old one drains; a client hammering the port meanwhile sees no refused or failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_handover_loses_no_connection() {
+    bounded(30, async {
+        let b = Backend::start(Kind::Echo).await;
+        let old = Proxy::start(config(&[("s1", b.addr)])).await.unwrap();
+        let addr = old.local_addr();
+        let client = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(1500) && ok + failed < 5000 {
+                match roundtrip(addr, b"ping").await {
+                    Ok(r) if r == b"ping" => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        old.hand_over_listeners(&tx).unwrap();
+        let mut inherited = tcp_balancer::handover::recv_listeners(&rx).unwrap();
+        assert_eq!(inherited.len(), 1);
+        let mut cfg = config(&[("s1", b.addr)]);
+        cfg.frontend.bind = addr;
+        let new = Proxy::start_inheriting(cfg, &mut inherited).unwrap();
+        assert!(inherited.is_empty());
+        assert_eq!(new.local_addr(), addr);
+        assert_eq!(old.drain(Duration::from_secs(1)).await, 0);
+        let (ok, failed) = client.await.unwrap();
+        assert_eq!(failed, 0, "{ok} ok");
+        let (o, n) = (old.stats().frontend_counters.total, new.stats().frontend_counters.total);
+        assert!(o > 0 && n > 0, "old served {o}, new served {n}");
+        assert_eq!(o + n, u64::from(ok));
+        new.stop().await;
+    })
+    .await;
+}
