@@ -293,4 +293,29 @@ mod tests {
         assert_eq!(leases.len(), 1);
         assert_eq!(leases[0].fqdn.as_deref(), Some("imported.cluster.test"));
     }
+
+    #[tokio::test]
+    async fn dns_only_needs_no_lease_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DhcpDnsOptions {
+            lease_file: dir.path().join("never-created.log"),
+            compaction: CompactionPolicy::default(),
+            import_dnsmasq_leases: None,
+            dhcp: None,
+            dns: Some(DnsRuntime {
+                zone: ZoneConfig::new("cluster.test"),
+                server: DnsServerConfig { udp: vec!["127.0.0.1:0".parse().unwrap()], tcp: vec!["127.0.0.1:0".parse().unwrap()], ..DnsServerConfig::default() },
+                hosts_files: vec![],
+                expand_hosts: false,
+                hosts: vec![("api.cluster.test".into(), "127.77.0.10".parse().unwrap())],
+                records: vec![],
+                wildcards: vec![],
+            }),
+        };
+        let run = start(opts).await.unwrap();
+        assert!(run.dhcp.is_none() && run.committer.is_none());
+        assert_eq!(run.dns.as_ref().map(|d| d.tcp_addrs.len()), Some(1));
+        run.shutdown().await;
+        assert!(!dir.path().join("never-created.log").exists());
+    }
 }
