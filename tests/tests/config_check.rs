@@ -140,7 +140,7 @@ impl XorShift {
 }
 
 #[test]
-fn mutated_examples_never_panic_and_every_problem_is_inside_the_file() {
+fn mutated_configs_never_panic_and_every_problem_is_inside_the_file() {
     let seed: u64 = std::env::var("HASTACK_CONFIG_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -160,9 +160,22 @@ fn mutated_examples_never_panic_and_every_problem_is_inside_the_file() {
         "\"198.18.0\"",
         "é",
     ];
-    for name in ["examples/three-node.toml", "examples/two-node.toml"] {
-        let original = std::fs::read_to_string(root().join(name)).expect("example readable");
-        for round in 0..300 {
+    let mut inputs: Vec<(String, usize)> = vec![
+        ("examples/three-node.toml".into(), 300),
+        ("examples/two-node.toml".into(), 300),
+    ];
+    for f in files(&root().join("tests/fixtures/configs"), "broken-", ".toml") {
+        let rel = f
+            .strip_prefix(root())
+            .expect("fixture under the root")
+            .display()
+            .to_string();
+        inputs.push((rel, 60));
+    }
+    for (name, rounds) in &inputs {
+        let name = name.as_str();
+        let original = std::fs::read_to_string(root().join(name)).expect("input readable");
+        for round in 0..*rounds {
             let mut text = original.clone();
             for _ in 0..1 + rng.below(3) {
                 let mut at = rng.below(text.len());
