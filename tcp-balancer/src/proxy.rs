@@ -709,9 +709,20 @@ impl Proxy {
 
     /// Sends this frontend's listening sockets to a new process (see [`crate::handover`]).
     pub fn hand_over_listeners(&self, to: &std::os::unix::net::UnixStream) -> std::io::Result<()> {
+        self.with_listener_fds(|fds| crate::handover::send_listeners(to, fds))
+    }
+
+    /// Runs `f` over this frontend's listening sockets.
+    fn with_listener_fds<R>(&self, f: impl FnOnce(&[(SocketAddr, std::os::fd::BorrowedFd<'_>)]) -> R) -> R {
         let h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<_> = h.iter().map(|(a, fd)| (*a, std::os::fd::AsFd::as_fd(fd))).collect();
-        crate::handover::send_listeners(to, &fds)
+        f(&fds)
+    }
+
+    /// Duplicates of the listening sockets (to gather several frontends' in one handover).
+    pub fn dup_listener_fds(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        let h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().filter_map(|(a, fd)| fd.try_clone().ok().map(|d| (*a, d))).collect()
     }
 
     /// Every bound address, `bind` first.

@@ -39,6 +39,8 @@ pub struct SniRouter {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     unrouted: Arc<AtomicU64>,
+    /// Duplicates of the listening sockets for a reload handover.
+    handover: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
 }
 
 impl std::fmt::Debug for SniRouter {
@@ -63,6 +65,18 @@ impl SniRouter {
         default: Option<ProxyConfig>,
         hello_timeout: Duration,
     ) -> Result<Self, ProxyError> {
+        Self::start_inheriting(frontend, routes, default, hello_timeout, &mut Vec::new())
+    }
+
+    /// Like [`SniRouter::start`], on listeners handed over by the previous process where the
+    /// address matches (taken out of `inherited`).
+    pub fn start_inheriting(
+        frontend: FrontendConfig,
+        routes: Vec<SniRoute>,
+        default: Option<ProxyConfig>,
+        hello_timeout: Duration,
+        inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Self, ProxyError> {
         let mut proxies = Vec::new();
         let mut table = Vec::new();
         for r in routes {
@@ -77,16 +91,17 @@ impl SniRouter {
             }
             None => None,
         };
-        let mut listeners = Vec::new();
-        for &addr in std::iter::once(&frontend.bind).chain(&frontend.extra_binds) {
-            let l = bind_addr(&frontend, addr).map_err(|source| ProxyError::Bind {
-                frontend: frontend.name.clone(),
-                addr,
-                source,
-            })?;
-            listeners.push(l);
-        }
-        let locals = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let addrs: Vec<SocketAddr> =
+            std::iter::once(frontend.bind).chain(frontend.extra_binds.iter().copied()).collect();
+        let listeners = crate::handover::take_or_bind(&addrs, inherited, |a| bind_addr(&frontend, a)).map_err(
+            |source| ProxyError::Bind { frontend: frontend.name.clone(), addr: frontend.bind, source },
+        )?;
+        let locals: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let handover = listeners
+            .iter()
+            .zip(&locals)
+            .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
+            .collect();
         let (stop, _) = watch::channel(false);
         let unrouted = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Table {
@@ -101,7 +116,7 @@ impl SniRouter {
             .into_iter()
             .map(|l| tokio::spawn(accept(l, shared.clone(), sem.clone(), stop.subscribe())))
             .collect();
-        Ok(Self { frontend, locals, routes: table, default, proxies, stop, tasks, unrouted })
+        Ok(Self { frontend, locals, routes: table, default, proxies, stop, tasks, unrouted, handover })
     }
 
     /// Every bound address, `bind` first.
@@ -135,9 +150,15 @@ impl SniRouter {
             .map(|i| &*self.proxies[i])
     }
 
+    /// The listening sockets to hand to a new process.
+    pub fn listener_fds(&self) -> Vec<(SocketAddr, std::os::fd::BorrowedFd<'_>)> {
+        self.handover.iter().map(|(a, fd)| (*a, std::os::fd::AsFd::as_fd(fd))).collect()
+    }
+
     /// Stops accepting, then drains every backend for up to `grace`.
-    pub async fn drain(self, grace: Duration) -> usize {
+    pub async fn drain(mut self, grace: Duration) -> usize {
         self.stop.send_replace(true);
+        self.handover.clear();
         for t in &self.tasks {
             t.abort();
         }

@@ -35,12 +35,23 @@ pub struct Balancer {
 impl Balancer {
     /// Starts every frontend; if one fails, the ones already started are stopped.
     pub async fn start(cfg: &BalancerConfig) -> Result<Self, BalancerError> {
+        Self::start_inheriting(cfg, &mut Vec::new()).await
+    }
+
+    /// Starts every frontend on the listeners handed over by the previous process where the
+    /// addresses match (see [`crate::handover::recv_listeners`]); the rest are bound afresh and
+    /// unused inherited listeners are left in `inherited` (the caller closes them).
+    pub async fn start_inheriting(
+        cfg: &BalancerConfig,
+        inherited: &mut Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Self, BalancerError> {
         let mut me = Self { proxies: Vec::new(), routers: Vec::new() };
         for f in tcp_frontends(cfg)? {
             let started = match f {
-                TcpFrontend::Proxy(c) => Proxy::start(c).await.map(|p| me.proxies.push(p)),
+                TcpFrontend::Proxy(c) => Proxy::start_inheriting(c, inherited).map(|p| me.proxies.push(p)),
                 TcpFrontend::Router { frontend, routes, default, hello_timeout } => {
-                    SniRouter::start(frontend, routes, default, hello_timeout).await.map(|r| me.routers.push(r))
+                    SniRouter::start_inheriting(frontend, routes, default, hello_timeout, inherited)
+                        .map(|r| me.routers.push(r))
                 }
             };
             if let Err(e) = started {
@@ -63,6 +74,19 @@ impl Balancer {
 
     fn all(&self) -> impl Iterator<Item = &Proxy> {
         self.proxies.iter().chain(self.routers.iter().flat_map(|r| r.proxies().iter().map(|p| &**p)))
+    }
+
+    /// Sends every listening socket to the new process in one message (reload).
+    pub fn hand_over_listeners(&self, to: &std::os::unix::net::UnixStream) -> std::io::Result<()> {
+        let mut all: Vec<(std::net::SocketAddr, std::os::fd::BorrowedFd<'_>)> = Vec::new();
+        for r in &self.routers {
+            all.extend(r.listener_fds());
+        }
+        // Proxies lend duplicates: nothing a concurrent drain closes can be borrowed here.
+        let owned: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)> =
+            self.proxies.iter().flat_map(|p| p.dup_listener_fds()).collect();
+        all.extend(owned.iter().map(|(a, fd)| (*a, std::os::fd::AsFd::as_fd(fd))));
+        crate::handover::send_listeners(to, &all)
     }
 
     /// `show stat`: one snapshot per frontend.

@@ -980,3 +980,37 @@ async fn listener_handover_loses_no_connection() {
     })
     .await;
 }
+
+/// The whole balancer reloads onto handed-over listeners: same ports, new config applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_reload_keeps_the_port_and_applies_the_new_config() {
+    bounded(20, async {
+        let a = Backend::start(Kind::Name("a")).await;
+        let b = Backend::start(Kind::Name("b")).await;
+        let toml_for = |port: u16, server: SocketAddr| {
+            format!(
+                "[balancer]\n[[balancer.frontend]]\nname = \"api\"\nbind = [\"127.0.0.1:{port}\"]\nbackend = \"be\"\n\
+                 [[balancer.backend]]\nname = \"be\"\n[[balancer.backend.server]]\nname = \"s\"\naddress = \"{server}\"\n"
+            )
+        };
+        #[derive(serde::Deserialize)]
+        struct Root {
+            balancer: tcp_balancer::config::BalancerConfig,
+        }
+        let parse = |t: String| toml::from_str::<Root>(&t).unwrap().balancer;
+        let old = tcp_balancer::runtime::Balancer::start(&parse(toml_for(0, a.addr))).await.unwrap();
+        let addr = old.proxies()[0].local_addr();
+        assert_eq!(roundtrip(addr, b"").await.unwrap(), b"a");
+        let (tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        old.hand_over_listeners(&tx).unwrap();
+        let mut inherited = tcp_balancer::handover::recv_listeners(&rx).unwrap();
+        let new = tcp_balancer::runtime::Balancer::start_inheriting(&parse(toml_for(addr.port(), b.addr)), &mut inherited)
+            .await
+            .unwrap();
+        assert!(inherited.is_empty());
+        old.drain(Duration::from_millis(200)).await;
+        assert_eq!(roundtrip(addr, b"").await.unwrap(), b"b");
+        new.drain(Duration::ZERO).await;
+    })
+    .await;
+}
