@@ -703,7 +703,7 @@ fn validate_subnet(
         problems.add(base.key("lease_time"), "lease_time must be at least 10s");
     }
     let t1 = s.renew_time.map(|d| d.get()).unwrap_or(lease / 2);
-    let t2 = s.rebind_time.map(|d| d.get()).unwrap_or(lease * 7 / 8);
+    let t2 = s.rebind_time.map(|d| d.get()).unwrap_or(lease / 8 * 7);
     if s.renew_time.is_some() && t1 >= t2 {
         problems.add(
             base.key("renew_time"),

@@ -353,6 +353,8 @@ pub struct ForwardStats {
     pub rebind_blocked: AtomicU64,
     /// Queries answered SERVFAIL (all upstreams failed, or too many in flight).
     pub servfail: AtomicU64,
+    /// Queries that joined an identical one already in flight.
+    pub coalesced: AtomicU64,
 }
 
 /// Forwarding state shared by all DNS tasks: settings, cache, in-flight count.
@@ -360,6 +362,8 @@ pub struct Forwarder {
     cfg: ForwardConfig,
     cache: std::sync::Mutex<DnsCache>,
     in_flight: AtomicUsize,
+    /// Identical questions already on their way upstream: later askers wait for that answer.
+    pending: std::sync::Mutex<hashbrown::HashMap<CacheKey, Vec<tokio::sync::oneshot::Sender<Option<Arc<DnsMessage>>>>>>,
     /// Counters.
     pub stats: ForwardStats,
 }
@@ -368,7 +372,13 @@ impl Forwarder {
     /// A forwarder with an empty cache.
     pub fn new(cfg: ForwardConfig) -> Forwarder {
         let cache = DnsCache::new(cfg.cache_size, cfg.max_ttl, cfg.max_negative_ttl).with_negative_ttl_without_soa(cfg.negative_ttl_without_soa);
-        Forwarder { cfg, cache: std::sync::Mutex::new(cache), in_flight: AtomicUsize::new(0), stats: ForwardStats::default() }
+        Forwarder {
+            cfg,
+            cache: std::sync::Mutex::new(cache),
+            in_flight: AtomicUsize::new(0),
+            pending: std::sync::Mutex::new(hashbrown::HashMap::new()),
+            stats: ForwardStats::default(),
+        }
     }
 
     /// Cache counters and size.
@@ -389,15 +399,59 @@ impl Forwarder {
         let fail = |rcode| forwarded_response(req, rcode, Vec::new(), Vec::new(), t, stats);
         let q = req.queries.first()?;
         let name = norm(&q.name().to_ascii());
-        let ups = self.cfg.upstreams_for(&name).to_vec();
-        if ups.is_empty() {
+        if self.cfg.upstreams_for(&name).is_empty() {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             return fail(ResponseCode::Refused);
         }
+        let key = CacheKey::of(req)?;
+        // Coalesce: if the same question is already upstream, wait for its answer.
+        let waiter = {
+            let mut p = self.pending.lock().ok()?;
+            match p.get_mut(&key) {
+                Some(list) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    list.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    p.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiter {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            return match rx.await.ok().flatten() {
+                Some(resp) => {
+                    forwarded_response(req, resp.metadata.response_code, resp.answers.clone(), resp.authorities.clone(), t, stats)
+                }
+                None => fail(ResponseCode::ServFail),
+            };
+        }
+        let outcome = self.resolve_upstream(req, &name).await;
+        let shared = outcome.as_ref().ok().map(|m| Arc::new(m.clone()));
+        if let Some(list) = self.pending.lock().ok().and_then(|mut p| p.remove(&key)) {
+            for tx in list {
+                let _ = tx.send(shared.clone());
+            }
+        }
+        match outcome {
+            Ok(resp) => {
+                let rc = resp.metadata.response_code;
+                forwarded_response(req, rc, resp.answers, resp.authorities, t, stats)
+            }
+            Err(rcode) => fail(rcode),
+        }
+    }
+
+    /// Ask the upstreams (in order); the answer is checked for rebinding and cached. `Err` is the
+    /// response code to give the client.
+    async fn resolve_upstream(&self, req: &DnsMessage, name: &str) -> Result<DnsMessage, ResponseCode> {
+        let ups = self.cfg.upstreams_for(name).to_vec();
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.stats.servfail.fetch_add(1, Ordering::Relaxed);
-            return fail(ResponseCode::ServFail);
+            return Err(ResponseCode::ServFail);
         }
         let mut result = None;
         for up in ups {
@@ -405,13 +459,12 @@ impl Forwarder {
             match query_upstream(up, req, self.cfg.timeout, &self.stats).await {
                 Ok(resp) => {
                     let rc = resp.metadata.response_code;
-                    if rc != ResponseCode::NoError && rc != ResponseCode::NXDomain {
-                        // SERVFAIL/REFUSED from this one: another upstream may do better.
-                        result = Some(resp);
-                        continue;
-                    }
+                    let done = rc == ResponseCode::NoError || rc == ResponseCode::NXDomain;
+                    // SERVFAIL/REFUSED from this one: another upstream may do better.
                     result = Some(resp);
-                    break;
+                    if done {
+                        break;
+                    }
                 }
                 Err(e) => {
                     self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
@@ -422,18 +475,17 @@ impl Forwarder {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         let Some(resp) = result else {
             self.stats.servfail.fetch_add(1, Ordering::Relaxed);
-            return fail(ResponseCode::ServFail);
+            return Err(ResponseCode::ServFail);
         };
-        if !self.cfg.rebind_allowed(&name) && has_rebind_answer(&resp) {
+        if !self.cfg.rebind_allowed(name) && has_rebind_answer(&resp) {
             self.stats.rebind_blocked.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%name, "possible DNS rebinding: upstream answer points into private space; refused");
-            return fail(ResponseCode::Refused);
+            return Err(ResponseCode::Refused);
         }
         if let (Some(key), Ok(mut c)) = (CacheKey::of(req), self.cache.lock()) {
             c.insert(key, &resp, std::time::Instant::now());
         }
-        let rc = resp.metadata.response_code;
-        forwarded_response(req, rc, resp.answers, resp.authorities, t, stats)
+        Ok(resp)
     }
 }
 
