@@ -144,7 +144,8 @@ pub struct BackendConfig {
     pub redispatch: Redispatch,
     /// Delay before retrying the same server (HAProxy: min(timeout connect, 1s)).
     pub retry_delay: Duration,
-    /// Most sessions waiting for a free server slot.
+    /// Most sessions waiting for a free server slot; 0 closes a session at once when every
+    /// server is full.
     pub maxqueue: usize,
     /// Seed of the `random` algorithm.
     pub seed: u64,
@@ -1188,4 +1189,47 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
     srv.counters.close();
     sh.frontend.close();
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn both_legs_get_keepalive_and_user_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ka = Keepalive {
+            idle: Duration::from_secs(7),
+            interval: Duration::from_secs(3),
+            count: 4,
+            user_timeout: Some(Duration::from_millis(9500)),
+        };
+        // The server leg is tuned before connect, the client leg after accept: check both.
+        let sock = TcpSocket::new_v4().unwrap();
+        tune(SockRef::from(&sock), Some(&ka));
+        let out = sock.connect(l.local_addr().unwrap()).await.unwrap();
+        let (inc, _) = l.accept().await.unwrap();
+        tune(SockRef::from(&inc), Some(&ka));
+        for s in [SockRef::from(&out), SockRef::from(&inc)] {
+            assert!(s.keepalive().unwrap());
+            assert_eq!(s.tcp_keepalive_time().unwrap(), ka.idle);
+            assert_eq!(s.tcp_keepalive_interval().unwrap(), ka.interval);
+            assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+            assert_eq!(s.tcp_user_timeout().unwrap(), ka.user_timeout);
+            assert!(s.tcp_nodelay().unwrap());
+        }
+    }
+
+    #[test]
+    fn redispatch_policies() {
+        // option redispatch (-1): the last retry only.
+        let r = Redispatch::BeforeLast(1);
+        assert_eq!((1..=3).map(|k| r.applies(k, 3)).collect::<Vec<_>>(), [false, false, true]);
+        let r = Redispatch::BeforeLast(2);
+        assert_eq!((1..=3).map(|k| r.applies(k, 3)).collect::<Vec<_>>(), [false, true, false]);
+        let r = Redispatch::Every(2);
+        assert_eq!((1..=4).map(|k| r.applies(k, 4)).collect::<Vec<_>>(), [false, true, false, true]);
+        assert!(!(1..=3).any(|k| Redispatch::Off.applies(k, 3)));
+        assert!(!Redispatch::Every(0).applies(1, 3));
+    }
 }
