@@ -508,7 +508,7 @@ impl TimingConfig {
             }
         }
         if !self.heartbeat_interval.is_zero()
-            && self.suspect_timeout.get() < self.heartbeat_interval.get() * 2
+            && self.suspect_timeout.get() < self.heartbeat_interval.get().saturating_mul(2)
         {
             problems.add(
                 base.key("suspect_timeout"),

@@ -120,6 +120,20 @@ fn load_names_the_file_as_given() {
     assert!(first.line > 0 && first.column > 0);
 }
 
+#[test]
+fn absurd_durations_are_refused_or_accepted_without_overflow() {
+    let huge = "\"18000000000000000000s\"";
+    let text = format!(
+        "[cluster]\nname = \"c\"\nauthkey = \"/k\"\n[cluster.timing]\nheartbeat_interval = {huge}\n\
+         [[cluster.node]]\nid = 1\nname = \"a\"\nlinks = [\"198.18.0.11/24\"]\n\
+         [[resource]]\nname = \"x\"\nmonitor_interval = {huge}\nmonitor_timeout = {huge}\n\
+         [resource.exec]\nstart = \"true\"\nstop = \"true\"\n\
+         [dhcp]\ninterfaces = [\"eth0\"]\n[[dhcp.subnet]]\nsubnet = \"198.18.0.0/24\"\nlease_time = {huge}\n"
+    );
+    // Whatever the verdict, it must be a verdict, not a panic.
+    let _ = Config::from_str_named("huge.toml", &text);
+}
+
 /// A small seeded generator, so the mutation test needs no extra dependency and every failure
 /// names the seed that reproduces it.
 struct XorShift(u64);

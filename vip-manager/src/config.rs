@@ -739,7 +739,9 @@ fn validate_resource(
         }
     }
     let meta = r.effective_meta(defaults);
-    if meta.monitor_timeout > meta.monitor_interval * 10 && r.monitor_timeout.is_some() {
+    if meta.monitor_timeout > meta.monitor_interval.saturating_mul(10)
+        && r.monitor_timeout.is_some()
+    {
         problems.add(base.key("monitor_timeout"), "monitor_timeout is more than ten monitor intervals: a hung monitor would hide failures for that long");
     }
     for k in kinds {
