@@ -1046,6 +1046,15 @@ fn validate_backend(b: &Backend, base: KeyPath, problems: &mut Problems) {
             );
         }
     }
+    if b.default_server.check == Some(true) && b.check.is_none() {
+        problems.add(
+            base.key("default_server").key("check"),
+            format!(
+                "default_server asks for checks but backend {} has no check",
+                b.name
+            ),
+        );
+    }
     if let Some(c) = &b.check {
         validate_check(c, base.key("check"), problems);
     }
