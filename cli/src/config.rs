@@ -150,20 +150,15 @@ impl Config {
         let file = SourceFile::parse(name, text)?;
         let mut diags = Diagnostics::default();
         let config = assemble(&file, &mut diags);
-        if diags.is_empty() {
-            let mut problems = Problems::new();
-            config.validate(&mut problems);
-            for p in problems.iter() {
-                diags.push(file.locate(p));
-            }
-        } else {
-            // Types failed somewhere: still validate the sections that did load, so one run shows
-            // as much as possible; cross-section checks need every section and are skipped.
-            let mut problems = Problems::new();
-            config.validate_sections(&mut problems);
-            for p in problems.iter() {
-                diags.push(file.locate(p));
-            }
+        // Validate whatever loaded, even when some section failed its types, so one run shows as
+        // much as possible. A section that is in the file but failed to load counts as present:
+        // "X needs a [Y] section" must not be claimed about a [Y] that is merely broken.
+        let present = |key: &str| file.get(&KeyPath::new(key)).is_some();
+        let mut problems = Problems::new();
+        config.validate_sections(&mut problems);
+        config.validate_across(&present, &mut problems);
+        for p in problems.iter() {
+            diags.push(file.locate(p));
         }
         diags.finish();
         if diags.is_empty() {
@@ -247,7 +242,14 @@ impl Config {
     /// Runs every section's own validation and every cross-section check.
     pub fn validate(&self, problems: &mut Problems) {
         self.validate_sections(problems);
-        self.validate_across(problems);
+        let present = |key: &str| match key {
+            "cluster" => self.cluster.is_some(),
+            "balancer" => self.balancer.is_some(),
+            "dhcp" => self.dhcp.is_some(),
+            "dns" => self.dns.is_some(),
+            _ => true,
+        };
+        self.validate_across(&present, problems);
     }
 
     fn validate_sections(&self, problems: &mut Problems) {
@@ -326,8 +328,10 @@ impl Config {
         }
     }
 
-    fn validate_across(&self, problems: &mut Problems) {
-        if self.quorum.is_some() && self.cluster.is_none() {
+    /// Checks that span sections; `present` says whether the file has a section at all (loaded
+    /// or not), for the checks that complain about a missing one.
+    fn validate_across(&self, present: &dyn Fn(&str) -> bool, problems: &mut Problems) {
+        if self.quorum.is_some() && !present("cluster") {
             problems.add(
                 KeyPath::new("quorum"),
                 "[quorum] has no effect without a [cluster] section",
@@ -335,7 +339,7 @@ impl Config {
         }
         let rc = self.resources_config();
         if let Some(rc) = &rc {
-            self.check_resources_against_cluster(rc, problems);
+            self.check_resources_against_cluster(rc, present, problems);
         }
         let vips: Vec<(KeyPath, IpAddr)> = self
             .resources
@@ -354,7 +358,7 @@ impl Config {
             check_binds_on_vips(b, &vips, problems);
         }
         if let Some(d) = &self.dhcp {
-            if d.replication != Replication::None && self.cluster.is_none() {
+            if d.replication != Replication::None && !present("cluster") {
                 problems.add(
                     KeyPath::new("dhcp.replication"),
                     "lease replication needs a [cluster] section to replicate over",
@@ -384,9 +388,14 @@ impl Config {
         }
     }
 
-    fn check_resources_against_cluster(&self, rc: &ResourcesConfig, problems: &mut Problems) {
+    fn check_resources_against_cluster(
+        &self,
+        rc: &ResourcesConfig,
+        present: &dyn Fn(&str) -> bool,
+        problems: &mut Problems,
+    ) {
         let Some(cluster) = &self.cluster else {
-            if !rc.resources.is_empty() {
+            if !rc.resources.is_empty() && !present("cluster") {
                 problems.add(
                     KeyPath::new("resource").index(0),
                     "resources need a [cluster] section: nothing would run them",
@@ -423,13 +432,13 @@ impl Config {
                         );
                     }
                 }
-                Some(ResourceKind::Balancer(_)) if self.balancer.is_none() => {
+                Some(ResourceKind::Balancer(_)) if !present("balancer") => {
                     problems.add(
                         base.key("balancer"),
                         "a balancer resource needs a [balancer] section",
                     );
                 }
-                Some(ResourceKind::DhcpDns(_)) if self.dhcp.is_none() && self.dns.is_none() => {
+                Some(ResourceKind::DhcpDns(_)) if !present("dhcp") && !present("dns") => {
                     problems.add(
                         base.key("dhcp_dns"),
                         "a dhcp_dns resource needs a [dhcp] or [dns] section",
