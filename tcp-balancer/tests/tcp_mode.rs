@@ -65,6 +65,7 @@ async fn large_transfer(mode: RelayMode) {
     });
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0usize;
+    let t0 = Instant::now();
     loop {
         let n = r.read(&mut buf).await.unwrap();
         if n == 0 {
@@ -75,6 +76,8 @@ async fn large_transfer(mode: RelayMode) {
     }
     writer.await.unwrap();
     assert_eq!(got, TOTAL, "mode {mode:?}");
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("{mode:?}: 64 MiB each way in {secs:.2}s ({:.0} MiB/s per direction, test client included)", 64.0 / secs);
     assert!(eventually(Duration::from_secs(2), || p.stats().frontend_counters.current == 0).await);
     let st = p.stats();
     assert_eq!(st.frontend_counters.bytes_in, TOTAL as u64);
