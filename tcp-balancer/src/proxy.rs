@@ -529,8 +529,8 @@ impl Shared {
     }
 }
 
-/// A running tcp-mode proxy. Dropping it does not stop it; call [`Proxy::drain`] or
-/// [`Proxy::stop`].
+/// A running tcp-mode proxy. Dropping it stops accepting and health checks (established
+/// sessions run to their end); [`Proxy::drain`] also waits for them.
 pub struct Proxy {
     shared: Arc<Shared>,
     local: SocketAddr,
@@ -538,6 +538,15 @@ pub struct Proxy {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Duplicates of the listening sockets, kept to hand over on reload; closed by drain.
     handover: Mutex<Vec<(SocketAddr, std::os::fd::OwnedFd)>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.send_replace(true);
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Proxy {
