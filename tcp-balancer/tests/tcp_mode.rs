@@ -156,12 +156,13 @@ async fn backend_dies_mid_run_no_failures_after_fall_threshold() {
         bs[1].kill();
         let killed_at = Instant::now();
         // Detection bound: one inter + (fall-1) fastinter + a check timeout, plus scheduling slack.
-        let bound = Duration::from_millis(100 + 50 + 200 + 250);
+        // The slack is generous so a loaded CI machine does not fail the test for scheduling.
+        let bound = Duration::from_millis(100 + 50 + 200 + 650);
         let mut late_failures = vec![];
         let mut early_failures = 0;
         let mut late_ok = 0;
         let mut i = 0u32;
-        while killed_at.elapsed() < Duration::from_millis(1500) && i < 2000 {
+        while killed_at.elapsed() < Duration::from_millis(2000) && i < 3000 {
             i += 1;
             let msg = format!("req {i}");
             let ok = matches!(roundtrip(p.local_addr(), msg.as_bytes()).await, Ok(r) if r == msg.as_bytes());
@@ -318,7 +319,7 @@ async fn maxconn_queue_timeout_and_queue_full() {
         let mut cfg = config(&[("s1", b.addr)]);
         cfg.backend.servers[0].maxconn = Some(1);
         cfg.backend.maxqueue = 1;
-        cfg.timeouts.queue = Some(Duration::from_millis(500));
+        cfg.timeouts.queue = Some(Duration::from_millis(800));
         let p = Proxy::start(cfg).await.unwrap();
         let addr = p.local_addr();
 
@@ -331,7 +332,7 @@ async fn maxconn_queue_timeout_and_queue_full() {
         let t = Instant::now();
         let b_res = roundtrip(addr, b"b").await;
         assert!(b_res.map(|r| r.is_empty()).unwrap_or(true));
-        assert!(t.elapsed() >= Duration::from_millis(450), "{:?}", t.elapsed());
+        assert!(t.elapsed() >= Duration::from_millis(750), "{:?}", t.elapsed());
         assert_eq!(p.stats().backend_counters.queue_timeouts, 1);
 
         // C queues, D finds the queue full; when A leaves, C is served.
