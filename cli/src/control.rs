@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::resources::LocalResources;
+use vip_manager::engine::EngineStatus;
 
 /// The default control socket of the cluster daemon.
 pub const DEFAULT_CLUSTER_SOCKET: &str = "/run/hastack/cluster.sock";
@@ -64,23 +64,15 @@ pub fn serve(path: PathBuf, to_loop: mpsc::Sender<(Request, oneshot::Sender<Stri
 }
 
 /// The cluster daemon's answer to `req`, built inside its loop.
-pub fn answer(req: &Request, status: &Status, resources: Option<&LocalResources>, names: &BTreeMap<u32, String>) -> String {
+pub fn answer(req: &Request, status: &Status, resources: Option<&EngineStatus>, names: &BTreeMap<u32, String>) -> String {
     match req {
-        Request::Status => {
-            let placement = resources.and_then(|r| r.last.as_ref()).map(|p| {
-                p.decisions
-                    .iter()
-                    .map(|(r, d)| (r.0.clone(), d.node.map(|n| n.0)))
-                    .collect::<BTreeMap<_, _>>()
-            });
-            serde_json::json!({
-                "membership": status,
-                "names": names,
-                "held": resources.map(|r| r.held()).unwrap_or_default(),
-                "placement": placement,
-            })
-            .to_string()
-        }
+        Request::Status => serde_json::json!({
+            "membership": status,
+            "names": names,
+            "placement": resources.map(crate::cluster::daemon::placement_json),
+            "resources_text": resources.map(|r| vip_manager::status::render(r, vip_manager::driver::wall_clock())),
+        })
+        .to_string(),
     }
 }
 

@@ -85,10 +85,20 @@ fn sigstop_releases_on_wakeup_and_graceful_stop_hands_over() {
     let t0 = Instant::now();
     let s = c.failover(Fault::Stop, Duration::from_secs(10)).expect("failover after SIGSTOP");
     // After SIGCONT (done by failover's restore) the frozen node holds nothing.
-    assert!(!c.holders().contains(&s.from), "woken node still holds the VIP");
+    assert!(
+        !c.holders().contains(&s.from),
+        "woken node still holds the VIP (holders {:?}):\n{}",
+        c.holders(),
+        logs(&c)
+    );
     let t1 = Instant::now();
     let g = c.failover(Fault::Graceful, Duration::from_secs(10)).expect("graceful handover");
-    assert_eq!(c.double_holders_since(t1, None), Duration::ZERO, "graceful handover overlapped");
+    assert_eq!(
+        c.double_holders_since(t1, None),
+        Duration::ZERO,
+        "graceful handover overlapped ({g:?}):\n{}",
+        logs(&c)
+    );
     assert!(g.outage < Duration::from_secs(1), "graceful outage {:?}", g.outage);
     let _ = t0;
 }
@@ -208,4 +218,9 @@ fn a_replayed_datagram_changes_nothing_and_is_counted() {
         c.status(2).unwrap()["membership"]["drops"]
     );
     assert_eq!(c.status(2).unwrap()["membership"]["view"]["id"], id_before);
+}
+
+/// Every node's daemon log, for failure messages.
+fn logs(c: &LabCluster) -> String {
+    (1..=3).map(|i| format!("--- lb{i} ---\n{}", c.daemon_log(i))).collect::<Vec<_>>().join("\n")
 }

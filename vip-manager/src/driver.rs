@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, EngineConfig, Msg, Output, Ticket};
+use crate::engine::{Engine, EngineConfig, EngineStatus, Msg, OperatorCmd, Output, Ticket};
 use crate::exec::ExecAgent;
 use crate::garp::{announce, announcement_frames, AnnounceSchedule, PacketSocket};
 use crate::model::{ResourceId, ResourceKind, Timestamp, VipSpec, View};
@@ -32,6 +32,8 @@ pub enum ChannelEvent {
     View(View),
     /// A message delivered in total order (safe delivery: only while the view is intact).
     Deliver(Msg),
+    /// Quorum was lost inside the current view (before the next view is agreed).
+    QuorumLost,
 }
 
 /// The membership layer's ordered channel as the driver needs it.
@@ -119,9 +121,13 @@ pub struct Driver<C> {
     cfg: DriverConfig,
     tx: mpsc::UnboundedSender<Completion>,
     rx: mpsc::UnboundedReceiver<Completion>,
+    ops_tx: mpsc::UnboundedSender<OperatorCmd>,
+    ops_rx: mpsc::UnboundedReceiver<OperatorCmd>,
+    status: tokio::sync::watch::Sender<Arc<EngineStatus>>,
 }
 
 enum Wake {
+    Operator(OperatorCmd),
     Channel(Option<ChannelEvent>),
     Done(Option<Completion>),
     Tick,
@@ -155,8 +161,14 @@ impl<C: ClusterChannel> Driver<C> {
             tracing::warn!(count = removed.len(), "removed stale VIPs at start-up");
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let engine = Engine::new(engine_cfg);
+        let (status, _) = tokio::sync::watch::channel(Arc::new(engine.status()));
         Ok(Driver {
-            engine: Engine::new(engine_cfg),
+            engine,
+            ops_tx,
+            ops_rx,
+            status,
             channel,
             vips: Arc::new(vips),
             agents: Arc::new(agents),
@@ -172,6 +184,16 @@ impl<C: ClusterChannel> Driver<C> {
         &self.engine
     }
 
+    /// Snapshots of the engine's status, refreshed after every event while `run` runs.
+    pub fn status_watch(&self) -> tokio::sync::watch::Receiver<Arc<EngineStatus>> {
+        self.status.subscribe()
+    }
+
+    /// Where operator commands (move, ban, standby, …) go while `run` runs.
+    pub fn operator_sender(&self) -> mpsc::UnboundedSender<OperatorCmd> {
+        self.ops_tx.clone()
+    }
+
     /// Runs until the shutdown signal turns true and this node holds nothing, or the channel
     /// closes. On return, every VIP this node added has been removed or handed over.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), DriverError> {
@@ -184,7 +206,9 @@ impl<C: ClusterChannel> Driver<C> {
             if shutting && self.engine.idle() {
                 return Ok(());
             }
+            self.status.send_replace(Arc::new(self.engine.status()));
             let wake = tokio::select! {
+                Some(cmd) = self.ops_rx.recv() => Wake::Operator(cmd),
                 ev = self.channel.recv() => Wake::Channel(ev),
                 c = self.rx.recv() => Wake::Done(c),
                 _ = ticker.tick() => Wake::Tick,
@@ -201,6 +225,11 @@ impl<C: ClusterChannel> Driver<C> {
                 }
                 Wake::Channel(Some(ChannelEvent::View(v))) => self.engine.view_installed(v, now, wall),
                 Wake::Channel(Some(ChannelEvent::Deliver(m))) => self.engine.deliver(m, now, wall),
+                Wake::Channel(Some(ChannelEvent::QuorumLost)) => {
+                    tracing::warn!("quorum lost; releasing VIPs");
+                    self.engine.quorum_lost(now, wall);
+                }
+                Wake::Operator(cmd) => self.engine.operator(cmd, wall),
                 Wake::Done(None) => {}
                 Wake::Done(Some(c)) => self.completed(c, now, wall),
                 Wake::Tick => {
@@ -252,6 +281,7 @@ impl<C: ClusterChannel> Driver<C> {
     fn completed(&mut self, c: Completion, now: Instant, wall: Timestamp) {
         match c {
             Completion::Action { ticket, action, ok, issued } => {
+                tracing::info!(?ticket, rsc = %action.rsc(), ok, "action finished");
                 match &action {
                     // The lease started when the request left, not when it was acknowledged.
                     Action::AddVip { rsc, vip, .. } if ok => {
@@ -312,6 +342,7 @@ impl<C: ClusterChannel> Driver<C> {
     }
 
     fn execute(&mut self, ticket: Ticket, action: Action) {
+        tracing::info!(?ticket, ?action, "executing");
         let issued = Instant::now();
         let (tx, vips, agents) = (self.tx.clone(), self.vips.clone(), self.agents.clone());
         let VipSettings { lease, announce: schedule } = self.settings(action.rsc());

@@ -110,6 +110,12 @@ pub enum Msg {
     Operator { from: NodeId, cmd: OperatorCmd, at: Timestamp },
     /// Periodic agreed time (sent by the lowest member) so failure timeouts expire everywhere at once.
     Tick { from: NodeId, at: Timestamp },
+    /// Sent by a node that woke from a stall. Every other member answers with `AliveAck`; once all of
+    /// them did in the same view, the view demonstrably survived the stall (messages queued before
+    /// it, or delivered by a node that alone still believes in a dead view, prove nothing).
+    Alive { from: NodeId, probe: u64, at: Timestamp },
+    /// A member's answer to `Alive`.
+    AliveAck { from: NodeId, to: NodeId, probe: u64, at: Timestamp },
 }
 
 /// A message that could not be decoded (dropped and counted by the channel user).
@@ -137,7 +143,9 @@ impl Msg {
             | Msg::Done { at, .. }
             | Msg::Failure { at, .. }
             | Msg::Operator { at, .. }
-            | Msg::Tick { at, .. } => *at,
+            | Msg::Tick { at, .. }
+            | Msg::Alive { at, .. }
+            | Msg::AliveAck { at, .. } => *at,
         }
     }
 }
@@ -241,6 +249,8 @@ pub struct Engine {
     monitors: MonitorScheduler,
     next_tick: Option<Instant>,
     stalled: bool,
+    /// The probe a stalled node sent, and the members that answered it.
+    stall_probe: Option<(u64, BTreeSet<NodeId>)>,
     last_failure: Option<FailedOp>,
     out: VecDeque<Output>,
 }
@@ -274,6 +284,7 @@ impl Engine {
             monitors: MonitorScheduler::new(),
             next_tick: None,
             stalled: false,
+            stall_probe: None,
             last_failure: None,
             out: VecDeque::new(),
         }
@@ -354,6 +365,7 @@ impl Engine {
         self.claim_sent.clear();
         self.replan_pending = true;
         self.stalled = false;
+        self.stall_probe = None;
 
         // Safety first: a node without quorum, or alone, drops its VIPs before anything else.
         let mut mine = CurrentPlacement::new();
@@ -391,6 +403,12 @@ impl Engine {
     /// only in an intact view (safe delivery), or a resumed node could act on a dead view.
     pub fn resumed_after_stall(&mut self, now: Instant, wall: Timestamp) {
         self.stalled = true;
+        // Ask the channel for proof that the view survived: only a message sent now and delivered
+        // back in this view shows it (anything queued before the stall may be from a dead view).
+        self.next_local += 1;
+        let probe = self.next_local;
+        self.stall_probe = Some((probe, BTreeSet::new()));
+        self.broadcast(Msg::Alive { from: self.cfg.local, probe, at: wall });
         let releasing: BTreeSet<ResourceId> = self
             .local_running
             .values()
@@ -414,6 +432,25 @@ impl Engine {
             self.run_local(a);
         }
         let _ = (now, wall);
+    }
+
+    /// The membership layer reports quorum lost inside the current view (peers went silent; the
+    /// next view is on its way). Local VIPs go at once, exactly as after a stall, and nothing else
+    /// runs until a new view is installed or the channel proves the view still works.
+    pub fn quorum_lost(&mut self, now: Instant, wall: Timestamp) {
+        self.resumed_after_stall(now, wall);
+    }
+
+    /// Ends a stall once every other member of the view answered this node's post-stall probe.
+    fn check_alive_probe(&mut self) {
+        let Some((_, acks)) = &self.stall_probe else { return };
+        let Some(v) = &self.view else { return };
+        let all = v.member_set().iter().filter(|m| **m != self.cfg.local).all(|m| acks.contains(m));
+        if all {
+            self.stalled = false;
+            self.stall_probe = None;
+            self.replan_pending = true;
+        }
     }
 
     fn run_local(&mut self, action: Action) {
@@ -485,9 +522,23 @@ impl Engine {
     /// A message delivered by the ordered channel (including this node's own).
     pub fn deliver(&mut self, msg: Msg, now: Instant, wall: Timestamp) {
         self.agreed_now = self.agreed_now.max(msg.at());
-        // A message delivered in the current view proves the view survived the stall.
-        self.stalled = false;
         match msg {
+            Msg::Alive { from, probe, .. } => {
+                if from != self.cfg.local {
+                    self.broadcast(Msg::AliveAck { from: self.cfg.local, to: from, probe, at: wall });
+                }
+                self.check_alive_probe();
+            }
+            Msg::AliveAck { from, to, probe, .. } => {
+                if to == self.cfg.local {
+                    if let Some((p, acks)) = &mut self.stall_probe {
+                        if *p == probe {
+                            acks.insert(from);
+                        }
+                    }
+                    self.check_alive_probe();
+                }
+            }
             Msg::Snapshot { from, epoch, resources, failures, operator, .. } => {
                 let Some(v) = &self.view else { return };
                 if v.epoch != epoch || self.synced || !v.members.contains(&from) {

@@ -1,33 +1,49 @@
-//! The cluster daemon's loop: the membership driver (its own real-time thread, see
-//! `ha_membership::driver`) delivers events; this loop places resources on every agreed view, keeps
-//! VIP leases renewed, answers the control socket, and speaks systemd's notify/watchdog protocol. See
-//! the module doc of [`crate::cluster`] for the lifecycle.
+//! The cluster daemon: the membership driver (its own real-time thread, see
+//! `ha_membership::driver`) carries agreed views and the ordered channel; vip-manager's resource
+//! driver runs on top of it and places, starts, stops and moves resources (VIPs on kernel leases,
+//! with gratuitous ARP / unsolicited NA). This loop owns signals, the control socket and systemd's
+//! notify/watchdog protocol. See the module doc of [`crate::cluster`] for the lifecycle.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use ha_membership::driver::{self, ClusterHandle, DriverConfig};
-use ha_membership::{Event, Member};
-use tokio::sync::{mpsc, oneshot};
+use ha_membership::driver::{self, DriverConfig};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
+use vip_manager::driver::{Driver as ResourceDriver, DriverConfig as ResourceDriverConfig};
+use vip_manager::engine::EngineStatus;
+use vip_manager::from_config::NodeSetup;
+use vip_manager::RunState;
 
-use super::resources::{LocalResources, ResourceSetup};
+use super::channel::MembershipChannel;
 use crate::control::{self, Request};
 use crate::service;
+
+/// The resource side of a full node.
+pub struct Resources {
+    /// Engine config, agents and per-VIP settings.
+    pub node: NodeSetup,
+    /// Driver settings (tick, stall threshold, default lease and announcements).
+    pub driver: ResourceDriverConfig,
+}
 
 /// Everything the daemon needs, resolved from the config file.
 pub struct Setup {
     /// Membership: node list, timings, quorum, link addresses, key.
     pub driver: DriverConfig,
     /// Resources; `None` for a vote-only witness.
-    pub resources: Option<ResourceSetup>,
+    pub resources: Option<Resources>,
     /// The control socket path.
     pub control_socket: PathBuf,
     /// Node names by id, for status output.
     pub names: BTreeMap<u32, String>,
 }
+
+/// How long a graceful stop may take to hand everything over before the daemon leaves anyway.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(setup: Setup) -> anyhow::Result<()> {
@@ -35,155 +51,104 @@ pub fn run(setup: Setup) -> anyhow::Result<()> {
     rt.block_on(serve(setup))
 }
 
-/// How often the loop wakes when nothing happens: lease renewals, handovers and the self-check for a
-/// frozen process are driven from this tick.
-const TICK: Duration = Duration::from_millis(10);
-
 async fn serve(setup: Setup) -> anyhow::Result<()> {
     let Setup { driver: dcfg, resources, control_socket, names } = setup;
     let local = dcfg.params.local;
-    let late_after = dcfg.params.timing.suspect_timeout * 2 + TICK;
-    let mut local_rs = match resources {
-        Some(rs) => Some(LocalResources::start(local.0, rs).await?),
-        None => None,
-    };
-    let (mut handle, mut events) = driver::spawn(dcfg.clone()).context("starting membership")?;
+    let (handle, mut events) = driver::spawn(dcfg).context("starting membership")?;
+    let handle = Arc::new(handle);
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
     let _control = control::serve(control_socket.clone(), ctl_tx)
         .with_context(|| format!("control socket {}", control_socket.display()))?;
-
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let watchdog = service::watchdog_interval();
-    let mut next_watchdog = watchdog.map(|w| Instant::now() + w);
-    let renew_every = local_rs.as_ref().map(|r| r.renew_every()).unwrap_or(Duration::from_secs(3600));
-    let mut next_renew = Instant::now() + renew_every;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut view: Option<(u64, Vec<Member>)> = None;
-    let mut quorate = false;
-    let mut had_quorum = false;
-    let mut last_wake = Instant::now();
-    service::ready("joining the cluster");
-    info!(node = local.0, "cluster daemon started");
+    let mut watchdog = tokio::time::interval(service::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
 
-    loop {
-        tokio::select! {
-            biased;
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = tick.tick() => {}
-            ev = events.recv() => {
-                let Some(ev) = ev else { anyhow::bail!("the membership thread stopped") };
-                // A frozen process (SIGSTOP, a stalled VM) may have been declared failed and its VIP
-                // moved: check that before acting on anything queued while it slept.
-                let stale = fence_if_late(&mut last_wake, late_after, &mut local_rs).await;
-                if stale || on_event(ev, &mut view, &mut quorate, &mut had_quorum) {
-                    (handle, events) = rejoin(handle, &dcfg, &mut local_rs).await?;
-                    (view, quorate, had_quorum) = (None, false, false);
-                    continue;
-                }
-                if let Some(rs) = local_rs.as_mut() {
-                    match (&view, quorate) {
-                        (Some((epoch, members)), true) => rs.apply_view(*epoch, members, true).await,
-                        _ => rs.release_all().await,
+    match resources {
+        None => {
+            // A vote-only witness: membership and quorum, nothing to run.
+            service::ready("witness running");
+            info!(node = local.0, "witness started");
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => break,
+                    _ = sigint.recv() => break,
+                    _ = watchdog.tick() => service::watchdog_ping(),
+                    ev = events.recv() => if ev.is_none() { anyhow::bail!("the membership thread stopped") },
+                    Some((req, reply)) = ctl_rx.recv() => {
+                        let _ = reply.send(control::answer(&req, &handle.status(), None, &names));
                     }
                 }
             }
-            Some((req, reply)) = ctl_rx.recv() => {
-                let _ = reply.send(control::answer(&req, &handle.status(), local_rs.as_ref(), &names));
-            }
         }
-        if fence_if_late(&mut last_wake, late_after, &mut local_rs).await {
-            (handle, events) = rejoin(handle, &dcfg, &mut local_rs).await?;
-            (view, quorate, had_quorum) = (None, false, false);
-            continue;
-        }
-        let now = Instant::now();
-        if let Some(rs) = local_rs.as_mut() {
-            rs.run_pending().await;
-            if now >= next_renew {
-                rs.renew().await;
-                next_renew = now + renew_every;
-            }
-        }
-        if let (Some(w), Some(t)) = (watchdog, next_watchdog) {
-            if now >= t {
-                service::watchdog_ping();
-                next_watchdog = Some(now + w);
+        Some(rs) => {
+            let channel = MembershipChannel::new(handle.clone(), events);
+            let drv = ResourceDriver::start(rs.node.engine, rs.node.agents, channel, rs.driver)
+                .await
+                .context("starting the resource engine")?;
+            let status = drv.status_watch();
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let run = drv.run(stop_rx);
+            tokio::pin!(run);
+            service::ready("joining the cluster");
+            info!(node = local.0, "cluster daemon started");
+            let mut stopping: Option<tokio::time::Instant> = None;
+            loop {
+                let deadline = stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    r = &mut run => {
+                        r.context("resource engine")?;
+                        break;
+                    }
+                    _ = sigterm.recv(), if stopping.is_none() => {
+                        info!("stopping: handing resources over before leaving");
+                        service::stopping();
+                        let _ = stop_tx.send(true);
+                        stopping = Some(tokio::time::Instant::now() + STOP_DEADLINE);
+                    }
+                    _ = sigint.recv(), if stopping.is_none() => {
+                        info!("stopping: handing resources over before leaving");
+                        service::stopping();
+                        let _ = stop_tx.send(true);
+                        stopping = Some(tokio::time::Instant::now() + STOP_DEADLINE);
+                    }
+                    _ = tokio::time::sleep_until(deadline), if stopping.is_some() => {
+                        warn!("resources not handed over within {STOP_DEADLINE:?}; leaving anyway (VIP leases end them)");
+                        break;
+                    }
+                    _ = watchdog.tick() => service::watchdog_ping(),
+                    Some((req, reply)) = ctl_rx.recv() => {
+                        let st = status.borrow().clone();
+                        let _ = reply.send(control::answer(&req, &handle.status(), Some(&st), &names));
+                    }
+                }
             }
         }
     }
-
-    // Graceful stop: release first, then say Leave, so the next holder can add at once.
-    service::stopping();
-    info!("stopping: releasing resources and leaving the cluster");
-    if let Some(rs) = local_rs.as_mut() {
-        rs.release_all().await;
+    // Leave: peers commit the new view at once. The handle is shared with the channel's forwarding
+    // task, which ends with the resource driver; dropping the last handle leaves too.
+    match Arc::try_unwrap(handle) {
+        Ok(h) => {
+            let _ = h.leave().await;
+        }
+        Err(h) => drop(h),
     }
-    let _ = handle.leave().await;
     let _ = std::fs::remove_file(&control_socket);
     Ok(())
 }
 
-/// Updates the daemon's picture from one membership event; true when this node must rejoin as a
-/// new member.
-fn on_event(ev: Event, view: &mut Option<(u64, Vec<Member>)>, quorate: &mut bool, had_quorum: &mut bool) -> bool {
-    match ev {
-        Event::ViewInstalled { view: id, members } => {
-            info!(epoch = id.epoch, coordinator = id.coordinator.0, members = ?members.iter().map(|m| m.node.0).collect::<Vec<_>>(), "view installed");
-            *view = Some((id.epoch, members));
+/// What `hastack status` shows of the resources: where each runs, from the engine's status.
+pub fn placement_json(st: &EngineStatus) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if let Some(p) = &st.placement {
+        for r in p.decisions.keys() {
+            m.insert(r.to_string(), serde_json::Value::Null);
         }
-        Event::QuorumGained { view: id } => {
-            info!(epoch = id.epoch, "quorum gained");
-            *quorate = true;
-            *had_quorum = true;
+    }
+    for (r, node, state) in st.current.iter() {
+        if state == RunState::Running {
+            m.insert(r.to_string(), serde_json::json!(node.0));
         }
-        Event::QuorumLost => {
-            warn!("quorum lost");
-            *quorate = false;
-            // Out of the quorate view: come back as a new life, so this node counts as the newest
-            // member and takes nothing back from the node that served meanwhile.
-            return *had_quorum;
-        }
-        Event::LinkUp { node, link } => info!(peer = node.0, link, "link up"),
-        Event::LinkDown { node, link } => warn!(peer = node.0, link, "link down"),
-        Event::PeerSuspected { node } => info!(peer = node.0, "peer suspected"),
-        Event::PeerFailed { node } => warn!(peer = node.0, "peer declared failed"),
-        // Nothing is replicated over the ordered channel by this daemon yet.
-        Event::Delivered { .. } => {}
     }
-    false
-}
-
-/// True (and every VIP released) when the loop woke far later than its tick allows: the process was
-/// frozen long enough for the others to have declared it failed.
-async fn fence_if_late(last_wake: &mut Instant, late_after: Duration, rs: &mut Option<LocalResources>) -> bool {
-    let now = Instant::now();
-    let gap = now.saturating_duration_since(*last_wake);
-    *last_wake = now;
-    if gap <= late_after {
-        return false;
-    }
-    warn!(gap_ms = gap.as_millis() as u64, "this process was frozen: releasing VIPs and rejoining as a new member");
-    if let Some(rs) = rs.as_mut() {
-        rs.release_all().await;
-    }
-    true
-}
-
-/// Stops the membership thread without a Leave (the others already judged this node) and starts a
-/// new one with a new boot epoch.
-async fn rejoin(
-    handle: ClusterHandle,
-    dcfg: &DriverConfig,
-    rs: &mut Option<LocalResources>,
-) -> anyhow::Result<(ClusterHandle, mpsc::UnboundedReceiver<Event>)> {
-    if let Some(rs) = rs.as_mut() {
-        rs.release_all().await;
-    }
-    let _ = handle.halt().await;
-    info!("rejoining the cluster as a new member");
-    driver::spawn(dcfg.clone()).context("restarting membership")
+    serde_json::Value::Object(m)
 }

@@ -18,8 +18,8 @@
 //! (earliest boot, then lowest id) — which every member computes identically and which gives
 //! stickiness without history: a restarted node never steals a VIP from a running holder.
 
+pub mod channel;
 pub mod daemon;
-pub mod resources;
 pub mod setup;
 
 pub use daemon::{run, Setup};

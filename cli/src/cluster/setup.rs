@@ -9,13 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ha_membership::config::{ClusterConfig, QuorumConfig};
 use ha_membership::from_config::{node_driver_config, witness_driver_config, WITNESS_NODE_ID};
-use vip_manager::config::{self as rcfg, ResourcesConfig};
-use vip_manager::garp::AnnounceSchedule;
-use vip_manager::vip::Lease;
-use vip_manager::{ClusterPolicy, Constraint, NoQuorumPolicy, OnFail, OrderKind, ResourceDef, ResourceId, ResourceKind, Score, VipSpec};
+use vip_manager::config::ResourcesConfig;
+use vip_manager::driver::DriverConfig as ResourceDriverConfig;
+use vip_manager::from_config::node_setup;
 
-use super::daemon::Setup;
-use super::resources::ResourceSetup;
+use super::daemon::{Resources, Setup};
 
 /// Which role this process plays.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,100 +76,30 @@ pub fn build(
     if cluster.witness.is_some() {
         names.insert(WITNESS_NODE_ID.0, "witness".into());
     }
-    let resources = match (role, resources) {
-        (Role::Witness, _) => None,
-        (Role::Node(_), Some(r)) => Some(resource_setup(cluster, r)?),
-        (Role::Node(_), None) => Some(ResourceSetup::default()),
+    let resources = match role {
+        Role::Witness => None,
+        Role::Node(_) => {
+            let empty = ResourcesConfig::default();
+            Some(self::resources(cluster, resources.unwrap_or(&empty), driver.params.local.0)?)
+        }
     };
     Ok(Setup { driver, resources, control_socket, names })
 }
 
-/// The vip-manager model of the `[[resource]]`, `[[constraint]]` and `[policy]` sections.
-pub fn resource_setup(cluster: &ClusterConfig, rc: &ResourcesConfig) -> anyhow::Result<ResourceSetup> {
-    let node_id = |name: &str| -> anyhow::Result<vip_manager::NodeId> {
-        cluster
-            .nodes
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| vip_manager::NodeId(n.id))
-            .with_context(|| format!("unknown node \"{name}\""))
+/// The resource side of node `local`: vip-manager's engine setup from the config sections, and the
+/// resource driver's timing derived from membership's (a process frozen for longer than the others
+/// need to declare it failed must release its VIPs on waking).
+pub fn resources(cluster: &ClusterConfig, rc: &ResourcesConfig, local: u32) -> anyhow::Result<Resources> {
+    let nodes: BTreeMap<String, vip_manager::NodeId> =
+        cluster.nodes.iter().map(|n| (n.name.clone(), vip_manager::NodeId(n.id))).collect();
+    let node = node_setup(rc, vip_manager::NodeId(local), cluster.nodes.len(), &nodes)?;
+    let suspect = cluster.timing.suspect_timeout.get();
+    let tick = Duration::from_millis(10);
+    let driver = ResourceDriverConfig {
+        vips: node.vips.clone(),
+        tick,
+        stall_threshold: suspect * 2 + tick,
+        ..ResourceDriverConfig::default()
     };
-    let mut resources = Vec::new();
-    let mut lease: Option<Duration> = None;
-    let mut announce = AnnounceSchedule::default();
-    for r in &rc.resources {
-        let meta = r.effective_meta(&rc.defaults);
-        let kind = match r.kind() {
-            Some(rcfg::ResourceKind::Vip(v)) => {
-                let l = v.lease.get();
-                lease = Some(lease.map_or(l, |x: Duration| x.min(l)));
-                let gap = v.announce_interval.get();
-                announce.burst = (0..v.announce_count.max(1)).map(|i| gap * i).collect();
-                announce.repeat_after = (!v.announce_repeat_after.get().is_zero()).then(|| v.announce_repeat_after.get());
-                ResourceKind::Vip(VipSpec { address: v.address.addr(), prefix_len: v.address.prefix_len(), interface: v.interface.clone() })
-            }
-            Some(_) => ResourceKind::Agent,
-            None => bail!("resource \"{}\" has no single kind", r.name),
-        };
-        let mut def = ResourceDef::new(r.name.clone(), kind);
-        def.enabled = r.enabled;
-        def.priority = meta.priority;
-        def.stickiness = Some(Score::new(meta.stickiness.0));
-        def.migration_threshold = meta.migration_threshold;
-        def.failure_timeout = meta.failure_timeout;
-        def.on_fail = match meta.on_fail {
-            rcfg::OnFail::Restart => OnFail::Restart,
-            rcfg::OnFail::Move => OnFail::Move,
-            rcfg::OnFail::Ignore => OnFail::Ignore,
-            rcfg::OnFail::Stop => OnFail::Stop,
-        };
-        resources.push(def);
-    }
-    let mut constraints = Vec::new();
-    for c in &rc.constraints {
-        if let Some(co) = &c.colocation {
-            constraints.push(Constraint::Colocation {
-                rsc: ResourceId::new(co.resource.clone()),
-                with: ResourceId::new(co.with.clone()),
-                score: Score::new(co.score.0),
-            });
-        }
-        if let Some(o) = &c.order {
-            constraints.push(Constraint::Order {
-                first: ResourceId::new(o.first.clone()),
-                then: ResourceId::new(o.then.clone()),
-                kind: match o.kind {
-                    rcfg::OrderKind::Mandatory => OrderKind::Mandatory,
-                    rcfg::OrderKind::Optional => OrderKind::Optional,
-                },
-            });
-        }
-        if let Some(l) = &c.location {
-            constraints.push(Constraint::Location {
-                rsc: ResourceId::new(l.resource.clone()),
-                node: node_id(&l.node)?,
-                score: Score::new(l.score.0),
-            });
-        }
-    }
-    let policy = ClusterPolicy {
-        no_quorum_policy: match rc.policy.no_quorum_policy {
-            rcfg::NoQuorumPolicy::Stop => NoQuorumPolicy::Stop,
-            rcfg::NoQuorumPolicy::Freeze => NoQuorumPolicy::Freeze,
-            rcfg::NoQuorumPolicy::Ignore => NoQuorumPolicy::Ignore,
-        },
-        maintenance: rc.policy.maintenance,
-        standby: rc.policy.standby.iter().map(|n| node_id(n)).collect::<anyhow::Result<_>>()?,
-        default_stickiness: Score::new(rc.defaults.stickiness.0),
-    };
-    let heartbeat = cluster.timing.heartbeat_interval.get();
-    Ok(ResourceSetup {
-        resources,
-        constraints,
-        policy,
-        lease: lease.map(Lease::new).unwrap_or_default(),
-        announce,
-        handover_delay: heartbeat * 3,
-        witnesses: [WITNESS_NODE_ID.0].into_iter().collect(),
-    })
+    Ok(Resources { node, driver })
 }
