@@ -32,7 +32,7 @@
 //!   scratch directory ([`Lab::dir`]) for configs and the logs of spawned processes.
 //!
 //! ```no_run
-//! use hastack_tests::{Lab, require_lab};
+//! use hastack_lab::{Lab, require_lab};
 //! # fn main() -> anyhow::Result<()> {
 //! if !require_lab()? {
 //!     return Ok(()); // printed "SKIP: ..." (panics instead under CI=true)
