@@ -25,6 +25,15 @@ pub const DEFAULT_CLUSTER_SOCKET: &str = "/run/hastack/cluster.sock";
 pub enum Request {
     /// Everything: membership, quorum, resources.
     Status,
+    /// What `corosync-cfgtool -s` shows: members and their links.
+    Members,
+    /// What `corosync-quorumtool -s` shows.
+    Quorum,
+    /// An operator command for the resource engine (replicated to every node over the channel).
+    Operator {
+        /// The command.
+        op: vip_manager::engine::OperatorCmd,
+    },
 }
 
 /// Starts accepting on `path` (replacing a stale socket file); requests go to the daemon's loop.
@@ -63,8 +72,10 @@ pub fn serve(path: PathBuf, to_loop: mpsc::Sender<(Request, oneshot::Sender<Stri
     }))
 }
 
-/// The cluster daemon's answer to `req`, built inside its loop.
+/// The cluster daemon's answer to a read-only request, built inside its loop.
 pub fn answer(req: &Request, status: &Status, resources: Option<&EngineStatus>, names: &BTreeMap<u32, String>) -> String {
+    let ids: BTreeMap<ha_membership::NodeId, String> =
+        names.iter().map(|(id, n)| (ha_membership::NodeId(*id), n.clone())).collect();
     match req {
         Request::Status => serde_json::json!({
             "membership": status,
@@ -73,6 +84,18 @@ pub fn answer(req: &Request, status: &Status, resources: Option<&EngineStatus>, 
             "resources_text": resources.map(|r| vip_manager::status::render(r, vip_manager::driver::wall_clock())),
         })
         .to_string(),
+        Request::Members => serde_json::json!({
+            "text": ha_membership::status::render_members(status, &ids),
+            "membership": status,
+        })
+        .to_string(),
+        Request::Quorum => serde_json::json!({
+            "text": ha_membership::status::render_quorum(status, &ids),
+            "quorum": status.quorum,
+            "view": status.view,
+        })
+        .to_string(),
+        Request::Operator { .. } => serde_json::json!({ "error": "not a read-only request" }).to_string(),
     }
 }
 

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hastack::cluster::setup::{self, Role};
 use hastack::control::{self, Request};
+use vip_manager::engine::OperatorCmd;
+use vip_manager::ResourceId;
 
 /// The default config file, as systemd units and operators expect it.
 const DEFAULT_CONFIG: &str = "/etc/hastack/hastack.toml";
@@ -48,6 +50,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Members of the cluster and their links (like corosync-cfgtool -s).
+    Members {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quorum state (like corosync-quorumtool -s).
+    Quorum {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resource commands (like pcs resource / crm resource).
+    Resource {
+        #[command(subcommand)]
+        command: ResourceCommand,
+    },
+    /// Node commands (like pcs node).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Maintenance mode: nothing is started or stopped while on.
+    Maintenance {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// A local demo cluster in network namespaces: status, the VIP holder killed, the outage seen.
     Demo {
         /// Failover cycles.
@@ -67,6 +97,26 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ResourceCommand {
+    /// Move a resource to a node (+INFINITY there until `clear`).
+    Move { name: String, node: String },
+    /// Keep a resource off a node (-INFINITY there until `clear`).
+    Ban { name: String, node: String },
+    /// Drop the move/ban constraints of a resource (on one node, or all).
+    Clear { name: String, node: Option<String> },
+    /// Forget a resource's failures (on one node, or all).
+    Cleanup { name: String, node: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Put a node in standby: it runs nothing.
+    Standby { node: String },
+    /// Bring a standby node back.
+    Online { node: String },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +159,11 @@ fn main() -> ExitCode {
         Command::Witness => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Witness),
         Command::Keygen { file } => keygen(&cli.config, file),
         Command::Status { json } => status(&cli.config, cli.socket, json),
+        Command::Members { json } => text_query(&cli.config, cli.socket, Request::Members, json),
+        Command::Quorum { json } => text_query(&cli.config, cli.socket, Request::Quorum, json),
+        Command::Resource { command } => resource(&cli.config, cli.socket, command),
+        Command::Node { command } => node(&cli.config, cli.socket, command),
+        Command::Maintenance { state } => operator(&cli.config, cli.socket, OperatorCmd::Maintenance(state == "on")),
         Command::Demo { cycles, faults } => failover(cycles, &faults, true, None, None),
         Command::Bench { command: BenchCommand::Failover { cycles, faults, keepalived, svg } } => {
             failover(cycles, &faults, false, keepalived.as_deref(), svg)
@@ -186,5 +241,78 @@ fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&
         std::fs::write(&path, hastack::demo::svg(&all)).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn text_query(path: &std::path::Path, socket: Option<PathBuf>, req: Request, json: bool) -> anyhow::Result<()> {
+    let cfg = hastack::config::load(path).ok();
+    let v = control::query(&socket_path(cfg.as_ref(), socket), &req)?;
+    if let Some(e) = v["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", v["text"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Node name (or numeric id) to id, through the config's node list.
+fn node_id(cfg: &hastack::config::Config, name: &str) -> anyhow::Result<vip_manager::NodeId> {
+    let cluster = cfg.cluster.as_ref().context("the config has no [cluster] section")?;
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.name == name || n.id.to_string() == name)
+        .map(|n| vip_manager::NodeId(n.id))
+        .with_context(|| format!("no node \"{name}\" in [cluster]"))
+}
+
+fn resource_id(cfg: &hastack::config::Config, name: &str) -> anyhow::Result<ResourceId> {
+    if cfg.resources.iter().any(|r| r.name == name) {
+        Ok(ResourceId::new(name))
+    } else {
+        anyhow::bail!("no resource \"{name}\" in the config")
+    }
+}
+
+fn resource(path: &std::path::Path, socket: Option<PathBuf>, cmd: ResourceCommand) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let op = match cmd {
+        ResourceCommand::Move { name, node } => OperatorCmd::Move { rsc: resource_id(&cfg, &name)?, node: node_id(&cfg, &node)? },
+        ResourceCommand::Ban { name, node } => OperatorCmd::Ban { rsc: resource_id(&cfg, &name)?, node: node_id(&cfg, &node)? },
+        ResourceCommand::Clear { name, node } => OperatorCmd::Clear {
+            rsc: resource_id(&cfg, &name)?,
+            node: node.map(|n| node_id(&cfg, &n)).transpose()?,
+        },
+        ResourceCommand::Cleanup { name, node } => OperatorCmd::Cleanup {
+            rsc: resource_id(&cfg, &name)?,
+            node: node.map(|n| node_id(&cfg, &n)).transpose()?,
+        },
+    };
+    send_operator(&cfg, socket, op)
+}
+
+fn node(path: &std::path::Path, socket: Option<PathBuf>, cmd: NodeCommand) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let op = match cmd {
+        NodeCommand::Standby { node } => OperatorCmd::Standby(node_id(&cfg, &node)?),
+        NodeCommand::Online { node } => OperatorCmd::Online(node_id(&cfg, &node)?),
+    };
+    send_operator(&cfg, socket, op)
+}
+
+fn operator(path: &std::path::Path, socket: Option<PathBuf>, op: OperatorCmd) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    send_operator(&cfg, socket, op)
+}
+
+fn send_operator(cfg: &hastack::config::Config, socket: Option<PathBuf>, op: OperatorCmd) -> anyhow::Result<()> {
+    let v = control::query(&socket_path(Some(cfg), socket), &Request::Operator { op })?;
+    if let Some(e) = v["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    println!("done: the command is replicated to every node; see `hastack status`");
     Ok(())
 }

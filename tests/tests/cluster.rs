@@ -224,3 +224,42 @@ fn a_replayed_datagram_changes_nothing_and_is_counted() {
 fn logs(c: &LabCluster) -> String {
     (1..=3).map(|i| format!("--- lb{i} ---\n{}", c.daemon_log(i))).collect::<Vec<_>>().join("\n")
 }
+
+#[test]
+fn operator_move_ban_and_standby_place_the_vip() {
+    let Some(c) = cluster() else { return };
+    let bin = hastack_bin().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .arg("--config")
+            .arg(c.config())
+            .arg("--socket")
+            .arg(c.socket(1))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "hastack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let first = c.wait_for_holder(WITHIN).unwrap();
+    let target = if first == 3 { 2 } else { 3 };
+    run(&["resource", "move", "vip", &format!("lb{target}")]);
+    assert!(c.wait(WITHIN, |c| c.holders() == vec![target]), "move: holders {:?}", c.holders());
+    // Standby of the node it was moved to wins over the move (a standby node runs nothing).
+    run(&["node", "standby", &format!("lb{target}")]);
+    assert!(c.wait(WITHIN, |c| { let h = c.holders(); h.len() == 1 && h[0] != target }), "standby: holders {:?}", c.holders());
+    run(&["node", "online", &format!("lb{target}")]);
+    run(&["resource", "clear", "vip"]);
+    let now = c.wait_for_holder(WITHIN).unwrap();
+    run(&["resource", "ban", "vip", &format!("lb{now}")]);
+    assert!(c.wait(WITHIN, |c| { let h = c.holders(); h.len() == 1 && h[0] != now }), "ban: holders {:?}", c.holders());
+    // The status text shows where it runs.
+    let st = std::process::Command::new(&bin)
+        .args(["status", "--config"])
+        .arg(c.config())
+        .arg("--socket")
+        .arg(c.socket(2))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("vip"), "status: {text}");
+}

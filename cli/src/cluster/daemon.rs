@@ -87,6 +87,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
                 .await
                 .context("starting the resource engine")?;
             let status = drv.status_watch();
+            let operator = drv.operator_sender();
             let (stop_tx, stop_rx) = watch::channel(false);
             let run = drv.run(stop_rx);
             tokio::pin!(run);
@@ -118,8 +119,20 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
                     }
                     _ = watchdog.tick() => service::watchdog_ping(),
                     Some((req, reply)) = ctl_rx.recv() => {
-                        let st = status.borrow().clone();
-                        let _ = reply.send(control::answer(&req, &handle.status(), Some(&st), &names));
+                        let answer = match req {
+                            Request::Operator { op } => {
+                                info!(?op, "operator command");
+                                match operator.send(op) {
+                                    Ok(()) => serde_json::json!({ "ok": true }).to_string(),
+                                    Err(_) => serde_json::json!({ "error": "resource engine stopped" }).to_string(),
+                                }
+                            }
+                            req => {
+                                let st = status.borrow().clone();
+                                control::answer(&req, &handle.status(), Some(&st), &names)
+                            }
+                        };
+                        let _ = reply.send(answer);
                     }
                 }
             }

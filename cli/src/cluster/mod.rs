@@ -61,6 +61,11 @@ pub fn status_text(v: &serde_json::Value) -> String {
         let links: Vec<&str> = p["links"].as_array().into_iter().flatten().map(|l| if l.as_bool() == Some(true) { "up" } else { "down" }).collect();
         let _ = writeln!(out, "  {:<20} {:<8} links: {}", name(&p["node"]), p["state"].as_str().unwrap_or("?"), links.join(" "));
     }
+    if let Some(text) = v["resources_text"].as_str() {
+        let _ = writeln!(out);
+        out.push_str(text);
+        return out;
+    }
     let _ = writeln!(out, "\nResources:");
     match v["placement"].as_object() {
         Some(pl) if !pl.is_empty() => {
