@@ -2,6 +2,7 @@
 //! the daemons, the control socket, logging and the systemd protocol, so integration tests can call
 //! them directly.
 
+pub mod balancer;
 pub mod cluster;
 pub mod config;
 pub mod control;

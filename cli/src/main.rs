@@ -39,6 +39,11 @@ enum Command {
     },
     /// Run the vote-only witness of a two-node cluster (the role of corosync-qnetd).
     Witness,
+    /// Run the TCP balancer daemon, or talk to a running one.
+    Balancer {
+        #[command(subcommand)]
+        command: Option<BalancerCommand>,
+    },
     /// Write a new random cluster key (mode 0600) to FILE.
     Keygen {
         /// Where to write it (default: the config's authkey path).
@@ -96,6 +101,17 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BalancerCommand {
+    /// A runtime API command, as HAProxy's stats socket takes it: `show stat`, `show sess`,
+    /// `show servers state`, `set server BACKEND/SERVER state ready|drain|maint`, ...
+    Ctl {
+        /// The command words.
+        #[arg(required = true, num_args = 1..)]
+        words: Vec<String>,
     },
 }
 
@@ -158,6 +174,7 @@ fn main() -> ExitCode {
         Command::Cluster { node } => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Node(node)),
         Command::Witness => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Witness),
         Command::Keygen { file } => keygen(&cli.config, file),
+        Command::Balancer { command } => balancer(&cli.config, command),
         Command::Status { json } => status(&cli.config, cli.socket, json),
         Command::Members { json } => text_query(&cli.config, cli.socket, Request::Members, json),
         Command::Quorum { json } => text_query(&cli.config, cli.socket, Request::Quorum, json),
@@ -315,4 +332,25 @@ fn send_operator(cfg: &hastack::config::Config, socket: Option<PathBuf>, op: Ope
     }
     println!("done: the command is replicated to every node; see `hastack status`");
     Ok(())
+}
+
+fn balancer_socket(cfg: Option<&hastack::config::Config>) -> PathBuf {
+    cfg.and_then(|c| c.control.as_ref().map(|c| c.balancer_socket.clone()))
+        .unwrap_or_else(|| PathBuf::from("/run/hastack/balancer.sock"))
+}
+
+fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow::Result<()> {
+    match command {
+        None => {
+            let cfg = load(path)?;
+            hastack::logging::init(cfg.log_level());
+            let bal = cfg.balancer.as_ref().context("the config has no [balancer] section")?;
+            hastack::balancer::run(bal, balancer_socket(Some(&cfg)))
+        }
+        Some(BalancerCommand::Ctl { words }) => {
+            let cfg = hastack::config::load(path).ok();
+            print!("{}", hastack::balancer::query(&balancer_socket(cfg.as_ref()), &words.join(" "))?);
+            Ok(())
+        }
+    }
 }
