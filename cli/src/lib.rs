@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod dhcp_dns;
 pub mod failover;
 pub mod logging;
 pub mod service;

@@ -39,6 +39,14 @@ enum Command {
     },
     /// Run the vote-only witness of a two-node cluster (the role of corosync-qnetd).
     Witness,
+    /// Run the DHCP and DNS daemon ([dhcp] and [dns]).
+    DhcpDns,
+    /// List the DHCP leases (read from the lease log; safe while the daemon runs).
+    Leases {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the TCP balancer daemon, or talk to a running one.
     Balancer {
         #[command(subcommand)]
@@ -175,6 +183,8 @@ fn main() -> ExitCode {
         Command::Witness => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Witness),
         Command::Keygen { file } => keygen(&cli.config, file),
         Command::Balancer { command } => balancer(&cli.config, command),
+        Command::DhcpDns => run_dhcp_dns(&cli.config),
+        Command::Leases { json } => leases(&cli.config, json),
         Command::Status { json } => status(&cli.config, cli.socket, json),
         Command::Members { json } => text_query(&cli.config, cli.socket, Request::Members, json),
         Command::Quorum { json } => text_query(&cli.config, cli.socket, Request::Quorum, json),
@@ -353,4 +363,36 @@ fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow:
             Ok(())
         }
     }
+}
+
+fn run_dhcp_dns(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    hastack::logging::init(cfg.log_level());
+    hastack::dhcp_dns::run(cfg.dhcp.as_ref(), cfg.dns.as_ref())
+}
+
+fn leases(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let cfg = load(path)?;
+    let file = cfg.dhcp.as_ref().map(|d| d.lease_file.clone()).context("the config has no [dhcp] section")?;
+    let leases = dhcp_dns::runtime::read_leases(&file).with_context(|| format!("reading {}", file.display()))?;
+    if json {
+        let rows: Vec<serde_json::Value> = leases
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "address": l.addr.to_string(),
+                    "hwaddr": l.hwaddr.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                    "hostname": l.hostname,
+                    "fqdn": l.fqdn,
+                    "start": l.start,
+                    "expiry": l.expiry,
+                    "state": format!("{:?}", l.state),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", dhcp_dns::leases::render_table(&leases, dhcp_dns::server::unix_now()));
+    }
+    Ok(())
 }
