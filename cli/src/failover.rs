@@ -134,13 +134,17 @@ impl Drop for LabCluster {
 }
 
 /// The config the lab cluster runs with.
-pub fn lab_config(nodes: usize, authkey: &Path) -> String {
+pub fn lab_config(nodes: usize, links: usize, authkey: &Path) -> String {
     let mut s = format!(
         "[cluster]\nname = \"hastack-lab\"\nauthkey = \"{}\"\n\n",
         authkey.display()
     );
     for i in 1..=nodes {
-        s += &format!("[[cluster.node]]\nid = {i}\nname = \"lb{i}\"\nlinks = [\"198.18.0.{}/24\"]\n\n", 10 + i);
+        let mut addrs = vec![format!("\"198.18.0.{}/24\"", 10 + i)];
+        if links > 1 {
+            addrs.push(format!("\"198.19.0.{}/24\"", 10 + i));
+        }
+        s += &format!("[[cluster.node]]\nid = {i}\nname = \"lb{i}\"\nlinks = [{}]\n\n", addrs.join(", "));
     }
     s += "[resource_defaults]\n# Keep the VIP where it runs: a recovered node takes nothing back.\nstickiness = 100\n\n";
     s += &format!("[[resource]]\nname = \"vip\"\n[resource.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\nlease = \"2s\"\n");
@@ -156,16 +160,21 @@ impl LabCluster {
 
     /// Like [`LabCluster::start`], with the VIP held by `stack`.
     pub fn start_stack(binary: &Path, nodes: usize, stack: Stack) -> anyhow::Result<LabCluster> {
+        Self::start_with(binary, nodes, 1, stack)
+    }
+
+    /// Like [`LabCluster::start_stack`], with `links` cluster links (1 or 2) per node.
+    pub fn start_with(binary: &Path, nodes: usize, links: usize, stack: Stack) -> anyhow::Result<LabCluster> {
         if nodes > 8 {
             bail!("at most 8 nodes");
         }
-        let mut lab = Lab::builder().nodes(nodes).links(1).ipv6(false).build().context("building the lab")?;
+        let mut lab = Lab::builder().nodes(nodes).links(links).ipv6(false).build().context("building the lab")?;
         lab.add_client(Ipv4Addr::new(198, 18, 0, 200)).context("adding the client")?;
         let dir = lab.dir().to_path_buf();
         let key = dir.join("authkey");
         ha_membership::auth::keygen(&key).context("writing the cluster key")?;
         let config = dir.join("hastack.toml");
-        std::fs::write(&config, lab_config(nodes, &key))?;
+        std::fs::write(&config, lab_config(nodes, links, &key))?;
         let stop = Arc::new(AtomicBool::new(false));
         for i in 1..=nodes {
             let stop = stop.clone();

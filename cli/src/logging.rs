@@ -12,22 +12,33 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; `config_level` is the config file's level, if any.
+/// Installs the global subscriber; `config_level` is the config file's level, if any. The format
+/// follows the environment (journald when JOURNAL_STREAM is set); see [`init_with`] to force one.
 pub fn init(config_level: Option<&str>) {
+    init_with(config_level, None)
+}
+
+/// Like [`init`], with the config's `[logging] format` when it sets one.
+pub fn init_with(config_level: Option<&str>, format: Option<crate::config::LogFormat>) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(s) if !s.is_empty() => EnvFilter::new(s),
         _ => EnvFilter::new(config_level.unwrap_or("info")),
     };
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    use crate::config::LogFormat;
+    let format = format.unwrap_or(if std::env::var_os("JOURNAL_STREAM").is_some() {
+        LogFormat::Journald
+    } else {
+        LogFormat::Text
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(format == LogFormat::Text && std::io::stderr().is_terminal());
     // A second init (tests calling commands twice) is harmless: keep the first subscriber.
-    let _ = if journald {
-        builder.event_format(JournaldFormat).try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        LogFormat::Journald => builder.event_format(JournaldFormat).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
     };
 }
 

@@ -221,7 +221,7 @@ fn socket_path(cfg: Option<&hastack::config::Config>, flag: Option<PathBuf>) -> 
 
 fn run_cluster(path: &std::path::Path, socket: Option<PathBuf>, state_dir: &std::path::Path, role: Role) -> anyhow::Result<()> {
     let cfg = load(path)?;
-    hastack::logging::init(cfg.log_level());
+    hastack::logging::init_with(cfg.log_level(), cfg.log_format());
     let cluster = cfg.cluster.as_ref().context("the config has no [cluster] section")?;
     let quorum = cfg.quorum.clone().unwrap_or_default();
     let sock = socket_path(Some(&cfg), socket);
@@ -353,7 +353,7 @@ fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow:
     match command {
         None => {
             let cfg = load(path)?;
-            hastack::logging::init(cfg.log_level());
+            hastack::logging::init_with(cfg.log_level(), cfg.log_format());
             let bal = cfg.balancer.as_ref().context("the config has no [balancer] section")?;
             hastack::balancer::run(bal, balancer_socket(Some(&cfg)))
         }
@@ -367,7 +367,7 @@ fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow:
 
 fn run_dhcp_dns(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
-    hastack::logging::init(cfg.log_level());
+    hastack::logging::init_with(cfg.log_level(), cfg.log_format());
     hastack::dhcp_dns::run(cfg.dhcp.as_ref(), cfg.dns.as_ref())
 }
 

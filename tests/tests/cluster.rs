@@ -263,3 +263,74 @@ fn operator_move_ban_and_standby_place_the_vip() {
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(text.contains("vip"), "status: {text}");
 }
+
+fn epoch_of(c: &LabCluster, i: usize) -> Option<u64> {
+    c.status(i)?["membership"]["view"]["id"]["epoch"].as_u64()
+}
+
+#[test]
+fn five_percent_loss_for_a_bounded_period_changes_no_view() {
+    let Some(c) = cluster() else { return };
+    let before: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
+    // 5% of every packet between every pair of nodes, both ways, for 8 s.
+    for (a, b) in [(1, 2), (1, 3), (2, 3)] {
+        c.lab.loss(a, b, 5).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    c.lab.heal().unwrap();
+    let after: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
+    assert_eq!(before, after, "a view changed under 5% loss:\n{}", logs(&c));
+    assert_eq!(c.holders().len(), 1);
+}
+
+#[test]
+fn both_cores_fully_loaded_for_a_bounded_period_changes_no_view() {
+    let Some(c) = cluster() else { return };
+    let before: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
+    // A bounded CPU hog: one busy thread per core (and one more) for 8 s, at normal priority, as
+    // any other workload on the gateway would be.
+    let end = Instant::now() + Duration::from_secs(8);
+    let hogs: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while Instant::now() < end {
+                    for i in 0..10_000u64 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    }
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    for h in hogs {
+        h.join().unwrap();
+    }
+    let after: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
+    assert_eq!(before, after, "a view changed under CPU load:\n{}", logs(&c));
+    assert_eq!(c.holders().len(), 1);
+}
+
+#[test]
+fn losing_one_of_two_links_changes_no_view() {
+    if !require_lab().expect("lab prerequisites") {
+        return;
+    }
+    let bin = hastack_bin().expect("hastack binary");
+    let c = LabCluster::start_with(&bin, 3, 2, hastack::failover::Stack::Hastack).expect("lab cluster");
+    assert!(c.wait(Duration::from_secs(15), |c| (1..=3).all(|i| c.view_members(i).is_some_and(|m| m.len() == 3))));
+    let before: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
+    // Link 1 of node 3 goes down: node 3 is still reachable on link 0.
+    c.lab.link_down(3, 1).unwrap();
+    assert!(
+        c.wait(WITHIN, |c| c.status(1).is_some_and(|s| {
+            s["membership"]["peers"].as_array().into_iter().flatten().any(|p| p["node"] == 3 && p["links"][1] == false)
+        })),
+        "link down not reported: {}",
+        c.status(1).unwrap()["membership"]["peers"]
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
+    assert_eq!(before, after, "a view changed when one of two links went down:\n{}", logs(&c));
+    c.lab.link_up(3, 1).unwrap();
+}
