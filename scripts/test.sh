@@ -4,34 +4,13 @@
 # Usage: sudo scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" != 0 ]; then
-    echo "scripts/test.sh: the end-to-end tests build network namespaces and need root; re-running with sudo" >&2
-    exec sudo -E "$0" "$@"
-fi
-
-# Real peers and tools the tests drive. Only what is missing is installed.
-packages=(
-    iproute2 nftables iputils-ping procps psmisc kmod
-    isc-dhcp-client udhcpc bind9-dnsutils
+. scripts/lib.sh
+as_root "$@"
+# Real peers and tools the tests drive.
+install_packages iproute2 nftables iputils-ping procps util-linux kmod \
+    isc-dhcp-client udhcpc bind9-dnsutils \
     ca-certificates build-essential pkg-config curl
-)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# The Rust toolchain: the one on PATH, or rustup's default install for a fresh machine.
-if ! command -v cargo >/dev/null 2>&1; then
-    [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-    export PATH="$HOME/.cargo/bin:$PATH"
-fi
+ensure_cargo
 
 # nf_tables inside namespaces: make sure the module is there (built in on most kernels).
 modprobe nf_tables 2>/dev/null || true

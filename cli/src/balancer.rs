@@ -29,18 +29,7 @@ pub fn run(cfg: &BalancerConfig, socket: PathBuf) -> anyhow::Result<()> {
             info!(addr = %p.local_addr(), "frontend listening");
         }
         let ctl = serve_runtime_api(&socket, bal.clone())?;
-        service::ready("balancing");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let mut watchdog = tokio::time::interval(service::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = watchdog.tick() => service::watchdog_ping(),
-            }
-        }
-        service::stopping();
+        service::serve_until_stopped("balancing").await?;
         ctl.abort();
         let _ = std::fs::remove_file(&socket);
         match Arc::try_unwrap(bal) {

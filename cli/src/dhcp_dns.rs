@@ -1,7 +1,5 @@
 //! `hastack dhcp-dns`: the DHCP and DNS daemon from the `[dhcp]` and `[dns]` sections.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use dhcp_dns::config::{DhcpConfig, DnsConfig};
 use dhcp_dns::from_config::{local_ipv4_addrs, options_from_config};
@@ -20,18 +18,7 @@ pub fn run(dhcp: Option<&DhcpConfig>, dns: Option<&DnsConfig>) -> anyhow::Result
     rt.block_on(async {
         let running = dhcp_dns::runtime::start(opts).await.context("starting dhcp-dns")?;
         info!(dhcp = running.dhcp.is_some(), dns = running.dns.is_some(), "dhcp-dns serving");
-        service::ready("serving");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let mut watchdog = tokio::time::interval(service::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = watchdog.tick() => service::watchdog_ping(),
-            }
-        }
-        service::stopping();
+        service::serve_until_stopped("serving").await?;
         running.shutdown().await;
         info!("dhcp-dns stopped");
         Ok(())

@@ -24,3 +24,22 @@ pub fn watchdog_interval() -> Option<Duration> {
 pub fn watchdog_ping() {
     let _ = sd_notify::notify(&[NotifyState::Watchdog]);
 }
+
+/// Serves until SIGTERM or SIGINT, feeding the watchdog meanwhile; then tells systemd the daemon
+/// is stopping. For daemons whose work runs in their own tasks (balancer, dhcp-dns).
+pub async fn serve_until_stopped(status: &str) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    ready(status);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = watchdog.tick() => watchdog_ping(),
+        }
+    }
+    stopping();
+    Ok(())
+}

@@ -11,3 +11,24 @@ pub use hastack_lab::{
     Host, HostId, HostLink, Lab, LabBuilder, LabError, MacAddr, Neighbour, Proc, cleanup_stale,
     hastack_bin, in_ci, poll_until, require_lab, require_root, require_tools,
 };
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; kills it and panics if it
+/// does not stop in time. Returns its exit status.
+pub fn stop_with_sigterm(child: &mut std::process::Child, within: std::time::Duration) -> std::process::ExitStatus {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {pid} did not stop within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

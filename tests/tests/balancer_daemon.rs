@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hastack_tests::hastack_bin;
+use hastack_tests::{hastack_bin, stop_with_sigterm};
 
 /// A backend that answers every connection with its name, in a thread (bounded by the test).
 fn backend(name: &'static str) -> u16 {
@@ -96,17 +96,6 @@ address = "127.0.0.1:{b}"
     }
     assert!(ctl(&["show", "servers", "state"]).contains("MAINT"));
     // SIGTERM: drains and exits cleanly.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(st) = daemon.try_wait().unwrap() {
-            assert!(st.success(), "exit {st:?}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = daemon.kill();
-            panic!("balancer did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let st = stop_with_sigterm(&mut daemon, Duration::from_secs(15));
+    assert!(st.success(), "balancer exit {st:?}");
 }

@@ -5,7 +5,7 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hastack_tests::{hastack_bin, require_tools};
+use hastack_tests::{hastack_bin, require_tools, stop_with_sigterm};
 
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -57,17 +57,6 @@ addresses = ["198.18.0.101"]
     assert_eq!(dig("api.lab.example", true), "198.18.0.100", "over TCP");
     assert_eq!(dig("web.apps.lab.example", false), "198.18.0.101", "wildcard");
     assert_eq!(dig("nothing.lab.example", false), "", "NXDOMAIN has no answer");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(st) = daemon.try_wait().unwrap() {
-            assert!(st.success(), "exit {st:?}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = daemon.kill();
-            panic!("dhcp-dns did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let st = stop_with_sigterm(&mut daemon, Duration::from_secs(15));
+    assert!(st.success(), "dhcp-dns exit {st:?}");
 }
