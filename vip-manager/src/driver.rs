@@ -224,7 +224,10 @@ impl<C: ClusterChannel> Driver<C> {
                     return Err(DriverError::ChannelClosed);
                 }
                 Wake::Channel(Some(ChannelEvent::View(v))) => self.engine.view_installed(v, now, wall),
-                Wake::Channel(Some(ChannelEvent::Deliver(m))) => self.engine.deliver(m, now, wall),
+                Wake::Channel(Some(ChannelEvent::Deliver(m))) => {
+                    tracing::debug!(msg = ?m, "delivered");
+                    self.engine.deliver(m, now, wall)
+                }
                 Wake::Channel(Some(ChannelEvent::QuorumLost)) => {
                     tracing::warn!("quorum lost; releasing VIPs");
                     self.engine.quorum_lost(now, wall);
@@ -305,7 +308,10 @@ impl<C: ClusterChannel> Driver<C> {
     fn flush(&mut self) -> Result<(), DriverError> {
         while let Some(o) = self.engine.poll_output() {
             match o {
-                Output::Broadcast(m) => self.channel.broadcast(&m)?,
+                Output::Broadcast(m) => {
+                    tracing::debug!(msg = ?m, "broadcast");
+                    self.channel.broadcast(&m)?
+                }
                 Output::Execute { ticket, action } => self.execute(ticket, action),
                 Output::RunMonitor(req) => {
                     let tx = self.tx.clone();
