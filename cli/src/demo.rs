@@ -82,6 +82,11 @@ fn run_stack(binary: &Path, plan: &Plan, stack: Stack) -> anyhow::Result<Vec<Sam
                 }
             }
             println!("{line}");
+            if s.outage > Duration::from_secs(1) && std::env::var_os("HASTACK_BENCH_LOGS").is_some() {
+                for i in 1..=plan.nodes {
+                    eprintln!("--- lb{i} log (slow failover) ---\n{}", tail(&c.daemon_log(i), 200));
+                }
+            }
             samples.push(s);
         }
     }

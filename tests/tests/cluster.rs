@@ -99,7 +99,7 @@ fn sigstop_releases_on_wakeup_and_graceful_stop_hands_over() {
         "graceful handover overlapped ({g:?}):\n{}",
         logs(&c)
     );
-    assert!(g.outage < Duration::from_secs(1), "graceful outage {:?}", g.outage);
+    assert!(g.outage < Duration::from_secs(1), "graceful outage {:?}:\n{}", g.outage, logs(&c));
     let _ = t0;
 }
 
