@@ -32,3 +32,29 @@ pub fn stop_with_sigterm(child: &mut std::process::Child, within: std::time::Dur
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no daemon
+/// behind. Dereferences to the `Child`.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

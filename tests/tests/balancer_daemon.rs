@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hastack_tests::{hastack_bin, stop_with_sigterm};
+use hastack_tests::{KillOnDrop, hastack_bin, stop_with_sigterm};
 
 /// A backend that answers every connection with its name, in a thread (bounded by the test).
 fn backend(name: &'static str) -> u16 {
@@ -63,7 +63,7 @@ address = "127.0.0.1:{b}"
     let bin = hastack_bin().unwrap();
     let check = Command::new(&bin).args(["config", "check"]).arg(&cfg).output().unwrap();
     assert!(check.status.success(), "config check: {}", String::from_utf8_lossy(&check.stderr));
-    let mut daemon = Command::new(&bin).args(["balancer", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut daemon = KillOnDrop(Command::new(&bin).args(["balancer", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", front)).is_err() {
         assert!(Instant::now() < deadline, "balancer did not listen");

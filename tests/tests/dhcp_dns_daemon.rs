@@ -5,7 +5,7 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hastack_tests::{hastack_bin, require_tools, stop_with_sigterm};
+use hastack_tests::{KillOnDrop, hastack_bin, require_tools, stop_with_sigterm};
 
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -40,7 +40,7 @@ addresses = ["198.18.0.101"]
     )
     .unwrap();
     let bin = hastack_bin().unwrap();
-    let mut daemon = Command::new(&bin).args(["dhcp-dns", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut daemon = KillOnDrop(Command::new(&bin).args(["dhcp-dns", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let dig = |name: &str, tcp: bool| -> String {
         let mut c = Command::new("dig");
         c.args(["+short", "+time=1", "+tries=1", "-p", &port.to_string(), "@127.0.0.1", name]);
