@@ -308,7 +308,11 @@ fn both_cores_fully_loaded_for_a_bounded_period_changes_no_view() {
     }
     let after: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
     assert_eq!(before, after, "a view changed under CPU load:\n{}", logs(&c));
-    assert_eq!(c.holders().len(), 1);
+    // One holder at the end. (The resource loop's stall detector may still release and re-add the
+    // VIP when the whole machine, and so every lab node at once, was descheduled for longer than its
+    // threshold: seen here as a 1.1 s late tick with SCHED_FIFO threads under a hog. Membership,
+    // what this test is about, must not change its view.)
+    assert!(c.wait(Duration::from_secs(3), |c| c.holders().len() == 1), "holders after load: {:?}", c.holders());
 }
 
 #[test]

@@ -47,10 +47,25 @@ pub struct Setup {
 /// handover normally takes one round of the channel, milliseconds.
 const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
+/// SCHED_FIFO priority of the resource loop: below the membership thread's, above any normal
+/// workload, so a busy gateway cannot starve it into a false "stalled, releasing the VIP".
+const RESOURCE_LOOP_PRIORITY: i32 = 40;
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(setup: Setup) -> anyhow::Result<()> {
+    raise_priority(RESOURCE_LOOP_PRIORITY);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(serve(setup))
+}
+
+/// Real-time priority for the calling thread where allowed (root, CAP_SYS_NICE or LimitRTPRIO);
+/// otherwise the daemon runs at normal priority and says so.
+fn raise_priority(priority: i32) {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter struct.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        info!(err = %std::io::Error::last_os_error(), "SCHED_FIFO not available; the resource loop runs at normal priority");
+    }
 }
 
 async fn serve(setup: Setup) -> anyhow::Result<()> {
