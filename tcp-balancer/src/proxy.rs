@@ -914,29 +914,39 @@ async fn rebalancer(sh: Arc<Shared>, r: Rebalance) {
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The next accepted connection with its maxconn permit: waits for a free slot first (so over
+/// maxconn, connections wait in the kernel backlog), backs off briefly on accept errors (EMFILE and
+/// friends) instead of spinning; `None` once `stop` turns true.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    sem: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    loop {
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => p.ok()?,
+            _ = stopped(stop) => return None,
+        };
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => return Some((permit, sock, peer)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = stopped(stop) => return None,
+        }
+    }
 }
 
 async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, sem: Arc<Semaphore>) {
     let mut stop = sh.stop.subscribe();
-    loop {
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stopped(&mut stop) => return,
-        };
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => return,
-        };
+    while let Some((permit, sock, peer)) = next_connection(&listener, &sem, &mut stop).await {
         sh.alive.fetch_add(1, Ordering::AcqRel);
         let sh2 = sh.clone();
         let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer);

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, bind_addr};
+use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, bind_addr, next_connection};
 use crate::sni::{MAX_HELLO, Sni, client_hello_sni, sni_matches};
 
 /// One route: connections whose SNI matches `pattern` go to `backend`.
@@ -171,22 +171,7 @@ impl SniRouter {
 }
 
 async fn accept(l: TcpListener, t: Arc<Table>, sem: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stopped(&mut stop) => return,
-        };
-        let (sock, peer) = tokio::select! {
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => return,
-        };
+    while let Some((permit, sock, peer)) = next_connection(&l, &sem, &mut stop).await {
         let t = t.clone();
         tokio::spawn(async move {
             route(t, sock, peer, permit).await;
@@ -194,9 +179,6 @@ async fn accept(l: TcpListener, t: Arc<Table>, sem: Arc<Semaphore>, mut stop: wa
     }
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
 
 async fn read_hello(sock: &mut TcpStream) -> Option<(Sni, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
