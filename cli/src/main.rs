@@ -239,9 +239,18 @@ fn keygen(path: &std::path::Path, file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks the cluster daemon; an answer carrying `error` becomes the command's error.
+fn query_daemon(cfg: Option<&hastack::config::Config>, socket: Option<PathBuf>, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let v = control::query(&socket_path(cfg, socket), req)?;
+    if let Some(e) = v["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    Ok(v)
+}
+
 fn status(path: &std::path::Path, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let cfg = hastack::config::load(path).ok();
-    let v = control::query(&socket_path(cfg.as_ref(), socket), &Request::Status)?;
+    let v = query_daemon(cfg.as_ref(), socket, &Request::Status)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -273,10 +282,7 @@ fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&
 
 fn text_query(path: &std::path::Path, socket: Option<PathBuf>, req: Request, json: bool) -> anyhow::Result<()> {
     let cfg = hastack::config::load(path).ok();
-    let v = control::query(&socket_path(cfg.as_ref(), socket), &req)?;
-    if let Some(e) = v["error"].as_str() {
-        anyhow::bail!("{e}");
-    }
+    let v = query_daemon(cfg.as_ref(), socket, &req)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -336,10 +342,7 @@ fn operator(path: &std::path::Path, socket: Option<PathBuf>, op: OperatorCmd) ->
 }
 
 fn send_operator(cfg: &hastack::config::Config, socket: Option<PathBuf>, op: OperatorCmd) -> anyhow::Result<()> {
-    let v = control::query(&socket_path(Some(cfg), socket), &Request::Operator { op })?;
-    if let Some(e) = v["error"].as_str() {
-        anyhow::bail!("{e}");
-    }
+    query_daemon(Some(cfg), socket, &Request::Operator { op })?;
     println!("done: the command is replicated to every node; see `hastack status`");
     Ok(())
 }

@@ -28,18 +28,42 @@ pub fn watchdog_ping() {
 /// Serves until SIGTERM or SIGINT, feeding the watchdog meanwhile; then tells systemd the daemon
 /// is stopping. For daemons whose work runs in their own tasks (balancer, dhcp-dns).
 pub async fn serve_until_stopped(status: &str) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
     ready(status);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut signals = StopSignals::new()?;
+    let mut watchdog = watchdog_timer();
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = signals.recv() => break,
             _ = watchdog.tick() => watchdog_ping(),
         }
     }
     stopping();
     Ok(())
+}
+
+/// SIGTERM (systemd's stop) and SIGINT (Ctrl-C), as one source of "stop now".
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; needs a tokio runtime.
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// A timer at the watchdog interval (hourly, harmlessly, when systemd asked for no watchdog).
+pub fn watchdog_timer() -> tokio::time::Interval {
+    tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)))
 }

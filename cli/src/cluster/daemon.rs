@@ -77,9 +77,8 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
     let _control = control::serve(control_socket.clone(), ctl_tx)
         .with_context(|| format!("control socket {}", control_socket.display()))?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut watchdog = tokio::time::interval(service::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut signals = service::StopSignals::new()?;
+    let mut watchdog = service::watchdog_timer();
 
     match resources {
         None => {
@@ -88,8 +87,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
             info!(node = local.0, "witness started");
             loop {
                 tokio::select! {
-                    _ = sigterm.recv() => break,
-                    _ = sigint.recv() => break,
+                    _ = signals.recv() => break,
                     _ = watchdog.tick() => service::watchdog_ping(),
                     ev = events.recv() => if ev.is_none() { anyhow::bail!("the membership thread stopped") },
                     Some((req, reply)) = ctl_rx.recv() => {
@@ -118,13 +116,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
                         r.context("resource engine")?;
                         break;
                     }
-                    _ = sigterm.recv(), if stopping.is_none() => {
-                        info!("stopping: handing resources over before leaving");
-                        service::stopping();
-                        let _ = stop_tx.send(true);
-                        stopping = Some(tokio::time::Instant::now() + STOP_DEADLINE);
-                    }
-                    _ = sigint.recv(), if stopping.is_none() => {
+                    _ = signals.recv(), if stopping.is_none() => {
                         info!("stopping: handing resources over before leaving");
                         service::stopping();
                         let _ = stop_tx.send(true);
