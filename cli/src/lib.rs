@@ -9,5 +9,6 @@ pub mod control;
 pub mod demo;
 pub mod dhcp_dns;
 pub mod failover;
+pub mod import;
 pub mod logging;
 pub mod service;

@@ -105,6 +105,21 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Convert a corosync.conf, haproxy.cfg or dnsmasq.conf into hastack TOML (printed, or written
+    /// with -o); lines that could not be converted are listed on stderr as FILE:LINE: reason.
+    Import {
+        /// The file to convert.
+        file: PathBuf,
+        /// What the file is (default: guessed from its name, then its contents).
+        #[arg(long, value_enum)]
+        from: Option<hastack::import::Kind>,
+        /// Write the TOML here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Exit 3 if any line could not be converted.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Config file commands.
     Config {
         #[command(subcommand)]
@@ -179,6 +194,7 @@ fn main() -> ExitCode {
             let files = if files.is_empty() { vec![cli.config] } else { files };
             return exit(hastack::config::check_files(&files));
         }
+        Command::Import { file, from, output, strict } => return import(&file, from, output, strict),
         Command::Cluster { node } => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Node(node)),
         Command::Witness => run_cluster(&cli.config, cli.socket, &cli.state_dir, Role::Witness),
         Command::Keygen { file } => keygen(&cli.config, file),
@@ -203,6 +219,42 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hastack import`: 0 converted, 2 unreadable or unknown kind, 1 the result failed validation,
+/// 3 with `--strict` when some lines were not converted.
+fn import(file: &std::path::Path, from: Option<hastack::import::Kind>, output: Option<PathBuf>, strict: bool) -> ExitCode {
+    use hastack::import;
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hastack: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let Some(kind) = from.or_else(|| import::detect(file, &text)) else {
+        eprintln!("hastack: cannot tell what {} is; say --from corosync|haproxy|dnsmasq", file.display());
+        return ExitCode::from(2);
+    };
+    let result = import::convert(kind, &text);
+    for u in &result.unconverted {
+        eprintln!("{}:{}: not converted: {} ({})", file.display(), u.line, u.text, u.reason);
+    }
+    if let Err(d) = import::validate(&result.toml) {
+        eprintln!("hastack: the {kind} conversion of {} does not validate:\n{d}", file.display());
+        return ExitCode::from(1);
+    }
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, &result.toml) {
+                eprintln!("hastack: cannot write {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            eprintln!("wrote {} ({} line(s) not converted)", path.display(), result.unconverted.len());
+        }
+        None => print!("{}", result.toml),
+    }
+    if strict && !result.unconverted.is_empty() { ExitCode::from(3) } else { ExitCode::SUCCESS }
 }
 
 fn exit(code: i32) -> ExitCode {
