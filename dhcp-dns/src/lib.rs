@@ -36,5 +36,7 @@ pub mod leases;
 pub mod dhcp;
 pub mod dns;
 pub mod server;
+pub mod group;
+pub mod replication;
 pub mod runtime;
 pub mod from_config;

@@ -1,0 +1,866 @@
+//! Lease replication between gateways over the cluster's process group "leases" (see
+//! [`crate::group`]): a sans-IO core ([`ReplicationCore`]) and its tokio driver
+//! ([`spawn`] → [`ReplicationHandle`], whose [`ClusterReplicator`] is the DHCP driver's
+//! [`LeaseReplicator`]).
+//!
+//! # Protocol (messages multicast in the group, delivered in one total order to every member)
+//! - `Record{seq, record}`: a lease change made by the origin. Every other member persists it
+//!   (fdatasync) and then multicasts `Ack{to: origin, seq}`.
+//! - The origin, when its own `Record` comes back in the total order, waits for an `Ack` from
+//!   every *other* member of the group view at that point; a member that leaves the view (its
+//!   node failed, its process stopped) is no longer waited for. All acks in → the lease is
+//!   replicated; the deadline passes first → it is reported as failed (counted, served anyway).
+//! - State transfer: when a member joins, the lowest-id member that was already in the group
+//!   (the donor) multicasts `Snapshot{to: joiner}` chunks of its lease table as it stood at the
+//!   join's point in the order. The joiner adopts each snapshot lease unless it has a newer one
+//!   (a later `start`: it granted it while it was cut off) or a `Record` for that address already
+//!   arrived after its join (newer by the order). After the last chunk it multicasts the leases
+//!   it kept as newer, so the others learn them too, and it is `synced`.
+//!
+//! # Lifecycle
+//! ```text
+//!  disconnected --connected(me)--> joining --first view: alone--> synced
+//!                                          --first view: others--> awaiting snapshot
+//!  awaiting snapshot --last chunk | donor gone | snapshot_wait passed--> synced
+//!  any --disconnected--> disconnected (every pending record fails at once)
+//! ```
+//! While not connected, local records fail at once (the DHCP driver counts them and serves on).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hashbrown::{HashMap, HashSet};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::group::{self, GroupEvent, MAX_MESSAGE, MemberId};
+use crate::leases::{Lease, LogRecord};
+use crate::server::{LeaseReplicator, ReplicaInput};
+
+const MSG_RECORD: u8 = 1;
+const MSG_ACK: u8 = 2;
+const MSG_SNAPSHOT: u8 = 3;
+
+/// One message of the lease group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupMsg {
+    /// A lease change by the sender.
+    Record {
+        /// The sender's sequence number (for acks).
+        seq: u64,
+        /// The change.
+        record: LogRecord,
+    },
+    /// `to`'s record `seq` is durable at the sender.
+    Ack {
+        /// Origin of the record.
+        to: MemberId,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// Part of the lease table, for a joining member.
+    Snapshot {
+        /// The joiner.
+        to: MemberId,
+        /// The last chunk.
+        last: bool,
+        /// Leases (as upserts).
+        records: Vec<LogRecord>,
+    },
+}
+
+fn put_member(out: &mut Vec<u8>, m: MemberId) {
+    out.extend_from_slice(&m.node.to_be_bytes());
+    out.extend_from_slice(&m.member.to_be_bytes());
+}
+
+fn get_member(b: &[u8]) -> Option<MemberId> {
+    Some(MemberId { node: u32::from_be_bytes(b.get(0..4)?.try_into().ok()?), member: u64::from_be_bytes(b.get(4..12)?.try_into().ok()?) })
+}
+
+impl GroupMsg {
+    /// Encode (`None` when a record cannot be framed).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(64);
+        match self {
+            GroupMsg::Record { seq, record } => {
+                out.push(MSG_RECORD);
+                out.extend_from_slice(&seq.to_be_bytes());
+                record.encode(&mut out).ok()?;
+            }
+            GroupMsg::Ack { to, seq } => {
+                out.push(MSG_ACK);
+                put_member(&mut out, *to);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
+            GroupMsg::Snapshot { to, last, records } => {
+                out.push(MSG_SNAPSHOT);
+                put_member(&mut out, *to);
+                out.push(u8::from(*last));
+                for r in records {
+                    r.encode(&mut out).ok()?;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Decode; `None` for anything malformed (dropped and counted by the caller).
+    pub fn decode(b: &[u8]) -> Option<GroupMsg> {
+        match *b.first()? {
+            MSG_RECORD => {
+                let seq = u64::from_be_bytes(b.get(1..9)?.try_into().ok()?);
+                let (record, used) = LogRecord::decode(b.get(9..)?)?;
+                (9 + used == b.len()).then_some(GroupMsg::Record { seq, record })
+            }
+            MSG_ACK => {
+                if b.len() != 21 {
+                    return None;
+                }
+                Some(GroupMsg::Ack { to: get_member(&b[1..])?, seq: u64::from_be_bytes(b[13..21].try_into().ok()?) })
+            }
+            MSG_SNAPSHOT => {
+                let to = get_member(b.get(1..)?)?;
+                let last = match *b.get(13)? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                let mut off = 14;
+                let mut records = Vec::new();
+                while off < b.len() {
+                    let (r, used) = LogRecord::decode(&b[off..])?;
+                    records.push(r);
+                    off += used;
+                }
+                Some(GroupMsg::Snapshot { to, last, records })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why a record was not replicated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepFailure {
+    /// No connection to the cluster daemon.
+    #[error("not connected to the cluster (lease kept locally only)")]
+    NotConnected,
+    /// The deadline passed before every peer acknowledged it.
+    #[error("peers {0:?} did not acknowledge the lease within the deadline")]
+    Timeout(Vec<MemberId>),
+    /// The connection to the cluster daemon was lost with the record in flight.
+    #[error("cluster connection lost with the lease in flight")]
+    Disconnected,
+    /// The record could not be encoded.
+    #[error("lease record cannot be encoded")]
+    Encode,
+}
+
+/// Settings of the core.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreConfig {
+    /// How long a record may wait for the peers' acks before it is reported failed (sync mode:
+    /// the longest an ACK is held; async mode: the replication window).
+    pub ack_deadline: Duration,
+    /// How long a joiner waits for its snapshot before serving with what it has.
+    pub snapshot_wait: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig { ack_deadline: Duration::from_millis(500), snapshot_wait: Duration::from_secs(5) }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepAction {
+    /// Multicast this payload to the group.
+    Multicast(Vec<u8>),
+    /// Persist and publish a peer's record; then, if `ack` is set, call
+    /// [`ReplicationCore::applied`] with it.
+    Apply {
+        /// The record.
+        record: LogRecord,
+        /// Who to acknowledge: origin and its sequence number.
+        ack: Option<(MemberId, u64)>,
+    },
+    /// The local record `token` is replicated (or failed).
+    Complete {
+        /// The caller's token.
+        token: u64,
+        /// Outcome.
+        result: Result<(), RepFailure>,
+    },
+    /// State transfer done: this member may serve.
+    Synced {
+        /// Leases adopted from the donor.
+        adopted: usize,
+    },
+}
+
+#[derive(Debug)]
+enum SyncState {
+    Disconnected,
+    Joining,
+    Awaiting { since: Instant, donor: MemberId, touched: HashSet<Ipv4Addr>, adopted: HashSet<Ipv4Addr> },
+    Synced,
+}
+
+#[derive(Debug)]
+struct Pending {
+    token: u64,
+    /// `None` until our own record is delivered back (then: the others we wait for).
+    waiting: Option<BTreeSet<MemberId>>,
+    deadline: Instant,
+}
+
+/// Counters of the replication core.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RepCounters {
+    /// Local records multicast.
+    pub sent: u64,
+    /// Local records every peer acknowledged.
+    pub replicated: u64,
+    /// Local records that failed (timeout, disconnected, not connected).
+    pub failed: u64,
+    /// Peer records applied here.
+    pub applied: u64,
+    /// Snapshots sent to joiners.
+    pub snapshots_sent: u64,
+    /// Leases adopted from snapshots.
+    pub adopted: u64,
+    /// Malformed group messages dropped.
+    pub malformed: u64,
+    /// Joins that served without a complete snapshot (donor gone or too slow).
+    pub snapshot_timeouts: u64,
+}
+
+/// The replication state machine (no I/O; time passed in).
+#[derive(Debug)]
+pub struct ReplicationCore {
+    cfg: CoreConfig,
+    me: Option<MemberId>,
+    members: Vec<MemberId>,
+    table: HashMap<Ipv4Addr, Lease>,
+    state: SyncState,
+    next_seq: u64,
+    pending: BTreeMap<u64, Pending>,
+    counters: RepCounters,
+}
+
+impl ReplicationCore {
+    /// A core whose lease table starts as `leases` (what the local log holds).
+    pub fn new(cfg: CoreConfig, leases: impl IntoIterator<Item = Lease>) -> Self {
+        ReplicationCore {
+            cfg,
+            me: None,
+            members: Vec::new(),
+            table: leases.into_iter().map(|l| (l.addr, l)).collect(),
+            state: SyncState::Disconnected,
+            next_seq: 1,
+            pending: BTreeMap::new(),
+            counters: RepCounters::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &RepCounters {
+        &self.counters
+    }
+
+    /// True once state transfer is over (or was not needed).
+    pub fn is_synced(&self) -> bool {
+        matches!(self.state, SyncState::Synced)
+    }
+
+    /// The group's members as last delivered.
+    pub fn members(&self) -> &[MemberId] {
+        &self.members
+    }
+
+    /// Leases known to the replication layer (local and replicated).
+    pub fn table_len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Joined the group as `me` (the first view follows).
+    pub fn connected(&mut self, me: MemberId) {
+        self.me = Some(me);
+        self.members.clear();
+        self.state = SyncState::Joining;
+    }
+
+    /// The connection to the cluster daemon is gone: every record in flight fails.
+    pub fn disconnected(&mut self) -> Vec<RepAction> {
+        self.me = None;
+        self.members.clear();
+        self.state = SyncState::Disconnected;
+        let out: Vec<RepAction> = std::mem::take(&mut self.pending)
+            .into_values()
+            .map(|p| RepAction::Complete { token: p.token, result: Err(RepFailure::Disconnected) })
+            .collect();
+        self.counters.failed += out.len() as u64;
+        out
+    }
+
+    fn mirror(&mut self, rec: &LogRecord) {
+        match rec {
+            LogRecord::Upsert(l) => {
+                self.table.insert(l.addr, l.clone());
+            }
+            LogRecord::Remove(a) => {
+                self.table.remove(a);
+            }
+        }
+    }
+
+    /// A lease change made here (already submitted to the local log): multicast it; `token`
+    /// completes when the peers hold it durably, or fails.
+    pub fn local_record(&mut self, token: u64, rec: LogRecord, now: Instant) -> Vec<RepAction> {
+        self.mirror(&rec);
+        let joined = self.me.is_some() && !matches!(self.state, SyncState::Disconnected | SyncState::Joining);
+        if !joined {
+            self.counters.failed += 1;
+            return vec![RepAction::Complete { token, result: Err(RepFailure::NotConnected) }];
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let Some(bytes) = (GroupMsg::Record { seq, record: rec }).encode() else {
+            self.counters.failed += 1;
+            return vec![RepAction::Complete { token, result: Err(RepFailure::Encode) }];
+        };
+        self.counters.sent += 1;
+        self.pending.insert(seq, Pending { token, waiting: None, deadline: now + self.cfg.ack_deadline });
+        vec![RepAction::Multicast(bytes)]
+    }
+
+    /// A peer's record `seq` from `to` is durable here: acknowledge it.
+    pub fn applied(&mut self, to: MemberId, seq: u64) -> Vec<RepAction> {
+        if self.me.is_none() {
+            return Vec::new();
+        }
+        (GroupMsg::Ack { to, seq }).encode().map(RepAction::Multicast).into_iter().collect()
+    }
+
+    fn complete_if_done(&mut self, seq: u64, out: &mut Vec<RepAction>) {
+        if let Some(p) = self.pending.get(&seq) {
+            if p.waiting.as_ref().is_some_and(|w| w.is_empty()) {
+                let token = p.token;
+                self.pending.remove(&seq);
+                self.counters.replicated += 1;
+                out.push(RepAction::Complete { token, result: Ok(()) });
+            }
+        }
+    }
+
+    /// A new group view (sorted members).
+    pub fn on_view(&mut self, mut members: Vec<MemberId>, now: Instant) -> Vec<RepAction> {
+        members.sort();
+        members.dedup();
+        let Some(me) = self.me else { return Vec::new() };
+        let old = std::mem::replace(&mut self.members, members.clone());
+        let mut out = Vec::new();
+        if matches!(self.state, SyncState::Joining) {
+            if !members.contains(&me) {
+                // Views before our own join reached us: keep waiting for the one with us.
+                return out;
+            }
+            match members.iter().copied().find(|m| *m != me) {
+                None => {
+                    self.state = SyncState::Synced;
+                    out.push(RepAction::Synced { adopted: 0 });
+                }
+                Some(donor) => {
+                    self.state = SyncState::Awaiting { since: now, donor, touched: HashSet::new(), adopted: HashSet::new() };
+                }
+            }
+            return out;
+        }
+        let gone: BTreeSet<MemberId> = old.iter().filter(|m| !members.contains(m)).copied().collect();
+        if !gone.is_empty() {
+            let seqs: Vec<u64> = self.pending.keys().copied().collect();
+            for seq in seqs {
+                if let Some(w) = self.pending.get_mut(&seq).and_then(|p| p.waiting.as_mut()) {
+                    w.retain(|m| !gone.contains(m));
+                }
+                self.complete_if_done(seq, &mut out);
+            }
+        }
+        if let SyncState::Awaiting { donor, .. } = &self.state {
+            if gone.contains(donor) {
+                // Our donor vanished mid-transfer: serve with what we have (and what we got).
+                tracing::warn!(%donor, "lease snapshot donor left before the transfer ended; serving with the leases held");
+                self.counters.snapshot_timeouts += 1;
+                out.extend(self.finish_sync());
+            }
+        }
+        let joined: Vec<MemberId> = members.iter().filter(|m| !old.contains(m) && **m != me).copied().collect();
+        let donor = members.iter().find(|m| old.contains(m)).copied();
+        if !joined.is_empty() && donor == Some(me) && self.is_synced() {
+            for j in joined {
+                out.extend(self.snapshot_for(j));
+            }
+        }
+        out
+    }
+
+    fn snapshot_for(&mut self, to: MemberId) -> Vec<RepAction> {
+        self.counters.snapshots_sent += 1;
+        let mut leases: Vec<&Lease> = self.table.values().collect();
+        leases.sort_by_key(|l| l.addr);
+        let mut out = Vec::new();
+        let mut chunk: Vec<LogRecord> = Vec::new();
+        let mut size = 14;
+        for l in leases {
+            let rec = LogRecord::Upsert(l.clone());
+            let mut b = Vec::new();
+            if rec.encode(&mut b).is_err() || 14 + b.len() > MAX_MESSAGE {
+                continue;
+            }
+            if size + b.len() > MAX_MESSAGE {
+                if let Some(m) = (GroupMsg::Snapshot { to, last: false, records: std::mem::take(&mut chunk) }).encode() {
+                    out.push(RepAction::Multicast(m));
+                }
+                size = 14;
+            }
+            size += b.len();
+            chunk.push(rec);
+        }
+        if let Some(m) = (GroupMsg::Snapshot { to, last: true, records: chunk }).encode() {
+            out.push(RepAction::Multicast(m));
+        }
+        out
+    }
+
+    fn finish_sync(&mut self) -> Vec<RepAction> {
+        let SyncState::Awaiting { touched, adopted, .. } = std::mem::replace(&mut self.state, SyncState::Synced) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        // What we hold that the donor did not give us (or we hold newer): tell the group.
+        let mut mine: Vec<Lease> =
+            self.table.values().filter(|l| !adopted.contains(&l.addr) && !touched.contains(&l.addr)).cloned().collect();
+        mine.sort_by_key(|l| l.addr);
+        for l in mine {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if let Some(b) = (GroupMsg::Record { seq, record: LogRecord::Upsert(l) }).encode() {
+                out.push(RepAction::Multicast(b));
+            }
+        }
+        out.push(RepAction::Synced { adopted: adopted.len() });
+        out
+    }
+
+    /// A group message in the total order.
+    pub fn on_deliver(&mut self, from: MemberId, payload: &[u8], _now: Instant) -> Vec<RepAction> {
+        let Some(me) = self.me else { return Vec::new() };
+        let Some(msg) = GroupMsg::decode(payload) else {
+            self.counters.malformed += 1;
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match msg {
+            GroupMsg::Record { seq, record } => {
+                if from == me {
+                    let others: BTreeSet<MemberId> = self.members.iter().filter(|m| **m != me).copied().collect();
+                    if let Some(p) = self.pending.get_mut(&seq) {
+                        // Acks may only come after this point in the order, so none is lost.
+                        p.waiting = Some(others);
+                    }
+                    self.complete_if_done(seq, &mut out);
+                } else {
+                    if let SyncState::Awaiting { touched, .. } = &mut self.state {
+                        touched.insert(record.addr());
+                    }
+                    self.mirror(&record);
+                    self.counters.applied += 1;
+                    out.push(RepAction::Apply { record, ack: Some((from, seq)) });
+                }
+            }
+            GroupMsg::Ack { to, seq } => {
+                if to == me {
+                    if let Some(w) = self.pending.get_mut(&seq).and_then(|p| p.waiting.as_mut()) {
+                        w.remove(&from);
+                    }
+                    self.complete_if_done(seq, &mut out);
+                }
+            }
+            GroupMsg::Snapshot { to, last, records } => {
+                if to != me {
+                    return out;
+                }
+                let SyncState::Awaiting { touched, adopted, .. } = &mut self.state else { return out };
+                let mut apply = Vec::new();
+                for r in records {
+                    let LogRecord::Upsert(l) = r else { continue };
+                    if touched.contains(&l.addr) {
+                        continue;
+                    }
+                    let ours_newer = self.table.get(&l.addr).is_some_and(|o| o.start > l.start);
+                    if !ours_newer {
+                        adopted.insert(l.addr);
+                        apply.push(l);
+                    }
+                }
+                for l in apply {
+                    self.table.insert(l.addr, l.clone());
+                    self.counters.adopted += 1;
+                    out.push(RepAction::Apply { record: LogRecord::Upsert(l), ack: None });
+                }
+                if last {
+                    out.extend(self.finish_sync());
+                }
+            }
+        }
+        out
+    }
+
+    /// Time passed: records past their deadline fail; a snapshot that never came ends the wait.
+    pub fn tick(&mut self, now: Instant) -> Vec<RepAction> {
+        let mut out = Vec::new();
+        let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
+        for seq in expired {
+            if let Some(p) = self.pending.remove(&seq) {
+                let missing = p.waiting.map(|w| w.into_iter().collect()).unwrap_or_default();
+                self.counters.failed += 1;
+                out.push(RepAction::Complete { token: p.token, result: Err(RepFailure::Timeout(missing)) });
+            }
+        }
+        if let SyncState::Awaiting { since, .. } = &self.state {
+            if now.duration_since(*since) >= self.cfg.snapshot_wait {
+                tracing::warn!("no lease snapshot within {:?}; serving with the leases held", self.cfg.snapshot_wait);
+                self.counters.snapshot_timeouts += 1;
+                out.extend(self.finish_sync());
+            }
+        }
+        out
+    }
+
+    /// When [`ReplicationCore::tick`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let p = self.pending.values().map(|p| p.deadline).min();
+        let s = match &self.state {
+            SyncState::Awaiting { since, .. } => Some(*since + self.cfg.snapshot_wait),
+            _ => None,
+        };
+        match (p, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// tokio driver
+
+/// Counters of a running replication driver (shared; read by status).
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    /// Local records every peer acknowledged.
+    pub replicated: AtomicU64,
+    /// Local records whose replication failed (served anyway).
+    pub failed: AtomicU64,
+    /// Peer records applied here.
+    pub applied: AtomicU64,
+    /// Connections (joins) made to the cluster daemon.
+    pub joins: AtomicU64,
+    /// Leases adopted by state transfer.
+    pub adopted: AtomicU64,
+    /// Group members in the current view (0 when not connected).
+    pub members: AtomicU64,
+}
+
+/// A completion callback of the DHCP driver.
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+enum Cmd {
+    Local(LogRecord, Done),
+    Attach(ReplicaInput),
+    TakeBuffered(oneshot::Sender<Vec<(LogRecord, Option<(MemberId, u64)>)>>),
+    Applied(MemberId, u64),
+    Stop,
+}
+
+/// The DHCP driver's [`LeaseReplicator`] backed by the lease group.
+pub struct ClusterReplicator {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl LeaseReplicator for ClusterReplicator {
+    fn replicate(&self, record: &LogRecord, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+        if let Err(mpsc::error::SendError(Cmd::Local(_, done))) = self.tx.send(Cmd::Local(record.clone(), done)) {
+            done(Err("replication stopped".into()));
+        }
+    }
+}
+
+/// A running replication driver.
+pub struct ReplicationHandle {
+    replicator: Arc<ClusterReplicator>,
+    synced: watch::Receiver<bool>,
+    /// Counters.
+    pub stats: Arc<ReplicationStats>,
+    task: JoinHandle<()>,
+}
+
+impl ReplicationHandle {
+    /// The replicator to give the DHCP driver.
+    pub fn sink(&self) -> Arc<dyn LeaseReplicator> {
+        self.replicator.clone()
+    }
+
+    /// Wait until state transfer is over, at most `within`; false if it is not.
+    pub async fn wait_synced(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.synced.wait_for(|s| *s)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Peer records received before a DHCP driver was attached (the caller persists them and
+    /// then acknowledges each one that asks for it with [`ReplicationHandle::applied`]).
+    pub async fn take_buffered(&self) -> Vec<(LogRecord, Option<(MemberId, u64)>)> {
+        let (tx, rx) = oneshot::channel();
+        if self.replicator.tx.send(Cmd::TakeBuffered(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Acknowledge a record persisted by the caller.
+    pub fn applied(&self, to: MemberId, seq: u64) {
+        let _ = self.replicator.tx.send(Cmd::Applied(to, seq));
+    }
+
+    /// From now on peer records go to `input` (what was buffered first).
+    pub fn attach(&self, input: ReplicaInput) {
+        let _ = self.replicator.tx.send(Cmd::Attach(input));
+    }
+
+    /// Stop the driver (leaves the group).
+    pub async fn shutdown(self) {
+        let _ = self.replicator.tx.send(Cmd::Stop);
+        let _ = self.task.await;
+    }
+}
+
+/// How often a lost cluster connection is retried.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// Start replicating through the cluster daemon at `socket`, group `group`, with `leases` (the
+/// local log's) as the initial table.
+pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, leases: Vec<Lease>) -> ReplicationHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (synced_tx, synced) = watch::channel(false);
+    let stats = Arc::new(ReplicationStats::default());
+    let replicator = Arc::new(ClusterReplicator { tx: tx.clone() });
+    let core = ReplicationCore::new(cfg, leases);
+    let task = tokio::spawn(run(socket, group, core, rx, tx, synced_tx, stats.clone()));
+    ReplicationHandle { replicator, synced, stats, task }
+}
+
+struct Io {
+    done: std::collections::HashMap<u64, Done>,
+    next_token: u64,
+    input: Option<ReplicaInput>,
+    buffered: Vec<(LogRecord, Option<(MemberId, u64)>)>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    synced: watch::Sender<bool>,
+    stats: Arc<ReplicationStats>,
+}
+
+impl Io {
+    /// Apply actions; multicasts go to `out` (None: not connected, dropped).
+    async fn apply(&mut self, acts: Vec<RepAction>, mut out: Option<&mut group::GroupWriter>) -> Result<(), group::GroupError> {
+        for a in acts {
+            match a {
+                RepAction::Multicast(b) => {
+                    if let Some(w) = out.as_deref_mut() {
+                        w.multicast(&b).await?;
+                    }
+                }
+                RepAction::Apply { record, ack } => {
+                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    match &self.input {
+                        Some(input) => {
+                            let tx = self.cmd_tx.clone();
+                            let done: Option<Done> = ack.map(|(to, seq)| {
+                                Box::new(move |r: Result<(), String>| {
+                                    if r.is_ok() {
+                                        let _ = tx.send(Cmd::Applied(to, seq));
+                                    }
+                                }) as Done
+                            });
+                            if input.apply(record, done).await.is_err() {
+                                tracing::warn!("DHCP driver stopped; replicated lease dropped");
+                            }
+                        }
+                        None => self.buffered.push((record, ack)),
+                    }
+                }
+                RepAction::Complete { token, result } => {
+                    match &result {
+                        Ok(()) => self.stats.replicated.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => self.stats.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    if let Some(d) = self.done.remove(&token) {
+                        d(result.map_err(|e| e.to_string()));
+                    }
+                }
+                RepAction::Synced { adopted } => {
+                    self.stats.adopted.fetch_add(adopted as u64, Ordering::Relaxed);
+                    tracing::info!(adopted, "lease state transfer done");
+                    let _ = self.synced.send(true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commands that need no connection; returns true on Stop.
+    async fn command(&mut self, core: &mut ReplicationCore, cmd: Cmd, w: Option<&mut group::GroupWriter>) -> Result<bool, group::GroupError> {
+        match cmd {
+            Cmd::Local(rec, done) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.done.insert(token, done);
+                let acts = core.local_record(token, rec, Instant::now());
+                self.apply(acts, w).await?;
+            }
+            Cmd::Applied(to, seq) => {
+                let acts = core.applied(to, seq);
+                self.apply(acts, w).await?;
+            }
+            Cmd::Attach(input) => {
+                for (rec, ack) in std::mem::take(&mut self.buffered) {
+                    let tx = self.cmd_tx.clone();
+                    let done: Option<Done> = ack.map(|(to, seq)| {
+                        Box::new(move |r: Result<(), String>| {
+                            if r.is_ok() {
+                                let _ = tx.send(Cmd::Applied(to, seq));
+                            }
+                        }) as Done
+                    });
+                    let _ = input.apply(rec, done).await;
+                }
+                self.input = Some(input);
+            }
+            Cmd::TakeBuffered(tx) => {
+                let _ = tx.send(std::mem::take(&mut self.buffered));
+            }
+            Cmd::Stop => return Ok(true),
+        }
+        Ok(false)
+    }
+}
+
+async fn run(
+    socket: PathBuf,
+    group_name: String,
+    mut core: ReplicationCore,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    synced: watch::Sender<bool>,
+    stats: Arc<ReplicationStats>,
+) {
+    let mut io = Io { done: Default::default(), next_token: 0, input: None, buffered: Vec::new(), cmd_tx, synced, stats };
+    let mut warned = false;
+    loop {
+        let (me, mut reader, mut writer) = match group::join(&socket, &group_name).await {
+            Ok(x) => x,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot join the lease group; leases stay local until the cluster daemon answers");
+                    warned = true;
+                }
+                let retry = tokio::time::sleep(RECONNECT);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = &mut retry => break,
+                        c = rx.recv() => match c {
+                            None => return,
+                            Some(c) => if let Ok(true) = io.command(&mut core, c, None).await { return },
+                        },
+                    }
+                }
+                continue;
+            }
+        };
+        warned = false;
+        io.stats.joins.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(member = %me, group = %group_name, "joined the lease group");
+        core.connected(me);
+        // The reader runs apart so a half-read frame is never lost to select!.
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let rd = tokio::spawn(async move {
+            loop {
+                match reader.next().await {
+                    Ok(Some(e)) => {
+                        if ev_tx.send(e).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease group connection");
+                        return;
+                    }
+                }
+            }
+        });
+        let res: Result<bool, group::GroupError> = async {
+            loop {
+                let wake = core.poll_timeout().map(tokio::time::Instant::from_std);
+                tokio::select! {
+                    ev = ev_rx.recv() => {
+                        let now = Instant::now();
+                        let acts = match ev {
+                            None => return Ok(false),
+                            Some(GroupEvent::View(m)) => {
+                                io.stats.members.store(m.len() as u64, Ordering::Relaxed);
+                                tracing::info!(members = ?m.iter().map(|x| x.to_string()).collect::<Vec<_>>(), "lease group view");
+                                core.on_view(m, now)
+                            }
+                            Some(GroupEvent::Deliver { from, payload }) => core.on_deliver(from, &payload, now),
+                        };
+                        io.apply(acts, Some(&mut writer)).await?;
+                    }
+                    c = rx.recv() => match c {
+                        None => return Ok(true),
+                        Some(c) => if io.command(&mut core, c, Some(&mut writer)).await? { return Ok(true) },
+                    },
+                    _ = sleep_until_opt(wake) => {
+                        let acts = core.tick(Instant::now());
+                        io.apply(acts, Some(&mut writer)).await?;
+                    }
+                }
+            }
+        }
+        .await;
+        rd.abort();
+        io.stats.members.store(0, Ordering::Relaxed);
+        let acts = core.disconnected();
+        let _ = io.apply(acts, None).await;
+        match res {
+            Ok(true) => return,
+            Ok(false) => tracing::warn!("cluster daemon closed the lease group connection; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "lease group connection failed; reconnecting"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! The replication core driven by a deterministic total-order bus (the cluster channel's
+//! contract: one order of messages and views for every member), with time moved by hand.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::leases::LeaseState;
+
+fn lease(last: u8, start: u64, name: &str) -> Lease {
+    Lease {
+        addr: Ipv4Addr::new(198, 18, 0, last),
+        hwaddr: vec![0x52, 0x54, 0, 0, 0, last],
+        client_id: None,
+        hostname: Some(name.into()),
+        fqdn: Some(format!("{name}.lab.test")),
+        start,
+        expiry: start + 3600,
+        state: LeaseState::Active,
+    }
+}
+
+fn m(node: u32) -> MemberId {
+    MemberId { node, member: 1 }
+}
+
+enum Item {
+    Msg(MemberId, Vec<u8>),
+    View(Vec<MemberId>),
+}
+
+struct Node {
+    core: ReplicationCore,
+    applied: Vec<LogRecord>,
+    done: Vec<(u64, Result<(), RepFailure>)>,
+    synced: bool,
+    /// Acknowledge peers' records (false: a peer whose disk never answers).
+    acks: bool,
+}
+
+struct Bus {
+    nodes: BTreeMap<MemberId, Node>,
+    queue: VecDeque<Item>,
+    group: Vec<MemberId>,
+    /// The group after every queued view (joins and crashes queue their view).
+    target: Vec<MemberId>,
+    now: Instant,
+    cfg: CoreConfig,
+}
+
+impl Bus {
+    fn new() -> Bus {
+        Bus { nodes: BTreeMap::new(), queue: VecDeque::new(), group: Vec::new(), target: Vec::new(), now: Instant::now(), cfg: CoreConfig::default() }
+    }
+
+    fn join(&mut self, who: MemberId, leases: Vec<Lease>) {
+        let mut core = ReplicationCore::new(self.cfg, leases);
+        core.connected(who);
+        self.nodes.insert(who, Node { core, applied: Vec::new(), done: Vec::new(), synced: false, acks: true });
+        self.target.push(who);
+        self.target.sort();
+        self.queue.push_back(Item::View(self.target.clone()));
+    }
+
+    fn crash(&mut self, who: MemberId) {
+        self.nodes.remove(&who);
+        self.target.retain(|x| *x != who);
+        self.queue.push_back(Item::View(self.target.clone()));
+    }
+
+    fn act(&mut self, who: MemberId, acts: Vec<RepAction>) {
+        for a in acts {
+            match a {
+                RepAction::Multicast(b) => self.queue.push_back(Item::Msg(who, b)),
+                RepAction::Apply { record, ack } => {
+                    let Some(n) = self.nodes.get_mut(&who) else { return };
+                    n.applied.push(record);
+                    if let (Some((to, seq)), true) = (ack, n.acks) {
+                        let more = n.core.applied(to, seq);
+                        self.act(who, more);
+                    }
+                }
+                RepAction::Complete { token, result } => {
+                    if let Some(n) = self.nodes.get_mut(&who) {
+                        n.done.push((token, result));
+                    }
+                }
+                RepAction::Synced { .. } => {
+                    if let Some(n) = self.nodes.get_mut(&who) {
+                        n.synced = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliver one queued item to the members at that point of the order.
+    fn step(&mut self) -> bool {
+        let Some(item) = self.queue.pop_front() else { return false };
+        let now = self.now;
+        match item {
+            Item::View(v) => {
+                self.group = v.clone();
+                for who in v.clone() {
+                    let acts = match self.nodes.get_mut(&who) {
+                        Some(n) => n.core.on_view(v.clone(), now),
+                        None => continue,
+                    };
+                    self.act(who, acts);
+                }
+            }
+            Item::Msg(from, b) => {
+                for who in self.group.clone() {
+                    let acts = match self.nodes.get_mut(&who) {
+                        Some(n) => n.core.on_deliver(from, &b, now),
+                        None => continue,
+                    };
+                    self.act(who, acts);
+                }
+            }
+        }
+        true
+    }
+
+    fn run(&mut self) {
+        let mut n = 0;
+        while self.step() {
+            n += 1;
+            assert!(n < 10_000, "bus did not settle");
+        }
+    }
+
+    fn local(&mut self, who: MemberId, token: u64, rec: LogRecord) {
+        let now = self.now;
+        let acts = self.nodes.get_mut(&who).expect("node").core.local_record(token, rec, now);
+        self.act(who, acts);
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now += by;
+        let now = self.now;
+        for who in self.nodes.keys().copied().collect::<Vec<_>>() {
+            let acts = self.nodes.get_mut(&who).expect("node").core.tick(now);
+            self.act(who, acts);
+        }
+    }
+
+    fn node(&self, who: MemberId) -> &Node {
+        &self.nodes[&who]
+    }
+}
+
+#[test]
+fn sync_record_completes_only_after_every_peer_acknowledged() {
+    let mut bus = Bus::new();
+    bus.join(m(1), vec![]);
+    bus.run();
+    bus.join(m(2), vec![]);
+    bus.join(m(3), vec![]);
+    bus.run();
+    assert!(bus.nodes.values().all(|n| n.synced));
+    bus.local(m(1), 7, LogRecord::Upsert(lease(10, 100, "a")));
+    // The record itself is delivered: the others persist it and queue their acks.
+    bus.step();
+    assert!(bus.node(m(1)).done.is_empty(), "not complete before the acks are delivered");
+    bus.step();
+    assert!(bus.node(m(1)).done.is_empty(), "one of two acks is not enough");
+    bus.run();
+    assert_eq!(bus.node(m(1)).done, vec![(7, Ok(()))]);
+    for p in [m(2), m(3)] {
+        assert_eq!(bus.node(p).applied, vec![LogRecord::Upsert(lease(10, 100, "a"))]);
+    }
+    assert_eq!(bus.node(m(1)).core.counters().replicated, 1);
+}
+
+#[test]
+fn a_lone_member_completes_at_once_and_a_peer_that_dies_is_not_waited_for() {
+    let mut bus = Bus::new();
+    bus.join(m(1), vec![]);
+    bus.run();
+    bus.local(m(1), 1, LogRecord::Upsert(lease(10, 100, "a")));
+    bus.run();
+    assert_eq!(bus.node(m(1)).done, vec![(1, Ok(()))]);
+
+    bus.join(m(2), vec![]);
+    bus.run();
+    bus.nodes.get_mut(&m(2)).unwrap().acks = false;
+    bus.local(m(1), 2, LogRecord::Upsert(lease(11, 100, "b")));
+    bus.run();
+    assert_eq!(bus.node(m(1)).done.len(), 1, "still waiting for the silent peer");
+    bus.crash(m(2));
+    bus.run();
+    assert_eq!(bus.node(m(1)).done[1], (2, Ok(())), "durable on every member of the view");
+}
+
+#[test]
+fn a_peer_that_never_acks_fails_the_record_at_the_deadline() {
+    let mut bus = Bus::new();
+    bus.join(m(1), vec![]);
+    bus.join(m(2), vec![]);
+    bus.run();
+    bus.nodes.get_mut(&m(2)).unwrap().acks = false;
+    bus.local(m(1), 5, LogRecord::Upsert(lease(10, 100, "a")));
+    bus.run();
+    bus.tick(CoreConfig::default().ack_deadline - Duration::from_millis(1));
+    assert!(bus.node(m(1)).done.is_empty());
+    bus.tick(Duration::from_millis(1));
+    assert_eq!(bus.node(m(1)).done, vec![(5, Err(RepFailure::Timeout(vec![m(2)])))]);
+    assert_eq!(bus.node(m(1)).core.counters().failed, 1);
+}
+
+#[test]
+fn not_connected_fails_at_once_and_disconnect_fails_what_is_in_flight() {
+    let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
+    let now = Instant::now();
+    assert_eq!(
+        core.local_record(1, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1)), now),
+        vec![RepAction::Complete { token: 1, result: Err(RepFailure::NotConnected) }]
+    );
+    core.connected(m(1));
+    assert_eq!(core.on_view(vec![m(1), m(2)], now), vec![]);
+    assert!(!core.is_synced());
+    let acts = core.local_record(2, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1)), now);
+    assert!(matches!(acts[..], [RepAction::Multicast(_)]));
+    assert_eq!(core.disconnected(), vec![RepAction::Complete { token: 2, result: Err(RepFailure::Disconnected) }]);
+}
+
+#[test]
+fn a_joiner_gets_the_table_and_gives_back_what_it_holds_newer() {
+    let mut bus = Bus::new();
+    // Gateway 1 has served alone: three leases.
+    bus.join(m(1), vec![lease(10, 100, "a"), lease(11, 100, "b"), lease(12, 100, "c")]);
+    bus.run();
+    bus.local(m(1), 1, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 12)));
+    bus.run();
+    // Gateway 2 comes back with an old copy of "a" and a lease it granted while cut off.
+    bus.join(m(2), vec![lease(10, 50, "a-old"), lease(20, 150, "d")]);
+    bus.run();
+    let n2 = bus.node(m(2));
+    assert!(n2.synced);
+    let got: Vec<&LogRecord> = n2.applied.iter().collect();
+    assert!(got.contains(&&LogRecord::Upsert(lease(10, 100, "a"))));
+    assert!(got.contains(&&LogRecord::Upsert(lease(11, 100, "b"))));
+    assert!(!got.iter().any(|r| r.addr() == Ipv4Addr::new(198, 18, 0, 12)), "removed lease not transferred");
+    assert_eq!(n2.core.table_len(), 3);
+    // Gateway 1 learns "d" from the joiner.
+    assert!(bus.node(m(1)).applied.contains(&LogRecord::Upsert(lease(20, 150, "d"))));
+    assert_eq!(bus.node(m(1)).core.table_len(), 3);
+}
+
+#[test]
+fn a_record_after_the_join_wins_over_the_snapshot() {
+    let now = Instant::now();
+    let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
+    core.connected(m(2));
+    core.on_view(vec![m(1), m(2), m(3)], now);
+    let newer = LogRecord::Upsert(lease(10, 200, "new"));
+    let acts = core.on_deliver(m(3), &(GroupMsg::Record { seq: 1, record: newer.clone() }).encode().unwrap(), now);
+    assert!(matches!(&acts[..], [RepAction::Apply { ack: Some((who, 1)), .. }] if *who == m(3)));
+    let snap = GroupMsg::Snapshot { to: m(2), last: true, records: vec![LogRecord::Upsert(lease(10, 100, "old")), LogRecord::Upsert(lease(11, 100, "b"))] };
+    let acts = core.on_deliver(m(1), &snap.encode().unwrap(), now);
+    assert_eq!(acts, vec![RepAction::Apply { record: LogRecord::Upsert(lease(11, 100, "b")), ack: None }, RepAction::Synced { adopted: 1 }]);
+    assert!(core.is_synced());
+}
+
+#[test]
+fn the_joiner_serves_when_the_donor_dies_or_the_snapshot_never_comes() {
+    let now = Instant::now();
+    let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
+    core.connected(m(2));
+    core.on_view(vec![m(1), m(2)], now);
+    assert_eq!(core.on_view(vec![m(2)], now), vec![RepAction::Synced { adopted: 0 }]);
+
+    let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
+    core.connected(m(2));
+    core.on_view(vec![m(1), m(2)], now);
+    assert_eq!(core.poll_timeout(), Some(now + CoreConfig::default().snapshot_wait));
+    assert_eq!(core.tick(now + CoreConfig::default().snapshot_wait), vec![RepAction::Synced { adopted: 0 }]);
+    assert_eq!(core.counters().snapshot_timeouts, 1);
+}
+
+#[test]
+fn a_large_table_is_sent_in_chunks_that_fit_one_message() {
+    let mut bus = Bus::new();
+    let leases: Vec<Lease> = (1..=250u8).map(|i| lease(i, 100, &format!("host-with-a-longish-name-{i}"))).collect();
+    bus.join(m(1), leases);
+    bus.run();
+    bus.join(m(2), vec![]);
+    let mut max = 0;
+    while let Some(item) = bus.queue.front() {
+        if let Item::Msg(_, b) = item {
+            max = max.max(b.len());
+        }
+        bus.step();
+    }
+    assert!(max <= MAX_MESSAGE, "chunk of {max} bytes");
+    assert_eq!(bus.node(m(2)).core.table_len(), 250);
+    assert!(bus.node(m(2)).synced);
+}
+
+#[test]
+fn malformed_messages_are_dropped_and_counted() {
+    let now = Instant::now();
+    let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
+    core.connected(m(1));
+    core.on_view(vec![m(1)], now);
+    for bad in [&b""[..], b"\x01", b"\x02\x00", b"\x03\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x05", b"\x09"] {
+        assert!(core.on_deliver(m(2), bad, now).is_empty());
+    }
+    assert_eq!(core.counters().malformed, 5);
+}
+
+proptest! {
+    #[test]
+    fn group_messages_round_trip(last in any::<u8>(), start in 0u64..1 << 40, seq in any::<u64>(), node in any::<u32>(), member in any::<u64>()) {
+        let to = MemberId { node, member };
+        let msgs = [
+            GroupMsg::Record { seq, record: LogRecord::Upsert(lease(last, start, "x")) },
+            GroupMsg::Record { seq, record: LogRecord::Remove(Ipv4Addr::new(198, 18, 1, last)) },
+            GroupMsg::Ack { to, seq },
+            GroupMsg::Snapshot { to, last: last % 2 == 0, records: vec![LogRecord::Upsert(lease(last, start, "y")); (last % 4) as usize] },
+        ];
+        for msg in msgs {
+            let b = msg.encode().unwrap();
+            prop_assert_eq!(GroupMsg::decode(&b), Some(msg));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = GroupMsg::decode(&b);
+    }
+}
