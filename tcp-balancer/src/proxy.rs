@@ -13,6 +13,11 @@
 //!    client/server/tunnel/fin inactivity timeouts; killed when its server is marked down with
 //!    `on-marked-down shutdown-sessions`, or at the end of a graceful drain.
 //! 5. **close** — counters updated, the server's slot freed and the queue's head served.
+//!
+//! On a reload ([`Proxy::hand_over_sessions`]) a relaying session stops at a syscall boundary
+//! and leaves this process with its sockets, pipes and state ([`crate::handover`]); a session
+//! still connecting does the same once it reaches the relay. The new process resumes it in
+//! step 4 ([`Proxy::adopt`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -33,7 +38,8 @@ use crate::balance::{AdminState, Algorithm, BalanceError, Decision, ServerSpec, 
 use crate::checker::{CheckSpec, Prober, TlsConfigError, run_health_loop};
 use crate::health::{HealthCheck, HealthEvent, HealthParams};
 use crate::proxy_protocol::{self, Header, Version as ProxyVersion};
-use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, Side, relay};
+use crate::handover::{HandedSession, Outgoing};
+use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side, Stop, relay_state};
 
 /// Session timeouts (HAProxy's `timeout` keywords).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +295,7 @@ pub struct Counters {
     killed: AtomicU64,
     timeouts: AtomicU64,
     rebalanced: AtomicU64,
+
 }
 
 impl Counters {
@@ -314,6 +321,7 @@ impl Counters {
             killed: g(&self.killed),
             timeouts: g(&self.timeouts),
             rebalanced: g(&self.rebalanced),
+
         }
     }
 }
@@ -343,6 +351,7 @@ pub struct CounterSnapshot {
     pub timeouts: u64,
     /// Sessions shed by long-lived connection rebalancing.
     pub rebalanced: u64,
+
 }
 
 /// Backend-level queue and failure counters.
@@ -462,6 +471,11 @@ struct Shared {
     stop: watch::Sender<bool>,
     /// Kills every session (end of drain).
     kill_all: watch::Sender<u64>,
+    /// Set on reload: relaying sessions stop and go to this sender thread.
+    handover: watch::Sender<Option<std::sync::mpsc::Sender<Outgoing>>>,
+    /// Sessions handed to a new process, and sessions adopted from an old one.
+    handed_over: AtomicU64,
+    adopted: AtomicU64,
 }
 
 impl Shared {
@@ -660,6 +674,9 @@ impl Proxy {
             idle: Notify::new(),
             stop: watch::channel(false).0,
             kill_all: watch::channel(0).0,
+            handover: watch::channel(None).0,
+            handed_over: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
             cfg,
         });
         let mut tasks = Vec::new();
@@ -852,6 +869,62 @@ impl Proxy {
             t.abort();
         }
         forced
+    }
+
+    /// Reload, old side: every relaying session (now, and each one that reaches the relay from
+    /// now on) stops and is sent to `to` as an [`Outgoing::Session`] instead of being relayed
+    /// here. Pair with [`Proxy::drain`], which stops accepting and waits for them to leave.
+    pub fn hand_over_sessions(&self, to: std::sync::mpsc::Sender<Outgoing>) {
+        self.shared.handover.send_replace(Some(to));
+    }
+
+    /// Reload, new side: resumes a session handed over by the old process. Fails (giving the
+    /// session back) when this frontend's backend has no server of that name any more.
+    pub fn adopt(&self, s: HandedSession) -> Result<(), HandedSession> {
+        let sh = self.shared.clone();
+        let Some(idx) = sh.servers.iter().position(|x| x.name == s.server) else { return Err(s) };
+        let to_tokio = |fd: std::os::fd::OwnedFd| {
+            let std = std::net::TcpStream::from(fd);
+            std.set_nonblocking(true)?;
+            TcpStream::from_std(std)
+        };
+        let HandedSession { peer, age, timeouts, client, server_fd, relay, .. } = s;
+        let (client, server) = match (to_tokio(client), to_tokio(server_fd)) {
+            (Ok(c), Ok(s)) => (c, s),
+            (c, s) => {
+                tracing::warn!(client = ?c.err(), server = ?s.err(), "cannot resume a handed-over session");
+                return Ok(());
+            }
+        };
+        sh.alive.fetch_add(1, Ordering::AcqRel);
+        sh.adopted.fetch_add(1, Ordering::Relaxed);
+        sh.frontend.open();
+        sh.lock().table.session_started(idx);
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let state = RelayState::thaw(relay);
+        let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer, adopted = true);
+        tokio::spawn(
+            async move {
+                let slot = SlotGuard { sh: &sh, idx };
+                relay_phase(&sh, id, client, server, peer, slot, since, timeouts, state).await;
+                if sh.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    sh.idle.notify_waiters();
+                }
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    /// Name of this frontend.
+    pub fn frontend_name(&self) -> &str {
+        &self.shared.cfg.frontend.name
+    }
+
+    /// Sessions handed to a new process, and sessions adopted from an old one.
+    pub fn handover_counts(&self) -> (u64, u64) {
+        (self.shared.handed_over.load(Ordering::Relaxed), self.shared.adopted.load(Ordering::Relaxed))
     }
 
     /// Serves a connection accepted elsewhere (an SNI router): `early` holds bytes already read
@@ -1163,26 +1236,79 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
         sh.frontend.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
         srv.counters.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
     }
+    relay_phase(sh, id, client, server, peer, slot, Instant::now(), cfg.timeouts.idle, RelayState::new()).await;
+}
+
+/// Step 4 and 5 of a session (fresh, or adopted after a handover).
+#[allow(clippy::too_many_arguments)]
+async fn relay_phase(
+    sh: &Shared,
+    id: u64,
+    client: TcpStream,
+    server: TcpStream,
+    peer: SocketAddr,
+    slot: SlotGuard<'_>,
+    since: Instant,
+    timeouts: IdleTimeouts,
+    mut state: RelayState,
+) {
+    let srv = &sh.servers[slot.idx];
     srv.counters.open();
     let kill_one = Arc::new(Notify::new());
     sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
         id,
-        SessionEntry { client: peer, server: slot.idx, since: Instant::now(), kill: kill_one.clone() },
+        SessionEntry { client: peer, server: slot.idx, since, kill: kill_one.clone() },
     );
 
     let mut kill_srv = srv.kill.subscribe();
     let mut kill_all = sh.kill_all.subscribe();
-    let kill = async {
+    let mut handover = sh.handover.subscribe();
+    let stop = async {
         tokio::select! {
-            _ = kill_srv.changed() => {},
-            _ = kill_all.changed() => {},
-            _ = kill_one.notified() => {},
+            _ = kill_srv.changed() => Stop::Kill,
+            _ = kill_all.changed() => Stop::Kill,
+            _ = kill_one.notified() => Stop::Kill,
+            _ = handover.wait_for(|h| h.is_some()) => Stop::HandOver,
         }
     };
     let sink = Sink { fe: &sh.frontend, srv: &srv.counters };
-    let end = relay(&client, &server, cfg.relay, cfg.timeouts.idle, &sink, kill).await;
+    let end = relay_state(&client, &server, sh.cfg.relay, timeouts, &sink, stop, &mut state).await;
+    if matches!(end, RelayEnd::HandOver) {
+        let tx = sh.handover.borrow().clone();
+        let (c_fd, s_fd) = (client.into_std().map(std::os::fd::OwnedFd::from), server.into_std().map(std::os::fd::OwnedFd::from));
+        let sent = match (tx, c_fd, s_fd, state.freeze()) {
+            (Some(tx), Ok(client), Ok(server_fd), Ok(relay)) => {
+                let s = HandedSession {
+                    frontend: sh.cfg.frontend.name.clone(),
+                    backend: sh.cfg.backend.name.clone(),
+                    server: srv.name.clone(),
+                    peer,
+                    age: since.elapsed(),
+                    timeouts,
+                    client,
+                    server_fd,
+                    relay,
+                };
+                tx.send(Outgoing::Session(s)).is_ok()
+            }
+            _ => false,
+        };
+        if sent {
+            sh.handed_over.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(id, "session handed over");
+        } else {
+            // The sockets (if any survived) close as they drop here.
+            tracing::warn!(id, "session could not be handed over; closed");
+            srv.counters.killed.fetch_add(1, Ordering::Relaxed);
+        }
+        sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        srv.counters.close();
+        sh.frontend.close();
+        drop(slot);
+        return;
+    }
     match &end {
-        RelayEnd::Closed => {}
+        RelayEnd::Closed | RelayEnd::HandOver => {}
         RelayEnd::Timeout(side) => {
             srv.counters.timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(id, side = ?side, "session timed out");

@@ -61,6 +61,8 @@ pub enum RelayEnd {
     Error(Side, io::Error),
     /// The session was killed (server marked down with shutdown-sessions, or hard stop).
     Killed,
+    /// Stopped for a handover: the relay state is intact and can be frozen.
+    HandOver,
 }
 
 /// Byte counters a relay adds to as it goes (shared atomics, no allocation per chunk).
@@ -101,6 +103,22 @@ struct Activity {
 }
 
 impl Activity {
+    /// Activity as if the client side was last active `client_idle` ago and the server side
+    /// `server_idle` ago (a session resumed after a handover keeps its idle clocks).
+    fn resumed(client_idle: Duration, server_idle: Duration, half_closed: bool) -> Self {
+        let now = Instant::now();
+        let oldest = client_idle.max(server_idle);
+        let start = now.checked_sub(oldest).unwrap_or(now);
+        let since = |idle: Duration| (now.saturating_duration_since(start).saturating_sub(idle)).as_millis() as u64;
+        Activity {
+            start,
+            client_ms: AtomicU64::new(since(client_idle)),
+            server_ms: AtomicU64::new(since(server_idle)),
+            half_closed: AtomicBool::new(half_closed),
+            fin: tokio::sync::Notify::new(),
+        }
+    }
+
     fn touch(&self, side: Side) {
         let ms = self.start.elapsed().as_millis() as u64;
         match side {
@@ -108,6 +126,144 @@ impl Activity {
             Side::Server => self.server_ms.store(ms, Ordering::Relaxed),
         }
     }
+
+    fn idle(&self, side: Side) -> Duration {
+        let ms = match side {
+            Side::Client => self.client_ms.load(Ordering::Relaxed),
+            Side::Server => self.server_ms.load(Ordering::Relaxed),
+        };
+        self.start.elapsed().saturating_sub(Duration::from_millis(ms))
+    }
+}
+
+/// Where one direction of a relay stands. It lives outside the relay future, so when a relay is
+/// stopped for a handover nothing in flight is lost: bytes already taken from the source sit in
+/// the pipe (or the copy buffer) and are counted in `pending`.
+#[derive(Default)]
+struct Direction {
+    /// The splice pipe; made on the first data, so an idle session holds none.
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet written to the destination.
+    pending: usize,
+    /// Copy mode: the buffer and its unsent range.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The source's FIN was seen and forwarded to the destination.
+    done: bool,
+    /// Bytes delivered to the destination in this direction.
+    bytes: u64,
+}
+
+/// The state of one relayed session: both directions and the idle clocks. Kept by the caller
+/// of [`relay_state`] so that a relay stopped with [`Stop::HandOver`] can be frozen
+/// ([`RelayState::freeze`]) and resumed in another process ([`RelayState::thaw`]).
+pub struct RelayState {
+    up: Direction,
+    down: Direction,
+    act: Activity,
+}
+
+impl Default for RelayState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for RelayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayState")
+            .field("up_bytes", &self.up.bytes)
+            .field("down_bytes", &self.down.bytes)
+            .field("up_done", &self.up.done)
+            .field("down_done", &self.down.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One direction of a frozen relay.
+#[derive(Debug, Default)]
+pub struct FrozenDirection {
+    /// Read and write ends of a pipe holding `pending` bytes still owed to the destination.
+    pub pipe: Option<(OwnedFd, OwnedFd)>,
+    /// Bytes in `pipe`.
+    pub pending: usize,
+    /// The source's FIN was already forwarded (half-closed direction).
+    pub done: bool,
+    /// Bytes delivered so far in this direction.
+    pub bytes: u64,
+}
+
+/// A relay's state with its descriptors, ready to cross a process boundary.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    /// Client to server.
+    pub up: FrozenDirection,
+    /// Server to client.
+    pub down: FrozenDirection,
+    /// Time since the client side was last active.
+    pub client_idle: Duration,
+    /// Time since the server side was last active.
+    pub server_idle: Duration,
+}
+
+impl RelayState {
+    /// A fresh session: nothing moved yet.
+    pub fn new() -> Self {
+        RelayState { up: Direction::default(), down: Direction::default(), act: Activity::resumed(Duration::ZERO, Duration::ZERO, false) }
+    }
+
+    /// Bytes delivered (client to server, server to client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.up.bytes, self.down.bytes)
+    }
+
+    /// Detaches the state from this process: pipes are kept as they are (their bytes travel with
+    /// them); bytes pending in a copy buffer are written into a fresh pipe.
+    pub fn freeze(self) -> io::Result<Frozen> {
+        fn dir(d: Direction) -> io::Result<FrozenDirection> {
+            let (pipe, pending) = if d.end > d.start {
+                let p = Pipe::new()?;
+                let mut off = d.start;
+                while off < d.end {
+                    // SAFETY: write(2) from a live buffer range into a pipe we own.
+                    let n = unsafe { libc::write(p.w.as_raw_fd(), d.buf[off..d.end].as_ptr().cast(), d.end - off) };
+                    if n <= 0 {
+                        return Err(io::Error::other("copy buffer does not fit a pipe"));
+                    }
+                    off += n as usize;
+                }
+                (Some(p), d.end - d.start)
+            } else if d.pending > 0 {
+                (d.pipe, d.pending)
+            } else {
+                (None, 0)
+            };
+            Ok(FrozenDirection { pipe: pipe.map(Pipe::into_fds), pending, done: d.done, bytes: d.bytes })
+        }
+        let client_idle = self.act.idle(Side::Client);
+        let server_idle = self.act.idle(Side::Server);
+        Ok(Frozen { up: dir(self.up)?, down: dir(self.down)?, client_idle, server_idle })
+    }
+
+    /// Resumes a frozen state in this process; the pipes' pending bytes are sent first.
+    pub fn thaw(f: Frozen) -> Self {
+        fn dir(d: FrozenDirection) -> Direction {
+            let pending = if d.pipe.is_some() { d.pending } else { 0 };
+            Direction { pipe: d.pipe.map(Pipe::from_fds), pending, done: d.done, bytes: d.bytes, ..Direction::default() }
+        }
+        let half = f.up.done || f.down.done;
+        RelayState { act: Activity::resumed(f.client_idle, f.server_idle, half), up: dir(f.up), down: dir(f.down) }
+    }
+}
+
+/// Why a relay is asked to stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Close the session (server marked down with shutdown-sessions, rebalancing, hard stop).
+    Kill,
+    /// Stop moving bytes and keep the state intact, to hand the session to another process.
+    HandOver,
 }
 
 /// Relays until done; `kill` resolves to end the session early.
@@ -119,22 +275,36 @@ pub async fn relay<K: std::future::Future<Output = ()>>(
     counters: &dyn ByteSink,
     kill: K,
 ) -> RelayEnd {
-    let act = Activity {
-        start: Instant::now(),
-        client_ms: AtomicU64::new(0),
-        server_ms: AtomicU64::new(0),
-        half_closed: AtomicBool::new(false),
-        fin: tokio::sync::Notify::new(),
-    };
-    let up = pump(client, server, Side::Client, mode, &act, counters);
-    let down = pump(server, client, Side::Server, mode, &act, counters);
+    let mut state = RelayState::new();
+    relay_state(client, server, mode, timeouts, counters, async { kill.await; Stop::Kill }, &mut state).await
+}
+
+/// Relays with the state kept by the caller (fresh, or thawed after a handover) until done,
+/// or until `stop` resolves: [`Stop::HandOver`] leaves `state` consistent for
+/// [`RelayState::freeze`] and returns [`RelayEnd::HandOver`].
+pub async fn relay_state<K: std::future::Future<Output = Stop>>(
+    client: &TcpStream,
+    server: &TcpStream,
+    mode: RelayMode,
+    timeouts: IdleTimeouts,
+    counters: &dyn ByteSink,
+    stop: K,
+    state: &mut RelayState,
+) -> RelayEnd {
+    let RelayState { up, down, act } = state;
+    let act = &*act;
+    let up = pump(client, server, Side::Client, mode, act, counters, up);
+    let down = pump(server, client, Side::Server, mode, act, counters, down);
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => match r {
             Ok(_) => RelayEnd::Closed,
             Err((side, e)) => RelayEnd::Error(side, e),
         },
-        side = watchdog(&act, timeouts) => RelayEnd::Timeout(side),
-        _ = kill => RelayEnd::Killed,
+        side = watchdog(act, timeouts) => RelayEnd::Timeout(side),
+        s = stop => match s {
+            Stop::Kill => RelayEnd::Killed,
+            Stop::HandOver => RelayEnd::HandOver,
+        },
     }
 }
 
@@ -158,6 +328,10 @@ async fn watchdog(act: &Activity, t: IdleTimeouts) -> Side {
 }
 
 /// Moves bytes from `src` (side `from`) to `dst` until `src`'s FIN; errors carry the failing side.
+///
+/// Cancel safety (a handover drops this future at an await point): every syscall's result is
+/// recorded in `dir` before the next await, so `dir` always says exactly which bytes were taken
+/// from `src` but not yet given to `dst`.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
@@ -165,83 +339,94 @@ async fn pump(
     mode: RelayMode,
     act: &Activity,
     counters: &dyn ByteSink,
+    dir: &mut Direction,
 ) -> Result<(), (Side, io::Error)> {
     let to = match from {
         Side::Client => Side::Server,
         Side::Server => Side::Client,
     };
-    // Lazily made: an idle connection holds no pipe and no buffer. A one-byte peek (not mere
-    // readiness, which can be spurious) waits for data or a FIN.
-    src.peek(&mut [0u8; 1]).await.map_err(|e| (from, e))?;
-    let pipe = match mode {
-        RelayMode::Splice => Pipe::new().ok(),
-        RelayMode::Copy => None,
-    };
+    if dir.done {
+        return Ok(());
+    }
     let count = |n: usize| match from {
         Side::Client => counters.client_to_server(n as u64),
         Side::Server => counters.server_to_client(n as u64),
     };
-    match pipe {
-        Some(pipe) => loop {
-            let n = src
-                .async_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK))
-                .await
-                .map_err(|e| (from, e))?;
-            if n == 0 {
-                break;
-            }
-            act.touch(from);
-            let mut left = n;
-            while left > 0 {
+    loop {
+        // Owed bytes first (after a handover, or where a previous turn left them).
+        if let Some(pipe) = &dir.pipe {
+            while dir.pending > 0 {
                 let m = dst
-                    .async_io(Interest::WRITABLE, || splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left))
+                    .async_io(Interest::WRITABLE, || splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), dir.pending))
                     .await
                     .map_err(|e| (to, e))?;
                 if m == 0 {
                     return Err((to, io::ErrorKind::WriteZero.into()));
                 }
-                left -= m;
+                dir.pending -= m;
+                dir.bytes += m as u64;
                 count(m);
                 SPLICED_BYTES.fetch_add(m as u64, Ordering::Relaxed);
                 act.touch(to);
             }
-        },
-        None => {
-            let mut buf = vec![0u8; COPY_BUF];
-            loop {
-                let n = match src.try_read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        src.readable().await.map_err(|e| (from, e))?;
-                        continue;
-                    }
-                    Err(e) => return Err((from, e)),
-                };
-                if n == 0 {
-                    break;
+        }
+        while dir.start < dir.end {
+            match dst.try_write(&dir.buf[dir.start..dir.end]) {
+                Ok(0) => return Err((to, io::ErrorKind::WriteZero.into())),
+                Ok(m) => {
+                    dir.start += m;
+                    dir.bytes += m as u64;
+                    count(m);
+                    act.touch(to);
                 }
-                act.touch(from);
-                let mut off = 0;
-                while off < n {
-                    match dst.try_write(&buf[off..n]) {
-                        Ok(0) => return Err((to, io::ErrorKind::WriteZero.into())),
-                        Ok(m) => {
-                            off += m;
-                            count(m);
-                            act.touch(to);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            dst.writable().await.map_err(|e| (to, e))?;
-                        }
-                        Err(e) => return Err((to, e)),
-                    }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable().await.map_err(|e| (to, e))?;
                 }
+                Err(e) => return Err((to, e)),
             }
         }
+        if dir.pipe.is_none() && dir.buf.is_empty() {
+            // Lazily made: an idle connection holds no pipe and no buffer. A one-byte peek (not
+            // mere readiness, which can be spurious) waits for data or a FIN.
+            src.peek(&mut [0u8; 1]).await.map_err(|e| (from, e))?;
+            match mode {
+                RelayMode::Splice => dir.pipe = Pipe::new().ok(),
+                RelayMode::Copy => {}
+            }
+            if dir.pipe.is_none() {
+                dir.buf = vec![0u8; COPY_BUF];
+            }
+        }
+        let n = if let Some(pipe) = &dir.pipe {
+            let n = src
+                .async_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK))
+                .await
+                .map_err(|e| (from, e))?;
+            dir.pending = n;
+            n
+        } else {
+            let n = loop {
+                match src.try_read(&mut dir.buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        src.readable().await.map_err(|e| (from, e))?;
+                    }
+                    Err(e) => return Err((from, e)),
+                }
+            };
+            dir.start = 0;
+            dir.end = n;
+            n
+        };
+        if n == 0 {
+            break;
+        }
+        act.touch(from);
     }
     // FIN from src: forward the half-close. A peer that already reset makes this fail; the
     // other direction will report that error if it matters.
     let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+    dir.done = true;
     act.half_closed.store(true, Ordering::Relaxed);
     act.touch(from);
     act.fin.notify_one();
@@ -267,8 +452,20 @@ impl Pipe {
         // A bigger pipe moves more per syscall; the default (64 KiB) is kept if refused.
         // SAFETY: fcntl on an fd we own.
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+        Ok(Self::from_fds((r, w)))
+    }
+
+    /// Adopts a pipe's two ends (made here or received in a handover).
+    fn from_fds((r, w): (OwnedFd, OwnedFd)) -> Self {
         PIPES_IN_USE.fetch_add(1, Ordering::Relaxed);
-        Ok(Self { r, w })
+        Self { r, w }
+    }
+
+    fn into_fds(self) -> (OwnedFd, OwnedFd) {
+        let me = std::mem::ManuallyDrop::new(self);
+        PIPES_IN_USE.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: `me` is never dropped, so each fd is moved out exactly once.
+        unsafe { (std::ptr::read(&me.r), std::ptr::read(&me.w)) }
     }
 }
 
@@ -276,6 +473,14 @@ impl Drop for Pipe {
     fn drop(&mut self) {
         PIPES_IN_USE.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Bytes readable from a pipe or socket right now (FIONREAD).
+pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(n.max(0) as usize) }
 }
 
 fn splice(fd_in: RawFd, fd_out: RawFd, len: usize) -> io::Result<usize> {
