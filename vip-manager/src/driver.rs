@@ -6,8 +6,10 @@
 //! actions and monitors, a periodic tick (engine timers, lease renewals, stall detection) and a
 //! shutdown signal (graceful stop: resources move away, then `run` returns).
 //!
-//! Stall detection: if the tick fires more than `stall_threshold` late (SIGSTOP, a starved CPU),
-//! the engine releases its VIPs at once and waits for the view to prove alive.
+//! Stall detection: if the loop wakes more than `stall_threshold` after its previous wake (SIGSTOP,
+//! a starved CPU, a stalled VM), the engine is fenced before the waking event is handled: it renews
+//! no lease and runs nothing until every member confirms the view survived, and releases its VIPs
+//! if that takes longer than `EngineConfig::stall_confirm` (see `Engine::resumed_after_stall`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -199,7 +201,9 @@ impl<C: ClusterChannel> Driver<C> {
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), DriverError> {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_tick = Instant::now();
+        // The loop wakes at least every tick; a longer gap between two wakes means the process
+        // did not run (SIGSTOP, starvation, a stalled machine).
+        let mut last_wake = Instant::now();
         let mut shutting = false;
         loop {
             self.flush()?;
@@ -217,6 +221,14 @@ impl<C: ClusterChannel> Driver<C> {
                 }
             };
             let (now, wall) = (Instant::now(), wall_clock());
+            // Judged before the event that woke us: a view or message queued during the stall must
+            // find the node already fenced.
+            let gap = now.duration_since(last_wake);
+            last_wake = now;
+            if gap > self.cfg.stall_threshold {
+                tracing::warn!(late = ?gap, "stalled; fenced until every member confirms the view");
+                self.engine.resumed_after_stall(now, wall);
+            }
             match wake {
                 Wake::Channel(None) => {
                     // Without the channel nothing is safe to hold.
@@ -236,11 +248,6 @@ impl<C: ClusterChannel> Driver<C> {
                 Wake::Done(None) => {}
                 Wake::Done(Some(c)) => self.completed(c, now, wall),
                 Wake::Tick => {
-                    if now.duration_since(last_tick) > self.cfg.stall_threshold {
-                        tracing::warn!(late = ?now.duration_since(last_tick), "stalled; releasing VIPs");
-                        self.engine.resumed_after_stall(now, wall);
-                    }
-                    last_tick = now;
                     self.engine.handle_timeout(now, wall);
                     self.leases.set_allowed(self.engine.renewals_allowed());
                     self.poll_leases(now);

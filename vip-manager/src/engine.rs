@@ -20,6 +20,15 @@
 //!    own claim is delivered in the same generation with no replan pending (so a step is either
 //!    seen in flight by every node, or run by none). Its `Done` updates everybody's state.
 //!
+//! 5. Fenced — after a stall (the driver's loop woke far too late) or a quorum loss inside the
+//!    view: the node renews no lease and claims nothing, but keeps following the replicated state
+//!    (claims, plans, generations) exactly like everybody else, so it stays in step. It sends
+//!    `Alive`; every node tracks every member's probe and sees at the same point of the order when
+//!    all other members answered (`AliveAck`). Then the node unfences and runs the steps it
+//!    claimed meanwhile. After a stall its VIPs stay until `stall_confirm` runs out unconfirmed, or
+//!    a view that does not directly continue its own is installed; after a quorum loss they go at
+//!    once.
+//!
 //! Time: `now: Instant` drives local timers (monitors, ticks); `wall: Timestamp` stamps messages.
 //! Placement uses the largest stamp delivered so far (`agreed_now`), identical on every node.
 
@@ -180,6 +189,15 @@ pub struct EngineConfig {
     pub monitor_timeout: Duration,
     /// Agreed-time tick period.
     pub tick_every: Duration,
+    /// How long a node that woke from a stall keeps its VIPs while it asks every member to confirm
+    /// that its view survived (see [`Engine::resumed_after_stall`]); unconfirmed by then, it releases.
+    pub stall_confirm: Duration,
+}
+
+impl EngineConfig {
+    /// The default of [`EngineConfig::stall_confirm`]: a few round trips of the ordered channel on a
+    /// loaded machine, far below any VIP lease.
+    pub const DEFAULT_STALL_CONFIRM: Duration = Duration::from_millis(100);
 }
 
 /// A read-only view for `hastack status`.
@@ -201,6 +219,11 @@ pub struct EngineStatus {
     pub progress: (usize, usize),
     /// The last failed operation seen: what, where, when.
     pub last_failure: Option<FailedOp>,
+    /// The plan generation (identical on every synced member of a view at the same point of the
+    /// message order).
+    pub generation: Generation,
+    /// Whether this node is fenced after a stall or quorum loss (runs nothing until confirmed).
+    pub fenced: bool,
 }
 
 /// A failed operation, for status output.
@@ -249,8 +272,13 @@ pub struct Engine {
     monitors: MonitorScheduler,
     next_tick: Option<Instant>,
     stalled: bool,
-    /// The probe a stalled node sent, and the members that answered it.
-    stall_probe: Option<(u64, BTreeSet<NodeId>)>,
+    /// The probe this node sent after its stall, and when its VIPs go if nobody confirmed it by then.
+    stall_probe: Option<(u64, Option<Instant>)>,
+    /// Every member's outstanding Alive probe and who answered it: replicated (all nodes see the
+    /// same Alive/AliveAck order), so every node learns at the same point that a probe completed.
+    probes: BTreeMap<NodeId, (u64, BTreeSet<NodeId>)>,
+    /// This node's own claims delivered while it was fenced: run once the probe completes.
+    deferred_claims: Vec<(Generation, usize)>,
     last_failure: Option<FailedOp>,
     out: VecDeque<Output>,
 }
@@ -285,6 +313,8 @@ impl Engine {
             next_tick: None,
             stalled: false,
             stall_probe: None,
+            probes: BTreeMap::new(),
+            deferred_claims: Vec::new(),
             last_failure: None,
             out: VecDeque::new(),
         }
@@ -335,6 +365,8 @@ impl Engine {
             operator: self.operator.clone(),
             progress: (self.done.iter().filter(|d| **d).count(), self.done.len()),
             last_failure: self.last_failure.clone(),
+            generation: self.generation,
+            fenced: self.stalled,
         }
     }
 
@@ -351,6 +383,13 @@ impl Engine {
         if self.view.as_ref().is_some_and(|v| v.epoch >= view.epoch) {
             return;
         }
+        // A node that woke from a stall and still holds its VIPs unconfirmed keeps them across this
+        // view change only if the view directly follows its own and lost nobody: then no view
+        // without this node was installed in between, so nobody else can have taken them over.
+        let unconfirmed = matches!(self.stall_probe, Some((_, Some(_))));
+        let continues = self.view.as_ref().is_some_and(|old| {
+            view.epoch == old.epoch + 1 && old.member_set().is_subset(&view.member_set())
+        });
         if let Some(v) = &self.view {
             self.prev_members = v.member_set();
         }
@@ -366,19 +405,18 @@ impl Engine {
         self.replan_pending = true;
         self.stalled = false;
         self.stall_probe = None;
+        self.probes.clear();
+        self.deferred_claims.clear();
+        if unconfirmed && !continues {
+            self.release_vips();
+        }
 
         // Safety first: a node without quorum, or alone, drops its VIPs before anything else.
         let mut mine = CurrentPlacement::new();
         for (r, s) in &self.local_state {
             mine.set(r, self.cfg.local, *s);
         }
-        let releasing: BTreeSet<ResourceId> = self
-            .local_running
-            .values()
-            .chain(self.queued.iter().map(|(_, a)| a))
-            .filter(|a| matches!(a, Action::RemoveVip { .. }))
-            .map(|a| a.rsc().clone())
-            .collect();
+        let releasing = self.releasing();
         let policy = self.effective_policy();
         for a in transition::release_on_isolation(
             self.cfg.local,
@@ -396,26 +434,19 @@ impl Engine {
         self.progress(now, wall);
     }
 
-    /// The driver noticed this process was stopped or starved (its timers fired far too late, as
-    /// after SIGSTOP/SIGCONT): the cluster has probably moved on without it. Local VIPs are
-    /// released at once, and nothing else is planned or run until the channel proves the view is
-    /// still current (a message is delivered) or a new view is installed. The channel must deliver
-    /// only in an intact view (safe delivery), or a resumed node could act on a dead view.
-    pub fn resumed_after_stall(&mut self, now: Instant, wall: Timestamp) {
-        self.stalled = true;
-        // Ask the channel for proof that the view survived: only a message sent now and delivered
-        // back in this view shows it (anything queued before the stall may be from a dead view).
-        self.next_local += 1;
-        let probe = self.next_local;
-        self.stall_probe = Some((probe, BTreeSet::new()));
-        self.broadcast(Msg::Alive { from: self.cfg.local, probe, at: wall });
-        let releasing: BTreeSet<ResourceId> = self
-            .local_running
+    /// Resources with a VIP removal running or queued here.
+    fn releasing(&self) -> BTreeSet<ResourceId> {
+        self.local_running
             .values()
             .chain(self.queued.iter().map(|(_, a)| a))
             .filter(|a| matches!(a, Action::RemoveVip { .. }))
             .map(|a| a.rsc().clone())
-            .collect();
+            .collect()
+    }
+
+    /// Removes every VIP this node holds (those not already being removed), each as a local action.
+    fn release_vips(&mut self) {
+        let releasing = self.releasing();
         let vips: Vec<Action> = self
             .cfg
             .resources
@@ -431,25 +462,74 @@ impl Engine {
         for a in vips {
             self.run_local(a);
         }
-        let _ = (now, wall);
+    }
+
+    /// The driver noticed this process was stopped or starved (its timers fired far too late, as
+    /// after SIGSTOP/SIGCONT, or a whole machine that stalled): the cluster may have moved on
+    /// without it. The node is fenced at once: it renews no lease and runs no step (it still
+    /// follows the replicated state, so it stays in step with the others). It asks every member of
+    /// its view to confirm, on the ordered channel, that the view survived (`Alive`, answered by
+    /// `AliveAck`). Confirmed by all of them within [`EngineConfig::stall_confirm`], it keeps its
+    /// VIPs: nobody can have taken them over in a view that never changed, and a stall of the
+    /// whole machine (peers included) then costs no failover. Otherwise, or if the view changes
+    /// under it, it releases them. The channel must deliver only in an intact view (safe delivery),
+    /// or a resumed node could take a dead view's echo for a confirmation.
+    ///
+    /// Bound: a node that was stopped keeps answering for its VIPs (the kernel does, the process is
+    /// frozen) at most until `stall_confirm` after it resumes, and never beyond its lease.
+    pub fn resumed_after_stall(&mut self, now: Instant, wall: Timestamp) {
+        self.monitors.stalled(now);
+        self.fence(Some(now + self.cfg.stall_confirm), wall);
     }
 
     /// The membership layer reports quorum lost inside the current view (peers went silent; the
-    /// next view is on its way). Local VIPs go at once, exactly as after a stall, and nothing else
-    /// runs until a new view is installed or the channel proves the view still works.
+    /// next view is on its way). Local VIPs go at once, and nothing else runs until a new view is
+    /// installed or every member confirms the view still works.
     pub fn quorum_lost(&mut self, now: Instant, wall: Timestamp) {
-        self.resumed_after_stall(now, wall);
+        self.release_vips();
+        self.fence(None, wall);
+        let _ = now;
     }
 
-    /// Ends a stall once every other member of the view answered this node's post-stall probe.
-    fn check_alive_probe(&mut self) {
-        let Some((_, acks)) = &self.stall_probe else { return };
+    /// Fences this node and sends a fresh probe; `release_at`: when to release the VIPs still held
+    /// if the probe is not answered by then (None: already released).
+    fn fence(&mut self, release_at: Option<Instant>, wall: Timestamp) {
+        // A second stall while the first is unconfirmed keeps the earlier deadline; once
+        // released, there is nothing left to release.
+        let release_at = match self.stall_probe {
+            Some((_, None)) => None,
+            Some((_, Some(old))) => release_at.map(|new| new.min(old)),
+            None => release_at,
+        };
+        self.stalled = true;
+        // Only a message sent now and answered by every member in this view proves it survived
+        // (anything queued before the stall may be from a dead view).
+        self.next_local += 1;
+        let probe = self.next_local;
+        self.stall_probe = Some((probe, release_at));
+        self.broadcast(Msg::Alive { from: self.cfg.local, probe, at: wall });
+    }
+
+    /// Marks a probe complete once every other member of the view answered it. Every node runs
+    /// this at the same point of the message order; the probing node unfences and runs the steps
+    /// it claimed while fenced.
+    fn check_probe(&mut self, node: NodeId, now: Instant, wall: Timestamp) {
         let Some(v) = &self.view else { return };
-        let all = v.member_set().iter().filter(|m| **m != self.cfg.local).all(|m| acks.contains(m));
-        if all {
+        let Some((probe, acks)) = self.probes.get(&node) else { return };
+        let all = v.member_set().iter().filter(|m| **m != node).all(|m| acks.contains(m));
+        if !all {
+            return;
+        }
+        let probe = *probe;
+        self.probes.remove(&node);
+        if node == self.cfg.local && self.stall_probe.is_some_and(|(p, _)| p == probe) {
             self.stalled = false;
             self.stall_probe = None;
-            self.replan_pending = true;
+            for (generation, step) in std::mem::take(&mut self.deferred_claims) {
+                if generation == self.generation && self.in_flight.contains(&(generation, step)) {
+                    self.execute(step, now, wall);
+                }
+            }
         }
     }
 
@@ -524,20 +604,21 @@ impl Engine {
         self.agreed_now = self.agreed_now.max(msg.at());
         match msg {
             Msg::Alive { from, probe, .. } => {
+                if self.view.as_ref().is_some_and(|v| v.members.contains(&from)) {
+                    self.probes.insert(from, (probe, BTreeSet::new()));
+                }
                 if from != self.cfg.local {
                     self.broadcast(Msg::AliveAck { from: self.cfg.local, to: from, probe, at: wall });
                 }
-                self.check_alive_probe();
+                self.check_probe(from, now, wall);
             }
             Msg::AliveAck { from, to, probe, .. } => {
-                if to == self.cfg.local {
-                    if let Some((p, acks)) = &mut self.stall_probe {
-                        if *p == probe {
-                            acks.insert(from);
-                        }
+                if let Some((p, acks)) = self.probes.get_mut(&to) {
+                    if *p == probe {
+                        acks.insert(from);
                     }
-                    self.check_alive_probe();
                 }
+                self.check_probe(to, now, wall);
             }
             Msg::Snapshot { from, epoch, resources, failures, operator, .. } => {
                 let Some(v) = &self.view else { return };
@@ -550,8 +631,8 @@ impl Engine {
                 }
             }
             Msg::Claim { from, generation, step, .. } => {
+                // Judged the same way on every node, fenced or not, so all stay in step.
                 let valid = self.synced
-                    && !self.stalled
                     && generation == self.generation
                     && !self.replan_pending
                     && step < self.plan.steps.len()
@@ -563,7 +644,13 @@ impl Engine {
                     self.claimed[step] = true;
                     self.in_flight.insert((generation, step));
                     if from == self.cfg.local {
-                        self.execute(step, now, wall);
+                        if self.stalled {
+                            // Claimed before the stall was noticed: run it once the view is confirmed
+                            // (a new view drops it, and everybody's plan with it).
+                            self.deferred_claims.push((generation, step));
+                        } else {
+                            self.execute(step, now, wall);
+                        }
                     }
                 }
             }
@@ -735,7 +822,9 @@ impl Engine {
     }
 
     fn progress(&mut self, now: Instant, wall: Timestamp) {
-        if self.synced && self.replan_pending && self.in_flight.is_empty() && !self.stalled {
+        // Planning is replicated and pure, so a fenced node plans too (it must stay at the same
+        // generation as everybody else); it only claims nothing until it is confirmed.
+        if self.synced && self.replan_pending && self.in_flight.is_empty() {
             let Some(view) = self.view.clone() else { return };
             let placement = self.compute_placement();
             let plan = transition::plan(&view, &placement, &self.cfg.resources, &self.constraints(), &self.current);
@@ -840,7 +929,8 @@ impl Engine {
     /// When the driver should call [`Engine::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let tick = if self.is_ticker() { self.next_tick } else { None };
-        [self.monitors.poll_timeout(), tick].into_iter().flatten().min()
+        let release = self.stall_probe.and_then(|(_, at)| at);
+        [self.monitors.poll_timeout(), tick, release].into_iter().flatten().min()
     }
 
     fn is_ticker(&self) -> bool {
@@ -850,6 +940,13 @@ impl Engine {
 
     /// Timers: due monitors, monitor timeouts, agreed-time ticks.
     pub fn handle_timeout(&mut self, now: Instant, wall: Timestamp) {
+        if let Some((probe, Some(at))) = self.stall_probe {
+            if now >= at {
+                // Nobody confirmed the view in time: it may be dead, and the VIPs taken over.
+                self.release_vips();
+                self.stall_probe = Some((probe, None));
+            }
+        }
         for req in self.monitors.poll_due(now) {
             self.out.push_back(Output::RunMonitor(req));
         }

@@ -219,6 +219,7 @@ pub fn node_setup(
             monitor_interval: cfg.defaults.monitor_interval.get(),
             monitor_timeout: cfg.defaults.monitor_timeout.get(),
             tick_every: Duration::from_secs(1),
+            stall_confirm: EngineConfig::DEFAULT_STALL_CONFIRM,
         },
         agents,
         vips,

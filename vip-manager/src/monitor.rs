@@ -160,6 +160,16 @@ impl MonitorScheduler {
         Self::complete(e, rsc, node, outcome, now)
     }
 
+    /// This process did not run for a while (a stall): time it spent frozen is not the agent's,
+    /// so every in-flight monitor gets its whole timeout again from `now`.
+    pub fn stalled(&mut self, now: Instant) {
+        for e in self.entries.values_mut() {
+            if let Phase::InFlight { deadline } = &mut e.phase {
+                *deadline = (*deadline).max(now + e.timeout);
+            }
+        }
+    }
+
     /// Fails every in-flight monitor whose deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<MonitorEvent> {
         let mut out = Vec::new();
@@ -255,6 +265,20 @@ mod tests {
         assert_eq!((s2.runs, s2.failures, s2.consecutive_failures), (1, 1, 1));
         let s1 = m.stats(&r("a"), NodeId(1)).unwrap();
         assert_eq!((s1.runs, s1.failures), (1, 0));
+    }
+
+    #[test]
+    fn a_stall_rearms_in_flight_timeouts() {
+        let t0 = Instant::now();
+        let mut m = MonitorScheduler::new();
+        let r = ResourceId::new("lb");
+        m.start(&r, NodeId(1), S, S, t0);
+        assert_eq!(m.poll_due(t0 + S).len(), 1);
+        // Frozen for 10 s with the monitor in flight: its result is still in the queue.
+        m.stalled(t0 + 11 * S);
+        assert!(m.handle_timeout(t0 + 11 * S).is_empty());
+        assert_eq!(m.on_result(&r, NodeId(1), MonitorOutcome::Running, t0 + 11 * S), None);
+        assert_eq!(m.stats(&r, NodeId(1)).map(|s| s.failures), Some(0));
     }
 
     #[test]

@@ -101,6 +101,7 @@ mod tests {
             monitor_interval: Duration::from_secs(10),
             monitor_timeout: Duration::from_secs(10),
             tick_every: Duration::from_secs(1),
+            stall_confirm: EngineConfig::DEFAULT_STALL_CONFIRM,
         };
         let mut e = Engine::new(cfg);
         let now = Instant::now();

@@ -89,6 +89,7 @@ fn driver_runs_a_single_node_cluster() {
         monitor_interval: Duration::from_millis(200),
         monitor_timeout: Duration::from_secs(2),
         tick_every: Duration::from_secs(1),
+        stall_confirm: EngineConfig::DEFAULT_STALL_CONFIRM,
     };
     let cfg = DriverConfig {
         lease: Lease::new(Duration::from_secs(2)),

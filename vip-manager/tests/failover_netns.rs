@@ -141,6 +141,7 @@ fn start_node(id: u32, ns: &str, hub: &Arc<Hub>) -> NodeHandle {
                 monitor_interval: Duration::from_millis(500),
                 monitor_timeout: Duration::from_secs(2),
                 tick_every: Duration::from_secs(1),
+                stall_confirm: EngineConfig::DEFAULT_STALL_CONFIRM,
             };
             let cfg = DriverConfig {
                 lease: Lease::new(Duration::from_secs(2)),

@@ -28,6 +28,8 @@ const LEASE_MS: u64 = 2000;
 const RELEASE_BOUND_MS: u64 = 10;
 /// A daemon whose timers fire this late knows it was stopped (below the detection delay).
 const STALL_THRESHOLD_MS: u64 = 15;
+/// How long a resumed daemon keeps its VIPs while its view is confirmed.
+const STALL_CONFIRM_MS: u64 = 20;
 
 struct Rng(u64);
 impl Rng {
@@ -173,6 +175,7 @@ impl Sim {
             monitor_interval: Duration::from_millis(200),
             monitor_timeout: Duration::from_millis(100),
             tick_every: Duration::from_millis(500),
+            stall_confirm: Duration::from_millis(STALL_CONFIRM_MS),
         }
     }
 
@@ -492,7 +495,12 @@ impl Sim {
                 self.pump(node);
             }
             Ev::MonitorDone { node, rsc, incarnation } => {
-                if self.incarnation[&node] != incarnation || self.nodes[&node].daemon != Daemon::Up {
+                if self.incarnation[&node] != incarnation || self.nodes[&node].daemon == Daemon::Down {
+                    return true;
+                }
+                if self.nodes[&node].daemon == Daemon::Frozen {
+                    // The result waits in the frozen daemon's queue.
+                    self.schedule(self.now + 5, Ev::MonitorDone { node, rsc, incarnation });
                     return true;
                 }
                 let outcome = if self.nodes[&node].lb_broken && rsc.0 == "lb" {
@@ -529,6 +537,7 @@ impl Sim {
                 }
             }
         }
+        self.renew_leases();
         // Graceful stops finish when the node holds nothing.
         let done: Vec<NodeId> = self
             .nodes
@@ -546,6 +555,48 @@ impl Sim {
         }
         self.check();
         true
+    }
+
+    /// The driver's lease keeper: a running daemon renews its VIPs' leases while its engine allows
+    /// it, stops renewing when it does not, and reports a lease that ran out as a lost resource.
+    fn renew_leases(&mut self) {
+        let now = self.now;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let n = &self.nodes[&id];
+            if n.daemon != Daemon::Up {
+                continue;
+            }
+            let Some(e) = n.engine.as_ref() else { continue };
+            let allowed = e.renewals_allowed();
+            let mut lost = Vec::new();
+            for (rsc, h) in self.holders.iter_mut() {
+                match h.get(&id).copied() {
+                    Some(x) if x <= now => {
+                        h.remove(&id);
+                        lost.push(rsc.clone());
+                    }
+                    Some(x) if allowed => {
+                        let _ = x;
+                        h.insert(id, u64::MAX);
+                    }
+                    Some(u64::MAX) => {
+                        h.insert(id, now + LEASE_MS);
+                    }
+                    _ => {}
+                }
+            }
+            if lost.is_empty() {
+                continue;
+            }
+            let wall = self.wall();
+            if let Some(e) = self.nodes.get_mut(&id).unwrap().engine.as_mut() {
+                for r in &lost {
+                    e.resource_lost(r, wall);
+                }
+            }
+            self.pump(id);
+        }
     }
 
     fn fail(&self, what: String) -> ! {
@@ -568,7 +619,11 @@ impl Sim {
             for h in &holders {
                 let n = &self.nodes[h];
                 if n.daemon == Daemon::Up {
-                    if let Some((v, _)) = &n.view {
+                    // A node installing a view that does not continue its own (it was frozen while
+                    // the others moved on) releases as it installs it: allow the removal's latency.
+                    if let Some((v, since)) = &n.view
+                        && self.now > since + RELEASE_BOUND_MS.min(1)
+                    {
                         by_epoch.entry(v.epoch).or_default().push(*h);
                     }
                 }
@@ -642,6 +697,15 @@ impl Sim {
                 self.fail(format!("{rsc}: holders {holders:?}, placement {target:?}"));
             }
         }
+        // Every engine is at the same point of the same plan (a node that fell out of step would
+        // ignore the others' claims and stall every handover that needs it).
+        let generations: Vec<_> = engines.iter().map(|e| e.status().generation).collect();
+        if generations.iter().any(|g| *g != generations[0]) {
+            self.fail(format!("plan generations differ: {generations:?}"));
+        }
+        if let Some(e) = engines.iter().find(|e| e.status().fenced) {
+            self.fail(format!("node {} still fenced after settling", e.local()));
+        }
         let st = engines[0].status();
         let lb: Vec<NodeId> = st.current.nodes(&ResourceId::new("lb")).map(|(n, _)| n).collect();
         if lb != vec![p.target(&ResourceId::new("vip")).unwrap()] {
@@ -700,4 +764,153 @@ fn graceful_stop_hands_over_within_one_round_trip() {
     // lb must move first (colocation), so allow a handful of message/action latencies.
     assert!(t - t0 <= 40, "handover took {} ms of simulated time", t - t0);
     let _ = OperatorCmd::Maintenance(false);
+}
+
+impl Sim {
+    /// A three-node cluster without random faults, settled with one VIP holder.
+    fn settled(seed: u64) -> (Sim, NodeId) {
+        let mut s = Sim::new(seed);
+        s.faults_left = 0;
+        s.queue.retain(|Reverse((_, _, ix))| !matches!(s.events[*ix], Some(Ev::Fault)));
+        while s.now < 2000 && s.step() {}
+        let old = s.live_holders(&ResourceId::new("vip"));
+        assert_eq!(old.len(), 1, "seed {seed}: settled holder");
+        (s, old[0])
+    }
+
+    fn run_until(&mut self, t: u64) {
+        while self.now < t && self.step() {}
+        // Nothing left to happen (every daemon frozen): time still passes.
+        self.now = self.now.max(t);
+    }
+
+    /// Advances to `t`, recording every node that held `rsc` at some point.
+    fn run_watching(&mut self, t: u64, rsc: &ResourceId) -> BTreeSet<NodeId> {
+        let mut seen = BTreeSet::new();
+        while self.now < t && self.step() {
+            seen.extend(self.live_holders(rsc));
+        }
+        seen
+    }
+
+    /// Stops `node` gracefully; returns how long until another node held the VIP (None: not
+    /// within a second).
+    fn graceful_handover(&mut self, node: NodeId) -> Option<u64> {
+        let vip = ResourceId::new("vip");
+        let wall = self.wall();
+        let n = self.nodes.get_mut(&node).unwrap();
+        n.shutting_down = true;
+        n.engine.as_mut().unwrap().begin_shutdown(wall);
+        self.pump(node);
+        let t0 = self.now;
+        while self.now < t0 + 1000 && self.step() {
+            if self.live_holders(&vip).iter().any(|n| *n != node) {
+                return Some(self.now - t0);
+            }
+        }
+        None
+    }
+}
+
+/// Regression (bench: `stop,graceful`, ~1 cycle in 10 handed over only after the 3 s stop
+/// deadline): a node that noticed a stall while its view stayed intact ignored the claims it saw
+/// while fenced and replanned alone when its probe was answered, so its plan generation ran one
+/// ahead of everybody else's; every later handover that needed a step of it stalled until the next
+/// view change.
+#[test]
+fn a_short_stall_leaves_every_node_in_step() {
+    for seed in 1..=20 {
+        for stalled in [1, 2, 3].map(NodeId) {
+            let (mut s, holder) = Sim::settled(seed);
+            // Frozen for longer than the stall threshold, thawed before any view change.
+            s.freeze(stalled);
+            let t = s.now + STALL_THRESHOLD_MS + 5;
+            s.run_until(t);
+            s.thaw(stalled);
+            s.run_until(t + 100);
+            let gens: Vec<_> = s.nodes.values().filter_map(|n| n.engine.as_ref()).map(|e| e.status().generation).collect();
+            assert!(gens.iter().all(|g| *g == gens[0]), "seed {seed}, {stalled} stalled: generations {gens:?}");
+            assert!(s.nodes.values().all(|n| !n.engine.as_ref().unwrap().status().fenced), "seed {seed}: still fenced");
+            let took = s.graceful_handover(holder);
+            // Agents are sometimes slow in this simulation (up to 400 ms per step); stuck is None.
+            assert!(
+                took.is_some(),
+                "seed {seed}, {stalled} stalled, {holder} stopped: handover took {took:?} ms\n{}",
+                s.log.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+/// The bench sequence: the holder is stopped long enough to be replaced, thawed (it rejoins), and
+/// then the new holder is stopped gracefully, which needs the thawed node in every plan.
+#[test]
+fn graceful_stop_after_a_stop_cont_cycle_hands_over() {
+    for seed in 1..=20 {
+        let (mut s, first) = Sim::settled(seed);
+        let vip = ResourceId::new("vip");
+        s.freeze(first);
+        let t = s.now + 30;
+        s.schedule(t, Ev::ViewChange);
+        s.run_until(t + 600);
+        let second = s.live_holders(&vip).into_iter().find(|n| *n != first).expect("taken over");
+        s.thaw(first);
+        let t = s.now + 20;
+        s.schedule(t, Ev::ViewChange);
+        s.run_until(t + 300);
+        let took = s.graceful_handover(second);
+        assert!(took.is_some(), "seed {seed}: no handover within a second");
+    }
+}
+
+/// A stall of the whole machine (every daemon frozen at once for 1.1 s, membership included, so
+/// no view changes): every node notices the stall, but the view is confirmed at once and nobody
+/// releases or moves anything.
+#[test]
+fn a_whole_machine_stall_moves_nothing() {
+    for seed in 1..=20 {
+        let (mut s, holder) = Sim::settled(seed);
+        let vip = ResourceId::new("vip");
+        let ids: Vec<NodeId> = s.nodes.keys().copied().collect();
+        for id in &ids {
+            s.freeze(*id);
+        }
+        let t = s.now + 1100;
+        s.run_until(t);
+        let log_from = s.log.len();
+        for id in &ids {
+            s.thaw(*id);
+        }
+        let seen = s.run_watching(s.now + 3000, &vip);
+        assert_eq!(seen, BTreeSet::from([holder]), "seed {seed}: holders during recovery");
+        let released: Vec<&String> = s.log[log_from..].iter().filter(|l| l.contains("RemoveVip")).collect();
+        assert!(released.is_empty(), "seed {seed}: released after a whole-machine stall: {released:?}");
+        assert_eq!(s.live_holders(&vip), vec![holder], "seed {seed}: lease renewed after the stall");
+    }
+}
+
+/// The holder alone was frozen and replaced: on waking it gets no confirmation (its view is
+/// dead) and releases within the confirmation window; it never holds the VIP in the view that
+/// follows.
+#[test]
+fn a_replaced_holder_releases_within_the_confirmation_window() {
+    for seed in 1..=20 {
+        let (mut s, holder) = Sim::settled(seed);
+        let vip = ResourceId::new("vip");
+        s.freeze(holder);
+        let t = s.now + 30;
+        s.schedule(t, Ev::ViewChange);
+        s.run_until(t + 200);
+        // Thawed while the others' view (without it) is still installed: nothing confirms its view.
+        s.thaw(holder);
+        let woke = s.now;
+        let mut released_at = None;
+        while s.now < woke + 200 && s.step() {
+            if released_at.is_none() && !s.live_holders(&vip).contains(&holder) {
+                released_at = Some(s.now);
+            }
+        }
+        let r = released_at.expect("released");
+        assert!(r - woke <= STALL_CONFIRM_MS + 2, "seed {seed}: released {} ms after waking", r - woke);
+    }
 }

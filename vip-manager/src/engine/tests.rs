@@ -17,6 +17,7 @@ fn cfg(local: u32, size: usize) -> EngineConfig {
         monitor_interval: Duration::from_secs(1),
         monitor_timeout: Duration::from_millis(500),
         tick_every: Duration::from_secs(1),
+        stall_confirm: EngineConfig::DEFAULT_STALL_CONFIRM,
     }
 }
 
@@ -83,16 +84,55 @@ fn stale_views_and_claims_are_ignored() {
 }
 
 #[test]
-fn stall_releases_vips_until_the_view_proves_alive() {
+fn a_stall_confirmed_by_the_view_keeps_the_vip() {
     let now = Instant::now();
     let mut e = Engine::new(cfg(1, 1));
     e.view_installed(View { epoch: 1, members: vec![NodeId(1)], quorate: true }, now, Timestamp(1));
     settle(&mut e, now);
     e.resumed_after_stall(now, Timestamp(5));
+    assert!(e.status().fenced);
+    assert!(!e.renewals_allowed(), "no renewal while fenced");
+    // Its own Alive comes back in the intact view (no other member to ask): confirmed.
     let acts = settle(&mut e, now);
-    // Released, then (its own Done delivered in the intact view) planned and added back.
-    assert!(matches!(acts[0], Action::RemoveVip { .. }), "{acts:?}");
-    assert!(acts.iter().any(|a| matches!(a, Action::AddVip { .. })), "{acts:?}");
+    assert!(acts.is_empty(), "nothing released or re-added: {acts:?}");
+    assert!(!e.status().fenced);
+    assert!(e.renewals_allowed());
+}
+
+#[test]
+fn an_unconfirmed_stall_releases_at_the_deadline() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(1, 3));
+    e.view_installed(View { epoch: 1, members: vec![NodeId(1), NodeId(2)], quorate: true }, now, Timestamp(1));
+    // Node 2 holds nothing and answers nothing; make node 1 the holder by hand.
+    while e.poll_output().is_some() {}
+    e.local_state.insert(ResourceId::new("vip"), RunState::Running);
+    e.resumed_after_stall(now, Timestamp(5));
+    assert!(matches!(e.poll_output(), Some(Output::Broadcast(Msg::Alive { .. }))));
+    assert!(e.poll_output().is_none(), "kept while asking");
+    let deadline = e.poll_timeout().expect("a release deadline");
+    assert_eq!(deadline, now + EngineConfig::DEFAULT_STALL_CONFIRM);
+    e.handle_timeout(deadline, Timestamp(6));
+    assert!(matches!(e.poll_output(), Some(Output::Execute { action: Action::RemoveVip { .. }, .. })));
+}
+
+#[test]
+fn a_view_change_during_an_unconfirmed_stall_releases_unless_it_continues_the_view() {
+    let now = Instant::now();
+    let two = vec![NodeId(1), NodeId(2)];
+    let three = vec![NodeId(1), NodeId(2), NodeId(3)];
+    for (next, releases) in [(View { epoch: 2, members: three.clone(), quorate: true }, false),
+                             (View { epoch: 3, members: three.clone(), quorate: true }, true)] {
+        let mut e = Engine::new(cfg(1, 3));
+        e.view_installed(View { epoch: 1, members: two.clone(), quorate: true }, now, Timestamp(1));
+        e.local_state.insert(ResourceId::new("vip"), RunState::Running);
+        e.resumed_after_stall(now, Timestamp(5));
+        while e.poll_output().is_some() {}
+        e.view_installed(next.clone(), now, Timestamp(6));
+        let released = std::iter::from_fn(|| e.poll_output())
+            .any(|o| matches!(o, Output::Execute { action: Action::RemoveVip { .. }, .. }));
+        assert_eq!(released, releases, "{next:?}");
+    }
 }
 
 #[test]
