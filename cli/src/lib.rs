@@ -3,6 +3,7 @@
 //! them directly.
 
 pub mod balancer;
+pub mod bench_membership;
 pub mod cluster;
 pub mod config;
 pub mod control;

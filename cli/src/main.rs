@@ -136,6 +136,9 @@ enum BalancerCommand {
         #[arg(required = true, num_args = 1..)]
         words: Vec<String>,
     },
+    /// Hitless reload: check the config (a bad one changes nothing), then a new balancer process
+    /// takes over the listeners and every established tcp-mode session; the old one exits.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +179,25 @@ enum BenchCommand {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Membership: detection time after kill -9 and false view changes under 5% / 10% loss and a
+    /// CPU hog, hastack vs Corosync 3 (defaults and its lowest stable token) in one lab.
+    Membership {
+        /// kill -9 runs per stack.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Seconds of each loss window (5% and 10%).
+        #[arg(long, default_value_t = 20)]
+        loss_secs: u64,
+        /// Seconds of the CPU hog window.
+        #[arg(long, default_value_t = 20)]
+        hog_secs: u64,
+        /// Corosync tokens (ms) tried, descending, for the lowest stable token at 5% loss.
+        #[arg(long, default_value = "1000,500,300,200,100")]
+        tokens: String,
+        /// Measure hastack only.
+        #[arg(long)]
+        no_corosync: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +232,9 @@ fn main() -> ExitCode {
         Command::Demo { cycles, faults } => failover(cycles, &faults, true, None, None),
         Command::Bench { command: BenchCommand::Failover { cycles, faults, keepalived, svg } } => {
             failover(cycles, &faults, false, keepalived.as_deref(), svg)
+        }
+        Command::Bench { command: BenchCommand::Membership { runs, loss_secs, hog_secs, tokens, no_corosync } } => {
+            bench_membership(runs, loss_secs, hog_secs, &tokens, no_corosync)
         }
     };
     match result {
@@ -332,6 +357,24 @@ fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&
     Ok(())
 }
 
+fn bench_membership(runs: usize, loss_secs: u64, hog_secs: u64, tokens: &str, no_corosync: bool) -> anyhow::Result<()> {
+    let tokens = tokens
+        .split(',')
+        .map(|t| t.trim().parse::<u32>().with_context(|| format!("token \"{t}\" is not a number of ms")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = hastack::bench_membership::Options {
+        runs: runs.clamp(1, 100),
+        loss_secs: loss_secs.clamp(1, 300),
+        hog_secs: hog_secs.clamp(1, 300),
+        corosync: !no_corosync,
+        tokens,
+    };
+    let binary = std::env::current_exe().context("locating the hastack binary")?;
+    let report = hastack::bench_membership::run(&binary, &opts)?;
+    print!("{}", hastack::bench_membership::render(&report));
+    Ok(())
+}
+
 fn text_query(path: &std::path::Path, socket: Option<PathBuf>, req: Request, json: bool) -> anyhow::Result<()> {
     let cfg = hastack::config::load(path).ok();
     let v = query_daemon(cfg.as_ref(), socket, &req)?;
@@ -410,7 +453,17 @@ fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow:
             let cfg = load(path)?;
             hastack::logging::init_with(cfg.log_level(), cfg.log_format());
             let bal = cfg.balancer.as_ref().context("the config has no [balancer] section")?;
-            hastack::balancer::run(bal, balancer_socket(Some(&cfg)))
+            hastack::balancer::run(path, bal, balancer_socket(Some(&cfg)))
+        }
+        Some(BalancerCommand::Reload) => {
+            // Checked here too, so the reasons print even when the daemon is not running.
+            let cfg = load(path)?;
+            let answer = hastack::balancer::query(&balancer_socket(Some(&cfg)), "reload")?;
+            print!("{answer}");
+            if answer.starts_with("reload failed") {
+                anyhow::bail!("reload failed");
+            }
+            Ok(())
         }
         Some(BalancerCommand::Ctl { words }) => {
             let cfg = hastack::config::load(path).ok();
