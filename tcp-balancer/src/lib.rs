@@ -2,6 +2,8 @@
 //!
 //! - [`balance`]: balancing algorithms over a server table (pure code).
 //! - [`handover`]: listening sockets passed to a new process on reload (SCM_RIGHTS).
+//! - [`http`]: mode http (HTTP/1.1 keep-alive, chunked, Upgrade, routing by host/path, monitor-uri).
+//! - [`tls`]: TLS termination on a frontend (http mode and tcp mode).
 //! - [`health`]: HAProxy-style health-check state machine (sans-IO) and check conversations.
 //! - [`checker`]: the tokio task that runs health checks (TCP, HTTP, HTTPS, TLS hello, MySQL).
 //! - [`from_config`]: maps the `[balancer]` config section onto the runtime's structs.
@@ -19,6 +21,7 @@ pub mod from_config;
 pub mod checker;
 pub mod handover;
 pub mod health;
+pub mod http;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
@@ -26,3 +29,4 @@ pub mod router;
 pub mod runtime;
 pub mod sni;
 pub mod stats;
+pub mod tls;

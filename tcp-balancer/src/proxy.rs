@@ -41,6 +41,13 @@ use crate::proxy_protocol::{self, Header, Version as ProxyVersion};
 use crate::handover::{HandedSession, Outgoing};
 use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side, Stop, relay_state};
 
+// Server legs for sessions relayed elsewhere (http mode, TLS termination); a child module so it
+// shares the backend's private state.
+#[path = "http/lease.rs"]
+mod lease;
+pub(crate) use lease::read_proxy;
+pub use lease::{KillSignal, Lease, LeaseError, tune_client};
+
 /// Session timeouts (HAProxy's `timeout` keywords).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -295,7 +302,7 @@ pub struct Counters {
     killed: AtomicU64,
     timeouts: AtomicU64,
     rebalanced: AtomicU64,
-
+    http: crate::http::HttpCounters,
 }
 
 impl Counters {
@@ -321,7 +328,7 @@ impl Counters {
             killed: g(&self.killed),
             timeouts: g(&self.timeouts),
             rebalanced: g(&self.rebalanced),
-
+            http: self.http.snapshot(),
         }
     }
 }
@@ -351,7 +358,8 @@ pub struct CounterSnapshot {
     pub timeouts: u64,
     /// Sessions shed by long-lived connection rebalancing.
     pub rebalanced: u64,
-
+    /// HTTP requests and responses by class (http mode).
+    pub http: crate::http::HttpSnapshot,
 }
 
 /// Backend-level queue and failure counters.

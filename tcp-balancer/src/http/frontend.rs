@@ -1,0 +1,463 @@
+//! An http-mode frontend: listeners, TLS termination, routing to several backends, the idle
+//! server connection pools, counters and drain.
+//!
+//! Frontend lifecycle: **start** (every backend started without a listener, health checks
+//! running; listeners bound or inherited) → **serving** (accept below maxconn; each connection
+//! is [`super::session::serve`]d) → **drain** (stop accepting, idle keep-alive connections
+//! close at once, in-flight exchanges finish within the grace, the rest are killed, backends
+//! stopped).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::answer::Answer;
+use super::io::Client;
+use super::route::HttpRoute;
+use crate::proxy::{
+    FrontendConfig, Keepalive, Proxy, ProxyConfig, ProxyError, Stats, bind_addr, next_connection, read_proxy, tune_client,
+};
+use crate::proxy_protocol::Header;
+use crate::relay::RelayMode;
+
+/// Timeouts of an http frontend (HAProxy's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// `timeout http-request`: a whole request head must arrive within this.
+    pub http_request: Duration,
+    /// `timeout http-keep-alive`: longest wait for the next request on a kept connection.
+    pub http_keep_alive: Duration,
+    /// `timeout client`: client inactivity while a body or response is passed.
+    pub client: Duration,
+    /// `timeout server`: server inactivity, including the wait for a response head.
+    pub server: Duration,
+    /// `timeout tunnel`: inactivity of an upgraded connection (default: the larger of client/server).
+    pub tunnel: Option<Duration>,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        Self {
+            http_request: Duration::from_secs(10),
+            http_keep_alive: Duration::from_secs(10),
+            client: Duration::from_secs(20),
+            server: Duration::from_secs(20),
+            tunnel: None,
+        }
+    }
+}
+
+/// An http-mode frontend with its backends.
+#[derive(Debug, Clone)]
+pub struct HttpFrontendConfig {
+    /// Listening side (name, binds, maxconn, accept-proxy).
+    pub frontend: FrontendConfig,
+    /// Backends; their frontend part only names them in stats (it is not bound).
+    pub backends: Vec<ProxyConfig>,
+    /// Routes in order, indexing `backends`.
+    pub routes: Vec<HttpRoute>,
+    /// Backend of requests no route matches (`None`: 503).
+    pub default: Option<usize>,
+    /// Path answered locally: 200 when the default backend (or else any) has a usable server.
+    pub monitor_uri: Option<String>,
+    /// Add `X-Forwarded-For` with the client's address.
+    pub forwarded_for: bool,
+    /// Timeouts.
+    pub timeouts: HttpTimeouts,
+    /// Keepalive on client legs.
+    pub keepalive: Option<Keepalive>,
+    /// Splice or copy for upgraded connections.
+    pub relay: RelayMode,
+    /// Terminate TLS with this config.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl HttpFrontendConfig {
+    /// One backend of `servers` behind `bind`, HAProxy-like defaults, no TLS (for tests and tools).
+    pub fn simple(bind: SocketAddr, servers: Vec<(String, SocketAddr)>) -> Self {
+        let backend = ProxyConfig::simple(bind, servers);
+        Self {
+            frontend: backend.frontend.clone(),
+            backends: vec![backend],
+            routes: Vec::new(),
+            default: Some(0),
+            monitor_uri: None,
+            forwarded_for: false,
+            timeouts: HttpTimeouts::default(),
+            keepalive: None,
+            relay: RelayMode::Splice,
+            tls: None,
+        }
+    }
+}
+
+/// Most idle connections kept per server.
+const MAX_IDLE_PER_SERVER: usize = 64;
+
+/// Idle keep-alive connections to the servers of one backend, newest reused first.
+pub(crate) struct Pool {
+    idle: Mutex<Vec<Vec<(TcpStream, Instant)>>>,
+    max_age: Duration,
+    reused: AtomicU64,
+}
+
+impl Pool {
+    fn new(servers: usize, max_age: Duration) -> Self {
+        Self { idle: Mutex::new((0..servers).map(|_| Vec::new()).collect()), max_age, reused: AtomicU64::new(0) }
+    }
+
+    /// A live idle connection to server `idx`, if one is kept.
+    pub(crate) fn take(&self, idx: usize) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(idx)?;
+        while let Some((s, since)) = list.pop() {
+            if since.elapsed() >= self.max_age {
+                continue;
+            }
+            // Alive and silent: reading must block. A FIN, reset or stray bytes disqualify it.
+            let mut probe = [0u8; 1];
+            match s.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                    return Some(s);
+                }
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose exchange ended cleanly.
+    pub(crate) fn put(&self, idx: usize, s: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = idle.get_mut(idx) else { return };
+        let max_age = self.max_age;
+        list.retain(|(_, since)| since.elapsed() < max_age);
+        if list.len() >= MAX_IDLE_PER_SERVER {
+            list.remove(0);
+        }
+        list.push((s, Instant::now()));
+    }
+
+    fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().for_each(Vec::clear);
+    }
+
+    fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).iter().map(Vec::len).sum()
+    }
+}
+
+/// Frontend-level HTTP counters.
+#[derive(Debug, Default)]
+pub(crate) struct FrontCounters {
+    pub(crate) connections: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) bad_requests: AtomicU64,
+    pub(crate) request_timeouts: AtomicU64,
+    pub(crate) no_route: AtomicU64,
+    pub(crate) monitor: AtomicU64,
+    pub(crate) upgrades: AtomicU64,
+    pub(crate) reused: AtomicU64,
+    pub(crate) connect_failed: AtomicU64,
+    pub(crate) tls_failed: AtomicU64,
+    pub(crate) bad_proxy_header: AtomicU64,
+    answers: [AtomicU64; 6],
+}
+
+impl FrontCounters {
+    pub(crate) fn generated(&self, a: Answer) {
+        let i = match a {
+            Answer::MonitorOk => return,
+            Answer::BadRequest => 0,
+            Answer::RequestTimeout => 1,
+            Answer::BadGateway => 2,
+            Answer::ServiceUnavailable => 3,
+            Answer::GatewayTimeout => 4,
+        };
+        self.answers[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A point-in-time copy of an http frontend's own counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HttpFrontendStats {
+    /// Client connections accepted.
+    pub connections: u64,
+    /// Request heads received (monitor-uri and rejected ones included).
+    pub requests: u64,
+    /// Malformed requests (answered 400).
+    pub bad_requests: u64,
+    /// Requests cut by `timeout http-request` (answered 408).
+    pub request_timeouts: u64,
+    /// Requests no route matched, with no default backend (503).
+    pub no_route: u64,
+    /// monitor-uri requests answered.
+    pub monitor: u64,
+    /// Connections upgraded to a tunnel (WebSocket, SPDY).
+    pub upgrades: u64,
+    /// Requests sent on a reused idle server connection.
+    pub reused: u64,
+    /// Requests for which no server connection could be made (503).
+    pub connect_failed: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: u64,
+    /// Missing or malformed PROXY headers (accept-proxy).
+    pub bad_proxy_header: u64,
+    /// Answers generated by the balancer: 400, 408, 502, 503, 504.
+    pub generated: [u64; 5],
+    /// Idle server connections kept now.
+    pub idle_server_connections: usize,
+}
+
+/// Shared state of a running http frontend.
+pub(crate) struct Front {
+    pub(crate) cfg: HttpFrontendConfig,
+    pub(crate) backends: Vec<Arc<Proxy>>,
+    pub(crate) pools: Vec<Pool>,
+    pub(crate) counters: FrontCounters,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) kill: watch::Sender<u64>,
+    pub(crate) relay_mode: RelayMode,
+    alive: AtomicUsize,
+    idle: Notify,
+}
+
+impl Front {
+    /// monitor-uri: the default backend (or, without one, any backend) has a usable server.
+    pub(crate) fn monitor_ok(&self) -> bool {
+        match self.cfg.default {
+            Some(i) => self.backends[i].has_usable_server(),
+            None => self.backends.iter().any(|b| b.has_usable_server()),
+        }
+    }
+}
+
+/// A running http-mode frontend.
+pub struct HttpFrontend {
+    front: Arc<Front>,
+    locals: Vec<SocketAddr>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    handover: Mutex<Vec<(SocketAddr, std::os::fd::OwnedFd)>>,
+}
+
+impl std::fmt::Debug for HttpFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpFrontend").field("name", &self.front.cfg.frontend.name).field("locals", &self.locals).finish_non_exhaustive()
+    }
+}
+
+impl Drop for HttpFrontend {
+    fn drop(&mut self) {
+        self.front.stop.send_replace(true);
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl HttpFrontend {
+    /// Binds the listeners and starts every backend.
+    pub async fn start(cfg: HttpFrontendConfig) -> Result<Self, ProxyError> {
+        Self::start_inheriting(cfg, &mut Vec::new())
+    }
+
+    /// Like [`HttpFrontend::start`], on listeners handed over by the previous process where the
+    /// address matches (taken out of `inherited`).
+    pub fn start_inheriting(
+        mut cfg: HttpFrontendConfig,
+        inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Self, ProxyError> {
+        let mut backends = Vec::with_capacity(cfg.backends.len());
+        let mut pools = Vec::with_capacity(cfg.backends.len());
+        let max_age = cfg.timeouts.http_keep_alive.max(Duration::from_millis(100));
+        for b in std::mem::take(&mut cfg.backends) {
+            let p = Proxy::start_with_listeners(b, Vec::new())?;
+            pools.push(Pool::new(p.server_count(), max_age));
+            backends.push(Arc::new(p));
+        }
+        let fe = cfg.frontend.clone();
+        let addrs: Vec<SocketAddr> = std::iter::once(fe.bind).chain(fe.extra_binds.iter().copied()).collect();
+        let listeners = crate::handover::take_or_bind(&addrs, inherited, |a| bind_addr(&fe, a))
+            .map_err(|source| ProxyError::Bind { frontend: fe.name.clone(), addr: fe.bind, source })?;
+        let locals: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let handover = listeners
+            .iter()
+            .zip(&locals)
+            .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
+            .collect();
+        let relay_mode = cfg.relay;
+        let front = Arc::new(Front {
+            cfg,
+            backends,
+            pools,
+            counters: FrontCounters::default(),
+            stop: watch::channel(false).0,
+            kill: watch::channel(0).0,
+            relay_mode,
+            alive: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let sem = Arc::new(Semaphore::new(fe.maxconn.max(1)));
+        let tasks = listeners.into_iter().map(|l| tokio::spawn(accept_loop(front.clone(), l, sem.clone()))).collect();
+        Ok(Self { front, locals, tasks: Mutex::new(tasks), handover: Mutex::new(handover) })
+    }
+
+    /// Every bound address, `bind` first.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
+    }
+
+    /// The first bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.locals.first().copied().unwrap_or(self.front.cfg.frontend.bind)
+    }
+
+    /// Frontend name.
+    pub fn name(&self) -> &str {
+        &self.front.cfg.frontend.name
+    }
+
+    /// The backends, in config order (for admin commands and stats).
+    pub fn backends(&self) -> &[Arc<Proxy>] {
+        &self.front.backends
+    }
+
+    /// One `show stat` snapshot per backend (request and response counters included).
+    pub fn stats(&self) -> Vec<Stats> {
+        self.front.backends.iter().map(|b| b.stats()).collect()
+    }
+
+    /// This frontend's own HTTP counters.
+    pub fn http_stats(&self) -> HttpFrontendStats {
+        let c = &self.front.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HttpFrontendStats {
+            connections: g(&c.connections),
+            requests: g(&c.requests),
+            bad_requests: g(&c.bad_requests),
+            request_timeouts: g(&c.request_timeouts),
+            no_route: g(&c.no_route),
+            monitor: g(&c.monitor),
+            upgrades: g(&c.upgrades),
+            reused: g(&c.reused),
+            connect_failed: g(&c.connect_failed),
+            tls_failed: g(&c.tls_failed),
+            bad_proxy_header: g(&c.bad_proxy_header),
+            generated: [0, 1, 2, 3, 4].map(|i| g(&c.answers[i])),
+            idle_server_connections: self.front.pools.iter().map(Pool::len).sum(),
+        }
+    }
+
+    /// Duplicates of the listening sockets (to hand over on reload).
+    pub fn dup_listener_fds(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        let h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().filter_map(|(a, fd)| fd.try_clone().ok().map(|d| (*a, d))).collect()
+    }
+
+    /// Graceful drain: stop accepting, close idle connections, let exchanges and tunnels finish
+    /// for up to `grace`, then close the rest and stop the backends. Returns how many client
+    /// connections were closed by force.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let fe = self.front.clone();
+        fe.stop.send_replace(true);
+        self.handover.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        let deadline = Instant::now() + grace;
+        while fe.alive.load(Ordering::Acquire) > 0 {
+            let notified = fe.idle.notified();
+            if fe.alive.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let forced = fe.alive.load(Ordering::Acquire);
+        if forced > 0 {
+            fe.kill.send_modify(|g| *g += 1);
+            let end = Instant::now() + Duration::from_secs(2);
+            while fe.alive.load(Ordering::Acquire) > 0 && Instant::now() < end {
+                let _ = tokio::time::timeout(Duration::from_millis(20), fe.idle.notified()).await;
+            }
+        }
+        for p in &fe.pools {
+            p.clear();
+        }
+        for b in &fe.backends {
+            b.drain(Duration::ZERO).await;
+        }
+        forced
+    }
+}
+
+async fn accept_loop(fe: Arc<Front>, listener: TcpListener, sem: Arc<Semaphore>) {
+    let mut stop = fe.stop.subscribe();
+    let tls = fe.cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    while let Some((permit, sock, peer)) = next_connection(&listener, &sem, &mut stop).await {
+        fe.alive.fetch_add(1, Ordering::AcqRel);
+        fe.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let fe2 = fe.clone();
+        let tls = tls.clone();
+        let span = tracing::debug_span!("http", frontend = %fe.cfg.frontend.name, %peer);
+        tokio::spawn(
+            async move {
+                connection(&fe2, sock, peer, tls).await;
+                drop(permit);
+                if fe2.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    fe2.idle.notify_waiters();
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(fe: &Arc<Front>, mut sock: TcpStream, peer: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) {
+    tune_client(&sock, fe.cfg.keepalive.as_ref());
+    let mut local = sock.local_addr().unwrap_or(fe.cfg.frontend.bind);
+    let mut peer = peer;
+    let mut early = Vec::new();
+    let t = fe.cfg.timeouts.http_request;
+    if fe.cfg.frontend.accept_proxy {
+        match tokio::time::timeout(t, read_proxy(&mut sock)).await {
+            Ok(Ok((Header::Tcp { src, dst }, rest))) => {
+                (peer, local, early) = (src, dst, rest);
+            }
+            Ok(Ok((Header::Local, rest))) => early = rest,
+            _ => {
+                fe.counters.bad_proxy_header.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    let client = match tls {
+        None => Client::Plain(sock),
+        Some(acceptor) => {
+            if !early.is_empty() {
+                // Bytes past the PROXY header belong to the TLS handshake; not supported together.
+                fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match tokio::time::timeout(t, acceptor.accept(sock)).await {
+                Ok(Ok(s)) => Client::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(_) => {
+                    fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    };
+    super::session::serve(fe.clone(), client, peer, local, early).await;
+}
