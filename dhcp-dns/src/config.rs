@@ -62,6 +62,14 @@ pub struct DhcpConfig {
     /// async replication: the longest an acknowledged lease may stay unreplicated (default 100ms).
     #[serde(default = "default_replication_window")]
     pub replication_window: HumanDuration,
+    /// sync replication: the longest an ACK waits for the peers before it is sent anyway (and the
+    /// lease counted as not replicated); default 500ms.
+    #[serde(default = "default_replication_timeout")]
+    pub replication_timeout: HumanDuration,
+    /// The cluster daemon's control socket the lease group is joined through (default: the
+    /// `[control] socket`, else /run/hastack/cluster.sock).
+    #[serde(default)]
+    pub replication_socket: Option<PathBuf>,
     /// Domain for option 15 and lease names, unless a subnet sets its own.
     pub domain: Option<String>,
     /// How long an offered address is held for the client (default 30s).
@@ -89,6 +97,9 @@ fn default_conflict_timeout() -> HumanDuration {
 }
 fn default_replication_window() -> HumanDuration {
     HumanDuration::from_millis(100)
+}
+fn default_replication_timeout() -> HumanDuration {
+    HumanDuration::from_millis(500)
 }
 fn default_offer_hold() -> HumanDuration {
     HumanDuration::from_secs(30)
@@ -478,6 +489,8 @@ impl DhcpConfig {
             conflict_check_timeout: default_conflict_timeout(),
             replication: Replication::None,
             replication_window: default_replication_window(),
+            replication_timeout: default_replication_timeout(),
+            replication_socket: None,
             domain: None,
             offer_hold: default_offer_hold(),
             decline_quarantine: default_quarantine(),
@@ -525,6 +538,15 @@ impl DhcpConfig {
                 base.key("replication_window"),
                 "replication_window must be longer than 0s with async replication",
             );
+        }
+        if self.replication == Replication::Sync && self.replication_timeout.is_zero() {
+            problems.add(
+                base.key("replication_timeout"),
+                "replication_timeout must be longer than 0s with sync replication",
+            );
+        }
+        if self.replication_socket.as_ref().is_some_and(|p| !p.is_absolute()) {
+            problems.add(base.key("replication_socket"), "replication_socket must be an absolute path");
         }
         if let Some(d) = &self.domain {
             check_domain(problems, base.key("domain"), d);

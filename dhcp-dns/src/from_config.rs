@@ -16,8 +16,13 @@ use crate::dhcp::{DhcpConfig, Reservation, Subnet};
 use crate::dns::zone::{norm, parse_rdata};
 use crate::dns::{ForwardConfig, RateLimitConfig, ZoneConfig};
 use crate::leases::commit::CompactionPolicy;
-use crate::runtime::{DhcpDnsOptions, DhcpRuntime, DnsRuntime};
-use crate::server::{DhcpDriverConfig, DnsServerConfig};
+use crate::replication::CoreConfig;
+use crate::runtime::{ClusterReplication, DhcpDnsOptions, DhcpRuntime, DnsRuntime, LEASE_GROUP};
+use crate::server::{DhcpDriverConfig, DnsServerConfig, ReplicationMode};
+
+/// The cluster daemon's control socket when neither `[dhcp] replication_socket` nor
+/// `[control] socket` says otherwise.
+pub const DEFAULT_CLUSTER_SOCKET: &str = "/run/hastack/cluster.sock";
 
 /// An IPv4 address of this host: interface name, address, prefix length.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +187,23 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             ..DhcpDriverConfig::default()
         })
         .collect();
-    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0 }
+    let replication = match d.replication {
+        crate::config::Replication::None => None,
+        mode => {
+            let (mode, deadline) = match mode {
+                crate::config::Replication::Sync => (ReplicationMode::Sync, d.replication_timeout.0),
+                _ => (ReplicationMode::Async, d.replication_window.0),
+            };
+            Some(ClusterReplication {
+                socket: d.replication_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CLUSTER_SOCKET)),
+                group: LEASE_GROUP.to_string(),
+                mode,
+                core: CoreConfig { ack_deadline: deadline, ..CoreConfig::default() },
+                sync_wait: std::time::Duration::from_secs(10),
+            })
+        }
+    };
+    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0, replication }
 }
 
 fn dns_runtime(d: &DnsSection, dhcp: Option<&DhcpSection>, problems: &mut Vec<String>) -> DnsRuntime {

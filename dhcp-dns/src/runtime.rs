@@ -18,8 +18,9 @@ use crate::dns::{SharedZone, Zone, ZoneConfig};
 use crate::leases::commit::CompactionPolicy;
 use crate::leases::log::MAGIC;
 use crate::leases::{GroupCommitter, Lease, LeaseError, LeaseLog, LogRecord, dnsmasq};
+use crate::replication::{self, CoreConfig, ReplicationHandle};
 use crate::server::{
-    AddressProber, DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, DriverExtras, IcmpProber, Replication, start_dhcp_with,
+    ReplicationMode, AddressProber, DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, DriverExtras, IcmpProber, Replication, start_dhcp_with,
     start_dns, unix_now,
 };
 
@@ -32,7 +33,27 @@ pub struct DhcpRuntime {
     pub drivers: Vec<DhcpDriverConfig>,
     /// ICMP conflict probe timeout, when `core.conflict_check` is on.
     pub probe_timeout: std::time::Duration,
+    /// Lease replication through the cluster daemon's process group (None: leases stay here).
+    pub replication: Option<ClusterReplication>,
 }
+
+/// Lease replication to the other gateways through the cluster daemon (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct ClusterReplication {
+    /// The cluster daemon's control socket.
+    pub socket: PathBuf,
+    /// The process group (normally [`LEASE_GROUP`]).
+    pub group: String,
+    /// Whether the ACK waits for the peers.
+    pub mode: ReplicationMode,
+    /// Ack deadline (sync: timeout; async: window) and snapshot wait.
+    pub core: CoreConfig,
+    /// How long start-up waits for the lease state transfer before serving anyway.
+    pub sync_wait: std::time::Duration,
+}
+
+/// The process group gateways replicate leases in.
+pub const LEASE_GROUP: &str = "leases";
 
 /// DNS part of the service.
 #[derive(Debug, Clone)]
@@ -94,6 +115,8 @@ pub struct Running {
     pub dns: Option<DnsHandle>,
     /// The lease committer (when DHCP is served).
     pub committer: Option<Arc<GroupCommitter>>,
+    /// Lease replication (when configured).
+    pub replication: Option<ReplicationHandle>,
 }
 
 impl Running {
@@ -101,6 +124,9 @@ impl Running {
     pub async fn shutdown(self) {
         if let Some(d) = self.dhcp {
             let _ = d.shutdown().await;
+        }
+        if let Some(r) = self.replication {
+            r.shutdown().await;
         }
         if let Some(d) = self.dns {
             d.shutdown().await;
@@ -120,12 +146,47 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
 /// from peers enter through `Running::dhcp`'s [`DhcpHandle::replica_input`]).
 pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replication>) -> Result<Running, RuntimeError> {
     let now = unix_now();
-    let (leases, committer) = if opts.dhcp.is_some() {
+    let (mut leases, committer) = if opts.dhcp.is_some() {
         let (leases, c) = open_leases(&opts, now).await?;
         (leases, Some(c))
     } else {
         (Vec::new(), None)
     };
+    // Replication through the cluster: join the lease group and take the current lease table
+    // (state transfer) before serving; bounded, so a gateway without its cluster still serves.
+    let mut replication = replication;
+    let mut rep_handle = None;
+    if let (Some(c), Some(committer), None) = (opts.dhcp.as_ref().and_then(|d| d.replication.as_ref()), &committer, &replication) {
+        let mut h = replication::spawn(c.socket.clone(), c.group.clone(), c.core, leases.clone());
+        if !h.wait_synced(c.sync_wait).await {
+            tracing::warn!(
+                wait = ?c.sync_wait,
+                "lease state transfer not done; serving with the local leases (the transfer completes when the cluster answers)"
+            );
+        }
+        let buffered = h.take_buffered().await;
+        if !buffered.is_empty() {
+            let recs: Vec<LogRecord> = buffered.iter().map(|(r, _)| r.clone()).collect();
+            let cm = committer.clone();
+            let to_log = recs.clone();
+            tokio::task::spawn_blocking(move || cm.commit(to_log))
+                .await
+                .map_err(|e| RuntimeError::Io { what: "lease commit task".into(), source: std::io::Error::other(e) })??;
+            let mut table: hashbrown::HashMap<std::net::Ipv4Addr, Lease> = leases.into_iter().map(|l| (l.addr, l)).collect();
+            for r in recs {
+                crate::leases::log::apply(&mut table, r);
+            }
+            leases = table.into_values().collect();
+            leases.sort_by_key(|l| l.addr);
+            for (_, ack) in buffered {
+                if let Some((to, seq)) = ack {
+                    h.applied(to, seq);
+                }
+            }
+        }
+        replication = Some(Replication { sink: h.sink(), mode: c.mode });
+        rep_handle = Some(h);
+    }
 
     let zone_cfg = match &opts.dns {
         Some(d) => {
@@ -182,6 +243,9 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
         }
         _ => None,
     };
+    if let (Some(h), Some(d)) = (&rep_handle, &dhcp) {
+        h.attach(d.replica_input());
+    }
     let dns = match &opts.dns {
         Some(d) => Some(
             start_dns(d.server.clone(), zone.clone())
@@ -190,7 +254,7 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
         ),
         None => None,
     };
-    Ok(Running { zone, dhcp, dns, committer })
+    Ok(Running { zone, dhcp, dns, committer, replication: rep_handle })
 }
 
 /// Open the lease log (recovering a torn tail), import dnsmasq leases into an empty one, and start
@@ -267,6 +331,7 @@ mod tests {
                 core: DhcpConfig { domain: Some("cluster.test".into()), subnets: vec![s], ..DhcpConfig::default() },
                 drivers: vec![DhcpDriverConfig { bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..DhcpDriverConfig::default() }],
                 probe_timeout: std::time::Duration::from_millis(200),
+                replication: None,
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),

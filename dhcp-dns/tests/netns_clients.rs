@@ -104,6 +104,7 @@ fn netns_server_child() {
                     ..DhcpDriverConfig::default()
                 }],
                 probe_timeout: Duration::from_millis(200),
+                replication: None,
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),
