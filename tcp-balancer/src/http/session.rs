@@ -313,6 +313,8 @@ async fn transfer(
     let mut up_done: Option<bool> = None;
     loop {
         tokio::select! {
+            // The upload first: a bodyless request is done at once, before a fast answer is seen.
+            biased;
             r = &mut up, if up_done.is_none() => {
                 match r {
                     Ok(()) => up_done = Some(true),
@@ -324,7 +326,15 @@ async fn transfer(
                     }
                 }
             }
-            d = &mut down => return (d, up_done == Some(true)),
+            d = &mut down => {
+                if up_done.is_none() {
+                    // The answer came first; the rest of the body may already be buffered.
+                    if let Ok(r) = tokio::time::timeout(Duration::ZERO, &mut up).await {
+                        up_done = Some(r.is_ok());
+                    }
+                }
+                return (d, up_done == Some(true));
+            }
             _ = kill.wait() => {
                 lease.count_killed();
                 return (Down::ClientGone, false);
