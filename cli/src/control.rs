@@ -38,6 +38,16 @@ pub enum Request {
 
 /// Starts accepting on `path` (replacing a stale socket file); requests go to the daemon's loop.
 pub fn serve(path: PathBuf, to_loop: mpsc::Sender<(Request, oneshot::Sender<String>)>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    serve_with_groups(path, to_loop, None)
+}
+
+/// [`serve`], and a `{"cmd":"group-join",...}` line hands the connection to the process-group
+/// service (`groups`; without it the join is refused).
+pub fn serve_with_groups(
+    path: PathBuf,
+    to_loop: mpsc::Sender<(Request, oneshot::Sender<String>)>,
+    groups: Option<mpsc::UnboundedSender<crate::cluster::groups::GroupConn>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -49,10 +59,23 @@ pub fn serve(path: PathBuf, to_loop: mpsc::Sender<(Request, oneshot::Sender<Stri
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let tx = to_loop.clone();
+            let groups = groups.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut lines = tokio::io::BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(group) = crate::cluster::groups::JoinRequest::parse(&line) {
+                        match &groups {
+                            Some(g) => {
+                                let reader = lines.into_inner();
+                                let _ = g.send(crate::cluster::groups::GroupConn { group, reader, writer: w });
+                            }
+                            None => {
+                                let _ = w.write_all(b"{\"error\":\"this daemon has no process groups\"}\n").await;
+                            }
+                        }
+                        return;
+                    }
                     let answer = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
                             let (otx, orx) = oneshot::channel();

@@ -20,6 +20,7 @@
 
 pub mod channel;
 pub mod daemon;
+pub mod groups;
 pub mod setup;
 
 pub use daemon::{run, Setup};
