@@ -1,14 +1,1210 @@
-//! Importer for haproxy config files (being written).
+//! Importer for haproxy.cfg: the subset kubeadm's HA guide, kubespray and MySQL-fronting configs use
+//! becomes `[balancer]` (and `[control] balancer_socket` from `stats socket`).
+//!
+//! The file is split into sections (`global`, `defaults`, `frontend`, `backend`, `listen`, others),
+//! each line into words with HAProxy's quoting (`"..."` with backslash escapes, `'...'` literal,
+//! `\ ` outside quotes, `#` comments). A proxy inherits the last `defaults` section before it, as in
+//! HAProxy. HAProxy sets health-check parameters per server and hastack per backend: servers that
+//! disagree with the first checked server of their backend are listed. Timeouts are per proxy in
+//! HAProxy and global in hastack: the first value of each wins and a different later one is listed.
 
-use super::{Import, Unconverted};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hastack_common::{HostPort, HumanDuration, KeyPath, SockAddr};
+use tcp_balancer::config::{
+    Backend, BalancerConfig, Balance, Check, CheckType, Frontend, Mode, OnMarkedDown, ProxyVersion, Redispatch,
+    Server, StatusRange, Verify,
+};
+
+use super::{Draft, Import, Kind};
 
 /// Converts a haproxy config into hastack TOML.
 pub fn convert(text: &str) -> Import {
-    let unconverted = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(|(i, l)| Unconverted { line: i + 1, text: l.trim().to_string(), reason: "importer not written yet".into() })
-        .collect();
-    Import { toml: String::new(), unconverted }
+    let mut draft = Draft::new(text, |l| !l.is_empty() && !l.starts_with('#'));
+    let sections = split(text, &mut draft);
+    let mut c = Conv::new(draft);
+    c.run(&sections);
+    c.finish()
+}
+
+/// One keyword line: its number and words.
+#[derive(Debug, Clone)]
+struct Line {
+    n: usize,
+    words: Vec<String>,
+}
+
+impl Line {
+    fn word(&self, i: usize) -> &str {
+        self.words.get(i).map_or("", String::as_str)
+    }
+}
+
+/// A section: its header and keyword lines.
+#[derive(Debug)]
+struct Section {
+    header: Line,
+    lines: Vec<Line>,
+}
+
+const PROXY_SECTIONS: [&str; 5] = ["global", "defaults", "frontend", "backend", "listen"];
+const OTHER_SECTIONS: [&str; 12] = [
+    "userlist", "peers", "resolvers", "mailers", "program", "http-errors", "ring", "cache", "fcgi-app", "crt-store",
+    "traces", "log-forward",
+];
+
+/// Splits HAProxy's quoting: returns the words, or why the line cannot be read.
+fn tokenize(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => cur.push(c),
+            (Some('"'), '"') => quote = None,
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (_, '\\') => {
+                in_word = true;
+                match chars.next() {
+                    Some('r') => cur.push('\r'),
+                    Some('n') => cur.push('\n'),
+                    Some('t') => cur.push('\t'),
+                    Some('x') => {
+                        let hex: String = chars.by_ref().take(2).collect();
+                        match u8::from_str_radix(&hex, 16) {
+                            Ok(b) if b.is_ascii() => cur.push(char::from(b)),
+                            _ => return Err(format!("unsupported escape \\x{hex}")),
+                        }
+                    }
+                    Some(other) => cur.push(other),
+                    None => return Err("a backslash ends the line".into()),
+                }
+            }
+            (Some(_), '$') | (None, '$') if chars.peek() == Some(&'{') => {
+                return Err("environment variables (${...}) are not expanded".into());
+            }
+            (Some(_), _) => cur.push(c),
+            (None, '#') => break,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote".into());
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+fn split(text: &str, draft: &mut Draft) -> Vec<Section> {
+    let mut sections: Vec<Section> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let words = match tokenize(raw) {
+            Ok(w) if w.is_empty() => continue,
+            Ok(w) => w,
+            Err(e) => {
+                if !raw.trim().is_empty() {
+                    draft.skip(n, e);
+                }
+                continue;
+            }
+        };
+        let line = Line { n, words };
+        let kw = line.word(0);
+        if PROXY_SECTIONS.contains(&kw) || OTHER_SECTIONS.contains(&kw) {
+            sections.push(Section { header: line, lines: Vec::new() });
+        } else if let Some(s) = sections.last_mut() {
+            s.lines.push(line);
+        } else {
+            draft.skip(n, "a keyword before any section");
+        }
+    }
+    sections
+}
+
+/// Parses HAProxy's time format: a number with an optional unit (us, ms, s, m, h, d; default ms).
+fn time(s: &str) -> Option<HumanDuration> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let v: u64 = num.parse().ok()?;
+    let d = match unit {
+        "" | "ms" => Duration::from_millis(v),
+        "us" => Duration::from_micros(v),
+        "s" => Duration::from_secs(v),
+        "m" => Duration::from_secs(v.checked_mul(60)?),
+        "h" => Duration::from_secs(v.checked_mul(3600)?),
+        "d" => Duration::from_secs(v.checked_mul(86_400)?),
+        _ => return None,
+    };
+    // Beyond a year is a typo or "forever"; keep what humantime renders and reads back.
+    (d <= Duration::from_secs(366 * 86_400)).then_some(HumanDuration(d))
+}
+
+fn number(s: &str) -> Option<u32> {
+    s.parse().ok()
+}
+
+/// The health-check type chosen by the last check option (`option httpchk`, ...).
+#[derive(Debug, Clone, PartialEq)]
+enum CheckOpt {
+    Tcp,
+    Http { method: Option<String>, uri: Option<String>, version: Option<String>, headers: Vec<(String, String)> },
+    SslHello,
+    Mysql { user: Option<String> },
+}
+
+/// Server keywords that hastack has (from `server` and `default-server` lines).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ServerOpts {
+    check: Option<bool>,
+    check_ssl: Option<bool>,
+    verify: Option<Verify>,
+    ca_file: Option<PathBuf>,
+    sni: Option<String>,
+    port: Option<u16>,
+    inter: Option<HumanDuration>,
+    fastinter: Option<HumanDuration>,
+    downinter: Option<HumanDuration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    weight: Option<u32>,
+    maxconn: Option<u32>,
+    maxqueue: Option<u32>,
+    slowstart: Option<HumanDuration>,
+    backup: Option<bool>,
+    send_proxy: Option<ProxyVersion>,
+    on_marked_down: Option<OnMarkedDown>,
+}
+
+impl ServerOpts {
+    fn overlay(&mut self, o: &ServerOpts) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f.clone(); } )* };
+        }
+        take!(check, check_ssl, verify, ca_file, sni, port, inter, fastinter, downinter, rise, fall, weight, maxconn,
+            maxqueue, slowstart, backup, send_proxy, on_marked_down);
+    }
+
+    /// The settings that belong to the backend's check in hastack.
+    fn check_params(&self) -> (Option<bool>, Option<Verify>, Option<PathBuf>, Option<String>, Option<u16>, [Option<HumanDuration>; 3], [Option<u32>; 2]) {
+        (
+            self.check_ssl,
+            self.verify,
+            self.ca_file.clone(),
+            self.sni.clone(),
+            self.port,
+            [self.inter, self.fastinter, self.downinter],
+            [self.rise, self.fall],
+        )
+    }
+}
+
+/// Parses server keywords from `words`; unknown or unsupported ones are an error.
+fn server_opts(words: &[String]) -> Result<ServerOpts, String> {
+    let mut o = ServerOpts::default();
+    let mut i = 0;
+    let arg = |i: usize, kw: &str| -> Result<&String, String> { words.get(i + 1).ok_or_else(|| format!("{kw} needs a value")) };
+    while i < words.len() {
+        let kw = words[i].as_str();
+        let mut used = 1;
+        match kw {
+            "check" => o.check = Some(true),
+            "no-check" => o.check = Some(false),
+            "check-ssl" => o.check_ssl = Some(true),
+            "no-check-ssl" => o.check_ssl = Some(false),
+            "verify" => {
+                o.verify = Some(match arg(i, kw)?.as_str() {
+                    "none" => Verify::None,
+                    "required" => Verify::Required,
+                    v => return Err(format!("unsupported value verify {v}")),
+                });
+                used = 2;
+            }
+            "ca-file" => {
+                o.ca_file = Some(PathBuf::from(arg(i, kw)?));
+                used = 2;
+            }
+            "check-sni" | "sni" => {
+                let v = arg(i, kw)?;
+                // `sni` takes a sample expression; only a constant string is a check SNI.
+                let name = if kw == "sni" {
+                    v.strip_prefix("str(").and_then(|s| s.strip_suffix(')')).ok_or_else(|| format!("unsupported value sni {v}: only str(NAME) converts"))?
+                } else {
+                    v.as_str()
+                };
+                o.sni = Some(name.to_string());
+                used = 2;
+            }
+            "port" => {
+                o.port = Some(arg(i, kw)?.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("unsupported value port {}", words[i + 1]))?);
+                used = 2;
+            }
+            "inter" | "fastinter" | "downinter" | "slowstart" => {
+                let v = arg(i, kw)?;
+                let t = time(v).ok_or_else(|| format!("unsupported value {kw} {v}"))?;
+                match kw {
+                    "inter" => o.inter = Some(t),
+                    "fastinter" => o.fastinter = Some(t),
+                    "downinter" => o.downinter = Some(t),
+                    _ => o.slowstart = Some(t),
+                }
+                used = 2;
+            }
+            "rise" | "fall" | "weight" | "maxconn" | "maxqueue" => {
+                let v = arg(i, kw)?;
+                let n = number(v).ok_or_else(|| format!("unsupported value {kw} {v}"))?;
+                match kw {
+                    "rise" => o.rise = Some(n),
+                    "fall" => o.fall = Some(n),
+                    "weight" => o.weight = Some(n),
+                    "maxconn" => o.maxconn = Some(n),
+                    _ => o.maxqueue = Some(n),
+                }
+                used = 2;
+            }
+            "backup" => o.backup = Some(true),
+            "no-backup" => o.backup = Some(false),
+            "send-proxy" => o.send_proxy = Some(ProxyVersion::V1),
+            "send-proxy-v2" => o.send_proxy = Some(ProxyVersion::V2),
+            "on-marked-down" => {
+                match arg(i, kw)?.as_str() {
+                    "shutdown-sessions" => o.on_marked_down = Some(OnMarkedDown::ShutdownSessions),
+                    v => return Err(format!("unsupported value on-marked-down {v}")),
+                }
+                used = 2;
+            }
+            "ssl" => return Err("ssl towards servers is not supported (hastack relays TCP; TLS to servers is only for checks)".into()),
+            "resolvers" | "init-addr" | "resolve-prefer" => return Err(format!("{kw}: host names are not resolved")),
+            "agent-check" | "agent-port" | "agent-inter" | "agent-send" => return Err(format!("{kw}: agent checks are not supported")),
+            "cookie" => return Err("cookie persistence is not supported".into()),
+            "disabled" => return Err("disabled servers: leave the line out, or use hastack balancer ctl set server state maint".into()),
+            _ => return Err(format!("unsupported server keyword {kw}")),
+        }
+        i += used;
+    }
+    Ok(o)
+}
+
+/// Settings a `defaults` section hands down, each with the line it came from.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    mode: Option<(Mode, usize)>,
+    balance: Option<(Balance, u8, usize)>,
+    hash_consistent: Option<usize>,
+    check: Option<(CheckOpt, usize)>,
+    /// `http-check` lines, already parsed: (connect ssl, sni, port, send, expect) parts.
+    http_check: Vec<(HttpCheck, usize)>,
+    timeouts: Vec<(String, HumanDuration, usize)>,
+    retries: Option<(u32, usize)>,
+    redispatch: Option<(i32, usize)>,
+    maxconn: Option<(u32, usize)>,
+    forwardfor: Option<usize>,
+    /// Lines converted in every proxy without a key of their own (splice, tcpka options).
+    noops: Vec<usize>,
+    /// http-mode-only lines with no hastack equivalent: (line, reason).
+    http_only: Vec<(usize, String)>,
+    default_server: Vec<(ServerOpts, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum HttpCheck {
+    Connect { ssl: bool, sni: Option<String>, port: Option<u16> },
+    Send { method: Option<String>, uri: Option<String>, version: Option<String>, headers: Vec<(String, String)> },
+    ExpectStatus(Vec<StatusRange>),
+    ExpectString(String),
+}
+
+fn parse_http_check(words: &[String]) -> Result<HttpCheck, String> {
+    let rest = &words[2.min(words.len())..];
+    let pairs = |kws: &[&str]| -> Result<BTreeMap<String, Vec<String>>, String> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut i = 0;
+        while i < rest.len() {
+            let k = rest[i].as_str();
+            if k == "ssl" && kws.contains(&"ssl") {
+                out.entry("ssl".into()).or_default();
+                i += 1;
+                continue;
+            }
+            if k == "hdr" && kws.contains(&"hdr") {
+                let (Some(n), Some(v)) = (rest.get(i + 1), rest.get(i + 2)) else {
+                    return Err("hdr needs a name and a value".into());
+                };
+                out.entry("hdr".into()).or_default().push(format!("{n}\n{v}"));
+                i += 3;
+                continue;
+            }
+            if !kws.contains(&k) {
+                return Err(format!("unsupported http-check {} parameter {k}", words[1]));
+            }
+            let v = rest.get(i + 1).ok_or_else(|| format!("{k} needs a value"))?;
+            out.entry(k.to_string()).or_default().push(v.clone());
+            i += 2;
+        }
+        Ok(out)
+    };
+    match words.get(1).map(String::as_str) {
+        Some("connect") => {
+            let p = pairs(&["ssl", "sni", "port"])?;
+            let port = match p.get("port").and_then(|v| v.first()) {
+                Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("unsupported value port {v}"))?),
+                None => None,
+            };
+            Ok(HttpCheck::Connect { ssl: p.contains_key("ssl"), sni: p.get("sni").and_then(|v| v.first().cloned()), port })
+        }
+        Some("send") => {
+            let p = pairs(&["meth", "uri", "ver", "hdr"])?;
+            let one = |k: &str| p.get(k).and_then(|v| v.last().cloned());
+            let headers = p
+                .get("hdr")
+                .map(|hs| hs.iter().filter_map(|h| h.split_once('\n')).map(|(a, b)| (a.to_string(), b.to_string())).collect())
+                .unwrap_or_default();
+            Ok(HttpCheck::Send { method: one("meth"), uri: one("uri"), version: one("ver"), headers })
+        }
+        Some("expect") => match (words.get(2).map(String::as_str), words.get(3), words.len()) {
+            (Some("status"), Some(v), 4) => v
+                .split(',')
+                .map(|s| s.parse::<StatusRange>())
+                .collect::<Result<Vec<_>, _>>()
+                .map(HttpCheck::ExpectStatus),
+            (Some("string"), Some(v), 4) => Ok(HttpCheck::ExpectString(v.clone())),
+            _ => Err("only http-check expect status CODES and expect string TEXT convert".into()),
+        },
+        Some(other) => Err(format!("http-check {other} has no hastack equivalent")),
+        None => Err("http-check needs a rule".into()),
+    }
+}
+
+/// `option httpchk [method] [uri] [version[\r\nheaders]]`.
+fn parse_httpchk(args: &[String]) -> CheckOpt {
+    let (method, uri, version) = match args {
+        [] => (None, None, None),
+        [uri] => (None, Some(uri.clone()), None),
+        [m, uri] => (Some(m.clone()), Some(uri.clone()), None),
+        [m, uri, v, ..] => (Some(m.clone()), Some(uri.clone()), Some(v.clone())),
+    };
+    let mut headers = Vec::new();
+    let version = version.map(|v| {
+        let mut parts = v.split("\r\n");
+        let ver = parts.next().unwrap_or_default().to_string();
+        for h in parts.filter(|h| !h.is_empty()) {
+            if let Some((name, value)) = h.split_once(':') {
+                headers.push((name.trim().to_string(), value.trim().to_string()));
+            }
+        }
+        ver
+    });
+    CheckOpt::Http { method, uri, version, headers }
+}
+
+/// A timeout keyword: its hastack key and whether it belongs to frontends, backends or both.
+fn timeout_key(name: &str) -> Option<(&'static str, bool, bool)> {
+    Some(match name {
+        "client" => ("client", true, false),
+        "client-fin" => ("client_fin", true, false),
+        "http-request" => ("http_request", true, false),
+        "http-keep-alive" => ("http_keep_alive", true, true),
+        "connect" => ("connect", false, true),
+        "server" => ("server", false, true),
+        "server-fin" => ("server_fin", false, true),
+        "queue" => ("queue", false, true),
+        "tunnel" => ("tunnel", false, true),
+        "check" => ("check", false, true),
+        _ => return None,
+    })
+}
+
+const LOGGING: &str = "hastack logs through tracing ([logging]); HAProxy's log settings have no equivalent";
+
+struct Conv {
+    draft: Draft,
+    balancer: BalancerConfig,
+    balancer_lines: Vec<usize>,
+    socket: Option<(PathBuf, usize)>,
+    /// Global timeouts: the first value of each and its line.
+    timeouts: BTreeMap<&'static str, (HumanDuration, usize)>,
+    /// Lines of every defaults section, to list the ones no proxy used.
+    defaults_lines: Vec<usize>,
+    /// Lines given a place (origin) or consumed.
+    used: BTreeSet<usize>,
+    verify_default: Verify,
+}
+
+impl Conv {
+    fn new(draft: Draft) -> Self {
+        Self {
+            draft,
+            balancer: BalancerConfig::default(),
+            balancer_lines: Vec::new(),
+            socket: None,
+            timeouts: BTreeMap::new(),
+            defaults_lines: Vec::new(),
+            used: BTreeSet::new(),
+            verify_default: Verify::None,
+        }
+    }
+
+    fn place(&mut self, line: usize, path: &KeyPath) {
+        self.used.insert(line);
+        self.draft.origin(line, path);
+    }
+
+    fn consume(&mut self, line: usize) {
+        self.used.insert(line);
+        self.draft.consumed(line);
+    }
+
+    fn skip(&mut self, line: usize, reason: impl Into<String>) {
+        self.used.insert(line);
+        self.draft.skip(line, reason);
+    }
+
+    fn run(&mut self, sections: &[Section]) {
+        let mut defaults = Settings::default();
+        let mut defaults_header: Option<usize> = None;
+        for s in sections {
+            let kw = s.header.word(0).to_string();
+            match kw.as_str() {
+                "global" => self.global(s),
+                "defaults" => {
+                    if s.header.words.len() > 2 || s.header.words.get(1).is_some_and(|w| w == "from") {
+                        self.skip(s.header.n, "named defaults with from are not supported");
+                    }
+                    defaults = self.settings(s, true, &mut Vec::new());
+                    defaults_header = Some(s.header.n);
+                    self.defaults_lines.push(s.header.n);
+                    self.defaults_lines.extend(s.lines.iter().map(|l| l.n));
+                }
+                "frontend" | "backend" | "listen" => {
+                    if let Some(h) = defaults_header {
+                        self.place_later(h);
+                    }
+                    self.proxy(s, &defaults);
+                }
+                other => {
+                    let reason = format!("HAProxy's {other} section has no hastack equivalent");
+                    self.skip(s.header.n, reason.clone());
+                    for l in &s.lines {
+                        self.skip(l.n, reason.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A defaults header counts as converted once a proxy uses it.
+    fn place_later(&mut self, header: usize) {
+        self.consume(header);
+    }
+
+    fn global(&mut self, s: &Section) {
+        self.consume(s.header.n);
+        let base = KeyPath::new("balancer");
+        for l in &s.lines {
+            let n = l.n;
+            let args = &l.words[1..];
+            match (l.word(0), args.len()) {
+                ("maxconn", 1) => match number(&args[0]) {
+                    Some(v) => {
+                        self.balancer.maxconn = v;
+                        self.place(n, &base.key("maxconn"));
+                        self.balancer_lines.push(n);
+                    }
+                    None => self.skip(n, format!("unsupported value {}", args[0])),
+                },
+                ("nbthread", 1) => match number(&args[0]) {
+                    Some(v) => {
+                        self.balancer.threads = Some(v);
+                        self.place(n, &base.key("threads"));
+                        self.balancer_lines.push(n);
+                    }
+                    None => self.skip(n, format!("unsupported value {}", args[0])),
+                },
+                ("hard-stop-after", 1) => match time(&args[0]) {
+                    Some(t) => {
+                        self.balancer.hard_stop_after = Some(t);
+                        self.place(n, &base.key("hard_stop_after"));
+                        self.balancer_lines.push(n);
+                    }
+                    None => self.skip(n, format!("unsupported value {}", args[0])),
+                },
+                ("nbproc", 1) if args[0] == "1" => self.consume(n),
+                ("stats", _) if l.word(1) == "socket" => self.stats_socket(l),
+                ("stats", _) => self.skip(n, "the runtime API is [control] balancer_socket; its timeouts and limits are fixed"),
+                ("ssl-server-verify", 1) if args[0] == "none" || args[0] == "required" => {
+                    self.verify_default = if args[0] == "none" { Verify::None } else { Verify::Required };
+                    self.consume(n);
+                }
+                ("log" | "log-tag" | "log-send-hostname" | "log-format", _) => self.skip(n, LOGGING),
+                ("daemon" | "master-worker" | "user" | "group" | "uid" | "gid" | "chroot" | "pidfile" | "ulimit-n" | "node"
+                | "description", _) => self.skip(n, "process settings are systemd's (dist/hastack-balancer.service)"),
+                (kw, _) if kw.starts_with("ssl-") || kw.starts_with("tune.") || kw.starts_with("ca-base") || kw.starts_with("crt-base") => {
+                    self.skip(n, "no hastack equivalent")
+                }
+                (kw, _) => self.skip(n, format!("global {kw} has no hastack equivalent")),
+            }
+        }
+    }
+
+    fn stats_socket(&mut self, l: &Line) {
+        let path = l.word(2);
+        if path.is_empty() || !path.starts_with('/') {
+            self.skip(l.n, "the runtime API listens on a Unix socket path only ([control] balancer_socket)");
+            return;
+        }
+        let mut i = 3;
+        while i < l.words.len() {
+            match l.word(i) {
+                "mode" | "level" | "user" | "group" | "uid" | "gid" | "expose-fd" => i += 2,
+                other => {
+                    self.skip(l.n, format!("unsupported stats socket parameter {other}"));
+                    return;
+                }
+            }
+        }
+        self.socket = Some((PathBuf::from(path), l.n));
+        self.draft.note(l.n, "hastack's runtime API (show stat, set server state, ...) is always admin level and readable by root and [control] group");
+    }
+
+    /// Reads the proxy keywords of a section into settings (defaults) or applies them to a proxy.
+    /// Lines that are not settings are returned in `rest`.
+    fn settings(&mut self, s: &Section, is_defaults: bool, rest: &mut Vec<Line>) -> Settings {
+        let mut st = Settings::default();
+        for l in &s.lines {
+            let n = l.n;
+            let args = &l.words[1..];
+            let no = l.word(0) == "no" && l.word(1) == "option";
+            let (kw, opt) = if l.word(0) == "option" || no { ("option", l.word(if no { 2 } else { 1 })) } else { (l.word(0), "") };
+            let opt_args: &[String] = if kw == "option" { &l.words[if no { 3 } else { 2 }.min(l.words.len())..] } else { &[] };
+            match (kw, opt) {
+                ("mode", _) => match args.first().map(String::as_str) {
+                    Some("tcp") if args.len() == 1 => st.mode = Some((Mode::Tcp, n)),
+                    Some("http") if args.len() == 1 => st.mode = Some((Mode::Http, n)),
+                    _ => self.skip(n, format!("unsupported value {}", args.join(" "))),
+                },
+                ("balance", _) => {
+                    let b = match args.first().map(String::as_str) {
+                        Some("roundrobin") => Some((Balance::Roundrobin, 2)),
+                        Some("static-rr") => Some((Balance::StaticRr, 2)),
+                        Some("leastconn") => Some((Balance::Leastconn, 2)),
+                        Some("first") => Some((Balance::First, 2)),
+                        Some("source") => Some((Balance::Source, 2)),
+                        Some("random") => Some((Balance::Random, 2)),
+                        Some(r) => r
+                            .strip_prefix("random(")
+                            .and_then(|x| x.strip_suffix(')'))
+                            .and_then(|x| x.parse::<u8>().ok())
+                            .filter(|d| *d > 0)
+                            .map(|d| (Balance::Random, d)),
+                        None => None,
+                    };
+                    match b {
+                        Some((b, d)) if args.len() == 1 => st.balance = Some((b, d, n)),
+                        _ => self.skip(n, format!("unsupported value balance {}: hastack has roundrobin, static-rr, leastconn, first, source and random", args.join(" "))),
+                    }
+                }
+                ("hash-type", _) => match args.first().map(String::as_str) {
+                    Some("consistent") => st.hash_consistent = Some(n),
+                    _ => self.skip(n, "hastack's source hash is always consistent"),
+                },
+                ("timeout", _) => {
+                    let name = l.word(1);
+                    match (timeout_key(name), args.get(1).and_then(|v| time(v)), args.len()) {
+                        (Some(_), Some(t), 2) => st.timeouts.push((name.to_string(), t, n)),
+                        (Some(_), _, _) => self.skip(n, format!("unsupported value {}", args[1..].join(" "))),
+                        (None, _, _) if name == "tarpit" => self.skip(n, "tarpit has no hastack equivalent"),
+                        (None, _, _) => self.skip(n, format!("unknown timeout {name}")),
+                    }
+                }
+                ("contimeout" | "clitimeout" | "srvtimeout", _) => {
+                    self.skip(n, "obsolete keyword: write timeout connect/client/server")
+                }
+                ("retries", _) => match args.first().and_then(|v| number(v)) {
+                    Some(r) if args.len() == 1 => st.retries = Some((r, n)),
+                    _ => self.skip(n, format!("unsupported value {}", args.join(" "))),
+                },
+                ("maxconn", _) => match args.first().and_then(|v| number(v)) {
+                    Some(m) if args.len() == 1 => st.maxconn = Some((m, n)),
+                    _ => self.skip(n, format!("unsupported value {}", args.join(" "))),
+                },
+                ("default-server", _) => match server_opts(args) {
+                    Ok(o) => st.default_server.push((o, n)),
+                    Err(e) => self.skip(n, e),
+                },
+                ("option", "redispatch") => {
+                    let v = match (no, opt_args) {
+                        (true, []) => Some(0),
+                        (false, []) => Some(-1),
+                        (false, [x]) => x.parse::<i32>().ok(),
+                        _ => None,
+                    };
+                    match v {
+                        Some(v) => st.redispatch = Some((v, n)),
+                        None => self.skip(n, format!("unsupported value {}", opt_args.join(" "))),
+                    }
+                }
+                ("option", "httpchk") if !no => st.check = Some((parse_httpchk(opt_args), n)),
+                ("option", "ssl-hello-chk") if !no && opt_args.is_empty() => st.check = Some((CheckOpt::SslHello, n)),
+                ("option", "tcp-check") if !no && opt_args.is_empty() => st.check = Some((CheckOpt::Tcp, n)),
+                ("option", "mysql-check") if !no => match opt_args {
+                    [] => st.check = Some((CheckOpt::Mysql { user: None }, n)),
+                    [u, name] | [u, name, _] if u == "user" => {
+                        if opt_args.get(2).is_some_and(|v| v != "post-41") {
+                            self.skip(n, "only the post-41 MySQL protocol is supported");
+                        } else {
+                            st.check = Some((CheckOpt::Mysql { user: Some(name.clone()) }, n));
+                        }
+                    }
+                    _ => self.skip(n, format!("unsupported value {}", opt_args.join(" "))),
+                },
+                ("option", "pgsql-check" | "redis-check" | "smtpchk" | "ldap-check" | "spop-check" | "external-check") => {
+                    self.skip(n, format!("{opt}: hastack checks are tcp, http(s), ssl-hello and mysql"))
+                }
+                ("http-check", _) => match parse_http_check(&l.words) {
+                    Ok(h) => st.http_check.push((h, n)),
+                    Err(e) => self.skip(n, e),
+                },
+                ("tcp-check", _) => {
+                    if l.words.len() == 2 && l.word(1) == "connect" {
+                        st.noops.push(n);
+                    } else {
+                        self.skip(n, "tcp-check rules are not supported: hastack's tcp check only connects")
+                    }
+                }
+                ("option", "forwardfor") if !no => {
+                    if opt_args.is_empty() {
+                        st.forwardfor = Some(n);
+                    } else {
+                        st.http_only.push((n, format!("option forwardfor {}: hastack always adds X-Forwarded-For (no except/header/if-none)", opt_args.join(" "))));
+                    }
+                }
+                ("option", "splice-auto" | "splice-request" | "splice-response") if !no => st.noops.push(n),
+                ("option", "tcpka" | "clitcpka" | "srvtcpka") if !no => st.noops.push(n),
+                ("option", "httplog" | "tcplog" | "dontlognull" | "dontlog-normal" | "log-separate-errors" | "logasap" | "log-health-checks") => {
+                    self.skip(n, LOGGING)
+                }
+                ("log" | "log-format" | "log-tag" | "error-log-format" | "log-format-sd", _) => self.skip(n, LOGGING),
+                ("option", "http-server-close" | "httpclose" | "http-keep-alive" | "http-pretend-keepalive" | "http-no-delay"
+                | "http-buffer-request" | "http-use-htx") => st.http_only.push((n, format!("option {opt}: hastack keeps connections alive on both sides; there is no such option"))),
+                ("errorfile" | "errorloc" | "errorloc302" | "errorloc303" | "compression" | "http-reuse", _) => {
+                    st.http_only.push((n, format!("{kw} has no hastack equivalent")))
+                }
+                _ if is_defaults => self.skip(n, format!("{} has no hastack equivalent", l.words.join(" "))),
+                _ => rest.push(l.clone()),
+            }
+        }
+        st
+    }
+
+    fn proxy(&mut self, s: &Section, defaults: &Settings) {
+        let kind = s.header.word(0).to_string();
+        let Some(name) = s.header.words.get(1).cloned() else {
+            self.skip(s.header.n, format!("{kind} without a name"));
+            for l in &s.lines {
+                self.skip(l.n, format!("its {kind} has no name"));
+            }
+            return;
+        };
+        let mut rest = Vec::new();
+        let own = self.settings(s, false, &mut rest);
+        let mut st = defaults.clone();
+        // The proxy's own settings win over its defaults, key by key.
+        macro_rules! over {
+            ($($f:ident),*) => { $( if own.$f.is_some() { st.$f = own.$f.clone(); } )* };
+        }
+        over!(mode, balance, hash_consistent, check, retries, redispatch, maxconn, forwardfor);
+        if !own.http_check.is_empty() {
+            st.http_check = own.http_check.clone();
+        }
+        st.timeouts.extend(own.timeouts.iter().cloned());
+        st.noops.extend(own.noops.iter().copied());
+        st.http_only.extend(own.http_only.iter().cloned());
+        st.default_server.extend(own.default_server.iter().cloned());
+        let own_lines: BTreeSet<usize> = s.lines.iter().map(|l| l.n).collect();
+
+        let is_front = kind != "backend";
+        let is_back = kind != "frontend";
+        let mode = st.mode.as_ref().map_or(Mode::Tcp, |m| m.0);
+        let header_bind: Vec<String> = if kind == "listen" { s.header.words[2..].to_vec() } else { Vec::new() };
+        if kind != "listen" && s.header.words.len() > 2 {
+            self.skip(s.header.n, format!("unexpected words after the {kind} name"));
+        }
+
+        let (fi, bi) = (self.balancer.frontends.len(), self.balancer.backends.len());
+        let fpath = KeyPath::new("balancer.frontend").index(fi);
+        let bpath = KeyPath::new("balancer.backend").index(bi);
+        let mut frontend = is_front.then(|| Frontend::new(name.clone(), Vec::new()));
+        let mut backend = is_back.then(|| {
+            let mut b = Backend::new(name.clone());
+            b.redispatch = Redispatch(0); // HAProxy does not redispatch unless told to
+            b
+        });
+        if let Some(f) = &mut frontend {
+            f.mode = mode;
+            if kind == "listen" {
+                f.backend = Some(name.clone());
+            }
+            self.place(s.header.n, &fpath);
+            if let Some((_, l)) = st.mode {
+                self.place(l, &fpath.key("mode"));
+            }
+            if !header_bind.is_empty() {
+                let words: Vec<String> = header_bind.clone();
+                if let Err(e) = self.bind(f, &fpath, &words, s.header.n) {
+                    self.skip(s.header.n, e);
+                }
+            }
+            if let Some((m, l)) = st.maxconn {
+                f.maxconn = Some(m);
+                self.place(l, &fpath.key("maxconn"));
+            }
+            if let Some(l) = st.forwardfor {
+                if mode == Mode::Http {
+                    f.forwarded_for = true;
+                    self.place(l, &fpath.key("forwarded_for"));
+                } else if own_lines.contains(&l) {
+                    self.skip(l, "option forwardfor needs mode http");
+                }
+            }
+        }
+        if let Some(b) = &mut backend {
+            self.place(s.header.n, &bpath);
+            if let Some((_, l)) = st.mode {
+                self.place(l, &bpath);
+            }
+            if let Some((bal, draws, l)) = st.balance {
+                b.balance = bal;
+                b.random_draws = draws;
+                self.place(l, &bpath.key("balance"));
+            }
+            if let Some(l) = st.hash_consistent {
+                if b.balance == Balance::Source {
+                    self.place(l, &bpath.key("balance"));
+                } else if own_lines.contains(&l) {
+                    self.skip(l, "hash-type only matters with balance source here");
+                }
+            }
+            if let Some((r, l)) = st.retries {
+                b.retries = r;
+                self.place(l, &bpath.key("retries"));
+            }
+            if let Some((r, l)) = st.redispatch {
+                b.redispatch = Redispatch(r);
+                self.place(l, &bpath.key("redispatch"));
+            }
+        } else {
+            // A frontend: backend-only settings of its own section do nothing in HAProxy either.
+            for l in [st.balance.map(|b| b.2), st.retries.map(|r| r.1), st.redispatch.map(|r| r.1), st.check.as_ref().map(|c| c.1)]
+                .into_iter()
+                .flatten()
+                .filter(|l| own_lines.contains(l))
+            {
+                self.skip(l, format!("a backend keyword in frontend {name}"));
+            }
+        }
+        for (line, reason) in &st.http_only {
+            if mode == Mode::Http || own_lines.contains(line) {
+                self.skip(*line, reason.clone());
+            }
+        }
+        for l in st.noops.clone() {
+            if is_back || !own_lines.contains(&l) {
+                self.place(l, &KeyPath::new("balancer"));
+            }
+        }
+        // Timeouts go to the global table; those that do not apply to this kind of proxy are
+        // ignored by HAProxy too (and listed when written in this very section).
+        for (tname, value, l) in st.timeouts.clone() {
+            let Some((key, front, back)) = timeout_key(&tname) else { continue };
+            if !((front && is_front) || (back && is_back)) {
+                if own_lines.contains(&l) {
+                    self.skip(l, format!("timeout {tname} has no effect in a {kind}"));
+                }
+                continue;
+            }
+            self.timeout(key, value, l);
+        }
+
+        // The rest: frontend- and backend-only keywords.
+        let mut servers: Vec<(String, HostPort, ServerOpts, usize)> = Vec::new();
+        for l in &rest {
+            let n = l.n;
+            match (l.word(0), &mut frontend, &mut backend) {
+                ("bind", Some(f), _) => {
+                    let words = l.words[1..].to_vec();
+                    if let Err(e) = self.bind(f, &fpath, &words, n) {
+                        self.skip(n, e);
+                    }
+                }
+                ("default_backend", Some(f), _) if l.words.len() == 2 => {
+                    f.backend = Some(l.words[1].clone());
+                    self.place(n, &fpath.key("backend"));
+                }
+                ("monitor-uri", Some(f), _) if l.words.len() == 2 => {
+                    f.monitor_uri = Some(l.words[1].clone());
+                    self.place(n, &fpath.key("monitor_uri"));
+                }
+                ("backlog", Some(f), _) => match l.words.get(1).and_then(|v| number(v)) {
+                    Some(b) if l.words.len() == 2 => {
+                        f.backlog = b;
+                        self.place(n, &fpath.key("backlog"));
+                    }
+                    _ => self.skip(n, "unsupported value"),
+                },
+                ("use_backend", Some(_), _) => {
+                    self.skip(n, "ACL-based routing is not converted: write [[balancer.frontend.route]] (host, path_prefix or sni)")
+                }
+                ("server", _, Some(_)) => match parse_server(&l.words) {
+                    Ok((sname, addr, opts)) => servers.push((sname, addr, opts, n)),
+                    Err(e) => self.skip(n, e),
+                },
+                ("acl" | "tcp-request" | "http-request" | "http-response" | "redirect" | "use-server" | "tcp-response", _, _) => {
+                    self.skip(n, format!("{}: ACLs and request rules are not supported", l.word(0)))
+                }
+                ("stats", _, _) => self.skip(n, "the stats page has no hastack equivalent: use hastack balancer ctl show stat or the Prometheus metrics"),
+                ("cookie" | "stick-table" | "stick" | "persist", _, _) => self.skip(n, "session persistence is not supported"),
+                ("option", _, _) => self.skip(n, format!("option {} has no hastack equivalent", l.words[1..].join(" "))),
+                (kw, _, _) => self.skip(n, format!("{kw} has no hastack equivalent in a {kind}")),
+            }
+        }
+
+        if let Some(b) = &mut backend {
+            self.servers(b, &bpath, &st, servers, &own_lines);
+        } else {
+            for (_, (o, l)) in st.default_server.iter().enumerate() {
+                if own_lines.contains(l) {
+                    let _ = o;
+                    self.skip(*l, format!("default-server has no effect in frontend {name}"));
+                }
+            }
+            for (_, l) in &st.http_check {
+                if own_lines.contains(l) {
+                    self.skip(*l, format!("http-check has no effect in frontend {name}"));
+                }
+            }
+        }
+        if let Some(f) = frontend {
+            self.balancer.frontends.push(f);
+        }
+        if let Some(b) = backend {
+            self.balancer.backends.push(b);
+        }
+    }
+
+    fn timeout(&mut self, key: &'static str, value: HumanDuration, line: usize) {
+        let path = KeyPath::new("balancer.timeouts").key(key);
+        match self.timeouts.get(key) {
+            None => {
+                self.timeouts.insert(key, (value, line));
+                self.place(line, &path);
+            }
+            Some((v, _)) if *v == value => self.place(line, &path),
+            Some((v, first)) => {
+                let first = *first;
+                let v = *v;
+                self.skip(line, format!("hastack has one {key} timeout for every proxy: {v} from line {first} is kept"));
+            }
+        }
+    }
+
+    /// Adds a bind line's addresses and parameters to `f`.
+    fn bind(&mut self, f: &mut Frontend, fpath: &KeyPath, words: &[String], n: usize) -> Result<(), String> {
+        let Some(list) = words.first() else {
+            return Err("bind needs an address".into());
+        };
+        let mut addrs = Vec::new();
+        for a in list.split(',') {
+            addrs.push(bind_addr(a)?);
+        }
+        let mut accept_proxy = false;
+        let mut freebind = false;
+        let mut backlog = None;
+        let mut i = 1;
+        while i < words.len() {
+            match words[i].as_str() {
+                "accept-proxy" => accept_proxy = true,
+                "transparent" | "freebind" => freebind = true,
+                "name" | "id" => i += 1,
+                "backlog" => {
+                    backlog = Some(words.get(i + 1).and_then(|v| number(v)).ok_or("unsupported value backlog")?);
+                    i += 1;
+                }
+                "ssl" | "crt" => return Err("TLS termination: crt holds the key and the chain in one file; write tls = { cert, key } on the frontend".into()),
+                other => return Err(format!("unsupported bind parameter {other}")),
+            }
+            i += 1;
+        }
+        let start = f.bind.len();
+        for (j, a) in addrs.into_iter().enumerate() {
+            f.bind.push(a);
+            self.place(n, &fpath.key("bind").index(start + j));
+        }
+        if accept_proxy {
+            f.accept_proxy = true;
+            self.place(n, &fpath.key("accept_proxy"));
+        }
+        if freebind {
+            f.freebind = true;
+            self.place(n, &fpath.key("freebind"));
+        }
+        if let Some(b) = backlog {
+            f.backlog = b;
+            self.place(n, &fpath.key("backlog"));
+        }
+        Ok(())
+    }
+
+    /// Servers, default-server and the check of a backend.
+    fn servers(&mut self, b: &mut Backend, bpath: &KeyPath, st: &Settings, servers: Vec<(String, HostPort, ServerOpts, usize)>, own: &BTreeSet<usize>) {
+        let mut dflt = ServerOpts::default();
+        for (o, _) in &st.default_server {
+            dflt.overlay(o);
+        }
+        let ds = &mut b.default_server;
+        ds.weight = dflt.weight;
+        ds.maxconn = dflt.maxconn;
+        ds.maxqueue = dflt.maxqueue;
+        ds.slowstart = dflt.slowstart;
+        ds.send_proxy = dflt.send_proxy;
+        ds.on_marked_down = dflt.on_marked_down;
+        for (_, l) in &st.default_server {
+            self.place(*l, &bpath.key("default_server"));
+        }
+        // Effective server settings: default-server, then the server's own keywords.
+        let eff: Vec<ServerOpts> = servers
+            .iter()
+            .map(|(_, _, o, _)| {
+                let mut e = dflt.clone();
+                e.overlay(o);
+                e
+            })
+            .collect();
+        let checked: Vec<usize> = (0..servers.len()).filter(|i| eff[*i].check == Some(true)).collect();
+        let reference = checked.first().map(|i| eff[*i].check_params());
+        let mut check: Option<Check> = None;
+        if let Some(params) = &reference {
+            let (check_ssl, verify, ca_file, sni, port, [inter, fastinter, downinter], [rise, fall]) = params.clone();
+            let mut c = Check::default();
+            let mut connect_ssl = false;
+            match st.check.as_ref().map(|x| &x.0) {
+                None | Some(CheckOpt::Tcp) => c.kind = CheckType::Tcp,
+                Some(CheckOpt::SslHello) => c.kind = CheckType::SslHello,
+                Some(CheckOpt::Mysql { user }) => {
+                    c.kind = CheckType::Mysql;
+                    c.mysql_user = user.clone();
+                }
+                Some(CheckOpt::Http { method, uri, version, headers }) => {
+                    c.kind = CheckType::Http;
+                    c.method = method.clone();
+                    c.uri = uri.clone();
+                    c.version = version.clone();
+                    c.headers = headers.iter().cloned().collect();
+                }
+            }
+            let http = c.kind == CheckType::Http;
+            if let Some((_, l)) = &st.check {
+                self.place(*l, &bpath.key("check"));
+            }
+            for (rule, l) in &st.http_check {
+                let ok = match rule {
+                    _ if !http => Err("http-check rules need option httpchk".to_string()),
+                    HttpCheck::Connect { ssl, sni: csni, port: cport } => {
+                        connect_ssl |= *ssl;
+                        if csni.is_some() {
+                            c.sni = csni.clone();
+                        }
+                        if cport.is_some() {
+                            c.port = *cport;
+                        }
+                        Ok(())
+                    }
+                    HttpCheck::Send { method, uri, version, headers } => {
+                        c.method = method.clone().or(c.method.take());
+                        c.uri = uri.clone().or(c.uri.take());
+                        c.version = version.clone().or(c.version.take());
+                        c.headers.extend(headers.iter().cloned());
+                        Ok(())
+                    }
+                    HttpCheck::ExpectStatus(s) if c.expect_status.is_empty() && c.expect_string.is_none() => {
+                        c.expect_status = s.clone();
+                        Ok(())
+                    }
+                    HttpCheck::ExpectString(s) if c.expect_status.is_empty() && c.expect_string.is_none() => {
+                        c.expect_string = Some(s.clone());
+                        Ok(())
+                    }
+                    _ => Err("only one http-check expect rule converts".to_string()),
+                };
+                match ok {
+                    Ok(()) => self.place(*l, &bpath.key("check")),
+                    Err(e) if own.contains(l) || !http => self.skip(*l, e),
+                    Err(_) => {}
+                }
+            }
+            // HTTP/1.1 checks send Host from the headers in hastack's schema.
+            if let Some(h) = c.headers.remove("Host").or_else(|| c.headers.remove("host")) {
+                c.host = Some(h);
+            }
+            let tls = check_ssl == Some(true) || connect_ssl;
+            match (c.kind, tls) {
+                (CheckType::Http, true) => c.kind = CheckType::Https,
+                (CheckType::Tcp, true) => {
+                    c.kind = CheckType::SslHello;
+                    self.draft.note(servers[checked[0]].3, "check-ssl on a connect check: converted to an ssl-hello check (a TLS ClientHello answered by a ServerHello)");
+                }
+                _ => {}
+            }
+            if matches!(c.kind, CheckType::Https | CheckType::SslHello) {
+                c.sni = sni.or(c.sni.take());
+                if c.kind == CheckType::Https {
+                    c.verify = verify.unwrap_or(if ca_file.is_some() { Verify::Required } else { self.verify_default });
+                    if c.verify == Verify::Required {
+                        c.ca_file = ca_file;
+                    }
+                }
+            }
+            if let Some(p) = port {
+                c.port = Some(p);
+            }
+            if let Some(t) = inter {
+                c.inter = t;
+            }
+            c.fastinter = fastinter;
+            c.downinter = downinter;
+            if let Some(r) = rise {
+                c.rise = r;
+            }
+            if let Some(f) = fall {
+                c.fall = f;
+            }
+            check = Some(c);
+        } else {
+            let reason = format!("has no effect: no server of backend {} has check (HAProxy does not check them either)", b.name);
+            if let Some((_, l)) = &st.check
+                && own.contains(l)
+            {
+                self.skip(*l, reason.clone());
+            }
+            for (_, l) in &st.http_check {
+                if own.contains(l) {
+                    self.skip(*l, reason.clone());
+                }
+            }
+        }
+        b.check = check;
+        let first_name = checked.first().map(|i| servers[*i].0.clone()).unwrap_or_default();
+        for (i, (name, addr, o, n)) in servers.into_iter().enumerate() {
+            let e = &eff[i];
+            if e.check == Some(true) && reference.as_ref() != Some(&e.check_params()) {
+                self.skip(n, format!("its check settings differ from server {first_name}'s: hastack checks every server of a backend the same way"));
+                continue;
+            }
+            let j = b.servers.len();
+            let spath = bpath.key("server").index(j);
+            let mut s = Server::new(name, addr);
+            s.backup = o.backup.or(dflt.backup).unwrap_or(false);
+            s.weight = o.weight;
+            s.maxconn = o.maxconn;
+            s.maxqueue = o.maxqueue;
+            s.slowstart = o.slowstart;
+            s.send_proxy = o.send_proxy;
+            s.on_marked_down = o.on_marked_down;
+            if b.check.is_some() && e.check != Some(true) {
+                s.check = Some(false);
+            }
+            b.servers.push(s);
+            self.place(n, &spath);
+            if e.check == Some(true) {
+                self.place(n, &bpath.key("check"));
+            }
+        }
+    }
+
+    fn finish(mut self) -> Import {
+        // Defaults lines that reached no converted proxy.
+        for l in std::mem::take(&mut self.defaults_lines) {
+            if !self.used.contains(&l) {
+                self.draft.skip(l, "has no effect on any converted proxy (no proxy uses it, or each overrides it)");
+            }
+        }
+        let has_proxies = !self.balancer.frontends.is_empty() || !self.balancer.backends.is_empty();
+        if has_proxies {
+            self.draft.config.balancer = Some(self.balancer);
+        } else {
+            for l in self.balancer_lines {
+                self.draft.skip(l, "no frontend, backend or listen section to apply it to");
+            }
+        }
+        if let Some((path, n)) = self.socket {
+            let control = crate::config::ControlConfig { balancer_socket: path, ..Default::default() };
+            self.draft.config.control = Some(control);
+            self.draft.origin(n, &KeyPath::new("control.balancer_socket"));
+        }
+        self.draft.finish(Kind::Haproxy)
+    }
+}
+
+/// `*:6443`, `:6443`, `0.0.0.0:6443`, `:::6443`, `[::]:6443`, `ipv4@...`, `ipv6@...`.
+fn bind_addr(a: &str) -> Result<SockAddr, String> {
+    let a = a.strip_prefix("ipv4@").or_else(|| a.strip_prefix("ipv6@")).unwrap_or(a);
+    if a.starts_with('/') || a.contains('@') {
+        return Err(format!("unsupported bind address {a}: hastack listens on IP addresses"));
+    }
+    let (host, port) = a.rsplit_once(':').ok_or_else(|| format!("bind address {a} has no port"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("unsupported value {a}: one port 1-65535 (no ranges)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = match host {
+        "" | "*" => IpAddr::from([0, 0, 0, 0]),
+        "::" => IpAddr::from([0u16; 8]),
+        h => h.parse().map_err(|_| format!("unsupported value {a}: host names are not resolved"))?,
+    };
+    Ok(SockAddr(SocketAddr::new(ip, port)))
+}
+
+/// `server NAME ADDR[:PORT] [keywords]`.
+fn parse_server(words: &[String]) -> Result<(String, HostPort, ServerOpts), String> {
+    let (Some(name), Some(addr)) = (words.get(1), words.get(2)) else {
+        return Err("server needs a name and an address".into());
+    };
+    let a = addr.strip_prefix("ipv4@").or_else(|| addr.strip_prefix("ipv6@")).unwrap_or(addr);
+    let hp = if let Ok(sa) = a.parse::<SocketAddr>() {
+        HostPort { ip: sa.ip(), port: Some(sa.port()) }
+    } else if a.parse::<IpAddr>().is_ok() && !a.contains('.') && a.matches(':').count() >= 2 {
+        // HAProxy reads the last colon of a bare IPv6 address as the port separator.
+        let (h, p) = a.rsplit_once(':').unwrap_or((a, ""));
+        match (h.parse::<IpAddr>(), p.parse::<u16>()) {
+            (Ok(ip), Ok(port)) if port > 0 => HostPort { ip, port: Some(port) },
+            _ => return Err(format!("unsupported value {addr}: write the port after the address")),
+        }
+    } else if a.parse::<IpAddr>().is_ok() {
+        return Err(format!("server {name} has no port: HAProxy would use the client's destination port, hastack needs one"));
+    } else {
+        return Err(format!("unsupported value {addr}: host names are not resolved; write IP:port"));
+    };
+    let opts = server_opts(&words[3..])?;
+    Ok((name.clone(), hp, opts))
 }

@@ -9,8 +9,13 @@ pub mod corosync;
 pub mod dnsmasq;
 pub mod haproxy;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+
+use hastack_common::{KeyPath, Problems, Segment};
+
+use crate::config::Config;
 
 /// Which foreign config a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +56,8 @@ pub struct Import {
     pub toml: String,
     /// Lines not converted, in input order.
     pub unconverted: Vec<Unconverted>,
+    /// Assumptions made while converting (also written as comments at the top of `toml`).
+    pub notes: Vec<Note>,
 }
 
 /// Guesses the kind from the file name, then from the contents.
@@ -92,4 +99,339 @@ pub fn convert(kind: Kind, text: &str) -> Import {
 /// Checks converted TOML with the same validation as `hastack config check`; the diagnostics as text.
 pub fn validate(toml: &str) -> Result<(), String> {
     crate::config::Config::from_str_named("<imported>", toml).map(|_| ()).map_err(|d| d.to_string())
+}
+
+/// A line an importer converted, but with an assumption the operator should check (a prefix
+/// length the source file does not give, say). Written as a comment at the top of the TOML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// 1-based line number in the input.
+    pub line: usize,
+    /// What was assumed.
+    pub text: String,
+}
+
+/// An importer's work in progress: the config being built, which input lines each part came from,
+/// and the lines already known not to convert. [`Draft::finish`] makes the result valid: whatever
+/// `hastack config check` would reject is taken out again, and the lines it came from are listed
+/// with the checker's reason, so the TOML an importer prints always loads.
+pub(crate) struct Draft {
+    /// The config being built.
+    pub config: Config,
+    /// Content lines (not blank, not comments) by number, trimmed.
+    lines: BTreeMap<usize, String>,
+    /// Where each converted line went; a line may feed several places (a defaults line).
+    origins: Vec<(Vec<Segment>, usize)>,
+    /// Lines converted without a place of their own (an overridden option, a section header).
+    consumed: BTreeSet<usize>,
+    /// Lines not converted, with the reason.
+    skipped: BTreeMap<usize, String>,
+    /// Lines whose every place was taken out by validation, with the checker's reason.
+    removed: BTreeMap<usize, String>,
+    notes: Vec<Note>,
+}
+
+impl Default for Draft {
+    fn default() -> Self {
+        Draft::new("", |_| false)
+    }
+}
+
+impl Draft {
+    /// A draft for `text`; `is_content` says which trimmed lines count (not comments or blank).
+    pub fn new(text: &str, is_content: impl Fn(&str) -> bool) -> Self {
+        let lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| is_content(l))
+            .map(|(n, l)| (n, l.to_string()))
+            .collect();
+        Self {
+            config: Config::default(),
+            lines,
+            origins: Vec::new(),
+            consumed: BTreeSet::new(),
+            skipped: BTreeMap::new(),
+            removed: BTreeMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Records that `line` was converted into the value at `path`.
+    pub fn origin(&mut self, line: usize, path: &KeyPath) {
+        self.origins.push((path.segments().to_vec(), line));
+    }
+
+    /// Records that `line` was converted without a place of its own.
+    pub fn consumed(&mut self, line: usize) {
+        self.consumed.insert(line);
+    }
+
+    /// Records that `line` could not be converted, and why (the first reason given is kept).
+    pub fn skip(&mut self, line: usize, reason: impl Into<String>) {
+        self.skipped.entry(line).or_insert_with(|| reason.into());
+    }
+
+    /// True when `line` was given a place in the config.
+    pub fn is_placed(&self, line: usize) -> bool {
+        self.origins.iter().any(|(_, l)| *l == line)
+    }
+
+    /// Records an assumption made while converting `line`.
+    pub fn note(&mut self, line: usize, text: impl Into<String>) {
+        self.notes.push(Note { line, text: text.into() });
+    }
+
+    /// Makes the config valid (see [`Draft`]), renders it and lists every unconverted line.
+    pub fn finish(mut self, kind: Kind) -> Import {
+        let mut table = self
+            .config
+            .to_toml()
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .unwrap_or_default();
+        if table.is_empty() && self.config != Config::default() {
+            self.remove_all("the converted values could not be written as TOML");
+        }
+        let config = self.repair(&mut table);
+        let mut toml = config.to_toml().unwrap_or_default();
+        if let Err(d) = validate(&toml) {
+            // The repair works on Config::validate; a value that does not load back would need a
+            // bug elsewhere. Give up on the whole result rather than print something unloadable.
+            let first = d.lines().next().unwrap_or_default().to_string();
+            self.remove_all(&format!("the converted config does not load back: {first}"));
+            toml = String::new();
+        }
+        let mut unconverted: BTreeMap<usize, String> = self.skipped.clone();
+        for (line, reason) in &self.removed {
+            unconverted.entry(*line).or_insert_with(|| reason.clone());
+        }
+        let placed: BTreeSet<usize> = self.origins.iter().map(|(_, l)| *l).collect();
+        for line in self.lines.keys() {
+            if !placed.contains(line) && !self.consumed.contains(line) {
+                unconverted.entry(*line).or_insert_with(|| "not understood by the importer".into());
+            }
+        }
+        // A line both placed and listed keeps its listing: the importer said it does not convert.
+        let unconverted = unconverted
+            .into_iter()
+            .map(|(line, reason)| Unconverted {
+                line,
+                text: self.lines.get(&line).cloned().unwrap_or_default(),
+                reason,
+            })
+            .collect();
+        let mut header = String::new();
+        if !toml.is_empty() || !self.notes.is_empty() {
+            header.push_str(&format!("# Converted from {kind} by `hastack import`.\n"));
+            self.notes.sort_by_key(|n| n.line);
+            for n in &self.notes {
+                header.push_str(&format!("# line {}: {}\n", n.line, n.text.replace('\n', " ")));
+            }
+            if !toml.is_empty() {
+                header.push('\n');
+            }
+        }
+        Import { toml: header + &toml, unconverted, notes: self.notes }
+    }
+
+    fn remove_all(&mut self, reason: &str) {
+        for (_, line) in std::mem::take(&mut self.origins) {
+            self.removed.entry(line).or_insert_with(|| reason.to_string());
+        }
+    }
+
+    /// Takes out whatever validation rejects, one problem at a time, until the config is valid.
+    fn repair(&mut self, table: &mut toml::Table) -> Config {
+        // Every round removes something from a finite table, so this ends; the bound is a guard.
+        for _ in 0..10_000 {
+            let config = match config_from_table(table) {
+                Ok(c) => c,
+                Err((section, message)) => {
+                    self.take_out(table, &[Segment::Key(section)], &message);
+                    continue;
+                }
+            };
+            let mut problems = Problems::new();
+            config.validate(&mut problems);
+            let Some(problem) = problems.into_vec().into_iter().next() else {
+                return config;
+            };
+            let segs = problem.path.segments().to_vec();
+            let Some(Segment::Key(section)) = segs.first().cloned() else {
+                let all: Vec<String> = table.keys().cloned().collect();
+                for k in all {
+                    self.take_out(table, &[Segment::Key(k)], &problem.message);
+                }
+                continue;
+            };
+            // The deepest part of the problem's path that can go while its section still loads.
+            let mut done = false;
+            for k in (1..=segs.len()).rev() {
+                let cand = &segs[..k];
+                if get_path(table, cand).is_none() {
+                    continue;
+                }
+                let mut trial = table.clone();
+                remove_path(&mut trial, cand);
+                if k == 1 || section_from_table(&trial, &section).is_ok() {
+                    *table = trial;
+                    self.forget(cand, &problem.message);
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                self.take_out(table, &[Segment::Key(section)], &problem.message);
+                if table.is_empty() {
+                    return Config::default();
+                }
+            }
+        }
+        self.remove_all("the converted config could not be made valid");
+        table.clear();
+        Config::default()
+    }
+
+    fn take_out(&mut self, table: &mut toml::Table, path: &[Segment], reason: &str) {
+        if let Some(Segment::Key(k)) = path.first()
+            && path.len() == 1
+            && table.remove(k).is_none()
+            && !table.is_empty()
+        {
+            // Nothing by that name: make progress anyway.
+            let first = table.keys().next().cloned().unwrap_or_default();
+            table.remove(&first);
+            self.forget(&[Segment::Key(first)], reason);
+            return;
+        }
+        remove_path(table, path);
+        self.forget(path, reason);
+    }
+
+    /// The lines that went to `path` lose that place; elements after it in its array move down.
+    fn forget(&mut self, path: &[Segment], reason: &str) {
+        let mut kept = Vec::with_capacity(self.origins.len());
+        for (p, line) in std::mem::take(&mut self.origins) {
+            if p.starts_with(path) {
+                self.removed.entry(line).or_insert_with(|| reason.to_string());
+                continue;
+            }
+            kept.push((p, line));
+        }
+        if let Some((Segment::Index(i), parent)) = path.split_last() {
+            for (p, _) in &mut kept {
+                if p.len() > parent.len()
+                    && p.starts_with(parent)
+                    && let Segment::Index(j) = &mut p[parent.len()]
+                    && *j > *i
+                {
+                    *j -= 1;
+                }
+            }
+        }
+        self.origins = kept;
+        // A line is only "removed" when none of its places is left.
+        let placed: BTreeSet<usize> = self.origins.iter().map(|(_, l)| *l).collect();
+        self.removed.retain(|l, _| !placed.contains(l));
+    }
+}
+
+fn get_path<'a>(table: &'a toml::Table, path: &[Segment]) -> Option<&'a toml::Value> {
+    let (Segment::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let mut v = table.get(first)?;
+    for seg in rest {
+        v = match (seg, v) {
+            (Segment::Key(k), toml::Value::Table(t)) => t.get(k)?,
+            (Segment::Index(i), toml::Value::Array(a)) => a.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+fn remove_path(table: &mut toml::Table, path: &[Segment]) {
+    let Some((last, parent)) = path.split_last() else {
+        return;
+    };
+    if parent.is_empty() {
+        if let Segment::Key(k) = last {
+            table.remove(k);
+        }
+        return;
+    }
+    let (Segment::Key(first), rest) = (&parent[0], &parent[1..]) else {
+        return;
+    };
+    let Some(mut v) = table.get_mut(first) else {
+        return;
+    };
+    for seg in rest {
+        let next = match (seg, v) {
+            (Segment::Key(k), toml::Value::Table(t)) => t.get_mut(k),
+            (Segment::Index(i), toml::Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        let Some(n) = next else {
+            return;
+        };
+        v = n;
+    }
+    match (last, v) {
+        (Segment::Key(k), toml::Value::Table(t)) => {
+            t.remove(k);
+        }
+        (Segment::Index(i), toml::Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+        }
+        _ => {}
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(table: &toml::Table, key: &str) -> Result<Option<T>, (String, String)> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(v) => v.clone().try_into::<T>().map(Some).map_err(|e| (key.to_string(), e.to_string())),
+    }
+}
+
+fn section_from_table(table: &toml::Table, key: &str) -> Result<(), (String, String)> {
+    use dhcp_dns::config::{DhcpConfig, DnsConfig};
+    use ha_membership::config::{ClusterConfig, QuorumConfig};
+    match key {
+        "cluster" => typed::<ClusterConfig>(table, key).map(drop),
+        "quorum" => typed::<QuorumConfig>(table, key).map(drop),
+        "balancer" => typed::<tcp_balancer::config::BalancerConfig>(table, key).map(drop),
+        "dhcp" => typed::<DhcpConfig>(table, key).map(drop),
+        "dns" => typed::<DnsConfig>(table, key).map(drop),
+        "control" => typed::<crate::config::ControlConfig>(table, key).map(drop),
+        "logging" => typed::<crate::config::LoggingConfig>(table, key).map(drop),
+        _ => Err((key.to_string(), format!("importers do not write [{key}]"))),
+    }
+}
+
+/// The config an importer's table holds (importers write no resources or constraints).
+fn config_from_table(table: &toml::Table) -> Result<Config, (String, String)> {
+    if let Some(k) = table.keys().find(|k| section_from_table(&toml::Table::new(), k).is_err()) {
+        return Err((k.clone(), format!("importers do not write [{k}]")));
+    }
+    Ok(Config {
+        logging: typed(table, "logging")?,
+        control: typed(table, "control")?,
+        cluster: typed(table, "cluster")?,
+        quorum: typed(table, "quorum")?,
+        balancer: typed(table, "balancer")?,
+        dhcp: typed(table, "dhcp")?,
+        dns: typed(table, "dns")?,
+        ..Config::default()
+    })
+}
+
+/// True for a line that is only a comment (`#` first) or blank.
+pub(crate) fn is_comment_or_blank(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
 }
