@@ -1,8 +1,11 @@
 //! Maps the `[balancer]` config section onto the runtime's plain structs: one
 //! [`ProxyConfig`] per tcp-mode frontend (all its bind addresses share one backend instance).
 //!
-//! Features the runtime does not have yet (http mode, TLS termination, SNI routes, per-server
-//! maxqueue) are refused with [`MapError::Unsupported`] rather than silently ignored.
+//! http-mode frontends map onto an [`HttpFrontendConfig`] (several backends, routes by host and
+//! path), tcp-mode frontends with `tls` onto a [`TlsTcpConfig`]; certificates are loaded here so
+//! a bad PEM file is reported before anything starts. Features the runtime does not have (SNI
+//! routes together with TLS termination, per-server maxqueue) are refused with
+//! [`MapError::Unsupported`] rather than silently ignored.
 
 use std::time::Duration;
 
@@ -16,6 +19,8 @@ use crate::proxy::{BackendConfig, FrontendConfig, Keepalive, ProxyConfig, Rebala
 use crate::proxy_protocol::Version;
 use crate::relay::{IdleTimeouts, RelayMode};
 use crate::router::SniRoute;
+use crate::http::{HttpFrontendConfig, HttpRoute, HttpTimeouts};
+use crate::tls::{TlsTcpConfig, server_config};
 
 /// Why a config cannot be run by this runtime.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -34,6 +39,14 @@ pub enum MapError {
     /// The frontend has no bind address.
     #[error("frontend {0}: no bind address")]
     NoBind(String),
+    /// The frontend's TLS certificate or key cannot be used.
+    #[error("frontend {frontend}: {reason}")]
+    Tls {
+        /// Frontend name.
+        frontend: String,
+        /// Why (file and cause).
+        reason: String,
+    },
     /// A feature the tcp-mode runtime does not implement yet.
     #[error("{place}: {feature} is not supported by the tcp-mode runtime yet")]
     Unsupported {
@@ -54,6 +67,10 @@ pub fn tcp_proxies(cfg: &BalancerConfig) -> Result<Vec<ProxyConfig>, MapError> {
 pub enum TcpFrontend {
     /// One backend behind the listener.
     Proxy(ProxyConfig),
+    /// Mode http: routes by host and path over several backends, TLS terminated or not.
+    Http(Box<HttpFrontendConfig>),
+    /// Mode tcp with TLS terminated on the frontend.
+    TlsTcp(Box<TlsTcpConfig>),
     /// TLS passthrough routed by SNI.
     Router {
         /// The listening side.
@@ -72,6 +89,17 @@ pub fn tcp_frontends(cfg: &BalancerConfig) -> Result<Vec<TcpFrontend>, MapError>
     cfg.frontends
         .iter()
         .map(|fe| {
+            if fe.mode == config::Mode::Http {
+                return http_frontend(cfg, fe).map(|h| TcpFrontend::Http(Box::new(h)));
+            }
+            if let Some(tls) = &fe.tls {
+                if !fe.routes.is_empty() {
+                    return Err(unsupported(&fe.name, "SNI routes with TLS termination"));
+                }
+                let proxy = map_proxy(cfg, fe)?;
+                let tls = load_tls(&fe.name, tls, &[])?;
+                return Ok(TcpFrontend::TlsTcp(Box::new(TlsTcpConfig { proxy, tls })));
+            }
             if fe.routes.is_empty() {
                 return tcp_proxy(cfg, fe).map(TcpFrontend::Proxy);
             }
@@ -119,6 +147,75 @@ pub fn tcp_proxy(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<ProxyCon
     if !fe.routes.is_empty() {
         return Err(unsupported(&fe.name, "routes here (use tcp_frontends)"));
     }
+    map_proxy(cfg, fe)
+}
+
+/// Loads a frontend's certificate and key; http mode offers ALPN http/1.1 unless told otherwise.
+fn load_tls(
+    frontend: &str,
+    tls: &config::FrontendTls,
+    default_alpn: &[&str],
+) -> Result<std::sync::Arc<rustls::ServerConfig>, MapError> {
+    let alpn: Vec<String> = if tls.alpn.is_empty() {
+        default_alpn.iter().map(|s| s.to_string()).collect()
+    } else {
+        tls.alpn.clone()
+    };
+    server_config(&tls.cert, &tls.key, &alpn).map_err(|e| MapError::Tls { frontend: frontend.to_string(), reason: e.to_string() })
+}
+
+/// An http-mode frontend: every backend it names (default first), its routes and TLS.
+pub fn http_frontend(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<HttpFrontendConfig, MapError> {
+    if fe.tls.is_some() && fe.accept_proxy {
+        return Err(unsupported(&fe.name, "accept_proxy with TLS termination"));
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut index = |n: &str| match names.iter().position(|x| x == n) {
+        Some(i) => i,
+        None => {
+            names.push(n.to_string());
+            names.len() - 1
+        }
+    };
+    let default = fe.backend.as_deref().map(&mut index);
+    let mut routes = Vec::with_capacity(fe.routes.len());
+    for r in &fe.routes {
+        if r.sni.is_some() {
+            return Err(unsupported(&fe.name, "sni routes in http mode (route by host)"));
+        }
+        routes.push(HttpRoute { host: r.host.clone(), path_prefix: r.path_prefix.clone(), backend: index(&r.backend) });
+    }
+    if names.is_empty() {
+        return Err(MapError::NoBackend(fe.name.clone()));
+    }
+    let backends = names
+        .iter()
+        .map(|n| map_proxy(cfg, &config::Frontend { backend: Some(n.clone()), routes: Vec::new(), ..fe.clone() }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = &backends[0];
+    let t = &cfg.timeouts;
+    Ok(HttpFrontendConfig {
+        frontend: first.frontend.clone(),
+        routes,
+        default,
+        monitor_uri: fe.monitor_uri.clone(),
+        forwarded_for: fe.forwarded_for,
+        timeouts: HttpTimeouts {
+            http_request: t.http_request.get(),
+            http_keep_alive: t.http_keep_alive.get(),
+            client: t.client.get(),
+            server: t.server.get(),
+            tunnel: t.tunnel.map(|x| x.get()),
+        },
+        keepalive: first.keepalive,
+        relay: first.relay,
+        tls: fe.tls.as_ref().map(|tls| load_tls(&fe.name, tls, &["http/1.1"])).transpose()?,
+        backends,
+    })
+}
+
+/// A frontend with its default backend, whatever its mode (checks are the caller's).
+fn map_proxy(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<ProxyConfig, MapError> {
     let bname = fe.backend.as_ref().ok_or_else(|| MapError::NoBackend(fe.name.clone()))?;
     let be = cfg.backend(bname).ok_or_else(|| MapError::UnknownBackend {
         frontend: fe.name.clone(),
@@ -427,5 +524,78 @@ backend = "missing"
 "#,
         );
         assert!(matches!(tcp_proxies(&cfg), Err(MapError::UnknownBackend { .. })));
+    }
+
+    #[test]
+    fn http_frontends_map_routes_onto_their_backends() {
+        let cfg = parse(
+            r#"
+[balancer]
+[balancer.timeouts]
+http_request = "3s"
+http_keep_alive = "4s"
+[[balancer.frontend]]
+name = "web"
+bind = ["198.18.0.100:80"]
+mode = "http"
+backend = "a"
+monitor_uri = "/healthz"
+forwarded_for = true
+[[balancer.frontend.route]]
+host = "b.example"
+backend = "b"
+[[balancer.frontend.route]]
+path_prefix = "/a/"
+backend = "a"
+[[balancer.backend]]
+name = "a"
+[[balancer.backend.server]]
+name = "a1"
+address = "198.18.0.21:80"
+[[balancer.backend]]
+name = "b"
+[[balancer.backend.server]]
+name = "b1"
+address = "198.18.0.22:80"
+"#,
+        );
+        let fes = tcp_frontends(&cfg).unwrap();
+        let TcpFrontend::Http(h) = &fes[0] else { panic!("not an http frontend") };
+        let names: Vec<&str> = h.backends.iter().map(|b| b.backend.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(h.default, Some(0));
+        assert_eq!(h.routes[0], HttpRoute { host: Some("b.example".into()), path_prefix: None, backend: 1 });
+        assert_eq!(h.routes[1].backend, 0);
+        assert_eq!(h.monitor_uri.as_deref(), Some("/healthz"));
+        assert!(h.forwarded_for && h.tls.is_none());
+        assert_eq!(h.timeouts.http_request, Duration::from_secs(3));
+        assert_eq!(h.timeouts.http_keep_alive, Duration::from_secs(4));
+        assert_eq!(h.frontend.name, "web");
+    }
+
+    #[test]
+    fn tls_termination_needs_readable_pem_files() {
+        let cfg = parse(
+            r#"
+[balancer]
+[[balancer.frontend]]
+name = "tls"
+bind = ["198.18.0.100:443"]
+backend = "b"
+tls = { cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" }
+[[balancer.backend]]
+name = "b"
+[[balancer.backend.server]]
+name = "b1"
+address = "198.18.0.22:80"
+"#,
+        );
+        match tcp_frontends(&cfg) {
+            Err(MapError::Tls { frontend, reason }) => {
+                assert_eq!(frontend, "tls");
+                assert!(reason.contains("/nonexistent/cert.pem"), "{reason}");
+            }
+            other => panic!("expected a TLS error, got {other:?}"),
+        }
     }
 }

@@ -10,6 +10,8 @@ use crate::config::BalancerConfig;
 use crate::from_config::{MapError, TcpFrontend, tcp_frontends};
 use crate::proxy::{Proxy, ProxyError, SessionInfo, Stats};
 use crate::router::SniRouter;
+use crate::http::HttpFrontend;
+use crate::tls::TlsTcpFrontend;
 
 /// Why the balancer could not start or an admin command failed.
 #[derive(Debug, Error)]
@@ -30,6 +32,8 @@ pub enum BalancerError {
 pub struct Balancer {
     proxies: Vec<Proxy>,
     routers: Vec<SniRouter>,
+    http: Vec<HttpFrontend>,
+    tls_tcp: Vec<TlsTcpFrontend>,
 }
 
 impl Balancer {
@@ -45,7 +49,7 @@ impl Balancer {
         cfg: &BalancerConfig,
         inherited: &mut Vec<(std::net::SocketAddr, std::net::TcpListener)>,
     ) -> Result<Self, BalancerError> {
-        let mut me = Self { proxies: Vec::new(), routers: Vec::new() };
+        let mut me = Self { proxies: Vec::new(), routers: Vec::new(), http: Vec::new(), tls_tcp: Vec::new() };
         for f in tcp_frontends(cfg)? {
             let started = match f {
                 TcpFrontend::Proxy(c) => Proxy::start_inheriting(c, inherited).map(|p| me.proxies.push(p)),
@@ -53,6 +57,8 @@ impl Balancer {
                     SniRouter::start_inheriting(frontend, routes, default, hello_timeout, inherited)
                         .map(|r| me.routers.push(r))
                 }
+                TcpFrontend::Http(c) => HttpFrontend::start_inheriting(*c, inherited).map(|h| me.http.push(h)),
+                TcpFrontend::TlsTcp(c) => TlsTcpFrontend::start_inheriting(*c, inherited).map(|t| me.tls_tcp.push(t)),
             };
             if let Err(e) = started {
                 me.drain(Duration::ZERO).await;
@@ -72,8 +78,22 @@ impl Balancer {
         &self.routers
     }
 
+    /// The running http-mode frontends, in config order.
+    pub fn http_frontends(&self) -> &[HttpFrontend] {
+        &self.http
+    }
+
+    /// The running tcp-mode frontends that terminate TLS, in config order.
+    pub fn tls_tcp_frontends(&self) -> &[TlsTcpFrontend] {
+        &self.tls_tcp
+    }
+
     fn all(&self) -> impl Iterator<Item = &Proxy> {
-        self.proxies.iter().chain(self.routers.iter().flat_map(|r| r.proxies().iter().map(|p| &**p)))
+        self.proxies
+            .iter()
+            .chain(self.routers.iter().flat_map(|r| r.proxies().iter().map(|p| &**p)))
+            .chain(self.http.iter().flat_map(|h| h.backends().iter().map(|p| &**p)))
+            .chain(self.tls_tcp.iter().map(|t| &**t.backend()))
     }
 
     /// Sends every listening socket to the new process in one message (reload).
@@ -83,8 +103,13 @@ impl Balancer {
             all.extend(r.listener_fds());
         }
         // Proxies lend duplicates: nothing a concurrent drain closes can be borrowed here.
-        let owned: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)> =
-            self.proxies.iter().flat_map(|p| p.dup_listener_fds()).collect();
+        let owned: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)> = self
+            .proxies
+            .iter()
+            .flat_map(|p| p.dup_listener_fds())
+            .chain(self.http.iter().flat_map(|h| h.dup_listener_fds()))
+            .chain(self.tls_tcp.iter().flat_map(|t| t.dup_listener_fds()))
+            .collect();
         all.extend(owned.iter().map(|(a, fd)| (*a, std::os::fd::AsFd::as_fd(fd))));
         crate::handover::send_listeners(to, &all)
     }
@@ -131,6 +156,8 @@ impl Balancer {
         let mut waits: Vec<_> =
             self.proxies.into_iter().map(|p| tokio::spawn(async move { p.drain(grace).await })).collect();
         waits.extend(self.routers.into_iter().map(|r| tokio::spawn(r.drain(grace))));
+        waits.extend(self.http.into_iter().map(|h| tokio::spawn(async move { h.drain(grace).await })));
+        waits.extend(self.tls_tcp.into_iter().map(|t| tokio::spawn(async move { t.drain(grace).await })));
         let mut forced = 0;
         for w in waits {
             forced += w.await.unwrap_or(0);

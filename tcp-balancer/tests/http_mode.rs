@@ -954,3 +954,74 @@ async fn tls_is_terminated_in_tcp_mode() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_runs_http_and_tls_frontends_from_the_config() {
+    bounded(20, async {
+        let dir = std::env::temp_dir().join(format!("hastack-http-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key, client_cfg) = tls_files(&dir);
+        let (a, b) = (Api::start("a").await, Api::start("b").await);
+        let text = format!(
+            r#"
+[balancer]
+[[balancer.frontend]]
+name = "web"
+bind = ["127.0.0.1:0"]
+mode = "http"
+backend = "be-a"
+monitor_uri = "/monitor"
+forwarded_for = true
+tls = {{ cert = "{}", key = "{}" }}
+[[balancer.frontend.route]]
+path_prefix = "/b/"
+backend = "be-b"
+[[balancer.frontend]]
+name = "raw"
+bind = ["127.0.0.1:0"]
+tls = {{ cert = "{}", key = "{}" }}
+backend = "be-b"
+[[balancer.backend]]
+name = "be-a"
+[[balancer.backend.server]]
+name = "a"
+address = "{}"
+[[balancer.backend]]
+name = "be-b"
+[[balancer.backend.server]]
+name = "b"
+address = "{}"
+"#,
+            cert.display(),
+            key.display(),
+            cert.display(),
+            key.display(),
+            a.addr,
+            b.addr
+        );
+        #[derive(serde::Deserialize)]
+        struct Root {
+            balancer: tcp_balancer::config::BalancerConfig,
+        }
+        let cfg = toml::from_str::<Root>(&text).unwrap().balancer;
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let web = bal.http_frontends()[0].local_addr();
+        let mut c = Client::new(tls_connect(web, client_cfg.clone()).await);
+        let r = c.get("/x").await.unwrap();
+        assert_eq!((r.body.as_slice(), r.header("x-saw-xff")), (&b"a"[..], "127.0.0.1"));
+        assert_eq!(c.get("/b/x").await.unwrap().body, b"b");
+        assert_eq!(c.get("/monitor").await.unwrap().status, 200);
+        bal.set_server_state("be-a", "a", AdminState::Maint).unwrap();
+        assert_eq!(c.get("/monitor").await.unwrap().status, 503);
+        // The tcp-mode TLS frontend relays the decrypted bytes to the HTTP server.
+        let raw = bal.tls_tcp_frontends()[0].local_addrs()[0];
+        let mut c = Client::new(tls_connect(raw, client_cfg).await);
+        assert_eq!(c.get("/x").await.unwrap().body, b"b");
+        // Both frontends' backends are in show stat.
+        let names: Vec<String> = bal.stats().iter().map(|s| format!("{}/{}", s.frontend, s.backend)).collect();
+        assert_eq!(names, ["web/be-a", "web/be-b", "raw/be-b"]);
+        bal.drain(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
