@@ -70,6 +70,10 @@ pub struct DhcpConfig {
     /// `[control] socket`, else /run/hastack/cluster.sock).
     #[serde(default)]
     pub replication_socket: Option<PathBuf>,
+    /// Answer DHCP only while this host holds this address (the gateways' VIP); with replication
+    /// both gateways run, the one holding the VIP answers, the other keeps its leases current.
+    #[serde(default)]
+    pub follow_vip: Option<Ipv4Addr>,
     /// Domain for option 15 and lease names, unless a subnet sets its own.
     pub domain: Option<String>,
     /// How long an offered address is held for the client (default 30s).
@@ -491,6 +495,7 @@ impl DhcpConfig {
             replication_window: default_replication_window(),
             replication_timeout: default_replication_timeout(),
             replication_socket: None,
+            follow_vip: None,
             domain: None,
             offer_hold: default_offer_hold(),
             decline_quarantine: default_quarantine(),

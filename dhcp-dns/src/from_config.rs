@@ -203,7 +203,7 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             })
         }
     };
-    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0, replication }
+    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0, replication, follow_vip: d.follow_vip }
 }
 
 fn dns_runtime(d: &DnsSection, dhcp: Option<&DhcpSection>, problems: &mut Vec<String>) -> DnsRuntime {

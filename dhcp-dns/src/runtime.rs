@@ -35,6 +35,8 @@ pub struct DhcpRuntime {
     pub probe_timeout: std::time::Duration,
     /// Lease replication through the cluster daemon's process group (None: leases stay here).
     pub replication: Option<ClusterReplication>,
+    /// Answer DHCP only while this host holds this address (see [`DriverExtras::follow_vip`]).
+    pub follow_vip: Option<std::net::Ipv4Addr>,
 }
 
 /// Lease replication to the other gateways through the cluster daemon (see the crate docs).
@@ -236,7 +238,7 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
             let prober: Option<Arc<dyn AddressProber>> =
                 d.core.conflict_check.then(|| Arc::new(IcmpProber { timeout: d.probe_timeout }) as Arc<dyn AddressProber>);
             Some(
-                start_dhcp_with(d.drivers.clone(), core, committer.clone(), Some(zone.clone()), DriverExtras { replication, prober })
+                start_dhcp_with(d.drivers.clone(), core, committer.clone(), Some(zone.clone()), DriverExtras { replication, prober, follow_vip: d.follow_vip })
                     .await
                     .map_err(|e| RuntimeError::Io { what: "bind DHCP sockets".into(), source: e })?,
             )
@@ -332,6 +334,7 @@ mod tests {
                 drivers: vec![DhcpDriverConfig { bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..DhcpDriverConfig::default() }],
                 probe_timeout: std::time::Duration::from_millis(200),
                 replication: None,
+                follow_vip: None,
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),

@@ -54,9 +54,20 @@ fn bind_udp(addr: SocketAddr, reuse_port: bool, device: Option<&str>, broadcast:
     if let Some(dev) = device {
         s.bind_device(Some(dev.as_bytes()))?;
     }
+    freebind(&s, addr)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// A listener on a specific address may bind before the address exists (a VIP that arrives
+/// later with a failover), as with `ip_nonlocal_bind`; replies then leave from that address.
+fn freebind(s: &Socket, addr: SocketAddr) -> io::Result<()> {
+    match addr {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() => s.set_freebind_v4(true),
+        SocketAddr::V6(a) if !a.ip().is_unspecified() => s.set_freebind_v6(true),
+        _ => Ok(()),
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -169,6 +180,7 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
         if let Some(dev) = &cfg.device {
             s.bind_device(Some(dev.as_bytes()))?;
         }
+        freebind(&s, *addr)?;
         s.set_nonblocking(true)?;
         s.bind(&(*addr).into())?;
         s.listen(1024)?;
@@ -603,6 +615,8 @@ pub struct DhcpDriverStats {
     pub status: std::sync::Mutex<DhcpStatus>,
     /// Leases whose replication to the peers failed (served anyway).
     pub replication_failures: AtomicU64,
+    /// Requests ignored while standing by (following a VIP held elsewhere).
+    pub standby_dropped: AtomicU64,
 }
 
 /// Where granted leases go for the other gateways (the cluster channel implements this).
@@ -693,7 +707,7 @@ pub async fn start_dhcp_replicated(
     zone: Option<SharedZone>,
     replication: Option<Replication>,
 ) -> io::Result<DhcpHandle> {
-    start_dhcp_with(cfgs, core, committer, zone, DriverExtras { replication, prober: None }).await
+    start_dhcp_with(cfgs, core, committer, zone, DriverExtras { replication, prober: None, follow_vip: None }).await
 }
 
 /// Checks whether an address is already in use before it is offered.
@@ -762,7 +776,13 @@ pub struct DriverExtras {
     pub replication: Option<Replication>,
     /// Conflict check before offers (used when the core emits [`Action::Probe`]).
     pub prober: Option<Arc<dyn AddressProber>>,
+    /// Answer DHCP only while this host holds this address (the VIP): the standby gateway keeps
+    /// its replicated leases current and starts answering the moment the VIP moves to it.
+    pub follow_vip: Option<Ipv4Addr>,
 }
+
+/// How often the VIP's presence is checked when following it.
+const FOLLOW_VIP_EVERY: Duration = Duration::from_millis(100);
 
 /// [`start_dhcp`] with replication and/or a conflict prober.
 pub async fn start_dhcp_with(
@@ -772,7 +792,7 @@ pub async fn start_dhcp_with(
     zone: Option<SharedZone>,
     extras: DriverExtras,
 ) -> io::Result<DhcpHandle> {
-    let DriverExtras { replication, prober } = extras;
+    let DriverExtras { replication, prober, follow_vip } = extras;
     let mut socks = Vec::new();
     let mut locals = Vec::new();
     for c in &cfgs {
@@ -782,16 +802,42 @@ pub async fn start_dhcp_with(
     }
     let stats = Arc::new(DhcpDriverStats::default());
     let (stop, stop_rx) = watch::channel(false);
+    let active = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut follower = None;
+    if let Some(vip) = follow_vip {
+        let holds = move || crate::from_config::local_ipv4_addrs().iter().any(|a| a.addr == vip);
+        active.store(holds(), Ordering::Relaxed);
+        let (active, mut stop) = (active.clone(), stop_rx.clone());
+        follower = Some(tokio::spawn(async move {
+            let mut was = active.load(Ordering::Relaxed);
+            tracing::info!(%vip, active = was, "DHCP follows the VIP");
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_VIP_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+                let now = tokio::task::spawn_blocking(holds).await.unwrap_or(was);
+                if now != was {
+                    tracing::info!(%vip, active = now, "DHCP {} (VIP {})", if now { "answering" } else { "standing by" }, if now { "here" } else { "gone" });
+                    was = now;
+                }
+                active.store(now, Ordering::Relaxed);
+            }
+        }));
+    }
     // Readers only receive; the core (one task) decides; bounded queue so a flood is dropped at
     // the socket rather than buffered without limit.
     let (in_tx, in_rx) = mpsc::channel::<(usize, Vec<u8>, SocketAddrV4)>(4096);
     let mut readers = Vec::new();
     for (i, s) in socks.iter().enumerate() {
-        let (s, tx) = (s.clone(), in_tx.clone());
+        let (s, tx, active, stats) = (s.clone(), in_tx.clone(), active.clone(), stats.clone());
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 match s.recv_from(&mut buf).await {
+                    Ok((_, SocketAddr::V4(_))) if !active.load(Ordering::Relaxed) => {
+                        stats.standby_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok((n, SocketAddr::V4(src))) => {
                         if tx.send((i, buf[..n].to_vec(), src)).await.is_err() {
                             return;
@@ -807,6 +853,7 @@ pub async fn start_dhcp_with(
     let (rep_tx, rep_rx) = mpsc::channel(4096);
     let io = DhcpIo { cfgs, socks, committer, zone, stats: stats.clone(), replication, prober };
     let task = tokio::spawn(dhcp_loop(io, in_rx, rep_rx, core, stop_rx));
+    readers.extend(follower);
     Ok(DhcpHandle { locals, stats, replica: ReplicaInput { tx: rep_tx }, stop, task, readers })
 }
 

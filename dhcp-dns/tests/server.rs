@@ -589,7 +589,7 @@ async fn conflict_probe_skips_an_address_in_use_without_stalling() {
         core,
         committer,
         None,
-        DriverExtras { replication: None, prober: Some(prober.clone()) },
+        DriverExtras { replication: None, prober: Some(prober.clone()), follow_vip: None },
     )
     .await
     .unwrap();
