@@ -207,7 +207,7 @@ impl<C: ClusterChannel> Driver<C> {
         let mut shutting = false;
         loop {
             self.flush()?;
-            if shutting && self.engine.idle() {
+            if shutting && self.engine.handed_over() {
                 return Ok(());
             }
             self.status.send_replace(Arc::new(self.engine.status()));

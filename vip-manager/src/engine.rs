@@ -279,6 +279,9 @@ pub struct Engine {
     probes: BTreeMap<NodeId, (u64, BTreeSet<NodeId>)>,
     /// This node's own claims delivered while it was fenced: run once the probe completes.
     deferred_claims: Vec<(Generation, usize)>,
+    /// VIPs this node released on its own whose Done it has not yet seen delivered: it claims no
+    /// plan step removing them (that Done completes such a step for everybody).
+    own_releases: BTreeSet<ResourceId>,
     last_failure: Option<FailedOp>,
     out: VecDeque<Output>,
 }
@@ -315,6 +318,7 @@ impl Engine {
             stall_probe: None,
             probes: BTreeMap::new(),
             deferred_claims: Vec::new(),
+            own_releases: BTreeSet::new(),
             last_failure: None,
             out: VecDeque::new(),
         }
@@ -349,9 +353,22 @@ impl Engine {
         &self.cfg.resources
     }
 
-    /// True once a graceful shutdown has moved everything off this node.
+    /// True when this node runs nothing and has no action under way.
     pub fn idle(&self) -> bool {
         self.local_state.is_empty() && self.local_running.is_empty() && self.queued.is_empty()
+    }
+
+    /// True once a graceful stop ([`Engine::begin_shutdown`]) is complete: this node runs nothing,
+    /// its Shutdown was delivered, and the plan that moves its resources elsewhere has finished (or
+    /// there is no synced view to finish it in). Leaving earlier would change the view under the
+    /// new holder's claim and cost a resynchronisation before it could add the VIP.
+    pub fn handed_over(&self) -> bool {
+        let settled = !self.synced
+            || (self.operator.shutting_down.contains(&self.cfg.local)
+                && !self.replan_pending
+                && self.in_flight.is_empty()
+                && self.done.iter().all(|d| *d));
+        self.idle() && settled
     }
 
     /// Status snapshot.
@@ -407,6 +424,7 @@ impl Engine {
         self.stall_probe = None;
         self.probes.clear();
         self.deferred_claims.clear();
+        self.own_releases.clear();
         if unconfirmed && !continues {
             self.release_vips();
         }
@@ -460,6 +478,7 @@ impl Engine {
             })
             .collect();
         for a in vips {
+            self.own_releases.insert(a.rsc().clone());
             self.run_local(a);
         }
     }
@@ -656,9 +675,29 @@ impl Engine {
             }
             Msg::Done { from, ticket, action, ok, at } => {
                 self.apply_effect(from, &action, ok, at);
+                if from == self.cfg.local && matches!(action, Action::RemoveVip { .. }) {
+                    self.own_releases.remove(action.rsc());
+                }
                 if let Ticket::Local(_) = ticket {
-                    // A decision taken alone changed the state behind the plan's back.
-                    self.replan_pending = true;
+                    // A release taken alone that the plan also asks for (a graceful stop releases
+                    // at once) completes that step: nobody waits for a second removal. Any other
+                    // decision taken alone changed the state behind the plan's back.
+                    let step = (0..self.plan.steps.len()).find(|j| {
+                        ok && !self.replan_pending
+                            && matches!(action, Action::RemoveVip { .. })
+                            && self.plan.steps[*j].action == action
+                            && !self.done[*j]
+                            && !self.claimed[*j]
+                    });
+                    match step {
+                        Some(j) => {
+                            self.done[j] = true;
+                            if self.done.iter().all(|d| *d) {
+                                self.replan_pending = true;
+                            }
+                        }
+                        None => self.replan_pending = true,
+                    }
                 }
                 if let Ticket::Plan { generation, step } = ticket {
                     self.in_flight.remove(&(generation, step));
@@ -848,6 +887,7 @@ impl Engine {
                     && !self.done[*i]
                     && !self.claimed[*i]
                     && !self.claim_sent.contains(i)
+                    && !(matches!(s.action, Action::RemoveVip { .. }) && self.own_releases.contains(s.action.rsc()))
                     && s.after.iter().all(|j| self.done[*j])
             })
             .collect();
@@ -892,10 +932,40 @@ impl Engine {
                 self.local_state.insert(rsc.clone(), RunState::Failed);
             }
         }
+        if ok && matches!(action, Action::AddVip { .. }) {
+            self.announce_now(ticket);
+        }
         self.broadcast(Msg::Done { from: self.cfg.local, ticket, action, ok, at: wall });
         self.dispatch_queued();
         self.try_send_snapshot(wall);
         self.progress(now, wall);
+    }
+
+    /// Runs the announcement steps that wait only for the VIP add `ticket` at once, without a claim
+    /// round trip: clients reach the new holder one round trip sooner, and an announcement changes
+    /// no state anybody must see in flight (its Done completes the step everywhere as usual).
+    fn announce_now(&mut self, ticket: Ticket) {
+        let Ticket::Plan { generation, step } = ticket else { return };
+        if generation != self.generation || self.stalled {
+            return;
+        }
+        let local = self.cfg.local;
+        let garps: Vec<(usize, Action)> = (0..self.plan.steps.len())
+            .filter(|j| {
+                let s = &self.plan.steps[*j];
+                matches!(s.action, Action::SendGarp { .. })
+                    && s.action.node() == local
+                    && s.after == [step]
+                    && !self.done[*j]
+                    && !self.claimed[*j]
+                    && !self.claim_sent.contains(j)
+            })
+            .map(|j| (j, self.plan.steps[j].action.clone()))
+            .collect();
+        for (j, action) in garps {
+            self.claim_sent.insert(j);
+            self.dispatch(Ticket::Plan { generation, step: j }, action);
+        }
     }
 
     /// The driver finished a monitor.
@@ -921,9 +991,16 @@ impl Engine {
     }
 
     /// Begins a graceful stop of this node: its resources move away (the VIP in one round trip);
-    /// the daemon may exit once [`Engine::idle`] is true.
+    /// the daemon may exit once [`Engine::handed_over`] is true.
     pub fn begin_shutdown(&mut self, wall: Timestamp) {
         self.operator(OperatorCmd::Shutdown(self.cfg.local), wall);
+        // Releasing is always safe, so the VIPs go at once instead of one claim round trip later:
+        // the Done of this removal reaches the others right behind the Shutdown, and the plan that
+        // follows has the new holder add the address with no step left to wait for. (Maintenance
+        // mode touches nothing.)
+        if !self.effective_policy().maintenance {
+            self.release_vips();
+        }
     }
 
     /// When the driver should call [`Engine::handle_timeout`] next.

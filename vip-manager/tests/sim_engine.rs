@@ -542,7 +542,7 @@ impl Sim {
         let done: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.shutting_down && n.daemon == Daemon::Up && n.engine.as_ref().is_some_and(|e| e.idle() && !e.status().operator.shutting_down.is_empty()))
+            .filter(|(_, n)| n.shutting_down && n.daemon == Daemon::Up && n.engine.as_ref().is_some_and(|e| e.handed_over()))
             .map(|(i, _)| *i)
             .collect();
         for id in done {
@@ -734,36 +734,40 @@ fn five_nodes_with_three_way_partitions() {
 
 #[test]
 fn graceful_stop_hands_over_within_one_round_trip() {
-    // No faults: start, settle, then stop the VIP holder gracefully and time the handover.
-    let mut s = Sim::new(7);
-    s.faults_left = 0;
-    s.queue.retain(|Reverse((_, _, ix))| !matches!(s.events[*ix], Some(Ev::Fault)));
-    while s.now < 2000 && s.step() {}
-    let vip = ResourceId::new("vip");
-    let old = s.live_holders(&vip);
-    assert_eq!(old.len(), 1, "settled holder");
-    let old = old[0];
-    let wall = s.wall();
-    s.nodes.get_mut(&old).unwrap().shutting_down = true;
-    s.nodes.get_mut(&old).unwrap().engine.as_mut().unwrap().begin_shutdown(wall);
-    s.pump(old);
-    let t0 = s.now;
-    let mut released = None;
-    let mut taken = None;
-    while s.now < t0 + 1000 && s.step() {
-        let h = s.live_holders(&vip);
-        if released.is_none() && !h.contains(&old) {
-            released = Some(s.now);
+    // No faults: start, settle, then stop the holder of the standalone VIP gracefully and time the
+    // gap between its release and the new holder's add (simulated messages take 1-2 ms).
+    for seed in 1..=20 {
+        let mut s = Sim::new(seed);
+        s.faults_left = 0;
+        s.queue.retain(|Reverse((_, _, ix))| !matches!(s.events[*ix], Some(Ev::Fault)));
+        while s.now < 2000 && s.step() {}
+        let vip = ResourceId::new("vip2");
+        let old = s.live_holders(&vip);
+        assert_eq!(old.len(), 1, "seed {seed}: settled holder");
+        let old = old[0];
+        let wall = s.wall();
+        s.nodes.get_mut(&old).unwrap().shutting_down = true;
+        s.nodes.get_mut(&old).unwrap().engine.as_mut().unwrap().begin_shutdown(wall);
+        s.pump(old);
+        let t0 = s.now;
+        let mut released = None;
+        let mut taken = None;
+        while s.now < t0 + 1000 && s.step() {
+            let h = s.live_holders(&vip);
+            if released.is_none() && !h.contains(&old) {
+                released = Some(s.now);
+            }
+            if taken.is_none() && h.iter().any(|n| *n != old) {
+                taken = Some(s.now);
+            }
         }
-        if taken.is_none() && h.iter().any(|n| *n != old) {
-            taken = Some(s.now);
-        }
+        let (r, t) = (released.expect("released"), taken.expect("taken over"));
+        assert!(r <= t, "seed {seed}: old holder released at {r}, new took at {t}");
+        // Released at once; then the Shutdown and the release's Done (one delivery), the new
+        // holder's claim (one more), and the add: two message latencies of at most 2 ms + 1 ms.
+        assert!(r - t0 <= 1, "seed {seed}: released {} ms after the stop began", r - t0);
+        assert!(t - r <= 5, "seed {seed}: VIP absent for {} ms of simulated time\n{}", t - r, s.log.iter().rev().take(30).rev().cloned().collect::<Vec<_>>().join("\n"));
     }
-    let (r, t) = (released.expect("released"), taken.expect("taken over"));
-    assert!(r <= t, "old holder released at {r}, new took at {t}");
-    // lb must move first (colocation), so allow a handful of message/action latencies.
-    assert!(t - t0 <= 40, "handover took {} ms of simulated time", t - t0);
-    let _ = OperatorCmd::Maintenance(false);
 }
 
 impl Sim {
