@@ -1147,6 +1147,22 @@ impl Conv {
                 self.draft.skip(l, "has no effect on any converted proxy (no proxy uses it, or each overrides it)");
             }
         }
+        let t = &mut self.balancer.timeouts;
+        for (key, (v, _)) in &self.timeouts {
+            match *key {
+                "connect" => t.connect = *v,
+                "client" => t.client = *v,
+                "server" => t.server = *v,
+                "http_request" => t.http_request = *v,
+                "http_keep_alive" => t.http_keep_alive = *v,
+                "tunnel" => t.tunnel = Some(*v),
+                "queue" => t.queue = Some(*v),
+                "client_fin" => t.client_fin = Some(*v),
+                "server_fin" => t.server_fin = Some(*v),
+                "check" => t.check = Some(*v),
+                _ => {}
+            }
+        }
         let has_proxies = !self.balancer.frontends.is_empty() || !self.balancer.backends.is_empty();
         if has_proxies {
             self.draft.config.balancer = Some(self.balancer);

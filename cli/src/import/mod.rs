@@ -126,7 +126,7 @@ pub(crate) struct Draft {
     consumed: BTreeSet<usize>,
     /// Lines not converted, with the reason.
     skipped: BTreeMap<usize, String>,
-    /// Lines whose every place was taken out by validation, with the checker's reason.
+    /// Lines that lost a place to validation, with the checker's first reason.
     removed: BTreeMap<usize, String>,
     notes: Vec<Note>,
 }
@@ -204,17 +204,21 @@ impl Draft {
             toml = String::new();
         }
         let mut unconverted: BTreeMap<usize, String> = self.skipped.clone();
-        for (line, reason) in &self.removed {
-            unconverted.entry(*line).or_insert_with(|| reason.clone());
-        }
         let placed: BTreeSet<usize> = self.origins.iter().map(|(_, l)| *l).collect();
+        // A line is only "removed" when none of its places is left; the reason is the first
+        // removal's (the root cause: a listen section's backend without servers, say).
+        for (line, reason) in &self.removed {
+            if !placed.contains(line) {
+                unconverted.entry(*line).or_insert_with(|| reason.clone());
+            }
+        }
         for line in self.lines.keys() {
             if !placed.contains(line) && !self.consumed.contains(line) {
                 unconverted.entry(*line).or_insert_with(|| "not understood by the importer".into());
             }
         }
         // A line both placed and listed keeps its listing: the importer said it does not convert.
-        let unconverted = unconverted
+        let unconverted: Vec<Unconverted> = unconverted
             .into_iter()
             .map(|(line, reason)| Unconverted {
                 line,
@@ -222,6 +226,8 @@ impl Draft {
                 reason,
             })
             .collect();
+        // An assumption about a line that was not converted after all says nothing about the result.
+        self.notes.retain(|n| !unconverted.iter().any(|u: &Unconverted| u.line == n.line));
         let mut header = String::new();
         if !toml.is_empty() || !self.notes.is_empty() {
             header.push_str(&format!("# Converted from {kind} by `hastack import`.\n"));
@@ -332,9 +338,6 @@ impl Draft {
             }
         }
         self.origins = kept;
-        // A line is only "removed" when none of its places is left.
-        let placed: BTreeSet<usize> = self.origins.iter().map(|(_, l)| *l).collect();
-        self.removed.retain(|l, _| !placed.contains(l));
     }
 }
 
