@@ -214,6 +214,10 @@ struct Peer {
     /// Since when this peer announces it is blocked waiting for a view install.
     blocked_since: Option<Instant>,
     excluded_until: Option<Instant>,
+    /// Left out of a proposal it never acknowledged: it stays out of views until a latency probe
+    /// sent to it after that is answered (two-way contact proven), so a one-way cut settles instead
+    /// of making the coordinator propose, time out and re-propose for ever.
+    needs_contact: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -404,6 +408,7 @@ impl Engine {
                         view_mismatch_since: None,
                         blocked_since: None,
                         excluded_until: None,
+                        needs_contact: false,
                     },
                 )
             })
@@ -472,9 +477,19 @@ impl Engine {
     }
 
     /// Emit QuorumGained/QuorumLost when the effective quorate flag changes.
-    fn update_quorate(&mut self) {
+    fn update_quorate(&mut self, now: Instant) {
         let mut present = vec![self.params.local];
-        present.extend(self.peers.values().filter(|p| p.state == PeerState::Alive).map(|p| p.spec.id));
+        // A peer that has announced a newer view than ours for long has moved on without us (we
+        // are cut off one way: we hear it, it does not hear us); it does not count for our quorum.
+        let mine = self.view.as_ref().map(|v| v.id.epoch).unwrap_or(0);
+        let grace = self.params.timing.view_timeout * 4 * self.mult();
+        let moved_on = |p: &Peer| {
+            p.view.is_some_and(|v| v.epoch > mine)
+                && p.view_mismatch_since.is_some_and(|s| now.saturating_duration_since(s) >= grace)
+        };
+        present.extend(
+            self.peers.values().filter(|p| p.state == PeerState::Alive && !moved_on(p)).map(|p| p.spec.id),
+        );
         let q = !self.left && self.view.is_some() && self.quorum.quorate_with(&present);
         if q != self.effective_quorate {
             self.effective_quorate = q;
@@ -630,7 +645,7 @@ impl Engine {
     }
 
     /// Leave the cluster on purpose: tell every peer (twice, for loss) and stop.
-    pub fn leave(&mut self, _now: Instant) {
+    pub fn leave(&mut self, now: Instant) {
         if self.left {
             return;
         }
@@ -644,7 +659,7 @@ impl Engine {
         self.pending = None;
         self.view = None;
         let _ = self.quorum.clear();
-        self.update_quorate();
+        self.update_quorate(now);
     }
 
     /// Process one received datagram that arrived on `link`. Anything invalid is dropped and counted.
@@ -674,12 +689,18 @@ impl Engine {
             // Latency probes are answered on the link they came in on.
             Message::Ping { probe } => self.send_on(from, link, &Message::Ack { probe }),
             Message::Ack { probe } => {
-                if let Some(l) = self.peers.get_mut(&from).and_then(|p| p.links.get_mut(link))
+                if let Some(p) = self.peers.get_mut(&from)
+                    && let Some(l) = p.links.get_mut(link)
                     && let Some((want, sent)) = l.ping
                     && want == probe
                 {
                     l.rtt = Some(now.saturating_duration_since(sent));
                     l.ping = None;
+                    if p.needs_contact {
+                        // It heard a probe sent after it was left out, and we heard its answer.
+                        p.needs_contact = false;
+                        tracing::debug!(node = %from, "two-way contact again; eligible for views");
+                    }
                 }
             }
             Message::PingReq { target, probe } => self.on_ping_req(now, from, target, probe),
@@ -718,7 +739,7 @@ impl Engine {
             }
         }
         self.coordinator_duty(now);
-        self.update_quorate();
+        self.update_quorate(now);
     }
 
     fn heard(&mut self, now: Instant, from: NodeId, boot: u64, link: usize) {
@@ -730,6 +751,7 @@ impl Engine {
             p.suspicion = None;
             p.view = None;
             p.excluded_until = None;
+            p.needs_contact = false;
         }
         p.boot = Some(boot);
         if p.state == PeerState::Left {
@@ -897,7 +919,8 @@ impl Engine {
         let mut r = vec![self.my_member()];
         for p in self.peers.values() {
             let ok = matches!(p.state, PeerState::Alive | PeerState::Suspect)
-                && p.excluded_until.is_none_or(|t| now >= t);
+                && p.excluded_until.is_none_or(|t| now >= t)
+                && !p.needs_contact;
             if let (true, Some(boot)) = (ok, p.boot) {
                 r.push(Member { node: p.spec.id, boot });
             }
@@ -906,10 +929,44 @@ impl Engine {
         r
     }
 
+    /// A lower-id peer that should coordinate but has announced another view for a long time cannot
+    /// reach us (a one-way cut: we hear it, it does not hear us). Leave it out until it answers a
+    /// probe, so the next node in line can form a view instead of everyone waiting for ever.
+    fn distrust_stuck_coordinators(&mut self, now: Instant) {
+        let Some(mine) = self.view.as_ref().map(|v| v.id) else { return };
+        let patience = self.params.timing.view_timeout * 4 * self.mult();
+        let local = self.params.local;
+        // Views that some working peer shares: a lower node coordinating such a view is not stuck,
+        // it has left *us* out (we are the one cut off) and we must not fight it.
+        let shared: Vec<(NodeId, ViewId)> = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Alive && !p.needs_contact)
+            .filter_map(|p| p.view.map(|v| (p.spec.id, v)))
+            .collect();
+        for p in self.peers.values_mut() {
+            let others_share = p.view.is_some_and(|pv| shared.iter().any(|(n, v)| *n != p.spec.id && *v == pv));
+            let stuck = p.spec.id < local
+                && !others_share
+                && !p.needs_contact
+                && matches!(p.state, PeerState::Alive | PeerState::Suspect)
+                && p.view.is_some_and(|v| v != mine)
+                && p.view_mismatch_since.is_some_and(|s| now.saturating_duration_since(s) >= patience);
+            if stuck {
+                p.needs_contact = true;
+                for l in &mut p.links {
+                    l.ping = None;
+                }
+                tracing::debug!(node = %p.spec.id, "lower node stuck in another view; excluded until two-way contact");
+            }
+        }
+    }
+
     fn coordinator_duty(&mut self, now: Instant) {
         if self.left || self.pending.is_some() || now < self.propose_not_before {
             return;
         }
+        self.distrust_stuck_coordinators(now);
         let r = self.reachable(now);
         if r[0].node != self.params.local {
             return;
@@ -1034,6 +1091,26 @@ impl Engine {
         {
             return false;
         }
+        // Do not follow a coordinator that leaves out a lower member of my view which I hear clearly
+        // (it is the rightful coordinator; the proposer merely cannot reach it one way). A crashed
+        // member is silent by the time anyone proposes without it, so this never delays a failover.
+        let clear = self.params.timing.heartbeat_interval * 2;
+        if let Some(v) = &self.view {
+            let shunned = v.members.iter().any(|m| {
+                m.node < from
+                    && m.node != self.params.local
+                    && !members.iter().any(|x| x.node == m.node)
+                    && self.peers.get(&m.node).is_some_and(|p| {
+                        p.state == PeerState::Alive
+                            && !p.needs_contact
+                            && p.boot == Some(m.boot)
+                            && p.last_heard.is_some_and(|h| now.saturating_duration_since(h) <= clear)
+                    })
+            });
+            if shunned {
+                return false;
+            }
+        }
         true
     }
 
@@ -1113,12 +1190,12 @@ impl Engine {
         // A new view is a new quorum decision even if the flag stays the same.
         if self.effective_quorate {
             self.effective_quorate = false;
-            self.update_quorate();
+            self.update_quorate(now);
             if !self.effective_quorate {
                 self.events.push_back(Event::QuorumLost);
             }
         } else {
-            self.update_quorate();
+            self.update_quorate(now);
         }
         let mut out = Out::default();
         self.chan.pump(now, self.params.timing.heartbeat_interval * 3, &mut out);
@@ -1152,6 +1229,7 @@ impl Engine {
             if self.ticks % 100 == 1 {
                 self.send_pings(now);
             }
+            self.send_contact_probes(now);
             self.check_links(now);
             if !late {
                 self.start_suspicions(now);
@@ -1170,7 +1248,7 @@ impl Engine {
         }
         let _ = self.quorum.on_timeout(now);
         self.coordinator_duty(now);
-        self.update_quorate();
+        self.update_quorate(now);
     }
 
     fn check_links(&mut self, now: Instant) {
@@ -1281,15 +1359,46 @@ impl Engine {
 
     fn pending_timed_out(&mut self, now: Instant) {
         let Some(p) = self.pending.take() else { return };
-        let until = now + self.params.timing.view_timeout * 2;
+        let _ = now;
         for m in &p.members {
             if !p.acks.contains_key(&m.node)
                 && let Some(peer) = self.peers.get_mut(&m.node)
             {
-                peer.excluded_until = Some(until);
+                // Out until it answers a probe sent from now on (see `needs_contact`).
+                peer.needs_contact = true;
+                for l in &mut peer.links {
+                    l.ping = None;
+                }
+                tracing::debug!(node = %m.node, view = %p.view, "no ack; excluded until two-way contact");
             }
         }
         tracing::debug!(view = %p.view, "proposal timed out; re-proposing without silent members");
+    }
+
+    /// Probe peers waiting to prove two-way contact (one outstanding probe per link, renewed when
+    /// older than the suspect timeout, so a slow answer still counts).
+    fn send_contact_probes(&mut self, now: Instant) {
+        let renew = self.suspect_timeout();
+        let targets: Vec<(NodeId, usize)> = self
+            .peers
+            .values()
+            .filter(|p| p.needs_contact && matches!(p.state, PeerState::Alive | PeerState::Suspect))
+            .flat_map(|p| {
+                p.links
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.ping.is_none_or(|(_, at)| now.saturating_duration_since(at) >= renew))
+                    .map(move |(i, _)| (p.spec.id, i))
+            })
+            .collect();
+        for (to, link) in targets {
+            let probe = self.next_probe;
+            self.next_probe = self.next_probe.wrapping_add(1);
+            if let Some(l) = self.peers.get_mut(&to).and_then(|p| p.links.get_mut(link)) {
+                l.ping = Some((probe, now));
+            }
+            self.send_on(to, link, &Message::Ping { probe });
+        }
     }
 
     /// A status snapshot for the operator commands.

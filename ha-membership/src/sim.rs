@@ -1027,3 +1027,125 @@ fn steady_state_is_heartbeats_only() {
     assert_eq!(st.quorum.flags, vec!["Quorate"]);
     assert_eq!((st.quorum.total_votes, st.quorum.expected_votes, st.quorum.quorum), (3, 3, 2));
 }
+
+/// A one-way fault of the kinds that made views churn.
+#[derive(Clone, Debug)]
+pub(crate) enum OneWay {
+    /// Nothing from `a` reaches `b`; `b` → `a` works.
+    Cut(NodeId, NodeId),
+    /// Nobody hears the node; it hears everyone.
+    Mute(NodeId),
+    /// The node hears nobody; everyone hears it.
+    Deaf(NodeId),
+    /// A random set of directed cuts.
+    Random(Vec<(NodeId, NodeId)>),
+}
+
+const ONE_WAY_SETTLE: Duration = Duration::from_secs(1);
+const ONE_WAY_OBSERVE: Duration = Duration::from_secs(2);
+/// Arbitrary cut sets can drive the local health multiplier to its maximum (every timeout × 9).
+const ONE_WAY_SETTLE_RANDOM: Duration = Duration::from_secs(4);
+
+fn views_per_node(sim: &Sim) -> Vec<(NodeId, u64)> {
+    sim.live().into_iter().filter_map(|id| sim.engine(id).map(|e| (id, e.status().stats.views_installed))).collect()
+}
+
+/// Apply a one-way fault; after `ONE_WAY_SETTLE` no node may install another view for
+/// `ONE_WAY_OBSERVE`; after heal, one view of all within `CONVERGE_WITHIN`. Returns the views
+/// installed (all nodes) while settling.
+fn one_way(seed: u64, shape: Shape, fault: OneWay, settle: Duration) -> u64 {
+    let (nodes, q) = specs(shape, 1);
+    let mut sim = Sim::new(seed, nodes, q);
+    form(&mut sim);
+    let mut rng = Rng::new(seed.wrapping_mul(31337));
+    sim.run_for(Duration::from_micros(rng.below(20_000)));
+    let ids = sim.ids();
+    let cuts: Vec<(NodeId, NodeId)> = match &fault {
+        OneWay::Cut(a, b) => vec![(*a, *b)],
+        OneWay::Mute(k) => ids.iter().filter(|o| *o != k).map(|o| (*k, *o)).collect(),
+        OneWay::Deaf(k) => ids.iter().filter(|o| *o != k).map(|o| (*o, *k)).collect(),
+        OneWay::Random(c) => c.clone(),
+    };
+    for (a, b) in &cuts {
+        sim.net.cuts.insert((*a, *b, usize::MAX));
+    }
+    sim.note(format!("one-way fault {fault:?}"));
+    let v0: u64 = views_per_node(&sim).iter().map(|x| x.1).sum();
+    sim.run_for(settle);
+    let before = views_per_node(&sim);
+    sim.run_for(ONE_WAY_OBSERVE);
+    let after = views_per_node(&sim);
+    if before != after {
+        panic!("{}", sim.fail(&format!("views still changing {settle:?} after {fault:?}: {before:?} -> {after:?}")));
+    }
+    if let OneWay::Mute(k) | OneWay::Deaf(k) = fault {
+        // The node nobody hears (or that hears nobody) is out; the others stay quorate without it.
+        for id in sim.live() {
+            let e = sim.engine(id).expect("live");
+            if id == k {
+                if e.quorate() {
+                    panic!("{}", sim.fail(&format!("one-way cut-off node {k} is quorate")));
+                }
+            } else if !e.quorate() || e.view().is_none_or(|v| v.members.iter().any(|m| m.node == k)) {
+                panic!("{}", sim.fail(&format!("node {id} not quorate without {k}")));
+            }
+        }
+    }
+    let settling = after.iter().map(|x| x.1).sum::<u64>() - v0;
+    sim.heal();
+    if sim.run_until(CONVERGE_WITHIN, Sim::settled).is_none() {
+        panic!("{}", sim.fail("no single view after the one-way fault healed"));
+    }
+    settling
+}
+
+fn one_way_faults(shape: Shape) -> Vec<OneWay> {
+    let (nodes, _) = specs(shape, 1);
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+    let mut f = Vec::new();
+    for a in &ids {
+        f.push(OneWay::Mute(*a));
+        f.push(OneWay::Deaf(*a));
+        for b in &ids {
+            if a != b {
+                f.push(OneWay::Cut(*a, *b));
+            }
+        }
+    }
+    f
+}
+
+#[test]
+fn one_way_faults_settle() {
+    for shape in [Shape::Three, Shape::Five, Shape::TwoNodesWitness] {
+        for (i, fault) in one_way_faults(shape).into_iter().enumerate() {
+            for s in seeds(1) {
+                let seed = 20_000_000 + s * 1000 + i as u64;
+                let n = one_way(seed, shape, fault.clone(), ONE_WAY_SETTLE);
+                if std::env::var_os("HASTACK_SIM_VERBOSE").is_some() {
+                    eprintln!("seed {seed} {shape:?} {fault:?}: {n} views while settling");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn random_one_way_cuts_settle() {
+    for s in seeds(30) {
+        let seed = 21_000_000 + s;
+        let mut rng = Rng::new(seed);
+        let shape = if s % 2 == 0 { Shape::Three } else { Shape::Five };
+        let (nodes, _) = specs(shape, 1);
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        let mut cuts = Vec::new();
+        for a in &ids {
+            for b in &ids {
+                if a != b && rng.chance(0.25) {
+                    cuts.push((*a, *b));
+                }
+            }
+        }
+        one_way(seed, shape, OneWay::Random(cuts), ONE_WAY_SETTLE_RANDOM);
+    }
+}
