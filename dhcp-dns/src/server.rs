@@ -171,7 +171,7 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
         }
         for s in socks {
             let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
-            tasks.push(tokio::spawn(dns_udp_loop(Arc::new(s), ctx, limiter.clone(), stop_rx.clone())));
+            tasks.push(dns_udp_loop(s, ctx, limiter.clone(), stop_rx.clone())?);
         }
     }
     for addr in &cfg.tcp {
@@ -225,53 +225,63 @@ impl DnsCtx {
     }
 }
 
-async fn dns_udp_loop(
-    sock: Arc<UdpSocket>,
+/// Start the batched UDP loop ([`crate::dns::udp`]) for `sock` on its own thread: plain queries
+/// are answered there without allocating; the rest go through [`DnsCtx::local`], and forwarded
+/// ones run on the runtime and send their answer themselves. The returned task stops and joins
+/// the thread when `stop` fires.
+fn dns_udp_loop(
+    sock: UdpSocket,
     ctx: DnsCtx,
     limiter: Option<Arc<std::sync::Mutex<RateLimiter>>>,
     mut stop: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let (n, peer) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here on Linux; keep serving.
-                    tracing::debug!(error = %e, "dns udp recv");
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        if let Some(l) = &limiter {
-            let ok = l.lock().map(|mut l| l.allow(peer.ip(), std::time::Instant::now())).unwrap_or(true);
-            if !ok {
-                ctx.transport.rate_limited.fetch_add(1, Ordering::Relaxed);
-                continue;
+) -> io::Result<JoinHandle<()>> {
+    let sock = Arc::new(sock.into_std()?);
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rt = tokio::runtime::Handle::current();
+    let (slow_ctx, slow_sock) = (ctx.clone(), sock.clone());
+    let slow: crate::dns::udp::SlowPath = Box::new(move |q, peer, out| {
+        if let (Some(f), Ok(z)) = (&slow_ctx.forwarder, slow_ctx.zone.read()) {
+            if crate::dns::fast::answer_cached_into(&z, &f.cache, q, Transport::Udp, &slow_ctx.stats, out) {
+                f.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
         }
-        match ctx.local(&buf[..n], Transport::Udp) {
+        match slow_ctx.local(q, Transport::Udp) {
             Ok(Some(r)) => {
-                if sock.send_to(&r, peer).await.is_err() {
-                    ctx.transport.send_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                out.extend_from_slice(&r);
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(req) => {
                 // Forwarded queries run concurrently; the loop keeps answering local names.
-                let (sock, ctx) = (sock.clone(), ctx.clone());
-                tokio::spawn(async move {
+                let (sock, ctx) = (slow_sock.clone(), slow_ctx.clone());
+                rt.spawn(async move {
                     let Some(f) = &ctx.forwarder else { return };
                     if let Some(r) = f.resolve(&req, Transport::Udp, &ctx.stats).await {
-                        if sock.send_to(&r, peer).await.is_err() {
+                        if sock.send_to(&r, peer).is_err() {
                             ctx.transport.send_errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 });
+                false
             }
         }
-    }
+    });
+    let cfg = crate::dns::udp::UdpLoop {
+        sock,
+        zone: ctx.zone.clone(),
+        stats: ctx.stats.clone(),
+        limiter,
+        loop_stats: Arc::default(),
+        transport: ctx.transport.clone(),
+        stop: flag.clone(),
+    };
+    let th = std::thread::Builder::new().name("dns-udp".into()).spawn(move || crate::dns::udp::serve(cfg, slow))?;
+    Ok(tokio::spawn(async move {
+        let _ = stop.changed().await;
+        flag.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || th.join()).await;
+    }))
 }
 
 async fn dns_tcp_accept(l: TcpListener, ctx: DnsCtx, cfg: DnsServerConfig, mut stop: watch::Receiver<bool>) {
@@ -372,7 +382,7 @@ pub struct ForwardStats {
 /// Forwarding state shared by all DNS tasks: settings, cache, in-flight count.
 pub struct Forwarder {
     cfg: ForwardConfig,
-    cache: std::sync::Mutex<DnsCache>,
+    pub(crate) cache: std::sync::Mutex<DnsCache>,
     in_flight: AtomicUsize,
     /// Identical questions already on their way upstream: later askers wait for that answer.
     pending: std::sync::Mutex<hashbrown::HashMap<CacheKey, Vec<tokio::sync::oneshot::Sender<Option<Arc<DnsMessage>>>>>>,

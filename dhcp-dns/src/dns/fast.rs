@@ -5,20 +5,54 @@
 //! give the same answer.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use hickory_proto::rr::RecordType;
 
 use super::answer::{AnswerStats, CLASSIC_UDP, OUR_UDP_PAYLOAD, Transport};
+use super::forward::{CacheKeyRef, DnsCache};
 use super::zone::{FastRec, Lookup, Zone, norm};
 
 const MAX_NAME: usize = 255;
 
 /// Answer `q` if it is a plain query the fast path handles.
 pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(q.len() + 64);
+    answer_fast_into(zone, q, transport, stats, &mut out).then_some(out)
+}
+
+/// [`answer_fast`] writing into a reused buffer (cleared first): no allocation once `out` has
+/// grown to the usual answer size. `false`: not handled here (then `out` holds nothing useful).
+pub fn answer_fast_into(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    fast_into(zone, q, transport, stats, out).is_some()
+}
+
+/// The header and single question of a plain query, parsed from the wire without allocating.
+struct Question {
+    /// Lowercase dotted QNAME without the trailing dot.
+    key: [u8; MAX_NAME],
+    klen: usize,
+    qtype: u16,
+    qclass: u16,
+    /// End of the question section.
+    qend: usize,
+    /// The client's EDNS UDP size, when it sent a bare OPT.
+    client_size: Option<u16>,
+}
+
+impl Question {
+    fn name(&self) -> Option<&str> {
+        std::str::from_utf8(&self.key[..self.klen]).ok()
+    }
+}
+
+/// Parse a plain query: QR=0, opcode QUERY, TC=0, one question with an uncompressed name,
+/// nothing else but at most one bare OPT (version 0; its options are ignored, none echoed).
+fn parse_question(q: &[u8]) -> Option<Question> {
     if q.len() < 12 {
         return None;
     }
-    // QR=0, opcode 0 (QUERY), TC=0; one question, nothing else but at most one OPT.
     if q[2] & 0xFA != 0 {
         return None;
     }
@@ -56,16 +90,6 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
     let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
     let qclass = u16::from_be_bytes([*q.get(i + 2)?, *q.get(i + 3)?]);
     let qend = i + 4;
-    if qclass != 1 {
-        return None;
-    }
-    let rtype = match qtype {
-        1 => RecordType::A,
-        28 => RecordType::AAAA,
-        12 => RecordType::PTR,
-        _ => return None,
-    };
-    // Optional bare OPT: root name, type 41, version 0; its options are ignored (none echoed).
     let mut client_size = None;
     if count(10) == 1 {
         let o = q.get(qend..)?;
@@ -80,8 +104,89 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
     } else if q.len() != qend {
         return None;
     }
-    let name = std::str::from_utf8(&key[..klen]).ok()?;
-    let mut out = Vec::with_capacity(qend + 64);
+    Some(Question { key, klen, qtype, qclass, qend, client_size })
+}
+
+/// Append our OPT (when the client sent one) and return the UDP size limit of the answer.
+fn put_opt(out: &mut Vec<u8>, client_size: Option<u16>) -> usize {
+    match client_size {
+        Some(sz) => {
+            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            usize::from(sz.clamp(512, OUR_UDP_PAYLOAD))
+        }
+        None => CLASSIC_UDP,
+    }
+}
+
+/// Answer a query for a forwarded name from the forwarder's cache, in wire form: the question
+/// is copied, the cached records appended with their TTLs reduced by their age. `false`: not a
+/// plain query, a name of ours, not cached (or stale), or too big for UDP — the general path
+/// answers (and truncates) then. Same bytes as the general path's cached answer (tested).
+pub fn answer_cached_into(
+    zone: &Zone,
+    cache: &std::sync::Mutex<DnsCache>,
+    q: &[u8],
+    transport: Transport,
+    stats: &AnswerStats,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    cached_into(zone, cache, q, transport, stats, out).is_some()
+}
+
+fn cached_into(
+    zone: &Zone,
+    cache: &std::sync::Mutex<DnsCache>,
+    q: &[u8],
+    transport: Transport,
+    stats: &AnswerStats,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let qs = parse_question(q)?;
+    let name = qs.name()?;
+    if qs.qclass != 1 || zone.answers_for(name) {
+        return None;
+    }
+    let mut cache = cache.lock().ok()?;
+    let hit = cache.get_wire(&CacheKeyRef { name, qtype: qs.qtype, qclass: qs.qclass }, Instant::now())?;
+    out.extend_from_slice(&q[..qs.qend]);
+    let base = out.len();
+    out.extend_from_slice(hit.bytes);
+    for &at in hit.ttl_at {
+        let t = out.get(base + at..base + at + 4)?;
+        let ttl = u32::from_be_bytes([t[0], t[1], t[2], t[3]]).saturating_sub(hit.age);
+        out[base + at..base + at + 4].copy_from_slice(&ttl.to_be_bytes());
+    }
+    // Header: QR=1, keep opcode (0) and RD; RA=1, keep CD; the cached RCODE.
+    out[2] = 0x80 | (q[2] & 0x01);
+    out[3] = 0x80 | (q[3] & 0x10) | (u16::from(hit.rcode) & 0x0F) as u8;
+    out[6..8].copy_from_slice(&hit.answers.to_be_bytes());
+    out[8..10].copy_from_slice(&hit.authorities.to_be_bytes());
+    drop(cache);
+    out[10..12].copy_from_slice(&u16::from(qs.client_size.is_some()).to_be_bytes());
+    let limit = put_opt(out, qs.client_size);
+    if transport == Transport::Udp && out.len() > limit {
+        return None;
+    }
+    stats.queries.fetch_add(1, Ordering::Relaxed);
+    Some(())
+}
+
+fn fast_into(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats, out: &mut Vec<u8>) -> Option<()> {
+    let qs = parse_question(q)?;
+    let (qtype, qend) = (qs.qtype, qs.qend);
+    if qs.qclass != 1 {
+        return None;
+    }
+    let rtype = match qtype {
+        1 => RecordType::A,
+        28 => RecordType::AAAA,
+        12 => RecordType::PTR,
+        _ => return None,
+    };
+    let name = qs.name()?;
     out.extend_from_slice(&q[..qend]);
     let mut failed = false;
     let mut rcode = 0u8;
@@ -144,7 +249,7 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
                 Lookup::NoData => 0,
                 _ => return None,
             };
-            put_soa(zone, name, &mut out)?;
+            put_soa(zone, name, out)?;
             rcode = code;
             authority = 1;
             0
@@ -155,19 +260,8 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
     out[3] = (q[3] & 0x10) | rcode;
     out[6..8].copy_from_slice(&(n as u16).to_be_bytes());
     out[8..10].copy_from_slice(&authority.to_be_bytes());
-    let limit = match client_size {
-        Some(sz) => {
-            out[10..12].copy_from_slice(&1u16.to_be_bytes());
-            out.extend_from_slice(&[0, 0, 41]);
-            out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
-            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            usize::from(sz.clamp(512, OUR_UDP_PAYLOAD))
-        }
-        None => {
-            out[10..12].copy_from_slice(&0u16.to_be_bytes());
-            CLASSIC_UDP
-        }
-    };
+    out[10..12].copy_from_slice(&u16::from(qs.client_size.is_some()).to_be_bytes());
+    let limit = put_opt(out, qs.client_size);
     if transport == Transport::Udp && out.len() > limit {
         return None; // the general path truncates properly
     }
@@ -178,7 +272,7 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
         _ => &stats.nodata,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    Some(out)
+    Some(())
 }
 
 /// Append `name` (dotted, normalised) in wire form; `None` if a label is invalid.
@@ -305,6 +399,58 @@ mod tests {
         let mut resp = query("api.cluster.test.", RecordType::A, false, true);
         resp[2] |= 0x80;
         assert!(answer_fast(&z, &resp, Transport::Udp, &s).is_none());
+    }
+
+    #[test]
+    fn cached_wire_answers_match_the_general_cached_answers() {
+        use crate::dns::answer::forwarded_response;
+        use crate::dns::forward::CacheKey;
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::rdata::{A, CNAME, SOA};
+        use hickory_proto::rr::{RData, Record};
+        let z = zone();
+        let s = AnswerStats::default();
+        let cache = std::sync::Mutex::new(DnsCache::new(100, 86_400, 3600));
+        let stored = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(7)).unwrap();
+        let n = |x: &str| Name::from_ascii(x).unwrap();
+        // Positive: a CNAME chain (names that would compress) and two addresses.
+        let mut pos = Message::response(1, hickory_proto::op::OpCode::Query);
+        pos.add_query(Query::query(n("www.example.org."), RecordType::A));
+        pos.add_answer(Record::from_rdata(n("www.example.org."), 300, RData::CNAME(CNAME(n("web.example.org.")))));
+        pos.add_answer(Record::from_rdata(n("web.example.org."), 300, RData::A(A("192.0.2.1".parse().unwrap()))));
+        pos.add_answer(Record::from_rdata(n("web.example.org."), 60, RData::A(A("192.0.2.2".parse().unwrap()))));
+        // Negative: NXDOMAIN with the SOA in authority.
+        let mut neg = Message::response(2, hickory_proto::op::OpCode::Query);
+        neg.metadata.response_code = ResponseCode::NXDomain;
+        neg.add_query(Query::query(n("nx.example.org."), RecordType::AAAA));
+        let soa = SOA::new(n("ns.example.org."), n("admin.example.org."), 7, 3600, 600, 86400, 120);
+        neg.add_authority(Record::from_rdata(n("example.org."), 300, RData::SOA(soa)));
+        for (m, qname, t) in [(&pos, "WWW.Example.ORG.", RecordType::A), (&neg, "nx.example.org.", RecordType::AAAA)] {
+            let req0 = Message::from_vec(&query(qname, t, false, true)).unwrap();
+            cache.lock().unwrap().insert(CacheKey::of(&req0).unwrap(), m, stored);
+            for edns in [false, true] {
+                for rd in [false, true] {
+                    let q = query(qname, t, edns, rd);
+                    let mut out = Vec::new();
+                    assert!(answer_cached_into(&z, &cache, &q, Transport::Udp, &s, &mut out), "{qname} edns={edns}");
+                    let req = Message::from_vec(&q).unwrap();
+                    let hit = cache.lock().unwrap().get(&CacheKey::of(&req).unwrap(), std::time::Instant::now()).unwrap();
+                    let general = forwarded_response(&req, hit.rcode, hit.answers, hit.authorities, Transport::Udp, &s).unwrap();
+                    let (f, g) = (Message::from_vec(&out).unwrap(), Message::from_vec(&general).unwrap());
+                    assert_eq!(f.metadata, g.metadata, "{qname} edns={edns} rd={rd}");
+                    assert_eq!(f.queries, g.queries);
+                    assert_eq!(f.answers, g.answers);
+                    assert_eq!(f.authorities, g.authorities);
+                    assert_eq!(f.edns.as_ref().map(|e| e.max_payload()), g.edns.as_ref().map(|e| e.max_payload()));
+                    // TTLs went down by the age.
+                    assert!(f.answers.iter().chain(&f.authorities).all(|r| r.ttl <= 300 - 7));
+                }
+            }
+        }
+        // Names of ours and names not cached are not answered from the cache.
+        let mut out = Vec::new();
+        assert!(!answer_cached_into(&z, &cache, &query("api.cluster.test.", RecordType::A, false, true), Transport::Udp, &s, &mut out));
+        assert!(!answer_cached_into(&z, &cache, &query("other.example.org.", RecordType::A, false, true), Transport::Udp, &s, &mut out));
     }
 
     proptest::proptest! {

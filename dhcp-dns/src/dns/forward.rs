@@ -9,9 +9,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
 use super::zone::norm;
 
@@ -130,6 +131,23 @@ impl CacheKey {
     }
 }
 
+/// A borrowed [`CacheKey`] (same hash), so the wire fast path looks up without allocating.
+#[derive(Hash)]
+pub(crate) struct CacheKeyRef<'a> {
+    /// Lowercase name without the trailing dot.
+    pub name: &'a str,
+    /// Query type.
+    pub qtype: u16,
+    /// Query class.
+    pub qclass: u16,
+}
+
+impl Equivalent<CacheKey> for CacheKeyRef<'_> {
+    fn equivalent(&self, k: &CacheKey) -> bool {
+        self.name == k.name && self.qtype == k.qtype && self.qclass == k.qclass
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     rcode: ResponseCode,
@@ -137,6 +155,65 @@ struct Entry {
     authorities: Vec<Record>,
     stored: Instant,
     ttl: u32,
+    /// The answer and authority sections in wire form, names uncompressed (so they can be copied
+    /// after any question), with the offset of each record's TTL; `None` if encoding failed.
+    wire: Option<WireSections>,
+}
+
+#[derive(Debug, Clone)]
+struct WireSections {
+    bytes: Vec<u8>,
+    ttl_at: Vec<usize>,
+    answers: u16,
+    authorities: u16,
+}
+
+impl WireSections {
+    fn encode(answers: &[Record], authorities: &[Record]) -> Option<WireSections> {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::with_capacity(answers.len() + authorities.len());
+        {
+            let mut enc = BinEncoder::new(&mut bytes);
+            enc.set_name_encoding(NameEncoding::Uncompressed);
+            for r in answers.iter().chain(authorities) {
+                starts.push(enc.offset());
+                r.emit(&mut enc).ok()?;
+            }
+        }
+        // TTL: after the owner name, type (2) and class (2).
+        let mut ttl_at = Vec::with_capacity(starts.len());
+        for s in starts {
+            let mut i = s;
+            loop {
+                let l = usize::from(*bytes.get(i)?);
+                if l & 0xC0 != 0 {
+                    return None; // a compression pointer after all: not position-independent
+                }
+                i += 1 + l;
+                if l == 0 {
+                    break;
+                }
+            }
+            ttl_at.push(i + 4);
+        }
+        Some(WireSections { bytes, ttl_at, answers: u16::try_from(answers.len()).ok()?, authorities: u16::try_from(authorities.len()).ok()? })
+    }
+}
+
+/// A cached answer in wire form, borrowed from the cache ([`DnsCache::get_wire`]).
+pub(crate) struct WireHit<'a> {
+    /// NOERROR or NXDOMAIN.
+    pub rcode: ResponseCode,
+    /// Answer records in `bytes`.
+    pub answers: u16,
+    /// Authority records after them.
+    pub authorities: u16,
+    /// The records, TTLs as stored.
+    pub bytes: &'a [u8],
+    /// Offsets of the TTLs in `bytes`.
+    pub ttl_at: &'a [usize],
+    /// Seconds to take off every TTL.
+    pub age: u32,
 }
 
 /// A cached answer, TTLs already reduced by its age.
@@ -227,6 +304,32 @@ impl DnsCache {
         Some(Cached { rcode: e.rcode, answers: dec(&e.answers), authorities: dec(&e.authorities) })
     }
 
+    /// A fresh answer for `key` at `now` in wire form (no allocation); `None` when absent,
+    /// expired (then removed) or not encodable.
+    pub(crate) fn get_wire(&mut self, key: &CacheKeyRef<'_>, now: Instant) -> Option<WireHit<'_>> {
+        let Some(e) = self.map.get(key) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        let age = now.saturating_duration_since(e.stored).as_secs();
+        if age >= u64::from(e.ttl) {
+            self.map.remove(key);
+            self.stats.misses += 1;
+            return None;
+        }
+        self.stats.hits += 1;
+        let e = self.map.get(key)?;
+        let w = e.wire.as_ref()?;
+        Some(WireHit {
+            rcode: e.rcode,
+            answers: w.answers,
+            authorities: w.authorities,
+            bytes: &w.bytes,
+            ttl_at: &w.ttl_at,
+            age: age as u32,
+        })
+    }
+
     /// Store an upstream response (if cacheable).
     pub fn insert(&mut self, key: CacheKey, resp: &Message, now: Instant) {
         if self.cap == 0 || resp.metadata.truncation {
@@ -269,7 +372,9 @@ impl DnsCache {
                 })
                 .collect()
         };
-        let e = Entry { rcode, answers: clip(&resp.answers), authorities: clip(&resp.authorities), stored: now, ttl };
+        let (answers, authorities) = (clip(&resp.answers), clip(&resp.authorities));
+        let wire = WireSections::encode(&answers, &authorities);
+        let e = Entry { rcode, answers, authorities, stored: now, ttl, wire };
         self.map.insert(key, e);
     }
 

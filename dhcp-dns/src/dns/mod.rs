@@ -5,12 +5,14 @@
 //! - [`hosts`]: `/etc/hosts`-format parsing.
 //! - [`mod@answer`]: wire query in, wire response out (hickory-proto for the format).
 //! - [`forward`]: upstream choice, cache, response checks for names that are not ours.
+//! - [`udp`]: the batched (recvmmsg/sendmmsg) UDP loop answering plain queries without allocating.
 
 pub mod answer;
 pub mod fast;
 pub mod forward;
 pub mod hosts;
 pub mod ratelimit;
+pub mod udp;
 pub mod zone;
 
 pub use answer::{AnswerStats, Outcome, Transport, answer, answer_or_forward};

@@ -449,6 +449,17 @@ impl Zone {
         self.reverse_zones.iter().any(|z| under(name, z))
     }
 
+    /// Is `name` (normalised) answered from our data — a zone of ours, or records, a lease or a
+    /// wildcard at it? `false` means it is forwarded. Allocates nothing (cache fast path).
+    pub(crate) fn answers_for(&self, name: &str) -> bool {
+        self.is_authoritative(name)
+            || self.records.contains_key(name)
+            || self.lease_fwd.contains_key(name)
+            || self.wildcards.iter().any(|(s, _)| under(name, s))
+            || (name.ends_with(".in-addr.arpa")
+                && matches!(parse_reverse(name), Some(IpAddr::V4(ip)) if self.lease_ptr.contains_key(&ip)))
+    }
+
     /// The apex (zone name) that holds `name`, for the SOA of negative answers.
     pub fn apex_of(&self, name: &str) -> String {
         if under(name, &self.cfg.domain) {

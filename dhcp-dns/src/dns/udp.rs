@@ -1,0 +1,350 @@
+//! The UDP DNS loop with batched system calls: one OS thread per socket takes up to [`BATCH`]
+//! queries with one `recvmmsg`, answers them, and sends every answer with one `sendmmsg`. Plain
+//! queries are answered from the zone straight into preallocated buffers (no allocation per
+//! packet); the rest go to a caller-supplied slow path (general answerer, cache, forwarding).
+//!
+//! Lifecycle: `waiting` (poll(2) on the socket, waking every [`STOP_CHECK`] to notice a stop) →
+//! `draining` (`recvmmsg` without blocking until the socket is empty or a batch is full) →
+//! `answering` (zone read lock held once per batch for the fast path; released before the slow
+//! path, which may take it again) → `sending` (`sendmmsg`; a datagram the kernel refuses is counted
+//! and skipped, never retried in a loop) → `draining` again, or `waiting` when empty. A set stop
+//! flag ends the loop at the next wake-up.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::answer::{AnswerStats, Transport};
+use super::fast::answer_fast_into;
+use super::ratelimit::RateLimiter;
+use super::zone::SharedZone;
+use crate::server::DnsTransportStats;
+
+/// Most datagrams taken and answered per system call.
+pub const BATCH: usize = 64;
+/// Largest query accepted (bigger ones are truncated by the kernel and dropped).
+const RX_SIZE: usize = 4096;
+/// How often a waiting loop checks its stop flag.
+pub const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// The slow path: writes a response into `out` and returns `true`, or returns `false` when
+/// nothing is to be sent now (dropped, or handed to a task that sends the answer itself).
+pub type SlowPath = Box<dyn FnMut(&[u8], SocketAddr, &mut Vec<u8>) -> bool + Send>;
+
+/// Counters of the loop (beside the answer counters in [`AnswerStats`]).
+#[derive(Debug, Default)]
+pub struct UdpLoopStats {
+    /// `recvmmsg` calls that returned datagrams.
+    pub batches: AtomicU64,
+    /// Datagrams received.
+    pub received: AtomicU64,
+    /// Oversized or unreadable datagrams dropped.
+    pub dropped: AtomicU64,
+}
+
+/// What one UDP loop serves from.
+pub struct UdpLoop {
+    /// The socket (non-blocking; shared with forwarding tasks that send late answers on it).
+    pub sock: Arc<std::net::UdpSocket>,
+    /// The zone.
+    pub zone: SharedZone,
+    /// Answer counters.
+    pub stats: Arc<AnswerStats>,
+    /// Per-client rate limit, when configured.
+    pub limiter: Option<Arc<Mutex<RateLimiter>>>,
+    /// Loop counters.
+    pub loop_stats: Arc<UdpLoopStats>,
+    /// Transport counters shared with the TCP side (send errors, rate-limited queries).
+    pub transport: Arc<DnsTransportStats>,
+    /// Set to stop the loop.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Buffers and kernel message headers for one batch, allocated once. The headers point into the
+/// buffers, so this lives in a `Box` and is never moved after [`Batch::new`].
+struct Batch {
+    rx: Vec<[u8; RX_SIZE]>,
+    names: Vec<libc::sockaddr_storage>,
+    rx_iov: Vec<libc::iovec>,
+    rx_hdr: Vec<libc::mmsghdr>,
+    tx: Vec<Vec<u8>>,
+    tx_iov: Vec<libc::iovec>,
+    tx_hdr: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside the headers point only into this struct's own heap buffers,
+// which move with it between threads.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    fn new() -> Box<Batch> {
+        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs; all-zero is valid.
+        let zero_name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        let zero_iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let mut b = Box::new(Batch {
+            rx: vec![[0u8; RX_SIZE]; BATCH],
+            names: vec![zero_name; BATCH],
+            rx_iov: vec![zero_iov; BATCH],
+            rx_hdr: vec![zero_hdr; BATCH],
+            tx: (0..BATCH).map(|_| Vec::with_capacity(1536)).collect(),
+            tx_iov: vec![zero_iov; BATCH],
+            tx_hdr: vec![zero_hdr; BATCH],
+        });
+        for i in 0..BATCH {
+            b.rx_iov[i] = libc::iovec { iov_base: b.rx[i].as_mut_ptr().cast(), iov_len: RX_SIZE };
+        }
+        b
+    }
+
+    /// Re-arm the receive headers (the kernel overwrites lengths and flags).
+    fn arm_rx(&mut self) {
+        for i in 0..BATCH {
+            let h = &mut self.rx_hdr[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.rx_iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.rx_hdr[i].msg_len = 0;
+        }
+    }
+}
+
+/// The peer address in a received header.
+fn peer_of(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match i32::from(name.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: family AF_INET and length checked: the storage holds a sockaddr_in.
+            let a = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: family AF_INET6 and length checked: the storage holds a sockaddr_in6.
+            let a = unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(a.sin6_addr.s6_addr.into(), u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+/// Wait until the socket is readable or `STOP_CHECK` passes.
+fn wait_readable(fd: i32) -> io::Result<()> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut p, 1, STOP_CHECK.as_millis() as libc::c_int) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Run the loop on the calling thread until `stop` is set. Errors other than a closed socket
+/// are logged and the loop goes on.
+pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
+    let fd = cfg.sock.as_raw_fd();
+    let mut b = Batch::new();
+    // Indices of queries the fast path declined, and which tx slot got which query.
+    let mut declined: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut reply_of: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut allowed = [true; BATCH];
+    while !cfg.stop.load(Ordering::Relaxed) {
+        b.arm_rx();
+        // SAFETY: rx_hdr holds BATCH armed headers pointing into b's buffers, alive and unmoved.
+        let n = unsafe { libc::recvmmsg(fd, b.rx_hdr.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                // ICMP errors from earlier sends surface here on Linux; keep serving.
+                _ => tracing::debug!(error = %e, "dns udp recvmmsg"),
+            }
+            if e.kind() == io::ErrorKind::WouldBlock {
+                if let Err(e) = wait_readable(fd) {
+                    tracing::warn!(error = %e, "dns udp poll");
+                    std::thread::sleep(STOP_CHECK);
+                }
+            }
+            continue;
+        }
+        let n = n as usize;
+        cfg.loop_stats.batches.fetch_add(1, Ordering::Relaxed);
+        cfg.loop_stats.received.fetch_add(n as u64, Ordering::Relaxed);
+        declined.clear();
+        reply_of.clear();
+        if let Some(l) = &cfg.limiter {
+            let now = std::time::Instant::now();
+            let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
+            for i in 0..n {
+                let peer = peer_of(&b.names[i], b.rx_hdr[i].msg_hdr.msg_namelen);
+                allowed[i] = peer.is_some_and(|p| l.allow(p.ip(), now));
+                if !allowed[i] {
+                    cfg.transport.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else {
+            allowed[..n].fill(true);
+        }
+        // Fast path with the zone read lock taken once for the batch.
+        {
+            let zone = match cfg.zone.read() {
+                Ok(z) => Some(z),
+                Err(_) => None,
+            };
+            for i in 0..n {
+                if !allowed[i] {
+                    continue;
+                }
+                let len = b.rx_hdr[i].msg_len as usize;
+                if b.rx_hdr[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > RX_SIZE {
+                    cfg.loop_stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let slot = reply_of.len();
+                let answered = match &zone {
+                    Some(z) => answer_fast_into(z, &b.rx[i][..len], Transport::Udp, &cfg.stats, &mut b.tx[slot]),
+                    None => false,
+                };
+                if answered {
+                    reply_of.push(i);
+                } else {
+                    declined.push(i);
+                }
+            }
+        }
+        for &i in &declined {
+            let len = b.rx_hdr[i].msg_len as usize;
+            let Some(peer) = peer_of(&b.names[i], b.rx_hdr[i].msg_hdr.msg_namelen) else {
+                cfg.loop_stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let slot = reply_of.len();
+            b.tx[slot].clear();
+            if slow(&b.rx[i][..len], peer, &mut b.tx[slot]) {
+                reply_of.push(i);
+            }
+        }
+        send_all(fd, &mut b, &reply_of, &cfg.transport);
+    }
+}
+
+/// Send the answers in tx slots `0..reply_of.len()` to the peers of the queries `reply_of[slot]`.
+fn send_all(fd: i32, b: &mut Batch, reply_of: &[usize], stats: &DnsTransportStats) {
+    let m = reply_of.len();
+    for (slot, &i) in reply_of.iter().enumerate() {
+        b.tx_iov[slot] = libc::iovec { iov_base: b.tx[slot].as_mut_ptr().cast(), iov_len: b.tx[slot].len() };
+        let h = &mut b.tx_hdr[slot].msg_hdr;
+        h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = b.rx_hdr[i].msg_hdr.msg_namelen;
+        h.msg_iov = &mut b.tx_iov[slot];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+    }
+    let mut done = 0;
+    while done < m {
+        // SAFETY: tx_hdr[done..m] are filled headers pointing into b's live buffers.
+        let rc = unsafe { libc::sendmmsg(fd, b.tx_hdr[done..].as_mut_ptr(), (m - done) as libc::c_uint, libc::MSG_DONTWAIT) };
+        if rc <= 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The first unsent datagram failed (buffer full, peer unreachable): skip it.
+            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(error = %e, "dns udp sendmmsg");
+            done += 1;
+        } else {
+            done += rc as usize;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::zone::{Zone, ZoneConfig};
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = id;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn answers_a_burst_in_batches_and_hands_the_rest_to_the_slow_path() {
+        let mut z = Zone::new(ZoneConfig::new("cluster.test"));
+        z.add_host("api.cluster.test", "198.18.0.10".parse().unwrap());
+        let sock = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        sock.set_nonblocking(true).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let loop_stats = Arc::new(UdpLoopStats::default());
+        let cfg = UdpLoop {
+            sock,
+            zone: z.shared(),
+            stats: Arc::new(AnswerStats::default()),
+            limiter: None,
+            loop_stats: loop_stats.clone(),
+            transport: Arc::new(DnsTransportStats::default()),
+            stop: stop.clone(),
+        };
+        // The slow path answers "other." with a fixed marker and drops everything else.
+        let slow: SlowPath = Box::new(|q: &[u8], _peer, out: &mut Vec<u8>| {
+            if Message::from_vec(q).is_ok_and(|m| m.queries[0].name().to_ascii() == "other.") {
+                out.extend_from_slice(&q[..2]);
+                out.extend_from_slice(b"slow");
+                true
+            } else {
+                false
+            }
+        });
+        let th = std::thread::spawn(move || serve(cfg, slow));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // More than one batch in flight at once.
+        let total = 3 * BATCH as u16;
+        for id in 0..total {
+            let name = match id % 3 {
+                0 | 1 => "api.cluster.test.",
+                _ => "other.",
+            };
+            client.send_to(&query(id, name), addr).unwrap();
+        }
+        let mut seen = vec![false; total as usize];
+        let mut buf = [0u8; 1500];
+        for _ in 0..total {
+            let n = client.recv(&mut buf).expect("every query answered");
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            if id % 3 == 2 {
+                assert_eq!(&buf[2..n], b"slow");
+            } else {
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                assert_eq!(m.answers.len(), 1, "id {id}");
+            }
+            assert!(!seen[id as usize], "duplicate answer {id}");
+            seen[id as usize] = true;
+        }
+        // A datagram the slow path drops gets no answer; a malformed one neither, no panic.
+        client.send_to(&query(9999, "dropped."), addr).unwrap();
+        client.send_to(&[1, 2, 3], addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(client.recv(&mut buf).is_err());
+        stop.store(true, Ordering::Relaxed);
+        th.join().unwrap();
+        assert_eq!(loop_stats.received.load(Ordering::Relaxed), u64::from(total) + 2);
+        assert!(loop_stats.batches.load(Ordering::Relaxed) <= u64::from(total) + 2);
+    }
+}
