@@ -1,0 +1,252 @@
+//! End-to-end: DHCP/DNS failover between gateways in the namespace lab. Three gateway nodes run
+//! `hastack cluster` (holding the VIP 198.18.0.100) and `hastack dhcp-dns` with synchronous lease
+//! replication through the cluster's process group "leases"; every dhcp-dns follows the VIP
+//! (`follow_vip`: only the VIP holder answers DHCP, the others keep replicated leases) and uses the
+//! VIP as its server identifier, so renewals and DNS queries go wherever the VIP is.
+//!
+//! Why active/standby behind the VIP rather than every gateway answering: two servers allocating
+//! from one pool at once could give the same free address to two clients in the same instant
+//! (offers are not replicated, and waiting for the peers on every OFFER would halve the rate);
+//! with one answering server per VIP, allocation stays single-writer and replication only has to
+//! carry the result.
+//!
+//! A real ISC dhclient in a client namespace gets a lease with a hostname; the VIP holder is
+//! crashed (both daemons SIGKILLed and its cable cut, at once, right after the ACK); the survivors'
+//! lease logs hold the lease already (the ACK waited for them); the client renews or rebinds with
+//! the new VIP holder and keeps its address; `dig @VIP name` answers from the survivor.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hastack_tests::{Lab, Proc, hastack_bin, require_lab, require_tools};
+use nix::sys::signal::Signal;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const NODES: usize = 3;
+
+fn config(i: usize, dir: &Path, key: &Path) -> String {
+    let mut s = format!("[cluster]\nname = \"hastack-dhcp-lab\"\nauthkey = \"{}\"\n\n", key.display());
+    for n in 1..=NODES {
+        s += &format!("[[cluster.node]]\nid = {n}\nname = \"gw{n}\"\nlinks = [\"198.18.0.{}/24\"]\n\n", 10 + n);
+    }
+    s += "[resource_defaults]\nstickiness = 100\n\n";
+    s += &format!("[[resource]]\nname = \"vip\"\n[resource.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\nlease = \"2s\"\n\n");
+    s += &format!(
+        r#"[dhcp]
+interfaces = ["eth0"]
+lease_file = "{dir}/gw{i}/leases.log"
+replication = "sync"
+replication_timeout = "2s"
+replication_socket = "{dir}/gw{i}.sock"
+follow_vip = "{VIP}"
+domain = "lab.test"
+
+[[dhcp.subnet]]
+subnet = "198.18.0.0/24"
+pool = ["198.18.0.150-198.18.0.199"]
+server_id = "{VIP}"
+routers = ["198.18.0.1"]
+dns_servers = ["{VIP}"]
+lease_time = "12s"
+renew_time = "3s"
+
+[dns]
+listen = ["{VIP}:53"]
+domain = "lab.test"
+"#,
+        dir = dir.display()
+    );
+    s
+}
+
+struct Gateways {
+    lab: Lab,
+    bin: PathBuf,
+    configs: Vec<PathBuf>,
+    cluster: Vec<Option<Proc>>,
+    dhcp: Vec<Option<Proc>>,
+}
+
+impl Gateways {
+    fn socket(&self, i: usize) -> PathBuf {
+        self.lab.dir().join(format!("gw{i}.sock"))
+    }
+
+    fn holders(&self) -> Vec<usize> {
+        (1..=NODES).filter(|i| self.cluster[*i].is_some() && self.lab.node(*i).has_addr(VIP).unwrap_or(false)).collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=NODES {
+            for (what, p) in [("cluster", &self.cluster[i]), ("dhcp-dns", &self.dhcp[i])] {
+                if let Some(p) = p {
+                    let log = p.log();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    out += &format!("--- gw{i} {what} (last lines)\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+            }
+        }
+        out
+    }
+
+    fn leases(&self, i: usize) -> String {
+        let out = std::process::Command::new(&self.bin).args(["leases", "--config"]).arg(&self.configs[i]).output().expect("hastack leases");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn wait(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last "REASON ip" line of the dhclient script's event file.
+fn events(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.trim().to_string())))
+        .collect()
+}
+
+#[test]
+fn dhcp_failover_keeps_the_clients_address_and_name() {
+    if !require_lab().expect("lab prerequisites") || !require_tools(&["dhclient", "dig"]).expect("tools") {
+        return;
+    }
+    let bin = hastack_bin().expect("hastack binary");
+    let mut lab = Lab::builder().nodes(NODES).links(1).ipv6(false).build().expect("lab");
+    lab.add_client(None).expect("client");
+    let dir = lab.dir().to_path_buf();
+    let key = dir.join("authkey");
+    let keygen = std::process::Command::new(&bin).args(["keygen"]).arg(&key).output().expect("keygen");
+    assert!(keygen.status.success(), "keygen: {}", String::from_utf8_lossy(&keygen.stderr));
+    let mut configs = vec![PathBuf::new()];
+    for i in 1..=NODES {
+        std::fs::create_dir_all(dir.join(format!("gw{i}"))).expect("state dir");
+        let p = dir.join(format!("gw{i}.toml"));
+        std::fs::write(&p, config(i, &dir, &key)).expect("config");
+        configs.push(p);
+    }
+    let mut g = Gateways { lab, bin: bin.clone(), configs, cluster: (0..=NODES).map(|_| None).collect(), dhcp: (0..=NODES).map(|_| None).collect() };
+    for i in 1..=NODES {
+        let sock = g.socket(i);
+        let p = g
+            .lab
+            .node(i)
+            .spawn(&[
+                bin.as_os_str(),
+                "cluster".as_ref(),
+                "--config".as_ref(),
+                g.configs[i].as_os_str(),
+                "--node".as_ref(),
+                format!("gw{i}").as_ref(),
+                "--socket".as_ref(),
+                sock.as_os_str(),
+                "--state-dir".as_ref(),
+                dir.join(format!("gw{i}")).as_os_str(),
+            ])
+            .expect("cluster daemon");
+        g.cluster[i] = Some(p);
+    }
+    assert!(wait(Duration::from_secs(15), || g.holders().len() == 1), "no VIP holder:\n{}", g.logs());
+    for i in 1..=NODES {
+        let p = g.lab.node(i).spawn(&[bin.as_os_str(), "dhcp-dns".as_ref(), "--config".as_ref(), g.configs[i].as_os_str()]).expect("dhcp-dns");
+        g.dhcp[i] = Some(p);
+    }
+    // Every dhcp-dns has joined the lease group and taken the table before serving.
+    let all_synced = wait(Duration::from_secs(15), || {
+        (1..=NODES).all(|i| g.dhcp[i].as_ref().is_some_and(|p| p.log().contains("lease state transfer done")))
+    });
+    assert!(all_synced, "dhcp-dns did not join the lease group:\n{}", g.logs());
+    let holder = g.holders()[0];
+
+    // A real client with a hostname; its script records each event and configures the address.
+    let events_file = dir.join("dhclient.events");
+    let script = dir.join("dhclient.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$reason $new_ip_address\" >> {ev}\n\
+             case \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr replace $new_ip_address/24 dev $interface ;; esac\nexit 0\n",
+            ev = events_file.display()
+        ),
+    )
+    .expect("script");
+    std::process::Command::new("chmod").arg("+x").arg(&script).status().expect("chmod");
+    let conf = dir.join("dhclient.conf");
+    std::fs::write(&conf, "send host-name \"vm1\";\nrequest subnet-mask, routers, domain-name-servers, domain-name;\n").expect("conf");
+    let client = g.lab.client(1);
+    let dhclient = client
+        .spawn(&[
+            "dhclient".as_ref(),
+            "-d".as_ref(),
+            "-cf".as_ref(),
+            conf.as_os_str(),
+            "-lf".as_ref(),
+            dir.join("dhclient.leases").as_os_str(),
+            "-pf".as_ref(),
+            dir.join("dhclient.pid").as_os_str(),
+            "-sf".as_ref(),
+            script.as_os_str(),
+            "eth0".as_ref(),
+        ])
+        .expect("dhclient");
+    assert!(
+        wait(Duration::from_secs(20), || events(&events_file).iter().any(|(r, _)| r == "BOUND")),
+        "dhclient got no lease: {:?}\n{}\n{}",
+        events(&events_file),
+        dhclient.log(),
+        g.logs()
+    );
+    let ip = events(&events_file).into_iter().find(|(r, _)| r == "BOUND").map(|(_, ip)| ip).expect("bound ip");
+
+    // Crash the VIP holder at once: both daemons SIGKILLed, its cable cut.
+    for p in [g.dhcp[holder].take(), g.cluster[holder].take()].into_iter().flatten() {
+        p.signal(Signal::SIGKILL).expect("kill");
+    }
+    g.lab.node(holder).cable_cut(0).expect("cable cut");
+    let t_crash = Instant::now();
+
+    // Every survivor's lease log already holds the acknowledged lease, name included.
+    let survivors: Vec<usize> = (1..=NODES).filter(|i| *i != holder).collect();
+    for &s in &survivors {
+        let l = g.leases(s);
+        assert!(l.contains(&ip) && l.contains("vm1"), "gw{s} lacks the lease {ip} vm1 the old holder acknowledged:\n{l}\n{}", g.logs());
+    }
+
+    // The VIP moves; the client keeps its address through a renewal or rebind with the new holder.
+    assert!(wait(Duration::from_secs(10), || g.holders().len() == 1), "VIP did not move:\n{}", g.logs());
+    let new_holder = g.holders()[0];
+    assert_ne!(new_holder, holder);
+    let seen = events(&events_file).len();
+    let renewed = wait(Duration::from_secs(25), || {
+        events(&events_file).iter().skip(seen).any(|(r, _)| r == "RENEW" || r == "REBIND")
+    });
+    let evs = events(&events_file);
+    assert!(renewed, "no renewal after the failover: {evs:?}\n{}\n{}", dhclient.log(), g.logs());
+    for (r, a) in evs.iter().skip(seen) {
+        assert!(!["BOUND", "RENEW", "REBIND", "REBOOT"].contains(&r.as_str()) || *a == ip, "client moved from {ip} to {a} ({r}): {evs:?}");
+    }
+    println!("failover: VIP gw{holder} -> gw{new_holder}, client {ip} renewed {:?} after the crash", t_crash.elapsed());
+
+    // The name still resolves, answered by the survivor behind the VIP.
+    let at = format!("@{VIP}");
+    let dig = client.exec_ok(&["dig", "+short", "+time=2", "+tries=2", at.as_str(), "vm1.lab.test"]).unwrap_or_default();
+    assert_eq!(dig.trim(), ip, "dig @VIP vm1.lab.test after the failover");
+    let ptr = client.exec_ok(&["dig", "+short", "+time=2", "+tries=2", at.as_str(), "-x", ip.as_str()]).unwrap_or_default();
+    assert_eq!(ptr.trim(), "vm1.lab.test.");
+    let dh_new = g.dhcp[new_holder].as_ref().map(|p| p.log()).unwrap_or_default();
+    assert!(dh_new.contains("answering"), "the new holder's dhcp-dns did not take over:\n{dh_new}");
+    drop(dhclient);
+}
