@@ -44,13 +44,22 @@ pub struct Options {
     pub hog_secs: u64,
     /// Run corosync too.
     pub corosync: bool,
+    /// Run hastack (off: corosync only, e.g. to repeat the token search).
+    pub hastack: bool,
     /// Candidate tokens (ms) for the lowest-stable-token search, tried in descending order.
     pub tokens: Vec<u32>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { runs: 10, loss_secs: 20, hog_secs: 20, corosync: true, tokens: vec![1000, 500, 300, 200, 100] }
+        Options {
+            runs: 10,
+            loss_secs: 20,
+            hog_secs: 20,
+            corosync: true,
+            hastack: true,
+            tokens: vec![3000, 2000, 1000, 500, 300, 200, 100],
+        }
     }
 }
 
@@ -85,11 +94,28 @@ pub struct StackResult {
     /// Runs in which no such view appeared within the timeout.
     pub detection_timeouts: usize,
     /// Views committed during the 5 % loss window (None: not measured).
-    pub loss5: Option<usize>,
+    pub loss5: Option<Window>,
     /// Views committed during the 10 % loss window.
-    pub loss10: Option<usize>,
+    pub loss10: Option<Window>,
     /// Views committed during the CPU hog window.
-    pub cpu: Option<usize>,
+    pub cpu: Option<Window>,
+}
+
+/// What one fault window produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    /// Distinct views (ring ids) committed by any node.
+    pub views: usize,
+    /// Of those, views whose member list differs from the committing node's previous view
+    /// (a node declared failed or readmitted); the rest re-formed the same members (corosync
+    /// re-forms its ring after a lost token).
+    pub member_changes: usize,
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.views, self.member_changes)
+    }
 }
 
 /// One step of the token search.
@@ -98,7 +124,7 @@ pub struct SearchStep {
     /// Token tried (ms).
     pub token: u32,
     /// Views committed under 5 % loss (None: the cluster did not form).
-    pub views: Option<usize>,
+    pub views: Option<Window>,
 }
 
 /// Everything measured.
@@ -110,7 +136,7 @@ pub struct Report {
     pub stacks: Vec<StackResult>,
     /// The token search, in the order tried.
     pub search: Vec<SearchStep>,
-    /// The lowest token with zero view changes at 5 % loss.
+    /// The lowest token with zero member changes at 5 % loss.
     pub lowest_stable: Option<u32>,
     /// Wall time of the whole benchmark.
     pub took: Duration,
@@ -125,6 +151,9 @@ struct LoggedView {
     members: Option<Vec<u32>>,
     /// Nodes that left (corosync's "Members left:").
     left: Vec<u32>,
+    /// Whether the member list changed, when the log says so (corosync names joined/left nodes;
+    /// a ring re-formed with the same members names none).
+    changed: Option<bool>,
 }
 
 /// The lab plus whatever stack runs in it.
@@ -158,7 +187,9 @@ pub fn run(binary: &Path, opts: &Options) -> anyhow::Result<Report> {
     };
     let mut report =
         Report { options: opts.clone(), stacks: Vec::new(), search: Vec::new(), lowest_stable: None, took: Duration::ZERO };
-    report.stacks.push(b.measure(Stack::Hastack, opts)?);
+    if opts.hastack {
+        report.stacks.push(b.measure(Stack::Hastack, opts)?);
+    }
     if opts.corosync {
         if !hastack_lab::require_tools(&["corosync"]).context("corosync")? {
             bail!("corosync is not installed (Debian package corosync); or pass --no-corosync");
@@ -171,7 +202,9 @@ pub fn run(binary: &Path, opts: &Options) -> anyhow::Result<Report> {
             let views = b.search_step(t, opts.loss_secs)?;
             eprintln!("token search: token {t} ms: {}", views.map_or("did not form".into(), |v| format!("{v} view(s) under 5% loss")));
             report.search.push(SearchStep { token: t, views });
-            if views != Some(0) {
+            // Stable = no member change (a node falsely declared failed); corosync re-forms its
+            // ring with the same members after a lost token, counted but not disqualifying.
+            if views.is_none_or(|v| v.member_changes > 0) {
                 break;
             }
             report.lowest_stable = Some(t);
@@ -352,16 +385,31 @@ impl Bench {
         Ok(ok)
     }
 
-    /// Distinct views committed by any node in [from, to].
-    fn views_between(&self, from: SystemTime, to: SystemTime) -> usize {
-        let mut ids: Vec<String> = (1..=NODES)
-            .flat_map(|i| self.views(i))
-            .filter(|v| v.at >= from && v.at <= to)
-            .map(|v| v.id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.len()
+    /// Distinct views committed by any node in [from, to] (each printed on stderr).
+    fn views_between(&self, from: SystemTime, to: SystemTime) -> Window {
+        let mut ids: Vec<String> = Vec::new();
+        let mut changed: Vec<String> = Vec::new();
+        for i in 1..=NODES {
+            let all = self.views(i);
+            for (k, v) in all.iter().enumerate() {
+                if v.at < from || v.at > to {
+                    continue;
+                }
+                let prev = k.checked_sub(1).and_then(|p| all[p].members.clone());
+                let change = v.changed.unwrap_or(prev.is_none() || v.members != prev);
+                let ms = v.at.duration_since(from).unwrap_or_default().as_millis();
+                eprintln!("    node {i}: view {} at +{ms} ms, members {:?} (before {:?})", v.id, v.members, prev);
+                ids.push(v.id.clone());
+                if change {
+                    changed.push(v.id.clone());
+                }
+            }
+        }
+        for l in [&mut ids, &mut changed] {
+            l.sort();
+            l.dedup();
+        }
+        Window { views: ids.len(), member_changes: changed.len() }
     }
 
     /// Kill node `victim`; the time until every survivor logged a view without it.
@@ -392,7 +440,7 @@ impl Bench {
     }
 
     /// Views committed while `pct` % of the cluster packets between every pair are dropped.
-    fn loss_window(&mut self, pct: u8, secs: u64) -> anyhow::Result<usize> {
+    fn loss_window(&mut self, pct: u8, secs: u64) -> anyhow::Result<Window> {
         let from = SystemTime::now();
         for (a, b) in [(1, 2), (1, 3), (2, 3)] {
             self.lab.loss_udp(a, b, pct, PORT)?;
@@ -405,7 +453,7 @@ impl Bench {
     }
 
     /// Views committed while busy threads (one per core, plus one) load the machine.
-    fn hog_window(&mut self, secs: u64) -> usize {
+    fn hog_window(&mut self, secs: u64) -> Window {
         let from = SystemTime::now();
         let end = Instant::now() + Duration::from_secs(secs);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -475,7 +523,7 @@ impl Bench {
         Ok(r)
     }
 
-    fn search_step(&mut self, token: u32, secs: u64) -> anyhow::Result<Option<usize>> {
+    fn search_step(&mut self, token: u32, secs: u64) -> anyhow::Result<Option<Window>> {
         if !self.start_all(Stack::Corosync(Some(token)))? {
             self.stop_all();
             return Ok(None);
@@ -514,10 +562,11 @@ pub fn render(r: &Report) -> String {
         std::thread::available_parallelism().map(|n| n.get() + 1).unwrap_or(3),
         r.took.as_secs_f64()
     );
+    let _ = writeln!(s, "Views are distinct view (ring) ids committed during the window; in brackets those whose members differed from the node's previous view.\n");
     let _ = writeln!(s, "| stack | detection min / median / max (ms) | median vs hastack | views at 5% loss | views at 10% loss | views under CPU hog |");
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     let base = r.stacks.iter().find(|x| x.stack == Stack::Hastack).and_then(|x| stats(&x.detection)).map(|s| s.1);
-    let opt = |v: Option<usize>| v.map_or("-".into(), |v| v.to_string());
+    let opt = |v: Option<Window>| v.map_or("-".into(), |v| v.to_string());
     for x in &r.stacks {
         let det = match stats(&x.detection) {
             Some((a, m, z)) => format!("{} / {} / {}", ms(a), ms(m), ms(z)),
@@ -531,7 +580,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(s, "| {} | {det} | {ratio} | {} | {} | {} |", x.stack.label(), opt(x.loss5), opt(x.loss10), opt(x.cpu));
     }
     if !r.search.is_empty() {
-        let _ = writeln!(s, "\nCorosync token search (token_coefficient 0, 5% loss for {} s each, descending, stop at the first view change):\n", o.loss_secs);
+        let _ = writeln!(s, "\nCorosync token search (token_coefficient 0, 5% loss for {} s each, descending, stop at the first member change):\n", o.loss_secs);
         let _ = writeln!(s, "| token (ms) | views at 5% loss |");
         let _ = writeln!(s, "|---|---|");
         for st in &r.search {
@@ -606,7 +655,7 @@ fn parse_hastack_line(line: &str) -> Option<LoggedView> {
     let id = line.split_once(" view=")?.1.split_whitespace().next()?.to_string();
     let list = line.split_once("members=[")?.1.split_once(']')?.0;
     let members = list.split(',').map(str::trim).filter(|x| !x.is_empty()).map(|x| x.parse().ok()).collect::<Option<Vec<u32>>>()?;
-    Some(LoggedView { at, id, members: Some(members), left: Vec::new() })
+    Some(LoggedView { at, id, members: Some(members), left: Vec::new(), changed: None })
 }
 
 const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -623,11 +672,21 @@ fn parse_corosync_log(text: &str, year: i64) -> Vec<LoggedView> {
         let Some(at) = at(days_from_civil(year, m as u32 + 1, day), h, mi, s, ns) else { continue };
         if let Some(rest) = line.split_once("A new membership (").map(|x| x.1) {
             let Some((id, tail)) = rest.split_once(')') else { continue };
-            let left = tail
-                .split_once("Members left:")
-                .map(|x| x.1.split_whitespace().map_while(|n| n.parse().ok()).collect())
-                .unwrap_or_default();
-            out.push(LoggedView { at, id: id.to_string(), members: None, left });
+            // "Members joined: 1 2 left: 3", either part optional.
+            let (mut joined, mut left, mut into) = (Vec::new(), Vec::new(), 0u8);
+            for w in tail.split_once("Members").map_or("", |x| x.1).split_whitespace() {
+                match w {
+                    "joined:" => into = 1,
+                    "left:" => into = 2,
+                    n => match (into, n.parse::<u32>()) {
+                        (1, Ok(n)) => joined.push(n),
+                        (2, Ok(n)) => left.push(n),
+                        _ => {}
+                    },
+                }
+            }
+            let changed = Some(!joined.is_empty() || !left.is_empty());
+            out.push(LoggedView { at, id: id.to_string(), members: None, left, changed });
         } else if let Some(rest) = line.split_once("[QUORUM] Members[").map(|x| x.1)
             && let Some((_, list)) = rest.split_once("]:")
             && let Some(last) = out.last_mut()
@@ -650,8 +709,8 @@ mod tests {
         assert_eq!(v.id, "1.5");
         assert_eq!(v.members, Some(vec![1, 2]));
         let secs = v.at.duration_since(UNIX_EPOCH).unwrap();
-        // 2026-11-25 is day 20417 since the epoch.
-        assert_eq!(secs, Duration::new(20417 * 86400 + 15 * 3600 + 40 * 60, 123_456_000));
+        // 2026-11-25 is day 20782 since the epoch.
+        assert_eq!(secs, Duration::new(20782 * 86400 + 15 * 3600 + 40 * 60, 123_456_000));
         assert!(parse_hastack_line("2026-11-25T15:40:00Z INFO other").is_none());
     }
 
@@ -665,6 +724,11 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].members, Some(vec![1, 2, 3]));
         assert_eq!((v[1].id.as_str(), v[1].left.clone()), ("1.d", vec![3]));
+        assert_eq!((v[0].changed, v[1].changed), (Some(true), Some(true)));
+        let same = "Nov 25 15:41:00.000 [1] vm corosync notice  [TOTEM ] A new membership (1.1f) was formed. Members\n";
+        assert_eq!(parse_corosync_log(same, 2026)[0].changed, Some(false));
+        let both = "Nov 25 15:41:00.000 [1] vm corosync notice  [TOTEM ] A new membership (1.20) was formed. Members joined: 1 left: 3\n";
+        assert_eq!(parse_corosync_log(both, 2026)[0].left, vec![3]);
         let d = v[1].at.duration_since(v[0].at).unwrap();
         assert_eq!(d, Duration::from_millis(13_548));
     }

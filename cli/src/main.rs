@@ -192,11 +192,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         hog_secs: u64,
         /// Corosync tokens (ms) tried, descending, for the lowest stable token at 5% loss.
-        #[arg(long, default_value = "1000,500,300,200,100")]
+        #[arg(long, default_value = "3000,2000,1000,500,300,200,100")]
         tokens: String,
         /// Measure hastack only.
         #[arg(long)]
         no_corosync: bool,
+        /// Measure corosync only (e.g. to repeat the token search).
+        #[arg(long)]
+        no_hastack: bool,
     },
 }
 
@@ -233,8 +236,8 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Failover { cycles, faults, keepalived, svg } } => {
             failover(cycles, &faults, false, keepalived.as_deref(), svg)
         }
-        Command::Bench { command: BenchCommand::Membership { runs, loss_secs, hog_secs, tokens, no_corosync } } => {
-            bench_membership(runs, loss_secs, hog_secs, &tokens, no_corosync)
+        Command::Bench { command: BenchCommand::Membership { runs, loss_secs, hog_secs, tokens, no_corosync, no_hastack } } => {
+            bench_membership(runs, loss_secs, hog_secs, &tokens, no_corosync, no_hastack)
         }
     };
     match result {
@@ -357,7 +360,7 @@ fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&
     Ok(())
 }
 
-fn bench_membership(runs: usize, loss_secs: u64, hog_secs: u64, tokens: &str, no_corosync: bool) -> anyhow::Result<()> {
+fn bench_membership(runs: usize, loss_secs: u64, hog_secs: u64, tokens: &str, no_corosync: bool, no_hastack: bool) -> anyhow::Result<()> {
     let tokens = tokens
         .split(',')
         .map(|t| t.trim().parse::<u32>().with_context(|| format!("token \"{t}\" is not a number of ms")))
@@ -367,6 +370,7 @@ fn bench_membership(runs: usize, loss_secs: u64, hog_secs: u64, tokens: &str, no
         loss_secs: loss_secs.clamp(1, 300),
         hog_secs: hog_secs.clamp(1, 300),
         corosync: !no_corosync,
+        hastack: !no_hastack,
         tokens,
     };
     let binary = std::env::current_exe().context("locating the hastack binary")?;
