@@ -248,5 +248,43 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     assert_eq!(ptr.trim(), "vm1.lab.test.");
     let dh_new = g.dhcp[new_holder].as_ref().map(|p| p.log()).unwrap_or_default();
     assert!(dh_new.contains("answering"), "the new holder's dhcp-dns did not take over:\n{dh_new}");
+
+    // The crashed gateway comes back with an empty disk: it gets the lease table (state
+    // transfer) before it serves, and stands by (the VIP stays where it is).
+    std::fs::remove_file(dir.join(format!("gw{holder}/leases.log"))).expect("wipe the old holder's lease log");
+    g.lab.node(holder).cable_restore(0).expect("cable restore");
+    let sock = g.socket(holder);
+    let p = g
+        .lab
+        .node(holder)
+        .spawn(&[
+            bin.as_os_str(),
+            "cluster".as_ref(),
+            "--config".as_ref(),
+            g.configs[holder].as_os_str(),
+            "--node".as_ref(),
+            format!("gw{holder}").as_ref(),
+            "--socket".as_ref(),
+            sock.as_os_str(),
+            "--state-dir".as_ref(),
+            dir.join(format!("gw{holder}")).as_os_str(),
+        ])
+        .expect("cluster daemon restart");
+    g.cluster[holder] = Some(p);
+    let p = g.lab.node(holder).spawn(&[bin.as_os_str(), "dhcp-dns".as_ref(), "--config".as_ref(), g.configs[holder].as_os_str()]).expect("dhcp-dns");
+    g.dhcp[holder] = Some(p);
+    let back = wait(Duration::from_secs(20), || {
+        g.dhcp[holder].as_ref().is_some_and(|p| p.log().contains("lease state transfer done") && p.log().contains("dhcp-dns serving"))
+    });
+    assert!(back, "restarted gateway did not take the lease table:\n{}", g.logs());
+    let log = g.dhcp[holder].as_ref().map(|p| p.log()).unwrap_or_default();
+    let adopted: usize = log
+        .lines()
+        .find_map(|l| l.contains("lease state transfer done").then(|| l.split("adopted=").nth(1)?.split_whitespace().next()?.parse().ok()).flatten())
+        .unwrap_or(0);
+    assert!(adopted >= 1, "the lease came by state transfer, not only by a later renewal:\n{log}");
+    let l = g.leases(holder);
+    assert!(l.contains(&ip) && l.contains("vm1"), "restarted gw{holder} did not get the lease by state transfer:\n{l}\n{}", g.logs());
+    assert_eq!(g.holders(), vec![new_holder], "the VIP stays with the running holder");
     drop(dhclient);
 }

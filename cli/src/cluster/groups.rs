@@ -3,21 +3,24 @@
 //! every group message and group view change in the view's total order, the same order at every
 //! member. The socket protocol is [`dhcp_dns::group`]'s.
 //!
-//! On the channel a group message is `TAG kind group_len group member:u64be [payload]`; the tag
-//! cannot start a JSON document, so the resource engine's messages (JSON) are told apart by their
-//! first byte and reach it untouched, in their own order.
+//! On the channel a group message is `TAG kind ...`; the tag cannot start a JSON document, so the
+//! resource engine's messages (JSON) are told apart by their first byte and reach it untouched.
+//! Two kinds: `MCAST group member payload` (a member's message) and `STATE (group member)*` (the
+//! complete list of one node's local members).
 //!
 //! # Lifecycle of a group member (as this daemon sees it)
 //! ```text
-//!  connected --JOIN broadcast--> joining --own JOIN delivered--> joined (first VIEW with itself)
+//!  connected --STATE with it broadcast--> joining --STATE delivered, table complete--> joined
+//!        (its first VIEW contains it and every member the other nodes reported in this view)
 //!  joined --MCAST from the process--> broadcast; every delivered MCAST of the group --> DELIVER
-//!  joined --socket closed--> LEAVE broadcast (delivered: every member gets a VIEW without it)
+//!  joined --socket closed--> STATE without it (delivered: the others get a VIEW without it)
 //! ```
-//! Group tables change only on delivered JOIN/LEAVE and on installed views (members of nodes that
+//! Group tables change only on delivered STATEs and installed views (the members of nodes that
 //! left the view are dropped), so every daemon computes the same group views at the same points
-//! of the order. After each view every daemon re-announces its local members (a JOIN for a known
-//! member changes nothing), which is how a node that joins the cluster learns the groups. Local
-//! processes are announced only while this node is in a quorate view (see `Router::quorate`).
+//! of the order. After each view every node broadcasts its STATE, and group views are held back
+//! until every node of the view has: a node that (re)joins the cluster learns the groups before
+//! its own processes get their first view. A node announces its processes only while it is in a
+//! quorate view (a restarting gateway first merges with the cluster).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use bytes::Bytes;
 use dhcp_dns::group::{self, MAX_MESSAGE, MemberId, deliver_frame, valid_group_name, view_frame};
 use ha_membership::Event;
 use ha_membership::driver::ClusterHandle;
+use ha_membership::from_config::WITNESS_NODE_ID;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -35,9 +39,8 @@ use tracing::{debug, info, warn};
 
 /// First bytes of a group message on the cluster channel.
 const TAG: &[u8; 4] = b"\0HSG";
-const JOIN: u8 = 1;
-const LEAVE: u8 = 2;
 const MCAST: u8 = 3;
+const STATE: u8 = 4;
 
 /// A control-socket connection that asked to join a group.
 pub struct GroupConn {
@@ -115,7 +118,7 @@ pub fn start(
     });
     let router = tokio::spawn(async move {
         let (local_tx, mut local_rx) = mpsc::unbounded_channel::<FromLocal>();
-        let mut r = Router { local, quorate: false, groups: BTreeMap::new(), locals: HashMap::new(), next_member: 1, bcast: bcast_tx, local_tx };
+        let mut r = Router { local, quorate: false, view: BTreeSet::new(), pending: BTreeSet::new(), table: BTreeMap::new(), notified: BTreeMap::new(), locals: HashMap::new(), next_member: 1, bcast: bcast_tx, local_tx };
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -128,7 +131,10 @@ pub fn start(
                                 r.quorate = true;
                                 r.announce();
                             }
-                            Event::QuorumLost => r.quorate = false,
+                            Event::QuorumLost => {
+                                r.quorate = false;
+                                r.announce();
+                            }
                             _ => {}
                         }
                         if out_tx.send(ev).is_err() {
@@ -157,10 +163,19 @@ struct Local {
 
 struct Router {
     local: u32,
-    /// Local processes join only in a quorate view: a gateway that restarts must not see a group
-    /// of its own (and serve without the others' leases) before its node merged with the cluster.
+    /// Local processes are announced only while this node is in a quorate view: a gateway that
+    /// restarts must not see a group of its own (and serve without the others' leases) before its
+    /// node merged with the cluster.
     quorate: bool,
-    groups: BTreeMap<String, BTreeSet<MemberId>>,
+    /// Nodes of the current view.
+    view: BTreeSet<u32>,
+    /// Nodes of the current view whose STATE has not been delivered yet: group views are held
+    /// back until every node said who its members are, so a joiner's first view is complete.
+    pending: BTreeSet<u32>,
+    /// Each node's members, as its last delivered STATE said.
+    table: BTreeMap<u32, Vec<(String, u64)>>,
+    /// The group views last given to local members.
+    notified: BTreeMap<String, Vec<MemberId>>,
     locals: HashMap<u64, Local>,
     next_member: u64,
     bcast: mpsc::UnboundedSender<Bytes>,
@@ -185,6 +200,35 @@ fn decode(b: &[u8]) -> Option<(u8, &str, u64, &[u8])> {
     let group = std::str::from_utf8(b.get(2..2 + glen)?).ok()?;
     let member = u64::from_be_bytes(b.get(2 + glen..10 + glen)?.try_into().ok()?);
     Some((kind, group, member, &b[10 + glen..]))
+}
+
+/// A node's members: `TAG STATE count:u16be (group_len group member:u64be)*`.
+fn encode_state(members: &[(String, u64)]) -> Bytes {
+    let mut b = Vec::with_capacity(TAG.len() + 3 + members.len() * 24);
+    b.extend_from_slice(TAG);
+    b.push(STATE);
+    b.extend_from_slice(&(members.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    for (g, m) in members.iter().take(usize::from(u16::MAX)) {
+        b.push(g.len() as u8);
+        b.extend_from_slice(g.as_bytes());
+        b.extend_from_slice(&m.to_be_bytes());
+    }
+    Bytes::from(b)
+}
+
+fn decode_state(b: &[u8]) -> Option<Vec<(String, u64)>> {
+    let b = b.strip_prefix(TAG)?.strip_prefix(&[STATE])?;
+    let n = usize::from(u16::from_be_bytes(b.get(0..2)?.try_into().ok()?));
+    let mut off = 2;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let glen = usize::from(*b.get(off)?);
+        let g = std::str::from_utf8(b.get(off + 1..off + 1 + glen)?).ok()?;
+        let m = u64::from_be_bytes(b.get(off + 1 + glen..off + 9 + glen)?.try_into().ok()?);
+        out.push((g.to_string(), m));
+        off += 9 + glen;
+    }
+    (off == b.len()).then_some(out)
 }
 
 impl Router {
@@ -233,10 +277,8 @@ impl Router {
             let _ = to_router.send(FromLocal::Closed(id));
         });
         info!(%group, member = id, quorate = self.quorate, "local process joining group");
-        if self.quorate {
-            let _ = self.bcast.send(encode(JOIN, &group, id, &[]));
-        }
         self.locals.insert(id, Local { group, joined: false, tx });
+        self.announce();
     }
 
     fn on_local(&mut self, m: FromLocal) {
@@ -252,45 +294,76 @@ impl Router {
             FromLocal::Closed(id) => {
                 if let Some(l) = self.locals.remove(&id) {
                     info!(group = %l.group, member = id, "local process left group");
-                    let _ = self.bcast.send(encode(LEAVE, &l.group, id, &[]));
+                    self.announce();
                 }
             }
         }
     }
 
-    fn notify(&mut self, group: &str) {
-        let members: Vec<MemberId> = self.groups.get(group).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        let frame = view_frame(&members);
-        for (id, l) in self.locals.iter_mut() {
-            if l.group != group {
+    /// Tell the cluster which local members this node has (none while not quorate).
+    fn announce(&self) {
+        let mut members: Vec<(String, u64)> =
+            if self.quorate { self.locals.iter().map(|(id, l)| (l.group.clone(), *id)).collect() } else { Vec::new() };
+        members.sort();
+        let _ = self.bcast.send(encode_state(&members));
+    }
+
+    fn members_of(&self, group: &str) -> Vec<MemberId> {
+        let mut v: Vec<MemberId> = self
+            .table
+            .iter()
+            .filter(|(n, _)| self.view.contains(n))
+            .flat_map(|(n, ms)| ms.iter().filter(|(g, _)| g == group).map(|(_, m)| MemberId { node: *n, member: *m }))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Give every local member the views of its group that changed (once the table is complete).
+    fn notify_all(&mut self) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        let mut groups: BTreeSet<String> = self.notified.keys().cloned().collect();
+        groups.extend(self.table.values().flatten().map(|(g, _)| g.clone()));
+        for g in groups {
+            let members = self.members_of(&g);
+            if self.notified.get(&g) == Some(&members) {
                 continue;
             }
-            if !l.joined && members.contains(&MemberId { node: self.local, member: *id }) {
-                l.joined = true;
+            let frame = view_frame(&members);
+            for (id, l) in self.locals.iter_mut() {
+                if l.group != g {
+                    continue;
+                }
+                if !l.joined && members.contains(&MemberId { node: self.local, member: *id }) {
+                    l.joined = true;
+                }
+                if l.joined {
+                    let _ = l.tx.send(frame.clone());
+                }
             }
-            if l.joined {
-                let _ = l.tx.send(frame.clone());
-            }
+            self.notified.insert(g, members);
         }
     }
 
     fn on_delivered(&mut self, origin: u32, payload: &[u8]) {
+        if payload.get(TAG.len()) == Some(&STATE) {
+            let Some(members) = decode_state(payload) else {
+                warn!(origin, "undecodable group state dropped");
+                return;
+            };
+            self.table.insert(origin, members);
+            self.pending.remove(&origin);
+            self.notify_all();
+            return;
+        }
         let Some((kind, group, member, body)) = decode(payload) else {
             warn!(origin, "undecodable group message dropped");
             return;
         };
         let who = MemberId { node: origin, member };
         match kind {
-            JOIN => {
-                if self.groups.entry(group.to_string()).or_default().insert(who) {
-                    self.notify(group);
-                }
-            }
-            LEAVE => {
-                if self.groups.get_mut(group).is_some_and(|s| s.remove(&who)) {
-                    self.notify(group);
-                }
-            }
             MCAST => {
                 let frame = deliver_frame(who, body);
                 for l in self.locals.values() {
@@ -304,29 +377,12 @@ impl Router {
     }
 
     fn on_view(&mut self, nodes: BTreeSet<u32>) {
-        let changed: Vec<String> = self
-            .groups
-            .iter_mut()
-            .filter_map(|(g, s)| {
-                let before = s.len();
-                s.retain(|m| nodes.contains(&m.node));
-                (s.len() != before).then(|| g.clone())
-            })
-            .collect();
-        for g in changed {
-            self.notify(&g);
-        }
-        if self.quorate {
-            self.announce();
-        }
-    }
-
-    /// (Re-)announce every local member: new members of the view learn our groups from this,
-    /// and members waiting for quorum join.
-    fn announce(&self) {
-        for (id, l) in &self.locals {
-            let _ = self.bcast.send(encode(JOIN, &l.group, *id, &[]));
-        }
+        self.table.retain(|n, _| nodes.contains(n));
+        // Every node says again who its members are; views wait until all have (a vote-only
+        // witness runs no processes and says nothing).
+        self.pending = nodes.iter().copied().filter(|n| *n != WITNESS_NODE_ID.0).collect();
+        self.view = nodes;
+        self.announce();
     }
 }
 
@@ -341,6 +397,15 @@ mod tests {
         assert!(serde_json::from_slice::<serde_json::Value>(&b).is_err());
         assert_eq!(decode(b"{\"claim\":1}"), None);
         assert_eq!(decode(&b[..8]), None);
+    }
+
+    #[test]
+    fn state_round_trips_and_garbage_is_rejected() {
+        let members = vec![("leases".to_string(), 1u64), ("other".to_string(), 7)];
+        let b = encode_state(&members);
+        assert_eq!(decode_state(&b), Some(members));
+        assert_eq!(decode_state(&b[..b.len() - 1]), None);
+        assert_eq!(decode_state(&encode_state(&[])), Some(vec![]));
     }
 
     #[test]
