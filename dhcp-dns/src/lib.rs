@@ -5,6 +5,7 @@
 //! - [`dhcp`]: the sans-IO DHCPv4 server core (packets + `now` in, actions out).
 //! - [`dns`]: the authoritative zone and the pure query-answering function.
 //! - [`server`]: thin tokio drivers for both.
+//! - [`group`] and [`replication`]: leases replicated to the other gateways (below).
 //! - [`runtime`]: starts the whole service; [`from_config`] maps the `[dhcp]`/`[dns]` sections.
 //!
 //! # Durability guarantee (single node)
@@ -16,14 +17,37 @@
 //! background (snapshot, fsync, rename, fsync of the directory), never per change.
 //!
 //! # Replication (high availability)
-//! The DHCP driver hands every lease change to a [`server::LeaseReplicator`] (the cluster channel
-//! will implement it). In [`server::ReplicationMode::Sync`] the ACK waits until the local log is
-//! durable *and* the peers reported the record durable in theirs (or failed, which is counted and
-//! logged: a lone gateway keeps serving), so after a failover the standby answers for every lease
-//! the old active acknowledged while the peers were reachable, names included. In `Async` the ACK
-//! waits only for the local log. Peers' records enter through [`server::ReplicaInput`] and are
-//! persisted and published in DNS like local ones. Without replication the standby relies on
-//! authoritative mode (it re-grants a free address a client asks for).
+//! Gateways replicate leases through the cluster daemon's process group `"leases"`
+//! ([`group`]: Corosync CPG's contract over the membership's ordered channel: every member gets
+//! every message and every group view change in one total order). [`replication`] implements the
+//! DHCP driver's [`server::LeaseReplicator`] on it: each lease change is multicast, every other
+//! member persists it (`fdatasync`) and acknowledges it.
+//!
+//! - `replication = "sync"`: the DHCPACK is sent only after the lease is durable in the local log
+//!   **and** every other member of the group view (at the record's point in the total order) has
+//!   acknowledged it durable in its own log. A member that leaves the view (node failed, process
+//!   stopped) is not waited for. If the acks do not arrive within `replication_timeout` (default
+//!   500 ms), or the cluster daemon is unreachable, the ACK is sent anyway and the lease is
+//!   counted in `replication_failures` and logged: availability first, a lone gateway serves.
+//!   **Guarantee:** after a failover the new active gateway holds every lease the old one
+//!   acknowledged while they were in one view and the acks arrived in time, names included.
+//! - `replication = "async"`: the ACK waits only for the local log; the record is multicast at
+//!   once and must be acknowledged by every peer within `replication_window` (default 100 ms),
+//!   else it is counted as failed. **Guarantee:** only leases acknowledged within the last
+//!   `replication_window` before a crash (plus any counted failure) can be missing on the standby.
+//! - State transfer: a gateway that (re)joins the group gets the donor's lease table (the
+//!   lowest-id member already in the group) before it serves (bounded wait, 10 s); it keeps a
+//!   lease of its own when it is newer (it granted it while cut off) and multicasts those back, so
+//!   after a partition heals every gateway converges on the newest lease per address. The group is
+//!   joined only while the node is in a quorate view, so a restarting gateway does not serve a
+//!   group of its own before it has merged with the cluster.
+//! - With `follow_vip`, only the gateway holding the VIP answers DHCP (single writer for the
+//!   pool: two servers offering from one pool could give one free address to two clients); the
+//!   others keep replicated leases and DNS names current and take over the moment the VIP moves.
+//!   Subnets use the VIP as `server_id`, so renewals follow it.
+//!
+//! Without replication the standby relies on authoritative mode (it re-grants a free address a
+//! client asks for).
 //!
 //! # DNS
 //! Authoritative for the cluster domain and the reverse zones of the served networks: lease
