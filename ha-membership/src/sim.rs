@@ -543,6 +543,11 @@ impl Sim {
             if e.quorate() {
                 quorate.push((*id, v.id, v.members.iter().map(|m| m.node).collect()));
             }
+            // The witness is vote-only: it never coordinates (nor sequences) a view with a node in it.
+            let witness = |n: NodeId| self.params.nodes.iter().any(|s| s.id == n && s.witness);
+            if witness(v.id.coordinator) && v.members.iter().any(|m| !witness(m.node)) {
+                panic!("{}", self.fail(&format!("witness {} coordinates view {} with nodes in it", v.id.coordinator, v.id)));
+            }
         }
         // 2. At most one quorate partition: two quorate views never have disjoint member sets.
         for (i, a) in quorate.iter().enumerate() {
