@@ -36,6 +36,11 @@
 //! coordinator never proposes the same epoch twice in one boot, and its boot is part of the id), so
 //! every member of a view holds it identically. Partitions heal because the coordinators of the two
 //! sides hear each other's heartbeats and the lower one proposes the union.
+//!
+//! One-way cuts: a member that never acked a proposal stays out of R (`needs_contact`) until it
+//! answers a probe sent after that (two-way contact); a lower-id peer stuck in a view nobody else
+//! shares is passed over the same way; a member refuses a proposal that drops a lower member it
+//! hears clearly; and peers that moved to a newer view without us stop counting for our quorum.
 
 use crate::auth::{Authenticator, DropCounters, ReplayGuard};
 use crate::channel::{Channel, ChannelError, Out};
