@@ -26,7 +26,7 @@ enum Item {
 pub fn convert(text: &str) -> Import {
     let mut draft = Draft::new(text, |l| !is_comment_or_blank(l));
     let items = parse(text, &mut draft);
-    let mut c = Converter { draft, name: None, nodes: Vec::new(), port: None, quorum: None, witness: None, key_noted: false };
+    let mut c = Converter { draft, name: None, nodes: Vec::new(), port: None, quorum: None, witness: None, key_noted: false, structure: Vec::new() };
     for item in &items {
         match item {
             Item::Block { name, line, items } => match name.as_str() {
@@ -146,11 +146,13 @@ struct Converter {
     witness: Option<(WitnessConfig, Vec<usize>)>,
     /// Whether the note about the authkey was written.
     key_noted: bool,
+    /// Lines that shape `[cluster]` without a key of their own (section headers, transport).
+    structure: Vec<usize>,
 }
 
 impl Converter {
     fn totem(&mut self, line: usize, items: &[Item]) {
-        self.draft.consumed(line);
+        self.structure.push(line);
         let timing = "corosync's token protocol timing does not map onto hastack's heartbeat failure detection: [cluster.timing] defaults detect a failure in under 100 ms";
         for item in items {
             match item {
@@ -162,22 +164,22 @@ impl Converter {
                     let line = *line;
                     match key.as_str() {
                         "cluster_name" => self.name = Some((value.clone(), line)),
-                        "version" if value == "2" => self.draft.consumed(line),
+                        "version" if value == "2" => self.structure.push(line),
                         "transport" => match value.as_str() {
-                            "knet" | "udpu" => self.draft.consumed(line),
+                            "knet" | "udpu" => self.structure.push(line),
                             "udp" => {
-                                self.draft.consumed(line);
+                                self.structure.push(line);
                                 self.draft.note(line, "multicast is not used: hastack sends to every node's link addresses");
                             }
                             _ => self.draft.skip(line, format!("unsupported value {value}")),
                         },
                         "crypto_cipher" | "crypto_hash" | "secauth" | "crypto_model" => {
-                            self.draft.consumed(line);
+                            self.structure.push(line);
                             if !std::mem::replace(&mut self.key_noted, true) {
                                 self.draft.note(line, "every hastack datagram is authenticated: create /etc/hastack/authkey with `hastack keygen` (corosync's authkey is not reused)");
                             }
                         }
-                        "ip_version" => self.draft.consumed(line),
+                        "ip_version" => self.structure.push(line),
                         "keyfile" | "key" => self.draft.skip(line, "corosync's key is not reused: create /etc/hastack/authkey with `hastack keygen`"),
                         "token" | "token_coefficient" | "token_retransmit" | "token_retransmits_before_loss_const" | "consensus"
                         | "join" | "merge" | "downcheck" | "fail_recv_const" | "seqno_unchanged_const" | "send_join"
@@ -198,7 +200,7 @@ impl Converter {
     }
 
     fn interface(&mut self, line: usize, items: &[Item]) {
-        self.draft.consumed(line);
+        self.structure.push(line);
         for item in items {
             match item {
                 Item::Block { line, items, name } => {
@@ -208,17 +210,17 @@ impl Converter {
                     let line = *line;
                     match key.as_str() {
                         "linknumber" | "ringnumber" => match value.parse::<u8>() {
-                            Ok(_) => self.draft.consumed(line),
+                            Ok(_) => self.structure.push(line),
                             Err(_) => self.draft.skip(line, format!("unsupported value {value}")),
                         },
                         // Corosync 3 takes addresses from the nodelist; so does hastack.
-                        "bindnetaddr" | "broadcast" => self.draft.consumed(line),
+                        "bindnetaddr" | "broadcast" => self.structure.push(line),
                         "mcastport" => match value.parse::<u16>() {
                             Ok(p) if p > 0 => match self.port {
                                 None => {
                                     self.port = Some((p, line));
                                 }
-                                Some((q, _)) if q == p => self.draft.consumed(line),
+                                Some((q, _)) if q == p => self.structure.push(line),
                                 Some((q, first)) => self.draft.skip(
                                     line,
                                     format!("hastack uses one port for every link: {q} (line {first}) is kept"),
@@ -226,7 +228,7 @@ impl Converter {
                             },
                             _ => self.draft.skip(line, format!("unsupported value {value}")),
                         },
-                        "knet_transport" if value == "udp" => self.draft.consumed(line),
+                        "knet_transport" if value == "udp" => self.structure.push(line),
                         "knet_transport" => self.draft.skip(line, format!("unsupported value {value}: hastack links are UDP")),
                         "mcastaddr" | "ttl" => self.draft.skip(line, "multicast is not used: hastack sends to every node's link addresses"),
                         "knet_link_priority" => self.draft.skip(line, "hastack uses every link at once; links have no priority"),
@@ -242,7 +244,7 @@ impl Converter {
     }
 
     fn nodelist(&mut self, line: usize, items: &[Item]) {
-        self.draft.consumed(line);
+        self.structure.push(line);
         for item in items {
             match item {
                 Item::Block { name, line, items } if name == "node" => self.node(*line, items),
@@ -569,8 +571,14 @@ impl Converter {
                     self.draft.origin(l, &cluster.key("witness"));
                 }
             }
+            for l in std::mem::take(&mut self.structure) {
+                self.draft.origin(l, &cluster);
+            }
             self.draft.config.cluster = Some(cfg);
         } else {
+            for l in std::mem::take(&mut self.structure) {
+                self.draft.skip(l, "no nodelist: hastack needs the static node list");
+            }
             if let Some((_, l)) = self.name {
                 self.draft.skip(l, "no nodelist: hastack needs the static node list");
             }
@@ -592,5 +600,70 @@ impl Converter {
             self.draft.config.quorum = Some(q);
         }
         self.draft.finish(Kind::Corosync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn run(text: &str) -> (Config, Vec<(usize, String)>, String) {
+        let r = convert(text);
+        let c = Config::from_str_named("t.toml", &r.toml).unwrap_or_else(|d| panic!("{d}\n{}", r.toml));
+        (c, r.unconverted.into_iter().map(|u| (u.line, u.reason)).collect(), r.toml)
+    }
+
+    const THREE: &str = "nodelist {\n node {\n  ring0_addr: 198.18.0.11\n  nodeid: 1\n }\n node {\n  ring0_addr: 198.18.0.12\n  nodeid: 2\n }\n node {\n  ring0_addr: 198.18.0.13\n  nodeid: 3\n }\n}\n";
+
+    #[test]
+    fn nested_blocks_parse_with_either_separator_and_names_default() {
+        let (c, un, toml) = run(&format!("totem {{\n cluster_name = lab\n interface {{\n  mcastport: 5999\n }}\n}}\n{THREE}"));
+        assert!(un.is_empty(), "{un:?}");
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.name.as_str(), cl.port), ("lab", 5999));
+        assert_eq!(cl.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["node1", "node2", "node3"]);
+        assert!(toml.contains(": node 1 has no name: named node1"), "{toml}");
+    }
+
+    #[test]
+    fn malformed_lines_are_listed_and_do_not_stop_the_rest() {
+        let (c, un, toml) = run(&format!("}}\ngarbage line\n{THREE}totem {{\n"));
+        assert_eq!(c.cluster.unwrap().nodes.len(), 3);
+        assert_eq!(un[0], (1, "a closing brace without an open section".to_string()));
+        assert!(un[1].1.starts_with("not a corosync line"), "{un:?}");
+        assert!(toml.contains("section totem is not closed"), "{toml}");
+    }
+
+    #[test]
+    fn a_quorum_device_becomes_the_witness() {
+        let text = format!("{}quorum {{\n provider: corosync_votequorum\n device {{\n  model: net\n  votes: 1\n  net {{\n   host: 198.18.0.9\n   algorithm: ffsplit\n  }}\n }}\n}}\n", THREE.replace(" node {\n  ring0_addr: 198.18.0.13\n  nodeid: 3\n }\n", ""));
+        let (c, un, _) = run(&text);
+        assert!(un.is_empty(), "{un:?}");
+        let w = c.cluster.unwrap().witness.unwrap();
+        assert_eq!(w.address.to_string(), "198.18.0.9");
+        assert!(!c.quorum.unwrap().two_node);
+    }
+
+    #[test]
+    fn a_two_node_cluster_without_tie_breaker_is_taken_out_with_the_reason() {
+        let two = THREE.replace(" node {\n  ring0_addr: 198.18.0.13\n  nodeid: 3\n }\n", "");
+        let (c, un, _) = run(&format!("{two}quorum {{\n provider: corosync_votequorum\n}}\n"));
+        assert!(c.cluster.is_none() && c.quorum.is_none());
+        assert!(un.iter().any(|(_, r)| r.contains("a two-node cluster loses quorum")), "{un:?}");
+        // Every node line is listed.
+        for line in [1, 2, 3, 4, 6, 7, 8] {
+            assert!(un.iter().any(|(l, _)| *l == line), "line {line} missing in {un:?}");
+        }
+    }
+
+    #[test]
+    fn nodes_without_id_and_host_names_are_listed() {
+        let text = THREE.replace("  nodeid: 3\n", "").replace("198.18.0.12", "gw2.example");
+        let (c, un, _) = run(&text);
+        // Node 3 without nodeid is listed; node 2 lost its only link, so validation takes it out.
+        assert!(c.cluster.is_some_and(|cl| cl.nodes.len() == 1));
+        assert!(un.iter().any(|(_, r)| r.contains("host names are not resolved")), "{un:?}");
+        assert!(un.iter().any(|(_, r)| r.contains("without nodeid")), "{un:?}");
     }
 }

@@ -82,7 +82,7 @@ struct Conv {
     reverse: Vec<(Cidr, usize)>,
     wildcards: BTreeMap<String, (Vec<IpAddr>, Vec<usize>)>,
     servers: Vec<(HostPort, usize)>,
-    forwards: Vec<(String, Vec<HostPort>, usize)>,
+    forwards: Vec<(String, Vec<HostPort>, Vec<usize>)>,
     hosts_files: Vec<(PathBuf, usize)>,
     expand_hosts: Option<usize>,
     cache_size: Option<(u32, usize)>,
@@ -218,8 +218,11 @@ impl Conv {
                     Some(up) if !names.iter().any(|d| d.is_empty() || d == "#") => {
                         for d in names {
                             match self.forwards.iter_mut().find(|f| f.0 == d) {
-                                Some(f) => f.1.push(up),
-                                None => self.forwards.push((d, vec![up], n)),
+                                Some(f) => {
+                                    f.1.push(up);
+                                    f.2.push(n);
+                                }
+                                None => self.forwards.push((d, vec![up], vec![n])),
                             }
                         }
                     }
@@ -768,7 +771,7 @@ impl Conv {
                 .iter()
                 .map(|x| x.1)
                 .chain(self.servers.iter().map(|x| x.1))
-                .chain(self.forwards.iter().map(|x| x.2))
+                .chain(self.forwards.iter().flat_map(|x| x.2.clone()))
                 .chain(self.hosts_files.iter().map(|x| x.1))
                 .chain(self.wildcards.values().flat_map(|w| w.1.clone()))
                 .chain(self.records.iter().map(|x| x.1))
@@ -818,9 +821,11 @@ impl Conv {
                 dns.servers.push(*s);
                 self.draft.origin(*l, &np.key("servers").index(j));
             }
-            for (j, (d, ups, l)) in self.forwards.iter().enumerate() {
+            for (j, (d, ups, lines)) in self.forwards.iter().enumerate() {
                 dns.forwards.push(Forward { domain: d.clone(), servers: ups.clone() });
-                self.draft.origin(*l, &np.key("forward").index(j));
+                for l in lines {
+                    self.draft.origin(*l, &np.key("forward").index(j));
+                }
             }
             for (j, (d, (addrs, lines))) in self.wildcards.iter().enumerate() {
                 dns.wildcards.push(Wildcard { domain: d.clone(), addresses: addrs.clone() });
@@ -881,4 +886,84 @@ fn reverse_zone(d: &str) -> Option<Cidr> {
     let prefix = octets.len() * 8;
     octets.resize(4, 0);
     format!("{}.{}.{}.{}/{prefix}", octets[0], octets[1], octets[2], octets[3]).parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn run(text: &str) -> (Config, Vec<(usize, String)>, String) {
+        let r = convert(text);
+        let c = Config::from_str_named("t.toml", &r.toml).unwrap_or_else(|d| panic!("{d}\n{}", r.toml));
+        (c, r.unconverted.into_iter().map(|u| (u.line, u.reason)).collect(), r.toml)
+    }
+
+    #[test]
+    fn ranges_without_a_netmask_assume_a_subnet_and_say_so() {
+        let (c, un, toml) = run("interface=eth1\ndhcp-range=198.18.0.150,198.18.0.199,1h\ndhcp-range=198.18.0.10,198.18.0.20\ndhcp-authoritative\n");
+        assert!(un.is_empty(), "{un:?}");
+        let d = c.dhcp.unwrap();
+        assert!(d.authoritative);
+        assert_eq!(d.subnets.len(), 1);
+        assert_eq!(d.subnets[0].subnet.to_string(), "198.18.0.0/24");
+        assert_eq!(d.subnets[0].pool.len(), 2);
+        assert!(toml.contains("# line 2: no netmask given: /24 assumed"), "{toml}");
+        assert!(toml.contains("sends its own address as router"), "{toml}");
+    }
+
+    #[test]
+    fn tags_are_listed_with_the_reason() {
+        let (_, un, _) = run("interface=eth1\ndhcp-range=set:lan,198.18.0.10,198.18.0.20,255.255.255.0\ndhcp-option=tag:lan,3,198.18.0.1\ndhcp-range=tag:x,198.18.1.10,198.18.1.20\ndhcp-host=set:a,52:54:00:00:00:01,198.18.0.5\n");
+        assert_eq!(un.iter().map(|u| u.0).collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(un.iter().all(|(_, r)| r.starts_with("tag-based")), "{un:?}");
+    }
+
+    #[test]
+    fn without_an_interface_dhcp_is_taken_out_with_the_checker_reason() {
+        let (c, un, _) = run("dhcp-range=198.18.0.10,198.18.0.20,255.255.255.0\n");
+        assert!(c.dhcp.is_none() && c.dns.is_some());
+        assert_eq!(un.len(), 1);
+        assert!(un[0].1.contains("interfaces is empty"), "{un:?}");
+    }
+
+    #[test]
+    fn port_zero_turns_dns_off_and_lists_the_dns_lines() {
+        let (c, un, _) = run("port=0\nserver=198.18.0.53\ncache-size=10\n");
+        assert!(c.dns.is_none());
+        assert_eq!(un, vec![(2, "DNS is off (port=0)".to_string()), (3, "DNS is off (port=0)".to_string())]);
+    }
+
+    #[test]
+    fn dns_options_map_onto_dns_keys() {
+        let (c, un, _) = run("listen-address=127.0.0.1,::1\nport=5353\nserver=/corp.example/198.18.1.53#5353\nserver=/corp.example/198.18.1.54\nlocal=/lab.example/\nlocal=/other.example/\naddress=/apps.lab.example/198.18.0.100\naddress=/apps.lab.example/fd00:198:18::100\nrebind-domain-ok=/corp.example/\nno-hosts\n");
+        let d = c.dns.unwrap();
+        assert_eq!(d.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["127.0.0.1:5353", "[::1]:5353"]);
+        assert_eq!(d.forwards.len(), 1);
+        assert_eq!(d.forwards[0].servers.len(), 2);
+        assert_eq!(d.domain.as_deref(), Some("lab.example"));
+        assert_eq!(d.wildcards[0].addresses.len(), 2);
+        assert!(!d.read_etc_hosts);
+        assert_eq!(d.rebind_allow, ["corp.example"]);
+        assert_eq!(un.len(), 1, "{un:?}");
+        assert_eq!(un[0].0, 6);
+    }
+
+    #[test]
+    fn numbered_options_take_their_type_from_the_value() {
+        let (c, un, _) = run("interface=eth1\ndhcp-range=198.18.0.10,198.18.0.20,255.255.255.0\ndhcp-option=66,198.18.0.2\ndhcp-option=67,pxelinux.0\ndhcp-option=43,01:02:03\ndhcp-option=23,64\ndhcp-option=3\n");
+        let s = &c.dhcp.unwrap().subnets[0];
+        assert_eq!(s.options.len(), 3);
+        assert!(s.routers.is_empty());
+        assert_eq!(un.len(), 1, "{un:?}");
+        assert!(un[0].1.contains("integer width"), "{un:?}");
+    }
+
+    #[test]
+    fn reverse_zones_become_reverse_networks() {
+        assert_eq!(reverse_zone("0.18.198.in-addr.arpa").unwrap().to_string(), "198.18.0.0/24");
+        assert_eq!(reverse_zone("198.in-addr.arpa").unwrap().to_string(), "198.0.0.0/8");
+        assert!(reverse_zone("x.in-addr.arpa").is_none());
+        assert!(reverse_zone("lab.example").is_none());
+    }
 }

@@ -598,8 +598,12 @@ impl Conv {
             let opt_args: &[String] = if kw == "option" { &l.words[if no { 3 } else { 2 }.min(l.words.len())..] } else { &[] };
             match (kw, opt) {
                 ("mode", _) => match args.first().map(String::as_str) {
-                    Some("tcp") if args.len() == 1 => st.mode = Some((Mode::Tcp, n)),
-                    Some("http") if args.len() == 1 => st.mode = Some((Mode::Http, n)),
+                    Some(m @ ("tcp" | "http")) if args.len() == 1 => {
+                        let m = if m == "tcp" { Mode::Tcp } else { Mode::Http };
+                        if let Some((_, prev)) = st.mode.replace((m, n)) {
+                            self.consume(prev);
+                        }
+                    }
                     _ => self.skip(n, format!("unsupported value {}", args.join(" "))),
                 },
                 ("balance", _) => {
@@ -619,7 +623,11 @@ impl Conv {
                         None => None,
                     };
                     match b {
-                        Some((b, d)) if args.len() == 1 => st.balance = Some((b, d, n)),
+                        Some((b, d)) if args.len() == 1 => {
+                            if let Some((_, _, prev)) = st.balance.replace((b, d, n)) {
+                                self.consume(prev);
+                            }
+                        }
                         _ => self.skip(n, format!("unsupported value balance {}: hastack has roundrobin, static-rr, leastconn, first, source and random", args.join(" "))),
                     }
                 }
@@ -630,7 +638,14 @@ impl Conv {
                 ("timeout", _) => {
                     let name = l.word(1);
                     match (timeout_key(name), args.get(1).and_then(|v| time(v)), args.len()) {
-                        (Some(_), Some(t), 2) => st.timeouts.push((name.to_string(), t, n)),
+                        (Some(_), Some(t), 2) => {
+                            // A later line for the same timeout replaces the earlier one.
+                            if let Some(i) = st.timeouts.iter().position(|x| x.0 == name) {
+                                let (_, _, prev) = st.timeouts.remove(i);
+                                self.consume(prev);
+                            }
+                            st.timeouts.push((name.to_string(), t, n));
+                        }
                         (Some(_), _, _) => self.skip(n, format!("unsupported value {}", args[1..].join(" "))),
                         (None, _, _) if name == "tarpit" => self.skip(n, "tarpit has no hastack equivalent"),
                         (None, _, _) => self.skip(n, format!("unknown timeout {name}")),
@@ -640,11 +655,19 @@ impl Conv {
                     self.skip(n, "obsolete keyword: write timeout connect/client/server")
                 }
                 ("retries", _) => match args.first().and_then(|v| number(v)) {
-                    Some(r) if args.len() == 1 => st.retries = Some((r, n)),
+                    Some(r) if args.len() == 1 => {
+                        if let Some((_, prev)) = st.retries.replace((r, n)) {
+                            self.consume(prev);
+                        }
+                    }
                     _ => self.skip(n, format!("unsupported value {}", args.join(" "))),
                 },
                 ("maxconn", _) => match args.first().and_then(|v| number(v)) {
-                    Some(m) if args.len() == 1 => st.maxconn = Some((m, n)),
+                    Some(m) if args.len() == 1 => {
+                        if let Some((_, prev)) = st.maxconn.replace((m, n)) {
+                            self.consume(prev);
+                        }
+                    }
                     _ => self.skip(n, format!("unsupported value {}", args.join(" "))),
                 },
                 ("default-server", _) => match server_opts(args) {
@@ -659,20 +682,24 @@ impl Conv {
                         _ => None,
                     };
                     match v {
-                        Some(v) => st.redispatch = Some((v, n)),
+                        Some(v) => {
+                            if let Some((_, prev)) = st.redispatch.replace((v, n)) {
+                                self.consume(prev);
+                            }
+                        }
                         None => self.skip(n, format!("unsupported value {}", opt_args.join(" "))),
                     }
                 }
-                ("option", "httpchk") if !no => st.check = Some((parse_httpchk(opt_args), n)),
-                ("option", "ssl-hello-chk") if !no && opt_args.is_empty() => st.check = Some((CheckOpt::SslHello, n)),
-                ("option", "tcp-check") if !no && opt_args.is_empty() => st.check = Some((CheckOpt::Tcp, n)),
+                ("option", "httpchk") if !no => self.set_check(&mut st, (parse_httpchk(opt_args), n)),
+                ("option", "ssl-hello-chk") if !no && opt_args.is_empty() => self.set_check(&mut st, (CheckOpt::SslHello, n)),
+                ("option", "tcp-check") if !no && opt_args.is_empty() => self.set_check(&mut st, (CheckOpt::Tcp, n)),
                 ("option", "mysql-check") if !no => match opt_args {
-                    [] => st.check = Some((CheckOpt::Mysql { user: None }, n)),
+                    [] => self.set_check(&mut st, (CheckOpt::Mysql { user: None }, n)),
                     [u, name] | [u, name, _] if u == "user" => {
                         if opt_args.get(2).is_some_and(|v| v != "post-41") {
                             self.skip(n, "only the post-41 MySQL protocol is supported");
                         } else {
-                            st.check = Some((CheckOpt::Mysql { user: Some(name.clone()) }, n));
+                            self.set_check(&mut st, (CheckOpt::Mysql { user: Some(name.clone()) }, n));
                         }
                     }
                     _ => self.skip(n, format!("unsupported value {}", opt_args.join(" "))),
@@ -716,6 +743,14 @@ impl Conv {
         st
     }
 
+    /// The last check-type option wins, as in HAProxy: an earlier one in the same section is
+    /// overridden (converted, with no effect of its own).
+    fn set_check(&mut self, st: &mut Settings, check: (CheckOpt, usize)) {
+        if let Some((_, prev)) = st.check.replace(check) {
+            self.consume(prev);
+        }
+    }
+
     fn proxy(&mut self, s: &Section, defaults: &Settings) {
         let kind = s.header.word(0).to_string();
         let Some(name) = s.header.words.get(1).cloned() else {
@@ -736,6 +771,7 @@ impl Conv {
         if !own.http_check.is_empty() {
             st.http_check = own.http_check.clone();
         }
+        st.timeouts.retain(|d| !own.timeouts.iter().any(|o| o.0 == d.0));
         st.timeouts.extend(own.timeouts.iter().cloned());
         st.noops.extend(own.noops.iter().copied());
         st.http_only.extend(own.http_only.iter().cloned());
@@ -1223,4 +1259,154 @@ fn parse_server(words: &[String]) -> Result<(String, HostPort, ServerOpts), Stri
     };
     let opts = server_opts(&words[3..])?;
     Ok((name.clone(), hp, opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn run(text: &str) -> (Config, Vec<(usize, String)>) {
+        let r = convert(text);
+        let c = Config::from_str_named("t.toml", &r.toml).unwrap_or_else(|d| panic!("{d}\n{}", r.toml));
+        (c, r.unconverted.into_iter().map(|u| (u.line, u.reason)).collect())
+    }
+
+    fn backend<'a>(c: &'a Config, name: &str) -> &'a Backend {
+        c.balancer.as_ref().and_then(|b| b.backend(name)).unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    #[test]
+    fn words_follow_haproxy_quoting() {
+        let w = tokenize(r#"a "b c" 'd\e' f\ g "h\"i" # comment"#).unwrap();
+        assert_eq!(w, ["a", "b c", r"d\e", "f g", "h\"i"]);
+        assert_eq!(tokenize(r"x\r\ny").unwrap(), ["x\r\ny"]);
+        assert!(tokenize("a \"b").unwrap_err().contains("unterminated"));
+        assert!(tokenize("bind ${VIP}:6443").unwrap_err().contains("environment"));
+        assert_eq!(tokenize("   # only a comment").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn times_default_to_milliseconds() {
+        assert_eq!(time("2000"), Some(HumanDuration::from_secs(2)));
+        assert_eq!(time("500ms"), Some(HumanDuration::from_millis(500)));
+        assert_eq!(time("5m"), Some(HumanDuration::from_secs(300)));
+        assert_eq!(time("1h"), Some(HumanDuration::from_secs(3600)));
+        assert_eq!(time("10x"), None);
+        assert_eq!(time("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn bind_addresses_in_haproxy_forms() {
+        let ok = |a: &str| bind_addr(a).map(|s| s.to_string());
+        assert_eq!(ok("*:80").unwrap(), "0.0.0.0:80");
+        assert_eq!(ok(":80").unwrap(), "0.0.0.0:80");
+        assert_eq!(ok(":::80").unwrap(), "[::]:80");
+        assert_eq!(ok("[::1]:6443").unwrap(), "[::1]:6443");
+        assert_eq!(ok("ipv4@198.18.0.100:6443").unwrap(), "198.18.0.100:6443");
+        assert!(ok("/run/x.sock").is_err());
+        assert!(ok("*:80-81").is_err());
+        assert!(ok("api.example:80").unwrap_err().contains("host names"));
+    }
+
+    #[test]
+    fn the_last_check_option_wins_and_the_earlier_one_counts_as_converted() {
+        let (c, un) = run("backend b\n option httpchk GET /x\n option mysql-check user probe\n server s1 198.18.0.21:3306 check\nfrontend f\n bind :3306\n default_backend b\n");
+        let ch = backend(&c, "b").check.clone().unwrap();
+        assert_eq!(ch.kind, CheckType::Mysql);
+        assert_eq!(ch.mysql_user.as_deref(), Some("probe"));
+        assert_eq!(ch.uri, None);
+        assert!(un.is_empty(), "{un:?}");
+    }
+
+    #[test]
+    fn http_check_rules_and_check_ssl_make_an_https_check() {
+        let text = "backend api\n option httpchk\n http-check connect ssl sni kubernetes\n http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host api\n http-check expect status 200-399\n server a 198.18.0.21:6443 check verify none inter 3s\n server b 198.18.0.22:6443 check verify none inter 3s\nfrontend f\n bind :6443\n default_backend api\n";
+        let (c, un) = run(text);
+        assert!(un.is_empty(), "{un:?}");
+        let ch = backend(&c, "api").check.clone().unwrap();
+        assert_eq!(ch.kind, CheckType::Https);
+        assert_eq!((ch.method.as_deref(), ch.uri.as_deref(), ch.version.as_deref()), (Some("GET"), Some("/readyz"), Some("HTTP/1.1")));
+        assert_eq!(ch.host.as_deref(), Some("api"));
+        assert_eq!(ch.sni.as_deref(), Some("kubernetes"));
+        assert_eq!(ch.expect_status, vec![StatusRange(200, 399)]);
+        assert_eq!(ch.inter, HumanDuration::from_secs(3));
+        // The old form: option httpchk with the version and headers in one word.
+        let (c, _) = run("backend b\n option httpchk GET /healthz \"HTTP/1.1\\r\\nHost: api\"\n server a 198.18.0.21:6443 check check-ssl\nfrontend f\n bind :1\n default_backend b\n");
+        let ch = backend(&c, "b").check.clone().unwrap();
+        assert_eq!((ch.kind, ch.version.as_deref(), ch.host.as_deref()), (CheckType::Https, Some("HTTP/1.1"), Some("api")));
+    }
+
+    #[test]
+    fn a_server_checked_differently_from_the_others_is_listed() {
+        let (c, un) = run("backend b\n server a 198.18.0.21:80 check inter 2s\n server b 198.18.0.22:80 check inter 5s\n server c 198.18.0.23:80\nfrontend f\n bind :80\n default_backend b\n");
+        let b = backend(&c, "b");
+        assert_eq!(b.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(b.servers[1].check, Some(false), "an unchecked server stays unchecked");
+        assert_eq!(un.len(), 1);
+        assert_eq!(un[0].0, 3);
+        assert!(un[0].1.contains("differ from server a's"), "{un:?}");
+    }
+
+    #[test]
+    fn without_a_checked_server_the_check_options_are_listed() {
+        let (c, un) = run("backend b\n option httpchk\n server a 198.18.0.21:80\nfrontend f\n bind :80\n default_backend b\n");
+        assert!(backend(&c, "b").check.is_none());
+        assert_eq!(un.len(), 1);
+        assert!(un[0].1.contains("no server of backend b has check"), "{un:?}");
+    }
+
+    #[test]
+    fn one_timeout_per_kind_the_first_wins() {
+        let (c, un) = run("defaults\n timeout server 30s\nbackend a\n server s 198.18.0.21:80\nbackend b\n timeout server 1m\n server s 198.18.0.21:80\nfrontend f\n bind :80\n timeout server 5s\n default_backend a\n");
+        assert_eq!(c.balancer.as_ref().unwrap().timeouts.server, HumanDuration::from_secs(30));
+        let lines: Vec<usize> = un.iter().map(|u| u.0).collect();
+        assert_eq!(lines, [6, 10], "{un:?}");
+        assert!(un[0].1.contains("from line 2 is kept"), "{un:?}");
+        assert!(un[1].1.contains("no effect in a frontend"), "{un:?}");
+    }
+
+    #[test]
+    fn servers_with_host_names_or_without_ports_are_listed() {
+        let (c, un) = run("backend b\n server a api.example:6443 check\n server b 198.18.0.22 check\n server c 198.18.0.23:6443 check\nfrontend f\n bind :6443\n default_backend b\n");
+        assert_eq!(backend(&c, "b").servers.len(), 1);
+        assert!(un[0].1.contains("host names are not resolved"), "{un:?}");
+        assert!(un[1].1.contains("has no port"), "{un:?}");
+    }
+
+    #[test]
+    fn validation_takes_out_what_hastack_refuses_and_says_why() {
+        // frontend maxconn above the global one; a frontend whose backend has no server.
+        let (c, un) = run("global\n maxconn 100\nfrontend f\n bind :80\n maxconn 500\n default_backend b\nfrontend g\n bind :81\n default_backend empty\nbackend b\n server s 198.18.0.21:80\nbackend empty\n");
+        let bal = c.balancer.unwrap();
+        assert_eq!(bal.frontends.len(), 1);
+        assert_eq!(bal.frontends[0].maxconn, None);
+        let by_line: BTreeMap<usize, String> = un.into_iter().collect();
+        assert!(by_line[&5].contains("above the global maxconn 100"), "{by_line:?}");
+        assert!(by_line[&12].contains("backend empty has no server"), "{by_line:?}");
+        assert!(by_line.contains_key(&7) && by_line.contains_key(&8) && by_line.contains_key(&9), "{by_line:?}");
+    }
+
+    #[test]
+    fn listen_sections_stats_socket_and_global_settings() {
+        let (c, un) = run("global\n nbthread 4\n hard-stop-after 1m\n stats socket /run/haproxy/admin.sock mode 660 level admin\nlisten db 198.18.0.100:3306\n bind 198.18.0.100:3307 accept-proxy\n server s 198.18.0.31:3306 send-proxy on-marked-down shutdown-sessions slowstart 10s\n");
+        assert!(un.is_empty(), "{un:?}");
+        let bal = c.balancer.unwrap();
+        assert_eq!(bal.threads, Some(4));
+        assert_eq!(bal.hard_stop_after, Some(HumanDuration::from_secs(60)));
+        let f = &bal.frontends[0];
+        assert_eq!(f.bind.len(), 2);
+        assert!(f.accept_proxy);
+        assert_eq!(f.backend.as_deref(), Some("db"));
+        let s = &bal.backends[0].servers[0];
+        assert_eq!((s.send_proxy, s.on_marked_down), (Some(ProxyVersion::V1), Some(OnMarkedDown::ShutdownSessions)));
+        assert_eq!(c.control.unwrap().balancer_socket, PathBuf::from("/run/haproxy/admin.sock"));
+    }
+
+    #[test]
+    fn unknown_sections_and_stray_lines_are_listed() {
+        let (_, un) = run("maxconn 5\nuserlist admins\n user a password x\n");
+        assert_eq!(un.iter().map(|u| u.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(un[1].1.contains("userlist section has no hastack equivalent"));
+    }
 }
