@@ -149,6 +149,9 @@ pub struct Subnet {
     pub pool: Vec<Ipv4Range>,
     /// Server identifier (option 54); default this node's address on the subnet (use the VIP in HA).
     pub server_id: Option<Ipv4Addr>,
+    /// Probe before offering in this subnet: off, arp or icmp (default `[dhcp] conflict_check`).
+    #[serde(default)]
+    pub conflict_check: Option<ConflictCheck>,
     /// Lease time (default 1h).
     #[serde(default = "default_lease_time")]
     pub lease_time: HumanDuration,
@@ -442,6 +445,7 @@ impl Subnet {
             subnet,
             pool: Vec::new(),
             server_id: None,
+            conflict_check: None,
             lease_time: default_lease_time(),
             renew_time: None,
             rebind_time: None,

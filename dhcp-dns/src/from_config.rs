@@ -18,7 +18,7 @@ use crate::dns::{ForwardConfig, RateLimitConfig, ZoneConfig};
 use crate::leases::commit::CompactionPolicy;
 use crate::replication::CoreConfig;
 use crate::runtime::{ClusterReplication, DhcpDnsOptions, DhcpRuntime, DnsRuntime, LEASE_GROUP};
-use crate::server::{DhcpDriverConfig, DnsServerConfig, ReplicationMode};
+use crate::server::{DhcpDriverConfig, DnsServerConfig, ProbeMethod, ReplicationMode};
 
 /// The cluster daemon's control socket when neither `[dhcp] replication_socket` nor
 /// `[control] socket` says otherwise.
@@ -106,6 +106,7 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
     let on_iface: Vec<&LocalAddr> =
         local.iter().filter(|l| d.interfaces.is_empty() || d.interfaces.iter().any(|i| *i == l.interface)).collect();
     let mut subnets = Vec::new();
+    let mut probe_methods = Vec::new();
     for (i, s) in d.subnets.iter().enumerate() {
         let IpNet::V4(net) = s.subnet.0 else {
             problems.push(format!("dhcp.subnet[{i}].subnet: DHCPv4 needs an IPv4 network"));
@@ -122,6 +123,13 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             continue;
         };
         let mut sub = Subnet::new(net, sid);
+        let method = s.conflict_check.unwrap_or(d.conflict_check);
+        sub.conflict_check = Some(method != crate::config::ConflictCheck::Off);
+        match method {
+            crate::config::ConflictCheck::Off => {}
+            crate::config::ConflictCheck::Arp => probe_methods.push((net, ProbeMethod::Arp)),
+            crate::config::ConflictCheck::Icmp => probe_methods.push((net, ProbeMethod::Icmp)),
+        }
         sub.ranges = s.pool.iter().map(|r| (r.start, r.end)).collect();
         sub.lease_secs = secs(&s.lease_time);
         sub.renew_secs = s.renew_time.as_ref().map(secs);
@@ -156,14 +164,7 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             lease_secs: h.lease_time.as_ref().map(secs),
         })
         .collect();
-    let conflict_check = match d.conflict_check {
-        crate::config::ConflictCheck::Off => false,
-        crate::config::ConflictCheck::Icmp => true,
-        crate::config::ConflictCheck::Arp => {
-            problems.push("dhcp.conflict_check: \"arp\" is not implemented yet; use \"icmp\"".to_string());
-            false
-        }
-    };
+    let conflict_check = d.conflict_check != crate::config::ConflictCheck::Off;
     let core = DhcpConfig {
         authoritative: d.authoritative,
         conflict_check,
@@ -203,7 +204,7 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
             })
         }
     };
-    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0, replication, follow_vip: d.follow_vip }
+    DhcpRuntime { core, drivers, probe_timeout: d.conflict_check_timeout.0, replication, follow_vip: d.follow_vip, probe_methods }
 }
 
 fn dns_runtime(d: &DnsSection, dhcp: Option<&DhcpSection>, problems: &mut Vec<String>) -> DnsRuntime {

@@ -61,6 +61,7 @@ pub mod dhcp;
 pub mod dns;
 pub mod server;
 pub mod group;
+pub mod arp;
 pub mod replication;
 pub mod runtime;
 pub mod from_config;

@@ -20,7 +20,7 @@ use crate::leases::log::MAGIC;
 use crate::leases::{GroupCommitter, Lease, LeaseError, LeaseLog, LogRecord, dnsmasq};
 use crate::replication::{self, CoreConfig, ReplicationHandle};
 use crate::server::{
-    ReplicationMode, AddressProber, DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, DriverExtras, IcmpProber, Replication, start_dhcp_with,
+    ReplicationMode, AddressProber, ProbeMethod, SubnetProber, DhcpDriverConfig, DhcpHandle, DnsHandle, DnsServerConfig, DriverExtras, IcmpProber, Replication, start_dhcp_with,
     start_dns, unix_now,
 };
 
@@ -37,6 +37,8 @@ pub struct DhcpRuntime {
     pub replication: Option<ClusterReplication>,
     /// Answer DHCP only while this host holds this address (see [`DriverExtras::follow_vip`]).
     pub follow_vip: Option<std::net::Ipv4Addr>,
+    /// Conflict-check method per subnet (empty: ICMP wherever `core.conflict_check` is on).
+    pub probe_methods: Vec<(ipnet::Ipv4Net, ProbeMethod)>,
 }
 
 /// Lease replication to the other gateways through the cluster daemon (see the crate docs).
@@ -235,8 +237,11 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
                     }
                 }
             }
-            let prober: Option<Arc<dyn AddressProber>> =
-                d.core.conflict_check.then(|| Arc::new(IcmpProber { timeout: d.probe_timeout }) as Arc<dyn AddressProber>);
+            let prober: Option<Arc<dyn AddressProber>> = if !d.probe_methods.is_empty() {
+                Some(Arc::new(SubnetProber { timeout: d.probe_timeout, methods: d.probe_methods.clone() }))
+            } else {
+                d.core.conflict_check.then(|| Arc::new(IcmpProber { timeout: d.probe_timeout }) as Arc<dyn AddressProber>)
+            };
             Some(
                 start_dhcp_with(d.drivers.clone(), core, committer.clone(), Some(zone.clone()), DriverExtras { replication, prober, follow_vip: d.follow_vip })
                     .await
@@ -335,6 +340,7 @@ mod tests {
                 probe_timeout: std::time::Duration::from_millis(200),
                 replication: None,
                 follow_vip: None,
+                probe_methods: vec![],
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),

@@ -771,6 +771,33 @@ impl AddressProber for IcmpProber {
     }
 }
 
+/// How a subnet's addresses are probed before an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMethod {
+    /// ARP probe on the link (RFC 5227; direct clients only).
+    Arp,
+    /// ICMP echo (works through relays).
+    Icmp,
+}
+
+/// Probes each address with its subnet's method (addresses outside every listed network: free).
+pub struct SubnetProber {
+    /// How long a probe waits for an answer.
+    pub timeout: Duration,
+    /// Networks and their method.
+    pub methods: Vec<(ipnet::Ipv4Net, ProbeMethod)>,
+}
+
+impl AddressProber for SubnetProber {
+    fn probe(&self, addr: Ipv4Addr) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<bool>> + Send>> {
+        match self.methods.iter().find(|(n, _)| n.contains(&addr)).map(|(_, m)| *m) {
+            Some(ProbeMethod::Arp) => crate::arp::ArpProber { timeout: self.timeout }.probe(addr),
+            Some(ProbeMethod::Icmp) => IcmpProber { timeout: self.timeout }.probe(addr),
+            None => Box::pin(async { Ok(false) }),
+        }
+    }
+}
+
 fn icmp_checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum >> 16 != 0 {

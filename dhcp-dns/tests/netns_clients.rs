@@ -106,6 +106,7 @@ fn netns_server_child() {
                 probe_timeout: Duration::from_millis(200),
                 replication: None,
                 follow_vip: None,
+                probe_methods: vec![],
             }),
             dns: Some(DnsRuntime {
                 zone: ZoneConfig::new("cluster.test"),

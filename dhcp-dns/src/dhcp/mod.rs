@@ -70,6 +70,8 @@ pub struct Subnet {
     pub classless_routes: Vec<(Ipv4Net, Ipv4Addr)>,
     /// Arbitrary numbered options (code, raw value); they override the built-in ones.
     pub options: Vec<(u8, Vec<u8>)>,
+    /// Probe new addresses before offering them here (None: [`DhcpConfig::conflict_check`]).
+    pub conflict_check: Option<bool>,
 }
 
 impl Subnet {
@@ -89,6 +91,7 @@ impl Subnet {
             mtu: None,
             classless_routes: Vec::new(),
             options: Vec::new(),
+            conflict_check: None,
         }
     }
 
@@ -648,7 +651,9 @@ impl DhcpServer {
         let known = self.leases.get(addr).is_some_and(|l| client.owns(l))
             || self.reservation_of(client).is_some_and(|r| r.addr == addr);
         match reply {
-            Some(reply) if self.cfg.conflict_check && !known => vec![Action::Probe { addr, reply }],
+            Some(reply) if self.cfg.subnets[si].conflict_check.unwrap_or(self.cfg.conflict_check) && !known => {
+                vec![Action::Probe { addr, reply }]
+            }
             Some(reply) => vec![Action::Reply(reply)],
             None => Vec::new(),
         }
