@@ -139,6 +139,21 @@ fn upstream(s: &str) -> Option<HostPort> {
     Some(HostPort { ip: ip.parse().ok()?, port })
 }
 
+/// A later line for a single-valued option replaces the earlier one, which counts as converted.
+fn set<T>(draft: &mut Draft, slot: &mut Option<(T, usize)>, value: (T, usize)) {
+    if let Some((_, prev)) = slot.replace(value) {
+        draft.consumed(prev);
+    }
+}
+
+/// A flag given twice: the repeat changes nothing.
+fn flag(draft: &mut Draft, slot: &mut Option<usize>, n: usize) {
+    match slot {
+        Some(_) => draft.consumed(n),
+        None => *slot = Some(n),
+    }
+}
+
 fn is_hostname(s: &str) -> bool {
     !s.is_empty() && s.split('.').all(hastack_common::names::is_label)
 }
@@ -173,7 +188,7 @@ impl Conv {
                 }
             }
             "port" => match v.parse::<u16>() {
-                Ok(p) => self.port = Some((p, n)),
+                Ok(p) => set(&mut self.draft, &mut self.port, (p, n)),
                 Err(_) => self.draft.skip(n, format!("unsupported value {v}")),
             },
             "bind-interfaces" | "bind-dynamic" | "no-resolv" | "no-ping" | "no-negcache" if value.is_none() => {
@@ -194,14 +209,14 @@ impl Conv {
                     self.option(n, v)
                 }
             }
-            "dhcp-authoritative" if value.is_none() => self.authoritative = Some(n),
+            "dhcp-authoritative" if value.is_none() => flag(&mut self.draft, &mut self.authoritative, n),
             "domain" => {
                 if needs_value(self) {
                     return;
                 }
                 let parts: Vec<&str> = v.split(',').map(str::trim).collect();
                 match parts.as_slice() {
-                    [d] if is_hostname(d) => self.domain = Some((d.trim_end_matches('.').to_ascii_lowercase(), n)),
+                    [d] if is_hostname(d) => set(&mut self.draft, &mut self.domain, (d.trim_end_matches('.').to_ascii_lowercase(), n)),
                     [d, ..] if is_hostname(d) => {
                         self.draft.skip(n, "a domain per subnet or range: set domain in that [[dhcp.subnet]]")
                     }
@@ -253,19 +268,19 @@ impl Conv {
                     self.hosts_files.push((PathBuf::from(v), n))
                 }
             }
-            "expand-hosts" if value.is_none() => self.expand_hosts = Some(n),
-            "no-hosts" if value.is_none() => self.no_hosts = Some(n),
+            "expand-hosts" if value.is_none() => flag(&mut self.draft, &mut self.expand_hosts, n),
+            "no-hosts" if value.is_none() => flag(&mut self.draft, &mut self.no_hosts, n),
             "cache-size" => match v.parse::<u32>() {
-                Ok(c) => self.cache_size = Some((c, n)),
+                Ok(c) => set(&mut self.draft, &mut self.cache_size, (c, n)),
                 Err(_) => self.draft.skip(n, format!("unsupported value {v}")),
             },
             "neg-ttl" | "local-ttl" => match v.parse::<u64>() {
                 Ok(s) => {
-                    let t = Some((HumanDuration::from_secs(s), n));
+                    let t = (HumanDuration::from_secs(s), n);
                     if key == "neg-ttl" {
-                        self.neg_ttl = t
+                        set(&mut self.draft, &mut self.neg_ttl, t)
                     } else {
-                        self.local_ttl = t
+                        set(&mut self.draft, &mut self.local_ttl, t)
                     }
                 }
                 Err(_) => self.draft.skip(n, format!("unsupported value {v}: seconds")),
@@ -730,9 +745,15 @@ impl Conv {
                 }
                 d.subnets.push(s);
             }
+            let no_subnet = d.subnets.is_empty();
             for (opt, l) in &self.options {
-                if matches!(opt, OptValue::Routers(_) | OptValue::Routes(_)) && !self.draft_placed(*l) {
-                    self.draft.skip(*l, "the gateway is inside no dhcp-range subnet");
+                if self.draft.is_placed(*l) {
+                    continue;
+                }
+                match opt {
+                    _ if no_subnet => self.draft.skip(*l, "no dhcp-range: there is no subnet to send the option on"),
+                    OptValue::Nothing => {}
+                    _ => self.draft.skip(*l, "the gateway is inside no dhcp-range subnet"),
                 }
             }
             if !has_router && !d.subnets.is_empty() {
@@ -775,6 +796,10 @@ impl Conv {
                 .chain(self.hosts_files.iter().map(|x| x.1))
                 .chain(self.wildcards.values().flat_map(|w| w.1.clone()))
                 .chain(self.records.iter().map(|x| x.1))
+                .chain(self.listen.iter().map(|x| x.1))
+                .chain(self.reverse.iter().map(|x| x.1))
+                .chain(self.rebind_allow.iter().map(|x| x.1))
+                .chain(self.domain.iter().map(|x| x.1).filter(|l| !self.draft.is_placed(*l)))
                 .chain([self.expand_hosts, self.cache_size.map(|x| x.1), self.neg_ttl.map(|x| x.1), self.local_ttl.map(|x| x.1), self.no_hosts].into_iter().flatten())
                 .collect();
             for l in lines {
@@ -868,10 +893,6 @@ impl Conv {
             self.draft.config.dns = Some(dns);
         }
         self.draft.finish(Kind::Dnsmasq)
-    }
-
-    fn draft_placed(&self, line: usize) -> bool {
-        self.draft.is_placed(line)
     }
 }
 
