@@ -16,7 +16,7 @@ use std::time::Duration;
 use hastack_common::{HostPort, HumanDuration, KeyPath, SockAddr};
 use tcp_balancer::config::{
     Backend, BalancerConfig, Balance, Check, CheckType, Frontend, Mode, OnMarkedDown, ProxyVersion, Redispatch,
-    Server, StatusRange, Verify,
+    Route, Server, StatusRange, Verify,
 };
 
 use super::{Draft, Import, Kind};
@@ -883,6 +883,10 @@ impl Conv {
 
         // The rest: frontend- and backend-only keywords.
         let mut servers: Vec<(String, HostPort, ServerOpts, usize)> = Vec::new();
+        let rest = match &mut frontend {
+            Some(f) => self.routes(f, &fpath, rest),
+            None => rest,
+        };
         for l in &rest {
             let n = l.n;
             match (l.word(0), &mut frontend, &mut backend) {
@@ -945,6 +949,113 @@ impl Conv {
         if let Some(b) = backend {
             self.balancer.backends.push(b);
         }
+    }
+
+    /// `acl` + `use_backend ... if ...` lines that say "this host / path prefix / SNI goes to that
+    /// backend" become routes; the other lines are returned.
+    fn routes(&mut self, f: &mut Frontend, fpath: &KeyPath, lines: Vec<Line>) -> Vec<Line> {
+        let mut acls: BTreeMap<String, (Vec<(Match, usize)>, bool)> = BTreeMap::new();
+        let mut rest = Vec::new();
+        for l in &lines {
+            if l.word(0) == "acl" && l.words.len() >= 3 {
+                match parse_match(&l.words[2..]) {
+                    Ok(m) => acls.entry(l.words[1].clone()).or_default().0.push((m, l.n)),
+                    // An ACL hastack cannot express poisons every route that uses it.
+                    Err(e) => {
+                        acls.entry(l.words[1].clone()).or_default().1 = true;
+                        self.skip(l.n, e);
+                    }
+                }
+            }
+        }
+        let mut hello_rules = Vec::new();
+        for l in lines {
+            match l.word(0) {
+                "acl" if l.words.len() >= 3 => {}
+                "use_backend" => match self.route(&l, &acls) {
+                    Ok((route, used)) => {
+                        let i = f.routes.len();
+                        f.routes.push(route);
+                        let path = fpath.key("route").index(i);
+                        self.place(l.n, &path);
+                        for u in used {
+                            self.place(u, &path);
+                        }
+                    }
+                    Err(e) => self.skip(l.n, e),
+                },
+                // Waiting for the ClientHello before routing by SNI: hastack's SNI router does that.
+                "tcp-request"
+                    if (l.word(1) == "inspect-delay" && l.words.len() == 3)
+                        || (l.words[1..].join(" ").starts_with("content accept if")
+                            && l.words[1..].join(" ").contains("ssl_hello_type 1")) =>
+                {
+                    hello_rules.push(l.n)
+                }
+                _ => rest.push(l),
+            }
+        }
+        let sni = f.routes.iter().any(|r| r.sni.is_some());
+        for n in hello_rules {
+            if sni {
+                self.place(n, &fpath.key("route"));
+            } else {
+                self.skip(n, "waiting for a TLS ClientHello only matters for routing by SNI");
+            }
+        }
+        for (name, (ms, _)) in &acls {
+            for (_, n) in ms {
+                if !self.used.contains(n) {
+                    self.skip(*n, format!("acl {name} is only converted as the condition of a use_backend route"));
+                }
+            }
+        }
+        rest
+    }
+
+    /// `use_backend NAME if COND...` where every condition is an ACL name or `{ fetch value }`.
+    fn route(&self, l: &Line, acls: &BTreeMap<String, (Vec<(Match, usize)>, bool)>) -> Result<(Route, Vec<usize>), String> {
+        let unsupported = "only use_backend NAME if CONDITION converts, each condition a host (hdr(host), hdr_end(host)), path_beg or req.ssl_sni match; no unless, or, !";
+        let (Some(backend), Some("if")) = (l.words.get(1), l.words.get(2).map(String::as_str)) else {
+            return Err(unsupported.into());
+        };
+        let mut matches: Vec<(Match, Option<usize>)> = Vec::new();
+        let mut words = l.words[3..].iter();
+        while let Some(w) = words.next() {
+            if w == "{" {
+                let inner: Vec<String> = words.by_ref().take_while(|x| *x != "}").cloned().collect();
+                matches.push((parse_match(&inner)?, None));
+            } else if w == "!" || w == "||" || w == "or" || w.starts_with('!') {
+                return Err(unsupported.into());
+            } else {
+                match acls.get(w.as_str()) {
+                    Some((ms, false)) if ms.len() == 1 => matches.extend(ms.iter().map(|(m, n)| (m.clone(), Some(*n)))),
+                    Some((_, false)) => return Err(format!("acl {w} is defined more than once (an OR): not converted")),
+                    Some((_, true)) => return Err(format!("acl {w} does not convert")),
+                    None => return Err(format!("acl {w} is not defined in this frontend")),
+                }
+            }
+        }
+        if matches.is_empty() {
+            return Err(unsupported.into());
+        }
+        let mut r = Route { host: None, path_prefix: None, sni: None, backend: backend.clone() };
+        let mut used = Vec::new();
+        for (m, n) in matches {
+            let slot = match &m {
+                Match::Host(_) => &mut r.host,
+                Match::Path(_) => &mut r.path_prefix,
+                Match::Sni(_) => &mut r.sni,
+            };
+            if slot.is_some() {
+                return Err("two conditions on the same thing: not converted".into());
+            }
+            *slot = Some(match m {
+                Match::Host(v) | Match::Path(v) | Match::Sni(v) => v,
+            });
+            used.extend(n);
+        }
+        Ok((r, used))
     }
 
     fn timeout(&mut self, key: &'static str, value: HumanDuration, line: usize) {
@@ -1216,6 +1327,44 @@ impl Conv {
     }
 }
 
+/// What an ACL hastack can route on matches.
+#[derive(Debug, Clone, PartialEq)]
+enum Match {
+    Host(String),
+    Path(String),
+    Sni(String),
+}
+
+/// `fetch [-i] [-m str] value`: the fetches hastack routes on, with one value.
+fn parse_match(words: &[String]) -> Result<Match, String> {
+    let Some((fetch, rest)) = words.split_first() else {
+        return Err("an empty condition".into());
+    };
+    let mut icase = false;
+    let mut values = Vec::new();
+    let mut it = rest.iter();
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "-i" => icase = true,
+            "-m" if it.next().is_some_and(|m| m == "str") => {}
+            f if f.starts_with('-') => return Err(format!("ACL flag {f} is not supported")),
+            v => values.push(v.to_string()),
+        }
+    }
+    let [value] = values.as_slice() else {
+        return Err("only ACLs with one value convert".into());
+    };
+    let host = |v: &str| v.to_ascii_lowercase();
+    match fetch.as_str() {
+        "hdr(host)" | "req.hdr(host)" if !value.contains('*') => Ok(Match::Host(host(value))),
+        "hdr_end(host)" | "req.hdr_end(host)" if value.starts_with('.') => Ok(Match::Host(format!("*{}", host(value)))),
+        "req_ssl_sni" | "req.ssl_sni" if !value.contains('*') => Ok(Match::Sni(host(value))),
+        "path_beg" | "req.path_beg" if value.starts_with('/') && !icase => Ok(Match::Path(value.clone())),
+        "path_beg" | "req.path_beg" => Err("path_beg converts case-sensitive and starting with /".into()),
+        other => Err(format!("ACL fetch {other} is not supported (host, path_beg and req.ssl_sni are)")),
+    }
+}
+
 /// `*:6443`, `:6443`, `0.0.0.0:6443`, `:::6443`, `[::]:6443`, `ipv4@...`, `ipv6@...`.
 fn bind_addr(a: &str) -> Result<SockAddr, String> {
     let a = a.strip_prefix("ipv4@").or_else(|| a.strip_prefix("ipv6@")).unwrap_or(a);
@@ -1401,6 +1550,23 @@ mod tests {
         let s = &bal.backends[0].servers[0];
         assert_eq!((s.send_proxy, s.on_marked_down), (Some(ProxyVersion::V1), Some(OnMarkedDown::ShutdownSessions)));
         assert_eq!(c.control.unwrap().balancer_socket, PathBuf::from("/run/haproxy/admin.sock"));
+    }
+
+    #[test]
+    fn use_backend_with_host_path_and_sni_conditions_become_routes() {
+        let text = "frontend tls\n bind :443\n tcp-request inspect-delay 5s\n tcp-request content accept if { req_ssl_hello_type 1 }\n use_backend api if { req_ssl_sni -i API.lab.example }\n default_backend web\nfrontend web\n bind :80\n mode http\n acl is_app hdr(host) -i app.lab.example\n acl is_static path_beg /static\n acl any_sub hdr_end(host) .apps.lab.example\n acl odd src 10.0.0.0/8\n use_backend api if is_app is_static\n use_backend web if any_sub\n use_backend api if odd\n use_backend web unless is_app\n default_backend web\nbackend api\n server a 198.18.0.21:443\nbackend web\n server w 198.18.0.22:80\n";
+        let (c, un) = run(text);
+        let bal = c.balancer.unwrap();
+        let tls = &bal.frontends[0];
+        assert_eq!(tls.routes, vec![Route { host: None, path_prefix: None, sni: Some("api.lab.example".into()), backend: "api".into() }]);
+        let web = &bal.frontends[1];
+        assert_eq!(web.routes.len(), 2);
+        assert_eq!((web.routes[0].host.as_deref(), web.routes[0].path_prefix.as_deref()), (Some("app.lab.example"), Some("/static")));
+        assert_eq!(web.routes[1].host.as_deref(), Some("*.apps.lab.example"));
+        let lines: Vec<usize> = un.iter().map(|u| u.0).collect();
+        assert_eq!(lines, [13, 16, 17], "{un:?}");
+        assert!(un[0].1.contains("ACL fetch src is not supported"), "{un:?}");
+        assert!(un[1].1.contains("does not convert"), "{un:?}");
     }
 
     #[test]
