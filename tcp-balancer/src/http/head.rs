@@ -8,7 +8,7 @@
 //! response head is rewritten for the client the same way, with `Connection: close` when the
 //! client leg ends after this response.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -140,11 +140,39 @@ fn has_token(v: &[u8], tok: &str) -> bool {
     tokens(v).any(|t| t.eq_ignore_ascii_case(tok.as_bytes()))
 }
 
-/// Connection management headers the balancer replaces with its own.
-fn hop_by_hop(name: &str) -> bool {
-    name.eq_ignore_ascii_case("connection")
-        || name.eq_ignore_ascii_case("keep-alive")
-        || name.eq_ignore_ascii_case("proxy-connection")
+/// The headers the balancer looks at; everything else is passed on untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Upgrade,
+    Host,
+    Other,
+}
+
+impl Name {
+    /// One length dispatch and at most two comparisons per header (the hot path of http mode).
+    fn of(n: &str) -> Name {
+        let is = |s: &str| n.eq_ignore_ascii_case(s);
+        match n.len() {
+            4 if is("host") => Name::Host,
+            7 if is("upgrade") => Name::Upgrade,
+            10 if is("connection") => Name::Connection,
+            10 if is("keep-alive") => Name::KeepAlive,
+            14 if is("content-length") => Name::ContentLength,
+            16 if is("proxy-connection") => Name::ProxyConnection,
+            17 if is("transfer-encoding") => Name::TransferEncoding,
+            _ => Name::Other,
+        }
+    }
+
+    /// Connection management headers the balancer replaces with its own.
+    fn hop_by_hop(self) -> bool {
+        matches!(self, Name::Connection | Name::KeepAlive | Name::ProxyConnection)
+    }
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -178,26 +206,28 @@ struct Facts {
 }
 
 impl Facts {
-    fn see(&mut self, name: &str, v: &[u8]) {
-        if name.eq_ignore_ascii_case("content-length") {
-            match (parse_length(v), self.length) {
+    fn see(&mut self, name: Name, v: &[u8]) {
+        match name {
+            Name::ContentLength => match (parse_length(v), self.length) {
                 (Some(n), None) => self.length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
                 _ => self.length_bad = true,
+            },
+            Name::TransferEncoding => {
+                self.te_seen = true;
+                for t in tokens(v) {
+                    let chunked = t.eq_ignore_ascii_case(b"chunked");
+                    self.te_chunked_count += usize::from(chunked);
+                    self.te_chunked_last = chunked;
+                }
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            self.te_seen = true;
-            for t in tokens(v) {
-                let chunked = t.eq_ignore_ascii_case(b"chunked");
-                self.te_chunked_count += usize::from(chunked);
-                self.te_chunked_last = chunked;
+            Name::Connection => {
+                self.close |= has_token(v, "close");
+                self.keep_alive |= has_token(v, "keep-alive");
+                self.upgrade_token |= has_token(v, "upgrade");
             }
-        } else if name.eq_ignore_ascii_case("connection") {
-            self.close |= has_token(v, "close");
-            self.keep_alive |= has_token(v, "keep-alive");
-            self.upgrade_token |= has_token(v, "upgrade");
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            self.upgrade_header = true;
+            Name::Upgrade => self.upgrade_header = true,
+            _ => {}
         }
     }
 }
@@ -242,9 +272,11 @@ pub fn parse_request(buf: &[u8], rw: RequestRewrite, out: &mut Vec<u8>) -> Resul
     };
     let mut facts = Facts::default();
     let mut host_headers = 0;
-    for h in req.headers.iter() {
-        facts.see(h.name, h.value);
-        if h.name.eq_ignore_ascii_case("host") {
+    let mut names = [Name::Other; MAX_HEADERS];
+    for (h, n) in req.headers.iter().zip(names.iter_mut()) {
+        *n = Name::of(h.name);
+        facts.see(*n, h.value);
+        if *n == Name::Host {
             host_headers += 1;
             if host.is_none() || host_headers > 1 {
                 host = Some(offset(buf, h.value));
@@ -275,14 +307,8 @@ pub fn parse_request(buf: &[u8], rw: RequestRewrite, out: &mut Vec<u8>) -> Resul
     let line_end = buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
     out.reserve(head_len + 64);
     out.extend_from_slice(&buf[..line_end]);
-    for h in req.headers.iter() {
-        if hop_by_hop(h.name) {
-            continue;
-        }
-        if framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        if !upgrade && h.name.eq_ignore_ascii_case("upgrade") {
+    for (h, &n) in req.headers.iter().zip(names.iter()) {
+        if n.hop_by_hop() || (framing == Framing::Chunked && n == Name::ContentLength) || (!upgrade && n == Name::Upgrade) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -291,9 +317,7 @@ pub fn parse_request(buf: &[u8], rw: RequestRewrite, out: &mut Vec<u8>) -> Resul
         out.extend_from_slice(b"\r\n");
     }
     if let Some(ip) = rw.forwarded_for {
-        let mut s = String::with_capacity(64);
-        let _ = write!(s, "X-Forwarded-For: {ip}\r\n");
-        out.extend_from_slice(s.as_bytes());
+        let _ = write!(out, "X-Forwarded-For: {ip}\r\n");
     }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -353,8 +377,10 @@ pub fn parse_response(buf: &[u8], cx: ResponseContext, out: &mut Vec<u8>) -> Res
     let status = resp.code.unwrap_or(0);
     let minor = resp.version.unwrap_or(1);
     let mut facts = Facts::default();
-    for h in resp.headers.iter() {
-        facts.see(h.name, h.value);
+    let mut names = [Name::Other; MAX_HEADERS];
+    for (h, n) in resp.headers.iter().zip(names.iter_mut()) {
+        *n = Name::of(h.name);
+        facts.see(*n, h.value);
     }
     let tunnel = (status == 101 && cx.upgrade) || (cx.method == Method::Connect && (200..300).contains(&status));
     if status == 101 && !cx.upgrade {
@@ -380,11 +406,8 @@ pub fn parse_response(buf: &[u8], cx: ResponseContext, out: &mut Vec<u8>) -> Res
     let line_end = buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
     out.reserve(head_len + 32);
     out.extend_from_slice(&buf[..line_end]);
-    for h in resp.headers.iter() {
-        if !tunnel && hop_by_hop(h.name) {
-            continue;
-        }
-        if framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length") {
+    for (h, &n) in resp.headers.iter().zip(names.iter()) {
+        if (!tunnel && n.hop_by_hop()) || (framing == Framing::Chunked && n == Name::ContentLength) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
