@@ -226,13 +226,11 @@ fn parse_join_answer(line: &str) -> Result<MemberId, GroupError> {
 impl GroupReader {
     /// The next event; `Ok(None)` when the daemon closed the connection.
     pub async fn next(&mut self) -> Result<Option<GroupEvent>, GroupError> {
-        loop {
-            let f = read_frame(&mut self.r).await.map_err(|source| GroupError::Io { path: self.path.clone(), source })?;
-            let Some((kind, body)) = f else { return Ok(None) };
-            match decode_event(kind, &body) {
-                Some(e) => return Ok(Some(e)),
-                None => return Err(GroupError::Protocol(format!("bad frame kind {kind} of {} bytes", body.len()))),
-            }
+        let f = read_frame(&mut self.r).await.map_err(|source| GroupError::Io { path: self.path.clone(), source })?;
+        let Some((kind, body)) = f else { return Ok(None) };
+        match decode_event(kind, &body) {
+            Some(e) => Ok(Some(e)),
+            None => Err(GroupError::Protocol(format!("bad frame kind {kind} of {} bytes", body.len()))),
         }
     }
 }

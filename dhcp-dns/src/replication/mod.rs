@@ -580,10 +580,13 @@ pub struct ReplicationStats {
 /// A completion callback of the DHCP driver.
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+/// A peer record waiting for the DHCP driver, and whom to acknowledge once it is durable.
+pub type Buffered = (LogRecord, Option<(MemberId, u64)>);
+
 enum Cmd {
     Local(LogRecord, Done),
     Attach(ReplicaInput),
-    TakeBuffered(oneshot::Sender<Vec<(LogRecord, Option<(MemberId, u64)>)>>),
+    TakeBuffered(oneshot::Sender<Vec<Buffered>>),
     Applied(MemberId, u64),
     Stop,
 }
@@ -623,7 +626,7 @@ impl ReplicationHandle {
 
     /// Peer records received before a DHCP driver was attached (the caller persists them and
     /// then acknowledges each one that asks for it with [`ReplicationHandle::applied`]).
-    pub async fn take_buffered(&self) -> Vec<(LogRecord, Option<(MemberId, u64)>)> {
+    pub async fn take_buffered(&self) -> Vec<Buffered> {
         let (tx, rx) = oneshot::channel();
         if self.replicator.tx.send(Cmd::TakeBuffered(tx)).is_err() {
             return Vec::new();
@@ -667,7 +670,7 @@ struct Io {
     done: std::collections::HashMap<u64, Done>,
     next_token: u64,
     input: Option<ReplicaInput>,
-    buffered: Vec<(LogRecord, Option<(MemberId, u64)>)>,
+    buffered: Vec<Buffered>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     synced: watch::Sender<bool>,
     stats: Arc<ReplicationStats>,
