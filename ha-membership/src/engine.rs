@@ -486,14 +486,23 @@ impl Engine {
         let mut present = vec![self.params.local];
         // A peer that has announced a newer view than ours for long has moved on without us (we
         // are cut off one way: we hear it, it does not hear us); it does not count for our quorum.
+        // Not stretched by the health multiplier: members install a new view within a round trip or
+        // two, and a node only vouched for by others (its suspicions refuted) raises its multiplier.
         let mine = self.view.as_ref().map(|v| v.id.epoch).unwrap_or(0);
-        let grace = self.params.timing.view_timeout * 4 * self.mult();
+        let grace = self.params.timing.view_timeout * 2;
         let moved_on = |p: &Peer| {
             p.view.is_some_and(|v| v.epoch > mine)
                 && p.view_mismatch_since.is_some_and(|s| now.saturating_duration_since(s) >= grace)
         };
+        // Only peers heard directly count: one that others vouch for but we cannot hear may well be
+        // on the other side of a partition, holding its own quorum with a shared witness.
+        let timeout = self.suspect_timeout();
+        let heard = |p: &Peer| p.last_heard.is_some_and(|h| now.saturating_duration_since(h) <= timeout);
         present.extend(
-            self.peers.values().filter(|p| p.state == PeerState::Alive && !moved_on(p)).map(|p| p.spec.id),
+            self.peers
+                .values()
+                .filter(|p| p.state == PeerState::Alive && heard(p) && !moved_on(p))
+                .map(|p| p.spec.id),
         );
         let q = !self.left && self.view.is_some() && self.quorum.quorate_with(&present);
         if q != self.effective_quorate {

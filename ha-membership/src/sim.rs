@@ -1154,3 +1154,53 @@ fn random_one_way_cuts_settle() {
         one_way(seed, shape, OneWay::Random(cuts), ONE_WAY_SETTLE_RANDOM);
     }
 }
+
+/// Two nodes and a witness split 1 | 2, both still reaching the witness. Either the witness vouches
+/// for both and nobody is declared failed (one view, one placement), or one side commits a view with
+/// the witness: then the other, still in the old view, stays quorate only until it has seen the
+/// witness announce the newer view for 2 × view_timeout, never for good; and the views settle.
+#[test]
+fn witness_split_gives_quorum_to_one_side() {
+    let mut overlaps = Vec::new();
+    for s in seeds(20) {
+        let (nodes, q) = specs(Shape::TwoNodesWitness, 1);
+        let mut sim = Sim::new(22_000_000 + s, nodes, q);
+        form(&mut sim);
+        sim.run_for(Duration::from_micros(100 + 997 * s));
+        for (a, b) in [(1, 2), (2, 1)] {
+            sim.net.cuts.insert((NodeId(a), NodeId(b), usize::MAX));
+        }
+        let (mut both, mut since) = (Duration::ZERO, None);
+        let q = |sim: &Sim, n: u32| sim.engine(NodeId(n)).is_some_and(|e| e.quorate());
+        let start = sim.now;
+        sim.run_until(Duration::from_secs(1), |sim| {
+            let view = |n: u32| sim.engine(NodeId(n)).and_then(|e| e.view()).map(|v| v.id);
+            match (q(sim, 1) && q(sim, 2) && view(1) != view(2), since) {
+                (true, None) => since = Some(sim.now),
+                (false, Some(t)) => {
+                    both += sim.now - t;
+                    since = None;
+                }
+                _ => {}
+            }
+            false
+        });
+        if let Some(t) = since {
+            panic!("{}", sim.fail(&format!("both nodes still quorate {:?} after the split", sim.now - t.max(start))));
+        }
+        let (q1, q2) = (q(&sim, 1), q(&sim, 2));
+        let view = |n: u32| sim.engine(NodeId(n)).and_then(|e| e.view()).map(|v| v.id);
+        // Either the witness still vouches for both and they keep one view (one placement, no split
+        // brain), or exactly one side is quorate.
+        if view(1) != view(2) && q1 == q2 {
+            panic!("{}", sim.fail(&format!("after the split node 1 quorate {q1}, node 2 quorate {q2}: want exactly one")));
+        }
+        assert!(both <= Duration::from_millis(150), "{}", sim.fail(&format!("both quorate for {both:?}")));
+        overlaps.push(both);
+        let before = views_per_node(&sim);
+        sim.run_for(Duration::from_secs(1));
+        assert_eq!(before, views_per_node(&sim), "{}", sim.fail("views still changing after the witness split"));
+    }
+    overlaps.sort();
+    eprintln!("time both nodes were quorate after a 1 | 2 split with a shared witness: {overlaps:?}");
+}
