@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::failover::{summarize, Fault, LabCluster, Sample, Stack, VIP};
+use crate::failover::{summarize, Disturbance, Fault, LabCluster, Quiet, Sample, Stack, VIP};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -23,26 +23,64 @@ pub struct Plan {
     pub show_status: bool,
     /// Stacks to measure, one lab each, in this order (hastack first for ratios).
     pub stacks: Vec<Stack>,
+    /// After the faults, disturbances under which nothing may move, each for its duration.
+    pub quiet: Vec<(Disturbance, Duration)>,
+}
+
+/// What one stack showed: its failover samples and its quiet windows.
+#[derive(Debug, Clone)]
+pub struct StackRun {
+    /// The stack.
+    pub stack: Stack,
+    /// One per failover.
+    pub samples: Vec<Sample>,
+    /// One per disturbance.
+    pub quiet: Vec<Quiet>,
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Runs the plan and prints what happens; returns the samples per stack.
-pub fn run(binary: &Path, plan: &Plan) -> anyhow::Result<Vec<(Stack, Vec<Sample>)>> {
+/// Runs the plan and prints what happens; returns what each stack showed.
+pub fn run(binary: &Path, plan: &Plan) -> anyhow::Result<Vec<StackRun>> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("this builds network namespaces and needs root (try: sudo scripts/demo.sh)");
     }
     let mut all = Vec::new();
     for stack in &plan.stacks {
-        all.push((*stack, run_stack(binary, plan, *stack)?));
+        all.push(run_stack(binary, plan, *stack)?);
     }
-    println!("\n{}", report(&all));
+    let pairs: Vec<(Stack, Vec<Sample>)> = all.iter().map(|r| (r.stack, r.samples.clone())).collect();
+    println!("\n{}", report(&pairs));
+    if all.iter().any(|r| !r.quiet.is_empty()) {
+        println!("{}", quiet_report(&all));
+    }
     Ok(all)
 }
 
-fn run_stack(binary: &Path, plan: &Plan, stack: Stack) -> anyhow::Result<Vec<Sample>> {
+/// False failovers and double holders per stack and disturbance.
+pub fn quiet_report(all: &[StackRun]) -> String {
+    let mut out = String::from("stack                      disturbance  seconds  false failovers  two holders  failed probes\n");
+    for r in all {
+        for q in &r.quiet {
+            let _ = writeln!(
+                out,
+                "{:<26} {:<12} {:<8} {:<16} {:<12} {}/{}",
+                r.stack.label(),
+                q.what.label(),
+                q.duration.as_secs(),
+                q.false_failovers,
+                ms(q.double_holder),
+                q.failed_probes.0,
+                q.failed_probes.1
+            );
+        }
+    }
+    out
+}
+
+fn run_stack(binary: &Path, plan: &Plan, stack: Stack) -> anyhow::Result<StackRun> {
     println!("== {}: building a lab of {} LB nodes and a client in network namespaces (198.18.0.0/24)", stack.label(), plan.nodes);
     let mut c = LabCluster::start_stack(binary, plan.nodes, stack)?;
     let holder = match c.wait_for_holder(Duration::from_secs(15)) {
@@ -52,7 +90,11 @@ fn run_stack(binary: &Path, plan: &Plan, stack: Stack) -> anyhow::Result<Vec<Sam
             return Err(e);
         }
     };
-    println!("VIP {VIP} held by lb{holder}; the client opens a connection to {VIP}:{} every 5 ms", crate::failover::SERVICE_PORT);
+    println!(
+        "VIP {VIP} held by lb{holder}; the client opens a connection to {VIP}:{} every {} ms",
+        crate::failover::SERVICE_PORT,
+        crate::failover::PROBE_EVERY.as_millis()
+    );
     let show = plan.show_status && stack == Stack::Hastack;
     if show {
         println!("\n$ hastack status   (on lb1)\n{}", c.status_text(1));
@@ -93,7 +135,26 @@ fn run_stack(binary: &Path, plan: &Plan, stack: Stack) -> anyhow::Result<Vec<Sam
     if show {
         println!("\n$ hastack status   (on lb1, after the failovers)\n{}", c.status_text(1));
     }
-    Ok(samples)
+    let mut quiet = Vec::new();
+    for (what, duration) in &plan.quiet {
+        let q = c.quiet_window(*what, *duration)?;
+        println!(
+            "{} for {} s: {} false failover(s), two holders for {}, {} of {} probes failed",
+            what.label(),
+            duration.as_secs(),
+            q.false_failovers,
+            ms(q.double_holder),
+            q.failed_probes.0,
+            q.failed_probes.1
+        );
+        if q.false_failovers > 0 && std::env::var_os("HASTACK_BENCH_LOGS").is_some() {
+            for i in 1..=plan.nodes {
+                eprintln!("--- lb{i} log (false failover) ---\n{}", tail(&c.daemon_log(i), 200));
+            }
+        }
+        quiet.push(q);
+    }
+    Ok(StackRun { stack, samples, quiet })
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -163,10 +224,10 @@ pub fn report(all: &[(Stack, Vec<Sample>)]) -> String {
 }
 
 /// A strip plot of every outage sample on a log axis (1 ms to 10 s), one row per stack and fault.
-pub fn svg(all: &[(Stack, Vec<Sample>)]) -> String {
+pub fn svg(all: &[StackRun]) -> String {
     let rows: Vec<(String, Vec<Duration>)> = all
         .iter()
-        .flat_map(|(stack, samples)| {
+        .flat_map(|StackRun { stack, samples, .. }| {
             faults_of(samples).into_iter().map(move |f| {
                 (format!("{} / {}", stack.label(), f.name()), samples.iter().filter(|s| s.fault == f).map(|s| s.outage).collect())
             })

@@ -25,8 +25,12 @@ use nix::sys::signal::Signal;
 
 /// The VIP of the lab cluster.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The IPv6 VIP of a lab cluster built with [`LabCluster::start_v6`].
+pub const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x100);
 /// The TCP port every node serves behind the VIP.
 pub const SERVICE_PORT: u16 = 8080;
+/// How often the client opens a connection to the VIP: the resolution of every outage figure.
+pub const PROBE_EVERY: Duration = Duration::from_millis(2);
 
 /// A fault injected on the VIP holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,7 +121,64 @@ pub struct LabCluster {
     stop: Arc<AtomicBool>,
     probes: Arc<Mutex<Vec<Probe>>>,
     holders: Arc<Mutex<Vec<(Instant, [bool; 8])>>>,
+    /// Per node, the intervals during which it certainly held the VIP (see [`watch_vip`]).
+    held: Arc<Mutex<Held>>,
     nodes: usize,
+    vip: IpAddr,
+}
+
+/// Certain holding intervals per node: from the first sample that saw the address to the last
+/// sample that still saw it. Sampling can only shorten them, so an overlap of two is a real
+/// double holder, never an artefact of the sampling interval.
+#[derive(Debug, Default)]
+struct Held {
+    closed: Vec<(usize, Instant, Instant)>,
+    /// Node -> (first seen, last seen) of the interval still open.
+    open: BTreeMap<usize, (Instant, Instant)>,
+}
+
+impl Held {
+    fn intervals(&self, node: usize) -> impl Iterator<Item = (Instant, Instant)> + '_ {
+        self.closed
+            .iter()
+            .filter(move |(n, _, _)| *n == node)
+            .map(|(_, a, b)| (*a, *b))
+            .chain(self.open.get(&node).copied())
+    }
+}
+
+/// A disturbance under which nothing should move: the VIP must stay where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disturbance {
+    /// This percentage of every packet between every pair of cluster nodes dropped (nftables).
+    Loss(u8),
+    /// Busy threads at normal priority on every core (one more than there are cores).
+    CpuHog,
+}
+
+impl Disturbance {
+    /// A label for reports.
+    pub fn label(&self) -> String {
+        match self {
+            Disturbance::Loss(p) => format!("{p}% loss"),
+            Disturbance::CpuHog => "CPU hog".into(),
+        }
+    }
+}
+
+/// What a quiet window saw.
+#[derive(Debug, Clone)]
+pub struct Quiet {
+    /// The disturbance.
+    pub what: Disturbance,
+    /// How long it lasted.
+    pub duration: Duration,
+    /// VIP moves or releases with no fault injected (should be zero).
+    pub false_failovers: usize,
+    /// Time two nodes certainly held the VIP at once (should be zero).
+    pub double_holder: Duration,
+    /// Client probes that failed during the window, out of all probes.
+    pub failed_probes: (usize, usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +196,11 @@ impl Drop for LabCluster {
 
 /// The config the lab cluster runs with.
 pub fn lab_config(nodes: usize, links: usize, authkey: &Path) -> String {
+    lab_config_for(nodes, links, authkey, IpAddr::V4(VIP))
+}
+
+/// The lab cluster's config with `vip` (the IPv4 or the IPv6 lab VIP) as its one VIP resource.
+pub fn lab_config_for(nodes: usize, links: usize, authkey: &Path, vip: IpAddr) -> String {
     let mut s = format!(
         "[cluster]\nname = \"hastack-lab\"\nauthkey = \"{}\"\n\n",
         authkey.display()
@@ -147,7 +213,8 @@ pub fn lab_config(nodes: usize, links: usize, authkey: &Path) -> String {
         s += &format!("[[cluster.node]]\nid = {i}\nname = \"lb{i}\"\nlinks = [{}]\n\n", addrs.join(", "));
     }
     s += "[resource_defaults]\n# Keep the VIP where it runs: a recovered node takes nothing back.\nstickiness = 100\n\n";
-    s += &format!("[[resource]]\nname = \"vip\"\n[resource.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\nlease = \"2s\"\n");
+    let prefix = if vip.is_ipv4() { 24 } else { 64 };
+    s += &format!("[[resource]]\nname = \"vip\"\n[resource.vip]\naddress = \"{vip}/{prefix}\"\ninterface = \"eth0\"\nlease = \"2s\"\n");
     s
 }
 
@@ -165,20 +232,34 @@ impl LabCluster {
 
     /// Like [`LabCluster::start_stack`], with `links` cluster links (1 or 2) per node.
     pub fn start_with(binary: &Path, nodes: usize, links: usize, stack: Stack) -> anyhow::Result<LabCluster> {
+        Self::start_family(binary, nodes, links, stack, false)
+    }
+
+    /// A hastack lab cluster whose VIP is the IPv6 address [`VIP6`] (the lab then has IPv6 on every
+    /// link, cluster traffic stays on IPv4); the client probes `[VIP6]:8080`.
+    pub fn start_v6(binary: &Path, nodes: usize) -> anyhow::Result<LabCluster> {
+        Self::start_family(binary, nodes, 1, Stack::Hastack, true)
+    }
+
+    fn start_family(binary: &Path, nodes: usize, links: usize, stack: Stack, v6: bool) -> anyhow::Result<LabCluster> {
         if nodes > 8 {
             bail!("at most 8 nodes");
         }
-        let mut lab = Lab::builder().nodes(nodes).links(links).ipv6(false).build().context("building the lab")?;
+        if v6 && stack != Stack::Hastack {
+            bail!("the IPv6 lab runs hastack only");
+        }
+        let vip = if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) };
+        let mut lab = Lab::builder().nodes(nodes).links(links).ipv6(v6).build().context("building the lab")?;
         lab.add_client(Ipv4Addr::new(198, 18, 0, 200)).context("adding the client")?;
         let dir = lab.dir().to_path_buf();
         let key = dir.join("authkey");
         ha_membership::auth::keygen(&key).context("writing the cluster key")?;
         let config = dir.join("hastack.toml");
-        std::fs::write(&config, lab_config(nodes, links, &key))?;
+        std::fs::write(&config, lab_config_for(nodes, links, &key, vip))?;
         let stop = Arc::new(AtomicBool::new(false));
         for i in 1..=nodes {
             let stop = stop.clone();
-            lab.node(i).thread_in(move || serve_node(i, &stop))?;
+            lab.node(i).thread_in(move || serve_node(i, &stop, v6))?;
         }
         let mut c = LabCluster {
             lab,
@@ -190,18 +271,25 @@ impl LabCluster {
             stop,
             probes: Arc::new(Mutex::new(Vec::new())),
             holders: Arc::new(Mutex::new(Vec::new())),
+            held: Arc::new(Mutex::new(Held::default())),
             nodes,
+            vip,
         };
         for i in 1..=nodes {
             c.start_daemon(i)?;
         }
         let (stop, probes) = (c.stop.clone(), c.probes.clone());
-        c.lab.client(1).thread_in(move || probe_loop(&stop, probes))?;
+        c.lab.client(1).thread_in(move || probe_loop(&stop, probes, vip))?;
         for i in 1..=nodes {
-            let (stop, holders) = (c.stop.clone(), c.holders.clone());
-            c.lab.node(i).thread_in(move || watch_vip(i, &stop, &holders))?;
+            let (stop, holders, held) = (c.stop.clone(), c.holders.clone(), c.held.clone());
+            c.lab.node(i).thread_in(move || watch_vip(i, &stop, &holders, &held, vip))?;
         }
         Ok(c)
+    }
+
+    /// The VIP the cluster holds ([`VIP`], or [`VIP6`] for [`LabCluster::start_v6`]).
+    pub fn vip(&self) -> IpAddr {
+        self.vip
     }
 
     /// The control socket of node i.
@@ -289,19 +377,83 @@ impl LabCluster {
         Ok(())
     }
 
-    /// Longest time, since `t`, during which two nodes other than `except` held the VIP.
+    /// Total time, since `t`, during which two nodes other than `except` certainly held the VIP
+    /// at once (overlaps of the watchers' certain holding intervals).
     pub fn double_holders_since(&self, t: Instant, except: Option<usize>) -> Duration {
-        let h = self.holders.lock().unwrap_or_else(|e| e.into_inner());
-        let samples: Vec<&(Instant, [bool; 8])> = h.iter().filter(|(at, _)| *at >= t).collect();
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes: Vec<usize> = (1..=self.nodes).filter(|i| Some(*i) != except).collect();
         let mut total = Duration::ZERO;
-        for w in samples.windows(2) {
-            let (at, set) = w[0];
-            let n = (1..=self.nodes).filter(|i| set[*i - 1] && Some(*i) != except).count();
-            if n > 1 {
-                total += w[1].0.saturating_duration_since(*at);
+        for (k, a) in nodes.iter().enumerate() {
+            for b in &nodes[k + 1..] {
+                for (a0, a1) in held.intervals(*a) {
+                    for (b0, b1) in held.intervals(*b) {
+                        let (from, to) = (a0.max(b0).max(t), a1.min(b1));
+                        total += to.saturating_duration_since(from);
+                    }
+                }
             }
         }
         total
+    }
+
+    /// Holding intervals that started or ended inside `[from, to]`: every release or takeover.
+    fn vip_changes_between(&self, from: Instant, to: Instant) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let starts = (1..=self.nodes).flat_map(|i| held.intervals(i).map(|(a, _)| a).collect::<Vec<_>>());
+        let ends = held.closed.iter().map(|(_, _, b)| *b);
+        starts.chain(ends).filter(|x| *x >= from && *x <= to).count()
+    }
+
+    /// Runs `what` on the whole cluster for `duration` (bounded: at most ten minutes) and counts
+    /// what moved: with no fault injected, nothing should. Waits for one reachable holder before,
+    /// and lets the cluster settle for two seconds after, counting that too.
+    pub fn quiet_window(&mut self, what: Disturbance, duration: Duration) -> anyhow::Result<Quiet> {
+        let duration = duration.min(Duration::from_secs(600));
+        self.wait_for_holder(Duration::from_secs(15))?;
+        let t0 = Instant::now();
+        match what {
+            Disturbance::Loss(pct) => {
+                for a in 1..=self.nodes {
+                    for b in a + 1..=self.nodes {
+                        self.lab.loss(a, b, pct)?;
+                    }
+                }
+                std::thread::sleep(duration);
+                self.lab.heal()?;
+            }
+            Disturbance::CpuHog => {
+                let end = Instant::now() + duration;
+                let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+                let hogs: Vec<_> = (0..=cores)
+                    .map(|_| {
+                        std::thread::spawn(move || {
+                            let mut x = 0u64;
+                            while Instant::now() < end {
+                                for i in 0..10_000u64 {
+                                    x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                                }
+                                std::hint::black_box(x);
+                            }
+                        })
+                    })
+                    .collect();
+                for h in hogs {
+                    let _ = h.join();
+                }
+            }
+        }
+        // A change caused during the window may show just after it.
+        std::thread::sleep(Duration::from_secs(2));
+        let t1 = Instant::now();
+        let probes = self.probes_since(t0);
+        let failed = probes.iter().filter(|p| p.at <= t1 && p.node.is_none()).count();
+        Ok(Quiet {
+            what,
+            duration,
+            false_failovers: self.vip_changes_between(t0, t1),
+            double_holder: self.double_holders_since(t0, None),
+            failed_probes: (failed, probes.len()),
+        })
     }
 
     /// When node i last stopped holding the VIP after `t`.
@@ -462,8 +614,9 @@ pub fn keepalived_config(i: usize, advert: Duration) -> String {
 }
 
 /// The service behind the VIP: answers every connection with its node number.
-fn serve_node(i: usize, stop: &AtomicBool) -> anyhow::Result<()> {
-    let l = std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVICE_PORT))?;
+fn serve_node(i: usize, stop: &AtomicBool, v6: bool) -> anyhow::Result<()> {
+    let any = if v6 { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    let l = std::net::TcpListener::bind(SocketAddr::new(any, SERVICE_PORT))?;
     l.set_nonblocking(true)?;
     while !stop.load(Ordering::Relaxed) {
         match l.accept() {
@@ -478,14 +631,14 @@ fn serve_node(i: usize, stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every 5 ms, a new connection to the VIP (each with its own 200 ms deadline, so a lost SYN does
+/// Every 2 ms, a new connection to the VIP (each with its own 200 ms deadline, so a lost SYN does
 /// not delay the next probe; results are recorded with the time the probe started). Bounded: it stops
 /// with the lab cluster, and after one hour at most.
-fn probe_loop(stop: &AtomicBool, probes: Arc<Mutex<Vec<Probe>>>) -> anyhow::Result<()> {
+fn probe_loop(stop: &AtomicBool, probes: Arc<Mutex<Vec<Probe>>>, vip: IpAddr) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let end = Instant::now() + Duration::from_secs(3600);
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
             tick.tick().await;
@@ -493,7 +646,7 @@ fn probe_loop(stop: &AtomicBool, probes: Arc<Mutex<Vec<Probe>>>) -> anyhow::Resu
             let probes = probes.clone();
             tokio::spawn(async move {
                 let node = tokio::time::timeout(Duration::from_millis(200), async {
-                    let mut s = tokio::net::TcpStream::connect(SocketAddr::new(IpAddr::V4(VIP), SERVICE_PORT)).await.ok()?;
+                    let mut s = tokio::net::TcpStream::connect(SocketAddr::new(vip, SERVICE_PORT)).await.ok()?;
                     let mut b = [0u8; 1];
                     s.read_exact(&mut b).await.ok()?;
                     Some(b[0] as usize)
@@ -512,19 +665,50 @@ fn probe_loop(stop: &AtomicBool, probes: Arc<Mutex<Vec<Probe>>>) -> anyhow::Resu
     Ok(())
 }
 
-/// Records every 2 ms whether node i holds the VIP (read through netlink in its namespace).
-fn watch_vip(i: usize, stop: &AtomicBool, holders: &Mutex<Vec<(Instant, [bool; 8])>>) -> anyhow::Result<()> {
+/// Samples every 2 ms whether node i holds the VIP (read through netlink in its namespace): the
+/// latest state for [`LabCluster::holders`], and certain holding intervals (first sample with the
+/// address to last sample with it) for the double-holder count.
+fn watch_vip(
+    i: usize,
+    stop: &AtomicBool,
+    holders: &Mutex<Vec<(Instant, [bool; 8])>>,
+    held: &Mutex<Held>,
+    vip: IpAddr,
+) -> anyhow::Result<()> {
     let end = Instant::now() + Duration::from_secs(3600);
     let mut last: Option<bool> = None;
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
         let has = nix::ifaddrs::getifaddrs()
-            .map(|mut a| a.any(|x| x.address.and_then(|s| s.as_sockaddr_in().map(|v| v.ip())) == Some(VIP)))
+            .map(|mut a| {
+                a.any(|x| {
+                    let v4 = x.address.and_then(|s| s.as_sockaddr_in().map(|v| IpAddr::V4(v.ip())));
+                    let v6 = x.address.and_then(|s| s.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip())));
+                    v4.or(v6) == Some(vip)
+                })
+            })
             .unwrap_or(false);
+        let now = Instant::now();
+        {
+            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            match (has, h.open.get(&i).copied()) {
+                (true, Some((first, _))) => {
+                    h.open.insert(i, (first, now));
+                }
+                (true, None) => {
+                    h.open.insert(i, (now, now));
+                }
+                (false, Some((first, last_seen))) => {
+                    h.open.remove(&i);
+                    h.closed.push((i, first, last_seen));
+                }
+                (false, None) => {}
+            }
+        }
         if last != Some(has) {
             let mut h = holders.lock().unwrap_or_else(|e| e.into_inner());
             let mut set = h.last().map(|x| x.1).unwrap_or([false; 8]);
             set[i - 1] = has;
-            h.push((Instant::now(), set));
+            h.push((now, set));
             last = Some(has);
         }
         std::thread::sleep(Duration::from_millis(2));

@@ -178,6 +178,14 @@ enum BenchCommand {
         /// Write a strip plot of every sample to this SVG file.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// After the faults, seconds of 5% packet loss between every pair of nodes, counting false
+        /// failovers and double holders (0: skip).
+        #[arg(long, default_value_t = 10)]
+        loss_secs: u64,
+        /// After the faults, seconds of every core fully loaded, counting false failovers and double
+        /// holders (0: skip).
+        #[arg(long, default_value_t = 10)]
+        hog_secs: u64,
     },
     /// Membership: detection time after kill -9 and false view changes under 5% / 10% loss and a
     /// CPU hog, hastack vs Corosync 3 (defaults and its lowest stable token) in one lab.
@@ -232,9 +240,9 @@ fn main() -> ExitCode {
         Command::Resource { command } => resource(&cli.config, cli.socket, command),
         Command::Node { command } => node(&cli.config, cli.socket, command),
         Command::Maintenance { state } => operator(&cli.config, cli.socket, OperatorCmd::Maintenance(state == "on")),
-        Command::Demo { cycles, faults } => failover(cycles, &faults, true, None, None),
-        Command::Bench { command: BenchCommand::Failover { cycles, faults, keepalived, svg } } => {
-            failover(cycles, &faults, false, keepalived.as_deref(), svg)
+        Command::Demo { cycles, faults } => failover(cycles, &faults, true, None, None, 0, 0),
+        Command::Bench { command: BenchCommand::Failover { cycles, faults, keepalived, svg, loss_secs, hog_secs } } => {
+            failover(cycles, &faults, false, keepalived.as_deref(), svg, loss_secs, hog_secs)
         }
         Command::Bench { command: BenchCommand::Membership { runs, loss_secs, hog_secs, tokens, no_corosync, no_hastack } } => {
             bench_membership(runs, loss_secs, hog_secs, &tokens, no_corosync, no_hastack)
@@ -339,8 +347,22 @@ fn status(path: &std::path::Path, socket: Option<PathBuf>, json: bool) -> anyhow
     Ok(())
 }
 
-fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&str>, svg: Option<PathBuf>) -> anyhow::Result<()> {
-    use hastack::failover::{Fault, Stack};
+fn failover(
+    cycles: usize,
+    faults: &str,
+    show_status: bool,
+    keepalived: Option<&str>,
+    svg: Option<PathBuf>,
+    loss_secs: u64,
+    hog_secs: u64,
+) -> anyhow::Result<()> {
+    use hastack::failover::{Disturbance, Fault, Stack};
+    use std::time::Duration;
+    let quiet: Vec<(Disturbance, Duration)> = [(Disturbance::Loss(5), loss_secs), (Disturbance::CpuHog, hog_secs)]
+        .into_iter()
+        .filter(|(_, secs)| *secs > 0)
+        .map(|(d, secs)| (d, Duration::from_secs(secs.min(600))))
+        .collect();
     let faults = faults.split(',').map(|f| Fault::parse(f.trim())).collect::<anyhow::Result<Vec<_>>>()?;
     let mut stacks = vec![Stack::Hastack];
     for a in keepalived.into_iter().flat_map(|k| k.split(',')) {
@@ -351,7 +373,7 @@ fn failover(cycles: usize, faults: &str, show_status: bool, keepalived: Option<&
         stacks.push(Stack::Keepalived { advert: std::time::Duration::from_secs_f64(secs) });
     }
     let binary = std::env::current_exe().context("locating the hastack binary")?;
-    let plan = hastack::demo::Plan { nodes: 3, faults, cycles: cycles.clamp(1, 1000), show_status, stacks };
+    let plan = hastack::demo::Plan { nodes: 3, faults, cycles: cycles.clamp(1, 1000), show_status, stacks, quiet };
     let all = hastack::demo::run(&binary, &plan)?;
     if let Some(path) = svg {
         std::fs::write(&path, hastack::demo::svg(&all)).with_context(|| format!("writing {}", path.display()))?;
