@@ -269,6 +269,28 @@ impl ServerTable {
         }
     }
 
+    /// With a client-affine algorithm (`source`), the server this client belongs to when it is
+    /// usable but at its maxconn: the session may wait for that server (its `maxqueue`) rather
+    /// than move to another one. `None` with other algorithms or when the server has room.
+    pub fn affine_full(&self, client_hash: u64) -> Option<usize> {
+        if self.algorithm != Algorithm::Source || self.ring.is_empty() {
+            return None;
+        }
+        let h = mix64(client_hash);
+        let start = self.ring.partition_point(|(p, _)| *p < h);
+        let len = self.ring.len();
+        let i = (0..len)
+            .map(|k| self.ring[(start + k) % len].1 as usize)
+            .find(|&i| !self.servers[i].spec.backup && self.servers[i].usable(false))?;
+        (!self.servers[i].has_room()).then_some(i)
+    }
+
+    /// Whether server `idx` can take a session now (usable and below its maxconn).
+    pub fn has_room(&self, idx: usize) -> bool {
+        let dynamic = matches!(self.algorithm, Algorithm::RoundRobin | Algorithm::LeastConn | Algorithm::Random { .. });
+        self.servers.get(idx).is_some_and(|s| s.usable(dynamic) && s.has_room())
+    }
+
     /// Picks a server for a client whose address hashes to `client_hash` (see [`hash_addr`]).
     pub fn pick(&mut self, client_hash: u64) -> Decision {
         self.pick_excluding(client_hash, None)
@@ -870,5 +892,24 @@ mod rebalance_tests {
         // A draining server is not a target and its sessions are not counted.
         t.set_admin(1, AdminState::Drain);
         assert_eq!(most_overloaded(&t), None);
+    }
+
+    #[test]
+    fn a_full_affine_server_is_reported_for_source_only() {
+        let specs = (0..3).map(|i| ServerSpec { name: format!("s{i}"), weight: 1, backup: false, maxconn: Some(1) }).collect();
+        let mut t = ServerTable::new(Algorithm::Source, specs, 1).unwrap();
+        let h = hash_addr("198.18.0.9".parse().unwrap());
+        let Decision::Server(i) = t.pick(h) else { panic!("no server") };
+        assert_eq!(t.affine_full(h), None, "room left");
+        t.session_started(i);
+        assert_eq!(t.affine_full(h), Some(i));
+        assert!(!t.has_room(i));
+        // The plain pick moves the client to another server on the ring.
+        assert!(matches!(t.pick(h), Decision::Server(j) if j != i));
+        t.set_up(i, false);
+        assert_eq!(t.affine_full(h), None, "a down server is nobody's");
+        let specs = (0..2).map(|i| ServerSpec { name: format!("s{i}"), weight: 1, backup: false, maxconn: Some(0) }).collect();
+        let t = ServerTable::new(Algorithm::RoundRobin, specs, 1).unwrap();
+        assert_eq!(t.affine_full(h), None);
     }
 }

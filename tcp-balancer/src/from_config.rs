@@ -4,7 +4,7 @@
 //! http-mode frontends map onto an [`HttpFrontendConfig`] (several backends, routes by host and
 //! path), tcp-mode frontends with `tls` onto a [`TlsTcpConfig`]; certificates are loaded here so
 //! a bad PEM file is reported before anything starts. Features the runtime does not have (SNI
-//! routes together with TLS termination, per-server maxqueue) are refused with
+//! routes together with TLS termination or in http mode) are refused with
 //! [`MapError::Unsupported`] rather than silently ignored.
 
 use std::time::Duration;
@@ -277,9 +277,6 @@ fn backend(cfg: &BalancerConfig, be: &config::Backend) -> Result<BackendConfig, 
     };
     let mut servers = Vec::with_capacity(be.servers.len());
     for s in be.effective_servers() {
-        if s.maxqueue.is_some() {
-            return Err(unsupported(&be.name, "per-server maxqueue (use the backend's maxqueue)"));
-        }
         let check = match (&be.check, s.check) {
             (Some(c), true) => Some(check(cfg, be, c, &s)?),
             _ => None,
@@ -290,6 +287,7 @@ fn backend(cfg: &BalancerConfig, be: &config::Backend) -> Result<BackendConfig, 
             weight: s.weight,
             backup: s.backup,
             maxconn: s.maxconn,
+            maxqueue: s.maxqueue,
             check,
             send_proxy: s.send_proxy.map(|v| match v {
                 config::ProxyVersion::V1 => Version::V1,

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     pub backup: bool,
     /// Most concurrent sessions (`maxconn`); `None` is unlimited.
     pub maxconn: Option<u32>,
+    /// `maxqueue`: with `source`, most sessions waiting for this server when it is at its
+    /// maxconn; past it they are redispatched. `None` or 0: no per-server queue.
+    pub maxqueue: Option<u32>,
     /// Health check (`check`) with its timing; `None` keeps the server always up.
     pub check: Option<(CheckSpec, HealthParams)>,
     /// `send-proxy` / `send-proxy-v2`: announce the client's address with a PROXY header.
@@ -236,6 +239,7 @@ impl ProxyConfig {
                         weight: 1,
                         backup: false,
                         maxconn: None,
+                        maxqueue: None,
                         check: None,
                         send_proxy: None,
                     })
@@ -434,6 +438,8 @@ struct Waiter {
 struct BackendState {
     table: ServerTable,
     queue: VecDeque<Waiter>,
+    /// Per-server queues (`maxqueue`), served before the backend's queue when a slot frees.
+    server_queues: Vec<VecDeque<Waiter>>,
 }
 
 struct SessionEntry {
@@ -494,6 +500,7 @@ impl Shared {
 
     /// Hands free server slots to queued sessions, in FIFO order.
     fn dispatch(&self, st: &mut BackendState) {
+        dispatch_server_queues(st);
         while let Some(w) = st.queue.front() {
             if w.tx.is_closed() {
                 st.queue.pop_front();
@@ -671,7 +678,7 @@ impl Proxy {
             })
             .collect();
         let shared = Arc::new(Shared {
-            state: Mutex::new(BackendState { table, queue: VecDeque::new() }),
+            state: Mutex::new(BackendState { table, queue: VecDeque::new(), server_queues: Vec::new() }),
             servers,
             frontend: Counters::default(),
             backend: BackendCounters::default(),
@@ -793,7 +800,7 @@ impl Proxy {
             frontend_counters: sh.frontend.snapshot(),
             backend: sh.cfg.backend.name.clone(),
             backend_counters: BackendSnapshot {
-                queue_current: st.queue.iter().filter(|w| !w.tx.is_closed()).count(),
+                queue_current: st.queue.iter().chain(st.server_queues.iter().flatten()).filter(|w| !w.tx.is_closed()).count(),
                 queue_max: b.queue_max.load(Ordering::Relaxed),
                 queue_timeouts: b.queue_timeouts.load(Ordering::Relaxed),
                 queue_full: b.queue_full.load(Ordering::Relaxed),
@@ -1053,8 +1060,14 @@ enum AssignError {
 }
 
 async fn assign(sh: &Shared, hash: u64, exclude: Option<usize>) -> Result<usize, AssignError> {
-    let mut rx = {
+    let mut rx = 'wait: {
         let mut st = sh.lock();
+        if exclude.is_none()
+            && let Some(i) = st.table.affine_full(hash)
+            && let Some(rx) = enqueue_on_server(sh, &mut st, i, hash)
+        {
+            break 'wait rx;
+        }
         match st.table.pick_excluding(hash, exclude) {
             Decision::Server(i) => {
                 st.table.session_started(i);
@@ -1342,6 +1355,50 @@ async fn relay_phase(
     srv.counters.close();
     sh.frontend.close();
     drop(slot);
+}
+
+/// Queues a session for server `i` (full, client-affine) when its `maxqueue` allows; `None`
+/// when the server has no queue or it is full (the caller redispatches).
+fn enqueue_on_server(sh: &Shared, st: &mut BackendState, i: usize, hash: u64) -> Option<oneshot::Receiver<usize>> {
+    let cap = sh.cfg.backend.servers.get(i)?.maxqueue.filter(|&m| m > 0)? as usize;
+    if st.server_queues.len() <= i {
+        st.server_queues.resize_with(sh.servers.len(), VecDeque::new);
+    }
+    let q = &mut st.server_queues[i];
+    q.retain(|w| !w.tx.is_closed());
+    if q.len() >= cap {
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    q.push_back(Waiter { hash, tx });
+    Some(rx)
+}
+
+/// Serves per-server queues from their own server's free slots; a server that can no longer
+/// serve (down, maintenance) hands its waiters to the backend queue.
+fn dispatch_server_queues(st: &mut BackendState) {
+    for i in 0..st.server_queues.len() {
+        while let Some(w) = st.server_queues[i].front() {
+            if w.tx.is_closed() {
+                st.server_queues[i].pop_front();
+                continue;
+            }
+            let usable = st.table.server(i).is_some_and(|s| s.is_up() && s.admin() == AdminState::Ready);
+            if !usable {
+                let moved: Vec<Waiter> = st.server_queues[i].drain(..).collect();
+                st.queue.extend(moved);
+                break;
+            }
+            if !st.table.has_room(i) {
+                break;
+            }
+            let Some(w) = st.server_queues[i].pop_front() else { break };
+            st.table.session_started(i);
+            if w.tx.send(i).is_err() {
+                st.table.session_ended(i);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1025,3 +1025,43 @@ address = "{}"
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_queues_up_to_maxqueue_then_redispatches() {
+    bounded(20, async {
+        let (a, b) = (Api::start("a").await, Api::start("b").await);
+        let mut be = backend("be", &[("a", a.addr), ("b", b.addr)]);
+        be.backend.algorithm = tcp_balancer::balance::Algorithm::Source;
+        for s in &mut be.backend.servers {
+            s.maxconn = Some(1);
+            s.maxqueue = Some(1);
+        }
+        be.timeouts.queue = Some(Duration::from_secs(5));
+        let fe = HttpFrontend::start(http_config(vec![be])).await.unwrap();
+        let addr = fe.local_addr();
+        // A watch holds the only slot of the server this client hashes to.
+        let mut watch = connect(addr).await;
+        watch.send(b"GET /watch HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let n = read_head(&mut watch.s, &mut watch.buf).await.unwrap();
+        let home = parse_head_resp_server(&watch.buf[..n]);
+        let other = if home == "a" { "b" } else { "a" };
+        // The next request waits for that server...
+        let waiting = tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            let r = c.get("/name").await.unwrap();
+            (r.status, r.header("x-server").to_string())
+        });
+        assert!(eventually(Duration::from_secs(2), || fe.stats()[0].backend_counters.queue_current == 1).await);
+        // ...and once its queue is full, the next is redispatched to the other server.
+        let mut c = connect(addr).await;
+        let r = c.get("/name").await.unwrap();
+        assert_eq!((r.status, r.header("x-server")), (200, other));
+        assert!(!waiting.is_finished(), "the queued request waits for its server");
+        // The watch ends: its slot goes to the queued request.
+        drop(watch);
+        let (status, server) = waiting.await.unwrap();
+        assert_eq!((status, server.as_str()), (200, home.as_str()));
+        fe.drain(Duration::from_secs(1)).await;
+    })
+    .await;
+}
