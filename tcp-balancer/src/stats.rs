@@ -7,7 +7,13 @@ use crate::proxy::Stats;
 
 /// `show stat` columns, in HAProxy's order (a subset: the ones this runtime has).
 pub const SHOW_STAT_HEADER: &str =
-    "# pxname,svname,qcur,qmax,scur,smax,stot,bin,bout,econ,wretr,wredis,status,weight,act,bck,killed,timeouts";
+    "# pxname,svname,qcur,qmax,scur,smax,stot,bin,bout,econ,wretr,wredis,status,weight,act,bck,killed,timeouts,req_tot,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other";
+
+/// HTTP columns (`req_tot`, `hrsp_1xx` … `hrsp_other`) of one line.
+fn http_cols(h: &crate::http::HttpSnapshot) -> String {
+    let r = &h.responses;
+    format!("{},{},{},{},{},{},{}", h.requests, r[0], r[1], r[2], r[3], r[4], r[5])
+}
 
 /// HAProxy-style `show stat` CSV: a FRONTEND line, one line per server, a BACKEND line.
 pub fn show_stat(stats: &[Stats]) -> String {
@@ -18,17 +24,18 @@ pub fn show_stat(stats: &[Stats]) -> String {
         let f = &s.frontend_counters;
         let _ = writeln!(
             out,
-            "{},FRONTEND,,,{},{},{},{},{},,,,OPEN,,,,,",
-            s.frontend, f.current, f.max, f.total, f.bytes_in, f.bytes_out
+            "{},FRONTEND,,,{},{},{},{},{},,,,OPEN,,,,,,{}",
+            s.frontend, f.current, f.max, f.total, f.bytes_in, f.bytes_out, http_cols(&f.http)
         );
         let b = &s.backend_counters;
         let (mut act, mut bck, mut weight) = (0, 0, 0);
         let (mut cur, mut tot, mut bin, mut bout, mut econ, mut retr, mut redis) = (0, 0, 0, 0, 0, 0, 0);
+        let mut http = crate::http::HttpSnapshot::default();
         for sv in &s.servers {
             let c = &sv.counters;
             let _ = writeln!(
                 out,
-                "{},{},,,{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},,,{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 s.backend,
                 sv.name,
                 c.current,
@@ -44,7 +51,8 @@ pub fn show_stat(stats: &[Stats]) -> String {
                 u8::from(!sv.backup),
                 u8::from(sv.backup),
                 c.killed,
-                c.timeouts
+                c.timeouts,
+                http_cols(&c.http)
             );
             if sv.status == "UP" {
                 if sv.backup {
@@ -61,12 +69,16 @@ pub fn show_stat(stats: &[Stats]) -> String {
             econ += c.connect_errors;
             retr += c.retries;
             redis += c.redispatches;
+            http.requests += c.http.requests;
+            for (t, v) in http.responses.iter_mut().zip(c.http.responses) {
+                *t += v;
+            }
         }
         let status = if act + bck > 0 { "UP" } else { "DOWN" };
         let _ = writeln!(
             out,
-            "{},BACKEND,{},{},{cur},,{tot},{bin},{bout},{econ},{retr},{redis},{status},{weight},{act},{bck},,",
-            s.backend, b.queue_current, b.queue_max
+            "{},BACKEND,{},{},{cur},,{tot},{bin},{bout},{econ},{retr},{redis},{status},{weight},{act},{bck},,,{}",
+            s.backend, b.queue_current, b.queue_max, http_cols(&http)
         );
     }
     out
@@ -149,6 +161,20 @@ pub fn prometheus(stats: &[Stats], out: &mut String) {
             }
         }
     }
+    metric(out, "server_http_requests_total", "counter", "HTTP requests sent to a server (http mode).");
+    for s in stats {
+        for sv in &s.servers {
+            let _ = writeln!(out, "hastack_balancer_server_http_requests_total{{backend=\"{}\",server=\"{}\"}} {}", esc(&s.backend), esc(&sv.name), sv.counters.http.requests);
+        }
+    }
+    metric(out, "server_http_responses_total", "counter", "HTTP responses of a server by status class (http mode).");
+    for s in stats {
+        for sv in &s.servers {
+            for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx", "other"].iter().zip(sv.counters.http.responses) {
+                let _ = writeln!(out, "hastack_balancer_server_http_responses_total{{backend=\"{}\",server=\"{}\",code=\"{class}\"}} {n}", esc(&s.backend), esc(&sv.name));
+            }
+        }
+    }
     metric(out, "spliced_bytes_total", "counter", "Bytes relayed with splice(2).");
     let _ = writeln!(out, "hastack_balancer_spliced_bytes_total {}", crate::relay::spliced_bytes());
     metric(out, "pipes_in_use", "gauge", "Splice pipes held by sessions.");
@@ -161,7 +187,15 @@ mod tests {
     use crate::proxy::{BackendSnapshot, CounterSnapshot, ServerStats};
 
     fn sample() -> Vec<Stats> {
-        let c = |cur, total| CounterSnapshot { current: cur, max: cur, total, bytes_in: 10, bytes_out: 20, ..Default::default() };
+        let c = |cur, total| CounterSnapshot {
+            current: cur,
+            max: cur,
+            total,
+            bytes_in: 10,
+            bytes_out: 20,
+            http: crate::http::HttpSnapshot { requests: total, responses: [0, total, 0, 0, 1, 0] },
+            ..Default::default()
+        };
         vec![Stats {
             frontend: "api".into(),
             frontend_counters: c(3, 7),
@@ -185,7 +219,8 @@ mod tests {
         }
         assert!(lines[1].starts_with("api,FRONTEND,,,3,3,7,10,20"));
         assert!(lines[2].starts_with("apiservers,a,,,2,2,5,10,20,0,0,0,UP,1,1,0"));
-        assert_eq!(lines[4], "apiservers,BACKEND,1,2,3,,7,20,40,0,0,0,UP,1,1,0,,");
+        assert_eq!(lines[4], "apiservers,BACKEND,1,2,3,,7,20,40,0,0,0,UP,1,1,0,,,7,0,7,0,0,2,0");
+        assert!(lines[2].ends_with(",5,0,5,0,0,1,0"), "{}", lines[2]);
     }
 
     #[test]
