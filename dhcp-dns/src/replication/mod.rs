@@ -48,19 +48,17 @@ const MSG_SNAPSHOT: u8 = 3;
 /// One message of the lease group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupMsg {
-    /// A lease change by the sender.
+    /// Lease changes by the sender; record `i` has sequence number `seq + i` (for acks).
     Record {
-        /// The sender's sequence number (for acks).
+        /// The first record's sequence number.
         seq: u64,
-        /// The change.
-        record: LogRecord,
+        /// The changes, in order.
+        records: Vec<LogRecord>,
     },
-    /// `to`'s record `seq` is durable at the sender.
+    /// Records durable at the sender: (origin of the record, its sequence number).
     Ack {
-        /// Origin of the record.
-        to: MemberId,
-        /// Its sequence number.
-        seq: u64,
+        /// The acknowledged records.
+        acks: Vec<(MemberId, u64)>,
     },
     /// Part of the lease table, for a joining member.
     Snapshot {
@@ -87,15 +85,19 @@ impl GroupMsg {
     pub fn encode(&self) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(64);
         match self {
-            GroupMsg::Record { seq, record } => {
+            GroupMsg::Record { seq, records } => {
                 out.push(MSG_RECORD);
                 out.extend_from_slice(&seq.to_be_bytes());
-                record.encode(&mut out).ok()?;
+                for r in records {
+                    r.encode(&mut out).ok()?;
+                }
             }
-            GroupMsg::Ack { to, seq } => {
+            GroupMsg::Ack { acks } => {
                 out.push(MSG_ACK);
-                put_member(&mut out, *to);
-                out.extend_from_slice(&seq.to_be_bytes());
+                for (to, seq) in acks {
+                    put_member(&mut out, *to);
+                    out.extend_from_slice(&seq.to_be_bytes());
+                }
             }
             GroupMsg::Snapshot { to, last, records } => {
                 out.push(MSG_SNAPSHOT);
@@ -114,14 +116,25 @@ impl GroupMsg {
         match *b.first()? {
             MSG_RECORD => {
                 let seq = u64::from_be_bytes(b.get(1..9)?.try_into().ok()?);
-                let (record, used) = LogRecord::decode(b.get(9..)?)?;
-                (9 + used == b.len()).then_some(GroupMsg::Record { seq, record })
+                let mut off = 9;
+                let mut records = Vec::new();
+                while off < b.len() {
+                    let (r, used) = LogRecord::decode(&b[off..])?;
+                    records.push(r);
+                    off += used;
+                }
+                (!records.is_empty()).then_some(GroupMsg::Record { seq, records })
             }
             MSG_ACK => {
-                if b.len() != 21 {
+                let body = b.get(1..)?;
+                if body.is_empty() || body.len() % 20 != 0 {
                     return None;
                 }
-                Some(GroupMsg::Ack { to: get_member(&b[1..])?, seq: u64::from_be_bytes(b[13..21].try_into().ok()?) })
+                let acks = body
+                    .chunks(20)
+                    .map(|c| Some((get_member(c)?, u64::from_be_bytes(c[12..20].try_into().ok()?))))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(GroupMsg::Ack { acks })
             }
             MSG_SNAPSHOT => {
                 let to = get_member(b.get(1..)?)?;
@@ -323,29 +336,70 @@ impl ReplicationCore {
     /// A lease change made here (already submitted to the local log): multicast it; `token`
     /// completes when the peers hold it durably, or fails.
     pub fn local_record(&mut self, token: u64, rec: LogRecord, now: Instant) -> Vec<RepAction> {
-        self.mirror(&rec);
+        self.local_records(vec![(token, rec)], now)
+    }
+
+    /// Several local changes at once (one message per [`MAX_MESSAGE`] bytes: under load the
+    /// channel carries batches, not one message per lease).
+    pub fn local_records(&mut self, batch: Vec<(u64, LogRecord)>, now: Instant) -> Vec<RepAction> {
         let joined = self.me.is_some() && !matches!(self.state, SyncState::Disconnected | SyncState::Joining);
-        if !joined {
-            self.counters.failed += 1;
-            return vec![RepAction::Complete { token, result: Err(RepFailure::NotConnected) }];
+        let mut out = Vec::new();
+        let mut chunk: Vec<(u64, LogRecord, Vec<u8>)> = Vec::new();
+        let mut size = 9;
+        for (token, rec) in batch {
+            self.mirror(&rec);
+            if !joined {
+                self.counters.failed += 1;
+                out.push(RepAction::Complete { token, result: Err(RepFailure::NotConnected) });
+                continue;
+            }
+            let mut b = Vec::new();
+            if rec.encode(&mut b).is_err() || 9 + b.len() > MAX_MESSAGE {
+                self.counters.failed += 1;
+                out.push(RepAction::Complete { token, result: Err(RepFailure::Encode) });
+                continue;
+            }
+            if size + b.len() > MAX_MESSAGE {
+                self.send_chunk(std::mem::take(&mut chunk), now, &mut out);
+                size = 9;
+            }
+            size += b.len();
+            chunk.push((token, rec, b));
+        }
+        self.send_chunk(chunk, now, &mut out);
+        out
+    }
+
+    fn send_chunk(&mut self, chunk: Vec<(u64, LogRecord, Vec<u8>)>, now: Instant, out: &mut Vec<RepAction>) {
+        if chunk.is_empty() {
+            return;
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
-        let Some(bytes) = (GroupMsg::Record { seq, record: rec }).encode() else {
-            self.counters.failed += 1;
-            return vec![RepAction::Complete { token, result: Err(RepFailure::Encode) }];
-        };
-        self.counters.sent += 1;
-        self.pending.insert(seq, Pending { token, waiting: None, deadline: now + self.cfg.ack_deadline });
-        vec![RepAction::Multicast(bytes)]
+        let mut bytes = Vec::with_capacity(9 + chunk.iter().map(|c| c.2.len()).sum::<usize>());
+        bytes.push(MSG_RECORD);
+        bytes.extend_from_slice(&seq.to_be_bytes());
+        for (i, (token, _, b)) in chunk.into_iter().enumerate() {
+            bytes.extend_from_slice(&b);
+            self.counters.sent += 1;
+            self.pending.insert(seq + i as u64, Pending { token, waiting: None, deadline: now + self.cfg.ack_deadline });
+            self.next_seq += 1;
+        }
+        out.push(RepAction::Multicast(bytes));
     }
 
     /// A peer's record `seq` from `to` is durable here: acknowledge it.
     pub fn applied(&mut self, to: MemberId, seq: u64) -> Vec<RepAction> {
+        self.applied_many(vec![(to, seq)])
+    }
+
+    /// Several peer records durable here: acknowledge them (batched).
+    pub fn applied_many(&mut self, acks: Vec<(MemberId, u64)>) -> Vec<RepAction> {
         if self.me.is_none() {
             return Vec::new();
         }
-        (GroupMsg::Ack { to, seq }).encode().map(RepAction::Multicast).into_iter().collect()
+        acks.chunks((MAX_MESSAGE - 1) / 20)
+            .filter_map(|c| (GroupMsg::Ack { acks: c.to_vec() }).encode().map(RepAction::Multicast))
+            .collect()
     }
 
     fn complete_if_done(&mut self, seq: u64, out: &mut Vec<RepAction>) {
@@ -397,7 +451,7 @@ impl ReplicationCore {
                 // Our donor vanished mid-transfer: serve with what we have (and what we got).
                 tracing::warn!(%donor, "lease snapshot donor left before the transfer ended; serving with the leases held");
                 self.counters.snapshot_timeouts += 1;
-                out.extend(self.finish_sync());
+                out.extend(self.finish_sync(now));
             }
         }
         let joined: Vec<MemberId> = members.iter().filter(|m| !old.contains(m) && **m != me).copied().collect();
@@ -438,7 +492,7 @@ impl ReplicationCore {
         out
     }
 
-    fn finish_sync(&mut self) -> Vec<RepAction> {
+    fn finish_sync(&mut self, now: Instant) -> Vec<RepAction> {
         let SyncState::Awaiting { touched, adopted, .. } = std::mem::replace(&mut self.state, SyncState::Synced) else {
             return Vec::new();
         };
@@ -447,19 +501,22 @@ impl ReplicationCore {
         let mut mine: Vec<Lease> =
             self.table.values().filter(|l| !adopted.contains(&l.addr) && !touched.contains(&l.addr)).cloned().collect();
         mine.sort_by_key(|l| l.addr);
-        for l in mine {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            if let Some(b) = (GroupMsg::Record { seq, record: LogRecord::Upsert(l) }).encode() {
-                out.push(RepAction::Multicast(b));
+        // Sent like local changes, without anyone waiting for them (tokens are the driver's;
+        // u64::MAX marks "nobody to tell").
+        let batch: Vec<(u64, LogRecord)> = mine.into_iter().map(|l| (u64::MAX, LogRecord::Upsert(l))).collect();
+        self.state = SyncState::Synced;
+        for a in self.local_records(batch, now) {
+            if let RepAction::Multicast(_) = a {
+                out.push(a);
             }
         }
+        self.pending.retain(|_, p| p.token != u64::MAX);
         out.push(RepAction::Synced { adopted: adopted.len() });
         out
     }
 
     /// A group message in the total order.
-    pub fn on_deliver(&mut self, from: MemberId, payload: &[u8], _now: Instant) -> Vec<RepAction> {
+    pub fn on_deliver(&mut self, from: MemberId, payload: &[u8], now: Instant) -> Vec<RepAction> {
         let Some(me) = self.me else { return Vec::new() };
         let Some(msg) = GroupMsg::decode(payload) else {
             self.counters.malformed += 1;
@@ -467,25 +524,32 @@ impl ReplicationCore {
         };
         let mut out = Vec::new();
         match msg {
-            GroupMsg::Record { seq, record } => {
+            GroupMsg::Record { seq, records } => {
                 if from == me {
                     let others: BTreeSet<MemberId> = self.members.iter().filter(|m| **m != me).copied().collect();
-                    if let Some(p) = self.pending.get_mut(&seq) {
-                        // Acks may only come after this point in the order, so none is lost.
-                        p.waiting = Some(others);
+                    for i in 0..records.len() as u64 {
+                        if let Some(p) = self.pending.get_mut(&(seq + i)) {
+                            // Acks may only come after this point in the order, so none is lost.
+                            p.waiting = Some(others.clone());
+                        }
+                        self.complete_if_done(seq + i, &mut out);
                     }
-                    self.complete_if_done(seq, &mut out);
                 } else {
-                    if let SyncState::Awaiting { touched, .. } = &mut self.state {
-                        touched.insert(record.addr());
+                    for (i, record) in records.into_iter().enumerate() {
+                        if let SyncState::Awaiting { touched, .. } = &mut self.state {
+                            touched.insert(record.addr());
+                        }
+                        self.mirror(&record);
+                        self.counters.applied += 1;
+                        out.push(RepAction::Apply { record, ack: Some((from, seq + i as u64)) });
                     }
-                    self.mirror(&record);
-                    self.counters.applied += 1;
-                    out.push(RepAction::Apply { record, ack: Some((from, seq)) });
                 }
             }
-            GroupMsg::Ack { to, seq } => {
-                if to == me {
+            GroupMsg::Ack { acks } => {
+                for (to, seq) in acks {
+                    if to != me {
+                        continue;
+                    }
                     if let Some(w) = self.pending.get_mut(&seq).and_then(|p| p.waiting.as_mut()) {
                         w.remove(&from);
                     }
@@ -515,7 +579,7 @@ impl ReplicationCore {
                     out.push(RepAction::Apply { record: LogRecord::Upsert(l), ack: None });
                 }
                 if last {
-                    out.extend(self.finish_sync());
+                    out.extend(self.finish_sync(now));
                 }
             }
         }
@@ -537,7 +601,7 @@ impl ReplicationCore {
             if now.duration_since(*since) >= self.cfg.snapshot_wait {
                 tracing::warn!("no lease snapshot within {:?}; serving with the leases held", self.cfg.snapshot_wait);
                 self.counters.snapshot_timeouts += 1;
-                out.extend(self.finish_sync());
+                out.extend(self.finish_sync(now));
             }
         }
         out
@@ -651,6 +715,9 @@ impl ReplicationHandle {
     }
 }
 
+/// Most commands taken in one burst (bounds the latency of the first one).
+const MAX_BURST: usize = 512;
+
 /// How often a lost cluster connection is retried.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -722,6 +789,35 @@ impl Io {
             }
         }
         Ok(())
+    }
+
+    /// A burst of commands: local records go out as one batch and acks as one message (a busy
+    /// server's group commit completes many at once); returns true on Stop.
+    async fn commands(&mut self, core: &mut ReplicationCore, cmds: Vec<Cmd>, mut w: Option<&mut group::GroupWriter>) -> Result<bool, group::GroupError> {
+        let mut batch = Vec::new();
+        let mut acks = Vec::new();
+        let mut stop = false;
+        for c in cmds {
+            match c {
+                Cmd::Local(rec, done) => {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    self.done.insert(token, done);
+                    batch.push((token, rec));
+                }
+                Cmd::Applied(to, seq) => acks.push((to, seq)),
+                other => stop |= self.command(core, other, w.as_deref_mut()).await?,
+            }
+        }
+        if !batch.is_empty() {
+            let acts = core.local_records(batch, Instant::now());
+            self.apply(acts, w.as_deref_mut()).await?;
+        }
+        if !acks.is_empty() {
+            let acts = core.applied_many(acks);
+            self.apply(acts, w).await?;
+        }
+        Ok(stop)
     }
 
     /// Commands that need no connection; returns true on Stop.
@@ -835,7 +931,16 @@ async fn run(
                     }
                     c = rx.recv() => match c {
                         None => return Ok(true),
-                        Some(c) => if io.command(&mut core, c, Some(&mut writer)).await? { return Ok(true) },
+                        Some(c) => {
+                            let mut cmds = vec![c];
+                            while cmds.len() < MAX_BURST {
+                                match rx.try_recv() {
+                                    Ok(c) => cmds.push(c),
+                                    Err(_) => break,
+                                }
+                            }
+                            if io.commands(&mut core, cmds, Some(&mut writer)).await? { return Ok(true) }
+                        }
                     },
                     _ = sleep_until_opt(wake) => {
                         let acts = core.tick(Instant::now());

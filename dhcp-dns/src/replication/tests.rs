@@ -256,7 +256,7 @@ fn a_record_after_the_join_wins_over_the_snapshot() {
     core.connected(m(2));
     core.on_view(vec![m(1), m(2), m(3)], now);
     let newer = LogRecord::Upsert(lease(10, 200, "new"));
-    let acts = core.on_deliver(m(3), &(GroupMsg::Record { seq: 1, record: newer.clone() }).encode().unwrap(), now);
+    let acts = core.on_deliver(m(3), &(GroupMsg::Record { seq: 1, records: vec![newer.clone()] }).encode().unwrap(), now);
     assert!(matches!(&acts[..], [RepAction::Apply { ack: Some((who, 1)), .. }] if *who == m(3)));
     let snap = GroupMsg::Snapshot { to: m(2), last: true, records: vec![LogRecord::Upsert(lease(10, 100, "old")), LogRecord::Upsert(lease(11, 100, "b"))] };
     let acts = core.on_deliver(m(1), &snap.encode().unwrap(), now);
@@ -300,6 +300,24 @@ fn a_large_table_is_sent_in_chunks_that_fit_one_message() {
 }
 
 #[test]
+fn a_batch_is_one_message_and_every_record_in_it_completes() {
+    let mut bus = Bus::new();
+    bus.join(m(1), vec![]);
+    bus.join(m(2), vec![]);
+    bus.run();
+    let now = bus.now;
+    let batch: Vec<(u64, LogRecord)> = (0..40u8).map(|i| (u64::from(i), LogRecord::Upsert(lease(i + 1, 100, &format!("h{i}"))))).collect();
+    let acts = bus.nodes.get_mut(&m(1)).unwrap().core.local_records(batch, now);
+    assert_eq!(acts.iter().filter(|a| matches!(a, RepAction::Multicast(_))).count(), 2, "40 records fit in two messages");
+    bus.act(m(1), acts);
+    bus.run();
+    let mut done: Vec<u64> = bus.node(m(1)).done.iter().filter(|(_, r)| r.is_ok()).map(|(t, _)| *t).collect();
+    done.sort();
+    assert_eq!(done, (0..40).collect::<Vec<u64>>());
+    assert_eq!(bus.node(m(2)).applied.len(), 40);
+}
+
+#[test]
 fn malformed_messages_are_dropped_and_counted() {
     let now = Instant::now();
     let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
@@ -316,9 +334,9 @@ proptest! {
     fn group_messages_round_trip(last in any::<u8>(), start in 0u64..1 << 40, seq in any::<u64>(), node in any::<u32>(), member in any::<u64>()) {
         let to = MemberId { node, member };
         let msgs = [
-            GroupMsg::Record { seq, record: LogRecord::Upsert(lease(last, start, "x")) },
-            GroupMsg::Record { seq, record: LogRecord::Remove(Ipv4Addr::new(198, 18, 1, last)) },
-            GroupMsg::Ack { to, seq },
+            GroupMsg::Record { seq, records: vec![LogRecord::Upsert(lease(last, start, "x"))] },
+            GroupMsg::Record { seq, records: vec![LogRecord::Remove(Ipv4Addr::new(198, 18, 1, last)), LogRecord::Upsert(lease(last, start, "z"))] },
+            GroupMsg::Ack { acks: vec![(to, seq), (to, seq.wrapping_add(1))] },
             GroupMsg::Snapshot { to, last: last % 2 == 0, records: vec![LogRecord::Upsert(lease(last, start, "y")); (last % 4) as usize] },
         ];
         for msg in msgs {
