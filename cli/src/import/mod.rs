@@ -195,7 +195,7 @@ impl Draft {
             self.remove_all("the converted values could not be written as TOML");
         }
         let config = self.repair(&mut table);
-        let mut toml = config.to_toml().unwrap_or_default();
+        let mut toml = minimal_toml(&config);
         if let Err(d) = validate(&toml) {
             // The repair works on Config::validate; a value that does not load back would need a
             // bug elsewhere. Give up on the whole result rather than print something unloadable.
@@ -338,6 +338,112 @@ impl Draft {
             }
         }
         self.origins = kept;
+    }
+}
+
+/// The config as TOML with only the keys that differ from their defaults: what the source file
+/// said, not every default hastack has (and new defaults in a section do not change the output).
+/// Each key is kept unless the config loads back equal without it.
+fn minimal_toml(config: &Config) -> String {
+    let Ok(full) = config.to_toml() else {
+        return String::new();
+    };
+    let Ok(mut doc) = full.parse::<toml_edit::DocumentMut>() else {
+        return full;
+    };
+    let same = |doc: &toml_edit::DocumentMut| {
+        doc.to_string().parse::<toml::Table>().ok().and_then(|t| config_from_table(&t).ok()).as_ref() == Some(config)
+    };
+    let sections: Vec<String> = doc.as_table().iter().map(|(k, _)| k.to_string()).collect();
+    for section in sections {
+        minimize(&mut doc, &[Step::Key(section)], &same);
+    }
+    tidy(doc.as_table_mut());
+    if same(&doc) { doc.to_string() } else { full }
+}
+
+/// A step to a table inside a TOML document.
+#[derive(Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn table_at<'a>(doc: &'a mut toml_edit::DocumentMut, path: &[Step]) -> Option<&'a mut toml_edit::Table> {
+    let mut table = doc.as_table_mut();
+    let mut i = 0;
+    while i < path.len() {
+        let Step::Key(k) = &path[i] else {
+            return None;
+        };
+        table = match (table.get_mut(k)?, path.get(i + 1)) {
+            (toml_edit::Item::Table(t), _) => t,
+            (toml_edit::Item::ArrayOfTables(a), Some(Step::Index(j))) => {
+                i += 1;
+                a.get_mut(*j)?
+            }
+            _ => return None,
+        };
+        i += 1;
+    }
+    Some(table)
+}
+
+/// Drops every key of the table at `path` (and of the tables below it) that `same` says is a default.
+fn minimize(doc: &mut toml_edit::DocumentMut, path: &[Step], same: &dyn Fn(&toml_edit::DocumentMut) -> bool) {
+    let Some(table) = table_at(doc, path) else {
+        return;
+    };
+    let keys: Vec<String> = table.iter().map(|(k, _)| k.to_string()).collect();
+    for key in keys {
+        let mut trial = doc.clone();
+        if let Some(t) = table_at(&mut trial, path) {
+            t.remove(&key);
+        }
+        if same(&trial) {
+            *doc = trial;
+            continue;
+        }
+        let mut below = path.to_vec();
+        below.push(Step::Key(key.clone()));
+        let children = match table_at(doc, path).and_then(|t| t.get(&key)) {
+            Some(toml_edit::Item::Table(_)) => vec![below],
+            Some(toml_edit::Item::ArrayOfTables(a)) => (0..a.len())
+                .map(|i| {
+                    let mut p = below.clone();
+                    p.push(Step::Index(i));
+                    p
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for child in children {
+            minimize(doc, &child, same);
+        }
+    }
+}
+
+/// Tables left with only sub-tables need no header of their own.
+fn tidy(table: &mut toml_edit::Table) {
+    let mut has_values = false;
+    let mut has_children = false;
+    for (_, item) in table.iter_mut() {
+        match item {
+            toml_edit::Item::Table(t) => {
+                has_children = true;
+                tidy(t);
+            }
+            toml_edit::Item::ArrayOfTables(a) => {
+                has_children = true;
+                for t in a.iter_mut() {
+                    tidy(t);
+                }
+            }
+            _ => has_values = true,
+        }
+    }
+    if !has_values && has_children {
+        table.set_implicit(true);
     }
 }
 
