@@ -73,11 +73,17 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     let local = dcfg.params.local;
     let (handle, events) = driver::spawn(dcfg).context("starting membership")?;
     let handle = Arc::new(handle);
-    // Process groups (lease replication) ride the same ordered channel; other events pass through.
-    let (mut events, group_conns, groups) = super::groups::start(events, handle.clone(), local.0);
+    // Process groups (lease replication) ride the same ordered channel on full nodes; other
+    // events pass through. A vote-only witness runs no processes and has no groups.
+    let (mut events, group_conns, groups) = if resources.is_some() {
+        let (events, conns, groups) = super::groups::start(events, handle.clone(), local.0);
+        (events, Some(conns), Some(groups))
+    } else {
+        (events, None, None)
+    };
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
-    let _control = control::serve_with_groups(control_socket.clone(), ctl_tx, Some(group_conns))
+    let _control = control::serve_with_groups(control_socket.clone(), ctl_tx, group_conns)
         .with_context(|| format!("control socket {}", control_socket.display()))?;
     let mut signals = service::StopSignals::new()?;
     let mut watchdog = service::watchdog_timer();
@@ -152,7 +158,9 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     // Leave: peers commit the new view at once. The handle is shared with the channel's forwarding
     // task, which ends with the resource driver, and with the group service, stopped here;
     // dropping the last handle leaves too.
-    groups.shutdown().await;
+    if let Some(g) = groups {
+        g.shutdown().await;
+    }
     match Arc::try_unwrap(handle) {
         Ok(h) => {
             let _ = h.leave().await;
