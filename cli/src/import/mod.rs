@@ -4,6 +4,18 @@
 //! Each importer is a pure function of the input text: it never touches the system, so it is fuzzed
 //! and property-tested like the wire parsers. The result is always checked by the same validation as
 //! `hastack config check` before it is printed.
+//!
+//! How a conversion goes (see [`Draft`]):
+//! 1. the importer parses its format and fills the section structs, recording for each input line
+//!    the config key(s) it went to, or why it does not convert (`Draft::skip`);
+//! 2. the config is validated; whatever hastack refuses is taken out (the deepest key or array
+//!    element the problem points at whose section still loads) and the lines that fed it are listed
+//!    with the checker's message, until the config is valid;
+//! 3. it is written with only the keys that differ from hastack's defaults, under a comment header
+//!    listing the assumptions made (a prefix length the source does not give, ...).
+//!
+//! A line counts as converted when its meaning is in the output, also when that meaning is "no
+//! effect" in the source too (a check option overridden by a later one, a repeated flag).
 
 pub mod corosync;
 pub mod dnsmasq;
@@ -359,7 +371,7 @@ fn minimal_toml(config: &Config) -> String {
         minimize(&mut doc, &[Step::Key(section)], &same);
     }
     tidy(doc.as_table_mut());
-    if same(&doc) { doc.to_string() } else { full }
+    if same(&doc) { doc.to_string().trim_start().to_string() } else { full }
 }
 
 /// A step to a table inside a TOML document.
