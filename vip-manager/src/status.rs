@@ -24,6 +24,9 @@ pub fn render(st: &EngineStatus, now: crate::model::Timestamp) -> String {
         }
         None => s.push_str("No view yet (not joined)\n"),
     }
+    if st.fenced {
+        s.push_str("*** Fenced after a stall: runs nothing until every member confirms the view ***\n");
+    }
     let o = &st.operator;
     if o.maintenance {
         s.push_str("*** Maintenance mode: nothing is started or stopped ***\n");
