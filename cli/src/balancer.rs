@@ -42,6 +42,9 @@ const SUCCESSOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The environment variable naming the handover socket's descriptor in a successor.
 pub const HANDOVER_FD_ENV: &str = "HASTACK_BALANCER_HANDOVER_FD";
 
+/// True while sessions are still arriving from the predecessor.
+static ADOPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A reload request from the runtime API, answered with the text to print.
 type ReloadRequest = oneshot::Sender<String>;
 
@@ -54,7 +57,9 @@ struct Successor {
 /// Runs the balancer until SIGTERM/SIGINT (then drains) or until a reload handed everything to
 /// a successor. `config_path` is re-read on reload.
 pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // `threads` (default: one per core).
+    let threads = cfg.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     rt.block_on(async {
         let predecessor = match std::env::var(HANDOVER_FD_ENV) {
             Ok(v) => Some(handover_socket(&v)?),
@@ -90,7 +95,13 @@ pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf) -> anyhow:
                 _ = hup.recv() => None,
                 Some(r) = reload_rx.recv() => Some(r),
             };
-            match start_successor(config_path, &bal).await {
+            // Sessions still arriving from our own predecessor could not follow us yet.
+            let started = if ADOPTING.load(std::sync::atomic::Ordering::Acquire) {
+                Err(anyhow::anyhow!("the previous reload is still handing sessions over; try again in a moment"))
+            } else {
+                start_successor(config_path, &bal).await
+            };
+            match started {
                 Ok(s) => {
                     let text = format!("reload: new process {} serving; established sessions are being handed over", s.pid);
                     info!(pid = s.pid, "reload: successor serving, handing over");
@@ -169,6 +180,7 @@ fn handover_socket(v: &str) -> anyhow::Result<UnixStream> {
 fn take_over(sock: UnixStream, bal: &Arc<Balancer>) -> anyhow::Result<()> {
     handover::send_control(&sock, &Message::Ready).context("telling the old process we serve")?;
     let (tx, mut rx) = mpsc::channel::<HandedSession>(handover::MAX_SESSIONS_PER_BATCH * 4);
+    ADOPTING.store(true, std::sync::atomic::Ordering::Release);
     std::thread::Builder::new().name("handover-rx".into()).spawn(move || {
         let mut adopted = 0usize;
         loop {
@@ -194,6 +206,7 @@ fn take_over(sock: UnixStream, bal: &Arc<Balancer>) -> anyhow::Result<()> {
             }
         }
         info!(sessions = adopted, "handover from the old process complete");
+        ADOPTING.store(false, std::sync::atomic::Ordering::Release);
     })?;
     let weak = Arc::downgrade(bal);
     tokio::spawn(async move {

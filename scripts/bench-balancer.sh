@@ -1,0 +1,308 @@
+#!/bin/bash
+# Balancer benchmark: HAProxy 2.6 (tcp, tcp+splice, http), nginx stream, hastack (tcp, and http
+# when the build supports it) and direct, in ONE run against the same two nginx backends on
+# loopback. wrk -t1 -c50 for a small and a 1 MiB response, RUNS runs each (medians): requests/s,
+# p50/p99, CPU per request of the balancer (utime+stime from /proc, all its processes), then the
+# RSS each balancer adds per idle connection with IDLE idle connections.
+#
+# Usage: scripts/bench-balancer.sh [--runs N] [--secs S] [--idle N] [--out FILE] [--bin PATH]
+# Needs: wrk, haproxy, nginx (+ stream module), python3; a release hastack binary (built here
+# unless --bin is given). Bounded: every wrk run is S seconds; everything it starts is stopped by
+# PID on exit. Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+RUNS=3
+SECS=5
+IDLE=9000
+OUT=""
+BIN=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) RUNS=$2; shift 2 ;;
+        --secs) SECS=$2; shift 2 ;;
+        --idle) IDLE=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --bin) BIN=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ "$RUNS" -ge 1 ] && [ "$RUNS" -le 15 ] || { echo "--runs 1..15" >&2; exit 2; }
+[ "$SECS" -ge 1 ] && [ "$SECS" -le 60 ] || { echo "--secs 1..60" >&2; exit 2; }
+[ "$IDLE" -ge 0 ] && [ "$IDLE" -le 20000 ] || { echo "--idle 0..20000" >&2; exit 2; }
+for t in wrk haproxy nginx python3; do command -v $t >/dev/null || { echo "missing: $t" >&2; exit 2; }; done
+if [ -z "$BIN" ]; then
+    ensure_cargo
+    cargo build --release -q -p hastack
+    BIN="${CARGO_TARGET_DIR:-target}/release/hastack"
+fi
+
+W=$(mktemp -d /tmp/bench-balancer.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 0.3
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+# Descriptors: idle connections need two per connection in a balancer.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ $((IDLE * 2 + 200)) -gt "$NOFILE" ]; then
+    IDLE=$(((NOFILE - 200) / 2))
+    echo "note: RLIMIT_NOFILE $NOFILE: $IDLE idle connections" >&2
+fi
+
+# HAProxy reserves two descriptors per maxconn and refuses to start past the hard limit.
+HMAXCONN=$(( (NOFILE - 200) / 2 ))
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+B1=$(port); B2=$(port)
+P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port)
+
+# --- backends: two nginx instances, one worker each -------------------------------------------
+mkdir -p "$W/www"
+head -c 100 /dev/zero | tr '\0' 'x' > "$W/www/small"
+head -c 1048576 /dev/urandom > "$W/www/1m"
+for b in $B1 $B2; do
+    mkdir -p "$W/nginx-$b"
+    cat > "$W/nginx-$b/nginx.conf" <<EOF
+worker_processes 1;
+user root;
+worker_rlimit_nofile $NOFILE;
+pid $W/nginx-$b/nginx.pid;
+error_log $W/nginx-$b/error.log;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server { listen 127.0.0.1:$b backlog=4096; root $W/www; }
+}
+EOF
+    nginx -c "$W/nginx-$b/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+done
+
+# --- balancers ------------------------------------------------------------------------------
+haproxy_cfg() { # mode extra port
+    cat <<EOF
+global
+    maxconn $HMAXCONN
+defaults
+    mode $1
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    $2
+listen bench
+    bind 127.0.0.1:$3
+    balance roundrobin
+    server b1 127.0.0.1:$B1
+    server b2 127.0.0.1:$B2
+EOF
+}
+haproxy_cfg tcp "" $P_HT > "$W/haproxy-tcp.cfg"
+haproxy_cfg tcp "option splice-auto" $P_HS > "$W/haproxy-splice.cfg"
+haproxy_cfg http "option http-keep-alive" $P_HH > "$W/haproxy-http.cfg"
+cat > "$W/nginx-stream.conf" <<EOF
+worker_processes auto;
+user root;
+worker_rlimit_nofile $NOFILE;
+pid $W/nginx-stream.pid;
+error_log $W/nginx-stream.err;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events { worker_connections 20000; }
+stream {
+    upstream be { server 127.0.0.1:$B1; server 127.0.0.1:$B2; }
+    server { listen 127.0.0.1:$P_NG backlog=4096; proxy_pass be; proxy_timeout 300s; }
+}
+EOF
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || sed -i '/load_module/d' "$W/nginx-stream.conf"
+hastack_cfg() { # port mode splice
+    cat <<EOF
+[control]
+balancer_socket = "$W/hastack-$1.sock"
+
+[balancer]
+maxconn = 20000
+splice = ${3:-true}
+
+[balancer.timeouts]
+client = "300s"
+server = "300s"
+
+[[balancer.frontend]]
+name = "bench"
+bind = ["127.0.0.1:$1"]
+mode = "$2"
+backend = "be"
+
+[[balancer.backend]]
+name = "be"
+balance = "roundrobin"
+
+[[balancer.backend.server]]
+name = "b1"
+address = "127.0.0.1:$B1"
+
+[[balancer.backend.server]]
+name = "b2"
+address = "127.0.0.1:$B2"
+EOF
+}
+hastack_cfg $P_HK tcp > "$W/hastack-tcp.toml"
+hastack_cfg $P_HKC tcp false > "$W/hastack-copy.toml"
+hastack_cfg $P_HKH http > "$W/hastack-http.toml"
+
+# name port command...: starts a balancer in the foreground-style, records its PID.
+declare -A PORT PID
+start() {
+    local name=$1 port=$2; shift 2
+    "$@" > "$W/$name.log" 2>&1 &
+    PID[$name]=$!
+    PIDS+=($!)
+    PORT[$name]=$port
+}
+start haproxy-tcp $P_HT haproxy -db -f "$W/haproxy-tcp.cfg"
+start haproxy-splice $P_HS haproxy -db -f "$W/haproxy-splice.cfg"
+start haproxy-http $P_HH haproxy -db -f "$W/haproxy-http.cfg"
+start nginx-stream $P_NG nginx -c "$W/nginx-stream.conf" -g 'daemon off;'
+start hastack-tcp $P_HK "$BIN" balancer --config "$W/hastack-tcp.toml"
+start hastack-copy $P_HKC "$BIN" balancer --config "$W/hastack-copy.toml"
+TARGETS="direct haproxy-tcp haproxy-splice haproxy-http nginx-stream hastack-tcp hastack-copy"
+if "$BIN" config check "$W/hastack-http.toml" >/dev/null 2>&1; then
+    start hastack-http $P_HKH "$BIN" balancer --config "$W/hastack-http.toml"
+    TARGETS="$TARGETS hastack-http"
+fi
+PORT[direct]=$B1
+sleep 1
+for t in $TARGETS; do
+    if ! curl -sf -o /dev/null "http://127.0.0.1:${PORT[$t]}/small"; then
+        echo "$t does not serve on ${PORT[$t]}; dropped" >&2
+        TARGETS=$(echo " $TARGETS " | sed "s/ $t / /")
+    fi
+done
+
+# All processes of a balancer: the PID and its children (nginx workers).
+procs() { local p=$1; echo "$p"; pgrep -P "$p" || true; }
+cpu_ticks() { # sum of utime+stime over the processes
+    local s=0 p
+    for p in $(procs "$1"); do
+        [ -r /proc/$p/stat ] || continue
+        s=$((s + $(awk '{sub(/.*\) /,""); print $12+$13}' /proc/$p/stat)))
+    done
+    echo $s
+}
+rss_kib() {
+    local s=0 p
+    for p in $(procs "$1"); do
+        [ -r /proc/$p/status ] || continue
+        s=$((s + $(awk '/^VmRSS:/{print $2}' /proc/$p/status)))
+    done
+    echo $s
+}
+to_ms() { # wrk latency (e.g. 812.00us, 1.23ms, 2.01s) to ms
+    awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v+0} else {sub(/s/,"",v); print v*1000} }'
+}
+median() { sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+HZ=$(getconf CLK_TCK)
+
+RES="$W/results"
+: > "$RES"
+for size in small 1m; do
+    for run in $(seq 1 "$RUNS"); do
+        for t in $TARGETS; do
+            pid=${PID[$t]:-}
+            c0=0; [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+            out=$(wrk -t1 -c50 -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$t]}/$size" 2>&1)
+            c1=0; [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+            reqs=$(echo "$out" | awk '/requests in/{print $1}')
+            rps=$(echo "$out" | awk '/^Requests\/sec/{print $2}')
+            p50=$(to_ms "$(echo "$out" | awk '$1=="50%"{print $2}')")
+            p99=$(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")
+            errs=$(echo "$out" | grep -c -E "Socket errors|Non-2xx" || true)
+            cpu_us=$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v n="$reqs" 'BEGIN{ if (n>0) printf "%.1f", d/hz*1e6/n; else print 0 }')
+            echo "$size $t $run $rps $p50 $p99 $cpu_us $errs" >> "$RES"
+            echo "$size $t run $run: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu_us}us/req errors $errs" >&2
+        done
+    done
+done
+
+# --- idle connections: RSS added per connection ------------------------------------------------
+cat > "$W/idle.py" <<'EOF'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    socks.append(s)
+print("up", flush=True)
+sys.stdin.read()
+EOF
+IDLE_RES="$W/idle"
+: > "$IDLE_RES"
+if [ "$IDLE" -gt 0 ]; then
+    for t in $TARGETS; do
+        pid=${PID[$t]:-}
+        [ -n "$pid" ] || continue
+        before=$(rss_kib "$pid")
+        mkfifo "$W/idle-in"
+        python3 "$W/idle.py" "${PORT[$t]}" "$IDLE" < "$W/idle-in" > "$W/idle-out" &
+        ipid=$!
+        PIDS+=($ipid)
+        exec 9> "$W/idle-in"
+        for _ in $(seq 1 600); do grep -q up "$W/idle-out" 2>/dev/null && break; sleep 0.1; done
+        sleep 2  # let the balancer finish connecting to the servers
+        after=$(rss_kib "$pid")
+        exec 9>&-
+        wait "$ipid" 2>/dev/null || true
+        rm -f "$W/idle-in" "$W/idle-out"
+        per=$(( (after - before) * 1024 / IDLE ))
+        echo "$t $before $after $per" >> "$IDLE_RES"
+        echo "$t: RSS $before KiB -> $after KiB with $IDLE idle connections: $per bytes each" >&2
+        sleep 1
+    done
+fi
+
+# --- report -------------------------------------------------------------------------------------
+{
+    echo "Balancer benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r)"
+    echo "wrk -t1 -c50 -d${SECS}s, medians of $RUNS runs; two nginx backends (1 worker each); $(haproxy -v | head -1 | cut -d' ' -f1-3); nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+    echo
+    for size in small 1m; do
+        d_rps=$(awk -v s=$size '$1==s && $2=="direct"{print $4}' "$RES" | median)
+        h_rps=$(awk -v s=$size '$1==s && $2=="haproxy-tcp"{print $4}' "$RES" | median)
+        hs_rps=$(awk -v s=$size '$1==s && $2=="haproxy-splice"{print $4}' "$RES" | median)
+        echo "### $size responses"
+        echo
+        echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | × direct | × HAProxy tcp | × HAProxy splice | errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for t in $TARGETS; do
+            rps=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $4}' "$RES" | median)
+            p50=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $5}' "$RES" | median)
+            p99=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $6}' "$RES" | median)
+            cpu=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $7}' "$RES" | median)
+            errs=$(awk -v s=$size -v t=$t '$1==s && $2==t{e+=$8} END{print e+0}' "$RES")
+            [ "$t" = direct ] && cpu="-"
+            awk -v t=$t -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v d="$d_rps" -v h="$h_rps" -v hs="$hs_rps" -v e="$errs" \
+                'BEGIN{ printf "| %s | %.0f | %.3f | %.3f | %s | %.2f | %.2f | %.2f | %d |\n", t, r, a, b, c, r/d, r/h, r/hs, e }'
+        done
+        echo
+    done
+    if [ -s "$IDLE_RES" ]; then
+        echo "### RSS per idle connection ($IDLE idle client connections, each with its server connection)"
+        echo
+        echo "| target | RSS before KiB | RSS after KiB | bytes per connection |"
+        echo "|---|---:|---:|---:|"
+        awk '{printf "| %s | %d | %d | %d |\n", $1, $2, $3, $4}' "$IDLE_RES"
+        echo
+    fi
+} | tee "$W/report.md"
+[ -n "$OUT" ] && cp "$W/report.md" "$OUT"
+exit 0
