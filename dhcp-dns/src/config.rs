@@ -1101,6 +1101,24 @@ hostname = "worker1"
     }
 
     #[test]
+    fn replication_keys_are_checked() {
+        let text = DHCP.replace(
+            "replication = \"sync\"",
+            "replication = \"sync\"\nreplication_timeout = \"0s\"\nreplication_socket = \"run/cluster.sock\"\nfollow_vip = \"198.18.0.100\"",
+        );
+        let p = dhcp_problems(&text);
+        assert!(p.iter().any(|m| m.starts_with("dhcp.replication_timeout:")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("dhcp.replication_socket:")), "{p:?}");
+        assert_eq!(p.len(), 2, "{p:?}");
+        let c: DhcpConfig = toml::from_str(&text.replace("\"0s\"", "\"1s\"").replace("run/cluster.sock", "/run/c.sock")).unwrap();
+        assert_eq!(c.follow_vip, Some(Ipv4Addr::new(198, 18, 0, 100)));
+        let per_subnet = DHCP.replace("routers = [\"198.18.0.1\"]", "routers = [\"198.18.0.1\"]\nconflict_check = \"arp\"");
+        let c: DhcpConfig = toml::from_str(&per_subnet).unwrap();
+        assert_eq!(c.subnets[0].conflict_check, Some(ConflictCheck::Arp));
+        assert!(toml::from_str::<DhcpConfig>(&DHCP.replace("replication = \"sync\"", "replication_sockt = \"/x\"")).is_err());
+    }
+
+    #[test]
     fn ranges_outside_their_subnet_and_bad_reservations_are_reported() {
         let text = DHCP
             .replace("198.18.0.150-198.18.0.199", "198.18.1.50-198.18.1.99")

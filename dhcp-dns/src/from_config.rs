@@ -338,6 +338,22 @@ servers = ["198.18.0.9:5353"]
     }
 
     #[test]
+    fn replication_follow_vip_and_per_subnet_probes_are_mapped() {
+        let text = TOML
+            .replace("domain = \"lab.example\"\n[[dhcp.subnet]]", "domain = \"lab.example\"\nreplication = \"async\"\nreplication_window = \"250ms\"\nfollow_vip = \"198.18.0.100\"\nconflict_check = \"icmp\"\n[[dhcp.subnet]]")
+            .replace("lease_time = \"2h\"", "lease_time = \"2h\"\nconflict_check = \"arp\"");
+        let doc: Doc = toml::from_str(&text).expect("parses");
+        let local = vec![LocalAddr { interface: "eth1".into(), addr: "198.18.0.100".parse().unwrap(), prefix: 24 }];
+        let d = options_from_config(Some(&doc.dhcp), None, &local).expect("maps").dhcp.expect("dhcp");
+        let r = d.replication.expect("replication");
+        assert_eq!((r.mode, r.core.ack_deadline, r.group.as_str()), (ReplicationMode::Async, std::time::Duration::from_millis(250), LEASE_GROUP));
+        assert_eq!(r.socket, PathBuf::from(DEFAULT_CLUSTER_SOCKET));
+        assert_eq!(d.follow_vip, Some("198.18.0.100".parse().unwrap()));
+        assert_eq!(d.probe_methods, vec![("198.18.0.0/24".parse().unwrap(), ProbeMethod::Arp)], "the subnet's method wins");
+        assert_eq!(d.core.subnets[0].conflict_check, Some(true));
+    }
+
+    #[test]
     fn missing_server_id_is_reported() {
         let doc: Doc = toml::from_str(TOML).expect("parses");
         let err = options_from_config(Some(&doc.dhcp), None, &[]).unwrap_err();
