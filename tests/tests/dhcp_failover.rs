@@ -97,6 +97,88 @@ impl Gateways {
     }
 }
 
+impl Gateways {
+    /// The lab (three gateways, `clients` clients without an address), `hastack cluster` on every
+    /// gateway until one holds the VIP, then `hastack dhcp-dns` on every gateway until each has
+    /// joined the lease group and taken the table.
+    fn start(clients: usize) -> Gateways {
+        let bin = hastack_bin().expect("hastack binary");
+        let mut lab = Lab::builder().nodes(NODES).links(1).ipv6(false).build().expect("lab");
+        for _ in 0..clients {
+            lab.add_client(None).expect("client");
+        }
+        let dir = lab.dir().to_path_buf();
+        let key = dir.join("authkey");
+        let keygen = std::process::Command::new(&bin).args(["keygen"]).arg(&key).output().expect("keygen");
+        assert!(keygen.status.success(), "keygen: {}", String::from_utf8_lossy(&keygen.stderr));
+        let mut configs = vec![PathBuf::new()];
+        for i in 1..=NODES {
+            std::fs::create_dir_all(dir.join(format!("gw{i}"))).expect("state dir");
+            let p = dir.join(format!("gw{i}.toml"));
+            std::fs::write(&p, config(i, &dir, &key)).expect("config");
+            configs.push(p);
+        }
+        let mut g = Gateways { lab, bin, configs, cluster: (0..=NODES).map(|_| None).collect(), dhcp: (0..=NODES).map(|_| None).collect() };
+        for i in 1..=NODES {
+            g.start_cluster(i);
+        }
+        assert!(wait(Duration::from_secs(15), || g.holders().len() == 1), "no VIP holder:\n{}", g.logs());
+        for i in 1..=NODES {
+            g.start_dhcp(i);
+        }
+        let all_synced = wait(Duration::from_secs(15), || {
+            (1..=NODES).all(|i| g.dhcp[i].as_ref().is_some_and(|p| p.log().contains("lease state transfer done")))
+        });
+        assert!(all_synced, "dhcp-dns did not join the lease group:\n{}", g.logs());
+        g
+    }
+
+    fn start_cluster(&mut self, i: usize) {
+        let (sock, state) = (self.socket(i), self.lab.dir().join(format!("gw{i}")));
+        let p = self
+            .lab
+            .node(i)
+            .spawn(&[
+                self.bin.as_os_str(),
+                "cluster".as_ref(),
+                "--config".as_ref(),
+                self.configs[i].as_os_str(),
+                "--node".as_ref(),
+                format!("gw{i}").as_ref(),
+                "--socket".as_ref(),
+                sock.as_os_str(),
+                "--state-dir".as_ref(),
+                state.as_os_str(),
+            ])
+            .expect("cluster daemon");
+        self.cluster[i] = Some(p);
+    }
+
+    fn start_dhcp(&mut self, i: usize) {
+        let p = self.lab.node(i).spawn(&[self.bin.as_os_str(), "dhcp-dns".as_ref(), "--config".as_ref(), self.configs[i].as_os_str()]).expect("dhcp-dns");
+        self.dhcp[i] = Some(p);
+    }
+
+    /// Crash gateway `i`: both daemons SIGKILLed and its cable cut, at once.
+    fn crash(&mut self, i: usize) {
+        for p in [self.dhcp[i].take(), self.cluster[i].take()].into_iter().flatten() {
+            p.signal(Signal::SIGKILL).expect("kill");
+        }
+        self.lab.node(i).cable_cut(0).expect("cable cut");
+    }
+
+    /// address → hwaddr in gateway `i`'s lease log.
+    fn lease_macs(&self, i: usize) -> std::collections::BTreeMap<String, String> {
+        let out = std::process::Command::new(&self.bin).args(["leases", "--json", "--config"]).arg(&self.configs[i]).output().expect("hastack leases");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| Some((l["address"].as_str()?.to_string(), l["hwaddr"].as_str()?.to_string())))
+            .collect()
+    }
+}
+
 fn wait(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
@@ -124,51 +206,8 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     if !require_lab().expect("lab prerequisites") || !require_tools(&["dhclient", "dig"]).expect("tools") {
         return;
     }
-    let bin = hastack_bin().expect("hastack binary");
-    let mut lab = Lab::builder().nodes(NODES).links(1).ipv6(false).build().expect("lab");
-    lab.add_client(None).expect("client");
-    let dir = lab.dir().to_path_buf();
-    let key = dir.join("authkey");
-    let keygen = std::process::Command::new(&bin).args(["keygen"]).arg(&key).output().expect("keygen");
-    assert!(keygen.status.success(), "keygen: {}", String::from_utf8_lossy(&keygen.stderr));
-    let mut configs = vec![PathBuf::new()];
-    for i in 1..=NODES {
-        std::fs::create_dir_all(dir.join(format!("gw{i}"))).expect("state dir");
-        let p = dir.join(format!("gw{i}.toml"));
-        std::fs::write(&p, config(i, &dir, &key)).expect("config");
-        configs.push(p);
-    }
-    let mut g = Gateways { lab, bin: bin.clone(), configs, cluster: (0..=NODES).map(|_| None).collect(), dhcp: (0..=NODES).map(|_| None).collect() };
-    for i in 1..=NODES {
-        let sock = g.socket(i);
-        let p = g
-            .lab
-            .node(i)
-            .spawn(&[
-                bin.as_os_str(),
-                "cluster".as_ref(),
-                "--config".as_ref(),
-                g.configs[i].as_os_str(),
-                "--node".as_ref(),
-                format!("gw{i}").as_ref(),
-                "--socket".as_ref(),
-                sock.as_os_str(),
-                "--state-dir".as_ref(),
-                dir.join(format!("gw{i}")).as_os_str(),
-            ])
-            .expect("cluster daemon");
-        g.cluster[i] = Some(p);
-    }
-    assert!(wait(Duration::from_secs(15), || g.holders().len() == 1), "no VIP holder:\n{}", g.logs());
-    for i in 1..=NODES {
-        let p = g.lab.node(i).spawn(&[bin.as_os_str(), "dhcp-dns".as_ref(), "--config".as_ref(), g.configs[i].as_os_str()]).expect("dhcp-dns");
-        g.dhcp[i] = Some(p);
-    }
-    // Every dhcp-dns has joined the lease group and taken the table before serving.
-    let all_synced = wait(Duration::from_secs(15), || {
-        (1..=NODES).all(|i| g.dhcp[i].as_ref().is_some_and(|p| p.log().contains("lease state transfer done")))
-    });
-    assert!(all_synced, "dhcp-dns did not join the lease group:\n{}", g.logs());
+    let mut g = Gateways::start(1);
+    let dir = g.lab.dir().to_path_buf();
     let holder = g.holders()[0];
 
     // A real client with a hostname; its script records each event and configures the address.
@@ -186,8 +225,9 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     std::process::Command::new("chmod").arg("+x").arg(&script).status().expect("chmod");
     let conf = dir.join("dhclient.conf");
     std::fs::write(&conf, "send host-name \"vm1\";\nrequest subnet-mask, routers, domain-name-servers, domain-name;\n").expect("conf");
-    let client = g.lab.client(1);
-    let dhclient = client
+    let dhclient = g
+        .lab
+        .client(1)
         .spawn(&[
             "dhclient".as_ref(),
             "-d".as_ref(),
@@ -212,10 +252,7 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     let ip = events(&events_file).into_iter().find(|(r, _)| r == "BOUND").map(|(_, ip)| ip).expect("bound ip");
 
     // Crash the VIP holder at once: both daemons SIGKILLed, its cable cut.
-    for p in [g.dhcp[holder].take(), g.cluster[holder].take()].into_iter().flatten() {
-        p.signal(Signal::SIGKILL).expect("kill");
-    }
-    g.lab.node(holder).cable_cut(0).expect("cable cut");
+    g.crash(holder);
     let t_crash = Instant::now();
 
     // Every survivor's lease log already holds the acknowledged lease, name included.
@@ -242,9 +279,9 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
 
     // The name still resolves, answered by the survivor behind the VIP.
     let at = format!("@{VIP}");
-    let dig = client.exec_ok(&["dig", "+short", "+time=2", "+tries=2", at.as_str(), "vm1.lab.test"]).unwrap_or_default();
+    let dig = g.lab.client(1).exec_ok(&["dig", "+short", "+time=2", "+tries=2", at.as_str(), "vm1.lab.test"]).unwrap_or_default();
     assert_eq!(dig.trim(), ip, "dig @VIP vm1.lab.test after the failover");
-    let ptr = client.exec_ok(&["dig", "+short", "+time=2", "+tries=2", at.as_str(), "-x", ip.as_str()]).unwrap_or_default();
+    let ptr = g.lab.client(1).exec_ok(&["dig", "+short", "+time=2", "+tries=2", at.as_str(), "-x", ip.as_str()]).unwrap_or_default();
     assert_eq!(ptr.trim(), "vm1.lab.test.");
     let dh_new = g.dhcp[new_holder].as_ref().map(|p| p.log()).unwrap_or_default();
     assert!(dh_new.contains("answering"), "the new holder's dhcp-dns did not take over:\n{dh_new}");
@@ -253,26 +290,8 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     // transfer) before it serves, and stands by (the VIP stays where it is).
     std::fs::remove_file(dir.join(format!("gw{holder}/leases.log"))).expect("wipe the old holder's lease log");
     g.lab.node(holder).cable_restore(0).expect("cable restore");
-    let sock = g.socket(holder);
-    let p = g
-        .lab
-        .node(holder)
-        .spawn(&[
-            bin.as_os_str(),
-            "cluster".as_ref(),
-            "--config".as_ref(),
-            g.configs[holder].as_os_str(),
-            "--node".as_ref(),
-            format!("gw{holder}").as_ref(),
-            "--socket".as_ref(),
-            sock.as_os_str(),
-            "--state-dir".as_ref(),
-            dir.join(format!("gw{holder}")).as_os_str(),
-        ])
-        .expect("cluster daemon restart");
-    g.cluster[holder] = Some(p);
-    let p = g.lab.node(holder).spawn(&[bin.as_os_str(), "dhcp-dns".as_ref(), "--config".as_ref(), g.configs[holder].as_os_str()]).expect("dhcp-dns");
-    g.dhcp[holder] = Some(p);
+    g.start_cluster(holder);
+    g.start_dhcp(holder);
     let back = wait(Duration::from_secs(20), || {
         g.dhcp[holder].as_ref().is_some_and(|p| p.log().contains("lease state transfer done") && p.log().contains("dhcp-dns serving"))
     });
@@ -287,4 +306,50 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     assert!(l.contains(&ip) && l.contains("vm1"), "restarted gw{holder} did not get the lease by state transfer:\n{l}\n{}", g.logs());
     assert_eq!(g.holders(), vec![new_holder], "the VIP stays with the running holder");
     drop(dhclient);
+}
+
+#[test]
+fn every_lease_acknowledged_in_a_burst_survives_a_crash_of_the_vip_holder() {
+    if !require_lab().expect("lab prerequisites") || !require_tools(&["udhcpc"]).expect("tools") {
+        return;
+    }
+    const CLIENTS: usize = 3;
+    let mut g = Gateways::start(CLIENTS);
+    let dir = g.lab.dir().to_path_buf();
+    let holder = g.holders()[0];
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $(cat /sys/class/net/$interface/address)\" >> \"$ACKS\"\nexit 0\n")
+        .expect("script");
+    std::process::Command::new("chmod").arg("+x").arg(&script).status().expect("chmod");
+    let mut loops = Vec::new();
+    let mut acks = Vec::new();
+    for j in 1..=CLIENTS {
+        let file = dir.join(format!("acks-{j}"));
+        let sh = format!(
+            "for k in $(seq 1 60); do ip link set eth0 address 02:dd:00:00:{j:02x}:$(printf %02x $k); \
+             udhcpc -i eth0 -n -q -f -t 2 -T 1 -A 1 -s {script} >/dev/null 2>&1; done",
+            script = script.display()
+        );
+        let mut cmd = g.lab.client(j).command("sh");
+        cmd.arg("-c").arg(sh).env("ACKS", &file);
+        loops.push(g.lab.client(j).spawn_command(cmd).expect("client loop"));
+        acks.push(file);
+    }
+    let count = |acks: &[PathBuf]| acks.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().count()).sum::<usize>();
+    assert!(wait(Duration::from_secs(30), || count(&acks) >= 30), "burst too slow: {} acks\n{}", count(&acks), g.logs());
+    g.crash(holder);
+    for l in &loops {
+        let _ = l.signal(Signal::SIGKILL);
+    }
+    let acked: Vec<(String, String)> = acks
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .collect();
+    for s in (1..=NODES).filter(|i| *i != holder) {
+        let table = g.lease_macs(s);
+        let missing: Vec<&(String, String)> = acked.iter().filter(|(ip, mac)| table.get(ip) != Some(mac)).collect();
+        assert!(missing.is_empty(), "gw{s} lacks {} of {} leases gw{holder} acknowledged: {missing:?}\n{}", missing.len(), acked.len(), g.logs());
+    }
+    println!("{} leases acknowledged by gw{holder} before its crash, all on both survivors", acked.len());
 }
