@@ -355,7 +355,11 @@ impl Draft {
 
 /// The config as TOML with only the keys that differ from their defaults: what the source file
 /// said, not every default hastack has (and new defaults in a section do not change the output).
-/// Each key is kept unless the config loads back equal without it.
+///
+/// A key's default depends only on where it is (serde defaults are per field), so it is found once
+/// per key shape (`dhcp.host.lease_time`): remove the key from one element, load, write back, and
+/// see what the key comes back as. This keeps the work linear in the size of the config (a
+/// dnsmasq.conf with thousands of reservations). The result is checked to load back equal.
 fn minimal_toml(config: &Config) -> String {
     let Ok(full) = config.to_toml() else {
         return String::new();
@@ -363,15 +367,102 @@ fn minimal_toml(config: &Config) -> String {
     let Ok(mut doc) = full.parse::<toml_edit::DocumentMut>() else {
         return full;
     };
-    let same = |doc: &toml_edit::DocumentMut| {
-        doc.to_string().parse::<toml::Table>().ok().and_then(|t| config_from_table(&t).ok()).as_ref() == Some(config)
-    };
-    let sections: Vec<String> = doc.as_table().iter().map(|(k, _)| k.to_string()).collect();
-    for section in sections {
-        minimize(&mut doc, &[Step::Key(section)], &same);
+    let load = |doc: &toml_edit::DocumentMut| doc.to_string().parse::<toml::Table>().ok().and_then(|t| config_from_table(&t).ok());
+    let same = |doc: &toml_edit::DocumentMut| load(doc).as_ref() == Some(config);
+
+    let mut values = Vec::new();
+    let mut tables = Vec::new();
+    walk(doc.as_table(), &mut Vec::new(), &mut values, &mut tables);
+    // Per shape: the value a missing key loads as (None: it has no default, or is required).
+    let mut defaults: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut remove = Vec::new();
+    for (path, key, text) in &values {
+        let shape = format!("{}.{key}", shape_of(path));
+        let default = defaults.entry(shape).or_insert_with(|| {
+            let mut trial = doc.clone();
+            if let Some(t) = table_at(&mut trial, path) {
+                t.remove(key);
+            }
+            let back = load(&trial).and_then(|c| c.to_toml().ok()).and_then(|t| t.parse::<toml_edit::DocumentMut>().ok());
+            back.and_then(|mut b| table_at(&mut b, path).and_then(|t| t.get(key)).and_then(|i| i.as_value()).map(value_text))
+        });
+        if default.as_deref() == Some(text.as_str()) {
+            remove.push((path.clone(), key.clone()));
+        }
+    }
+    for (path, key) in remove {
+        if let Some(t) = table_at(&mut doc, &path) {
+            t.remove(&key);
+        }
+    }
+    // Tables left empty: an empty `[cluster.timing]` is the default, an empty `check` table is not
+    // the same as none; decided once per shape, deepest first.
+    let mut empty_ok: BTreeMap<String, bool> = BTreeMap::new();
+    tables.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for path in tables {
+        let Some((Step::Key(last), parent)) = path.split_last() else {
+            continue;
+        };
+        if parent.is_empty() || table_at(&mut doc, &path).is_none_or(|t| !t.is_empty()) {
+            continue;
+        }
+        let shape = shape_of(&path);
+        let ok = *empty_ok.entry(shape).or_insert_with(|| {
+            let mut trial = doc.clone();
+            if let Some(t) = table_at(&mut trial, parent) {
+                t.remove(last);
+            }
+            same(&trial)
+        });
+        if ok && let Some(t) = table_at(&mut doc, parent) {
+            t.remove(last);
+        }
     }
     tidy(doc.as_table_mut());
     if same(&doc) { doc.to_string().trim_start().to_string() } else { full }
+}
+
+/// The path without array indices: every element of an array has the same shape.
+fn shape_of(path: &[Step]) -> String {
+    path.iter()
+        .filter_map(|s| match s {
+            Step::Key(k) => Some(k.as_str()),
+            Step::Index(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A value as written, without the spaces around it.
+fn value_text(v: &toml_edit::Value) -> String {
+    let mut v = v.clone();
+    v.decor_mut().clear();
+    v.to_string()
+}
+
+/// Every key with a plain value (path of its table, key, value text) and every table below the top.
+fn walk(table: &toml_edit::Table, path: &mut Vec<Step>, values: &mut Vec<(Vec<Step>, String, String)>, tables: &mut Vec<Vec<Step>>) {
+    for (key, item) in table.iter() {
+        match item {
+            toml_edit::Item::Value(v) if !path.is_empty() => values.push((path.clone(), key.to_string(), value_text(v))),
+            toml_edit::Item::Table(t) => {
+                path.push(Step::Key(key.to_string()));
+                tables.push(path.clone());
+                walk(t, path, values, tables);
+                path.pop();
+            }
+            toml_edit::Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    path.push(Step::Key(key.to_string()));
+                    path.push(Step::Index(i));
+                    walk(t, path, values, tables);
+                    path.pop();
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A step to a table inside a TOML document.
@@ -399,40 +490,6 @@ fn table_at<'a>(doc: &'a mut toml_edit::DocumentMut, path: &[Step]) -> Option<&'
         i += 1;
     }
     Some(table)
-}
-
-/// Drops every key of the table at `path` (and of the tables below it) that `same` says is a default.
-fn minimize(doc: &mut toml_edit::DocumentMut, path: &[Step], same: &dyn Fn(&toml_edit::DocumentMut) -> bool) {
-    let Some(table) = table_at(doc, path) else {
-        return;
-    };
-    let keys: Vec<String> = table.iter().map(|(k, _)| k.to_string()).collect();
-    for key in keys {
-        let mut trial = doc.clone();
-        if let Some(t) = table_at(&mut trial, path) {
-            t.remove(&key);
-        }
-        if same(&trial) {
-            *doc = trial;
-            continue;
-        }
-        let mut below = path.to_vec();
-        below.push(Step::Key(key.clone()));
-        let children = match table_at(doc, path).and_then(|t| t.get(&key)) {
-            Some(toml_edit::Item::Table(_)) => vec![below],
-            Some(toml_edit::Item::ArrayOfTables(a)) => (0..a.len())
-                .map(|i| {
-                    let mut p = below.clone();
-                    p.push(Step::Index(i));
-                    p
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for child in children {
-            minimize(doc, &child, same);
-        }
-    }
 }
 
 /// Tables left with only sub-tables need no header of their own.
