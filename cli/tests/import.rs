@@ -186,6 +186,7 @@ const DNSMASQ: &[&str] = &[
     "local=/lab.example/", "address=/a.lab.example/198.18.0.9", "server=198.18.0.53", "server=/corp/198.18.0.54",
     "addn-hosts=/etc/h", "expand-hosts", "cache-size=100", "neg-ttl=5", "interface=eth1", "listen-address=127.0.0.1",
     "port=0", "port=5353", "host-record=x,198.18.0.7", "cname=a,b", "domain=other.example",
+    "domain=n.lab.example,198.18.0.0/24", "domain=n.lab.example,198.18.0.0/24,local",
 ];
 
 /// A fixed seed so CI is reproducible; `PROPTEST_RNG_SEED=N` explores others (failures print the

@@ -92,6 +92,8 @@ struct Conv {
     records: Vec<(DnsRecord, usize)>,
     rebind_allow: Vec<(String, usize)>,
     first_range: Option<usize>,
+    /// `domain=NAME,SUBNET`: the domain of the leases of one subnet.
+    subnet_domains: Vec<(String, Cidr, usize)>,
 }
 
 fn ipv4(s: &str) -> Option<Ipv4Addr> {
@@ -217,8 +219,17 @@ impl Conv {
                 let parts: Vec<&str> = v.split(',').map(str::trim).collect();
                 match parts.as_slice() {
                     [d] if is_hostname(d) => set(&mut self.draft, &mut self.domain, (d.trim_end_matches('.').to_ascii_lowercase(), n)),
+                    [d, net] | [d, net, "local"] if is_hostname(d) && net.parse::<Cidr>().is_ok_and(|c| c.is_network()) => {
+                        let d = d.trim_end_matches('.').to_ascii_lowercase();
+                        if parts.len() == 3 {
+                            self.local(d.clone(), n);
+                        }
+                        if let Ok(c) = net.parse::<Cidr>() {
+                            self.subnet_domains.push((d, c, n));
+                        }
+                    }
                     [d, ..] if is_hostname(d) => {
-                        self.draft.skip(n, "a domain per subnet or range: set domain in that [[dhcp.subnet]]")
+                        self.draft.skip(n, "a domain per address range: write it per subnet (domain=NAME,SUBNET/PREFIX)")
                     }
                     _ => self.draft.skip(n, format!("unsupported value {v}")),
                 }
@@ -743,7 +754,18 @@ impl Conv {
                     };
                     self.draft.origin(*l, &sp.key(key));
                 }
+                for (dom, net, l) in &self.subnet_domains {
+                    if *net == s.subnet {
+                        s.domain = Some(dom.clone());
+                        self.draft.origin(*l, &sp.key("domain"));
+                    }
+                }
                 d.subnets.push(s);
+            }
+            for (_, net, l) in &self.subnet_domains {
+                if !self.draft.is_placed(*l) {
+                    self.draft.skip(*l, format!("no dhcp-range in {net}"));
+                }
             }
             let no_subnet = d.subnets.is_empty();
             for (opt, l) in &self.options {
@@ -778,6 +800,11 @@ impl Conv {
             }
             for (_, l) in &self.options {
                 self.draft.skip(*l, "no dhcp-range: there is no subnet to send the option on");
+            }
+            for (_, net, l) in &self.subnet_domains {
+                if !self.draft.is_placed(*l) {
+                    self.draft.skip(*l, format!("no dhcp-range in {net}"));
+                }
             }
         }
         // [dns], unless port=0 turned DNS off.
@@ -978,6 +1005,13 @@ mod tests {
         assert!(s.routers.is_empty());
         assert_eq!(un.len(), 1, "{un:?}");
         assert!(un[0].1.contains("integer width"), "{un:?}");
+    }
+
+    #[test]
+    fn a_domain_per_subnet_goes_to_that_subnet() {
+        let (c, un, _) = run("interface=eth1\ndomain=lab.example\ndomain=nodes.lab.example,198.18.0.0/24\ndomain=x.lab.example,198.19.0.0/24\ndhcp-range=198.18.0.10,198.18.0.20,255.255.255.0\n");
+        assert_eq!(c.dhcp.unwrap().subnets[0].domain.as_deref(), Some("nodes.lab.example"));
+        assert_eq!(un, vec![(4, "no dhcp-range in 198.19.0.0/24".to_string())]);
     }
 
     #[test]

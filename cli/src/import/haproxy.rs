@@ -1086,6 +1086,9 @@ impl Conv {
         let mut accept_proxy = false;
         let mut freebind = false;
         let mut backlog = None;
+        let mut ssl = false;
+        let mut crt: Option<PathBuf> = None;
+        let mut alpn: Vec<String> = Vec::new();
         let mut i = 1;
         while i < words.len() {
             match words[i].as_str() {
@@ -1096,10 +1099,39 @@ impl Conv {
                     backlog = Some(words.get(i + 1).and_then(|v| number(v)).ok_or("unsupported value backlog")?);
                     i += 1;
                 }
-                "ssl" | "crt" => return Err("TLS termination: crt holds the key and the chain in one file; write tls = { cert, key } on the frontend".into()),
+                "ssl" => ssl = true,
+                "crt" => {
+                    let path = words.get(i + 1).ok_or("crt needs a file")?;
+                    if crt.is_some() {
+                        return Err("more than one crt (certificates chosen by SNI) is not supported".into());
+                    }
+                    if path.ends_with('/') || !path.starts_with('/') {
+                        return Err(format!("unsupported value crt {path}: give the absolute path of one PEM file"));
+                    }
+                    crt = Some(PathBuf::from(path));
+                    i += 1;
+                }
+                "alpn" => {
+                    alpn = words.get(i + 1).ok_or("alpn needs a list")?.split(',').map(str::to_string).collect();
+                    i += 1;
+                }
                 other => return Err(format!("unsupported bind parameter {other}")),
             }
             i += 1;
+        }
+        let tls = match (ssl, crt) {
+            (false, None) if alpn.is_empty() => None,
+            (true, Some(pem)) => Some(tcp_balancer::config::FrontendTls { cert: pem.clone(), key: pem, alpn }),
+            _ => return Err("TLS termination needs ssl and crt together".into()),
+        };
+        if let Some(t) = tls {
+            match &f.tls {
+                Some(have) if *have != t => return Err("a second bind with another certificate: hastack has one certificate per frontend".into()),
+                _ => {}
+            }
+            f.tls = Some(t);
+            self.place(n, &fpath.key("tls"));
+            self.draft.note(n, "crt holds the chain and the key in one PEM file: tls cert and key both name it");
         }
         let start = f.bind.len();
         for (j, a) in addrs.into_iter().enumerate() {
@@ -1567,6 +1599,17 @@ mod tests {
         assert_eq!(lines, [13, 16, 17], "{un:?}");
         assert!(un[0].1.contains("ACL fetch src is not supported"), "{un:?}");
         assert!(un[1].1.contains("does not convert"), "{un:?}");
+    }
+
+    #[test]
+    fn ssl_binds_terminate_tls_with_the_combined_pem() {
+        let (c, un) = run("frontend web\n mode http\n bind :443 ssl crt /etc/haproxy/site.pem alpn h2,http/1.1\n bind :8443 ssl crt /etc/haproxy/other.pem\n default_backend b\nbackend b\n server s 198.18.0.21:80\n");
+        let f = &c.balancer.unwrap().frontends[0];
+        let tls = f.tls.clone().unwrap();
+        assert_eq!((tls.cert.clone(), tls.key.clone()), (PathBuf::from("/etc/haproxy/site.pem"), PathBuf::from("/etc/haproxy/site.pem")));
+        assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+        assert_eq!(un.len(), 1);
+        assert!(un[0].1.contains("one certificate per frontend"), "{un:?}");
     }
 
     #[test]
