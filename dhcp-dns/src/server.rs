@@ -258,7 +258,7 @@ fn dns_udp_loop(
                 rt.spawn(async move {
                     let Some(f) = &ctx.forwarder else { return };
                     if let Some(r) = f.resolve(&req, Transport::Udp, &ctx.stats).await {
-                        if sock.send_to(&r, peer).is_err() {
+                        if crate::dns::udp::send_late(&sock, &r, peer).is_err() {
                             ctx.transport.send_errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }

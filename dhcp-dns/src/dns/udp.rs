@@ -3,12 +3,12 @@
 //! queries are answered from the zone straight into preallocated buffers (no allocation per
 //! packet); the rest go to a caller-supplied slow path (general answerer, cache, forwarding).
 //!
-//! Lifecycle: `waiting` (poll(2) on the socket, waking every [`STOP_CHECK`] to notice a stop) →
-//! `draining` (`recvmmsg` without blocking until the socket is empty or a batch is full) →
-//! `answering` (zone read lock held once per batch for the fast path; released before the slow
-//! path, which may take it again) → `sending` (`sendmmsg`; a datagram the kernel refuses is counted
-//! and skipped, never retried in a loop) → `draining` again, or `waiting` when empty. A set stop
-//! flag ends the loop at the next wake-up.
+//! Lifecycle: `waiting` (a blocking `recvmmsg` with `MSG_WAITFORONE`: it sleeps until a datagram
+//! arrives, then takes what is queued, up to a batch; a receive timeout of [`STOP_CHECK`] lets
+//! it notice a stop) → `answering` (zone read lock held once per batch for the fast path; released
+//! before the slow path, which may take it again) → `sending` (`sendmmsg`; a datagram the kernel
+//! refuses is counted and skipped, never retried in a loop) → `waiting`. Two system calls per
+//! batch, however many queries it holds. A set stop flag ends the loop at the next wake-up.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -45,7 +45,8 @@ pub struct UdpLoopStats {
     pub dropped: AtomicU64,
 }
 
-/// What one UDP loop serves from.
+/// What one UDP loop serves from. The loop makes the socket blocking (with a receive timeout);
+/// others sending on it must use [`send_late`].
 pub struct UdpLoop {
     /// The socket (non-blocking; shared with forwarding tasks that send late answers on it).
     pub sock: Arc<std::net::UdpSocket>,
@@ -133,18 +134,10 @@ fn peer_of(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Socket
     }
 }
 
-/// Wait until the socket is readable or `STOP_CHECK` passes.
-fn wait_readable(fd: i32) -> io::Result<()> {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let rc = unsafe { libc::poll(&mut p, 1, STOP_CHECK.as_millis() as libc::c_int) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
+/// Send a late answer (from a forwarding task) on a loop's socket without ever blocking: the
+/// loop keeps the socket blocking for its own receives.
+pub fn send_late(sock: &std::net::UdpSocket, buf: &[u8], peer: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(sock).send_to_with_flags(buf, &peer.into(), libc::MSG_DONTWAIT)
 }
 
 /// Run the loop on the calling thread until `stop` is set. Errors other than a closed socket
@@ -156,22 +149,22 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
     let mut declined: Vec<usize> = Vec::with_capacity(BATCH);
     let mut reply_of: Vec<usize> = Vec::with_capacity(BATCH);
     let mut allowed = [true; BATCH];
+    // One blocking recvmmsg per wake-up (MSG_WAITFORONE: sleep until a datagram arrives, then take
+    // what is queued without waiting for more); the receive timeout lets the loop see `stop`.
+    if let Err(e) = cfg.sock.set_nonblocking(false).and_then(|_| cfg.sock.set_read_timeout(Some(STOP_CHECK))) {
+        tracing::error!(error = %e, "dns udp socket setup; loop not started");
+        return;
+    }
     while !cfg.stop.load(Ordering::Relaxed) {
         b.arm_rx();
         // SAFETY: rx_hdr holds BATCH armed headers pointing into b's buffers, alive and unmoved.
-        let n = unsafe { libc::recvmmsg(fd, b.rx_hdr.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
-        if n < 0 {
+        let n = unsafe { libc::recvmmsg(fd, b.rx_hdr.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+        if n <= 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
                 // ICMP errors from earlier sends surface here on Linux; keep serving.
                 _ => tracing::debug!(error = %e, "dns udp recvmmsg"),
-            }
-            if e.kind() == io::ErrorKind::WouldBlock {
-                if let Err(e) = wait_readable(fd) {
-                    tracing::warn!(error = %e, "dns udp poll");
-                    std::thread::sleep(STOP_CHECK);
-                }
             }
             continue;
         }
@@ -288,7 +281,6 @@ mod tests {
         let mut z = Zone::new(ZoneConfig::new("cluster.test"));
         z.add_host("api.cluster.test", "198.18.0.10".parse().unwrap());
         let sock = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-        sock.set_nonblocking(true).unwrap();
         let addr = sock.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let loop_stats = Arc::new(UdpLoopStats::default());

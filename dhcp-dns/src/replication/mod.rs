@@ -436,6 +436,15 @@ impl ReplicationCore {
             }
             return out;
         }
+        if !old.contains(&me) && members.contains(&me) && !old.is_empty() {
+            // Back in the group after being out of it (our node lost quorum, a partition
+            // healed): what the others granted meanwhile comes by state transfer, as on a join.
+            if let Some(donor) = members.iter().copied().find(|m| *m != me) {
+                tracing::info!(%donor, "back in the lease group; taking the lease table again");
+                self.state = SyncState::Awaiting { since: now, donor, touched: HashSet::new(), adopted: HashSet::new() };
+                return out;
+            }
+        }
         let gone: BTreeSet<MemberId> = old.iter().filter(|m| !members.contains(m)).copied().collect();
         if !gone.is_empty() {
             let seqs: Vec<u64> = self.pending.keys().copied().collect();

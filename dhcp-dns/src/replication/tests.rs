@@ -281,6 +281,33 @@ fn the_joiner_serves_when_the_donor_dies_or_the_snapshot_never_comes() {
 }
 
 #[test]
+fn a_member_back_in_the_group_takes_the_table_again() {
+    let mut bus = Bus::new();
+    bus.join(m(1), vec![]);
+    bus.join(m(2), vec![]);
+    bus.run();
+    // Member 2's node loses quorum: its daemon reports the group without it.
+    let now = bus.now;
+    let n2 = bus.nodes.get_mut(&m(2)).unwrap();
+    assert!(n2.core.on_view(vec![m(1)], now).is_empty());
+    // Meanwhile member 1 grants a lease member 2 never sees.
+    bus.target = vec![m(1)];
+    bus.queue.push_back(Item::View(vec![m(1)]));
+    bus.run();
+    bus.local(m(1), 1, LogRecord::Upsert(lease(10, 100, "while-apart")));
+    bus.run();
+    // The partition heals: both see the group with both again; member 1 (the donor) sends its
+    // table and member 2 adopts the lease.
+    bus.nodes.get_mut(&m(2)).unwrap().synced = false;
+    bus.target = vec![m(1), m(2)];
+    bus.queue.push_back(Item::View(vec![m(1), m(2)]));
+    bus.run();
+    let n2 = bus.node(m(2));
+    assert!(n2.synced, "state transfer after the heal");
+    assert!(n2.applied.contains(&LogRecord::Upsert(lease(10, 100, "while-apart"))));
+}
+
+#[test]
 fn a_large_table_is_sent_in_chunks_that_fit_one_message() {
     let mut bus = Bus::new();
     let leases: Vec<Lease> = (1..=250u8).map(|i| lease(i, 100, &format!("host-with-a-longish-name-{i}"))).collect();
