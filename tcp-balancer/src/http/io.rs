@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::BufMut as _;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -106,12 +107,12 @@ impl Buf {
             self.data.drain(..self.start);
             self.start = 0;
         }
-        let len = self.data.len();
-        self.data.resize(len + CHUNK, 0);
-        let res = r.read(&mut self.data[len..]).await;
-        let n = *res.as_ref().unwrap_or(&0);
-        self.data.truncate(len + n);
-        res
+        // Into spare capacity: no zeroing, and the capacity stays bounded (2 × CHUNK at most
+        // with the head limit) because the buffer is only filled when more is needed.
+        self.data.reserve(CHUNK);
+        let spare = self.data.capacity() - self.data.len();
+        let mut limited = (&mut self.data).limit(spare.min(CHUNK));
+        r.read_buf(&mut limited).await
     }
 }
 
@@ -136,6 +137,7 @@ pub async fn forward_body<R, W>(
     buf: &mut Buf,
     w: &mut W,
     framing: Framing,
+    mut chunks: ChunkedScanner,
     read_timeout: Duration,
     write_timeout: Duration,
     count: &(dyn Fn(u64) + Sync),
@@ -149,7 +151,9 @@ where
         Framing::Length(n) => n,
         Framing::Chunked | Framing::UntilClose => u64::MAX,
     };
-    let mut chunks = ChunkedScanner::new();
+    if framing == Framing::Chunked && chunks.is_done() {
+        return Ok(());
+    }
     loop {
         if buf.is_empty() {
             match tokio::time::timeout(read_timeout, buf.fill(r)).await {
@@ -186,6 +190,25 @@ where
             return Ok(());
         }
     }
+}
+
+/// Moves the part of a body already in `buf` onto `out` (so a head and a small body leave in
+/// one write); returns the framing of what is left and the chunk scanner's state.
+pub fn take_buffered(buf: &mut Buf, framing: Framing, out: &mut Vec<u8>) -> Result<(Framing, ChunkedScanner), ChunkError> {
+    let mut chunks = ChunkedScanner::new();
+    let data = buf.data();
+    let (take, rest) = match framing {
+        Framing::Length(n) => {
+            let k = usize::try_from(n).unwrap_or(usize::MAX).min(data.len());
+            (k, Framing::Length(n - k as u64))
+        }
+        Framing::Chunked => (chunks.feed(data)?, Framing::Chunked),
+        Framing::Empty | Framing::UntilClose => (0, framing),
+    };
+    out.extend_from_slice(&data[..take]);
+    buf.consume(take);
+    let rest = if rest == Framing::Length(0) { Framing::Empty } else { rest };
+    Ok((rest, chunks))
 }
 
 /// How a copying tunnel ended.
@@ -273,7 +296,7 @@ mod tests {
         });
         let mut out = Vec::new();
         let counted = AtomicU64::new(0);
-        forward_body(&mut b, &mut buf, &mut out, Framing::Chunked, Duration::from_secs(5), Duration::from_secs(5), &|n| {
+        forward_body(&mut b, &mut buf, &mut out, Framing::Chunked, ChunkedScanner::new(), Duration::from_secs(5), Duration::from_secs(5), &|n| {
             counted.fetch_add(n, Ordering::Relaxed);
         })
         .await
@@ -290,7 +313,7 @@ mod tests {
     async fn a_silent_sender_times_out() {
         let (_a, mut b) = tokio::io::duplex(64);
         let mut buf = Buf::new();
-        let r = forward_body(&mut b, &mut buf, &mut Vec::new(), Framing::Length(10), Duration::from_secs(3), Duration::from_secs(3), &|_| {}).await;
+        let r = forward_body(&mut b, &mut buf, &mut Vec::new(), Framing::Length(10), ChunkedScanner::new(), Duration::from_secs(3), Duration::from_secs(3), &|_| {}).await;
         assert!(matches!(r, Err(BodyError::ReadTimeout)));
     }
 }

@@ -28,7 +28,8 @@ use tokio::time::Instant;
 use super::answer::Answer;
 use super::frontend::Front;
 use super::head::{Framing, Request, RequestRewrite, ResponseContext, parse_request, parse_response};
-use super::io::{BodyError, Buf, Client, TunnelEnd, copy_tunnel, forward_body};
+use super::chunked::ChunkedScanner;
+use super::io::{BodyError, Buf, Client, TunnelEnd, copy_tunnel, forward_body, take_buffered};
 use super::route;
 use crate::proxy::{Lease, LeaseError, stopped};
 use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, relay};
@@ -265,7 +266,7 @@ async fn transfer(
     let (mut sr, mut sw) = server.split();
     let count_in = |n| lease.count_in(n);
     let count_out = |n| lease.count_out(n);
-    let up = forward_body(&mut cr, cbuf, &mut sw, framing, idle.client, idle.server, &count_in);
+    let up = forward_body(&mut cr, cbuf, &mut sw, framing, ChunkedScanner::new(), idle.client, idle.server, &count_in);
     let down = async {
         let mut out = Vec::new();
         let mut started = false;
@@ -287,11 +288,19 @@ async fn transfer(
                 }
             };
             sbuf.consume(resp.head_len);
+            let head_len = out.len() as u64;
+            let body_start = out.len();
+            // The head leaves with whatever part of the body is already here (one write).
+            let (rest, chunks) = match take_buffered(sbuf, resp.framing, &mut out) {
+                Ok(x) => x,
+                Err(_) => return Down::Broken { started },
+            };
+            let early_body = (out.len() - body_start) as u64;
             if write_all_flush(&mut cw, &out, idle.client).await.is_err() {
                 return Down::ClientGone;
             }
             started = true;
-            lease.count_out(out.len() as u64);
+            lease.count_out(head_len + early_body);
             if resp.interim {
                 continue;
             }
@@ -299,7 +308,7 @@ async fn transfer(
             if resp.tunnel {
                 return Down::Tunnel;
             }
-            return match forward_body(&mut sr, sbuf, &mut cw, resp.framing, idle.server, idle.client, &count_out).await {
+            return match forward_body(&mut sr, sbuf, &mut cw, rest, chunks, idle.server, idle.client, &count_out).await {
                 Ok(()) => Down::Done { server_keep_alive: resp.server_keep_alive, close_client: resp.close_client },
                 Err(BodyError::ReadTimeout) => Down::Timeout { started },
                 Err(BodyError::Write) => Down::ClientGone,
