@@ -364,3 +364,38 @@ fn every_lease_acknowledged_in_a_burst_survives_a_crash_of_the_vip_holder() {
     }
     println!("{} leases acknowledged by gw{holder} before its crash, all on both survivors", acked.len());
 }
+
+#[test]
+fn a_gateway_cut_off_by_a_partition_gets_the_leases_granted_meanwhile() {
+    if !require_lab().expect("lab prerequisites") || !require_tools(&["udhcpc"]).expect("tools") {
+        return;
+    }
+    let g = Gateways::start(1);
+    let dir = g.lab.dir().to_path_buf();
+    let holder = g.holders()[0];
+    let cut = (1..=NODES).find(|i| *i != holder).expect("a standby");
+    for o in (1..=NODES).filter(|o| *o != cut) {
+        g.lab.partition(cut, o).expect("partition");
+    }
+    // The cut-off node loses quorum; its daemon takes its dhcp-dns out of the group.
+    let out = wait(Duration::from_secs(10), || {
+        g.dhcp[cut].as_ref().is_some_and(|p| p.log().lines().any(|l| l.contains("lease group view") && !l.contains(&format!("\"{cut}/"))))
+    });
+    assert!(out, "gw{cut} never left the lease group:\n{}", g.logs());
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"BOUND $ip\"\nexit 0\n").expect("script");
+    std::process::Command::new("chmod").arg("+x").arg(&script).status().expect("chmod");
+    let o = g
+        .lab
+        .client(1)
+        .exec(&["udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "3", "-T", "1", "-x", "hostname:apart", "-s", script.to_str().expect("path")])
+        .expect("udhcpc");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let ip = text.lines().find_map(|l| l.strip_prefix("BOUND ")).map(|s| s.trim().to_string());
+    let ip = ip.unwrap_or_else(|| panic!("no lease during the partition: {text}\n{}", g.logs()));
+    assert!(!g.lease_macs(cut).contains_key(&ip), "gw{cut} cannot have heard of {ip} while cut off");
+    g.lab.heal().expect("heal");
+    let back = wait(Duration::from_secs(20), || g.lease_macs(cut).contains_key(&ip));
+    assert!(back, "gw{cut} did not get {ip} by state transfer after the heal:\n{}", g.logs());
+    assert!(g.dhcp[cut].as_ref().is_some_and(|p| p.log().contains("back in the lease group")), "{}", g.logs());
+}

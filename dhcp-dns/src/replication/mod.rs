@@ -436,7 +436,7 @@ impl ReplicationCore {
             }
             return out;
         }
-        if !old.contains(&me) && members.contains(&me) && !old.is_empty() {
+        if !old.contains(&me) && members.contains(&me) {
             // Back in the group after being out of it (our node lost quorum, a partition
             // healed): what the others granted meanwhile comes by state transfer, as on a join.
             if let Some(donor) = members.iter().copied().find(|m| *m != me) {
