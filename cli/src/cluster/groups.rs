@@ -409,6 +409,26 @@ mod tests {
     }
 
     #[test]
+    fn garbage_from_the_channel_never_panics() {
+        // Deterministic pseudo-random inputs (xorshift, fixed seed), every one behind the tag.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..600usize {
+            let mut b = TAG.to_vec();
+            for _ in 0..(len % 97) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.push(x as u8);
+            }
+            if len % 3 == 0 && b.len() > 4 {
+                b[4] = STATE;
+            }
+            let _ = decode(&b);
+            let _ = decode_state(&b);
+        }
+    }
+
+    #[test]
     fn join_request_is_recognised() {
         assert_eq!(JoinRequest::parse(r#"{"cmd":"group-join","group":"leases"}"#).as_deref(), Some("leases"));
         assert_eq!(JoinRequest::parse(r#"{"cmd":"status"}"#), None);
