@@ -209,6 +209,10 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     let mut g = Gateways::start(1);
     let dir = g.lab.dir().to_path_buf();
     let holder = g.holders()[0];
+    // `hastack status` shows the lease group with the three gateways' dhcp-dns.
+    let st = std::process::Command::new(&g.bin).args(["status", "--config"]).arg(&g.configs[1]).arg("--socket").arg(g.socket(1)).output().expect("status");
+    let text = String::from_utf8_lossy(&st.stdout).into_owned();
+    assert!(text.contains("Process groups:") && text.contains("1/1, 2/1, 3/1"), "status:\n{text}{}", String::from_utf8_lossy(&st.stderr));
 
     // A real client with a hostname; its script records each event and configures the address.
     let events_file = dir.join("dhclient.events");

@@ -146,7 +146,11 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
                             }
                             req => {
                                 let st = status.borrow().clone();
-                                control::answer(&req, &handle.status(), Some(&st), &names)
+                                let a = control::answer(&req, &handle.status(), Some(&st), &names);
+                                match (&req, &groups) {
+                                    (Request::Status, Some(g)) => g.add_to_status(a),
+                                    _ => a,
+                                }
                             }
                         };
                         let _ = reply.send(answer);

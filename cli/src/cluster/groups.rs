@@ -33,7 +33,7 @@ use ha_membership::driver::ClusterHandle;
 use ha_membership::from_config::WITNESS_NODE_ID;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -72,9 +72,26 @@ impl JoinRequest {
 pub struct Groups {
     router: JoinHandle<()>,
     sender: JoinHandle<()>,
+    views: watch::Receiver<BTreeMap<String, Vec<MemberId>>>,
 }
 
 impl Groups {
+    /// Adds `"groups": {"<group>": ["<node>/<member>", ...]}` (the views last given to local
+    /// members) to the status answer `answer` (JSON).
+    pub fn add_to_status(&self, answer: String) -> String {
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&answer) else { return answer };
+        let groups: serde_json::Map<String, serde_json::Value> = self
+            .views
+            .borrow()
+            .iter()
+            .map(|(g, ms)| (g.clone(), serde_json::json!(ms.iter().map(|m| m.to_string()).collect::<Vec<_>>())))
+            .collect();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("groups".into(), serde_json::Value::Object(groups));
+        }
+        v.to_string()
+    }
+
     /// Stop routing and drop the membership handle this service holds (so the daemon can leave).
     pub async fn shutdown(self) {
         self.router.abort();
@@ -116,9 +133,10 @@ pub fn start(
             }
         }
     });
+    let (views_tx, views) = watch::channel(BTreeMap::new());
     let router = tokio::spawn(async move {
         let (local_tx, mut local_rx) = mpsc::unbounded_channel::<FromLocal>();
-        let mut r = Router { local, quorate: false, view: BTreeSet::new(), pending: BTreeSet::new(), table: BTreeMap::new(), notified: BTreeMap::new(), locals: HashMap::new(), next_member: 1, bcast: bcast_tx, local_tx };
+        let mut r = Router { local, quorate: false, view: BTreeSet::new(), pending: BTreeSet::new(), table: BTreeMap::new(), notified: BTreeMap::new(), views: views_tx, locals: HashMap::new(), next_member: 1, bcast: bcast_tx, local_tx };
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -147,7 +165,7 @@ pub fn start(
             }
         }
     });
-    (out_rx, conn_tx, Groups { router, sender })
+    (out_rx, conn_tx, Groups { router, sender, views })
 }
 
 enum FromLocal {
@@ -176,6 +194,8 @@ struct Router {
     table: BTreeMap<u32, Vec<(String, u64)>>,
     /// The group views last given to local members.
     notified: BTreeMap<String, Vec<MemberId>>,
+    /// `notified`, for status.
+    views: watch::Sender<BTreeMap<String, Vec<MemberId>>>,
     locals: HashMap<u64, Local>,
     next_member: u64,
     bcast: mpsc::UnboundedSender<Bytes>,
@@ -345,6 +365,7 @@ impl Router {
             }
             self.notified.insert(g, members);
         }
+        let _ = self.views.send(self.notified.clone());
     }
 
     fn on_delivered(&mut self, origin: u32, payload: &[u8]) {

@@ -62,6 +62,13 @@ pub fn status_text(v: &serde_json::Value) -> String {
         let links: Vec<&str> = p["links"].as_array().into_iter().flatten().map(|l| if l.as_bool() == Some(true) { "up" } else { "down" }).collect();
         let _ = writeln!(out, "  {:<20} {:<8} links: {}", name(&p["node"]), p["state"].as_str().unwrap_or("?"), links.join(" "));
     }
+    if let Some(groups) = v["groups"].as_object().filter(|g| !g.is_empty()) {
+        let _ = writeln!(out, "\nProcess groups:");
+        for (g, ms) in groups {
+            let ms: Vec<&str> = ms.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+            let _ = writeln!(out, "  {g:<20} {}", ms.join(", "));
+        }
+    }
     if let Some(text) = v["resources_text"].as_str() {
         let _ = writeln!(out);
         out.push_str(text);
