@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use super::chunked::{ChunkError, ChunkedScanner};
 use super::head::Framing;
 
-/// Bytes read per call; also the most body bytes held per direction of a session.
+/// Bytes read per call while a head is awaited.
 pub const CHUNK: usize = 16 * 1024;
+/// Bytes read per call while a body streams; also the most body bytes held per direction.
+pub const BODY_CHUNK: usize = 64 * 1024;
 
 /// The client leg: plain TCP or TLS terminated here.
 #[derive(Debug)]
@@ -101,17 +103,22 @@ impl Buf {
         }
     }
 
-    /// Reads once from `r`, appending; returns the bytes read (0 at end of stream).
+    /// Reads once from `r`, appending at most [`CHUNK`]; returns the bytes read (0 at end of stream).
     pub async fn fill<R: AsyncRead + Unpin + ?Sized>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.fill_up_to(r, CHUNK).await
+    }
+
+    /// Reads once from `r`, appending at most `max` bytes.
+    pub async fn fill_up_to<R: AsyncRead + Unpin + ?Sized>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
         if self.start > 0 {
             self.data.drain(..self.start);
             self.start = 0;
         }
         // Into spare capacity: no zeroing, and the capacity stays bounded (2 × CHUNK at most
         // with the head limit) because the buffer is only filled when more is needed.
-        self.data.reserve(CHUNK);
+        self.data.reserve(max);
         let spare = self.data.capacity() - self.data.len();
-        let mut limited = (&mut self.data).limit(spare.min(CHUNK));
+        let mut limited = (&mut self.data).limit(spare.min(max));
         r.read_buf(&mut limited).await
     }
 }
@@ -129,7 +136,7 @@ pub enum BodyError {
     Chunked(ChunkError),
 }
 
-/// Passes one body from `buf` + `r` to `w` as it arrives: at most one [`CHUNK`] is held, each
+/// Passes one body from `buf` + `r` to `w` as it arrives: at most one [`BODY_CHUNK`] is held, each
 /// piece is flushed at once (watch events must not wait in a buffer). Bytes past the body's end
 /// stay in `buf` (a pipelined request). `count` sees every forwarded byte count.
 pub async fn forward_body<R, W>(
@@ -156,7 +163,7 @@ where
     }
     loop {
         if buf.is_empty() {
-            match tokio::time::timeout(read_timeout, buf.fill(r)).await {
+            match tokio::time::timeout(read_timeout, buf.fill_up_to(r, BODY_CHUNK)).await {
                 Err(_) => return Err(BodyError::ReadTimeout),
                 Ok(Ok(0)) if framing == Framing::UntilClose => return Ok(()),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(BodyError::ReadClosed),

@@ -55,6 +55,8 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
     loop {
         let start = Instant::now();
         if cbuf.is_empty() {
+            // An idle keep-alive connection holds no buffer (10k idle clients cost little).
+            cbuf = Buf::new();
             let wait = if first { t.http_request } else { t.http_keep_alive };
             let r = tokio::select! {
                 r = tokio::time::timeout(wait, cbuf.fill(&mut client)) => r,
