@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
-use hastack_common::{KeyPath, Problems, Segment};
+use hastack_common::{KeyPath, Problem, Problems, Segment};
 
 use crate::config::Config;
 
@@ -262,6 +262,9 @@ impl Draft {
 
     /// Takes out whatever validation rejects, one problem at a time, until the config is valid.
     fn repair(&mut self, table: &mut toml::Table) -> Config {
+        // Whether taking out a value of a given shape (`dhcp.host[].address`) leaves its section
+        // loadable: a property of the types (required field or not), so it is tried once.
+        let mut removable: BTreeMap<String, bool> = BTreeMap::new();
         // Every round removes something from a finite table, so this ends; the bound is a guard.
         for _ in 0..10_000 {
             let config = match config_from_table(table) {
@@ -273,37 +276,57 @@ impl Draft {
             };
             let mut problems = Problems::new();
             config.validate(&mut problems);
-            let Some(problem) = problems.into_vec().into_iter().next() else {
+            let mut problems = problems.into_vec();
+            if problems.is_empty() {
                 return config;
-            };
-            let segs = problem.path.segments().to_vec();
-            let Some(Segment::Key(section)) = segs.first().cloned() else {
-                let all: Vec<String> = table.keys().cloned().collect();
-                for k in all {
-                    self.take_out(table, &[Segment::Key(k)], &problem.message);
-                }
-                continue;
-            };
-            // The deepest part of the problem's path that can go while its section still loads.
-            let mut done = false;
-            for k in (1..=segs.len()).rev() {
-                let cand = &segs[..k];
-                if get_path(table, cand).is_none() {
-                    continue;
-                }
-                let mut trial = table.clone();
-                remove_path(&mut trial, cand);
-                if k == 1 || section_from_table(&trial, &section).is_ok() {
-                    *table = trial;
-                    self.forget(cand, &problem.message);
-                    done = true;
-                    break;
-                }
             }
-            if !done {
-                self.take_out(table, &[Segment::Key(section)], &problem.message);
-                if table.is_empty() {
-                    return Config::default();
+            // Problems inside array elements are handled together (a big file with many bad
+            // reservations takes a few rounds, not one per line), last path first: taking out an
+            // element only moves the elements after it, whose problems are already handled. A
+            // problem about a whole section or key may be a consequence of those, so it waits
+            // until they are gone and is handled alone.
+            let in_elements: Vec<Problem> = problems
+                .iter()
+                .filter(|p| p.path.segments().iter().any(|s| matches!(s, Segment::Index(_))))
+                .cloned()
+                .collect();
+            if in_elements.is_empty() {
+                problems.truncate(1);
+            } else {
+                problems = in_elements;
+            }
+            problems.sort_by(|a, b| b.path.cmp(&a.path));
+            for problem in problems {
+                let segs = problem.path.segments().to_vec();
+                let Some(Segment::Key(section)) = segs.first().cloned() else {
+                    let all: Vec<String> = table.keys().cloned().collect();
+                    for k in all {
+                        self.take_out(table, &[Segment::Key(k)], &problem.message);
+                    }
+                    break;
+                };
+                // The deepest part of the problem's path that can go while its section still loads.
+                let mut done = false;
+                for k in (1..=segs.len()).rev() {
+                    let cand = &segs[..k];
+                    if get_path(table, cand).is_none() {
+                        continue;
+                    }
+                    let ok = k == 1
+                        || *removable.entry(shape(cand)).or_insert_with(|| {
+                            let mut trial = table.clone();
+                            remove_path(&mut trial, cand);
+                            section_from_table(&trial, &section).is_ok()
+                        });
+                    if ok {
+                        remove_path(table, cand);
+                        self.forget(cand, &problem.message);
+                        done = true;
+                        break;
+                    }
+                }
+                if !done && table.contains_key(&section) {
+                    self.take_out(table, &[Segment::Key(section)], &problem.message);
                 }
             }
         }
@@ -514,6 +537,16 @@ fn tidy(table: &mut toml_edit::Table) {
     if !has_values && has_children {
         table.set_implicit(true);
     }
+}
+
+/// A key path without its array indices (`dhcp.host[].address`).
+fn shape(path: &[Segment]) -> String {
+    path.iter()
+        .map(|s| match s {
+            Segment::Key(k) => format!(".{k}"),
+            Segment::Index(_) => "[]".to_string(),
+        })
+        .collect()
 }
 
 fn get_path<'a>(table: &'a toml::Table, path: &[Segment]) -> Option<&'a toml::Value> {
