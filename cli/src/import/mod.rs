@@ -646,3 +646,62 @@ pub(crate) fn is_comment_or_blank(line: &str) -> bool {
     let t = line.trim();
     t.is_empty() || t.starts_with('#')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The examples without their resource sections (importers write none).
+    fn example(name: &str) -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+        let mut c = crate::config::load(&path).unwrap_or_else(|d| panic!("{d}"));
+        c.resources.clear();
+        c.constraints.clear();
+        c.policy = None;
+        c.resource_defaults = None;
+        c
+    }
+
+    #[test]
+    fn minimal_toml_loads_back_to_the_same_config() {
+        for name in ["three-node.toml", "two-node.toml"] {
+            let c = example(name);
+            let full = c.to_toml().unwrap();
+            let min = minimal_toml(&c);
+            assert!(min.len() < full.len(), "{name}: nothing was left out");
+            let back = Config::from_str_named(name, &min).unwrap_or_else(|d| panic!("{name}: {d}\n{min}"));
+            assert_eq!(back, c, "{name}:\n{min}");
+            assert!(!min.contains("heartbeat_interval = \"10ms\""), "{name}: a default was written:\n{min}");
+        }
+    }
+
+    #[test]
+    fn repair_takes_out_the_deepest_part_that_can_go_and_lists_its_lines() {
+        let text = "a\nb\nc\nd\ne\n";
+        let mut d = Draft::new(text, |l| !l.is_empty());
+        let mut cluster = ha_membership::config::ClusterConfig::new("c");
+        for (i, addr) in ["198.18.0.11/24", "198.18.0.12/24", "198.18.0.13/24", "198.18.0.11/24"].iter().enumerate() {
+            let id = u32::try_from(i).unwrap() + 1;
+            let links = vec![addr.parse().unwrap()];
+            cluster.nodes.push(ha_membership::config::NodeConfig { id, name: format!("n{id}"), links, votes: 1 });
+            d.origin(i + 1, &KeyPath::new("cluster.node").index(i));
+        }
+        d.origin(5, &KeyPath::new("cluster.name"));
+        d.config.cluster = Some(cluster);
+        let r = d.finish(Kind::Corosync);
+        // The fourth node repeats the first one's address: it goes, with the checker's reason.
+        assert_eq!(r.unconverted.len(), 1, "{:?}", r.unconverted);
+        assert_eq!((r.unconverted[0].line, r.unconverted[0].text.as_str()), (4, "d"));
+        assert!(r.unconverted[0].reason.contains("link address"), "{:?}", r.unconverted);
+        let back = Config::from_str_named("t", &r.toml).unwrap();
+        assert_eq!(back.cluster.unwrap().nodes.len(), 3);
+    }
+
+    #[test]
+    fn a_line_no_importer_branch_handled_is_listed() {
+        let d = Draft::new("x\n\ny\n", |l| !l.is_empty());
+        let r = d.finish(Kind::Dnsmasq);
+        assert_eq!(r.toml, "");
+        assert_eq!(r.unconverted.iter().map(|u| u.line).collect::<Vec<_>>(), [1, 3]);
+    }
+}
