@@ -653,6 +653,26 @@ pub struct ReplicationStats {
 /// A completion callback of the DHCP driver.
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+/// A completion that reports failure if it is dropped uncalled (the driver stopped or panicked),
+/// so a DHCP reply held for replication is never held forever.
+struct DoneGuard(Option<Done>);
+
+impl DoneGuard {
+    fn call(mut self, r: Result<(), String>) {
+        if let Some(d) = self.0.take() {
+            d(r);
+        }
+    }
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            d(Err("replication stopped".into()));
+        }
+    }
+}
+
 /// A peer record waiting for the DHCP driver, and whom to acknowledge once it is durable.
 pub type Buffered = (LogRecord, Option<(MemberId, u64)>);
 
@@ -743,7 +763,7 @@ pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, leases: Vec<Lease>
 }
 
 struct Io {
-    done: std::collections::HashMap<u64, Done>,
+    done: std::collections::HashMap<u64, DoneGuard>,
     next_token: u64,
     input: Option<ReplicaInput>,
     buffered: Vec<Buffered>,
@@ -787,7 +807,7 @@ impl Io {
                         Err(_) => self.stats.failed.fetch_add(1, Ordering::Relaxed),
                     };
                     if let Some(d) = self.done.remove(&token) {
-                        d(result.map_err(|e| e.to_string()));
+                        d.call(result.map_err(|e| e.to_string()));
                     }
                 }
                 RepAction::Synced { adopted } => {
@@ -811,7 +831,7 @@ impl Io {
                 Cmd::Local(rec, done) => {
                     let token = self.next_token;
                     self.next_token += 1;
-                    self.done.insert(token, done);
+                    self.done.insert(token, DoneGuard(Some(done)));
                     batch.push((token, rec));
                 }
                 Cmd::Applied(to, seq) => acks.push((to, seq)),
@@ -835,7 +855,7 @@ impl Io {
             Cmd::Local(rec, done) => {
                 let token = self.next_token;
                 self.next_token += 1;
-                self.done.insert(token, done);
+                self.done.insert(token, DoneGuard(Some(done)));
                 let acts = core.local_record(token, rec, Instant::now());
                 self.apply(acts, w).await?;
             }

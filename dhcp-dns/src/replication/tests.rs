@@ -377,3 +377,22 @@ proptest! {
         let _ = GroupMsg::decode(&b);
     }
 }
+
+#[tokio::test]
+async fn without_a_cluster_daemon_records_fail_at_once_and_after_shutdown_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = spawn(dir.path().join("no-such.sock"), "leases".into(), CoreConfig::default(), vec![]);
+    let sink = h.sink();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    sink.replicate(&LogRecord::Upsert(lease(10, 100, "a")), Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    let r = tokio::time::timeout(Duration::from_secs(2), rx).await.expect("answered").expect("called");
+    assert!(r.is_err(), "not connected: {r:?}");
+    h.shutdown().await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    sink.replicate(&LogRecord::Upsert(lease(11, 100, "b")), Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    assert!(tokio::time::timeout(Duration::from_secs(2), rx).await.expect("answered").expect("called").is_err());
+}
