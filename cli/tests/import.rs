@@ -76,6 +76,19 @@ fn dnsmasq_gateway() {
     check_fixture("dnsmasq-gateway.conf", Kind::Dnsmasq);
 }
 
+/// The balancer runtime accepts what the haproxy importer writes (its mapping onto the proxies'
+/// own structs refuses features it does not have).
+#[test]
+fn imported_balancers_map_onto_the_runtime() {
+    for name in ["haproxy-kubeadm.cfg", "haproxy-kubespray.cfg", "haproxy-mysql.cfg"] {
+        let text = std::fs::read_to_string(fixtures().join(format!("{name}.toml"))).expect("expected toml");
+        let c = hastack::config::Config::from_str_named(name, &text).unwrap_or_else(|d| panic!("{d}"));
+        let b = c.balancer.expect("a [balancer]");
+        let fronts = tcp_balancer::from_config::tcp_frontends(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(fronts.len(), b.frontends.len(), "{name}");
+    }
+}
+
 fn hastack() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hastack"))
 }

@@ -434,6 +434,12 @@ fn timeout_key(name: &str) -> Option<(&'static str, bool, bool)> {
     })
 }
 
+/// Per-server queues are in the schema but not in the balancer runtime yet: the line is converted
+/// without them, and listed so the operator knows.
+const RUNTIME_MAXQUEUE: &str = "per-server maxqueue is not supported by the balancer runtime yet (the backend's maxqueue, 1024, bounds the queue); the rest of the line is converted";
+/// Likewise for matching a string in an http check's response.
+const RUNTIME_EXPECT_STRING: &str = "http-check expect string is not supported by the balancer runtime yet; the check expects a 2xx or 3xx status";
+
 const LOGGING: &str = "hastack logs through tracing ([logging]); HAProxy's log settings have no equivalent";
 
 struct Conv {
@@ -1162,12 +1168,15 @@ impl Conv {
         let ds = &mut b.default_server;
         ds.weight = dflt.weight;
         ds.maxconn = dflt.maxconn;
-        ds.maxqueue = dflt.maxqueue;
+        ds.maxqueue = None; // see RUNTIME_MAXQUEUE
         ds.slowstart = dflt.slowstart;
         ds.send_proxy = dflt.send_proxy;
         ds.on_marked_down = dflt.on_marked_down;
-        for (_, l) in &st.default_server {
+        for (o, l) in &st.default_server {
             self.place(*l, &bpath.key("default_server"));
+            if let Some(q) = o.maxqueue {
+                self.skip(*l, format!("maxqueue {q}: {RUNTIME_MAXQUEUE}"));
+            }
         }
         // Effective server settings: default-server, then the server's own keywords.
         let eff: Vec<ServerOpts> = servers
@@ -1228,10 +1237,7 @@ impl Conv {
                         c.expect_status = s.clone();
                         Ok(())
                     }
-                    HttpCheck::ExpectString(s) if c.expect_status.is_empty() && c.expect_string.is_none() => {
-                        c.expect_string = Some(s.clone());
-                        Ok(())
-                    }
+                    HttpCheck::ExpectString(_) => Err(RUNTIME_EXPECT_STRING.to_string()),
                     _ => Err("only one http-check expect rule converts".to_string()),
                 };
                 match ok {
@@ -1304,7 +1310,9 @@ impl Conv {
             s.backup = o.backup.or(dflt.backup).unwrap_or(false);
             s.weight = o.weight;
             s.maxconn = o.maxconn;
-            s.maxqueue = o.maxqueue;
+            if let Some(q) = o.maxqueue {
+                self.skip(n, format!("maxqueue {q}: {RUNTIME_MAXQUEUE}"));
+            }
             s.slowstart = o.slowstart;
             s.send_proxy = o.send_proxy;
             s.on_marked_down = o.on_marked_down;
