@@ -37,6 +37,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+/// Most messages queued for one local member before it is disconnected as stuck.
+const MEMBER_QUEUE: usize = 65_536;
+
 /// First bytes of a group message on the cluster channel.
 const TAG: &[u8; 4] = b"\0HSG";
 const MCAST: u8 = 3;
@@ -176,7 +179,7 @@ enum FromLocal {
 struct Local {
     group: String,
     joined: bool,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::Sender<Vec<u8>>,
 }
 
 struct Router {
@@ -262,7 +265,7 @@ impl Router {
         }
         let id = self.next_member;
         self.next_member += 1;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MEMBER_QUEUE);
         let hello = format!("{{\"ok\":true,\"node\":{},\"member\":{id}}}\n", self.local);
         tokio::spawn(async move {
             if writer.write_all(hello.as_bytes()).await.is_err() {
@@ -344,6 +347,7 @@ impl Router {
         if !self.pending.is_empty() {
             return;
         }
+        let mut stuck = Vec::new();
         let mut groups: BTreeSet<String> = self.notified.keys().cloned().collect();
         groups.extend(self.table.values().flatten().map(|(g, _)| g.clone()));
         for g in groups {
@@ -359,13 +363,28 @@ impl Router {
                 if !l.joined && members.contains(&MemberId { node: self.local, member: *id }) {
                     l.joined = true;
                 }
-                if l.joined {
-                    let _ = l.tx.send(frame.clone());
+                if l.joined && l.tx.try_send(frame.clone()).is_err() {
+                    stuck.push(*id);
                 }
             }
             self.notified.insert(g, members);
         }
         let _ = self.views.send(self.notified.clone());
+        self.drop_stuck(stuck);
+    }
+
+    /// Members that do not read their socket are disconnected rather than buffered without
+    /// bound (they reconnect and take the state again).
+    fn drop_stuck(&mut self, stuck: Vec<u64>) {
+        if stuck.is_empty() {
+            return;
+        }
+        for id in stuck {
+            if let Some(l) = self.locals.remove(&id) {
+                warn!(group = %l.group, member = id, "group member not reading ({MEMBER_QUEUE} messages queued); disconnected");
+            }
+        }
+        self.announce();
     }
 
     fn on_delivered(&mut self, origin: u32, payload: &[u8]) {
@@ -387,11 +406,13 @@ impl Router {
         match kind {
             MCAST => {
                 let frame = deliver_frame(who, body);
-                for l in self.locals.values() {
-                    if l.joined && l.group == group {
-                        let _ = l.tx.send(frame.clone());
-                    }
-                }
+                let stuck: Vec<u64> = self
+                    .locals
+                    .iter()
+                    .filter(|(_, l)| l.joined && l.group == group && l.tx.try_send(frame.clone()).is_err())
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.drop_stuck(stuck);
             }
             _ => warn!(origin, kind, "unknown group message kind dropped"),
         }
