@@ -89,6 +89,25 @@ fn imported_balancers_map_onto_the_runtime() {
     }
 }
 
+/// The membership driver and the DHCP/DNS runtime accept what the other importers write.
+#[test]
+fn imported_cluster_and_dhcp_dns_map_onto_their_runtimes() {
+    for name in ["corosync-two-node.conf", "corosync-three-node-knet.conf"] {
+        let text = std::fs::read_to_string(fixtures().join(format!("{name}.toml"))).expect("expected toml");
+        let c = hastack::config::Config::from_str_named(name, &text).unwrap_or_else(|d| panic!("{d}"));
+        let (cluster, quorum) = (c.cluster.expect("[cluster]"), c.quorum.unwrap_or_default());
+        for n in &cluster.nodes {
+            ha_membership::from_config::node_driver_config(&cluster, &quorum, n.id).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    let name = "dnsmasq-gateway.conf";
+    let text = std::fs::read_to_string(fixtures().join(format!("{name}.toml"))).expect("expected toml");
+    let c = hastack::config::Config::from_str_named(name, &text).unwrap_or_else(|d| panic!("{d}"));
+    // The gateway's own address on eth1, as getifaddrs would report it.
+    let local = [dhcp_dns::from_config::LocalAddr { interface: "eth1".into(), addr: [198, 18, 0, 1].into(), prefix: 24 }];
+    dhcp_dns::from_config::options_from_config(c.dhcp.as_ref(), c.dns.as_ref(), &local).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+}
+
 fn hastack() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hastack"))
 }
