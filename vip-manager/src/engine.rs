@@ -737,7 +737,12 @@ impl Engine {
                 self.replan_pending = true;
             }
             Msg::Tick { .. } => {
-                // Failure timeouts are judged at agreed time; replan only if the answer changed.
+                // Failure timeouts are judged at agreed time (identical on every node at this point
+                // of the order): expired records are forgotten everywhere at once, as Pacemaker
+                // clears an expired fail-count. Replan only if the answer changed.
+                let defs = &self.cfg.resources;
+                let timeout_of = |r: &ResourceId| defs.iter().find(|d| &d.id == r).and_then(|d| d.failure_timeout);
+                self.fails.expire(timeout_of, self.agreed_now);
                 if self.synced && !self.replan_pending {
                     let p = self.compute_placement();
                     let changed = self.placement.as_ref().is_none_or(|old| {

@@ -340,6 +340,18 @@ impl FailCounts {
         }
     }
 
+    /// Forgets every record whose failures no longer count at `now` (its resource's failure
+    /// timeout, from `timeout_of`, has passed since the last failure), as Pacemaker clears an
+    /// expired fail-count. Returns whether anything was forgotten.
+    pub fn expire(&mut self, timeout_of: impl Fn(&ResourceId) -> Option<std::time::Duration>, now: Timestamp) -> bool {
+        let before = self.records.len();
+        self.records.retain(|(r, _), f| match timeout_of(r) {
+            Some(t) if !t.is_zero() => f.last_failure.plus(t) > now,
+            _ => true,
+        });
+        self.records.len() != before
+    }
+
     /// All records, for status output.
     pub fn iter(&self) -> impl Iterator<Item = (&ResourceId, NodeId, FailRecord)> {
         self.records.iter().map(|((r, n), f)| (r, *n, *f))
@@ -397,5 +409,23 @@ impl CurrentPlacement {
         self.states
             .iter()
             .flat_map(|(r, m)| m.iter().map(move |(n, s)| (r, *n, *s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_failure_records_are_forgotten_and_the_others_kept() {
+        let mut f = FailCounts::new();
+        let (svc, web) = (ResourceId::new("svc"), ResourceId::new("web"));
+        f.record_failure(&svc, NodeId(1), Timestamp(1_000));
+        f.record_failure(&web, NodeId(1), Timestamp(1_000));
+        let timeout = |r: &ResourceId| (r.0 == "svc").then_some(Duration::from_secs(3));
+        assert!(!f.expire(timeout, Timestamp(3_999)), "not yet");
+        assert!(f.expire(timeout, Timestamp(4_000)));
+        assert_eq!(f.record(&svc, NodeId(1)), None);
+        assert_eq!(f.record(&web, NodeId(1)).map(|r| r.count), Some(1), "no timeout: kept");
     }
 }
