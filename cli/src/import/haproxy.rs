@@ -27,7 +27,39 @@ pub fn convert(text: &str) -> Import {
     let sections = split(text, &mut draft);
     let mut c = Conv::new(draft);
     c.run(&sections);
-    c.finish()
+    let mut r = c.finish();
+    runtime_check(&mut r, &sections);
+    r
+}
+
+/// The schema has a few settings the balancer runtime does not run yet; when the converted config
+/// uses one, say so at the top (the daemon would refuse to start with this message).
+fn runtime_check(r: &mut Import, sections: &[Section]) {
+    let Ok(config) = crate::config::Config::from_str_named("<imported>", &r.toml) else {
+        return;
+    };
+    let Some(b) = &config.balancer else {
+        return;
+    };
+    if let Err(e) = tcp_balancer::from_config::tcp_frontends(b) {
+        let text = format!("hastack balancer refuses this today: {e}");
+        let place = match &e {
+            tcp_balancer::from_config::MapError::Unsupported { place, .. } => Some(place.clone()),
+            tcp_balancer::from_config::MapError::NoBackend(p) | tcp_balancer::from_config::MapError::NoBind(p) => Some(p.clone()),
+            tcp_balancer::from_config::MapError::UnknownBackend { frontend, .. } => Some(frontend.clone()),
+            tcp_balancer::from_config::MapError::Tls { frontend, .. } => Some(frontend.clone()),
+        };
+        let line = sections
+            .iter()
+            .find(|s| place.as_deref().is_some_and(|p| s.header.words.get(1).is_some_and(|w| w == p)))
+            .map_or(1, |s| s.header.n);
+        let comment = format!("# line {line}: {text}\n");
+        match r.toml.find('\n') {
+            Some(i) => r.toml.insert_str(i + 1, &comment),
+            None => r.toml.push_str(&comment),
+        }
+        r.notes.push(super::Note { line, text });
+    }
 }
 
 /// One keyword line: its number and words.
@@ -1618,6 +1650,13 @@ mod tests {
         assert_eq!(tls.alpn, ["h2", "http/1.1"]);
         assert_eq!(un.len(), 1);
         assert!(un[0].1.contains("one certificate per frontend"), "{un:?}");
+    }
+
+    #[test]
+    fn what_the_runtime_refuses_is_said_at_the_top() {
+        let r = convert("frontend f\n bind :443 accept-proxy\n use_backend a if { req_ssl_sni -i a.example }\n default_backend a\nbackend a\n server s 198.18.0.21:443\n");
+        assert!(r.toml.contains("# line 1: hastack balancer refuses this today: f: accept_proxy with SNI routes"), "{}", r.toml);
+        assert!(crate::config::Config::from_str_named("t", &r.toml).is_ok());
     }
 
     #[test]
