@@ -232,16 +232,29 @@ impl LabCluster {
 
     /// Like [`LabCluster::start_stack`], with `links` cluster links (1 or 2) per node.
     pub fn start_with(binary: &Path, nodes: usize, links: usize, stack: Stack) -> anyhow::Result<LabCluster> {
-        Self::start_family(binary, nodes, links, stack, false)
+        Self::start_family(binary, nodes, links, stack, false, "")
     }
 
     /// A hastack lab cluster whose VIP is the IPv6 address [`VIP6`] (the lab then has IPv6 on every
     /// link, cluster traffic stays on IPv4); the client probes `[VIP6]:8080`.
     pub fn start_v6(binary: &Path, nodes: usize) -> anyhow::Result<LabCluster> {
-        Self::start_family(binary, nodes, 1, Stack::Hastack, true)
+        Self::start_family(binary, nodes, 1, Stack::Hastack, true, "")
     }
 
-    fn start_family(binary: &Path, nodes: usize, links: usize, stack: Stack, v6: bool) -> anyhow::Result<LabCluster> {
+    /// Like [`LabCluster::start`], with `extra` appended to the config (more resources and
+    /// constraints; `{dir}` in it is replaced by the lab's directory).
+    pub fn start_with_config(binary: &Path, nodes: usize, extra: &str) -> anyhow::Result<LabCluster> {
+        Self::start_family(binary, nodes, 1, Stack::Hastack, false, extra)
+    }
+
+    fn start_family(
+        binary: &Path,
+        nodes: usize,
+        links: usize,
+        stack: Stack,
+        v6: bool,
+        extra: &str,
+    ) -> anyhow::Result<LabCluster> {
         if nodes > 8 {
             bail!("at most 8 nodes");
         }
@@ -255,7 +268,8 @@ impl LabCluster {
         let key = dir.join("authkey");
         ha_membership::auth::keygen(&key).context("writing the cluster key")?;
         let config = dir.join("hastack.toml");
-        std::fs::write(&config, lab_config_for(nodes, links, &key, vip))?;
+        let extra = extra.replace("{dir}", &dir.display().to_string());
+        std::fs::write(&config, lab_config_for(nodes, links, &key, vip) + "\n" + &extra)?;
         let stop = Arc::new(AtomicBool::new(false));
         for i in 1..=nodes {
             let stop = stop.clone();
