@@ -411,7 +411,7 @@ impl LabCluster {
     }
 
     /// Holding intervals that started or ended inside `[from, to]`: every release or takeover.
-    fn vip_changes_between(&self, from: Instant, to: Instant) -> usize {
+    pub fn vip_changes_between(&self, from: Instant, to: Instant) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let starts = (1..=self.nodes).flat_map(|i| held.intervals(i).map(|(a, _)| a).collect::<Vec<_>>());
         let ends = held.closed.iter().map(|(_, _, b)| *b);

@@ -286,6 +286,8 @@ fn five_percent_loss_for_a_bounded_period_changes_no_view() {
 #[test]
 fn both_cores_fully_loaded_for_a_bounded_period_changes_no_view() {
     let Some(c) = cluster() else { return };
+    let holder = c.wait_for_holder(WITHIN).expect("a holder before the load");
+    let t0 = Instant::now();
     let before: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
     // A bounded CPU hog: one busy thread per core (and one more) for 8 s, at normal priority, as
     // any other workload on the gateway would be.
@@ -308,11 +310,11 @@ fn both_cores_fully_loaded_for_a_bounded_period_changes_no_view() {
     }
     let after: Vec<Option<u64>> = (1..=3).map(|i| epoch_of(&c, i)).collect();
     assert_eq!(before, after, "a view changed under CPU load:\n{}", logs(&c));
-    // One holder at the end. (The resource loop's stall detector may still release and re-add the
-    // VIP when the whole machine, and so every lab node at once, was descheduled for longer than its
-    // threshold: seen here as a 1.1 s late tick with SCHED_FIFO threads under a hog. Membership,
-    // what this test is about, must not change its view.)
-    assert!(c.wait(Duration::from_secs(3), |c| c.holders().len() == 1), "holders after load: {:?}", c.holders());
+    // Nothing moved: not even a release and re-add by the stall detector when the whole machine was
+    // descheduled (every member then confirms the view at once, so the holder keeps the VIP).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.holders(), vec![holder], "holders after load:\n{}", logs(&c));
+    assert_eq!(c.vip_changes_between(t0, Instant::now()), 0, "the VIP moved or was released under load:\n{}", logs(&c));
 }
 
 #[test]
