@@ -464,7 +464,12 @@ impl Engine {
 
     /// Removes every VIP this node holds (those not already being removed), each as a local action.
     fn release_vips(&mut self) {
-        let releasing = self.releasing();
+        self.release_vips_except(&BTreeSet::new());
+    }
+
+    fn release_vips_except(&mut self, keep: &BTreeSet<ResourceId>) {
+        let mut releasing = self.releasing();
+        releasing.extend(keep.iter().cloned());
         let vips: Vec<Action> = self
             .cfg
             .resources
@@ -1004,7 +1009,17 @@ impl Engine {
         // follows has the new holder add the address with no step left to wait for. (Maintenance
         // mode touches nothing.)
         if !self.effective_policy().maintenance {
-            self.release_vips();
+            // Except a VIP that a resource still running here is ordered after (`order vip then
+            // svc`: svc stops first, as the plan will have it).
+            let constraints = self.constraints();
+            let needed: BTreeSet<ResourceId> = constraints
+                .iter()
+                .filter_map(|c| match c {
+                    Constraint::Order { first, then, .. } if self.local_state.contains_key(then) => Some(first.clone()),
+                    _ => None,
+                })
+                .collect();
+            self.release_vips_except(&needed);
         }
     }
 

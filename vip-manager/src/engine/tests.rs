@@ -140,3 +140,29 @@ fn garbage_does_not_decode() {
     assert!(Msg::decode(b"{not json").is_err());
     assert!(Msg::decode(b"{\"Tick\":{\"from\":1}}").is_err());
 }
+
+#[test]
+fn a_graceful_stop_releases_at_once_unless_something_running_is_ordered_after_the_vip() {
+    let now = Instant::now();
+    for (ordered, at_once) in [(false, true), (true, false)] {
+        let mut c = cfg(1, 1);
+        let mut svc = ResourceDef::new("svc", ResourceKind::Agent);
+        svc.monitoring = Monitoring::Off;
+        c.resources.push(svc);
+        if ordered {
+            c.constraints.push(Constraint::Order {
+                first: ResourceId::new("vip"),
+                then: ResourceId::new("svc"),
+                kind: crate::model::OrderKind::Mandatory,
+            });
+        }
+        let mut e = Engine::new(c);
+        e.view_installed(View { epoch: 1, members: vec![NodeId(1)], quorate: true }, now, Timestamp(1));
+        settle(&mut e, now);
+        assert_eq!(e.local_resources().len(), 2);
+        e.begin_shutdown(Timestamp(2));
+        let released = std::iter::from_fn(|| e.poll_output())
+            .any(|o| matches!(o, Output::Execute { action: Action::RemoveVip { .. }, .. }));
+        assert_eq!(released, at_once, "ordered={ordered}");
+    }
+}
