@@ -224,7 +224,7 @@ const DNSMASQ: &[&str] = &[
 /// A fixed seed so CI is reproducible; `PROPTEST_RNG_SEED=N` explores others (failures print the
 /// shrunk input, which reproduces them under any seed).
 fn config() -> ProptestConfig {
-    let mut c = ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() };
+    let mut c = ProptestConfig { cases: 160, failure_persistence: None, ..ProptestConfig::default() };
     if c.rng_seed == proptest::test_runner::RngSeed::Random {
         c.rng_seed = proptest::test_runner::RngSeed::Fixed(20_261_125);
     }
