@@ -1065,3 +1065,54 @@ async fn a_full_server_queues_up_to_maxqueue_then_redispatches() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_gives_the_real_client_to_forwardfor() {
+    bounded(10, async {
+        let api = Api::start("a").await;
+        let mut cfg = http_config(vec![backend("be", &[("a", api.addr)])]);
+        cfg.frontend.accept_proxy = true;
+        cfg.forwarded_for = true;
+        let fe = HttpFrontend::start(cfg).await.unwrap();
+        let mut c = connect(fe.local_addr()).await;
+        // The PROXY header and the first request in one segment.
+        c.send(b"PROXY TCP4 198.18.0.55 198.18.0.100 40000 80\r\nGET /name HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let r = c.response().await.unwrap();
+        assert_eq!((r.status, r.header("x-saw-xff")), (200, "198.18.0.55"));
+        // Without a header the connection is dropped and counted.
+        let mut c = connect(fe.local_addr()).await;
+        c.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        assert!(c.response().await.is_none());
+        assert!(eventually(Duration::from_secs(2), || fe.http_stats().bad_proxy_header == 1).await);
+        fe.drain(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_idle_connections_and_lets_exchanges_finish() {
+    bounded(15, async {
+        let api = Api::start("a").await;
+        let fe = Arc::new(HttpFrontend::start(http_config(vec![backend("be", &[("a", api.addr)])])).await.unwrap());
+        let addr = fe.local_addr();
+        let mut idle = connect(addr).await;
+        assert_eq!(idle.get("/name").await.unwrap().status, 200);
+        // An exchange in flight when the drain starts: a chunked upload sent in two parts.
+        let mut busy = connect(addr).await;
+        busy.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fe2 = fe.clone();
+        let drain = tokio::spawn(async move { fe2.drain(Duration::from_secs(5)).await });
+        // The idle keep-alive connection is closed at once.
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), idle.s.read_to_end(&mut rest)).await;
+        assert!(matches!(n, Ok(Ok(0))), "idle connection not closed: {n:?}");
+        // The busy one completes, told to close.
+        busy.send(b"0\r\n\r\n").await.unwrap();
+        let r = busy.response().await.expect("the in-flight exchange finishes");
+        assert_eq!((r.status, r.body.as_slice(), r.header("connection")), (200, &b"hello"[..], "close"));
+        assert_eq!(drain.await.unwrap(), 0, "nothing closed by force");
+        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+    })
+    .await;
+}

@@ -139,6 +139,7 @@ pub enum BodyError {
 /// Passes one body from `buf` + `r` to `w` as it arrives: at most one [`BODY_CHUNK`] is held, each
 /// piece is flushed at once (watch events must not wait in a buffer). Bytes past the body's end
 /// stay in `buf` (a pipelined request). `count` sees every forwarded byte count.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward_body<R, W>(
     r: &mut R,
     buf: &mut Buf,

@@ -275,6 +275,9 @@ async fn transfer(
         loop {
             out.clear();
             let resp = loop {
+                // A drain that began while the server worked still closes this client after its answer.
+                let cx = ResponseContext { client_keep_alive: cx.client_keep_alive && !*fe.stop.borrow(), ..cx };
+                out.clear();
                 match parse_response(sbuf.data(), cx, &mut out) {
                     Ok(Some(r)) => break r,
                     Ok(None) => match tokio::time::timeout(idle.server, sbuf.fill(&mut sr)).await {
