@@ -698,6 +698,16 @@ mod tests {
     }
 
     #[test]
+    fn the_kind_comes_from_the_name_then_the_contents() {
+        let p = Path::new("/etc/gw.conf");
+        assert_eq!(detect(Path::new("/etc/corosync/corosync.conf"), ""), Some(Kind::Corosync));
+        assert_eq!(detect(p, "# cluster\ntotem {\n}\n"), Some(Kind::Corosync));
+        assert_eq!(detect(p, "global\n maxconn 10\n"), Some(Kind::Haproxy));
+        assert_eq!(detect(p, "# dhcp\ndhcp-range=198.18.0.10,198.18.0.20\n"), Some(Kind::Dnsmasq));
+        assert_eq!(detect(p, "hello\n"), None);
+    }
+
+    #[test]
     fn a_line_no_importer_branch_handled_is_listed() {
         let d = Draft::new("x\n\ny\n", |l| !l.is_empty());
         let r = d.finish(Kind::Dnsmasq);
