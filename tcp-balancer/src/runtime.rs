@@ -83,6 +83,11 @@ impl Balancer {
         &self.http
     }
 
+    /// Each http-mode frontend's own counters, by frontend name (see [`crate::stats::prometheus_http`]).
+    pub fn http_stats(&self) -> Vec<(String, crate::http::HttpFrontendStats)> {
+        self.http.iter().map(|h| (h.name().to_string(), h.http_stats())).collect()
+    }
+
     /// The running tcp-mode frontends that terminate TLS, in config order.
     pub fn tls_tcp_frontends(&self) -> &[TlsTcpFrontend] {
         &self.tls_tcp

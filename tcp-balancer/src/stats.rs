@@ -84,6 +84,38 @@ pub fn show_stat(stats: &[Stats]) -> String {
     out
 }
 
+/// Prometheus text of http-mode frontends' own counters (requests, generated answers, upgrades,
+/// reuse of idle server connections), one series per frontend name.
+pub fn prometheus_http(frontends: &[(String, crate::http::HttpFrontendStats)], out: &mut String) {
+    type Get = fn(&crate::http::HttpFrontendStats) -> u64;
+    let counters: [(&str, &str, Get); 8] = [
+        ("http_requests_total", "Request heads received by an http frontend.", |h| h.requests),
+        ("http_bad_requests_total", "Malformed requests answered 400.", |h| h.bad_requests),
+        ("http_request_timeouts_total", "Requests cut by timeout http-request (408).", |h| h.request_timeouts),
+        ("http_no_route_total", "Requests no route matched (503).", |h| h.no_route),
+        ("http_upgrades_total", "Connections upgraded to a tunnel (WebSocket, SPDY).", |h| h.upgrades),
+        ("http_reused_server_connections_total", "Requests sent on a reused idle server connection.", |h| h.reused),
+        ("http_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", |h| h.tls_failed),
+        ("http_monitor_requests_total", "monitor-uri requests answered.", |h| h.monitor),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP hastack_balancer_{name} {help}\n# TYPE hastack_balancer_{name} counter");
+        for (fe, h) in frontends {
+            let _ = writeln!(out, "hastack_balancer_{name}{{frontend=\"{}\"}} {}", esc(fe), get(h));
+        }
+    }
+    let _ = writeln!(out, "# HELP hastack_balancer_http_generated_responses_total Answers written by the balancer itself.\n# TYPE hastack_balancer_http_generated_responses_total counter");
+    for (fe, h) in frontends {
+        for (code, n) in ["400", "408", "502", "503", "504"].iter().zip(h.generated) {
+            let _ = writeln!(out, "hastack_balancer_http_generated_responses_total{{frontend=\"{}\",code=\"{code}\"}} {n}", esc(fe));
+        }
+    }
+    let _ = writeln!(out, "# HELP hastack_balancer_http_idle_server_connections Idle keep-alive server connections kept.\n# TYPE hastack_balancer_http_idle_server_connections gauge");
+    for (fe, h) in frontends {
+        let _ = writeln!(out, "hastack_balancer_http_idle_server_connections{{frontend=\"{}\"}} {}", esc(fe), h.idle_server_connections);
+    }
+}
+
 /// (name, help, getter) of a per-backend metric.
 type BackendMetric = (&'static str, &'static str, fn(&Stats) -> u64);
 /// (name, type, help, getter) of a per-server metric.
@@ -233,6 +265,19 @@ mod tests {
         for l in out.lines().filter(|l| !l.starts_with('#')) {
             let value = l.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{l}");
+        }
+    }
+
+    #[test]
+    fn http_frontend_metrics() {
+        let h = crate::http::HttpFrontendStats { requests: 9, generated: [1, 2, 0, 3, 0], idle_server_connections: 4, ..Default::default() };
+        let mut out = String::new();
+        prometheus_http(&[("web".into(), h)], &mut out);
+        assert!(out.contains("hastack_balancer_http_requests_total{frontend=\"web\"} 9\n"));
+        assert!(out.contains("hastack_balancer_http_generated_responses_total{frontend=\"web\",code=\"408\"} 2\n"));
+        assert!(out.contains("hastack_balancer_http_idle_server_connections{frontend=\"web\"} 4\n"));
+        for l in out.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{l}");
         }
     }
 }
