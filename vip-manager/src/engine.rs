@@ -452,6 +452,12 @@ impl Engine {
         self.progress(now, wall);
     }
 
+    /// Whether `action` removes a VIP this node already released on its own (its Done completes
+    /// the step for everybody, so no claim is sent for it).
+    fn own_release_pending(&self, action: &Action) -> bool {
+        matches!(action, Action::RemoveVip { .. }) && self.own_releases.contains(action.rsc())
+    }
+
     /// Resources with a VIP removal running or queued here.
     fn releasing(&self) -> BTreeSet<ResourceId> {
         self.local_running
@@ -637,10 +643,10 @@ impl Engine {
                 self.check_probe(from, now, wall);
             }
             Msg::AliveAck { from, to, probe, .. } => {
-                if let Some((p, acks)) = self.probes.get_mut(&to) {
-                    if *p == probe {
-                        acks.insert(from);
-                    }
+                if let Some((p, acks)) = self.probes.get_mut(&to)
+                    && *p == probe
+                {
+                    acks.insert(from);
                 }
                 self.check_probe(to, now, wall);
             }
@@ -897,7 +903,7 @@ impl Engine {
                     && !self.done[*i]
                     && !self.claimed[*i]
                     && !self.claim_sent.contains(i)
-                    && !(matches!(s.action, Action::RemoveVip { .. }) && self.own_releases.contains(s.action.rsc()))
+                    && !self.own_release_pending(&s.action)
                     && s.after.iter().all(|j| self.done[*j])
             })
             .collect();
@@ -1037,12 +1043,12 @@ impl Engine {
 
     /// Timers: due monitors, monitor timeouts, agreed-time ticks.
     pub fn handle_timeout(&mut self, now: Instant, wall: Timestamp) {
-        if let Some((probe, Some(at))) = self.stall_probe {
-            if now >= at {
-                // Nobody confirmed the view in time: it may be dead, and the VIPs taken over.
-                self.release_vips();
-                self.stall_probe = Some((probe, None));
-            }
+        if let Some((probe, Some(at))) = self.stall_probe
+            && now >= at
+        {
+            // Nobody confirmed the view in time: it may be dead, and the VIPs taken over.
+            self.release_vips();
+            self.stall_probe = Some((probe, None));
         }
         for req in self.monitors.poll_due(now) {
             self.out.push_back(Output::RunMonitor(req));

@@ -16,7 +16,6 @@ use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 use vip_manager::engine::{Engine, EngineConfig, Msg, Output, Ticket};
-use vip_manager::engine::OperatorCmd;
 use vip_manager::monitor::MonitorOutcome;
 use vip_manager::transition::Action;
 use vip_manager::{
