@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 RUNS=3
 SECS=5
-IDLE=9000
+IDLE=10000
 OUT=""
 BIN=""
 while [ $# -gt 0 ]; do
@@ -57,8 +57,13 @@ if [ $((IDLE * 2 + 200)) -gt "$NOFILE" ]; then
     echo "note: RLIMIT_NOFILE $NOFILE: $IDLE idle connections" >&2
 fi
 
-# HAProxy reserves two descriptors per maxconn and refuses to start past the hard limit.
-HMAXCONN=$(( (NOFILE - 200) / 2 ))
+# HAProxy reserves two descriptors per maxconn and two per pipe (maxpipes), and refuses to start
+# past the hard limit.
+HMAXCONN=$(( (NOFILE - 2400) / 2 ))
+if [ "$IDLE" -gt $((HMAXCONN - 100)) ]; then
+    IDLE=$((HMAXCONN - 100))
+    echo "note: HAProxy's maxconn is $HMAXCONN here: $IDLE idle connections" >&2
+fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B1=$(port); B2=$(port)
 P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port)
@@ -94,6 +99,7 @@ haproxy_cfg() { # mode extra port
     cat <<EOF
 global
     maxconn $HMAXCONN
+    maxpipes 1000
 defaults
     mode $1
     timeout connect 5s

@@ -1158,7 +1158,22 @@ async fn read_proxy_header(client: &mut TcpStream, mut buf: Vec<u8>) -> Result<(
     }
 }
 
-async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in: Vec<u8>) {
+async fn session(sh: &Shared, client: TcpStream, peer: SocketAddr, early_in: Vec<u8>) {
+    // The setup's futures (PROXY header, queue, connect with retries, first bytes) are large and
+    // short-lived. Boxed, they are freed before the relay starts, so a long-lived idle session
+    // holds only the relay's state, not the largest setup step's.
+    let Some((id, client, server, peer, slot)) = Box::pin(setup(sh, client, peer, early_in)).await else { return };
+    relay_phase(sh, id, client, server, peer, slot, Instant::now(), sh.cfg.timeouts.idle, RelayState::new()).await;
+}
+
+/// Steps 1-3 of a session: the server connection ready for the relay, or `None` (counted and
+/// closed).
+async fn setup<'a>(
+    sh: &'a Shared,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    early_in: Vec<u8>,
+) -> Option<(u64, TcpStream, TcpStream, SocketAddr, SlotGuard<'a>)> {
     let cfg = &sh.cfg;
     sh.frontend.open();
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1174,12 +1189,12 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
                 tracing::debug!(id, %peer, error = %e, "bad PROXY header");
                 sh.backend.bad_proxy_header.fetch_add(1, Ordering::Relaxed);
                 sh.frontend.close();
-                return;
+                return None;
             }
             Err(_) => {
                 sh.backend.bad_proxy_header.fetch_add(1, Ordering::Relaxed);
                 sh.frontend.close();
-                return;
+                return None;
             }
         }
     } else {
@@ -1198,7 +1213,7 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
             c.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(id, %peer, reason = ?e, "no server for session");
             sh.frontend.close();
-            return;
+            return None;
         }
     };
     let be = &cfg.backend;
@@ -1213,7 +1228,7 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
                 if retry >= be.retries {
                     sh.backend.connect_failed.fetch_add(1, Ordering::Relaxed);
                     sh.frontend.close();
-                    return;
+                    return None;
                 }
                 retry += 1;
                 srv.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -1226,7 +1241,7 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
                         Err(_) => {
                             sh.backend.connect_failed.fetch_add(1, Ordering::Relaxed);
                             sh.frontend.close();
-                            return;
+                            return None;
                         }
                     }
                     if slot.idx != failed {
@@ -1252,12 +1267,12 @@ async fn session(sh: &Shared, mut client: TcpStream, peer: SocketAddr, early_in:
         if !matches!(w, Ok(Ok(()))) {
             tracing::debug!(id, server = %srv.name, "cannot send the first bytes to the server");
             sh.frontend.close();
-            return;
+            return None;
         }
         sh.frontend.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
         srv.counters.bytes_in.fetch_add(early.len() as u64, Ordering::Relaxed);
     }
-    relay_phase(sh, id, client, server, peer, slot, Instant::now(), cfg.timeouts.idle, RelayState::new()).await;
+    Some((id, client, server, peer, slot))
 }
 
 /// Step 4 and 5 of a session (fresh, or adopted after a handover).
@@ -1441,5 +1456,33 @@ mod tests {
         assert_eq!((1..=4).map(|k| r.applies(k, 4)).collect::<Vec<_>>(), [false, true, false, true]);
         assert!(!(1..=3).any(|k| Redispatch::Off.applies(k, 3)));
         assert!(!Redispatch::Every(0).applies(1, 3));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// An idle session costs its task: the relay phase's future must stay small (the setup's
+    /// larger futures are boxed and freed before it).
+    #[tokio::test]
+    async fn an_idle_session_holds_a_small_future() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p = Proxy::start(ProxyConfig::simple("127.0.0.1:0".parse().unwrap(), vec![("a".into(), l.local_addr().unwrap())]))
+            .await
+            .unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (d, peer) = l.accept().await.unwrap();
+        let f = session(&p.shared, c, peer, Vec::new());
+        let session_size = std::mem::size_of_val(&f);
+        drop(f);
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let slot = SlotGuard { sh: &p.shared, idx: 0 };
+        let f = relay_phase(&p.shared, 1, c, d, peer, slot, Instant::now(), p.shared.cfg.timeouts.idle, RelayState::new());
+        let relay_size = std::mem::size_of_val(&f);
+        drop(f);
+        eprintln!("session future {session_size} bytes, relay phase {relay_size} bytes");
+        assert!(session_size <= relay_size + 256, "session {session_size} vs relay phase {relay_size}");
+        assert!(relay_size < 3 * 1024, "relay phase future is {relay_size} bytes");
     }
 }

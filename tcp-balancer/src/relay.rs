@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -98,8 +99,6 @@ struct Activity {
     client_ms: AtomicU64,
     server_ms: AtomicU64,
     half_closed: AtomicBool,
-    /// Wakes the watchdog when a direction shuts: fin timeouts may be shorter than the others.
-    fin: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -115,7 +114,6 @@ impl Activity {
             client_ms: AtomicU64::new(since(client_idle)),
             server_ms: AtomicU64::new(since(server_idle)),
             half_closed: AtomicBool::new(half_closed),
-            fin: tokio::sync::Notify::new(),
         }
     }
 
@@ -282,6 +280,10 @@ pub async fn relay<K: std::future::Future<Output = ()>>(
 /// Relays with the state kept by the caller (fresh, or thawed after a handover) until done,
 /// or until `stop` resolves: [`Stop::HandOver`] leaves `state` consistent for
 /// [`RelayState::freeze`] and returns [`RelayEnd::HandOver`].
+///
+/// One hand-written poll loop drives both directions and the idle watchdog: no sub-future per
+/// await point, so an idle session's relay is small (it holds its state, a timer and the stop
+/// future) and a wake-up costs one poll of each direction.
 pub async fn relay_state<K: std::future::Future<Output = Stop>>(
     client: &TcpStream,
     server: &TcpStream,
@@ -293,46 +295,67 @@ pub async fn relay_state<K: std::future::Future<Output = Stop>>(
 ) -> RelayEnd {
     let RelayState { up, down, act } = state;
     let act = &*act;
-    let up = pump(client, server, Side::Client, mode, act, counters, up);
-    let down = pump(server, client, Side::Server, mode, act, counters, down);
-    tokio::select! {
-        r = async { tokio::try_join!(up, down) } => match r {
-            Ok(_) => RelayEnd::Closed,
-            Err((side, e)) => RelayEnd::Error(side, e),
-        },
-        side = watchdog(act, timeouts) => RelayEnd::Timeout(side),
-        s = stop => match s {
-            Stop::Kill => RelayEnd::Killed,
-            Stop::HandOver => RelayEnd::HandOver,
-        },
-    }
+    let mut stop = std::pin::pin!(stop);
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(watch_deadline(act, &timeouts).0));
+    std::future::poll_fn(|cx| {
+        // Stop first: a handover must find the state between two syscalls, which it always is
+        // here, before any more bytes move.
+        if let Poll::Ready(s) = stop.as_mut().poll(cx) {
+            return Poll::Ready(match s {
+                Stop::Kill => RelayEnd::Killed,
+                Stop::HandOver => RelayEnd::HandOver,
+            });
+        }
+        if !up.done
+            && let Poll::Ready(Err((side, e))) = poll_pump(cx, client, server, Side::Client, mode, act, counters, up)
+        {
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        if !down.done
+            && let Poll::Ready(Err((side, e))) = poll_pump(cx, server, client, Side::Server, mode, act, counters, down)
+        {
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        if up.done && down.done {
+            return Poll::Ready(RelayEnd::Closed);
+        }
+        // Activity or a half-close may have moved the deadline since the timer was set.
+        loop {
+            let (deadline, side) = watch_deadline(act, &timeouts);
+            if Instant::now() >= deadline {
+                return Poll::Ready(RelayEnd::Timeout(side));
+            }
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
 }
 
-async fn watchdog(act: &Activity, t: IdleTimeouts) -> Side {
-    loop {
-        let fin = act.half_closed.load(Ordering::Relaxed);
-        let client_t = if fin { t.client_fin.or(t.tunnel) } else { t.tunnel }.unwrap_or(t.client);
-        let server_t = if fin { t.server_fin.or(t.tunnel) } else { t.tunnel }.unwrap_or(t.server);
-        let c = act.start + Duration::from_millis(act.client_ms.load(Ordering::Relaxed)) + client_t;
-        let s = act.start + Duration::from_millis(act.server_ms.load(Ordering::Relaxed)) + server_t;
-        let (deadline, side) = if c <= s { (c, Side::Client) } else { (s, Side::Server) };
-        if Instant::now() >= deadline {
-            return side;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {},
-            _ = act.fin.notified() => {},
-        }
-        // Loop: activity or a half-close may have moved the deadline while we slept.
-    }
+/// The earliest idle deadline and its side.
+fn watch_deadline(act: &Activity, t: &IdleTimeouts) -> (Instant, Side) {
+    let fin = act.half_closed.load(Ordering::Relaxed);
+    let client_t = if fin { t.client_fin.or(t.tunnel) } else { t.tunnel }.unwrap_or(t.client);
+    let server_t = if fin { t.server_fin.or(t.tunnel) } else { t.tunnel }.unwrap_or(t.server);
+    let c = act.start + Duration::from_millis(act.client_ms.load(Ordering::Relaxed)) + client_t;
+    let s = act.start + Duration::from_millis(act.server_ms.load(Ordering::Relaxed)) + server_t;
+    if c <= s { (c, Side::Client) } else { (s, Side::Server) }
 }
 
-/// Moves bytes from `src` (side `from`) to `dst` until `src`'s FIN; errors carry the failing side.
+/// Moves bytes from `src` (side `from`) to `dst`: `Ready(Ok)` once `src`'s FIN was forwarded,
+/// `Ready(Err)` with the failing side, `Pending` when waiting for readiness (wakers registered).
 ///
-/// Cancel safety (a handover drops this future at an await point): every syscall's result is
-/// recorded in `dir` before the next await, so `dir` always says exactly which bytes were taken
-/// from `src` but not yet given to `dst`.
-async fn pump(
+/// Every syscall's result is recorded in `dir` at once, so `dir` always says exactly which bytes
+/// were taken from `src` but not yet given to `dst` (what a handover carries). Tokio's
+/// cooperative budget (spent by the readiness polls) keeps a busy direction from starving
+/// other sessions.
+#[allow(clippy::too_many_arguments)]
+fn poll_pump(
+    cx: &mut Context<'_>,
     src: &TcpStream,
     dst: &TcpStream,
     from: Side,
@@ -340,88 +363,83 @@ async fn pump(
     act: &Activity,
     counters: &dyn ByteSink,
     dir: &mut Direction,
-) -> Result<(), (Side, io::Error)> {
+) -> Poll<Result<(), (Side, io::Error)>> {
     let to = match from {
         Side::Client => Side::Server,
         Side::Server => Side::Client,
     };
-    if dir.done {
-        return Ok(());
-    }
     let count = |n: usize| match from {
         Side::Client => counters.client_to_server(n as u64),
         Side::Server => counters.server_to_client(n as u64),
     };
+    let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
     loop {
-        // Owed bytes first (after a handover, or where a previous turn left them).
-        if let Some(pipe) = &dir.pipe {
-            while dir.pending > 0 {
-                let m = dst
-                    .async_io(Interest::WRITABLE, || splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), dir.pending))
-                    .await
-                    .map_err(|e| (to, e))?;
-                if m == 0 {
-                    return Err((to, io::ErrorKind::WriteZero.into()));
+        // Owed bytes first (after a handover, or left by a previous turn).
+        if dir.pending > 0
+            && let Some(pipe) = &dir.pipe
+        {
+            ready!(dst.poll_write_ready(cx)).map_err(|e| (to, e))?;
+            match dst.try_io(Interest::WRITABLE, || splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), dir.pending)) {
+                Ok(0) => return Poll::Ready(Err((to, io::ErrorKind::WriteZero.into()))),
+                Ok(m) => {
+                    dir.pending -= m;
+                    dir.bytes += m as u64;
+                    count(m);
+                    SPLICED_BYTES.fetch_add(m as u64, Ordering::Relaxed);
+                    act.touch(to);
                 }
-                dir.pending -= m;
-                dir.bytes += m as u64;
-                count(m);
-                SPLICED_BYTES.fetch_add(m as u64, Ordering::Relaxed);
-                act.touch(to);
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Poll::Ready(Err((to, e))),
             }
+            continue;
         }
-        while dir.start < dir.end {
+        if dir.start < dir.end {
+            ready!(dst.poll_write_ready(cx)).map_err(|e| (to, e))?;
             match dst.try_write(&dir.buf[dir.start..dir.end]) {
-                Ok(0) => return Err((to, io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Poll::Ready(Err((to, io::ErrorKind::WriteZero.into()))),
                 Ok(m) => {
                     dir.start += m;
                     dir.bytes += m as u64;
                     count(m);
                     act.touch(to);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    dst.writable().await.map_err(|e| (to, e))?;
-                }
-                Err(e) => return Err((to, e)),
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Poll::Ready(Err((to, e))),
             }
+            continue;
         }
         if dir.pipe.is_none() && dir.buf.is_empty() {
             // Lazily made: an idle connection holds no pipe and no buffer. A one-byte peek (not
             // mere readiness, which can be spurious) waits for data or a FIN.
-            src.peek(&mut [0u8; 1]).await.map_err(|e| (from, e))?;
-            match mode {
-                RelayMode::Splice => dir.pipe = Pipe::new().ok(),
-                RelayMode::Copy => {}
+            let mut one = [0u8; 1];
+            let mut rb = tokio::io::ReadBuf::new(&mut one);
+            ready!(src.poll_peek(cx, &mut rb)).map_err(|e| (from, e))?;
+            if mode == RelayMode::Splice {
+                dir.pipe = Pipe::new().ok();
             }
             if dir.pipe.is_none() {
                 dir.buf = vec![0u8; COPY_BUF];
             }
         }
-        let n = if let Some(pipe) = &dir.pipe {
-            let n = src
-                .async_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK))
-                .await
-                .map_err(|e| (from, e))?;
-            dir.pending = n;
-            n
-        } else {
-            let n = loop {
-                match src.try_read(&mut dir.buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        src.readable().await.map_err(|e| (from, e))?;
-                    }
-                    Err(e) => return Err((from, e)),
-                }
-            };
-            dir.start = 0;
-            dir.end = n;
-            n
+        ready!(src.poll_read_ready(cx)).map_err(|e| (from, e))?;
+        let r = match &dir.pipe {
+            Some(pipe) => src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK)),
+            None => src.try_read(&mut dir.buf),
         };
-        if n == 0 {
-            break;
+        match r {
+            Ok(0) => break,
+            Ok(n) => {
+                if dir.pipe.is_some() {
+                    dir.pending = n;
+                } else {
+                    dir.start = 0;
+                    dir.end = n;
+                }
+                act.touch(from);
+            }
+            Err(e) if would_block(&e) => {}
+            Err(e) => return Poll::Ready(Err((from, e))),
         }
-        act.touch(from);
     }
     // FIN from src: forward the half-close. A peer that already reset makes this fail; the
     // other direction will report that error if it matters.
@@ -429,8 +447,7 @@ async fn pump(
     dir.done = true;
     act.half_closed.store(true, Ordering::Relaxed);
     act.touch(from);
-    act.fin.notify_one();
-    Ok(())
+    Poll::Ready(Ok(()))
 }
 
 /// A non-blocking pipe used as the splice intermediary.
