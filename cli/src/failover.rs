@@ -120,12 +120,15 @@ pub struct LabCluster {
     daemons: BTreeMap<usize, Proc>,
     stop: Arc<AtomicBool>,
     probes: Arc<Mutex<Vec<Probe>>>,
-    holders: Arc<Mutex<Vec<(Instant, [bool; 8])>>>,
+    holders: Arc<Mutex<HolderLog>>,
     /// Per node, the intervals during which it certainly held the VIP (see [`watch_vip`]).
     held: Arc<Mutex<Held>>,
     nodes: usize,
     vip: IpAddr,
 }
+
+/// Which nodes (by index) held the VIP, after each change seen by a watcher.
+type HolderLog = Vec<(Instant, [bool; 8])>;
 
 /// Certain holding intervals per node: from the first sample that saw the address to the last
 /// sample that still saw it. Sampling can only shorten them, so an overlap of two is a real
@@ -685,7 +688,7 @@ fn probe_loop(stop: &AtomicBool, probes: Arc<Mutex<Vec<Probe>>>, vip: IpAddr) ->
 fn watch_vip(
     i: usize,
     stop: &AtomicBool,
-    holders: &Mutex<Vec<(Instant, [bool; 8])>>,
+    holders: &Mutex<HolderLog>,
     held: &Mutex<Held>,
     vip: IpAddr,
 ) -> anyhow::Result<()> {

@@ -79,9 +79,12 @@ fn ipv6_vip_moves_on_crash_and_graceful_stop_and_the_client_follows() {
     }
 }
 
+/// Gratuitous ARPs seen: when, and the sender's MAC.
+type Garps = Vec<(Instant, [u8; 6])>;
+
 /// Collects the gratuitous ARPs for `vip` the client receives during `window`, as (when, sender
 /// MAC); signals once the capture socket is open.
-fn capture_garps(lab: &Lab, vip: std::net::Ipv4Addr, window: Duration) -> (mpsc::Receiver<()>, std::thread::JoinHandle<Vec<(Instant, [u8; 6])>>) {
+fn capture_garps(lab: &Lab, vip: std::net::Ipv4Addr, window: Duration) -> (mpsc::Receiver<()>, std::thread::JoinHandle<Garps>) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let (tx, rx) = mpsc::channel();
     let h = lab
