@@ -29,7 +29,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dhcp_dns::group::{self, MAX_MESSAGE, MemberId, deliver_frame, valid_group_name, view_frame};
 use ha_membership::Event;
-use ha_membership::driver::ClusterHandle;
+use ha_membership::channel::ChannelError;
+use ha_membership::driver::{ClusterHandle, DriverError};
 use ha_membership::from_config::WITNESS_NODE_ID;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -122,8 +123,9 @@ pub fn start(
             loop {
                 match handle.broadcast(p.clone()).await {
                     Ok(_) => break,
-                    Err(e) if tries < 200 => {
-                        // Outbox full (or between views): the channel drains in milliseconds.
+                    Err(DriverError::Stopped | DriverError::Channel(ChannelError::Left)) => return,
+                    Err(e @ DriverError::Channel(ChannelError::Full)) if tries < 200 => {
+                        // Outbox full: the channel drains in milliseconds.
                         tries += 1;
                         debug!(error = %e, "group message not accepted yet; retrying");
                         tokio::time::sleep(Duration::from_millis(10)).await;
