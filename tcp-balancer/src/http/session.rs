@@ -313,7 +313,10 @@ async fn transfer(
             if resp.tunnel {
                 return Down::Tunnel;
             }
-            return match forward_body(&mut sr, sbuf, &mut cw, rest, chunks, idle.server, idle.client, &count_out).await {
+            // A response body may be a watch, silent for long stretches: `timeout tunnel`, when
+            // longer, is its inactivity limit (HAProxy would use `timeout server`).
+            let body_idle = idle.tunnel.map_or(idle.server, |t| t.max(idle.server));
+            return match forward_body(&mut sr, sbuf, &mut cw, rest, chunks, body_idle, idle.client, &count_out).await {
                 Ok(()) => Down::Done { server_keep_alive: resp.server_keep_alive, close_client: resp.close_client },
                 Err(BodyError::ReadTimeout) => Down::Timeout { started },
                 Err(BodyError::Write) => Down::ClientGone,
