@@ -216,10 +216,12 @@ fn exec_resource_failures_restart_then_move_then_expire_and_status_shows_them() 
 
     // One monitor failure: on_fail=restart restarts it in place and status counts it.
     break_it();
-    let restarted = c.wait(WITHIN, |c| status_text(c).contains("fail-count=1") && runs_on(c, "svc") == Some(first));
-    let text = status_text(&c);
-    assert!(restarted, "no restart in place after one failure:\n{text}\n{}", logs(&c));
-    assert!(text.contains(&format!("Last failed action: svc monitor on node{first}")), "{text}");
+    let last_failed = format!("Last failed action: svc monitor on node{first}");
+    let restarted = c.wait(WITHIN, |c| {
+        let text = status_text(c);
+        text.contains(&format!("svc on node{first}: fail-count=1")) && text.contains(&last_failed) && runs_on(c, "svc") == Some(first)
+    });
+    assert!(restarted, "no restart in place after one failure:\n{}\n{}", status_text(&c), logs(&c));
     assert!(c.wait(WITHIN, |_| dir.read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("svc-"))))), "not restarted");
 
     // A second failure reaches migration-threshold=2: it moves elsewhere.
