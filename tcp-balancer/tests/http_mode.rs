@@ -1116,3 +1116,40 @@ async fn drain_closes_idle_connections_and_lets_exchanges_finish() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_by_the_server_is_replaced_transparently() {
+    bounded(10, async {
+        // Answers one request per connection with keep-alive, then drops the connection when the
+        // next request arrives (an idle timeout racing the balancer's reuse).
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicU64::new(0));
+        let c2 = conns.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else { return };
+                c2.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let Some(n) = read_head(&mut s, &mut buf).await else { return };
+                    buf.drain(..n);
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    let _ = read_head(&mut s, &mut buf).await;
+                    // Dropped without an answer.
+                });
+            }
+        });
+        let fe = HttpFrontend::start(http_config(vec![backend("be", &[("s", addr)])])).await.unwrap();
+        let mut c = connect(fe.local_addr()).await;
+        for i in 0..5 {
+            let r = c.get(&format!("/x{i}")).await.expect("answered");
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "request {i}");
+        }
+        assert_eq!(conns.load(Ordering::Relaxed), 5, "each request ends on its own server connection");
+        assert_eq!(fe.http_stats().generated, [0; 5], "no error answered");
+        fe.drain(Duration::from_secs(1)).await;
+        server.abort();
+    })
+    .await;
+}
