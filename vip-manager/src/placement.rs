@@ -12,7 +12,7 @@
 //! 3. A resource with target-role Stopped, or with on-fail=stop and an unexpired failure, stops.
 //! 4. Candidate nodes are the view's members that are not in standby, each starting at score 0
 //!    (a symmetric cluster). Location/ban/move constraints add their scores; the node where the
-//!    resource runs now (not failed) adds resource-stickiness; a node whose unexpired fail count
+//!    resource runs now (also when it failed there) adds resource-stickiness; a node whose unexpired fail count
 //!    reaches migration-threshold (or any unexpired failure with on-fail=move) gets -INFINITY.
 //! 5. Colocation: dependents are placed after the resource they are colocated with (in colocation
 //!    topological order, then priority, then id). `rsc with W score s` adds `s` to W's node; with
@@ -294,11 +294,11 @@ fn decide(
         }
     }
 
+    // A failed instance keeps its stickiness, as in Pacemaker: on-fail=restart recovers it in
+    // place while its node is still allowed (fail count below migration-threshold).
     let stickiness = d.stickiness.unwrap_or(policy.default_stickiness);
-    for (n, s) in current.nodes(&d.id) {
-        if s == RunState::Running {
-            add(n, stickiness, &mut sums);
-        }
+    for (n, _) in current.nodes(&d.id) {
+        add(n, stickiness, &mut sums);
     }
 
     if d.on_fail != OnFail::Ignore {

@@ -101,11 +101,16 @@ fn stickiness_keeps_resource_where_it_runs() {
 }
 
 #[test]
-fn failed_instance_gets_no_stickiness() {
+fn failed_instance_keeps_its_stickiness_until_the_migration_threshold() {
+    // Pacemaker recovers a failed resource in place (on-fail=restart) while its node is allowed.
     let mut c = Case::new(&[1, 2], vec![agent("a")], vec![loc("a", 1, 50)]);
     c.cur.set(&r("a"), n(2), RunState::Failed);
     c.policy.default_stickiness = Score::new(100);
-    assert_eq!(c.target("a"), Some(n(1)));
+    c.rs[0].migration_threshold = Some(2);
+    c.fails.record_failure(&r("a"), n(2), Timestamp(1));
+    assert_eq!(c.target("a"), Some(n(2)), "restarted in place after one failure");
+    c.fails.record_failure(&r("a"), n(2), Timestamp(2));
+    assert_eq!(c.target("a"), Some(n(1)), "moved once the threshold is reached");
 }
 
 #[test]
