@@ -27,6 +27,8 @@ use crate::server::DnsTransportStats;
 pub const BATCH: usize = 64;
 /// Largest query accepted (bigger ones are truncated by the kernel and dropped).
 const RX_SIZE: usize = 4096;
+/// Receive buffer asked for each socket.
+const RCVBUF: usize = 4 << 20;
 /// How often a waiting loop checks its stop flag.
 pub const STOP_CHECK: Duration = Duration::from_millis(100);
 
@@ -155,6 +157,9 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
         tracing::error!(error = %e, "dns udp socket setup; loop not started");
         return;
     }
+    // A deeper receive queue absorbs bursts while this thread waits for the CPU (best effort: the
+    // kernel caps it at net.core.rmem_max).
+    let _ = socket2::SockRef::from(&*cfg.sock).set_recv_buffer_size(RCVBUF);
     while !cfg.stop.load(Ordering::Relaxed) {
         b.arm_rx();
         // SAFETY: rx_hdr holds BATCH armed headers pointing into b's buffers, alive and unmoved.
