@@ -468,7 +468,6 @@ fn timeout_key(name: &str) -> Option<(&'static str, bool, bool)> {
 
 /// Per-server queues are in the schema but not in the balancer runtime yet: the line is converted
 /// without them, and listed so the operator knows.
-const RUNTIME_MAXQUEUE: &str = "per-server maxqueue is not supported by the balancer runtime yet (the backend's maxqueue, 1024, bounds the queue); the rest of the line is converted";
 /// Likewise for matching a string in an http check's response.
 const RUNTIME_EXPECT_STRING: &str = "http-check expect string is not supported by the balancer runtime yet; the check expects a 2xx or 3xx status";
 
@@ -1200,15 +1199,12 @@ impl Conv {
         let ds = &mut b.default_server;
         ds.weight = dflt.weight;
         ds.maxconn = dflt.maxconn;
-        ds.maxqueue = None; // see RUNTIME_MAXQUEUE
+        ds.maxqueue = dflt.maxqueue;
         ds.slowstart = dflt.slowstart;
         ds.send_proxy = dflt.send_proxy;
         ds.on_marked_down = dflt.on_marked_down;
-        for (o, l) in &st.default_server {
+        for (_, l) in &st.default_server {
             self.place(*l, &bpath.key("default_server"));
-            if let Some(q) = o.maxqueue {
-                self.skip(*l, format!("maxqueue {q}: {RUNTIME_MAXQUEUE}"));
-            }
         }
         // Effective server settings: default-server, then the server's own keywords.
         let eff: Vec<ServerOpts> = servers
@@ -1342,9 +1338,7 @@ impl Conv {
             s.backup = o.backup.or(dflt.backup).unwrap_or(false);
             s.weight = o.weight;
             s.maxconn = o.maxconn;
-            if let Some(q) = o.maxqueue {
-                self.skip(n, format!("maxqueue {q}: {RUNTIME_MAXQUEUE}"));
-            }
+            s.maxqueue = o.maxqueue;
             s.slowstart = o.slowstart;
             s.send_proxy = o.send_proxy;
             s.on_marked_down = o.on_marked_down;
