@@ -49,6 +49,9 @@ W=$(mktemp -d /var/tmp/bench-dhcp.XXXXXX)
 SRV_PID=
 cleanup() {
     stop_server
+    # Safety net: any client this run started still alive names our unique work dir.
+    local p
+    for p in $(pgrep -f "$W" || true); do kill "$p" 2>/dev/null || true; done
     ip netns del $NS_SRV 2>/dev/null || true
     ip netns del $NS_PERF 2>/dev/null || true
     ip netns del $NS_CL 2>/dev/null || true
@@ -171,6 +174,9 @@ first_lease() { # udhcpc | dhclient
             rm -f "$W/dhcl.leases"
             ip netns exec $NS_CL timeout 10 dhclient -1 -sf /bin/true -lf "$W/dhcl.leases" -pf "$W/dhcl.pid" cs \
                 > /dev/null 2>&1 && ok=1
+            # The daemonised child writes its pid file just after the parent exits: wait for it.
+            local i
+            for i in $(seq 1 40); do [ -s "$W/dhcl.pid" ] && break; sleep 0.05; done
             [ -s "$W/dhcl.pid" ] && kill "$(cat "$W/dhcl.pid")" 2>/dev/null || true
             rm -f "$W/dhcl.pid" ;;
     esac
