@@ -460,7 +460,7 @@ pub fn recv_message(sock: &UnixStream) -> io::Result<Option<Message>> {
 #[derive(Debug)]
 pub enum Outgoing {
     /// A session stopped for the handover.
-    Session(HandedSession),
+    Session(Box<HandedSession>),
     /// Every session is gone: send [`Message::Done`] and stop.
     Finish,
 }
@@ -475,12 +475,12 @@ pub fn run_sender(sock: &UnixStream, rx: std::sync::mpsc::Receiver<Outgoing>) ->
     let mut finish = false;
     while !finish {
         match rx.recv() {
-            Ok(Outgoing::Session(s)) => batch.push(s),
+            Ok(Outgoing::Session(s)) => batch.push(*s),
             Ok(Outgoing::Finish) | Err(_) => finish = true,
         }
         while batch.len() < MAX_SESSIONS_PER_BATCH && !finish {
             match rx.try_recv() {
-                Ok(Outgoing::Session(s)) => batch.push(s),
+                Ok(Outgoing::Session(s)) => batch.push(*s),
                 Ok(Outgoing::Finish) | Err(std::sync::mpsc::TryRecvError::Disconnected) => finish = true,
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
             }
@@ -611,7 +611,7 @@ mod tests {
             keep.push(y);
             let (p, q) = tcp_pair();
             keep.push(q);
-            tx.send(Outgoing::Session(HandedSession {
+            tx.send(Outgoing::Session(Box::new(HandedSession {
                 frontend: "f".into(),
                 backend: "b".into(),
                 server: format!("s{i}"),
@@ -621,7 +621,7 @@ mod tests {
                 client: OwnedFd::from(x),
                 server_fd: OwnedFd::from(p),
                 relay: Frozen::default(),
-            }))
+            })))
             .unwrap();
         }
         tx.send(Outgoing::Finish).unwrap();

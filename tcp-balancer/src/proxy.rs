@@ -895,9 +895,9 @@ impl Proxy {
 
     /// Reload, new side: resumes a session handed over by the old process. Fails (giving the
     /// session back) when this frontend's backend has no server of that name any more.
-    pub fn adopt(&self, s: HandedSession) -> Result<(), HandedSession> {
+    pub fn adopt(&self, s: HandedSession) -> Result<(), Box<HandedSession>> {
         let sh = self.shared.clone();
-        let Some(idx) = sh.servers.iter().position(|x| x.name == s.server) else { return Err(s) };
+        let Some(idx) = sh.servers.iter().position(|x| x.name == s.server) else { return Err(Box::new(s)) };
         let to_tokio = |fd: std::os::fd::OwnedFd| {
             let std = std::net::TcpStream::from(fd);
             std.set_nonblocking(true)?;
@@ -1325,7 +1325,7 @@ async fn relay_phase(
                     server_fd,
                     relay,
                 };
-                tx.send(Outgoing::Session(s)).is_ok()
+                tx.send(Outgoing::Session(Box::new(s))).is_ok()
             }
             _ => false,
         };
