@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 as_root "$@"
 # Real peers and tools the tests drive.
 install_packages iproute2 nftables iputils-ping procps util-linux kmod \
-    isc-dhcp-client udhcpc bind9-dnsutils \
+    isc-dhcp-client udhcpc bind9-dnsutils wrk \
     ca-certificates build-essential pkg-config curl
 ensure_cargo
 

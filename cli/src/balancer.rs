@@ -56,7 +56,7 @@ struct Successor {
 
 /// Runs the balancer until SIGTERM/SIGINT (then drains) or until a reload handed everything to
 /// a successor. `config_path` is re-read on reload.
-pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf, metrics: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     // `threads` (default: one per core).
     let threads = cfg.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
@@ -81,6 +81,16 @@ pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf) -> anyhow:
         }
         let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
         let ctl = serve_runtime_api(&socket, Arc::downgrade(&bal), reload_tx)?;
+        let scrape = match metrics {
+            Some(addr) => {
+                let weak = Arc::downgrade(&bal);
+                let render: crate::metrics::Render = Arc::new(move || weak.upgrade().map(|b| prometheus_text(&b)));
+                let (addr, task) = crate::metrics::serve(addr, render).with_context(|| format!("metrics endpoint {addr}"))?;
+                info!(%addr, "Prometheus metrics at /metrics");
+                Some(task)
+            }
+            None => None,
+        };
         match predecessor {
             Some(sock) => take_over(sock, &bal)?,
             None => service::ready("balancing"),
@@ -120,6 +130,10 @@ pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf) -> anyhow:
         };
         ctl.abort();
         let _ = ctl.await;
+        if let Some(t) = scrape {
+            t.abort();
+            let _ = t.await;
+        }
         let bal = own(bal).await;
         match successor {
             None => {
@@ -362,16 +376,20 @@ fn serve_runtime_api(
     }))
 }
 
+/// Every counter in Prometheus text: backends and servers, then the http frontends' own.
+pub fn prometheus_text(bal: &Balancer) -> String {
+    let mut s = String::new();
+    stats::prometheus(&bal.stats(), &mut s);
+    stats::prometheus_http(&bal.http_stats(), &mut s);
+    s
+}
+
 /// One runtime API command, answered as text (HAProxy's wording where it has one).
 pub fn runtime_command(bal: &Balancer, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["show", "stat"] => stats::show_stat(&bal.stats()),
-        ["show", "metrics"] => {
-            let mut s = String::new();
-            stats::prometheus(&bal.stats(), &mut s);
-            s
-        }
+        ["show", "metrics"] => prometheus_text(bal),
         ["show", "sess"] => bal.sessions().iter().map(|(fe, s)| format!("{fe} {s:?}\n")).collect(),
         ["show", "servers", "state"] => {
             let mut s = String::from("# backend server status weight sessions\n");

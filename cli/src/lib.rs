@@ -12,4 +12,5 @@ pub mod dhcp_dns;
 pub mod failover;
 pub mod import;
 pub mod logging;
+pub mod metrics;
 pub mod service;

@@ -479,7 +479,7 @@ fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow:
             let cfg = load(path)?;
             hastack::logging::init_with(cfg.log_level(), cfg.log_format());
             let bal = cfg.balancer.as_ref().context("the config has no [balancer] section")?;
-            hastack::balancer::run(path, bal, balancer_socket(Some(&cfg)))
+            hastack::balancer::run(path, bal, balancer_socket(Some(&cfg)), cfg.control.as_ref().and_then(|c| c.metrics_balancer).map(|a| a.0))
         }
         Some(BalancerCommand::Reload) => {
             // Checked here too, so the reasons print even when the daemon is not running.

@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 #[test]
 fn balancer_daemon_serves_reports_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, front) = (backend("a"), backend("b"), free_port());
+    let (a, b, front, metrics) = (backend("a"), backend("b"), free_port(), free_port());
     let socket = dir.path().join("balancer.sock");
     let cfg = dir.path().join("hastack.toml");
     std::fs::write(
@@ -37,6 +37,7 @@ fn balancer_daemon_serves_reports_and_stops() {
         format!(
             r#"[control]
 balancer_socket = "{}"
+metrics_balancer = "127.0.0.1:{metrics}"
 
 [[balancer.frontend]]
 name = "api"
@@ -95,6 +96,19 @@ address = "127.0.0.1:{b}"
         assert_eq!(r, "b", "a server in maint takes no new session");
     }
     assert!(ctl(&["show", "servers", "state"]).contains("MAINT"));
+    // The Prometheus endpoint ([control] metrics_balancer) counts the sessions just served.
+    let mut m = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut scrape = String::new();
+    m.read_to_string(&mut scrape).unwrap();
+    assert!(scrape.starts_with("HTTP/1.1 200 OK"), "scrape: {scrape}");
+    let served_by_b: f64 = scrape
+        .lines()
+        .find(|l| l.starts_with("hastack_balancer_server_sessions_total") && l.contains("server=\"b\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sessions_total for server b in: {scrape}"));
+    assert!(served_by_b >= 3.0, "server b took at least the 3 sessions while a was in maint: {scrape}");
     // SIGTERM: drains and exits cleanly.
     let st = stop_with_sigterm(&mut daemon, Duration::from_secs(15));
     assert!(st.success(), "balancer exit {st:?}");
