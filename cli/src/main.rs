@@ -502,7 +502,12 @@ fn balancer(path: &std::path::Path, command: Option<BalancerCommand>) -> anyhow:
 fn run_dhcp_dns(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
     hastack::logging::init_with(cfg.log_level(), cfg.log_format());
-    hastack::dhcp_dns::run_with_cluster_socket(cfg.dhcp.as_ref(), cfg.dns.as_ref(), cfg.control_socket().as_deref())
+    hastack::dhcp_dns::run_with_cluster_socket(
+        cfg.dhcp.as_ref(),
+        cfg.dns.as_ref(),
+        cfg.control_socket().as_deref(),
+        cfg.control.as_ref().and_then(|c| c.metrics_dhcp_dns).map(|a| a.0),
+    )
 }
 
 fn leases(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
