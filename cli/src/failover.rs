@@ -198,6 +198,9 @@ impl Drop for LabCluster {
 }
 
 /// The config the lab cluster runs with.
+/// Where every lab node's cluster daemon serves Prometheus metrics (inside its namespace).
+pub const LAB_METRICS: &str = "127.0.0.1:9650";
+
 pub fn lab_config(nodes: usize, links: usize, authkey: &Path) -> String {
     lab_config_for(nodes, links, authkey, IpAddr::V4(VIP))
 }
@@ -208,6 +211,8 @@ pub fn lab_config_for(nodes: usize, links: usize, authkey: &Path, vip: IpAddr) -
         "[cluster]\nname = \"hastack-lab\"\nauthkey = \"{}\"\n\n",
         authkey.display()
     );
+    // Each node has its own loopback, so every node serves its metrics at the same address.
+    s = format!("[control]\nmetrics_cluster = \"{LAB_METRICS}\"\n\n{s}");
     for i in 1..=nodes {
         let mut addrs = vec![format!("\"198.18.0.{}/24\"", 10 + i)];
         if links > 1 {

@@ -313,7 +313,8 @@ fn run_cluster(path: &std::path::Path, socket: Option<PathBuf>, state_dir: &std:
     let cluster = cfg.cluster.as_ref().context("the config has no [cluster] section")?;
     let quorum = cfg.quorum.clone().unwrap_or_default();
     let sock = socket_path(Some(&cfg), socket);
-    let s = setup::build(cluster, &quorum, cfg.resources_config().as_ref(), &role, sock, Some(state_dir))?;
+    let mut s = setup::build(cluster, &quorum, cfg.resources_config().as_ref(), &role, sock, Some(state_dir))?;
+    s.metrics = cfg.control.as_ref().and_then(|c| c.metrics_cluster).map(|a| a.0);
     hastack::cluster::run(s)
 }
 

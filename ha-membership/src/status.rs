@@ -97,6 +97,82 @@ pub fn render_members(s: &Status, names: &BTreeMap<NodeId, String>) -> String {
     o
 }
 
+/// Prometheus text exposition of a [`Status`] (the cluster daemon's `GET /metrics`): quorum,
+/// view, local health, every peer's state, links and round trips, dropped datagrams by reason,
+/// and the protocol counters.
+pub fn render_prometheus(s: &Status) -> String {
+    let mut o = String::new();
+    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP hastack_cluster_{name} {help}\n# TYPE hastack_cluster_{name} {kind}");
+    };
+    let q = &s.quorum;
+    for (name, help, v) in [
+        ("quorate", "1 when this node's partition is quorate.", u64::from(q.quorate)),
+        ("votes_total", "Votes of the current view's members.", u64::from(q.total_votes)),
+        ("votes_expected", "Expected votes.", u64::from(q.expected_votes)),
+        ("votes_quorum", "Votes needed for quorum.", u64::from(q.quorum)),
+        ("view_members", "Members of the installed view.", s.view.as_ref().map_or(0, |v| v.members.len() as u64)),
+        ("local_health", "Local health multiplier (Lifeguard; 0 = healthy).", u64::from(s.local_health)),
+        ("channel_delivered", "Highest ordered-channel sequence delivered in this view.", s.channel_delivered),
+        ("channel_outbox", "Channel messages waiting to be ordered.", s.channel_outbox as u64),
+        ("channel_blocked", "1 while the channel is blocked for a view change.", u64::from(s.channel_blocked)),
+    ] {
+        head(&mut o, name, "gauge", help);
+        let _ = writeln!(o, "hastack_cluster_{name} {v}");
+    }
+    let st = &s.stats;
+    for (name, help, v) in [
+        ("views_installed_total", "Views installed.", st.views_installed),
+        ("views_proposed_total", "Views proposed as coordinator.", st.views_proposed),
+        ("suspicions_total", "Peers suspected.", st.suspicions),
+        ("suspicions_cleared_total", "Suspicions cleared (refuted or heard again).", st.suspicions_cleared),
+        ("failures_declared_total", "Peers declared failed.", st.failures_declared),
+        ("refutations_total", "Suspicions of this node it refuted.", st.refutations),
+        ("late_timers_total", "Timers that fired late (this node was slow).", st.late_timers),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "hastack_cluster_{name} {v}");
+    }
+    let d = &s.drops;
+    head(&mut o, "datagrams_dropped_total", "counter", "Datagrams dropped before they could change anything, by reason.");
+    for (reason, v) in [
+        ("oversized", d.oversized),
+        ("malformed", d.malformed),
+        ("forged", d.forged),
+        ("wrong_cluster", d.wrong_cluster),
+        ("unknown_sender", d.unknown_sender),
+        ("replayed", d.replayed),
+    ] {
+        let _ = writeln!(o, "hastack_cluster_datagrams_dropped_total{{reason=\"{reason}\"}} {v}");
+    }
+    head(&mut o, "peer_state", "gauge", "1 for each peer's current state as this node sees it.");
+    for p in &s.peers {
+        let state = match p.state {
+            PeerState::Unknown => "unknown",
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Failed => "failed",
+            PeerState::Left => "left",
+        };
+        let _ = writeln!(o, "hastack_cluster_peer_state{{node=\"{}\",state=\"{state}\"}} 1", p.node);
+    }
+    head(&mut o, "peer_link_up", "gauge", "1 when the link to the peer is up.");
+    for p in &s.peers {
+        for (i, up) in p.links.iter().enumerate() {
+            let _ = writeln!(o, "hastack_cluster_peer_link_up{{node=\"{}\",link=\"{i}\"}} {}", p.node, u8::from(*up));
+        }
+    }
+    head(&mut o, "peer_rtt_seconds", "gauge", "Last round trip to the peer on each link.");
+    for p in &s.peers {
+        for (i, rtt) in p.rtt_us.iter().enumerate() {
+            if let Some(us) = rtt {
+                let _ = writeln!(o, "hastack_cluster_peer_rtt_seconds{{node=\"{}\",link=\"{i}\"}} {}", p.node, *us as f64 / 1e6);
+            }
+        }
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +195,27 @@ mod tests {
         assert!(m.contains("link 0 connected (rtt 0.40 ms), link 1 connected (rtt 0.40 ms)"), "{m}");
         let json = serde_json::to_string(&st).unwrap();
         assert!(json.contains("\"quorate\":true"), "{json}");
+    }
+
+    #[test]
+    fn prometheus_exposition_follows_the_status() {
+        let (nodes, q) = specs(Shape::TwoNodesWitness, 2);
+        let mut sim = Sim::new(7, nodes, q);
+        sim.run_until(Duration::from_millis(500), Sim::converged).unwrap();
+        let st = sim.engine(NodeId(1)).unwrap().status();
+        let text = render_prometheus(&st);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("hastack_cluster_quorate 1"), "{text}");
+        assert!(has("hastack_cluster_votes_expected 3"), "{text}");
+        assert!(has("hastack_cluster_view_members 3"), "{text}");
+        assert!(has("hastack_cluster_peer_state{node=\"2\",state=\"alive\"} 1"), "{text}");
+        assert!(has("hastack_cluster_peer_link_up{node=\"2\",link=\"1\"} 1"), "{text}");
+        assert!(has("hastack_cluster_datagrams_dropped_total{reason=\"forged\"} 0"), "{text}");
+        assert!(text.contains("hastack_cluster_peer_rtt_seconds{node=\"2\",link=\"0\"} 0.0004"), "{text}");
+        // Every sample line belongs to a declared metric family.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let family = l.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {family} ")), "undeclared {family}");
+        }
     }
 }

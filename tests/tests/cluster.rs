@@ -155,6 +155,27 @@ fn forged_and_garbage_datagrams_change_nothing_and_are_counted() {
     );
     let after = c.status(1).unwrap();
     assert_eq!(after["membership"]["view"]["id"], id_before, "view changed");
+    // The same counters on the Prometheus endpoint ([control] metrics_cluster, inside node 1).
+    let scrape = c
+        .lab
+        .node(1)
+        .run_in(|| {
+            use std::io::{Read, Write};
+            let mut m = std::net::TcpStream::connect(hastack::failover::LAB_METRICS).unwrap();
+            m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut s = String::new();
+            m.read_to_string(&mut s).unwrap();
+            s
+        })
+        .unwrap();
+    let dropped: u64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("hastack_cluster_datagrams_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(dropped >= 150, "metrics count the dropped datagrams: {scrape}");
+    assert!(scrape.lines().any(|l| l == "hastack_cluster_quorate 1"), "{scrape}");
 }
 
 fn total_drops(s: &serde_json::Value) -> u64 {

@@ -40,6 +40,8 @@ pub struct Setup {
     pub control_socket: PathBuf,
     /// Node names by id, for status output.
     pub names: BTreeMap<u32, String>,
+    /// Where Prometheus `GET /metrics` is served (`[control] metrics_cluster`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How long a graceful stop may take to hand everything over before the daemon leaves anyway
@@ -69,10 +71,22 @@ fn raise_priority(priority: i32) {
 }
 
 async fn serve(setup: Setup) -> anyhow::Result<()> {
-    let Setup { driver: dcfg, resources, control_socket, names } = setup;
+    let Setup { driver: dcfg, resources, control_socket, names, metrics } = setup;
     let local = dcfg.params.local;
     let (handle, events) = driver::spawn(dcfg).context("starting membership")?;
     let handle = Arc::new(handle);
+    let scrape = match metrics {
+        Some(addr) => {
+            // Weak: a scrape in flight must not keep the membership handle (and so the leave) alive.
+            let weak = Arc::downgrade(&handle);
+            let render: crate::metrics::Render =
+                Arc::new(move || weak.upgrade().map(|h| ha_membership::status::render_prometheus(&h.status())));
+            let (addr, task) = crate::metrics::serve(addr, render).with_context(|| format!("metrics endpoint {addr}"))?;
+            info!(%addr, "Prometheus metrics at /metrics");
+            Some(task)
+        }
+        None => None,
+    };
     // Process groups (lease replication) ride the same ordered channel on full nodes; other
     // events pass through. A vote-only witness runs no processes and has no groups.
     let (mut events, group_conns, groups) = if resources.is_some() {
@@ -164,6 +178,10 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
     // dropping the last handle leaves too.
     if let Some(g) = groups {
         g.shutdown().await;
+    }
+    if let Some(t) = scrape {
+        t.abort();
+        let _ = t.await;
     }
     match Arc::try_unwrap(handle) {
         Ok(h) => {

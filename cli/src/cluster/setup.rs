@@ -83,7 +83,7 @@ pub fn build(
             Some(self::resources(cluster, resources.unwrap_or(&empty), driver.params.local.0)?)
         }
     };
-    Ok(Setup { driver, resources, control_socket, names })
+    Ok(Setup { driver, resources, control_socket, names, metrics: None })
 }
 
 /// The resource side of node `local`: vip-manager's engine setup from the config sections, and the
