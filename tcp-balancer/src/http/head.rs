@@ -131,6 +131,14 @@ fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Where the start line of a parsed head begins and ends (its `\n` included): httparse skips empty
+/// lines before it (RFC 9112 section 2.2), and a rewrite must not copy those instead of the line.
+fn start_line(buf: &[u8]) -> (usize, usize) {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let end = buf[start..].iter().position(|&b| b == b'\n').map_or(start, |i| start + i + 1);
+    (start, end)
+}
+
 /// Comma-separated tokens of a header value, trimmed.
 fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
@@ -303,10 +311,10 @@ pub fn parse_request(buf: &[u8], rw: RequestRewrite, out: &mut Vec<u8>) -> Resul
     let upgrade = facts.upgrade_header && facts.upgrade_token;
     let keep_alive = if minor == 0 { facts.keep_alive && !facts.close } else { !facts.close };
 
-    // Request line verbatim.
-    let line_end = buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    // Request line verbatim (without the empty lines httparse skips before it, RFC 9112 2.2).
+    let (line_start, line_end) = start_line(buf);
     out.reserve(head_len + 64);
-    out.extend_from_slice(&buf[..line_end]);
+    out.extend_from_slice(&buf[line_start..line_end]);
     for (h, &n) in req.headers.iter().zip(names.iter()) {
         if n.hop_by_hop() || (framing == Framing::Chunked && n == Name::ContentLength) || (!upgrade && n == Name::Upgrade) {
             continue;
@@ -403,9 +411,9 @@ pub fn parse_response(buf: &[u8], cx: ResponseContext, out: &mut Vec<u8>) -> Res
         !tunnel && framing != Framing::UntilClose && if minor == 0 { facts.keep_alive && !facts.close } else { !facts.close };
     let close_client = !interim && !tunnel && (!cx.client_keep_alive || framing == Framing::UntilClose);
 
-    let line_end = buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let (line_start, line_end) = start_line(buf);
     out.reserve(head_len + 32);
-    out.extend_from_slice(&buf[..line_end]);
+    out.extend_from_slice(&buf[line_start..line_end]);
     for (h, &n) in resp.headers.iter().zip(names.iter()) {
         if (!tunnel && n.hop_by_hop()) || (framing == Framing::Chunked && n == Name::ContentLength) {
             continue;
@@ -608,4 +616,21 @@ mod tests {
             let _ = parse_response(&data, KA, &mut Vec::new());
         }
     }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_not_copied_instead_of_it() {
+        // Found by the http_head fuzz target: the rewrite used to copy the leading empty line
+        // and drop the request line.
+        let mut out = Vec::new();
+        let r = parse_request(b"\r\n\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n", RequestRewrite::default(), &mut out).unwrap().unwrap();
+        assert!(out.starts_with(b"GET /x HTTP/1.1\r\nHost: a\r\n"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(r.head_len, 31);
+        let mut again = Vec::new();
+        assert!(parse_request(&out, RequestRewrite::default(), &mut again).unwrap().is_some());
+        let mut out = Vec::new();
+        let cx = ResponseContext { method: Method::Other, upgrade: false, client_keep_alive: true, client_minor: 1 };
+        parse_response(b"\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", cx, &mut out).unwrap().unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&out));
+    }
+
 }
