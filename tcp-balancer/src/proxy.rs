@@ -861,25 +861,7 @@ impl Proxy {
         let sh = self.shared.clone();
         sh.stop.send_replace(true);
         self.handover.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        let deadline = Instant::now() + grace;
-        while sh.alive.load(Ordering::Acquire) > 0 {
-            let notified = sh.idle.notified();
-            if sh.alive.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
-        }
-        let forced = sh.alive.load(Ordering::Acquire);
-        if forced > 0 {
-            sh.kill_all.send_modify(|g| *g += 1);
-            // Killed sessions finish promptly; bounded anyway.
-            let end = Instant::now() + Duration::from_secs(2);
-            while sh.alive.load(Ordering::Acquire) > 0 && Instant::now() < end {
-                let _ = tokio::time::timeout(Duration::from_millis(20), sh.idle.notified()).await;
-            }
-        }
+        let forced = wait_then_kill(&sh.alive, &sh.idle, &sh.kill_all, grace).await;
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
@@ -1370,6 +1352,29 @@ async fn relay_phase(
     srv.counters.close();
     sh.frontend.close();
     drop(slot);
+}
+
+/// The end of every drain: waits up to `grace` for the `alive` sessions to end (each end notifies
+/// `idle`), then tells the rest to stop through `kill` and waits (bounded) for them to go.
+/// Returns how many were still alive at the deadline, i.e. closed by force.
+pub(crate) async fn wait_then_kill(alive: &AtomicUsize, idle: &Notify, kill: &watch::Sender<u64>, grace: Duration) -> usize {
+    let deadline = Instant::now() + grace;
+    while alive.load(Ordering::Acquire) > 0 {
+        let notified = idle.notified();
+        if alive.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            break;
+        }
+    }
+    let forced = alive.load(Ordering::Acquire);
+    if forced > 0 {
+        kill.send_modify(|g| *g += 1);
+        // Killed sessions finish promptly; bounded anyway.
+        let end = Instant::now() + Duration::from_secs(2);
+        while alive.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            let _ = tokio::time::timeout(Duration::from_millis(20), idle.notified()).await;
+        }
+    }
+    forced
 }
 
 /// Queues a session for server `i` (full, client-affine) when its `maxqueue` allows; `None`

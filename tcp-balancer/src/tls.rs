@@ -20,7 +20,6 @@ use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::http::io::{Client, TunnelEnd, copy_tunnel};
 use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, bind_addr, next_connection, tune_client};
@@ -185,21 +184,7 @@ impl TlsTcpFrontend {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
-        let deadline = Instant::now() + grace;
-        while sh.alive.load(Ordering::Acquire) > 0 {
-            let notified = sh.idle.notified();
-            if sh.alive.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
-        }
-        let forced = sh.alive.load(Ordering::Acquire);
-        if forced > 0 {
-            sh.kill.send_modify(|g| *g += 1);
-            let end = Instant::now() + Duration::from_secs(2);
-            while sh.alive.load(Ordering::Acquire) > 0 && Instant::now() < end {
-                let _ = tokio::time::timeout(Duration::from_millis(20), sh.idle.notified()).await;
-            }
-        }
+        let forced = crate::proxy::wait_then_kill(&sh.alive, &sh.idle, &sh.kill, grace).await;
         sh.backend.drain(Duration::ZERO).await;
         forced
     }

@@ -372,21 +372,7 @@ impl HttpFrontend {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
-        let deadline = Instant::now() + grace;
-        while fe.alive.load(Ordering::Acquire) > 0 {
-            let notified = fe.idle.notified();
-            if fe.alive.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
-        }
-        let forced = fe.alive.load(Ordering::Acquire);
-        if forced > 0 {
-            fe.kill.send_modify(|g| *g += 1);
-            let end = Instant::now() + Duration::from_secs(2);
-            while fe.alive.load(Ordering::Acquire) > 0 && Instant::now() < end {
-                let _ = tokio::time::timeout(Duration::from_millis(20), fe.idle.notified()).await;
-            }
-        }
+        let forced = crate::proxy::wait_then_kill(&fe.alive, &fe.idle, &fe.kill, grace).await;
         for p in &fe.pools {
             p.clear();
         }
