@@ -161,32 +161,22 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
     let mut replication = replication;
     let mut rep_handle = None;
     if let (Some(c), Some(committer), None) = (opts.dhcp.as_ref().and_then(|d| d.replication.as_ref()), &committer, &replication) {
-        let mut h = replication::spawn(c.socket.clone(), c.group.clone(), c.core, leases.clone());
+        let mut h = replication::spawn(c.socket.clone(), c.group.clone(), c.core, committer.clone());
         if !h.wait_synced(c.sync_wait).await {
             tracing::warn!(
                 wait = ?c.sync_wait,
                 "lease state transfer not done; serving with the local leases (the transfer completes when the cluster answers)"
             );
         }
+        // What the transfer brought is in the log already (persisted and acked as it came).
         let buffered = h.take_buffered().await;
         if !buffered.is_empty() {
-            let recs: Vec<LogRecord> = buffered.iter().map(|(r, _)| r.clone()).collect();
-            let cm = committer.clone();
-            let to_log = recs.clone();
-            tokio::task::spawn_blocking(move || cm.commit(to_log))
-                .await
-                .map_err(|e| RuntimeError::Io { what: "lease commit task".into(), source: std::io::Error::other(e) })??;
             let mut table: hashbrown::HashMap<std::net::Ipv4Addr, Lease> = leases.into_iter().map(|l| (l.addr, l)).collect();
-            for r in recs {
+            for r in buffered {
                 crate::leases::log::apply(&mut table, r);
             }
             leases = table.into_values().collect();
             leases.sort_by_key(|l| l.addr);
-            for (_, ack) in buffered {
-                if let Some((to, seq)) = ack {
-                    h.applied(to, seq);
-                }
-            }
         }
         replication = Some(Replication { sink: h.sink(), mode: c.mode });
         rep_handle = Some(h);

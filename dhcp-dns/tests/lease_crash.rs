@@ -23,6 +23,7 @@ fn lease(i: u32) -> Lease {
         start: 1_700_000_000,
         expiry: 1_700_003_600 + u64::from(i),
         state: LeaseState::Active,
+        rev: u64::from(i),
     }
 }
 

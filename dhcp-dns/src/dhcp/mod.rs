@@ -31,7 +31,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, 
 use hashbrown::{HashMap, HashSet};
 pub use ipnet::Ipv4Net;
 
-use crate::leases::{Lease, LeaseState, LogRecord, UnixTime};
+use crate::leases::{Lease, LeaseState, LogRecord, RevClock, UnixTime};
 pub use table::{ClientKey, LeaseTable};
 
 /// Server-side UDP port.
@@ -300,6 +300,8 @@ pub struct DhcpServer {
     cursors: Vec<u64>,
     next_gc: Option<UnixTime>,
     counters: DhcpCounters,
+    /// Stamps every lease decision with its revision (what replication merges by).
+    clock: RevClock,
 }
 
 /// How often old released/expired records are swept, seconds.
@@ -337,6 +339,7 @@ impl DhcpServer {
             cursors,
             next_gc: None,
             counters: DhcpCounters::default(),
+            clock: RevClock::default(),
         }
     }
 
@@ -344,6 +347,7 @@ impl DhcpServer {
     pub fn restore(&mut self, leases: impl IntoIterator<Item = Lease>, now: UnixTime) -> Vec<Action> {
         let mut out = Vec::new();
         for l in leases {
+            self.clock.observe(l.rev);
             if l.is_active(now) && l.fqdn.is_some() {
                 out.push(Action::LeaseChanged(LeaseChange { addr: l.addr, old_name: None, new_name: l.fqdn.clone() }));
             }
@@ -354,9 +358,14 @@ impl DhcpServer {
 
     /// Apply a lease change made by a peer gateway (replication): the record replaces ours for
     /// that address, is persisted here too, and DNS follows. Offers we hold for that address are
-    /// withdrawn, since the peer has given it away.
+    /// withdrawn, since the peer has given it away. A record older than ours (by revision: we
+    /// decided after it, or a stale copy) changes nothing.
     pub fn apply_replicated(&mut self, rec: LogRecord, now: UnixTime) -> Vec<Action> {
         let addr = rec.addr();
+        self.clock.observe(rec.rev());
+        if self.leases.get(addr).is_some_and(|cur| !rec.newer_than(&LogRecord::Upsert(cur.clone()))) {
+            return Vec::new();
+        }
         let old_name = self.leases.get(addr).filter(|l| l.is_active(now)).and_then(|l| l.fqdn.clone());
         let new_name = match &rec {
             LogRecord::Upsert(l) if l.is_active(now) => l.fqdn.clone(),
@@ -377,7 +386,7 @@ impl DhcpServer {
             LogRecord::Upsert(l) => {
                 self.leases.insert(l.clone());
             }
-            LogRecord::Remove(a) => {
+            LogRecord::Remove(a, _) => {
                 self.leases.remove(*a);
             }
         }
@@ -433,9 +442,10 @@ impl DhcpServer {
                     self.leases.insert(l);
                 }
                 LeaseState::Declined => {
-                    // Quarantine over: forget the address.
+                    // Quarantine over: forget the address. The tombstone ranks just above the
+                    // quarantine, not at "now": a decision a peer made meanwhile still wins.
                     self.leases.remove(addr);
-                    out.push(Action::PersistLease { record: LogRecord::Remove(addr), reply: None });
+                    out.push(Action::PersistLease { record: LogRecord::Remove(addr, l.rev.saturating_add(1)), reply: None });
                 }
                 _ => {}
             }
@@ -445,17 +455,18 @@ impl DhcpServer {
             Some(t) if now >= t => {
                 self.next_gc = Some(now + GC_INTERVAL);
                 let keep = self.cfg.expired_retention_secs;
-                let old: Vec<Ipv4Addr> = self
+                let old: Vec<(Ipv4Addr, u64)> = self
                     .leases
                     .iter()
                     .filter(|l| matches!(l.state, LeaseState::Released | LeaseState::Expired))
                     .filter(|l| l.expiry.saturating_add(keep) <= now)
-                    .map(|l| l.addr)
+                    .map(|l| (l.addr, l.rev))
                     .collect();
-                for addr in old {
+                for (addr, rev) in old {
                     self.leases.remove(addr);
                     self.counters.collected += 1;
-                    out.push(Action::PersistLease { record: LogRecord::Remove(addr), reply: None });
+                    // Derived from the record it forgets (see the quarantine above).
+                    out.push(Action::PersistLease { record: LogRecord::Remove(addr, rev.saturating_add(1)), reply: None });
                 }
             }
             Some(_) => {}
@@ -676,6 +687,7 @@ impl DhcpServer {
             start: now,
             expiry: now + self.cfg.decline_quarantine_secs,
             state: LeaseState::Declined,
+            rev: self.clock.next(now),
         };
         self.leases.insert(q.clone());
         vec![Action::PersistLease { record: LogRecord::Upsert(q), reply: None }]
@@ -782,6 +794,7 @@ impl DhcpServer {
         let old_name = l.fqdn.clone();
         l.state = LeaseState::Released;
         l.expiry = now;
+        l.rev = self.clock.next(now);
         self.leases.insert(l.clone());
         let mut out = vec![Action::PersistLease { record: LogRecord::Upsert(l), reply: None }];
         if old_name.is_some() {
@@ -822,6 +835,7 @@ impl DhcpServer {
             start: now,
             expiry: now + self.cfg.decline_quarantine_secs,
             state: LeaseState::Declined,
+            rev: self.clock.next(now),
         };
         self.leases.insert(q.clone());
         let mut out = vec![Action::PersistLease { record: LogRecord::Upsert(q), reply: None }];
@@ -857,6 +871,7 @@ impl DhcpServer {
             old.state = LeaseState::Released;
             old.expiry = now;
             old.fqdn = None;
+            old.rev = self.clock.next(now);
             self.leases.insert(old.clone());
             out.push(Action::PersistLease { record: LogRecord::Upsert(old), reply: None });
         }
@@ -872,6 +887,7 @@ impl DhcpServer {
                 out.push(Action::LeaseChanged(LeaseChange { addr: other.addr, old_name: other.fqdn.clone(), new_name: None }));
                 other.fqdn = None;
                 other.hostname = None;
+                other.rev = self.clock.next(now);
                 self.leases.insert(other.clone());
                 out.push(Action::PersistLease { record: LogRecord::Upsert(other), reply: None });
             }
@@ -886,6 +902,7 @@ impl DhcpServer {
             start: now,
             expiry: now + u64::from(lease_secs),
             state: LeaseState::Active,
+            rev: self.clock.next(now),
         };
         let old_name = prev.as_ref().filter(|l| l.state == LeaseState::Active && l.expiry > now).and_then(|l| l.fqdn.clone());
         if old_name != fqdn {

@@ -327,7 +327,7 @@ fn decline_quarantines_the_address() {
     assert_ne!(o.yiaddr(), a);
     // After the quarantine the address is forgotten (a Remove record) and usable again.
     let acts = s.handle_timeout(T0 + 1 + 600);
-    assert!(acts.contains(&Action::PersistLease { record: LogRecord::Remove(a), reply: None }));
+    assert!(acts.iter().any(|x| matches!(x, Action::PersistLease { record: LogRecord::Remove(r, _), reply: None } if *r == a)));
     let mut d = msg(MessageType::Discover, &MAC_B);
     d.opts_mut().insert(DhcpOption::RequestedIpAddress(a));
     let (_, o) = one_reply(&s.handle_packet(T0 + 700, &bytes(&d), direct()));
@@ -561,10 +561,10 @@ fn old_released_and_expired_records_are_collected_after_retention() {
     s.handle_timeout(T0 + 3600); // a expires
     assert_eq!(s.leases().len(), 2, "remembered during retention");
     let acts = s.handle_timeout(T0 + 10 + 86_400 + GC_INTERVAL);
-    assert!(acts.contains(&Action::PersistLease { record: LogRecord::Remove(b), reply: None }));
+    assert!(acts.iter().any(|x| matches!(x, Action::PersistLease { record: LogRecord::Remove(r, _), reply: None } if *r == b)));
     assert!(s.leases().get(a).is_some(), "a ended later: still kept");
     let acts = s.handle_timeout(T0 + 3600 + 86_400 + 2 * GC_INTERVAL);
-    assert!(acts.contains(&Action::PersistLease { record: LogRecord::Remove(a), reply: None }));
+    assert!(acts.iter().any(|x| matches!(x, Action::PersistLease { record: LogRecord::Remove(r, _), reply: None } if *r == a)));
     assert!(s.leases().is_empty());
     assert_eq!(s.counters().collected, 2);
 }
@@ -653,9 +653,38 @@ fn conflict_check_probes_new_addresses_and_skips_ones_in_use() {
     // A client's own lease is not probed again (it would answer the ping itself).
     let a = dora(&mut DhcpServer::new(cfg()), T0, &MAC_B, None);
     let mut s2 = DhcpServer::new(DhcpConfig { conflict_check: true, ..cfg() });
-    let mut l = Lease { addr: a, hwaddr: MAC_B.to_vec(), client_id: None, hostname: None, fqdn: None, start: T0, expiry: T0 + 3600, state: LeaseState::Active };
+    let mut l = Lease { addr: a, hwaddr: MAC_B.to_vec(), client_id: None, hostname: None, fqdn: None, start: T0, expiry: T0 + 3600, state: LeaseState::Active, rev: 1 };
     l.start = T0;
     s2.restore([l], T0);
     let acts = s2.handle_packet(T0 + 5, &bytes(&msg(MessageType::Discover, &MAC_B)), direct());
     assert!(matches!(acts.as_slice(), [Action::Reply(_)]), "{acts:?}");
+}
+
+#[test]
+fn decisions_carry_increasing_revisions_and_an_older_replica_changes_nothing() {
+    let mut s = DhcpServer::new(cfg());
+    let a = dora(&mut s, T0, &MAC_A, None);
+    let granted = s.leases().get(a).cloned().expect("lease");
+    assert!(granted.rev >= crate::leases::rev_at(T0));
+    let mut r = msg(MessageType::Release, &MAC_A);
+    r.set_ciaddr(a);
+    let acts = s.handle_packet(T0 + 10, &bytes(&r), direct());
+    let Some(Action::PersistLease { record: LogRecord::Upsert(released), .. }) = acts.first() else { panic!("{acts:?}") };
+    assert!(released.rev > granted.rev, "a release ranks above the grant it ends");
+    // A peer's stale copy of the grant (a gateway that did not see the release) changes nothing.
+    assert!(s.apply_replicated(LogRecord::Upsert(granted.clone()), T0 + 11).is_empty());
+    assert_eq!(s.leases().get(a).map(|l| l.state), Some(LeaseState::Released));
+    // A peer's later decision applies, and this server's next decision ranks above it even
+    // though its own clock is behind.
+    let peer = Lease { state: LeaseState::Active, start: T0 + 12, expiry: T0 + 3600, rev: released.rev + 5_000_000, ..granted.clone() };
+    assert!(!s.apply_replicated(LogRecord::Upsert(peer.clone()), T0 + 12).is_empty());
+    let mut r = msg(MessageType::Release, &MAC_A);
+    r.set_ciaddr(a);
+    let acts = s.handle_packet(T0 + 13, &bytes(&r), direct());
+    let Some(Action::PersistLease { record: LogRecord::Upsert(again), .. }) = acts.first() else { panic!("{acts:?}") };
+    assert!(again.rev > peer.rev);
+    // Collecting it later is derived from the record it forgets: just above it.
+    s.handle_timeout(T0 + 14);
+    let acts = s.handle_timeout(T0 + 13 + 86_400 + 2 * GC_INTERVAL);
+    assert!(acts.iter().any(|x| matches!(x, Action::PersistLease { record: LogRecord::Remove(ra, rev), .. } if *ra == a && *rev == again.rev + 1)), "{acts:?}");
 }

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::log::write_snapshot;
-use super::{Lease, LeaseError, LeaseLog, LogRecord};
+use super::{LeaseError, LeaseLog, LogRecord};
 
 /// Callback told whether a submitted batch is durable.
 pub type Done = Box<dyn FnOnce(Result<(), LeaseError>) + Send + 'static>;
@@ -54,9 +54,13 @@ pub struct CommitStats {
     pub failures: AtomicU64,
 }
 
+/// A look at the log from the committer thread.
+type Read = Box<dyn FnOnce(&LeaseLog) + Send + 'static>;
+
 enum Msg {
     Commit(Vec<LogRecord>, Done),
     Compact(Done),
+    Read(Read),
 }
 
 /// Handle to the committer thread. Dropping it stops the thread after the queued work is done.
@@ -118,6 +122,20 @@ impl GroupCommitter {
             None => done(Err(LeaseError::CommitterStopped)),
         }
         rx.recv().unwrap_or(Err(LeaseError::CommitterStopped))
+    }
+
+    /// What the log adds up to now, as records (leases and tombstones, see
+    /// [`LeaseLog::snapshot_records`]), after everything submitted before this call. Blocks.
+    pub fn snapshot_records(&self) -> Result<Vec<LogRecord>, LeaseError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let read: Read = Box::new(move |log| {
+            let _ = tx.send(log.snapshot_records());
+        });
+        match &self.tx {
+            Some(t) if self.thread.is_some() => t.send(Msg::Read(read)).map_err(|_| LeaseError::CommitterStopped)?,
+            _ => return Err(LeaseError::CommitterStopped),
+        }
+        rx.recv().map_err(|_| LeaseError::CommitterStopped)
     }
 
     /// The committer's counters.
@@ -186,12 +204,15 @@ fn run(mut log: LeaseLog, policy: CompactionPolicy, rx: mpsc::Receiver<Msg>, sta
         };
         let mut records = Vec::new();
         let mut dones = Vec::new();
+        let mut reads: Vec<Read> = Vec::new();
         let mut push = |m: Msg, records: &mut Vec<LogRecord>, dones: &mut Vec<Done>| match m {
             Msg::Commit(r, d) => {
                 records.extend(r);
                 dones.push(d);
             }
             Msg::Compact(d) => compact_waiters.push(d),
+            // Answered after this batch is written: a read sees what was submitted before it.
+            Msg::Read(f) => reads.push(f),
         };
         if let Some(m) = first {
             push(m, &mut records, &mut dones);
@@ -229,6 +250,9 @@ fn run(mut log: LeaseLog, policy: CompactionPolicy, rx: mpsc::Receiver<Msg>, sta
                 });
             }
         }
+        for f in reads {
+            f(&log);
+        }
         // Compaction state machine, advanced only at batch boundaries.
         if compaction.as_ref().is_some_and(|c| c.writer.is_finished()) {
             if let Some(c) = compaction.take() {
@@ -252,11 +276,11 @@ fn run(mut log: LeaseLog, policy: CompactionPolicy, rx: mpsc::Receiver<Msg>, sta
                 }
             }
         }
-        let live = log.table().len();
+        let live = log.live();
         let wanted = !compact_waiters.is_empty()
             || (log.records() >= policy.min_records && log.records() > policy.ratio.saturating_mul(live.max(1)));
         if compaction.is_none() && wanted {
-            let snap: Vec<Lease> = log.table().values().cloned().collect();
+            let snap = log.snapshot_records();
             let snap_len = snap.len();
             let path = log.path().to_path_buf();
             match std::thread::Builder::new()
@@ -285,7 +309,7 @@ fn run(mut log: LeaseLog, policy: CompactionPolicy, rx: mpsc::Receiver<Msg>, sta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leases::LeaseState;
+    use crate::leases::{Lease, LeaseState};
     use std::net::Ipv4Addr;
 
     fn lease(i: u32, generation: u64) -> Lease {
@@ -298,6 +322,7 @@ mod tests {
             start: generation,
             expiry: generation + 3600,
             state: LeaseState::Active,
+            rev: generation,
         }
     }
 

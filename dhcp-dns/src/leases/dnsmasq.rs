@@ -88,6 +88,7 @@ pub fn import(text: &str, domain: Option<&str>, now: UnixTime) -> (Vec<Lease>, V
             start: now,
             expiry: if expiry == 0 { INFINITE } else { expiry },
             state: if expiry == 0 || expiry > now { LeaseState::Active } else { LeaseState::Expired },
+            rev: super::rev_at(now),
         });
     }
     (leases, errors)

@@ -4,7 +4,12 @@
 //! On open the file is read record by record; the first record that is torn or corrupt ends the
 //! log and the file is truncated there (and synced), so later appends never follow garbage.
 //!
-//! Compaction writes a snapshot (one `Upsert` per live address) to `<log>.compact`, syncs it,
+//! Besides the leases, the log remembers a tombstone (address and revision) for every address a
+//! `Remove` forgot and nothing has leased since: replication needs it to tell "forgotten here"
+//! from "never heard of" when a gateway that was cut off comes back with an old copy. There is
+//! at most one entry (lease or tombstone) per address, so tombstones are bounded by the pools.
+//!
+//! Compaction writes a snapshot (one `Upsert` per lease, one `Remove` per tombstone) to `<log>.compact`, syncs it,
 //! renames it over the log and syncs the directory: at every instant the path names either the
 //! complete old log or the complete new one.
 
@@ -15,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use hashbrown::HashMap;
 
-use super::{Lease, LeaseError, LogRecord};
+use super::{Lease, LeaseError, LogRecord, Rev};
 
 /// First bytes of every lease log.
 pub const MAGIC: &[u8; 8] = b"HSLEASE1";
@@ -39,6 +44,7 @@ pub struct LeaseLog {
     /// Records in the file since the last compaction.
     records: usize,
     table: HashMap<Ipv4Addr, Lease>,
+    tombstones: HashMap<Ipv4Addr, Rev>,
 }
 
 impl LeaseLog {
@@ -59,6 +65,7 @@ impl LeaseLog {
         file.read_to_end(&mut buf).map_err(|e| io("read", e))?;
         let mut rec = Recovery::default();
         let mut table = HashMap::new();
+        let mut tombstones = HashMap::new();
         let good_end;
         if buf.len() < MAGIC.len() {
             // New file, or a crash before the header was complete: a prefix of MAGIC is ours.
@@ -80,7 +87,7 @@ impl LeaseLog {
             }
             let mut off = MAGIC.len();
             while let Some((r, used)) = LogRecord::decode(&buf[off..]) {
-                apply(&mut table, r);
+                apply_with_tombstones(&mut table, &mut tombstones, r);
                 off += used;
                 rec.records += 1;
             }
@@ -94,7 +101,7 @@ impl LeaseLog {
             }
         }
         file.seek(SeekFrom::Start(good_end as u64)).map_err(|e| io("seek", e))?;
-        let log = LeaseLog { path, file, size: good_end as u64, records: rec.records, table };
+        let log = LeaseLog { path, file, size: good_end as u64, records: rec.records, table, tombstones };
         Ok((log, rec))
     }
 
@@ -123,6 +130,24 @@ impl LeaseLog {
         self.table.values().cloned().collect()
     }
 
+    /// Forgotten addresses and the revision they were forgotten at.
+    pub fn tombstones(&self) -> &HashMap<Ipv4Addr, Rev> {
+        &self.tombstones
+    }
+
+    /// Everything the log adds up to, as records: an `Upsert` per lease and a `Remove` per
+    /// tombstone (what a compacted log holds; what replication starts from).
+    pub fn snapshot_records(&self) -> Vec<LogRecord> {
+        let mut out: Vec<LogRecord> = self.table.values().cloned().map(LogRecord::Upsert).collect();
+        out.extend(self.tombstones.iter().map(|(a, r)| LogRecord::Remove(*a, *r)));
+        out
+    }
+
+    /// Addresses with a lease or a tombstone (what a compaction keeps).
+    pub fn live(&self) -> usize {
+        self.table.len() + self.tombstones.len()
+    }
+
     /// Append records (not yet durable: call [`sync`](Self::sync)).
     pub fn append(&mut self, recs: &[LogRecord]) -> Result<(), LeaseError> {
         let mut buf = Vec::with_capacity(recs.len() * 96);
@@ -131,7 +156,7 @@ impl LeaseLog {
         }
         self.append_encoded(&buf)?;
         for r in recs {
-            apply(&mut self.table, r.clone());
+            apply_with_tombstones(&mut self.table, &mut self.tombstones, r.clone());
         }
         self.records += recs.len();
         Ok(())
@@ -156,7 +181,7 @@ impl LeaseLog {
 
     /// Compact in the foreground: snapshot the table, then swap it in atomically.
     pub fn compact(&mut self) -> Result<(), LeaseError> {
-        let snap: Vec<Lease> = self.table.values().cloned().collect();
+        let snap = self.snapshot_records();
         let (file, size) = write_snapshot(&self.path, &snap)?;
         self.install_snapshot(file, size, snap.len(), &[])
     }
@@ -192,9 +217,9 @@ impl LeaseLog {
     }
 }
 
-/// Write a snapshot of `leases` to `<log>.compact` and fsync it; returns the open file (positioned
-/// at its end) and its size.
-pub(crate) fn write_snapshot(log_path: &Path, leases: &[Lease]) -> Result<(File, u64), LeaseError> {
+/// Write a snapshot (`records`: see [`LeaseLog::snapshot_records`]) to `<log>.compact` and fsync
+/// it; returns the open file (positioned at its end) and its size.
+pub(crate) fn write_snapshot(log_path: &Path, records: &[LogRecord]) -> Result<(File, u64), LeaseError> {
     let cpath = compact_path(log_path);
     let io = |op, e| LeaseError::io(&cpath, op, e);
     let mut file = OpenOptions::new()
@@ -204,10 +229,10 @@ pub(crate) fn write_snapshot(log_path: &Path, leases: &[Lease]) -> Result<(File,
         .truncate(true)
         .open(&cpath)
         .map_err(|e| io("create", e))?;
-    let mut buf = Vec::with_capacity(MAGIC.len() + leases.len() * 96);
+    let mut buf = Vec::with_capacity(MAGIC.len() + records.len() * 96);
     buf.extend_from_slice(MAGIC);
-    for l in leases {
-        LogRecord::Upsert(l.clone()).encode(&mut buf)?;
+    for r in records {
+        r.encode(&mut buf)?;
     }
     file.write_all(&buf).map_err(|e| io("write", e))?;
     file.sync_all().map_err(|e| io("fsync", e))?;
@@ -220,13 +245,29 @@ pub(crate) fn compact_path(log: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Apply one record to a lease table (tombstones not kept).
 pub(crate) fn apply(table: &mut HashMap<Ipv4Addr, Lease>, r: LogRecord) {
     match r {
         LogRecord::Upsert(l) => {
             table.insert(l.addr, l);
         }
-        LogRecord::Remove(a) => {
+        LogRecord::Remove(a, _) => {
             table.remove(&a);
+        }
+    }
+}
+
+/// Apply one record in log order: a lease replaces the address's entry, a remove leaves a
+/// tombstone (a version-1 remove, without a revision, ranks just above the lease it forgot).
+fn apply_with_tombstones(table: &mut HashMap<Ipv4Addr, Lease>, tombstones: &mut HashMap<Ipv4Addr, Rev>, r: LogRecord) {
+    match r {
+        LogRecord::Upsert(l) => {
+            tombstones.remove(&l.addr);
+            table.insert(l.addr, l);
+        }
+        LogRecord::Remove(a, rev) => {
+            let prior = table.remove(&a).map(|l| l.rev.saturating_add(1));
+            tombstones.insert(a, if rev == 0 { prior.unwrap_or(0) } else { rev });
         }
     }
 }
@@ -251,6 +292,7 @@ mod tests {
             start: 1_700_000_000 + u64::from(i),
             expiry: 1_700_003_600 + u64::from(i),
             state: LeaseState::Active,
+            rev: crate::leases::rev_at(1_700_000_000 + u64::from(i)),
         }
     }
 
@@ -261,13 +303,14 @@ mod tests {
         let (mut log, r) = LeaseLog::open(&p).unwrap();
         assert_eq!(r.records, 0);
         log.append(&[LogRecord::Upsert(lease(1)), LogRecord::Upsert(lease(2))]).unwrap();
-        log.append(&[LogRecord::Remove(lease(1).addr)]).unwrap();
+        log.append(&[LogRecord::Remove(lease(1).addr, lease(1).rev + 1)]).unwrap();
         log.sync().unwrap();
         drop(log);
         let (log, r) = LeaseLog::open(&p).unwrap();
         assert_eq!(r.records, 3);
         assert_eq!(r.truncated_bytes, 0);
         assert_eq!(log.leases(), vec![lease(2)]);
+        assert_eq!(log.tombstones().get(&lease(1).addr), Some(&(lease(1).rev + 1)), "the removal is remembered");
     }
 
     #[test]
@@ -345,10 +388,17 @@ mod tests {
                 l.expiry += round;
                 log.append(&[LogRecord::Upsert(l)]).unwrap();
             }
-            log.append(&[LogRecord::Remove(lease(round as u32).addr)]).unwrap();
+            log.append(&[LogRecord::Remove(lease(round as u32).addr, 7 + round)]).unwrap();
         }
+        for i in 30..40 {
+            log.append(&[LogRecord::Remove(lease(i).addr, 1000 + u64::from(i))]).unwrap();
+        }
+        // A removed address leased again loses its tombstone.
+        log.append(&[LogRecord::Upsert(lease(39))]).unwrap();
         log.sync().unwrap();
         let before: HashMap<_, _> = log.table().clone();
+        let graves: HashMap<_, _> = log.tombstones().clone();
+        assert_eq!(graves.len(), 10, "19 (removed in the last round), 30..=38");
         let size_before = log.size();
         log.compact().unwrap();
         assert!(log.size() < size_before / 10, "{} vs {}", log.size(), size_before);
@@ -362,6 +412,7 @@ mod tests {
         let mut expect = before;
         expect.insert(lease(500).addr, lease(500));
         assert_eq!(log.table(), &expect);
+        assert_eq!(log.tombstones(), &graves, "tombstones survive compaction");
         assert!(!compact_path(&p).exists());
     }
 }

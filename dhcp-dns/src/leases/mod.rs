@@ -9,7 +9,12 @@
 //!
 //! Lifecycle of a lease record: `Active` (granted, until `expiry`) → `Released` (client said so) or
 //! `Expired` (time passed) or `Declined` (client found the address in use: quarantined until `expiry`).
-//! A `Remove` record forgets an address entirely (used when a lease is garbage-collected).
+//! A `Remove` record forgets an address entirely (used when a lease is garbage-collected); the
+//! address keeps a *tombstone* (its revision) so a stale copy of the lease cannot come back.
+//!
+//! Every record carries a [`Rev`]: which of two decisions about one address is newer. Revisions
+//! are what lease replication merges by when gateways that were apart meet again (see
+//! [`crate::replication`]).
 
 pub mod commit;
 pub mod dnsmasq;
@@ -27,6 +32,40 @@ pub type UnixTime = u64;
 
 /// Expiry value of a lease that never expires (dnsmasq writes 0 for these).
 pub const INFINITE: UnixTime = u64::MAX;
+
+/// A record's revision: a hybrid logical clock value. The high bits are the deciding gateway's
+/// Unix seconds (`secs << REV_SHIFT`), the low bits count decisions within a second, and a
+/// gateway's clock steps past every revision it has seen, so a decision made after seeing another
+/// has the higher revision whatever the gateways' clocks say; concurrent decisions (gateways
+/// apart) are ordered by wall-clock time.
+pub type Rev = u64;
+
+/// Bits of a [`Rev`] below the seconds.
+pub const REV_SHIFT: u32 = 20;
+
+/// The revision the seconds `t` start at.
+pub fn rev_at(t: UnixTime) -> Rev {
+    t.saturating_mul(1 << REV_SHIFT)
+}
+
+/// Stamps a node's decisions with increasing [`Rev`]s (a hybrid logical clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevClock {
+    last: Rev,
+}
+
+impl RevClock {
+    /// The revision of a decision made now: above every revision stamped or seen before.
+    pub fn next(&mut self, now: UnixTime) -> Rev {
+        self.last = self.last.saturating_add(1).max(rev_at(now));
+        self.last
+    }
+
+    /// A revision made elsewhere was seen: later decisions here must rank above it.
+    pub fn observe(&mut self, rev: Rev) {
+        self.last = self.last.max(rev);
+    }
+}
 
 /// Where a lease is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +112,8 @@ pub struct Lease {
     pub expiry: UnixTime,
     /// Where the lease is in its life.
     pub state: LeaseState,
+    /// Revision of the decision this record carries (see [`Rev`]).
+    pub rev: Rev,
 }
 
 impl Lease {
@@ -174,6 +215,7 @@ mod table_tests {
             start: 0,
             expiry: exp,
             state: st,
+            rev: 0,
         };
         let t = render_table(&[l(9, LeaseState::Active, 1000 + 3725), l(2, LeaseState::Released, 900), l(5, LeaseState::Active, INFINITE)], 1000);
         let lines: Vec<&str> = t.lines().collect();

@@ -1,25 +1,29 @@
-//! On-disk framing of one lease-log record.
+//! On-disk framing of one lease-log record (the same bytes travel in replication messages).
 //!
 //! ```text
 //! record  = len:u32le crc:u32le payload[len]      crc = CRC32 (IEEE) of payload
-//! payload = version:u8(=1) kind:u8 addr:[4]
+//! payload = version:u8(=2) kind:u8 addr:[4] rev:u64le
 //!           kind 1 (upsert): state:u8 start:u64le expiry:u64le
 //!                            hw:bytes8 client_id:opt16 hostname:opt8 fqdn:opt16
-//!           kind 2 (remove): nothing more
+//!           kind 2 (remove): nothing more (a tombstone: the address was forgotten at `rev`)
 //! bytes8  = len:u8 data    opt8 = 0 | 1 len:u8 data    opt16 = 0 | 1 len:u16le data
 //! ```
+//! Version 1 payloads (logs written before revisions existed) have no `rev`; they read with the
+//! revision their `start` second begins (upserts) or 0 (removes).
+//!
 //! A record whose length is implausible, whose CRC fails or whose payload does not parse ends the
 //! readable log: everything from there on is a torn or corrupt tail.
 
 use std::net::Ipv4Addr;
 
-use super::{Lease, LeaseError, LeaseState};
+use super::{Lease, LeaseError, LeaseState, Rev, rev_at};
 
 /// Bytes of framing before each payload.
 pub const HEADER_LEN: usize = 8;
 /// Largest payload accepted; anything bigger is corruption (real records are < 600 bytes).
 pub const MAX_PAYLOAD: usize = 4096;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const VERSION_NO_REV: u8 = 1;
 const KIND_UPSERT: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 
@@ -28,8 +32,8 @@ const KIND_REMOVE: u8 = 2;
 pub enum LogRecord {
     /// Insert or replace the lease for `lease.addr`.
     Upsert(Lease),
-    /// Forget the address.
-    Remove(Ipv4Addr),
+    /// Forget the address (leaving a tombstone at this revision).
+    Remove(Ipv4Addr, Rev),
 }
 
 impl LogRecord {
@@ -37,7 +41,30 @@ impl LogRecord {
     pub fn addr(&self) -> Ipv4Addr {
         match self {
             LogRecord::Upsert(l) => l.addr,
-            LogRecord::Remove(a) => *a,
+            LogRecord::Remove(a, _) => *a,
+        }
+    }
+
+    /// The revision of the decision this record carries.
+    pub fn rev(&self) -> Rev {
+        match self {
+            LogRecord::Upsert(l) => l.rev,
+            LogRecord::Remove(_, r) => *r,
+        }
+    }
+
+    /// Does this record supersede `other` (a record about the same address)? The higher revision
+    /// wins; equal revisions (two gateways deciding apart in the same instant) are ordered by the
+    /// records' bytes, so every gateway picks the same one. A record does not supersede itself.
+    pub fn newer_than(&self, other: &LogRecord) -> bool {
+        match self.rev().cmp(&other.rev()) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                // An unencodable record never wins a tie.
+                self.encode(&mut a).is_ok() && (other.encode(&mut b).is_err() || a > b)
+            }
         }
     }
 
@@ -47,13 +74,15 @@ impl LogRecord {
         out.extend_from_slice(&[0u8; HEADER_LEN]);
         out.push(VERSION);
         match self {
-            LogRecord::Remove(a) => {
+            LogRecord::Remove(a, rev) => {
                 out.push(KIND_REMOVE);
                 out.extend_from_slice(&a.octets());
+                out.extend_from_slice(&rev.to_le_bytes());
             }
             LogRecord::Upsert(l) => {
                 out.push(KIND_UPSERT);
                 out.extend_from_slice(&l.addr.octets());
+                out.extend_from_slice(&l.rev.to_le_bytes());
                 out.push(l.state as u8);
                 out.extend_from_slice(&l.start.to_le_bytes());
                 out.extend_from_slice(&l.expiry.to_le_bytes());
@@ -181,13 +210,15 @@ impl<'a> Cursor<'a> {
 
 fn parse_payload(p: &[u8]) -> Option<LogRecord> {
     let mut c = Cursor(p);
-    if c.u8()? != VERSION {
+    let version = c.u8()?;
+    if version != VERSION && version != VERSION_NO_REV {
         return None;
     }
     let kind = c.u8()?;
     let addr = c.addr()?;
+    let rev = if version == VERSION { Some(c.u64()?) } else { None };
     let rec = match kind {
-        KIND_REMOVE => LogRecord::Remove(addr),
+        KIND_REMOVE => LogRecord::Remove(addr, rev.unwrap_or(0)),
         KIND_UPSERT => {
             let state = LeaseState::from_u8(c.u8()?)?;
             let start = c.u64()?;
@@ -202,7 +233,8 @@ fn parse_payload(p: &[u8]) -> Option<LogRecord> {
                 None => None,
                 Some(b) => Some(String::from_utf8(b.to_vec()).ok()?),
             };
-            LogRecord::Upsert(Lease { addr, hwaddr, client_id, hostname, fqdn, start, expiry, state })
+            let rev = rev.unwrap_or_else(|| rev_at(start));
+            LogRecord::Upsert(Lease { addr, hwaddr, client_id, hostname, fqdn, start, expiry, state, rev })
         }
         _ => return None,
     };
@@ -228,8 +260,9 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             1u8..=4,
+            any::<u64>(),
         )
-            .prop_map(|(a, hw, cid, h, f, s, e, st)| Lease {
+            .prop_map(|(a, hw, cid, h, f, s, e, st, rev)| Lease {
                 addr: Ipv4Addr::from(a),
                 hwaddr: hw,
                 client_id: cid,
@@ -238,13 +271,14 @@ mod tests {
                 start: s,
                 expiry: e,
                 state: LeaseState::from_u8(st).unwrap_or(LeaseState::Active),
+                rev,
             })
     }
 
     fn arb_record() -> impl Strategy<Value = LogRecord> {
         prop_oneof![
             arb_lease().prop_map(LogRecord::Upsert),
-            any::<[u8; 4]>().prop_map(|a| LogRecord::Remove(Ipv4Addr::from(a))),
+            (any::<[u8; 4]>(), any::<u64>()).prop_map(|(a, r)| LogRecord::Remove(Ipv4Addr::from(a), r)),
         ]
     }
 
@@ -293,9 +327,44 @@ mod tests {
             start: 0,
             expiry: 1,
             state: LeaseState::Active,
+            rev: 1,
         };
         let mut buf = vec![7u8];
         assert!(LogRecord::Upsert(l).encode(&mut buf).is_err());
         assert_eq!(buf, vec![7u8], "a failed encode leaves the buffer as it was");
+    }
+
+    #[test]
+    fn version_1_records_read_with_a_revision_from_their_start() {
+        // An upsert and a remove as a session-2 log holds them (no revision field).
+        let mut payload = vec![1u8, KIND_UPSERT, 198, 18, 0, 9, LeaseState::Active as u8];
+        payload.extend_from_slice(&1_700_000_000u64.to_le_bytes());
+        payload.extend_from_slice(&1_700_003_600u64.to_le_bytes());
+        payload.extend_from_slice(&[6, 2, 0, 0, 0, 0, 9, 0, 1, 2, b'h', b'9', 0]);
+        let remove = [1u8, KIND_REMOVE, 198, 18, 0, 8];
+        let mut buf = Vec::new();
+        for p in [&payload[..], &remove[..]] {
+            buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
+            buf.extend_from_slice(p);
+        }
+        let (up, used) = LogRecord::decode(&buf).expect("v1 upsert");
+        let LogRecord::Upsert(l) = up else { panic!("{up:?}") };
+        assert_eq!((l.addr, l.hostname.as_deref(), l.rev), (Ipv4Addr::new(198, 18, 0, 9), Some("h9"), rev_at(1_700_000_000)));
+        assert_eq!(LogRecord::decode(&buf[used..]).map(|r| r.0), Some(LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 8), 0)));
+    }
+
+    proptest! {
+        #[test]
+        fn newer_than_is_a_strict_total_order(a in arb_record(), b in arb_record()) {
+            // Antisymmetric and irreflexive: two gateways comparing the same two records agree.
+            prop_assert!(!a.newer_than(&a));
+            if a != b {
+                prop_assert!(a.newer_than(&b) != b.newer_than(&a), "{a:?} vs {b:?}");
+            }
+            if a.rev() > b.rev() {
+                prop_assert!(a.newer_than(&b));
+            }
+        }
     }
 }

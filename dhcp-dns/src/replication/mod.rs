@@ -11,11 +11,28 @@
 //!   node failed, its process stopped) is no longer waited for. All acks in → the lease is
 //!   replicated; the deadline passes first → it is reported as failed (counted, served anyway).
 //! - State transfer: when a member joins, the lowest-id member that was already in the group
-//!   (the donor) multicasts `Snapshot{to: joiner}` chunks of its lease table as it stood at the
-//!   join's point in the order. The joiner adopts each snapshot lease unless it has a newer one
-//!   (a later `start`: it granted it while it was cut off) or a `Record` for that address already
-//!   arrived after its join (newer by the order). After the last chunk it multicasts the leases
-//!   it kept as newer, so the others learn them too, and it is `synced`.
+//!   (the donor) multicasts `Snapshot{to: joiner}` chunks of its table — leases *and tombstones*
+//!   — as it stood at the join's point in the order. The joiner adopts each snapshot entry unless
+//!   it holds a newer one for that address or a `Record` for it already arrived after its join
+//!   (newer by the order). After the last chunk it settles conflicts the merge can create (one
+//!   client or one name on two addresses: the newest decision keeps it, the other lease is
+//!   released or loses the name), multicasts what it holds newer, so the others learn it too, and
+//!   it is `synced`. Records the joiner gets while it loads the snapshot are persisted and acked
+//!   as they come, not after the snapshot, so no origin waits out its deadline for a joiner.
+//!
+//! # Versions and tombstones (why a deleted lease does not come back)
+//! Every record carries a revision ([`crate::leases::Rev`], a hybrid logical clock stamped by the
+//! gateway that decided). Everywhere two records about one address meet — a member's table, a
+//! snapshot merge, the DHCP core applying a peer's record — the higher revision wins
+//! ([`LogRecord::newer_than`]), never the order they happen to arrive in. A removed address keeps
+//! a tombstone (a `Remove` with its revision) in the table, the lease log (compaction keeps it)
+//! and snapshots, so a gateway that was cut off and rejoins with an old copy of a lease that was
+//! released, expired and collected, declined, renamed or removed meanwhile loses to the newer
+//! decision instead of resurrecting it. Tombstones are never dropped while the address is not
+//! leased again: there is at most one entry per address, so they are bounded by the pools and a
+//! partition of any length is covered. Decisions derived from a record (collecting an old
+//! lease, ending a quarantine) rank just above that record, so a decision a peer made meanwhile
+//! still wins.
 //!
 //! # Lifecycle
 //! ```text
@@ -38,7 +55,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::group::{self, GroupEvent, MAX_MESSAGE, MemberId};
-use crate::leases::{Lease, LogRecord};
+use crate::leases::{GroupCommitter, Lease, LogRecord};
 use crate::server::{LeaseReplicator, ReplicaInput};
 
 const MSG_RECORD: u8 = 1;
@@ -217,11 +234,24 @@ pub enum RepAction {
     },
 }
 
+/// Where a state transfer stands at the joiner.
+#[derive(Debug, Default)]
+struct Transfer {
+    /// Addresses a `Record` delivered after the join changed (newer than any snapshot entry).
+    touched: HashSet<Ipv4Addr>,
+    /// Addresses the snapshot covered so far.
+    covered: HashSet<Ipv4Addr>,
+    /// Addresses where our entry is newer than the snapshot's.
+    newer_here: HashSet<Ipv4Addr>,
+    /// Snapshot entries adopted.
+    adopted: usize,
+}
+
 #[derive(Debug)]
 enum SyncState {
     Disconnected,
     Joining,
-    Awaiting { since: Instant, donor: MemberId, touched: HashSet<Ipv4Addr>, adopted: HashSet<Ipv4Addr> },
+    Awaiting { since: Instant, donor: MemberId, transfer: Transfer },
     Synced,
 }
 
@@ -252,6 +282,10 @@ pub struct RepCounters {
     pub malformed: u64,
     /// Joins that served without a complete snapshot (donor gone or too slow).
     pub snapshot_timeouts: u64,
+    /// Records (from peers or snapshots) older than what was held, not applied.
+    pub stale: u64,
+    /// Leases released or renamed when a merge found one client or one name on two addresses.
+    pub conflicts: u64,
 }
 
 /// The replication state machine (no I/O; time passed in).
@@ -260,7 +294,8 @@ pub struct ReplicationCore {
     cfg: CoreConfig,
     me: Option<MemberId>,
     members: Vec<MemberId>,
-    table: HashMap<Ipv4Addr, Lease>,
+    /// The newest record per address: a lease or a tombstone.
+    table: HashMap<Ipv4Addr, LogRecord>,
     state: SyncState,
     next_seq: u64,
     pending: BTreeMap<u64, Pending>,
@@ -268,13 +303,20 @@ pub struct ReplicationCore {
 }
 
 impl ReplicationCore {
-    /// A core whose lease table starts as `leases` (what the local log holds).
-    pub fn new(cfg: CoreConfig, leases: impl IntoIterator<Item = Lease>) -> Self {
+    /// A core whose table starts as `records` (what the local log holds: leases and tombstones,
+    /// see [`crate::leases::LeaseLog::snapshot_records`]).
+    pub fn new(cfg: CoreConfig, records: impl IntoIterator<Item = LogRecord>) -> Self {
+        let mut table: HashMap<Ipv4Addr, LogRecord> = HashMap::new();
+        for r in records {
+            if table.get(&r.addr()).is_none_or(|cur| r.newer_than(cur)) {
+                table.insert(r.addr(), r);
+            }
+        }
         ReplicationCore {
             cfg,
             me: None,
             members: Vec::new(),
-            table: leases.into_iter().map(|l| (l.addr, l)).collect(),
+            table,
             state: SyncState::Disconnected,
             next_seq: 1,
             pending: BTreeMap::new(),
@@ -299,7 +341,17 @@ impl ReplicationCore {
 
     /// Leases known to the replication layer (local and replicated).
     pub fn table_len(&self) -> usize {
-        self.table.len()
+        self.table.values().filter(|r| matches!(r, LogRecord::Upsert(_))).count()
+    }
+
+    /// Tombstones held (addresses forgotten and not leased since).
+    pub fn tombstones(&self) -> usize {
+        self.table.len() - self.table_len()
+    }
+
+    /// The newest record held for `addr`.
+    pub fn entry(&self, addr: Ipv4Addr) -> Option<&LogRecord> {
+        self.table.get(&addr)
     }
 
     /// Joined the group as `me` (the first view follows).
@@ -322,15 +374,13 @@ impl ReplicationCore {
         out
     }
 
-    fn mirror(&mut self, rec: &LogRecord) {
-        match rec {
-            LogRecord::Upsert(l) => {
-                self.table.insert(l.addr, l.clone());
-            }
-            LogRecord::Remove(a) => {
-                self.table.remove(a);
-            }
+    /// Keep `rec` if it is newer than what the table holds for its address; true if kept.
+    fn mirror(&mut self, rec: &LogRecord) -> bool {
+        if self.table.get(&rec.addr()).is_some_and(|cur| !rec.newer_than(cur)) {
+            return false;
         }
+        self.table.insert(rec.addr(), rec.clone());
+        true
     }
 
     /// A lease change made here (already submitted to the local log): multicast it; `token`
@@ -347,6 +397,8 @@ impl ReplicationCore {
         let mut chunk: Vec<(u64, LogRecord, Vec<u8>)> = Vec::new();
         let mut size = 9;
         for (token, rec) in batch {
+            // Kept or not (a peer's newer record may have overtaken it), it goes out: every
+            // member compares revisions, so a stale one changes nothing anywhere.
             self.mirror(&rec);
             if !joined {
                 self.counters.failed += 1;
@@ -431,7 +483,7 @@ impl ReplicationCore {
                     out.push(RepAction::Synced { adopted: 0 });
                 }
                 Some(donor) => {
-                    self.state = SyncState::Awaiting { since: now, donor, touched: HashSet::new(), adopted: HashSet::new() };
+                    self.state = SyncState::Awaiting { since: now, donor, transfer: Transfer::default() };
                 }
             }
             return out;
@@ -441,7 +493,7 @@ impl ReplicationCore {
             // healed): what the others granted meanwhile comes by state transfer, as on a join.
             if let Some(donor) = members.iter().copied().find(|m| *m != me) {
                 tracing::info!(%donor, "back in the lease group; taking the lease table again");
-                self.state = SyncState::Awaiting { since: now, donor, touched: HashSet::new(), adopted: HashSet::new() };
+                self.state = SyncState::Awaiting { since: now, donor, transfer: Transfer::default() };
                 return out;
             }
         }
@@ -475,13 +527,13 @@ impl ReplicationCore {
 
     fn snapshot_for(&mut self, to: MemberId) -> Vec<RepAction> {
         self.counters.snapshots_sent += 1;
-        let mut leases: Vec<&Lease> = self.table.values().collect();
-        leases.sort_by_key(|l| l.addr);
+        let mut entries: Vec<&LogRecord> = self.table.values().collect();
+        entries.sort_by_key(|r| r.addr());
         let mut out = Vec::new();
         let mut chunk: Vec<LogRecord> = Vec::new();
         let mut size = 14;
-        for l in leases {
-            let rec = LogRecord::Upsert(l.clone());
+        for rec in entries {
+            let rec = rec.clone();
             let mut b = Vec::new();
             if rec.encode(&mut b).is_err() || 14 + b.len() > MAX_MESSAGE {
                 continue;
@@ -502,17 +554,36 @@ impl ReplicationCore {
     }
 
     fn finish_sync(&mut self, now: Instant) -> Vec<RepAction> {
-        let SyncState::Awaiting { touched, adopted, .. } = std::mem::replace(&mut self.state, SyncState::Synced) else {
+        let SyncState::Awaiting { transfer, .. } = std::mem::replace(&mut self.state, SyncState::Synced) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        // What we hold that the donor did not give us (or we hold newer): tell the group.
-        let mut mine: Vec<Lease> =
-            self.table.values().filter(|l| !adopted.contains(&l.addr) && !touched.contains(&l.addr)).cloned().collect();
-        mine.sort_by_key(|l| l.addr);
+        // The merge may leave one client, or one name, on two addresses (both sides decided
+        // while apart): the newest decision keeps it. Applied here and sent like our own changes.
+        let settled = self.settle_conflicts();
+        for r in &settled {
+            self.counters.conflicts += 1;
+            out.push(RepAction::Apply { record: r.clone(), ack: None });
+        }
+        // What we hold that the donor did not give us, or hold newer: tell the group. (Sending
+        // more than needed is harmless: every member keeps the newer record by revision.)
+        let settled_addrs: HashSet<Ipv4Addr> = settled.iter().map(LogRecord::addr).collect();
+        let mut mine: Vec<LogRecord> = self
+            .table
+            .values()
+            .filter(|r| {
+                let a = r.addr();
+                !settled_addrs.contains(&a)
+                    && !transfer.touched.contains(&a)
+                    && (transfer.newer_here.contains(&a) || !transfer.covered.contains(&a))
+            })
+            .cloned()
+            .collect();
+        mine.extend(settled);
+        mine.sort_by_key(LogRecord::addr);
         // Sent like local changes, without anyone waiting for them (tokens are the driver's;
         // u64::MAX marks "nobody to tell").
-        let batch: Vec<(u64, LogRecord)> = mine.into_iter().map(|l| (u64::MAX, LogRecord::Upsert(l))).collect();
+        let batch: Vec<(u64, LogRecord)> = mine.into_iter().map(|r| (u64::MAX, r)).collect();
         self.state = SyncState::Synced;
         for a in self.local_records(batch, now) {
             if let RepAction::Multicast(_) = a {
@@ -520,8 +591,71 @@ impl ReplicationCore {
             }
         }
         self.pending.retain(|_, p| p.token != u64::MAX);
-        out.push(RepAction::Synced { adopted: adopted.len() });
+        out.push(RepAction::Synced { adopted: transfer.adopted });
         out
+    }
+
+    /// Find active leases that share a client or a name and supersede the older ones: an older
+    /// lease of a client is released (and loses its name), an older holder of a name loses it.
+    /// The new records rank just above both (derived decisions). Returns them, already in the
+    /// table.
+    fn settle_conflicts(&mut self) -> Vec<LogRecord> {
+        let active = |r: &LogRecord| match r {
+            LogRecord::Upsert(l) if l.state == crate::leases::LeaseState::Active => Some(l.clone()),
+            _ => None,
+        };
+        let mut changed: Vec<LogRecord> = Vec::new();
+        // One lease per client: client-id when the client sent one, else the hardware address.
+        let mut by_client: HashMap<Vec<u8>, Lease> = HashMap::new();
+        let mut leases: Vec<Lease> = self.table.values().filter_map(active).collect();
+        leases.sort_by_key(|l| l.addr);
+        for l in leases {
+            let key = match (&l.client_id, l.hwaddr.is_empty()) {
+                (Some(c), _) => [&[0u8][..], c].concat(),
+                (None, false) => [&[1u8][..], &l.hwaddr].concat(),
+                (None, true) => continue,
+            };
+            match by_client.remove(&key) {
+                None => {
+                    by_client.insert(key, l);
+                }
+                Some(other) => {
+                    let (win, mut lose) =
+                        if LogRecord::Upsert(l.clone()).newer_than(&LogRecord::Upsert(other.clone())) { (l, other) } else { (other, l) };
+                    lose.rev = lose.rev.max(win.rev).saturating_add(1);
+                    lose.state = crate::leases::LeaseState::Released;
+                    lose.fqdn = None;
+                    lose.hostname = None;
+                    changed.push(LogRecord::Upsert(lose));
+                    by_client.insert(key, win);
+                }
+            }
+        }
+        // One address per name, among the leases still active after that.
+        let mut by_name: HashMap<String, Lease> = HashMap::new();
+        let mut named: Vec<Lease> = by_client.into_values().filter(|l| l.fqdn.is_some()).collect();
+        named.sort_by_key(|l| l.addr);
+        for l in named {
+            let Some(name) = l.fqdn.as_ref().map(|n| n.to_ascii_lowercase()) else { continue };
+            match by_name.remove(&name) {
+                None => {
+                    by_name.insert(name, l);
+                }
+                Some(other) => {
+                    let (win, mut lose) =
+                        if LogRecord::Upsert(l.clone()).newer_than(&LogRecord::Upsert(other.clone())) { (l, other) } else { (other, l) };
+                    lose.rev = lose.rev.max(win.rev).saturating_add(1);
+                    lose.fqdn = None;
+                    lose.hostname = None;
+                    changed.push(LogRecord::Upsert(lose));
+                    by_name.insert(name, win);
+                }
+            }
+        }
+        for r in &changed {
+            self.table.insert(r.addr(), r.clone());
+        }
+        changed
     }
 
     /// A group message in the total order.
@@ -544,13 +678,24 @@ impl ReplicationCore {
                         self.complete_if_done(seq + i, &mut out);
                     }
                 } else {
+                    let mut stale = Vec::new();
                     for (i, record) in records.into_iter().enumerate() {
-                        if let SyncState::Awaiting { touched, .. } = &mut self.state {
-                            touched.insert(record.addr());
+                        let ack = (from, seq + i as u64);
+                        if let SyncState::Awaiting { transfer, .. } = &mut self.state {
+                            transfer.touched.insert(record.addr());
                         }
-                        self.mirror(&record);
-                        self.counters.applied += 1;
-                        out.push(RepAction::Apply { record, ack: Some((from, seq + i as u64)) });
+                        if self.mirror(&record) {
+                            self.counters.applied += 1;
+                            out.push(RepAction::Apply { record, ack: Some(ack) });
+                        } else {
+                            // We hold a newer decision for that address: nothing to persist,
+                            // and the origin need not wait for us.
+                            self.counters.stale += 1;
+                            stale.push(ack);
+                        }
+                    }
+                    if !stale.is_empty() {
+                        out.extend(self.applied_many(stale));
                     }
                 }
             }
@@ -569,23 +714,30 @@ impl ReplicationCore {
                 if to != me {
                     return out;
                 }
-                let SyncState::Awaiting { touched, adopted, .. } = &mut self.state else { return out };
+                let SyncState::Awaiting { transfer, .. } = &mut self.state else { return out };
                 let mut apply = Vec::new();
                 for r in records {
-                    let LogRecord::Upsert(l) = r else { continue };
-                    if touched.contains(&l.addr) {
+                    let a = r.addr();
+                    transfer.covered.insert(a);
+                    if transfer.touched.contains(&a) {
                         continue;
                     }
-                    let ours_newer = self.table.get(&l.addr).is_some_and(|o| o.start > l.start);
-                    if !ours_newer {
-                        adopted.insert(l.addr);
-                        apply.push(l);
+                    match self.table.get(&a) {
+                        Some(cur) if cur == &r => {}
+                        Some(cur) if cur.newer_than(&r) => {
+                            transfer.newer_here.insert(a);
+                            self.counters.stale += 1;
+                        }
+                        _ => {
+                            transfer.adopted += 1;
+                            apply.push(r);
+                        }
                     }
                 }
-                for l in apply {
-                    self.table.insert(l.addr, l.clone());
+                for r in apply {
+                    self.table.insert(r.addr(), r.clone());
                     self.counters.adopted += 1;
-                    out.push(RepAction::Apply { record: LogRecord::Upsert(l), ack: None });
+                    out.push(RepAction::Apply { record: r, ack: None });
                 }
                 if last {
                     out.extend(self.finish_sync(now));
@@ -673,13 +825,10 @@ impl Drop for DoneGuard {
     }
 }
 
-/// A peer record waiting for the DHCP driver, and whom to acknowledge once it is durable.
-pub type Buffered = (LogRecord, Option<(MemberId, u64)>);
-
 enum Cmd {
     Local(LogRecord, Done),
     Attach(ReplicaInput),
-    TakeBuffered(oneshot::Sender<Vec<Buffered>>),
+    TakeBuffered(oneshot::Sender<Vec<LogRecord>>),
     Applied(MemberId, u64),
     Stop,
 }
@@ -717,9 +866,10 @@ impl ReplicationHandle {
         tokio::time::timeout(within, self.synced.wait_for(|s| *s)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Peer records received before a DHCP driver was attached (the caller persists them and
-    /// then acknowledges each one that asks for it with [`ReplicationHandle::applied`]).
-    pub async fn take_buffered(&self) -> Vec<Buffered> {
+    /// Peer records (and snapshot entries) received before a DHCP driver was attached, in
+    /// order. They are already in the lease log and acknowledged (the driver persists them as
+    /// they come): the caller only merges them into the table it starts the DHCP core with.
+    pub async fn take_buffered(&self) -> Vec<LogRecord> {
         let (tx, rx) = oneshot::channel();
         if self.replicator.tx.send(Cmd::TakeBuffered(tx)).is_err() {
             return Vec::new();
@@ -727,12 +877,7 @@ impl ReplicationHandle {
         rx.await.unwrap_or_default()
     }
 
-    /// Acknowledge a record persisted by the caller.
-    pub fn applied(&self, to: MemberId, seq: u64) {
-        let _ = self.replicator.tx.send(Cmd::Applied(to, seq));
-    }
-
-    /// From now on peer records go to `input` (what was buffered first).
+    /// From now on peer records go to `input` (the ones received since `take_buffered` first).
     pub fn attach(&self, input: ReplicaInput) {
         let _ = self.replicator.tx.send(Cmd::Attach(input));
     }
@@ -750,15 +895,32 @@ const MAX_BURST: usize = 512;
 /// How often a lost cluster connection is retried.
 const RECONNECT: Duration = Duration::from_secs(1);
 
-/// Start replicating through the cluster daemon at `socket`, group `group`, with `leases` (the
-/// local log's) as the initial table.
-pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, leases: Vec<Lease>) -> ReplicationHandle {
+/// Start replicating through the cluster daemon at `socket`, group `group`. The initial table is
+/// what the lease log behind `committer` holds (leases and tombstones); until a DHCP driver is
+/// attached, peer records are persisted through `committer` and acknowledged as they come.
+pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, committer: Arc<GroupCommitter>) -> ReplicationHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (synced_tx, synced) = watch::channel(false);
     let stats = Arc::new(ReplicationStats::default());
     let replicator = Arc::new(ClusterReplicator { tx: tx.clone() });
-    let core = ReplicationCore::new(cfg, leases);
-    let task = tokio::spawn(run(socket, group, core, rx, tx, synced_tx, stats.clone()));
+    let task_stats = stats.clone();
+    let task = tokio::spawn(async move {
+        let c = committer.clone();
+        let records = match tokio::task::spawn_blocking(move || c.snapshot_records()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the lease log for replication; starting from an empty table");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease log read task failed; starting from an empty table");
+                Vec::new()
+            }
+        };
+        let core = ReplicationCore::new(cfg, records);
+        let io = Io { done: Default::default(), next_token: 0, input: None, buffered: Vec::new(), committer, cmd_tx: tx, synced: synced_tx, stats: task_stats };
+        run(socket, group, core, rx, io).await
+    });
     ReplicationHandle { replicator, synced, stats, task }
 }
 
@@ -766,7 +928,9 @@ struct Io {
     done: std::collections::HashMap<u64, DoneGuard>,
     next_token: u64,
     input: Option<ReplicaInput>,
-    buffered: Vec<Buffered>,
+    /// Peer records persisted (and acked) before a DHCP driver was attached.
+    buffered: Vec<LogRecord>,
+    committer: Arc<GroupCommitter>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     synced: watch::Sender<bool>,
     stats: Arc<ReplicationStats>,
@@ -798,7 +962,19 @@ impl Io {
                                 tracing::warn!("DHCP driver stopped; replicated lease dropped");
                             }
                         }
-                        None => self.buffered.push((record, ack)),
+                        None => {
+                            // No DHCP driver yet (start-up state transfer): persist it here and
+                            // ack it as soon as it is durable, not after the whole snapshot.
+                            let tx = self.cmd_tx.clone();
+                            self.committer.submit(vec![record.clone()], Box::new(move |r| match (r, ack) {
+                                (Ok(()), Some((to, seq))) => {
+                                    let _ = tx.send(Cmd::Applied(to, seq));
+                                }
+                                (Ok(()), None) => {}
+                                (Err(e), _) => tracing::error!(error = %e, "replicated lease not durable here; not acknowledged"),
+                            }));
+                            self.buffered.push(record);
+                        }
                     }
                 }
                 RepAction::Complete { token, result } => {
@@ -864,16 +1040,10 @@ impl Io {
                 self.apply(acts, w).await?;
             }
             Cmd::Attach(input) => {
-                for (rec, ack) in std::mem::take(&mut self.buffered) {
-                    let tx = self.cmd_tx.clone();
-                    let done: Option<Done> = ack.map(|(to, seq)| {
-                        Box::new(move |r: Result<(), String>| {
-                            if r.is_ok() {
-                                let _ = tx.send(Cmd::Applied(to, seq));
-                            }
-                        }) as Done
-                    });
-                    let _ = input.apply(rec, done).await;
+                // Received after the caller took the buffer: the DHCP core has not seen them
+                // (they are durable and acked already).
+                for rec in std::mem::take(&mut self.buffered) {
+                    let _ = input.apply(rec, None).await;
                 }
                 self.input = Some(input);
             }
@@ -891,11 +1061,8 @@ async fn run(
     group_name: String,
     mut core: ReplicationCore,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
-    cmd_tx: mpsc::UnboundedSender<Cmd>,
-    synced: watch::Sender<bool>,
-    stats: Arc<ReplicationStats>,
+    mut io: Io,
 ) {
-    let mut io = Io { done: Default::default(), next_token: 0, input: None, buffered: Vec::new(), cmd_tx, synced, stats };
     let mut warned = false;
     loop {
         let (me, mut reader, mut writer) = match group::join(&socket, &group_name).await {

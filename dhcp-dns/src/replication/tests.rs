@@ -18,6 +18,7 @@ fn lease(last: u8, start: u64, name: &str) -> Lease {
         start,
         expiry: start + 3600,
         state: LeaseState::Active,
+        rev: start,
     }
 }
 
@@ -55,7 +56,7 @@ impl Bus {
     }
 
     fn join(&mut self, who: MemberId, leases: Vec<Lease>) {
-        let mut core = ReplicationCore::new(self.cfg, leases);
+        let mut core = ReplicationCore::new(self.cfg, leases.into_iter().map(LogRecord::Upsert));
         core.connected(who);
         self.nodes.insert(who, Node { core, applied: Vec::new(), done: Vec::new(), synced: false, acks: true });
         self.target.push(who);
@@ -149,6 +150,61 @@ impl Bus {
     fn node(&self, who: MemberId) -> &Node {
         &self.nodes[&who]
     }
+
+    /// `who` is cut off: its node loses quorum (its daemon reports the group without it) and the
+    /// others see it leave.
+    fn cut_off(&mut self, who: MemberId) {
+        let now = self.now;
+        self.target.retain(|x| *x != who);
+        let view = self.target.clone();
+        let acts = self.nodes.get_mut(&who).expect("node").core.on_view(view.clone(), now);
+        self.act(who, acts);
+        self.queue.push_back(Item::View(view));
+        self.run();
+    }
+
+    /// The cut healed: `who` is in the group again and takes the table (state transfer).
+    fn heal(&mut self, who: MemberId) {
+        self.nodes.get_mut(&who).expect("node").synced = false;
+        self.target.push(who);
+        self.target.sort();
+        self.queue.push_back(Item::View(self.target.clone()));
+        self.run();
+        assert!(self.node(who).synced, "{who} synced after the heal");
+    }
+
+    /// A decision taken by `who` while it is cut off (its multicasts reach nobody).
+    fn local_apart(&mut self, who: MemberId, rec: LogRecord) {
+        let now = self.now;
+        let _ = self.nodes.get_mut(&who).expect("node").core.local_record(u64::MAX - 1, rec, now);
+    }
+
+    fn entry(&self, who: MemberId, addr: Ipv4Addr) -> Option<LogRecord> {
+        self.node(who).core.entry(addr).cloned()
+    }
+}
+
+/// Three gateways that all hold `leases`, then gateway 2 is cut off.
+fn three_then_cut(leases: Vec<Lease>) -> Bus {
+    let mut bus = Bus::new();
+    for i in 1..=3 {
+        bus.join(m(i), leases.clone());
+    }
+    bus.run();
+    assert!(bus.nodes.values().all(|n| n.synced));
+    bus.cut_off(m(2));
+    bus
+}
+
+/// After the heal every gateway holds `expect` for its address, and no gateway was handed the
+/// stale copy `old` by the rejoining one.
+fn converged_on(bus: &Bus, expect: &LogRecord, old: &LogRecord) {
+    for i in 1..=3 {
+        assert_eq!(bus.entry(m(i), expect.addr()).as_ref(), Some(expect), "gateway {i}");
+    }
+    for i in [1, 3] {
+        assert!(!bus.node(m(i)).applied.contains(old), "gateway {i} got the stale copy back: {:?}", bus.node(m(i)).applied);
+    }
 }
 
 #[test]
@@ -215,13 +271,13 @@ fn not_connected_fails_at_once_and_disconnect_fails_what_is_in_flight() {
     let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
     let now = Instant::now();
     assert_eq!(
-        core.local_record(1, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1)), now),
+        core.local_record(1, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1), 1), now),
         vec![RepAction::Complete { token: 1, result: Err(RepFailure::NotConnected) }]
     );
     core.connected(m(1));
     assert_eq!(core.on_view(vec![m(1), m(2)], now), vec![]);
     assert!(!core.is_synced());
-    let acts = core.local_record(2, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1)), now);
+    let acts = core.local_record(2, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1), 1), now);
     assert!(matches!(acts[..], [RepAction::Multicast(_)]));
     assert_eq!(core.disconnected(), vec![RepAction::Complete { token: 2, result: Err(RepFailure::Disconnected) }]);
 }
@@ -232,7 +288,7 @@ fn a_joiner_gets_the_table_and_gives_back_what_it_holds_newer() {
     // Gateway 1 has served alone: three leases.
     bus.join(m(1), vec![lease(10, 100, "a"), lease(11, 100, "b"), lease(12, 100, "c")]);
     bus.run();
-    bus.local(m(1), 1, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 12)));
+    bus.local(m(1), 1, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 12), 101));
     bus.run();
     // Gateway 2 comes back with an old copy of "a" and a lease it granted while cut off.
     bus.join(m(2), vec![lease(10, 50, "a-old"), lease(20, 150, "d")]);
@@ -242,7 +298,7 @@ fn a_joiner_gets_the_table_and_gives_back_what_it_holds_newer() {
     let got: Vec<&LogRecord> = n2.applied.iter().collect();
     assert!(got.contains(&&LogRecord::Upsert(lease(10, 100, "a"))));
     assert!(got.contains(&&LogRecord::Upsert(lease(11, 100, "b"))));
-    assert!(!got.iter().any(|r| r.addr() == Ipv4Addr::new(198, 18, 0, 12)), "removed lease not transferred");
+    assert!(!got.iter().any(|r| matches!(r, LogRecord::Upsert(l) if l.addr == Ipv4Addr::new(198, 18, 0, 12))), "removed lease not transferred");
     assert_eq!(n2.core.table_len(), 3);
     // Gateway 1 learns "d" from the joiner.
     assert!(bus.node(m(1)).applied.contains(&LogRecord::Upsert(lease(20, 150, "d"))));
@@ -335,7 +391,7 @@ fn a_batch_is_one_message_and_every_record_in_it_completes() {
     let now = bus.now;
     let batch: Vec<(u64, LogRecord)> = (0..40u8).map(|i| (u64::from(i), LogRecord::Upsert(lease(i + 1, 100, &format!("h{i}"))))).collect();
     let acts = bus.nodes.get_mut(&m(1)).unwrap().core.local_records(batch, now);
-    assert_eq!(acts.iter().filter(|a| matches!(a, RepAction::Multicast(_))).count(), 2, "40 records fit in two messages");
+    assert_eq!(acts.iter().filter(|a| matches!(a, RepAction::Multicast(_))).count(), 3, "40 records of ~65 bytes fit in three messages");
     bus.act(m(1), acts);
     bus.run();
     let mut done: Vec<u64> = bus.node(m(1)).done.iter().filter(|(_, r)| r.is_ok()).map(|(t, _)| *t).collect();
@@ -356,13 +412,186 @@ fn malformed_messages_are_dropped_and_counted() {
     assert_eq!(core.counters().malformed, 5);
 }
 
+#[test]
+fn a_lease_released_while_a_gateway_was_cut_off_stays_released_after_the_heal() {
+    let a = lease(10, 100, "a");
+    let mut bus = three_then_cut(vec![a.clone()]);
+    let mut rel = a.clone();
+    rel.state = LeaseState::Released;
+    rel.expiry = 150;
+    rel.rev = 150;
+    bus.local(m(1), 1, LogRecord::Upsert(rel.clone()));
+    bus.run();
+    assert_eq!(bus.node(m(1)).done, vec![(1, Ok(()))], "gateway 3 acknowledged; the cut gateway is not waited for");
+    bus.heal(m(2));
+    converged_on(&bus, &LogRecord::Upsert(rel.clone()), &LogRecord::Upsert(a));
+    assert!(bus.node(m(2)).applied.contains(&LogRecord::Upsert(rel)), "the rejoining gateway's DHCP core and DNS learn the release");
+}
+
+#[test]
+fn a_lease_released_and_collected_while_a_gateway_was_cut_off_does_not_come_back() {
+    // The donor holds only a tombstone for the address; the rejoining gateway holds the lease.
+    let a = lease(10, 100, "a");
+    let mut bus = three_then_cut(vec![a.clone()]);
+    let mut rel = a.clone();
+    rel.state = LeaseState::Released;
+    rel.rev = 150;
+    bus.local(m(1), 1, LogRecord::Upsert(rel.clone()));
+    bus.local(m(1), 2, LogRecord::Remove(a.addr, rel.rev + 1));
+    bus.run();
+    assert_eq!(bus.node(m(1)).core.tombstones(), 1);
+    bus.heal(m(2));
+    converged_on(&bus, &LogRecord::Remove(a.addr, 151), &LogRecord::Upsert(a.clone()));
+    assert!(bus.node(m(2)).applied.contains(&LogRecord::Remove(a.addr, 151)), "the rejoining gateway forgets the lease too");
+    assert_eq!(bus.node(m(2)).core.table_len(), 0);
+}
+
+#[test]
+fn a_lease_that_expired_and_was_collected_while_a_gateway_was_cut_off_does_not_come_back() {
+    // Expiry writes nothing; collecting the expired lease is a decision derived from it (it ranks
+    // just above the lease), and it still beats the rejoining gateway's copy.
+    let a = lease(10, 100, "a");
+    let mut bus = three_then_cut(vec![a.clone()]);
+    bus.local(m(3), 1, LogRecord::Remove(a.addr, a.rev + 1));
+    bus.run();
+    bus.heal(m(2));
+    converged_on(&bus, &LogRecord::Remove(a.addr, a.rev + 1), &LogRecord::Upsert(a));
+}
+
+#[test]
+fn a_lease_declined_while_a_gateway_was_cut_off_stays_quarantined_then_gone() {
+    let a = lease(10, 100, "a");
+    let mut bus = three_then_cut(vec![a.clone()]);
+    let q = Lease { hwaddr: Vec::new(), client_id: None, hostname: None, fqdn: None, start: 200, expiry: 800, state: LeaseState::Declined, rev: 200, ..a.clone() };
+    bus.local(m(1), 1, LogRecord::Upsert(q.clone()));
+    bus.run();
+    bus.heal(m(2));
+    converged_on(&bus, &LogRecord::Upsert(q.clone()), &LogRecord::Upsert(a.clone()));
+    // Cut again; the quarantine ends (the address is forgotten) while it is away.
+    bus.nodes.values_mut().for_each(|n| n.applied.clear());
+    bus.cut_off(m(2));
+    bus.local(m(1), 2, LogRecord::Remove(a.addr, q.rev + 1));
+    bus.run();
+    bus.heal(m(2));
+    converged_on(&bus, &LogRecord::Remove(a.addr, q.rev + 1), &LogRecord::Upsert(q));
+}
+
+#[test]
+fn a_rename_while_a_gateway_was_cut_off_wins_over_its_old_names() {
+    // Client a renamed itself, then client b took the name a had before (a lost it).
+    let a = lease(10, 100, "a");
+    let b = lease(11, 100, "b");
+    let mut bus = three_then_cut(vec![a.clone(), b.clone()]);
+    let a2 = Lease { hostname: Some("a2".into()), fqdn: Some("a2.lab.test".into()), start: 200, rev: 200, ..a.clone() };
+    bus.local(m(1), 1, LogRecord::Upsert(a2.clone()));
+    let b2 = Lease { hostname: Some("a".into()), fqdn: Some("a.lab.test".into()), start: 210, rev: 210, ..b.clone() };
+    bus.local(m(1), 2, LogRecord::Upsert(b2.clone()));
+    bus.run();
+    bus.heal(m(2));
+    converged_on(&bus, &LogRecord::Upsert(a2), &LogRecord::Upsert(a));
+    converged_on(&bus, &LogRecord::Upsert(b2), &LogRecord::Upsert(b));
+}
+
+#[test]
+fn a_client_given_addresses_on_both_sides_of_a_cut_keeps_the_newest() {
+    // Both sides decided while apart (gateway 2 served though cut off): the newest decision
+    // for the client wins, the other address is released everywhere.
+    let mut bus = three_then_cut(vec![]);
+    let apart = lease(20, 250, "x");
+    let here = Lease { hwaddr: apart.hwaddr.clone(), start: 240, rev: 240, ..lease(30, 240, "x") };
+    bus.local_apart(m(2), LogRecord::Upsert(apart.clone()));
+    bus.local(m(1), 1, LogRecord::Upsert(here.clone()));
+    bus.run();
+    bus.heal(m(2));
+    let released = Lease { state: LeaseState::Released, hostname: None, fqdn: None, rev: 251, ..here };
+    for i in 1..=3 {
+        assert_eq!(bus.entry(m(i), apart.addr), Some(LogRecord::Upsert(apart.clone())), "gateway {i}");
+        assert_eq!(bus.entry(m(i), released.addr), Some(LogRecord::Upsert(released.clone())), "gateway {i}");
+    }
+    assert!(bus.node(m(2)).applied.contains(&LogRecord::Upsert(released)), "the joiner's own DHCP core learns the release");
+    assert_eq!(bus.node(m(2)).core.counters().conflicts, 1);
+}
+
+#[test]
+fn a_name_given_on_both_sides_of_a_cut_stays_with_the_newest_lease() {
+    let mut bus = three_then_cut(vec![]);
+    let apart = lease(20, 250, "web");
+    let here = lease(30, 260, "web");
+    bus.local_apart(m(2), LogRecord::Upsert(apart.clone()));
+    bus.local(m(1), 1, LogRecord::Upsert(here.clone()));
+    bus.run();
+    bus.heal(m(2));
+    let unnamed = Lease { hostname: None, fqdn: None, rev: 261, ..apart };
+    for i in 1..=3 {
+        assert_eq!(bus.entry(m(i), here.addr), Some(LogRecord::Upsert(here.clone())), "gateway {i}");
+        assert_eq!(bus.entry(m(i), unnamed.addr), Some(LogRecord::Upsert(unnamed.clone())), "gateway {i}: still leased, without the name");
+    }
+}
+
+#[test]
+fn an_older_decision_delivered_later_changes_nothing_and_is_acked_at_once() {
+    // Gateway 2 collects a lease it believes old while gateway 1 grants it again: the grant has
+    // the higher revision, so the order they arrive in does not matter.
+    let a = lease(10, 100, "a");
+    let mut bus = Bus::new();
+    bus.join(m(1), vec![a.clone()]);
+    bus.join(m(2), vec![a.clone()]);
+    bus.run();
+    let renewed = Lease { start: 300, expiry: 3900, rev: 300, ..a.clone() };
+    bus.local(m(1), 1, LogRecord::Upsert(renewed.clone()));
+    bus.local(m(2), 2, LogRecord::Remove(a.addr, a.rev + 1));
+    bus.run();
+    for i in 1..=2 {
+        assert_eq!(bus.entry(m(i), a.addr), Some(LogRecord::Upsert(renewed.clone())), "gateway {i}");
+    }
+    assert!(!bus.node(m(1)).applied.iter().any(|r| matches!(r, LogRecord::Remove(..))));
+    assert_eq!(bus.node(m(2)).done, vec![(2, Ok(()))], "a stale record is acknowledged, not left to time out");
+    assert_eq!(bus.node(m(1)).core.counters().stale, 1);
+}
+
+#[test]
+fn a_joiner_acks_records_while_it_loads_the_snapshot_and_nobody_waits_out_the_deadline() {
+    // Gateway 3 joins with a big table on its way (several snapshot chunks); a lease granted by
+    // gateway 2 right after the join is delivered between the chunks.
+    let mut bus = Bus::new();
+    let leases: Vec<Lease> = (1..=200u8).map(|i| lease(i, 100, &format!("host-with-a-longish-name-{i}"))).collect();
+    bus.join(m(1), leases.clone());
+    bus.join(m(2), leases);
+    bus.run();
+    bus.join(m(3), vec![]);
+    bus.step(); // the view with gateway 3: gateway 1 (the donor) queues the snapshot chunks
+    let chunks: Vec<Item> = bus.queue.drain(..).collect();
+    assert!(chunks.len() >= 3, "a snapshot in several chunks ({})", chunks.len());
+    let (first, rest) = chunks.split_at(1);
+    bus.queue.extend(first.iter().map(|i| match i {
+        Item::Msg(f, b) => Item::Msg(*f, b.clone()),
+        Item::View(v) => Item::View(v.clone()),
+    }));
+    let fresh = lease(250, 300, "fresh");
+    bus.local(m(2), 9, LogRecord::Upsert(fresh.clone()));
+    // Deliver the first chunk, the record and the acks it causes: gateway 3 is still loading.
+    while bus.node(m(2)).done.is_empty() {
+        assert!(bus.step(), "ran out of messages before the record completed");
+    }
+    assert!(!bus.node(m(3)).synced, "the record completed while gateway 3 was still loading the snapshot");
+    assert_eq!(bus.node(m(2)).done, vec![(9, Ok(()))], "gateway 3 acknowledged it when applied, no timeout");
+    bus.queue.extend(rest.iter().map(|i| match i {
+        Item::Msg(f, b) => Item::Msg(*f, b.clone()),
+        Item::View(v) => Item::View(v.clone()),
+    }));
+    bus.run();
+    assert!(bus.node(m(3)).synced);
+    assert_eq!(bus.node(m(3)).core.table_len(), 201);
+    assert_eq!(bus.entry(m(3), fresh.addr), Some(LogRecord::Upsert(fresh)));
+}
+
 proptest! {
     #[test]
     fn group_messages_round_trip(last in any::<u8>(), start in 0u64..1 << 40, seq in any::<u64>(), node in any::<u32>(), member in any::<u64>()) {
         let to = MemberId { node, member };
         let msgs = [
             GroupMsg::Record { seq, records: vec![LogRecord::Upsert(lease(last, start, "x"))] },
-            GroupMsg::Record { seq, records: vec![LogRecord::Remove(Ipv4Addr::new(198, 18, 1, last)), LogRecord::Upsert(lease(last, start, "z"))] },
+            GroupMsg::Record { seq, records: vec![LogRecord::Remove(Ipv4Addr::new(198, 18, 1, last), start), LogRecord::Upsert(lease(last, start, "z"))] },
             GroupMsg::Ack { acks: vec![(to, seq), (to, seq.wrapping_add(1))] },
             GroupMsg::Snapshot { to, last: last % 2 == 0, records: vec![LogRecord::Upsert(lease(last, start, "y")); (last % 4) as usize] },
         ];
@@ -381,7 +610,9 @@ proptest! {
 #[tokio::test]
 async fn without_a_cluster_daemon_records_fail_at_once_and_after_shutdown_too() {
     let dir = tempfile::tempdir().unwrap();
-    let h = spawn(dir.path().join("no-such.sock"), "leases".into(), CoreConfig::default(), vec![]);
+    let (log, _) = crate::leases::LeaseLog::open(dir.path().join("leases.log")).unwrap();
+    let committer = Arc::new(GroupCommitter::start(log, Default::default()));
+    let h = spawn(dir.path().join("no-such.sock"), "leases".into(), CoreConfig::default(), committer);
     let sink = h.sink();
     let (tx, rx) = tokio::sync::oneshot::channel();
     sink.replicate(&LogRecord::Upsert(lease(10, 100, "a")), Box::new(move |r| {
@@ -395,4 +626,44 @@ async fn without_a_cluster_daemon_records_fail_at_once_and_after_shutdown_too() 
         let _ = tx.send(r);
     }));
     assert!(tokio::time::timeout(Duration::from_secs(2), rx).await.expect("answered").expect("called").is_err());
+}
+
+/// The driver, against a stand-in cluster daemon: a gateway starting up (no DHCP driver attached
+/// yet, snapshot not arrived) persists a peer's record and acknowledges it at once.
+#[tokio::test]
+async fn a_starting_gateway_persists_and_acks_records_before_its_snapshot_arrives() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let within = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cluster.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let (log, _) = crate::leases::LeaseLog::open(dir.path().join("leases.log")).unwrap();
+    let committer = Arc::new(GroupCommitter::start(log, Default::default()));
+    let mut h = spawn(sock.clone(), "leases".into(), CoreConfig::default(), committer.clone());
+    let (conn, _) = tokio::time::timeout(within, listener.accept()).await.expect("joined").unwrap();
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert!(line.contains("group-join") && line.contains("leases"), "{line}");
+    w.write_all(b"{\"ok\":true,\"node\":3,\"member\":1}\n").await.unwrap();
+    let (donor, me) = (m(1), m(3));
+    w.write_all(&group::view_frame(&[donor, me])).await.unwrap();
+    let rec = LogRecord::Upsert(lease(10, 100, "a"));
+    let msg = (GroupMsg::Record { seq: 5, records: vec![rec.clone()] }).encode().unwrap();
+    w.write_all(&group::deliver_frame(donor, &msg)).await.unwrap();
+    let (kind, body) = tokio::time::timeout(within, group::read_frame(&mut r)).await.expect("acked before any snapshot").unwrap().expect("frame");
+    assert_eq!((kind, GroupMsg::decode(&body)), (group::KIND_MCAST, Some(GroupMsg::Ack { acks: vec![(donor, 5)] })));
+    assert!(!h.wait_synced(Duration::ZERO).await, "still waiting for the snapshot");
+    let c = committer.clone();
+    let in_log = tokio::task::spawn_blocking(move || c.snapshot_records()).await.unwrap().unwrap();
+    assert_eq!(in_log, vec![rec.clone()], "durable before it was acknowledged");
+    // The snapshot ends the transfer; what came meanwhile is handed over for the DHCP core.
+    let b = LogRecord::Upsert(lease(11, 100, "b"));
+    let snap = (GroupMsg::Snapshot { to: me, last: true, records: vec![LogRecord::Upsert(lease(10, 50, "old")), b.clone()] }).encode().unwrap();
+    w.write_all(&group::deliver_frame(donor, &snap)).await.unwrap();
+    assert!(h.wait_synced(within).await);
+    assert_eq!(h.take_buffered().await, vec![rec, b]);
+    assert_eq!(h.stats.adopted.load(Ordering::Relaxed), 1);
+    h.shutdown().await;
 }
