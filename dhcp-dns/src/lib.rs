@@ -38,9 +38,23 @@
 //! - State transfer: a gateway that (re)joins the group gets the donor's lease table (the
 //!   lowest-id member already in the group) before it serves (bounded wait, 10 s); it keeps a
 //!   lease of its own when it is newer (it granted it while cut off) and multicasts those back, so
-//!   after a partition heals every gateway converges on the newest lease per address. The group is
-//!   joined only while the node is in a quorate view, so a restarting gateway does not serve a
-//!   group of its own before it has merged with the cluster.
+//!   after a partition heals every gateway converges on the newest decision per address. Peer
+//!   records that arrive while a starting gateway loads the snapshot are persisted and
+//!   acknowledged as they come, so a sync-mode ACK elsewhere never waits for a snapshot. The
+//!   group is joined only while the node is in a quorate view, so a restarting gateway does not
+//!   serve a group of its own before it has merged with the cluster.
+//! - Versions and tombstones: every lease record carries a revision (a hybrid logical clock
+//!   stamped by the DHCP core that decided: above every revision it has seen, else wall-clock
+//!   time), and a forgotten address keeps a tombstone (in memory, in the lease log across
+//!   compactions, and in snapshots; one entry per address, so bounded by the pools and kept for
+//!   as long as a partition lasts). Wherever two records about one address meet, the higher
+//!   revision wins, so a lease **released, expired and collected, declined, renamed or removed
+//!   while a gateway was cut off does not come back** when that gateway rejoins with its old
+//!   copy, and its name stops resolving there too. If both sides of a partition granted leases
+//!   (a cut-off gateway serving without `follow_vip`), the merge also keeps one lease per client
+//!   and one address per name: the newest decision wins, the other lease is released (or loses
+//!   the name) on every gateway. Logs written before revisions existed read with the revision
+//!   of each lease's start time.
 //! - With `follow_vip`, only the gateway holding the VIP answers DHCP (single writer for the
 //!   pool: two servers offering from one pool could give one free address to two clients); the
 //!   others keep replicated leases and DNS names current and take over the moment the VIP moves.
