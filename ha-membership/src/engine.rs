@@ -223,6 +223,14 @@ struct Peer {
     /// sent to it after that is answered (two-way contact proven), so a one-way cut settles instead
     /// of making the coordinator propose, time out and re-propose for ever.
     needs_contact: bool,
+    /// Latest heartbeat round received from this peer (this life), and when it arrived.
+    round: u64,
+    round_at: Option<Instant>,
+    /// The vote lease this node holds from the peer in the installed view: its vote counts until then.
+    lease_until: Option<Instant>,
+    /// Until when a vote lease this node granted the peer may still run anywhere (the arrival of
+    /// the echoed round + `T_q·(1+ε)`): this node's vote counts in no view without the peer before.
+    granted_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +321,36 @@ pub struct Status {
     pub channel_outbox: usize,
     /// Whether the channel is blocked for a view change.
     pub channel_blocked: bool,
+    /// Vote leases: the strict quorum and where this node's vote is granted.
+    pub vote: VoteStatus,
+}
+
+/// One vote lease, seen from this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseStatus {
+    /// The other end.
+    pub node: NodeId,
+    /// Milliseconds left.
+    pub ms_left: u64,
+}
+
+/// Vote-lease state for `hastack quorum` (the role of corosync-quorumtool's Qdevice flags).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VoteStatus {
+    /// The strict quorum holds now: enough fresh votes in the installed view.
+    pub lease_quorate: bool,
+    /// How long it lasts without renewal, in milliseconds.
+    pub lease_ms: Option<u64>,
+    /// Peers whose vote this node holds in its view, with the time left.
+    pub held: Vec<LeaseStatus>,
+    /// The view this node's own vote counts in now (None: in a quiet period or blocked by a proposal).
+    pub granted_view: Option<ViewId>,
+    /// Milliseconds of quiet period left before this node's vote counts in its view.
+    pub quiet_ms: u64,
+    /// Leases this node granted that may still run, with the time left.
+    pub granted: Vec<LeaseStatus>,
+    /// The vote lease `T_q` in milliseconds.
+    pub lease_span_ms: u64,
 }
 
 fn check_timing(t: &Timing) -> Result<(), ParamsError> {
@@ -324,6 +362,24 @@ fn check_timing(t: &Timing) -> Result<(), ParamsError> {
     }
     Ok(())
 }
+
+/// `T_q`, the vote lease: a vote echoed in a heartbeat counts for this long after the echoed round
+/// was sent. It equals the (unstretched) suspect timeout, which is below the shortest failure
+/// detection (`suspect_timeout + confirm_min`), so a crashed node's leases have run out before anyone
+/// commits a view without it and crash failover waits for nothing.
+pub fn vote_lease(t: &Timing) -> Duration {
+    t.suspect_timeout
+}
+
+/// How long a lease granted on a round that arrived at `t` may run, seen from the granter:
+/// `T_q·(1+ε)` with ε = 1/16, far above any clock-rate difference between two hosts' monotonic clocks.
+fn lease_span(t: &Timing) -> Duration {
+    let q = vote_lease(t);
+    q + q / 16
+}
+
+/// Rounds remembered for lease look-ups at most (a lease on an older round has run out anyway).
+const MAX_ROUNDS: usize = 1024;
 
 /// The membership engine of one node.
 #[derive(Debug)]
@@ -363,6 +419,18 @@ pub struct Engine {
     events: VecDeque<Event>,
     drops: DropCounters,
     stats: EngineStats,
+    /// Heartbeat rounds sent, (round, when), oldest first; pruned once a lease from them is over.
+    rounds: VecDeque<(u64, Instant)>,
+    round: u64,
+    /// This node's vote (its own count and the leases it grants) is held back until then: the
+    /// quiet period after which no lease it granted to a node outside its view can still run.
+    vote_free_at: Instant,
+    /// Heartbeats to the view's members are due at `vote_free_at` (the quiet period ended).
+    grant_wake: bool,
+    /// A quorum decision for the installed view is still owed, at the latest then.
+    decision_due: Option<Instant>,
+    /// The latest `now` seen (status snapshots report time left relative to it).
+    last_now: Instant,
 }
 
 impl Engine {
@@ -414,6 +482,10 @@ impl Engine {
                         blocked_since: None,
                         excluded_until: None,
                         needs_contact: false,
+                        round: 0,
+                        round_at: None,
+                        lease_until: None,
+                        granted_until: None,
                     },
                 )
             })
@@ -449,6 +521,14 @@ impl Engine {
             events: VecDeque::new(),
             drops: DropCounters::default(),
             stats: EngineStats::default(),
+            rounds: VecDeque::new(),
+            round: 0,
+            // A restarted node may have granted leases in its previous life just before it died: it
+            // grants nothing and counts itself nowhere until they have surely run out.
+            vote_free_at: now + lease_span(&params.timing),
+            grant_wake: false,
+            decision_due: None,
+            last_now: now,
             params,
         };
         let ids: Vec<NodeId> = e.peers.keys().copied().collect();
@@ -481,18 +561,28 @@ impl Engine {
         self.effective_quorate
     }
 
-    /// Emit QuorumGained/QuorumLost when the effective quorate flag changes.
-    fn update_quorate(&mut self, now: Instant) {
+    /// Whether the view quorum holds: the view is quorate and the members this node hears, and
+    /// that have not moved on to a view without it, still carry it. Tolerant of loss (a member
+    /// counts until it has been silent for the suspect timeout); the strict test is [`Self::quorate_at`].
+    fn view_quorum_holds(&self, now: Instant) -> bool {
+        let Some(view) = &self.view else { return false };
+        if self.left {
+            return false;
+        }
         let mut present = vec![self.params.local];
-        // A peer that has announced a newer view than ours for long has moved on without us (we
-        // are cut off one way: we hear it, it does not hear us); it does not count for our quorum.
-        // Not stretched by the health multiplier: members install a new view within a round trip or
-        // two, and a node only vouched for by others (its suspicions refuted) raises its multiplier.
-        let mine = self.view.as_ref().map(|v| v.id.epoch).unwrap_or(0);
+        // A peer announcing a newer view that this node never acked has installed it without
+        // this node (one-way cut, or a partition that shares a witness): it no longer counts here.
+        // A newer view this node acked is on its way here too; the peer keeps counting for a
+        // grace period of 2 x view_timeout (not stretched by the health multiplier: members install
+        // within a round trip or two, and a node only vouched for by others raises its multiplier).
+        let mine = view.id.epoch;
         let grace = self.params.timing.view_timeout * 2;
         let moved_on = |p: &Peer| {
-            p.view.is_some_and(|v| v.epoch > mine)
-                && p.view_mismatch_since.is_some_and(|s| now.saturating_duration_since(s) >= grace)
+            p.view.is_some_and(|v| {
+                v.epoch > mine
+                    && (!self.acked.contains_key(&v)
+                        || p.view_mismatch_since.is_some_and(|s| now.saturating_duration_since(s) >= grace))
+            })
         };
         // Only peers heard directly count: one that others vouch for but we cannot hear may well be
         // on the other side of a partition, holding its own quorum with a shared witness.
@@ -504,13 +594,65 @@ impl Engine {
                 .filter(|p| p.state == PeerState::Alive && heard(p) && !moved_on(p))
                 .map(|p| p.spec.id),
         );
-        let q = !self.left && self.view.is_some() && self.quorum.quorate_with(&present);
+        self.quorum.quorate_with(&present)
+    }
+
+    /// Strict quorum at `now`: this node holds, in its installed view, fresh vote leases (its own
+    /// vote included) that carry votequorum's threshold, and it has acked no proposal for another
+    /// view. At any instant, every node for which this holds is in the same view (crate docs,
+    /// "Vote leases"); under loss it can lapse for a moment without any view change.
+    pub fn quorate_at(&self, now: Instant) -> bool {
+        !self.left && self.view.is_some() && !self.chan.blocked() && self.quorum.quorate_with(&self.lease_voters(now))
+    }
+
+    /// Voters whose vote this node may count at `now`: itself once its quiet period is over, and
+    /// every peer whose vote lease in the installed view is still running.
+    fn lease_voters(&self, now: Instant) -> Vec<NodeId> {
+        let mut v = Vec::new();
+        if now >= self.vote_free_at {
+            v.push(self.params.local);
+        }
+        v.extend(self.peers.values().filter(|p| p.lease_until.is_some_and(|u| u > now)).map(|p| p.spec.id));
+        v
+    }
+
+    /// Until when the strict quorum ([`Self::quorate_at`]) lasts if no lease is renewed; `None` when
+    /// it does not hold at `now`. Renewed by every heartbeat round trip.
+    pub fn quorum_lease(&self, now: Instant) -> Option<Instant> {
+        if !self.quorate_at(now) {
+            return None;
+        }
+        let mut ends: Vec<Instant> =
+            self.peers.values().filter_map(|p| p.lease_until).filter(|u| *u > now).collect();
+        ends.sort();
+        for t in ends {
+            if !self.quorate_at(t) {
+                return Some(t);
+            }
+        }
+        // Quorate on this node's own vote (a single-node view): promise one lease at a time.
+        Some(now + vote_lease(&self.params.timing))
+    }
+
+    /// Emit QuorumGained/QuorumLost when the effective quorate flag changes, and the decision owed
+    /// after an install. The flag is gained only with a strict quorum ([`Self::quorate_at`]) and
+    /// kept while the view quorum holds, so a brief lease lapse under loss changes nothing.
+    fn update_quorate(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let holds = self.view_quorum_holds(now);
+        let q = if self.effective_quorate { holds } else { holds && self.quorate_at(now) };
         if q != self.effective_quorate {
             self.effective_quorate = q;
+            self.decision_due = None;
             match (q, &self.view) {
                 (true, Some(v)) => self.events.push_back(Event::QuorumGained { view: v.id }),
                 _ => self.events.push_back(Event::QuorumLost),
             }
+        } else if !q && self.decision_due.is_some_and(|due| !holds || now >= due) {
+            // The view's quorum decision was owed: not quorate (the view lacks votes, or its
+            // leases did not come in time; a lease that comes later still emits QuorumGained).
+            self.decision_due = None;
+            self.events.push_back(Event::QuorumLost);
         }
     }
 
@@ -583,6 +725,12 @@ impl Engine {
         if let Some(q) = self.quorum.poll_timeout() {
             t = t.min(q);
         }
+        if self.grant_wake {
+            t = t.min(self.vote_free_at);
+        }
+        if let Some(d) = self.decision_due {
+            t = t.min(d);
+        }
         Some(t)
     }
 
@@ -638,23 +786,110 @@ impl Engine {
         }
     }
 
-    fn send_heartbeats(&mut self) {
+    /// Number a new heartbeat round sent at `now`.
+    fn new_round(&mut self, now: Instant) -> u64 {
+        let keep = vote_lease(&self.params.timing);
+        while self.rounds.len() >= MAX_ROUNDS
+            || self.rounds.front().is_some_and(|(_, at)| now.saturating_duration_since(*at) > keep)
+        {
+            self.rounds.pop_front();
+        }
+        self.round += 1;
+        self.rounds.push_back((self.round, now));
+        self.round
+    }
+
+    /// When round `round` was sent, if a lease counted from it can still be running.
+    fn round_sent(&self, round: u64) -> Option<Instant> {
+        self.rounds.binary_search_by_key(&round, |(r, _)| *r).ok().map(|i| self.rounds[i].1)
+    }
+
+    /// The heartbeat for `to`: it echoes `to`'s latest round, granting `to` this node's vote in
+    /// the installed view, when `to` is a member of it, this node acked no other proposal, and its
+    /// quiet period is over. Every grant is remembered (`granted_until`) for the next quiet period.
+    fn heartbeat_for(&mut self, now: Instant, to: NodeId, round: u64) -> Message {
         let view = self.view.as_ref().map(|v| v.id);
-        let msg = Message::Heartbeat {
+        let span = lease_span(&self.params.timing);
+        let fresh = vote_lease(&self.params.timing);
+        let may_grant = !self.left && now >= self.vote_free_at && !self.chan.blocked();
+        let member = |p: &Peer| {
+            self.view
+                .as_ref()
+                .is_some_and(|v| v.members.iter().any(|m| m.node == p.spec.id && Some(m.boot) == p.boot))
+        };
+        let grant = may_grant && self.peers.get(&to).is_some_and(member);
+        let mut echo = 0;
+        if grant
+            && let Some(p) = self.peers.get_mut(&to)
+            && let Some(at) = p.round_at
+            && p.round > 0
+            && now.saturating_duration_since(at) < fresh
+        {
+            echo = p.round;
+            p.granted_until = Some(p.granted_until.map_or(at + span, |g| g.max(at + span)));
+        }
+        Message::Heartbeat {
             view,
             incarnation: self.incarnation,
             delivered: self.chan.delivered(),
             blocked: self.chan.blocked(),
-        };
+            round,
+            echo,
+        }
+    }
+
+    fn send_heartbeats(&mut self, now: Instant) {
+        let round = self.new_round(now);
         let targets: Vec<(NodeId, usize)> =
             self.peers.values().map(|p| (p.spec.id, p.links.len())).collect();
         for (to, links) in targets {
+            let msg = self.heartbeat_for(now, to, round);
             for link in 0..links {
                 // One datagram per link: each link must prove itself.
                 if let Some(payload) = self.seal(&msg) {
                     self.transmits.push_back(Transmit { to, link, payload });
                 }
             }
+        }
+    }
+
+    /// A heartbeat to `to` right away (a view was installed, or `to` just joined this node's view),
+    /// so vote leases in a new view need no wait for the next heartbeat round.
+    fn send_heartbeat_now(&mut self, now: Instant, to: NodeId) {
+        let Some(links) = self.peers.get(&to).map(|p| p.links.len()) else { return };
+        let round = self.new_round(now);
+        let msg = self.heartbeat_for(now, to, round);
+        for link in 0..links {
+            if let Some(payload) = self.seal(&msg) {
+                self.transmits.push_back(Transmit { to, link, payload });
+            }
+        }
+    }
+
+    /// Heartbeats right away to every other member of the installed view.
+    fn heartbeat_members_now(&mut self, now: Instant) {
+        let Some(v) = &self.view else { return };
+        let me = self.params.local;
+        let ids: Vec<NodeId> = v.members.iter().map(|m| m.node).filter(|n| *n != me).collect();
+        for id in ids {
+            self.send_heartbeat_now(now, id);
+        }
+    }
+
+    /// A heartbeat's vote-lease part: remember the sender's round (to echo it), and take the lease
+    /// its echo grants when the sender holds this node's view.
+    fn on_heartbeat_lease(&mut self, now: Instant, from: NodeId, boot: u64, view: Option<ViewId>, round: u64, echo: u64) {
+        let mine = self.view.as_ref().filter(|v| v.members.contains(&Member { node: from, boot })).map(|v| v.id);
+        let sent = if echo != 0 && view.is_some() && view == mine { self.round_sent(echo) } else { None };
+        let lease = vote_lease(&self.params.timing);
+        let Some(p) = self.peers.get_mut(&from) else { return };
+        if round > p.round {
+            p.round = round;
+            p.round_at = Some(now);
+        }
+        if let Some(sent) = sent {
+            let until = sent + lease;
+            p.lease_until = Some(p.lease_until.map_or(until, |u| u.max(until)));
         }
     }
 
@@ -692,9 +927,12 @@ impl Engine {
         let from = header.sender;
         self.heard(now, from, header.boot, link);
         match msg {
-            Message::Heartbeat { view, incarnation, delivered, blocked } => {
+            Message::Heartbeat { view, incarnation, delivered, blocked, round, echo } => {
                 self.note_incarnation(from, incarnation);
-                self.note_peer_view(now, from, view, blocked);
+                self.on_heartbeat_lease(now, from, header.boot, view, round, echo);
+                if self.note_peer_view(now, from, view, blocked) {
+                    self.send_heartbeat_now(now, from);
+                }
                 self.chan.on_heartbeat(from, view, delivered);
             }
             Message::Join { incarnation } | Message::Alive { incarnation } => {
@@ -766,6 +1004,9 @@ impl Engine {
             p.view = None;
             p.excluded_until = None;
             p.needs_contact = false;
+            p.round = 0;
+            p.round_at = None;
+            p.lease_until = None;
         }
         p.boot = Some(boot);
         if p.state == PeerState::Left {
@@ -818,12 +1059,14 @@ impl Engine {
         Ok(n)
     }
 
-    fn note_peer_view(&mut self, now: Instant, from: NodeId, view: Option<ViewId>, blocked: bool) {
+    /// Record the view a peer announces; true when it has just come to announce this node's view
+    /// (answer it at once, so both ends hold vote leases in the view without waiting a round).
+    fn note_peer_view(&mut self, now: Instant, from: NodeId, view: Option<ViewId>, blocked: bool) -> bool {
         if let Some(v) = view {
             self.max_epoch = self.max_epoch.max(v.epoch);
         }
         let mine = self.view.as_ref().map(|v| v.id);
-        let Some(p) = self.peers.get_mut(&from) else { return };
+        let Some(p) = self.peers.get_mut(&from) else { return false };
         p.view = view;
         if !blocked {
             p.blocked_since = None;
@@ -831,9 +1074,14 @@ impl Engine {
             p.blocked_since = Some(now);
         }
         if view == mine {
+            let joined = p.view_mismatch_since.is_some() && mine.is_some();
             p.view_mismatch_since = None;
-        } else if p.view_mismatch_since.is_none() {
-            p.view_mismatch_since = Some(now);
+            joined
+        } else {
+            if p.view_mismatch_since.is_none() {
+                p.view_mismatch_since = Some(now);
+            }
+            false
         }
     }
 
@@ -916,6 +1164,10 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&from) {
             p.state = PeerState::Left;
             p.suspicion = None;
+            // A node that left counts no quorum any more (it stopped before saying so): the
+            // leases granted to it need no quiet period, so a graceful leave commits at once.
+            p.granted_until = None;
+            p.lease_until = None;
             for (link, l) in p.links.iter_mut().enumerate() {
                 if l.up {
                     l.up = false;
@@ -1201,16 +1453,23 @@ impl Engine {
         self.view = Some(View { id, members: members.clone(), cuts });
         self.events.push_back(Event::ViewInstalled { view: id, members });
         let _ = self.quorum.on_view(now, &ids);
-        // A new view is a new quorum decision even if the flag stays the same.
-        if self.effective_quorate {
-            self.effective_quorate = false;
-            self.update_quorate(now);
-            if !self.effective_quorate {
-                self.events.push_back(Event::QuorumLost);
-            }
-        } else {
-            self.update_quorate(now);
+        // Vote leases belong to one view: the old ones are void, and this node's vote counts in
+        // the new view only once every lease it granted to a node outside it has run out.
+        let quiet = self.peers.values().filter(|p| !ids.contains(&p.spec.id)).filter_map(|p| p.granted_until).max();
+        if let Some(t) = quiet {
+            self.vote_free_at = self.vote_free_at.max(t);
         }
+        for p in self.peers.values_mut() {
+            p.lease_until = None;
+        }
+        self.grant_wake = self.vote_free_at > now;
+        // A new view is a new quorum decision even if the flag stays the same: exactly one of
+        // QuorumGained (for this view) or QuorumLost follows, at the latest by `decision_due`.
+        let t = &self.params.timing;
+        self.decision_due = Some(now + lease_span(t) + t.view_timeout * 2 * self.mult());
+        self.effective_quorate = false;
+        self.update_quorate(now);
+        self.heartbeat_members_now(now);
         let mut out = Out::default();
         self.chan.pump(now, self.params.timing.heartbeat_interval * 3, &mut out);
         self.apply(now, out);
@@ -1238,7 +1497,7 @@ impl Engine {
                 }
             }
             self.next_heartbeat = now + hb;
-            self.send_heartbeats();
+            self.send_heartbeats(now);
             self.ticks += 1;
             if self.ticks % 100 == 1 {
                 self.send_pings(now);
@@ -1256,6 +1515,11 @@ impl Engine {
         }
         if !late {
             self.expire_suspicions(now);
+        }
+        if self.grant_wake && now >= self.vote_free_at {
+            // The quiet period is over: grant this node's vote in the view at once.
+            self.grant_wake = false;
+            self.heartbeat_members_now(now);
         }
         if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
             self.pending_timed_out(now);
@@ -1457,6 +1721,30 @@ impl Engine {
             channel_delivered: self.chan.delivered(),
             channel_outbox: self.chan.outbox_len(),
             channel_blocked: self.chan.blocked(),
+            vote: self.vote_status(self.last_now),
+        }
+    }
+
+    /// The vote-lease part of the status at `now`.
+    pub fn vote_status(&self, now: Instant) -> VoteStatus {
+        let ms = |t: Instant| t.saturating_duration_since(now).as_millis().min(u64::MAX as u128) as u64;
+        let own = !self.left && !self.chan.blocked() && now >= self.vote_free_at;
+        VoteStatus {
+            lease_quorate: self.quorate_at(now),
+            lease_ms: self.quorum_lease(now).map(ms),
+            held: self
+                .peers
+                .values()
+                .filter_map(|p| p.lease_until.filter(|u| *u > now).map(|u| LeaseStatus { node: p.spec.id, ms_left: ms(u) }))
+                .collect(),
+            granted_view: self.view.as_ref().filter(|_| own).map(|v| v.id),
+            quiet_ms: ms(self.vote_free_at),
+            granted: self
+                .peers
+                .values()
+                .filter_map(|p| p.granted_until.filter(|u| *u > now).map(|u| LeaseStatus { node: p.spec.id, ms_left: ms(u) }))
+                .collect(),
+            lease_span_ms: vote_lease(&self.params.timing).as_millis() as u64,
         }
     }
 }
@@ -1490,7 +1778,7 @@ mod tests {
     }
 
     fn heartbeat(from: u32, seq: u64) -> Bytes {
-        from_peer(from, seq, Message::Heartbeat { view: None, incarnation: 0, delivered: 0, blocked: false })
+        from_peer(from, seq, Message::Heartbeat { view: None, incarnation: 0, delivered: 0, blocked: false, round: seq, echo: 0 })
     }
 
     fn sent(e: &mut Engine) -> Vec<(NodeId, Message)> {

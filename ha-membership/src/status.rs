@@ -184,6 +184,8 @@ mod tests {
         let (nodes, q) = specs(Shape::TwoNodesWitness, 2);
         let mut sim = Sim::new(5, nodes, q);
         sim.run_until(Duration::from_millis(500), Sim::converged).unwrap();
+        // Quorum is reported once the vote leases of the new view came back.
+        sim.run_for(Duration::from_millis(20));
         let st = sim.engine(NodeId(1)).unwrap().status();
         let names: BTreeMap<NodeId, String> = [(NodeId(1), "gw-a".to_string())].into();
         let q = render_quorum(&st, &names);
@@ -202,6 +204,7 @@ mod tests {
         let (nodes, q) = specs(Shape::TwoNodesWitness, 2);
         let mut sim = Sim::new(7, nodes, q);
         sim.run_until(Duration::from_millis(500), Sim::converged).unwrap();
+        sim.run_for(Duration::from_millis(20));
         let st = sim.engine(NodeId(1)).unwrap().status();
         let text = render_prometheus(&st);
         let has = |line: &str| text.lines().any(|l| l == line);

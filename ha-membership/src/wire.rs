@@ -18,7 +18,7 @@ use std::fmt;
 /// Two magic bytes that open every hastack membership datagram.
 pub const MAGIC: [u8; 2] = *b"HS";
 /// The wire format version this code speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 28;
 /// Size of the trailing MAC in bytes.
@@ -102,8 +102,12 @@ pub struct Cut {
 pub enum Message {
     /// Periodic liveness signal sent on every link: the sender's view, SWIM incarnation, and how far it
     /// delivered (or, for the sequencer, numbered) that view's ordered channel.
-    /// `blocked` says the sender acked a view proposal and waits for its install.
-    Heartbeat { view: Option<ViewId>, incarnation: u32, delivered: u64, blocked: bool },
+    /// `blocked` says the sender acked a view proposal and waits for its install. `round` numbers
+    /// the sender's heartbeat rounds (one per interval, the same on every link and to every peer);
+    /// `echo`, when not 0, is the latest round the sender received from the recipient and grants the
+    /// recipient the sender's vote in `view` for a vote lease counted from when that round was sent
+    /// (see the engine's "Vote leases").
+    Heartbeat { view: Option<ViewId>, incarnation: u32, delivered: u64, blocked: bool, round: u64, echo: u64 },
     /// A direct probe, answered by `Ack`.
     Ping { probe: u32 },
     /// Answer to `Ping`.
@@ -359,11 +363,13 @@ pub fn emit(header: &Header, msg: &Message) -> Result<BytesMut, WireError> {
     b.put_u64(header.boot);
     b.put_u64(header.seq);
     match msg {
-        Message::Heartbeat { view, incarnation, delivered, blocked } => {
+        Message::Heartbeat { view, incarnation, delivered, blocked, round, echo } => {
             put_opt_view(&mut b, view);
             b.put_u32(*incarnation);
             b.put_u64(*delivered);
             b.put_u8(u8::from(*blocked));
+            b.put_u64(*round);
+            b.put_u64(*echo);
         }
         Message::Ping { probe } | Message::Ack { probe } => b.put_u32(*probe),
         Message::PingReq { target, probe } => {
@@ -464,6 +470,8 @@ pub fn parse(buf: &[u8]) -> Result<(Header, Message), WireError> {
                 incarnation: r.u32()?,
                 delivered: r.u64()?,
                 blocked: r.bool("blocked")?,
+                round: r.u64()?,
+                echo: r.u64()?,
             }
         }
         ty::PING => Message::Ping { probe: r.u32()? },
@@ -545,14 +553,15 @@ pub(crate) mod tests {
 
     pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (proptest::option::of(arb_view()), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
-                |(view, incarnation, delivered, blocked)| Message::Heartbeat {
+            (proptest::option::of(arb_view()), any::<u32>(), any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>())
+                .prop_map(|(view, incarnation, delivered, blocked, round, echo)| Message::Heartbeat {
                     view,
                     incarnation,
                     delivered,
-                    blocked
-                }
-            ),
+                    blocked,
+                    round,
+                    echo
+                }),
             any::<u32>().prop_map(|probe| Message::Ping { probe }),
             any::<u32>().prop_map(|probe| Message::Ack { probe }),
             (any::<u32>(), any::<u32>())
