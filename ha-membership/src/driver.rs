@@ -86,6 +86,8 @@ enum Command {
 pub struct ClusterHandle {
     cmds: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<Arc<Status>>,
+    /// Until when the strict quorum lasts unrenewed ([`Engine::quorum_lease`]), after the latest step.
+    lease: Arc<std::sync::Mutex<Option<Instant>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -93,6 +95,17 @@ impl ClusterHandle {
     /// The latest status snapshot (refreshed at least every heartbeat interval).
     pub fn status(&self) -> Arc<Status> {
         self.status.borrow().clone()
+    }
+
+    /// Until when this node's strict quorum (vote leases, [`Engine::quorate_at`]) lasts if no lease
+    /// is renewed; `None` when it does not hold. Updated after every step of the membership thread.
+    pub fn quorum_lease(&self) -> Option<Instant> {
+        self.lease.lock().map(|l| *l).unwrap_or(None)
+    }
+
+    /// Whether this node holds the strict quorum right now (a fresh majority of vote leases).
+    pub fn vote_lease_valid(&self) -> bool {
+        self.quorum_lease().is_some_and(|t| Instant::now() < t)
     }
 
     /// A receiver that sees each new status snapshot.
@@ -202,6 +215,8 @@ pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceive
     };
     let engine = Engine::new(cfg.params.clone(), auth, boot, Instant::now())?;
     let (status_tx, status_rx) = watch::channel(Arc::new(engine.status()));
+    let lease = Arc::new(std::sync::Mutex::new(None));
+    let lease_w = lease.clone();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let addrs = cfg.addrs.clone();
@@ -219,10 +234,10 @@ pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceive
                     return;
                 }
             };
-            rt.block_on(run(engine, binds, addrs, cmd_rx, ev_tx, status_tx));
+            rt.block_on(run(engine, binds, addrs, cmd_rx, ev_tx, status_tx, lease_w));
         })
         .map_err(DriverError::Thread)?;
-    Ok((ClusterHandle { cmds: cmd_tx, status: status_rx, thread: Some(thread) }, ev_rx))
+    Ok((ClusterHandle { cmds: cmd_tx, status: status_rx, lease, thread: Some(thread) }, ev_rx))
 }
 
 async fn run(
@@ -232,6 +247,7 @@ async fn run(
     mut cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
     status: watch::Sender<Arc<Status>>,
+    lease: Arc<std::sync::Mutex<Option<Instant>>>,
 ) {
     let mut socks = Vec::new();
     for s in binds {
@@ -273,6 +289,9 @@ async fn run(
     loop {
         let changed = flush(&mut engine, &socks, &addrs, &events).await;
         let now = Instant::now();
+        if let Ok(mut l) = lease.lock() {
+            *l = engine.quorum_lease(now);
+        }
         // Refresh on every state change, and at least every 10 ms for link and counter updates.
         if changed || now.duration_since(last_status) >= Duration::from_millis(10) {
             last_status = now;
@@ -306,6 +325,9 @@ async fn run(
                     for r in &readers {
                         r.abort();
                     }
+                    if let Ok(mut l) = lease.lock() {
+                        *l = None;
+                    }
                     let _ = reply.send(());
                     return;
                 }
@@ -318,6 +340,9 @@ async fn run(
     }
     let _ = flush(&mut engine, &socks, &addrs, &events).await;
     status.send_replace(Arc::new(engine.status()));
+    if let Ok(mut l) = lease.lock() {
+        *l = None;
+    }
     for r in readers {
         r.abort();
     }

@@ -301,6 +301,8 @@ pub struct Status {
     pub boot: u64,
     /// This node's votes.
     pub votes: u32,
+    /// Whether this node is a vote-only witness.
+    pub witness: bool,
     /// The installed view, if any.
     pub view: Option<View>,
     /// Every other configured node.
@@ -1691,6 +1693,7 @@ impl Engine {
                 .find(|n| n.id == self.params.local)
                 .map(|n| n.votes)
                 .unwrap_or(0),
+            witness: self.params.nodes.iter().any(|n| n.id == self.params.local && n.witness),
             view: self.view.clone(),
             peers: self
                 .peers

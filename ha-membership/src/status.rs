@@ -11,10 +11,13 @@ fn name(names: &BTreeMap<NodeId, String>, id: NodeId) -> String {
     names.get(&id).cloned().unwrap_or_else(|| format!("node{id}"))
 }
 
-/// `hastack quorum`: quorum, votequorum and membership information.
+/// `hastack quorum`: quorum, votequorum and membership information, with each member's vote as
+/// this node sees it (corosync-quorumtool's Qdevice flags): `A` alive / `NA` not heard, `V` its
+/// vote counts here now (a fresh vote lease, or this node's own vote) / `NV` not.
 pub fn render_quorum(s: &Status, names: &BTreeMap<NodeId, String>) -> String {
     let mut o = String::new();
     let q = &s.quorum;
+    let v = &s.vote;
     let members = s.view.as_ref().map(|v| v.members.len()).unwrap_or(0);
     let ring = s.view.as_ref().map(|v| v.id.to_string()).unwrap_or_else(|| "-".into());
     let _ = writeln!(o, "Quorum information\n------------------");
@@ -28,21 +31,60 @@ pub fn render_quorum(s: &Status, names: &BTreeMap<NodeId, String>) -> String {
     let _ = writeln!(o, "Total votes:      {}", q.total_votes);
     let _ = writeln!(o, "Quorum:           {}{}", q.quorum, if q.quorate { "" } else { " Activity blocked" });
     let _ = writeln!(o, "Flags:            {}", q.flags.join(" "));
+    let leases = match v.lease_ms {
+        Some(ms) => format!("held, {ms} ms left unrenewed (lease {} ms)", v.lease_span_ms),
+        None => format!("not held (lease {} ms)", v.lease_span_ms),
+    };
+    let _ = writeln!(o, "Vote leases:      {leases}");
+    let own = match (&v.granted_view, s.view.is_some()) {
+        (Some(view), _) => format!("counts in ring {view}"),
+        (None, true) if v.quiet_ms > 0 => format!("quiet period, {} ms left", v.quiet_ms),
+        (None, true) => "withheld (view change under way)".to_string(),
+        (None, false) => "no view".to_string(),
+    };
+    let _ = writeln!(o, "Own vote:         {own}");
+    if s.witness {
+        // The witness's vote is what decides a two-node split: say where it goes.
+        let granted: Vec<String> = v.granted.iter().map(|l| format!("{} {} ms", name(names, l.node), l.ms_left)).collect();
+        let _ = writeln!(
+            o,
+            "Witness vote:     {}; leases running: {}",
+            v.granted_view.map(|r| format!("granted to ring {r}")).unwrap_or_else(|| "not granted".into()),
+            if granted.is_empty() { "none".to_string() } else { granted.join(", ") }
+        );
+    } else if let Some(w) = s.peers.iter().find(|p| p.witness) {
+        let held = v.held.iter().find(|l| l.node == w.node);
+        let _ = writeln!(
+            o,
+            "Witness vote:     {}",
+            match held {
+                Some(l) => format!("held from {} ({} ms left)", name(names, w.node), l.ms_left),
+                None => format!("not held from {}", name(names, w.node)),
+            }
+        );
+    }
     let _ = writeln!(o, "\nMembership information\n----------------------");
-    let _ = writeln!(o, "    Nodeid      Votes Name");
-    if let Some(v) = &s.view {
-        for m in &v.members {
-            let votes = if m.node == s.local {
-                s.votes
+    let _ = writeln!(o, "    Nodeid      Votes   Vote Name");
+    if let Some(view) = &s.view {
+        for m in &view.members {
+            let (votes, alive, counts) = if m.node == s.local {
+                (s.votes, true, v.granted_view.is_some())
             } else {
-                s.peers.iter().find(|p| p.node == m.node).map(|p| p.votes).unwrap_or(0)
+                let p = s.peers.iter().find(|p| p.node == m.node);
+                (
+                    p.map(|p| p.votes).unwrap_or(0),
+                    p.is_some_and(|p| p.state == PeerState::Alive),
+                    v.held.iter().any(|l| l.node == m.node),
+                )
             };
-            let witness = s.peers.iter().any(|p| p.node == m.node && p.witness);
+            let witness = if m.node == s.local { s.witness } else { s.peers.iter().any(|p| p.node == m.node && p.witness) };
+            let flags = format!("{},{}", if alive { "A" } else { "NA" }, if counts { "V" } else { "NV" });
             let _ = writeln!(
                 o,
-                "{:>10} {:>10} {}{}{}",
+                "{:>10} {:>10} {:>6} {}{}{}",
                 m.node,
                 votes,
+                flags,
                 name(names, m.node),
                 if m.node == s.local { " (local)" } else { "" },
                 if witness { " (witness)" } else { "" }
@@ -116,6 +158,8 @@ pub fn render_prometheus(s: &Status) -> String {
         ("channel_delivered", "Highest ordered-channel sequence delivered in this view.", s.channel_delivered),
         ("channel_outbox", "Channel messages waiting to be ordered.", s.channel_outbox as u64),
         ("channel_blocked", "1 while the channel is blocked for a view change.", u64::from(s.channel_blocked)),
+        ("vote_lease_quorate", "1 while this node holds vote leases carrying quorum (strict quorum).", u64::from(s.vote.lease_quorate)),
+        ("vote_leases_held", "Peers whose vote lease this node holds in its view.", s.vote.held.len() as u64),
     ] {
         head(&mut o, name, "gauge", help);
         let _ = writeln!(o, "hastack_cluster_{name} {v}");
@@ -191,12 +235,27 @@ mod tests {
         let q = render_quorum(&st, &names);
         assert!(q.contains("Quorate:          Yes"), "{q}");
         assert!(q.contains("Expected votes:   3"), "{q}");
-        assert!(q.contains("         1          1 gw-a (local)"), "{q}");
-        assert!(q.contains("node3 (witness)"), "{q}");
+        assert!(q.contains("         1          1    A,V gw-a (local)"), "{q}");
+        assert!(q.contains("         3          1    A,V node3 (witness)"), "{q}");
+        assert!(q.contains("Vote leases:      held, "), "{q}");
+        assert!(q.contains("Own vote:         counts in ring 1.1"), "{q}");
+        assert!(q.contains("Witness vote:     held from node3 ("), "{q}");
+        // The witness says where its vote is granted.
+        let w = render_quorum(&sim.engine(NodeId(3)).unwrap().status(), &names);
+        assert!(w.contains("Witness vote:     granted to ring 1.1; leases running: gw-a "), "{w}");
+        // Cut node 2 off: node 1 stops holding its vote at once (no renewal), and says so.
+        for (a, b) in [(1, 2), (2, 1), (3, 2), (2, 3)] {
+            sim.net.cuts.insert((NodeId(a), NodeId(b), usize::MAX));
+        }
+        sim.run_for(Duration::from_millis(35));
+        let q = render_quorum(&sim.engine(NodeId(1)).unwrap().status(), &names);
+        assert!(q.contains(",NV node2"), "{q}");
+        assert!(q.contains("Quorate:          Yes"), "{q}");
         let m = render_members(&st, &names);
         assert!(m.contains("link 0 connected (rtt 0.40 ms), link 1 connected (rtt 0.40 ms)"), "{m}");
         let json = serde_json::to_string(&st).unwrap();
         assert!(json.contains("\"quorate\":true"), "{json}");
+        assert!(json.contains("\"vote\":{\"lease_quorate\":true"), "{json}");
     }
 
     #[test]
@@ -209,6 +268,8 @@ mod tests {
         let text = render_prometheus(&st);
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(has("hastack_cluster_quorate 1"), "{text}");
+        assert!(has("hastack_cluster_vote_lease_quorate 1"), "{text}");
+        assert!(has("hastack_cluster_vote_leases_held 2"), "{text}");
         assert!(has("hastack_cluster_votes_expected 3"), "{text}");
         assert!(has("hastack_cluster_view_members 3"), "{text}");
         assert!(has("hastack_cluster_peer_state{node=\"2\",state=\"alive\"} 1"), "{text}");
