@@ -7,6 +7,8 @@
 
 pub use hastack_lab as lab;
 
+pub mod dhclient;
+
 pub use hastack_lab::{
     Host, HostId, HostLink, Lab, LabBuilder, LabError, MacAddr, Neighbour, Proc, cleanup_stale,
     hastack_bin, in_ci, poll_until, require_lab, require_root, require_tools,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hastack_tests::dhclient::Dhclient;
 use hastack_tests::{Lab, Proc, hastack_bin, require_lab, require_tools};
 use nix::sys::signal::Signal;
 
@@ -133,40 +134,10 @@ fn kill_9_mid_burst_of_real_clients_then_renew_and_rebind() {
     println!("kill -9 mid-burst: {} acknowledged leases, all in the log after restart", acked.len());
 
     // Renew (unicast to the server identifier), then rebind (broadcast) once it is gone.
-    let events = dir.join("dhclient.events");
-    let dscript = dir.join("dhclient.sh");
-    std::fs::write(
-        &dscript,
-        format!(
-            "#!/bin/sh\necho \"$reason $new_ip_address\" >> {ev}\n\
-             case \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr replace $new_ip_address/24 dev $interface ;; esac\nexit 0\n",
-            ev = events.display()
-        ),
-    )
-    .expect("script");
-    std::process::Command::new("chmod").arg("+x").arg(&dscript).status().expect("chmod");
-    let conf = dir.join("dhclient.conf");
-    std::fs::write(&conf, "send host-name \"renewer\";\n").expect("conf");
     let c1 = lab.client(1);
     c1.exec_ok(&["ip", "link", "set", "eth0", "address", "02:bb:00:00:00:01"]).expect("mac");
-    let dhclient = c1
-        .spawn(&[
-            "dhclient".as_ref(),
-            "-d".as_ref(),
-            "-cf".as_ref(),
-            conf.as_os_str(),
-            "-lf".as_ref(),
-            dir.join("dhclient.leases").as_os_str(),
-            "-pf".as_ref(),
-            dir.join("dhclient.pid").as_os_str(),
-            "-sf".as_ref(),
-            dscript.as_os_str(),
-            "eth0".as_ref(),
-        ])
-        .expect("dhclient");
-    let ev = || -> Vec<(String, String)> {
-        lines(&events).into_iter().filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.trim().to_string()))).collect()
-    };
+    let dhclient = Dhclient::start(c1, &dir, "dhclient", "send host-name \"renewer\";\n").expect("dhclient");
+    let ev = || dhclient.events();
     assert!(wait(Duration::from_secs(15), || ev().iter().any(|(r, _)| r == "BOUND")), "no lease: {:?}\n{}", ev(), dhclient.log());
     let ip = ev().into_iter().find(|(r, _)| r == "BOUND").map(|(_, a)| a).expect("ip");
     assert!(wait(Duration::from_secs(10), || ev().iter().any(|(r, _)| r == "RENEW")), "no unicast renewal: {:?}\n{}", ev(), dhclient.log());

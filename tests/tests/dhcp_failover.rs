@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hastack_tests::dhclient::Dhclient;
 use hastack_tests::{Lab, Proc, hastack_bin, require_lab, require_tools};
 use nix::sys::signal::Signal;
 
@@ -169,13 +170,36 @@ impl Gateways {
 
     /// address → hwaddr in gateway `i`'s lease log.
     fn lease_macs(&self, i: usize) -> std::collections::BTreeMap<String, String> {
+        self.lease_field(i, "hwaddr")
+    }
+
+    /// address → `field` of every lease in gateway `i`'s lease log (`hastack leases --json`).
+    fn lease_field(&self, i: usize, field: &str) -> std::collections::BTreeMap<String, String> {
         let out = std::process::Command::new(&self.bin).args(["leases", "--json", "--config"]).arg(&self.configs[i]).output().expect("hastack leases");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         v.as_array()
             .into_iter()
             .flatten()
-            .filter_map(|l| Some((l["address"].as_str()?.to_string(), l["hwaddr"].as_str()?.to_string())))
+            .filter_map(|l| Some((l["address"].as_str()?.to_string(), l[field].as_str()?.to_string())))
             .collect()
+    }
+
+    /// Cut gateway `i` off from the other gateways and wait until its dhcp-dns is out of the
+    /// lease group (its node lost quorum).
+    fn cut_off(&self, i: usize) {
+        for o in (1..=NODES).filter(|o| *o != i) {
+            self.lab.partition(i, o).expect("partition");
+        }
+        let out = wait(Duration::from_secs(10), || {
+            self.dhcp[i].as_ref().is_some_and(|p| p.log().lines().any(|l| l.contains("lease group view") && !l.contains(&format!("\"{i}/"))))
+        });
+        assert!(out, "gw{i} never left the lease group:\n{}", self.logs());
+    }
+
+    /// `hastack <args> --config gw<i>.toml --socket gw<i>.sock`, which must succeed.
+    fn admin(&self, i: usize, args: &[&str]) {
+        let out = std::process::Command::new(&self.bin).args(args).arg("--config").arg(&self.configs[i]).arg("--socket").arg(self.socket(i)).output().expect("hastack");
+        assert!(out.status.success(), "hastack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -192,14 +216,8 @@ fn wait(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The last "REASON ip" line of the dhclient script's event file.
-fn events(path: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.trim().to_string())))
-        .collect()
-}
+/// dhclient.conf of the lab's client: a hostname, so the lease gets a name.
+const CLIENT_CONF: &str = "send host-name \"vm1\";\nrequest subnet-mask, routers, domain-name-servers, domain-name;\n";
 
 #[test]
 fn dhcp_failover_keeps_the_clients_address_and_name() {
@@ -215,45 +233,15 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     assert!(text.contains("Process groups:") && text.contains("1/1, 2/1, 3/1"), "status:\n{text}{}", String::from_utf8_lossy(&st.stderr));
 
     // A real client with a hostname; its script records each event and configures the address.
-    let events_file = dir.join("dhclient.events");
-    let script = dir.join("dhclient.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$reason $new_ip_address\" >> {ev}\n\
-             case \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr replace $new_ip_address/24 dev $interface ;; esac\nexit 0\n",
-            ev = events_file.display()
-        ),
-    )
-    .expect("script");
-    std::process::Command::new("chmod").arg("+x").arg(&script).status().expect("chmod");
-    let conf = dir.join("dhclient.conf");
-    std::fs::write(&conf, "send host-name \"vm1\";\nrequest subnet-mask, routers, domain-name-servers, domain-name;\n").expect("conf");
-    let dhclient = g
-        .lab
-        .client(1)
-        .spawn(&[
-            "dhclient".as_ref(),
-            "-d".as_ref(),
-            "-cf".as_ref(),
-            conf.as_os_str(),
-            "-lf".as_ref(),
-            dir.join("dhclient.leases").as_os_str(),
-            "-pf".as_ref(),
-            dir.join("dhclient.pid").as_os_str(),
-            "-sf".as_ref(),
-            script.as_os_str(),
-            "eth0".as_ref(),
-        ])
-        .expect("dhclient");
+    let dhclient = Dhclient::start(g.lab.client(1), &dir, "dhclient", CLIENT_CONF).expect("dhclient");
     assert!(
-        wait(Duration::from_secs(20), || events(&events_file).iter().any(|(r, _)| r == "BOUND")),
+        wait(Duration::from_secs(20), || dhclient.bound().is_some()),
         "dhclient got no lease: {:?}\n{}\n{}",
-        events(&events_file),
+        dhclient.events(),
         dhclient.log(),
         g.logs()
     );
-    let ip = events(&events_file).into_iter().find(|(r, _)| r == "BOUND").map(|(_, ip)| ip).expect("bound ip");
+    let ip = dhclient.bound().expect("bound ip");
 
     // Crash the VIP holder at once: both daemons SIGKILLed, its cable cut.
     g.crash(holder);
@@ -270,11 +258,9 @@ fn dhcp_failover_keeps_the_clients_address_and_name() {
     assert!(wait(Duration::from_secs(10), || g.holders().len() == 1), "VIP did not move:\n{}", g.logs());
     let new_holder = g.holders()[0];
     assert_ne!(new_holder, holder);
-    let seen = events(&events_file).len();
-    let renewed = wait(Duration::from_secs(25), || {
-        events(&events_file).iter().skip(seen).any(|(r, _)| r == "RENEW" || r == "REBIND")
-    });
-    let evs = events(&events_file);
+    let seen = dhclient.events().len();
+    let renewed = wait(Duration::from_secs(25), || dhclient.events().iter().skip(seen).any(|(r, _)| r == "RENEW" || r == "REBIND"));
+    let evs = dhclient.events();
     assert!(renewed, "no renewal after the failover: {evs:?}\n{}\n{}", dhclient.log(), g.logs());
     for (r, a) in evs.iter().skip(seen) {
         assert!(!["BOUND", "RENEW", "REBIND", "REBOOT"].contains(&r.as_str()) || *a == ip, "client moved from {ip} to {a} ({r}): {evs:?}");
@@ -378,14 +364,8 @@ fn a_gateway_cut_off_by_a_partition_gets_the_leases_granted_meanwhile() {
     let dir = g.lab.dir().to_path_buf();
     let holder = g.holders()[0];
     let cut = (1..=NODES).find(|i| *i != holder).expect("a standby");
-    for o in (1..=NODES).filter(|o| *o != cut) {
-        g.lab.partition(cut, o).expect("partition");
-    }
     // The cut-off node loses quorum; its daemon takes its dhcp-dns out of the group.
-    let out = wait(Duration::from_secs(10), || {
-        g.dhcp[cut].as_ref().is_some_and(|p| p.log().lines().any(|l| l.contains("lease group view") && !l.contains(&format!("\"{cut}/"))))
-    });
-    assert!(out, "gw{cut} never left the lease group:\n{}", g.logs());
+    g.cut_off(cut);
     let script = dir.join("udhcpc.sh");
     std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"BOUND $ip\"\nexit 0\n").expect("script");
     std::process::Command::new("chmod").arg("+x").arg(&script).status().expect("chmod");
@@ -402,4 +382,52 @@ fn a_gateway_cut_off_by_a_partition_gets_the_leases_granted_meanwhile() {
     let back = wait(Duration::from_secs(20), || g.lease_macs(cut).contains_key(&ip));
     assert!(back, "gw{cut} did not get {ip} by state transfer after the heal:\n{}", g.logs());
     assert!(g.dhcp[cut].as_ref().is_some_and(|p| p.log().contains("back in the lease group")), "{}", g.logs());
+}
+
+#[test]
+fn a_lease_released_while_a_gateway_was_cut_off_stays_released_when_it_takes_over() {
+    if !require_lab().expect("lab prerequisites") || !require_tools(&["dhclient", "dig"]).expect("tools") {
+        return;
+    }
+    let g = Gateways::start(1);
+    let dir = g.lab.dir().to_path_buf();
+    let holder = g.holders()[0];
+    let dhclient = Dhclient::start(g.lab.client(1), &dir, "dhclient", CLIENT_CONF).expect("dhclient");
+    assert!(wait(Duration::from_secs(20), || dhclient.bound().is_some()), "no lease: {:?}\n{}\n{}", dhclient.events(), dhclient.log(), g.logs());
+    let ip = dhclient.bound().expect("bound ip");
+    let at = format!("@{VIP}");
+    let dig = |args: &[&str]| -> String {
+        let mut a = vec!["dig", "+short", "+time=2", "+tries=2", at.as_str()];
+        a.extend_from_slice(args);
+        g.lab.client(1).exec_ok(&a).unwrap_or_default().trim().to_string()
+    };
+    assert_eq!(dig(&["vm1.lab.test"]), ip);
+
+    // A standby is cut off; meanwhile the client gives its lease back to the VIP holder.
+    let cut = (1..=NODES).find(|i| *i != holder).expect("a standby");
+    g.cut_off(cut);
+    dhclient.release(g.lab.client(1)).expect("dhclient -r");
+    let released = |i: usize| g.lease_field(i, "state").get(&ip).is_some_and(|s| s == "Released");
+    assert!(wait(Duration::from_secs(10), || released(holder)), "gw{holder} did not record the release:\n{}", g.logs());
+    assert_eq!(dig(&["vm1.lab.test"]), "", "the name went with the release");
+    assert_eq!(g.lease_field(cut, "state").get(&ip).map(String::as_str), Some("Active"), "gw{cut} cannot have heard of the release while cut off");
+
+    // Heal: the cut gateway comes back with its old copy of the lease; the release wins.
+    g.lab.heal().expect("heal");
+    assert!(wait(Duration::from_secs(20), || released(cut)), "gw{cut} kept its stale lease after the heal:\n{}", g.logs());
+    for i in 1..=NODES {
+        assert!(released(i), "gw{i}: {:?}", g.lease_field(i, "state"));
+    }
+
+    // Fail over to the gateway that was cut off: it does not resurrect the lease or the name.
+    g.admin(holder, &["resource", "move", "vip", &format!("gw{cut}")]);
+    assert!(wait(Duration::from_secs(15), || g.holders() == vec![cut]), "VIP did not move to gw{cut}: {:?}\n{}", g.holders(), g.logs());
+    let answering = wait(Duration::from_secs(10), || g.dhcp[cut].as_ref().is_some_and(|p| p.log().contains("answering")));
+    assert!(answering, "gw{cut}'s dhcp-dns did not take over:\n{}", g.logs());
+    assert_eq!(dig(&["vm1.lab.test"]), "", "the released name resolves again after the failover");
+    assert_eq!(dig(&["-x", ip.as_str()]), "", "the released address resolves again after the failover");
+    for i in 1..=NODES {
+        assert!(released(i), "gw{i} after the failover: {:?}", g.lease_field(i, "state"));
+    }
+    println!("lease {ip} released while gw{cut} was cut off: released on every gateway after the heal and the move to gw{cut}");
 }
