@@ -150,11 +150,11 @@ pub async fn start(opts: DhcpDnsOptions) -> Result<Running, RuntimeError> {
 /// from peers enter through `Running::dhcp`'s [`DhcpHandle::replica_input`]).
 pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replication>) -> Result<Running, RuntimeError> {
     let now = unix_now();
-    let (mut leases, committer) = if opts.dhcp.is_some() {
-        let (leases, c) = open_leases(&opts, now).await?;
-        (leases, Some(c))
+    let (mut leases, rev_floor, committer) = if opts.dhcp.is_some() {
+        let (leases, floor, c) = open_leases(&opts, now).await?;
+        (leases, floor, Some(c))
     } else {
-        (Vec::new(), None)
+        (Vec::new(), 0, None)
     };
     // Replication through the cluster: join the lease group and take the current lease table
     // (state transfer) before serving; bounded, so a gateway without its cluster still serves.
@@ -220,6 +220,8 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
     let dhcp = match (&opts.dhcp, &committer) {
         (Some(d), Some(committer)) => {
             let mut core = DhcpServer::new(d.core.clone());
+            // New decisions must rank above the log's tombstones too (a peer's clock may be ahead).
+            core.observe_rev(rev_floor);
             for a in core.restore(leases, now) {
                 if let Action::LeaseChanged(ch) = a {
                     if let Ok(mut z) = zone.write() {
@@ -256,7 +258,8 @@ pub async fn start_replicated(opts: DhcpDnsOptions, replication: Option<Replicat
 
 /// Open the lease log (recovering a torn tail), import dnsmasq leases into an empty one, and start
 /// the group committer on it.
-async fn open_leases(opts: &DhcpDnsOptions, now: u64) -> Result<(Vec<Lease>, Arc<GroupCommitter>), RuntimeError> {
+/// Returns the leases, the highest tombstone revision and the committer.
+async fn open_leases(opts: &DhcpDnsOptions, now: u64) -> Result<(Vec<Lease>, crate::leases::Rev, Arc<GroupCommitter>), RuntimeError> {
     let path = opts.lease_file.clone();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Io { what: format!("create {}", dir.display()), source: e })?;
@@ -283,7 +286,8 @@ async fn open_leases(opts: &DhcpDnsOptions, now: u64) -> Result<(Vec<Lease>, Arc
         }
     }
     let leases = log.leases();
-    Ok((leases, Arc::new(GroupCommitter::start(log, opts.compaction))))
+    let floor = log.tombstones().values().copied().max().unwrap_or(0);
+    Ok((leases, floor, Arc::new(GroupCommitter::start(log, opts.compaction))))
 }
 
 /// Read the leases in a log without modifying it (for `hastack leases` while the daemon runs):

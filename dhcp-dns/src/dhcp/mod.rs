@@ -343,6 +343,12 @@ impl DhcpServer {
         }
     }
 
+    /// A revision decided elsewhere (a tombstone in the log, a peer's record): this server's
+    /// next decisions rank above it.
+    pub fn observe_rev(&mut self, rev: crate::leases::Rev) {
+        self.clock.observe(rev);
+    }
+
     /// Load leases recovered from the log; returns the DNS changes for the ones still active.
     pub fn restore(&mut self, leases: impl IntoIterator<Item = Lease>, now: UnixTime) -> Vec<Action> {
         let mut out = Vec::new();
