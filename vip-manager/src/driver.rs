@@ -44,6 +44,12 @@ pub trait ClusterChannel {
     fn recv(&mut self) -> impl Future<Output = Option<ChannelEvent>> + Send;
     /// Sends a message to every member of the current view (this node included).
     fn broadcast(&mut self, msg: &Msg) -> Result<(), ChannelError>;
+    /// Whether this node holds a fresh vote lease (the membership layer's strict quorum) right now.
+    /// VIP lease renewals are skipped while it does not; a brief lapse only delays a renewal (the
+    /// VIP is released on `QuorumLost`, a new view, or when its address lease runs out).
+    fn vote_lease_valid(&self) -> bool {
+        true
+    }
 }
 
 /// The channel refused a message.
@@ -249,7 +255,7 @@ impl<C: ClusterChannel> Driver<C> {
                 Wake::Done(Some(c)) => self.completed(c, now, wall),
                 Wake::Tick => {
                     self.engine.handle_timeout(now, wall);
-                    self.leases.set_allowed(self.engine.renewals_allowed());
+                    self.leases.set_allowed(self.engine.renewals_allowed() && self.channel.vote_lease_valid());
                     self.poll_leases(now);
                 }
                 Wake::Shutdown => {
