@@ -391,15 +391,7 @@ pub fn runtime_command(bal: &Balancer, line: &str) -> String {
         ["show", "stat"] => stats::show_stat(&bal.stats()),
         ["show", "metrics"] => prometheus_text(bal),
         ["show", "sess"] => bal.sessions().iter().map(|(fe, s)| format!("{fe} {s:?}\n")).collect(),
-        ["show", "servers", "state"] => {
-            let mut s = String::from("# backend server status weight sessions\n");
-            for st in bal.stats() {
-                for sv in &st.servers {
-                    s += &format!("{} {} {} {} {}\n", st.backend, sv.name, sv.status, sv.weight, sv.counters.current);
-                }
-            }
-            s
-        }
+        ["show", "servers", "state"] => stats::servers_state(&bal.stats()),
         ["set", "server", target, "state", state] => {
             let Some((backend, server)) = target.split_once('/') else {
                 return "Require 'backend/server'.".into();

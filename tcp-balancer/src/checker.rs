@@ -1,5 +1,16 @@
 //! The tokio driver of health checks: runs [`health::Conversation`]s over TCP or TLS and feeds
 //! their results to a [`health::HealthCheck`] state machine.
+//!
+//! Checks belong to the backend, as in HAProxy: [`BackendChecks`] runs one checker per checked
+//! server, however many frontends use the backend, and publishes each server's state
+//! ([`ServerHealth`]) on a watch channel. Every frontend's copy of the backend follows it
+//! ([`follow`]), so the servers see one check per interval and every frontend agrees on the
+//! state.
+//!
+//! Lifecycle of a [`BackendChecks`]: **built** (probers prepared, CA files read: a bad one is a
+//! config error; initial states from `init-state`) → **running** from the first
+//! [`BackendChecks::subscribe`] inside a tokio runtime (one task per checked server, first checks
+//! spread over one interval) → **stopped** when the last handle is dropped.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::health::{CheckKind, Conversation, HealthCheck, HealthEvent, Next, ProbeFailure};
+use crate::health::{CheckKind, Conversation, HealthCheck, HealthEvent, HealthParams, Next, ProbeFailure};
 
 /// How the server certificate of an HTTPS/TLS check is verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,5 +292,180 @@ pub async fn run_health_loop<F>(
             } => {}
             r = stop.changed() => if r.is_err() { return },
         }
+    }
+}
+
+/// What a server's (shared) health check says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerHealth {
+    /// The server passes its check (or is assumed up by `init-state`).
+    pub up: bool,
+    /// Effective weight (slowstart ramps it up).
+    pub weight: u32,
+    /// Bumped each time the server went down with `on-marked-down shutdown-sessions`.
+    pub shutdowns: u64,
+}
+
+impl ServerHealth {
+    /// The events that take a follower from `self` to `next`, in the order the state machine
+    /// emits them (state change first, then the weight).
+    pub fn events_to(self, next: ServerHealth) -> Vec<HealthEvent> {
+        let mut ev = Vec::new();
+        if next.up != self.up {
+            ev.push(if next.up {
+                HealthEvent::ServerUp
+            } else {
+                HealthEvent::ServerDown { shutdown_sessions: next.shutdowns != self.shutdowns }
+            });
+        } else if next.shutdowns != self.shutdowns {
+            // Down and up again between two looks: the sessions still have to go.
+            ev.push(HealthEvent::ServerDown { shutdown_sessions: true });
+            ev.push(HealthEvent::ServerUp);
+        }
+        if next.weight != self.weight {
+            ev.push(HealthEvent::WeightChanged(next.weight));
+        }
+        ev
+    }
+}
+
+/// One server's checker, before it runs.
+struct ServerCheck {
+    name: String,
+    addr: SocketAddr,
+    prober: Prober,
+    params: HealthParams,
+    state: watch::Sender<ServerHealth>,
+}
+
+/// The health checks of one backend, shared by every frontend that uses it.
+pub struct BackendChecks {
+    backend: String,
+    /// Indexed like the backend's servers; `None` for a server without `check`.
+    servers: Vec<Option<watch::Receiver<ServerHealth>>>,
+    /// Taken by the first subscriber, which starts the checkers.
+    pending: std::sync::Mutex<Option<Vec<ServerCheck>>>,
+    /// Dropped with the last handle: the checkers stop.
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for BackendChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendChecks").field("backend", &self.backend).field("checked", &self.checked()).finish_non_exhaustive()
+    }
+}
+
+/// A server's check could not be prepared.
+#[derive(Debug, Error)]
+#[error("server {server}: check: {source}")]
+pub struct CheckSetupError {
+    /// The server.
+    pub server: String,
+    /// Why.
+    #[source]
+    pub source: TlsConfigError,
+}
+
+impl BackendChecks {
+    /// Prepares the checks of `servers` (name, address, check); nothing runs yet.
+    pub fn new<'a>(
+        backend: &str,
+        servers: impl IntoIterator<Item = (&'a str, SocketAddr, Option<&'a (CheckSpec, HealthParams)>)>,
+    ) -> Result<Self, CheckSetupError> {
+        let mut rxs = Vec::new();
+        let mut pending = Vec::new();
+        for (name, addr, check) in servers {
+            let Some((spec, params)) = check else {
+                rxs.push(None);
+                continue;
+            };
+            let prober = Prober::new(spec.clone()).map_err(|source| CheckSetupError { server: name.to_string(), source })?;
+            let m = HealthCheck::new(params.clone(), std::time::Instant::now());
+            let (tx, rx) = watch::channel(ServerHealth { up: m.is_up(), weight: m.weight(), shutdowns: 0 });
+            rxs.push(Some(rx));
+            pending.push(ServerCheck { name: name.to_string(), addr, prober, params: params.clone(), state: tx });
+        }
+        Ok(Self { backend: backend.to_string(), servers: rxs, pending: std::sync::Mutex::new(Some(pending)), stop: watch::channel(false).0 })
+    }
+
+    /// How many servers are checked.
+    pub fn checked(&self) -> usize {
+        self.servers.iter().flatten().count()
+    }
+
+    /// Follows server `idx`'s state (`None`: not checked). The first call starts every checker
+    /// of the backend; it must run inside a tokio runtime.
+    pub fn subscribe(&self, idx: usize) -> Option<watch::Receiver<ServerHealth>> {
+        let rx = self.servers.get(idx)?.clone()?;
+        self.start();
+        Some(rx)
+    }
+
+    fn start(&self) {
+        let Some(pending) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let n = pending.len().max(1) as u32;
+        for (k, c) in pending.into_iter().enumerate() {
+            // Spread first checks over one interval so servers are not probed in a burst.
+            let first = tokio::time::Instant::now().into_std() + c.params.inter / n * k as u32;
+            let machine = HealthCheck::new(c.params, first);
+            let (backend, name, state) = (self.backend.clone(), c.name, c.state);
+            tokio::spawn(run_health_loop(c.addr, c.prober, machine, self.stop.subscribe(), move |ev, err| {
+                if let (HealthEvent::ServerDown { .. }, Some(e)) = (ev, err) {
+                    tracing::warn!(%backend, server = %name, reason = %e, "last check failed");
+                }
+                state.send_modify(|h| match ev {
+                    HealthEvent::ServerUp => h.up = true,
+                    HealthEvent::ServerDown { shutdown_sessions } => {
+                        h.up = false;
+                        if shutdown_sessions {
+                            h.shutdowns += 1;
+                        }
+                    }
+                    HealthEvent::WeightChanged(w) => h.weight = w,
+                    HealthEvent::StartCheck => {}
+                });
+            }));
+        }
+    }
+}
+
+/// Feeds a server's shared state to one follower as events, from the state it last applied
+/// (`applied`), until `stop` turns true or the checks stop.
+pub async fn follow<F>(mut rx: watch::Receiver<ServerHealth>, mut applied: ServerHealth, mut stop: watch::Receiver<bool>, mut on_event: F)
+where
+    F: FnMut(HealthEvent) + Send,
+{
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = stop.changed() => if r.is_err() { return } else { continue },
+        }
+        let now = *rx.borrow_and_update();
+        for ev in applied.events_to(now) {
+            on_event(ev);
+        }
+        applied = now;
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    #[test]
+    fn events_replay_every_transition_a_follower_missed() {
+        let h = |up, weight, shutdowns| ServerHealth { up, weight, shutdowns };
+        assert!(h(true, 10, 0).events_to(h(true, 10, 0)).is_empty());
+        assert_eq!(h(true, 10, 0).events_to(h(false, 10, 1)), vec![HealthEvent::ServerDown { shutdown_sessions: true }]);
+        assert_eq!(h(true, 10, 0).events_to(h(false, 10, 0)), vec![HealthEvent::ServerDown { shutdown_sessions: false }]);
+        assert_eq!(h(false, 10, 1).events_to(h(true, 1, 1)), vec![HealthEvent::ServerUp, HealthEvent::WeightChanged(1)]);
+        // Down (with shutdown-sessions) and back up between two looks.
+        assert_eq!(
+            h(true, 10, 0).events_to(h(true, 10, 1)),
+            vec![HealthEvent::ServerDown { shutdown_sessions: true }, HealthEvent::ServerUp]
+        );
     }
 }

@@ -162,6 +162,21 @@ pub struct FrontendTls {
     /// ALPN protocols offered (default none).
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// Further certificates, chosen by the server name (SNI) the client asks for: the first
+    /// whose names (subjectAltName, wildcards included) cover it; `cert` serves the rest
+    /// (HAProxy's several `crt` / crt-list on one bind).
+    #[serde(default)]
+    pub sni_certs: Vec<CertKey>,
+}
+
+/// A certificate chain and its private key (PEM files; the same file may hold both).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKey {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// One `[[balancer.frontend.route]]`: which backend serves a matching connection or request.
@@ -895,10 +910,11 @@ impl BalancerConfig {
         };
         match &f.backend {
             Some(b) => known(problems, base.key("backend"), b),
-            None if f.routes.is_empty() => {
+            // A monitor-only http frontend (kubespray's healthz) needs no backend.
+            None if f.routes.is_empty() && !(f.mode == Mode::Http && f.monitor_uri.is_some()) => {
                 problems.add(
                     base.clone(),
-                    format!("frontend {} has neither a backend nor routes", f.name),
+                    format!("frontend {} has neither a backend nor routes (nor, in http mode, a monitor_uri)", f.name),
                 );
             }
             None => {}
@@ -910,6 +926,11 @@ impl BalancerConfig {
             }
             if tls.key.as_os_str().is_empty() {
                 problems.add(tp.key("key"), "tls key path is empty");
+            }
+            for (j, c) in tls.sni_certs.iter().enumerate() {
+                if c.cert.as_os_str().is_empty() || c.key.as_os_str().is_empty() {
+                    problems.add(tp.key("sni_certs").index(j), "tls cert and key paths must not be empty");
+                }
             }
         }
         if f.mode == Mode::Tcp {

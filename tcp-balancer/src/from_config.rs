@@ -1,10 +1,11 @@
 //! Maps the `[balancer]` config section onto the runtime's plain structs: one
 //! [`ProxyConfig`] per tcp-mode frontend (all its bind addresses share one backend instance).
 //!
-//! http-mode frontends map onto an [`HttpFrontendConfig`] (several backends, routes by host and
-//! path), tcp-mode frontends with `tls` onto a [`TlsTcpConfig`]; certificates are loaded here so
-//! a bad PEM file is reported before anything starts. Features the runtime does not have (SNI
-//! routes together with TLS termination or in http mode) are refused with
+//! http-mode frontends map onto an [`HttpFrontendConfig`] (several backends, routes by SNI, host
+//! and path), tcp-mode frontends with `tls` onto a [`TlsTcpConfig`] (routes by SNI after the
+//! handshake); certificates are loaded here so a bad PEM file is reported before anything
+//! starts. Every copy of a backend (one per frontend using it) gets the same
+//! [`BackendChecks`]. Features the runtime does not have are refused with
 //! [`MapError::Unsupported`] rather than silently ignored.
 
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::balance::Algorithm;
-use crate::checker::{CheckSpec, CheckTls, TlsVerify};
+use crate::checker::{BackendChecks, CheckSpec, CheckTls, TlsVerify};
 use crate::config::{self, BalancerConfig, Balance, CheckType};
 use crate::health::{CheckKind, Expect, HealthParams, HttpCheck, InitState, StatusMatch, Step};
 use crate::proxy::{BackendConfig, FrontendConfig, Keepalive, ProxyConfig, Rebalance, Redispatch, ServerConfig, Timeouts};
@@ -20,10 +21,10 @@ use crate::proxy_protocol::Version;
 use crate::relay::{IdleTimeouts, RelayMode};
 use crate::router::SniRoute;
 use crate::http::{HttpFrontendConfig, HttpRoute, HttpTimeouts};
-use crate::tls::{TlsTcpConfig, server_config};
+use crate::tls::{TlsTcpConfig, server_config_sni};
 
 /// Why a config cannot be run by this runtime.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum MapError {
     /// The frontend names no default backend.
     #[error("frontend {0}: no backend")]
@@ -47,6 +48,14 @@ pub enum MapError {
         /// Why (file and cause).
         reason: String,
     },
+    /// A server's health check cannot be prepared (unreadable CA file).
+    #[error("backend {backend}: {source}")]
+    Check {
+        /// Backend name.
+        backend: String,
+        /// Which server and why.
+        source: std::sync::Arc<crate::checker::CheckSetupError>,
+    },
     /// A feature the tcp-mode runtime does not implement yet.
     #[error("{place}: {feature} is not supported by the tcp-mode runtime yet")]
     Unsupported {
@@ -59,7 +68,30 @@ pub enum MapError {
 
 /// Every tcp-mode frontend as a runnable [`ProxyConfig`] (frontends with routes refused).
 pub fn tcp_proxies(cfg: &BalancerConfig) -> Result<Vec<ProxyConfig>, MapError> {
-    cfg.frontends.iter().map(|fe| tcp_proxy(cfg, fe)).collect()
+    let mut v: Vec<ProxyConfig> = cfg.frontends.iter().map(|fe| tcp_proxy(cfg, fe)).collect::<Result<_, _>>()?;
+    share_checks(v.iter_mut())?;
+    Ok(v)
+}
+
+/// Gives every copy of a backend (one per frontend using it) the same [`BackendChecks`]: one
+/// checker per server, one state, whatever the number of frontends.
+fn share_checks<'a>(proxies: impl Iterator<Item = &'a mut ProxyConfig>) -> Result<(), MapError> {
+    let mut by_name: std::collections::HashMap<String, std::sync::Arc<BackendChecks>> = std::collections::HashMap::new();
+    for p in proxies {
+        let be = &mut p.backend;
+        let checks = match by_name.get(&be.name) {
+            Some(c) => c.clone(),
+            None => {
+                let c = BackendChecks::new(&be.name, be.servers.iter().map(|s| (s.name.as_str(), s.addr, s.check.as_ref())))
+                    .map_err(|e| MapError::Check { backend: be.name.clone(), source: std::sync::Arc::new(e) })?;
+                let c = std::sync::Arc::new(c);
+                by_name.insert(be.name.clone(), c.clone());
+                c
+            }
+        };
+        be.checks = Some(checks);
+    }
+    Ok(())
 }
 
 /// A tcp-mode frontend as the runtime runs it.
@@ -84,52 +116,58 @@ pub enum TcpFrontend {
     },
 }
 
-/// Every tcp-mode frontend, routed ones included.
+/// Every tcp-mode frontend, routed ones included; copies of one backend share its health checks.
 pub fn tcp_frontends(cfg: &BalancerConfig) -> Result<Vec<TcpFrontend>, MapError> {
-    cfg.frontends
-        .iter()
-        .map(|fe| {
-            if fe.mode == config::Mode::Http {
-                return http_frontend(cfg, fe).map(|h| TcpFrontend::Http(Box::new(h)));
+    let mut v = cfg.frontends.iter().map(|fe| map_frontend(cfg, fe)).collect::<Result<Vec<_>, _>>()?;
+    share_checks(v.iter_mut().flat_map(|f| -> Box<dyn Iterator<Item = &mut ProxyConfig>> {
+        match f {
+            TcpFrontend::Proxy(p) => Box::new(std::iter::once(p)),
+            TcpFrontend::Http(h) => Box::new(h.backends.iter_mut()),
+            TcpFrontend::TlsTcp(t) => Box::new(t.routes.iter_mut().map(|r| &mut r.backend).chain(t.default.as_mut())),
+            TcpFrontend::Router { routes, default, .. } => {
+                Box::new(routes.iter_mut().map(|r| &mut r.backend).chain(default.as_mut()))
             }
-            if let Some(tls) = &fe.tls {
-                if !fe.routes.is_empty() {
-                    return Err(unsupported(&fe.name, "SNI routes with TLS termination"));
-                }
-                let proxy = map_proxy(cfg, fe)?;
-                let tls = load_tls(&fe.name, tls, &[])?;
-                return Ok(TcpFrontend::TlsTcp(Box::new(TlsTcpConfig { proxy, tls })));
-            }
-            if fe.routes.is_empty() {
-                return tcp_proxy(cfg, fe).map(TcpFrontend::Proxy);
-            }
-            let plain = config::Frontend { routes: Vec::new(), backend: None, ..fe.clone() };
-            // Checks common to every backend (mode, TLS, binds) through the route-less mapping.
-            let with = |backend: &str| -> Result<ProxyConfig, MapError> {
-                tcp_proxy(cfg, &config::Frontend { backend: Some(backend.to_string()), ..plain.clone() })
-            };
-            if fe.accept_proxy {
-                return Err(unsupported(&fe.name, "accept_proxy with SNI routes"));
-            }
-            let mut routes = Vec::with_capacity(fe.routes.len());
-            for r in &fe.routes {
-                if r.host.is_some() || r.path_prefix.is_some() {
-                    return Err(unsupported(&fe.name, "host/path routes (http mode)"));
-                }
-                let Some(sni) = &r.sni else {
-                    return Err(unsupported(&fe.name, "a tcp-mode route without sni"));
-                };
-                routes.push(SniRoute { pattern: sni.clone(), backend: with(&r.backend)? });
-            }
-            let default = fe.backend.as_deref().map(with).transpose()?;
-            let frontend = match (&default, routes.first()) {
-                (Some(d), _) => d.frontend.clone(),
-                (None, Some(r)) => r.backend.frontend.clone(),
-                (None, None) => return Err(MapError::NoBackend(fe.name.clone())),
-            };
-            Ok(TcpFrontend::Router { frontend, routes, default, hello_timeout: cfg.timeouts.client.get() })
-        })
-        .collect()
+        }
+    }))?;
+    Ok(v)
+}
+
+fn map_frontend(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<TcpFrontend, MapError> {
+    if fe.mode == config::Mode::Http {
+        return http_frontend(cfg, fe).map(|h| TcpFrontend::Http(Box::new(h)));
+    }
+    if fe.tls.is_none() && fe.routes.is_empty() {
+        return tcp_proxy(cfg, fe).map(TcpFrontend::Proxy);
+    }
+    let plain = config::Frontend { routes: Vec::new(), backend: None, tls: None, ..fe.clone() };
+    // Checks common to every backend (mode, binds) through the route-less mapping.
+    let with = |backend: &str| -> Result<ProxyConfig, MapError> {
+        tcp_proxy(cfg, &config::Frontend { backend: Some(backend.to_string()), ..plain.clone() })
+    };
+    if fe.tls.is_none() && fe.accept_proxy {
+        return Err(unsupported(&fe.name, "accept_proxy with SNI routes (TLS passthrough)"));
+    }
+    let mut routes = Vec::with_capacity(fe.routes.len());
+    for r in &fe.routes {
+        if r.host.is_some() || r.path_prefix.is_some() {
+            return Err(unsupported(&fe.name, "host/path routes (http mode)"));
+        }
+        let Some(sni) = &r.sni else {
+            return Err(unsupported(&fe.name, "a tcp-mode route without sni"));
+        };
+        routes.push(SniRoute { pattern: sni.clone(), backend: with(&r.backend)? });
+    }
+    let default = fe.backend.as_deref().map(with).transpose()?;
+    let frontend = frontend_config(cfg, fe)?;
+    if default.is_none() && routes.is_empty() {
+        return Err(MapError::NoBackend(fe.name.clone()));
+    }
+    if let Some(tls) = &fe.tls {
+        // TLS terminated here: certificate and route both chosen by the client's SNI.
+        let tls = load_tls(&fe.name, tls, &[])?;
+        return Ok(TcpFrontend::TlsTcp(Box::new(TlsTcpConfig { frontend, routes, default, tls })));
+    }
+    Ok(TcpFrontend::Router { frontend, routes, default, hello_timeout: cfg.timeouts.client.get() })
 }
 
 fn unsupported(place: &str, feature: &'static str) -> MapError {
@@ -161,14 +199,14 @@ fn load_tls(
     } else {
         tls.alpn.clone()
     };
-    server_config(&tls.cert, &tls.key, &alpn).map_err(|e| MapError::Tls { frontend: frontend.to_string(), reason: e.to_string() })
+    let sni: Vec<(&std::path::Path, &std::path::Path)> = tls.sni_certs.iter().map(|c| (c.cert.as_path(), c.key.as_path())).collect();
+    server_config_sni(&tls.cert, &tls.key, &sni, &alpn).map_err(|e| MapError::Tls { frontend: frontend.to_string(), reason: e.to_string() })
 }
 
-/// An http-mode frontend: every backend it names (default first), its routes and TLS.
+/// An http-mode frontend: every backend it names (default first), its routes and TLS. A
+/// frontend with a `monitor_uri` and no backend at all (kubespray's `healthz` frontend) is a
+/// monitor-only frontend: it answers the monitor URI and 503 to anything else.
 pub fn http_frontend(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<HttpFrontendConfig, MapError> {
-    if fe.tls.is_some() && fe.accept_proxy {
-        return Err(unsupported(&fe.name, "accept_proxy with TLS termination"));
-    }
     let mut names: Vec<String> = Vec::new();
     let mut index = |n: &str| match names.iter().position(|x| x == n) {
         Some(i) => i,
@@ -180,22 +218,26 @@ pub fn http_frontend(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<Http
     let default = fe.backend.as_deref().map(&mut index);
     let mut routes = Vec::with_capacity(fe.routes.len());
     for r in &fe.routes {
-        if r.sni.is_some() {
-            return Err(unsupported(&fe.name, "sni routes in http mode (route by host)"));
+        if r.sni.is_some() && fe.tls.is_none() {
+            return Err(unsupported(&fe.name, "sni routes in http mode without tls (route by host)"));
         }
-        routes.push(HttpRoute { host: r.host.clone(), path_prefix: r.path_prefix.clone(), backend: index(&r.backend) });
+        routes.push(HttpRoute {
+            sni: r.sni.clone(),
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
+            backend: index(&r.backend),
+        });
     }
-    if names.is_empty() {
+    if names.is_empty() && fe.monitor_uri.is_none() {
         return Err(MapError::NoBackend(fe.name.clone()));
     }
     let backends = names
         .iter()
         .map(|n| map_proxy(cfg, &config::Frontend { backend: Some(n.clone()), routes: Vec::new(), ..fe.clone() }))
         .collect::<Result<Vec<_>, _>>()?;
-    let first = &backends[0];
     let t = &cfg.timeouts;
     Ok(HttpFrontendConfig {
-        frontend: first.frontend.clone(),
+        frontend: frontend_config(cfg, fe)?,
         routes,
         default,
         monitor_uri: fe.monitor_uri.clone(),
@@ -207,11 +249,42 @@ pub fn http_frontend(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<Http
             server: t.server.get(),
             tunnel: t.tunnel.map(|x| x.get()),
         },
-        keepalive: first.keepalive,
-        relay: first.relay,
+        keepalive: keepalive(cfg),
+        relay: relay_mode(cfg),
         tls: fe.tls.as_ref().map(|tls| load_tls(&fe.name, tls, &["http/1.1"])).transpose()?,
         backends,
     })
+}
+
+/// The listening side of a frontend.
+fn frontend_config(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<FrontendConfig, MapError> {
+    let mut binds = fe.bind.iter().map(|b| b.get());
+    let bind = binds.next().ok_or_else(|| MapError::NoBind(fe.name.clone()))?;
+    Ok(FrontendConfig {
+        name: fe.name.clone(),
+        bind,
+        extra_binds: binds.collect(),
+        maxconn: fe.maxconn.unwrap_or(cfg.maxconn) as usize,
+        backlog: fe.backlog,
+        freebind: fe.freebind,
+        // A reload starts the new process beside the old one on the same ports.
+        reuseport: true,
+        accept_proxy: fe.accept_proxy,
+    })
+}
+
+fn keepalive(cfg: &BalancerConfig) -> Option<Keepalive> {
+    let k = &cfg.keepalive;
+    k.enabled.then(|| Keepalive {
+        idle: k.idle.get(),
+        interval: k.interval.get(),
+        count: k.count,
+        user_timeout: (!k.user_timeout.is_zero()).then(|| k.user_timeout.get()),
+    })
+}
+
+fn relay_mode(cfg: &BalancerConfig) -> RelayMode {
+    if cfg.splice { RelayMode::Splice } else { RelayMode::Copy }
 }
 
 /// A frontend with its default backend, whatever its mode (checks are the caller's).
@@ -221,8 +294,6 @@ fn map_proxy(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<ProxyConfig,
         frontend: fe.name.clone(),
         backend: bname.clone(),
     })?;
-    let mut binds = fe.bind.iter().map(|b| b.get());
-    let bind = binds.next().ok_or_else(|| MapError::NoBind(fe.name.clone()))?;
     let t = &cfg.timeouts;
     let timeouts = Timeouts {
         connect: t.connect.get(),
@@ -235,29 +306,12 @@ fn map_proxy(cfg: &BalancerConfig, fe: &config::Frontend) -> Result<ProxyConfig,
             server_fin: t.server_fin.map(|x| x.get()),
         },
     };
-    let k = &cfg.keepalive;
-    let keepalive = k.enabled.then(|| Keepalive {
-        idle: k.idle.get(),
-        interval: k.interval.get(),
-        count: k.count,
-        user_timeout: (!k.user_timeout.is_zero()).then(|| k.user_timeout.get()),
-    });
     Ok(ProxyConfig {
-        frontend: FrontendConfig {
-            name: fe.name.clone(),
-            bind,
-            extra_binds: binds.collect(),
-            maxconn: fe.maxconn.unwrap_or(cfg.maxconn) as usize,
-            backlog: fe.backlog,
-            freebind: fe.freebind,
-            // A reload starts the new process beside the old one on the same ports.
-            reuseport: true,
-            accept_proxy: fe.accept_proxy,
-        },
+        frontend: frontend_config(cfg, fe)?,
         backend: backend(cfg, be)?,
         timeouts,
-        keepalive,
-        relay: if cfg.splice { RelayMode::Splice } else { RelayMode::Copy },
+        keepalive: keepalive(cfg),
+        relay: relay_mode(cfg),
     })
 }
 
@@ -306,6 +360,8 @@ fn backend(cfg: &BalancerConfig, be: &config::Backend) -> Result<BackendConfig, 
         // Stable per backend so `random` decisions are reproducible from the config.
         seed: be.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
         rebalance: be.rebalance.then_some(Rebalance { rate_per_sec: be.rebalance_rate.max(1), min_age: Duration::ZERO }),
+        // Shared between the frontends using this backend by `share_checks`.
+        checks: None,
     })
 }
 
@@ -511,7 +567,7 @@ backend = "b"
 name = "b"
 "#,
         );
-        assert_eq!(tcp_proxies(&cfg).err(), Some(MapError::Unsupported { place: "web".into(), feature: "mode http" }));
+        assert!(matches!(tcp_proxies(&cfg), Err(MapError::Unsupported { place, feature: "mode http" }) if place == "web"));
         let cfg = parse(
             r#"
 [balancer]
@@ -562,7 +618,7 @@ address = "198.18.0.22:80"
         let names: Vec<&str> = h.backends.iter().map(|b| b.backend.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(h.default, Some(0));
-        assert_eq!(h.routes[0], HttpRoute { host: Some("b.example".into()), path_prefix: None, backend: 1 });
+        assert_eq!(h.routes[0], HttpRoute { sni: None, host: Some("b.example".into()), path_prefix: None, backend: 1 });
         assert_eq!(h.routes[1].backend, 0);
         assert_eq!(h.monitor_uri.as_deref(), Some("/healthz"));
         assert!(h.forwarded_for && h.tls.is_none());

@@ -140,6 +140,28 @@ pub fn take_or_bind(
         .collect()
 }
 
+/// A frontend's listening side, ready to accept: the listeners, their bound addresses (`bind`
+/// first), and duplicates of their descriptors kept to hand over on the next reload.
+pub(crate) type Listening = (Vec<tokio::net::TcpListener>, Vec<SocketAddr>, Vec<(SocketAddr, OwnedFd)>);
+
+/// Every address of `fe` listening: inherited from the previous process where the address
+/// matches (taken out of `inherited`), bound afresh otherwise.
+pub(crate) fn listen(
+    fe: &crate::proxy::FrontendConfig,
+    inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+) -> Result<Listening, crate::proxy::ProxyError> {
+    let addrs: Vec<SocketAddr> = std::iter::once(fe.bind).chain(fe.extra_binds.iter().copied()).collect();
+    let listeners = take_or_bind(&addrs, inherited, |a| crate::proxy::bind_addr(fe, a))
+        .map_err(|source| crate::proxy::ProxyError::Bind { frontend: fe.name.clone(), addr: fe.bind, source })?;
+    let locals: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let dups = listeners
+        .iter()
+        .zip(&locals)
+        .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
+        .collect();
+    Ok((listeners, locals, dups))
+}
+
 /// Makes the socket pair a reload talks over (`SOCK_SEQPACKET`, close-on-exec; the caller clears
 /// close-on-exec on the end it gives the new process).
 pub fn channel() -> io::Result<(UnixStream, UnixStream)> {

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::balance::{AdminState, Algorithm, BalanceError, Decision, ServerSpec, ServerTable, hash_addr};
-use crate::checker::{CheckSpec, Prober, TlsConfigError, run_health_loop};
-use crate::health::{HealthCheck, HealthEvent, HealthParams};
+use crate::checker::{BackendChecks, CheckSpec, TlsConfigError, follow};
+use crate::health::{HealthEvent, HealthParams};
 use crate::proxy_protocol::{self, Header, Version as ProxyVersion};
 use crate::handover::{HandedSession, Outgoing};
 use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side, Stop, relay_state};
@@ -45,7 +45,7 @@ use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side
 // shares the backend's private state.
 #[path = "http/lease.rs"]
 mod lease;
-pub(crate) use lease::read_proxy;
+pub(crate) use lease::{read_proxy, read_proxy_exact};
 pub use lease::{KillSignal, Lease, LeaseError, tune_client};
 
 /// Session timeouts (HAProxy's `timeout` keywords).
@@ -167,6 +167,9 @@ pub struct BackendConfig {
     pub seed: u64,
     /// Long-lived connection rebalancing when a server comes back (opt-in).
     pub rebalance: Option<Rebalance>,
+    /// The backend's health checks when shared with other frontends using it (built by
+    /// [`crate::from_config`]); `None`: this proxy runs its own.
+    pub checks: Option<Arc<crate::checker::BackendChecks>>,
 }
 
 /// Shed sessions piled on some servers so their clients reconnect evenly.
@@ -250,6 +253,7 @@ impl ProxyConfig {
                 maxqueue: 1024,
                 seed: 0,
                 rebalance: None,
+                checks: None,
             },
             timeouts: Timeouts::default(),
             keepalive: Some(Keepalive::default()),
@@ -647,14 +651,13 @@ impl Proxy {
             .collect();
         let table = ServerTable::new(be.algorithm, specs, be.seed)
             .map_err(|source| ProxyError::Backend { backend: be.name.clone(), source })?;
-        let mut probers = Vec::new();
-        for (i, s) in be.servers.iter().enumerate() {
-            if let Some((spec, params)) = &s.check {
-                let p = Prober::new(spec.clone())
-                    .map_err(|source| ProxyError::Check { server: s.name.clone(), source })?;
-                probers.push((i, p, params.clone()));
-            }
-        }
+        let checks = match &be.checks {
+            Some(c) => c.clone(),
+            None => Arc::new(
+                BackendChecks::new(&be.name, be.servers.iter().map(|s| (s.name.as_str(), s.addr, s.check.as_ref())))
+                    .map_err(|e| ProxyError::Check { server: e.server, source: e.source })?,
+            ),
+        };
         let locals = listeners
             .iter()
             .map(|l| l.local_addr())
@@ -692,28 +695,21 @@ impl Proxy {
             handover: watch::channel(None).0,
             handed_over: AtomicU64::new(0),
             adopted: AtomicU64::new(0),
-            cfg,
+            // The proxy keeps the checks running as long as it lives.
+            cfg: ProxyConfig { backend: BackendConfig { checks: Some(checks.clone()), ..cfg.backend }, ..cfg },
         });
         let mut tasks = Vec::new();
-        let n_checks = probers.len().max(1) as u32;
-        for (k, (i, prober, params)) in probers.into_iter().enumerate() {
-            // Spread first checks over one interval so servers are not probed in a burst.
-            let first = tokio::time::Instant::now().into_std() + params.inter / n_checks * k as u32;
-            let machine = HealthCheck::new(params, first);
+        // The backend's checks (shared with the other frontends using it) drive this table.
+        for i in 0..shared.servers.len() {
+            let Some(rx) = checks.subscribe(i) else { continue };
+            let now = *rx.borrow();
             {
                 let mut st = shared.lock();
-                st.table.set_up(i, machine.is_up());
-                st.table.set_eweight(i, machine.weight());
+                st.table.set_up(i, now.up);
+                st.table.set_eweight(i, now.weight);
             }
             let sh = shared.clone();
-            let addr = shared.servers[i].addr;
-            let stop = shared.stop.subscribe();
-            tasks.push(tokio::spawn(run_health_loop(addr, prober, machine, stop, move |ev, err| {
-                if let (HealthEvent::ServerDown { .. }, Some(e)) = (ev, err) {
-                    tracing::warn!(server = %sh.servers[i].name, reason = %e, "last check failed");
-                }
-                sh.on_health(i, ev);
-            })));
+            tasks.push(tokio::spawn(follow(rx, now, shared.stop.subscribe(), move |ev| sh.on_health(i, ev))));
         }
         // One frontend-wide maxconn over all its listeners.
         let sem = Arc::new(Semaphore::new(shared.cfg.frontend.maxconn.max(1)));

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, bind_addr, next_connection};
+use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, next_connection};
 use crate::sni::{MAX_HELLO, Sni, client_hello_sni, sni_matches};
 
 /// One route: connections whose SNI matches `pattern` go to `backend`.
@@ -91,17 +91,7 @@ impl SniRouter {
             }
             None => None,
         };
-        let addrs: Vec<SocketAddr> =
-            std::iter::once(frontend.bind).chain(frontend.extra_binds.iter().copied()).collect();
-        let listeners = crate::handover::take_or_bind(&addrs, inherited, |a| bind_addr(&frontend, a)).map_err(
-            |source| ProxyError::Bind { frontend: frontend.name.clone(), addr: frontend.bind, source },
-        )?;
-        let locals: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let handover = listeners
-            .iter()
-            .zip(&locals)
-            .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
-            .collect();
+        let (listeners, locals, handover) = crate::handover::listen(&frontend, inherited)?;
         let (stop, _) = watch::channel(false);
         let unrouted = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Table {

@@ -98,7 +98,7 @@ impl Balancer {
             .iter()
             .chain(self.routers.iter().flat_map(|r| r.proxies().iter().map(|p| &**p)))
             .chain(self.http.iter().flat_map(|h| h.backends().iter().map(|p| &**p)))
-            .chain(self.tls_tcp.iter().map(|t| &**t.backend()))
+            .chain(self.tls_tcp.iter().flat_map(|t| t.backends().iter().map(|p| &**p)))
     }
 
     /// Sends every listening socket to the new process in one message (reload).

@@ -15,6 +15,26 @@ fn http_cols(h: &crate::http::HttpSnapshot) -> String {
     format!("{},{},{},{},{},{},{}", h.requests, r[0], r[1], r[2], r[3], r[4], r[5])
 }
 
+/// `show servers state`: one line per server of each backend (a backend used by several
+/// frontends is listed once, its sessions summed over them: the state is the backend's, as its
+/// health checks are).
+pub fn servers_state(stats: &[Stats]) -> String {
+    let mut out = String::from("# backend server status weight sessions\n");
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, st) in stats.iter().enumerate() {
+        if seen.contains(&st.backend.as_str()) {
+            continue;
+        }
+        seen.push(&st.backend);
+        let copies: Vec<&Stats> = stats[i..].iter().filter(|o| o.backend == st.backend).collect();
+        for (k, sv) in st.servers.iter().enumerate() {
+            let sessions: usize = copies.iter().filter_map(|c| c.servers.get(k)).map(|s| s.counters.current as usize).sum();
+            let _ = writeln!(out, "{} {} {} {} {}", st.backend, sv.name, sv.status, sv.weight, sessions);
+        }
+    }
+    out
+}
+
 /// HAProxy-style `show stat` CSV: a FRONTEND line, one line per server, a BACKEND line.
 pub fn show_stat(stats: &[Stats]) -> String {
     let mut out = String::new();

@@ -2,8 +2,13 @@
 //! `http/1.1` by default in http mode), and the tcp-mode frontend that decrypts and relays the
 //! plaintext to its backend (http mode terminates in [`crate::http`]).
 //!
-//! Connection lifecycle (tcp mode): accept (below maxconn) → TLS handshake within `timeout
-//! client` → lease a server from the backend (queue, retries, redispatch, PROXY header) →
+//! The certificate is chosen by the client's server name (SNI) among the frontend's certificates
+//! ([`server_config_sni`]); in tcp mode the connection is then routed by that name too.
+//!
+//! Connection lifecycle (tcp mode): accept (below maxconn) → with accept-proxy, the PROXY header
+//! read exactly (its client address is the session's) → TLS handshake within `timeout
+//! client` (certificate by SNI) → first SNI route matching the handshake's server name, else the
+//! default backend, else close → lease a server from that backend (queue, retries, redispatch, PROXY header) →
 //! copying tunnel (splice cannot read TLS) with `timeout tunnel` (or the larger of client and
 //! server) as inactivity limit → close, or kill on shutdown-sessions / drain.
 
@@ -15,14 +20,19 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::http::io::{Client, TunnelEnd, copy_tunnel};
-use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, bind_addr, next_connection, tune_client};
+use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, next_connection, read_proxy_exact, tune_client};
+use crate::proxy_protocol::Header;
+use crate::router::SniRoute;
+use crate::sni::sni_matches;
 
 /// Why a TLS certificate or key could not be loaded.
 #[derive(Debug, Error)]
@@ -50,6 +60,10 @@ pub enum TlsError {
 
 /// A rustls server config from a PEM certificate chain and a PEM private key, offering `alpn`.
 pub fn server_config(cert: &Path, key: &Path, alpn: &[String]) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_sni(cert, key, &[], alpn)
+}
+
+fn certified_key(cert: &Path, key: &Path, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let cert_err = |reason: String| TlsError::Cert { path: cert.to_path_buf(), reason };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| cert_err(e.to_string()))?
@@ -58,27 +72,102 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[String]) -> Result<Arc<Ser
     if chain.is_empty() {
         return Err(cert_err("no certificate in file".into()));
     }
+    if let Err(e) = ParsedCertificate::try_from(&chain[0]) {
+        return Err(cert_err(format!("unusable certificate: {e}")));
+    }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key { path: key.to_path_buf(), reason: e.to_string() })?;
+    let ck = CertifiedKey::from_der(chain, key_der, provider)?;
+    // A key that does not match its certificate would fail every handshake: refuse it now.
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(ck),
+        Err(e) => Err(TlsError::Key { path: key.to_path_buf(), reason: format!("does not match {}: {e}", cert.display()) }),
+    }
+}
+
+/// A rustls server config whose certificate is chosen by the client's server name (SNI): the
+/// first of `sni_certs` whose names cover it, else the default `cert`/`key` (also for clients
+/// that send no SNI).
+pub fn server_config_sni(
+    cert: &Path,
+    key: &Path,
+    sni_certs: &[(&Path, &Path)],
+    alpn: &[String],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let default = Arc::new(certified_key(cert, key, &provider)?);
+    let by_name = sni_certs
+        .iter()
+        .map(|(c, k)| certified_key(c, k, &provider).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key_der)?;
+        .with_cert_resolver(Arc::new(SniResolver { default, by_name }));
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 
-/// A tcp-mode frontend terminating TLS in front of one backend.
+/// Picks the certificate for a handshake by SNI (HAProxy's crt-list semantics, names taken from
+/// each certificate itself).
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.and_then(|n| ServerName::try_from(n.to_string()).ok()) else {
+            return self.default.clone();
+        };
+        self.by_name
+            .iter()
+            .find(|ck| {
+                ck.end_entity_cert()
+                    .ok()
+                    .and_then(|c| ParsedCertificate::try_from(c).ok())
+                    .is_some_and(|p| rustls::client::verify_server_name(&p, &name).is_ok())
+            })
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// A tcp-mode frontend terminating TLS in front of its backends, routed by the client's SNI.
 #[derive(Debug, Clone)]
 pub struct TlsTcpConfig {
-    /// The backend; its frontend part gives the listening side.
-    pub proxy: ProxyConfig,
+    /// The listening side.
+    pub frontend: FrontendConfig,
+    /// Routes by TLS server name, tried in order (their frontend part is unused).
+    pub routes: Vec<SniRoute>,
+    /// The backend of connections no route matches (`None`: they are closed).
+    pub default: Option<ProxyConfig>,
     /// The TLS server config.
     pub tls: Arc<ServerConfig>,
 }
 
+impl TlsTcpConfig {
+    /// One backend behind TLS (no SNI routes).
+    pub fn single(proxy: ProxyConfig, tls: Arc<ServerConfig>) -> Self {
+        Self { frontend: proxy.frontend.clone(), routes: Vec::new(), default: Some(proxy), tls }
+    }
+}
+
 struct Shared {
-    backend: Arc<Proxy>,
+    /// Route backends in order, then the default.
+    backends: Vec<Arc<Proxy>>,
+    /// Route patterns with the index of their backend.
+    routes: Vec<(String, usize)>,
+    default: Option<usize>,
+    unrouted: AtomicU64,
+    /// `accept-proxy`: a PROXY header precedes the ClientHello.
+    accept_proxy: bool,
     stop: watch::Sender<bool>,
     kill: watch::Sender<u64>,
     alive: AtomicUsize,
@@ -116,19 +205,27 @@ impl TlsTcpFrontend {
         cfg: TlsTcpConfig,
         inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
     ) -> Result<Self, ProxyError> {
-        let frontend = cfg.proxy.frontend.clone();
-        let backend = Arc::new(Proxy::start_with_listeners(cfg.proxy, Vec::new())?);
-        let addrs: Vec<SocketAddr> = std::iter::once(frontend.bind).chain(frontend.extra_binds.iter().copied()).collect();
-        let listeners = crate::handover::take_or_bind(&addrs, inherited, |a| bind_addr(&frontend, a))
-            .map_err(|source| ProxyError::Bind { frontend: frontend.name.clone(), addr: frontend.bind, source })?;
-        let locals: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let handover = listeners
-            .iter()
-            .zip(&locals)
-            .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
-            .collect();
+        let frontend = cfg.frontend.clone();
+        let mut backends = Vec::new();
+        let mut routes = Vec::new();
+        for r in cfg.routes {
+            routes.push((r.pattern, backends.len()));
+            backends.push(Arc::new(Proxy::start_with_listeners(r.backend, Vec::new())?));
+        }
+        let default = match cfg.default {
+            Some(p) => {
+                backends.push(Arc::new(Proxy::start_with_listeners(p, Vec::new())?));
+                Some(backends.len() - 1)
+            }
+            None => None,
+        };
+        let (listeners, locals, handover) = crate::handover::listen(&frontend, inherited)?;
         let shared = Arc::new(Shared {
-            backend,
+            backends,
+            routes,
+            default,
+            unrouted: AtomicU64::new(0),
+            accept_proxy: frontend.accept_proxy,
             stop: watch::channel(false).0,
             kill: watch::channel(0).0,
             alive: AtomicUsize::new(0),
@@ -154,14 +251,19 @@ impl TlsTcpFrontend {
         &self.locals
     }
 
-    /// The backend (admin commands).
-    pub fn backend(&self) -> &Arc<Proxy> {
-        &self.shared.backend
+    /// The backends, route order then the default (admin commands).
+    pub fn backends(&self) -> &[Arc<Proxy>] {
+        &self.shared.backends
     }
 
-    /// `show stat` snapshot of the backend.
-    pub fn stats(&self) -> Stats {
-        self.shared.backend.stats()
+    /// One `show stat` snapshot per backend, route order then the default.
+    pub fn stats(&self) -> Vec<Stats> {
+        self.shared.backends.iter().map(|b| b.stats()).collect()
+    }
+
+    /// Connections closed because no route matched their server name and there is no default.
+    pub fn unrouted(&self) -> u64 {
+        self.shared.unrouted.load(Ordering::Relaxed)
     }
 
     /// TLS handshakes that failed or timed out.
@@ -185,7 +287,9 @@ impl TlsTcpFrontend {
             t.abort();
         }
         let forced = crate::proxy::wait_then_kill(&sh.alive, &sh.idle, &sh.kill, grace).await;
-        sh.backend.drain(Duration::ZERO).await;
+        for b in &sh.backends {
+            b.drain(Duration::ZERO).await;
+        }
         forced
     }
 }
@@ -206,11 +310,24 @@ async fn accept_loop(sh: Arc<Shared>, l: TcpListener, sem: Arc<Semaphore>, accep
     }
 }
 
-async fn session(sh: &Shared, sock: TcpStream, peer: SocketAddr, acceptor: tokio_rustls::TlsAcceptor) {
-    let be = &sh.backend;
-    let t = be.timeouts();
-    tune_client(&sock, be.keepalive().as_ref());
-    let local = sock.local_addr().unwrap_or(peer);
+async fn session(sh: &Shared, mut sock: TcpStream, mut peer: SocketAddr, acceptor: tokio_rustls::TlsAcceptor) {
+    // Handshake limits come from the default backend's timeouts (all backends share them).
+    let Some(first) = sh.backends.first() else { return };
+    let t = first.timeouts();
+    tune_client(&sock, first.keepalive().as_ref());
+    let mut local = sock.local_addr().unwrap_or(peer);
+    if sh.accept_proxy {
+        // Exactly the header: the ClientHello that follows is the TLS acceptor's.
+        match tokio::time::timeout(t.idle.client, read_proxy_exact(&mut sock)).await {
+            Ok(Ok(Header::Tcp { src, dst })) => (peer, local) = (src, dst),
+            Ok(Ok(Header::Local)) => {}
+            other => {
+                tracing::debug!(%peer, error = ?other.map_err(|_| "timeout"), "bad PROXY header");
+                sh.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
     let mut client = match tokio::time::timeout(t.idle.client, acceptor.accept(sock)).await {
         Ok(Ok(s)) => Client::Tls(Box::new(s)),
         Ok(Err(e)) => {
@@ -222,6 +339,17 @@ async fn session(sh: &Shared, sock: TcpStream, peer: SocketAddr, acceptor: tokio
             sh.handshake_failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
+    };
+    // Route by the server name the handshake was made for.
+    let name = client.server_name();
+    let target = match &name {
+        Some(n) => sh.routes.iter().find(|(p, _)| sni_matches(p, n)).map(|&(_, i)| i).or(sh.default),
+        None => sh.default,
+    };
+    let Some(be) = target.map(|i| &sh.backends[i]) else {
+        tracing::debug!(%peer, sni = ?name, "no route");
+        sh.unrouted.fetch_add(1, Ordering::Relaxed);
+        return;
     };
     let Ok((lease, mut server, _)) = be.lease_connected(peer, local, |_| None).await else {
         return;

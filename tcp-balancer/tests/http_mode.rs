@@ -1,7 +1,9 @@
 //! http mode and TLS termination against real backends on loopback: keep-alive reuse, chunked
 //! bodies byte-exact, a watch streaming, a WebSocket upgrade, X-Forwarded-For, host/path routing,
-//! monitor-uri, slowloris, a backend dying mid-run, the balancer's own error answers, and TLS
-//! termination in http and tcp mode. Every test is bounded in time; everything binds 127.0.0.1.
+//! monitor-uri (a monitor-only frontend too), slowloris, a backend dying mid-run, the balancer's
+//! own error answers, TLS termination in http and tcp mode with the certificate and the route
+//! chosen by SNI, accept-proxy in front of TLS, and health checks shared by the frontends of one
+//! backend. Every test is bounded in time; everything binds 127.0.0.1.
 
 mod support;
 
@@ -616,9 +618,9 @@ async fn routes_by_host_and_path_prefix_then_default() {
             backend("be-c", &[("c", c_.addr)]),
         ]);
         cfg.routes = vec![
-            HttpRoute { host: Some("b.example".into()), path_prefix: None, backend: 1 },
-            HttpRoute { host: None, path_prefix: Some("/static/".into()), backend: 2 },
-            HttpRoute { host: Some("*.apps.example".into()), path_prefix: Some("/v2".into()), backend: 2 },
+            HttpRoute { sni: None, host: Some("b.example".into()), path_prefix: None, backend: 1 },
+            HttpRoute { sni: None, host: None, path_prefix: Some("/static/".into()), backend: 2 },
+            HttpRoute { sni: None, host: Some("*.apps.example".into()), path_prefix: Some("/v2".into()), backend: 2 },
         ];
         let fe = HttpFrontend::start(cfg).await.unwrap();
         let mut c = connect(fe.local_addr()).await;
@@ -634,7 +636,7 @@ async fn routes_by_host_and_path_prefix_then_default() {
         // Without a default backend an unmatched request is answered 503.
         let mut cfg = http_config(vec![backend("be-b", &[("b", b.addr)])]);
         cfg.default = None;
-        cfg.routes = vec![HttpRoute { host: Some("b.example".into()), path_prefix: None, backend: 0 }];
+        cfg.routes = vec![HttpRoute { sni: None, host: Some("b.example".into()), path_prefix: None, backend: 0 }];
         let fe2 = HttpFrontend::start(cfg).await.unwrap();
         let mut c = connect(fe2.local_addr()).await;
         let r = c.get("/").await.unwrap();
@@ -929,7 +931,7 @@ async fn tls_is_terminated_in_tcp_mode() {
         let (cert, key, client_cfg) = tls_files(&dir);
         let echo = support::Backend::start(support::Kind::Echo).await;
         let proxy = backend("be", &[("echo", echo.addr)]);
-        let fe = TlsTcpFrontend::start(TlsTcpConfig { proxy, tls: server_config(&cert, &key, &[]).unwrap() }).await.unwrap();
+        let fe = TlsTcpFrontend::start(TlsTcpConfig::single(proxy, server_config(&cert, &key, &[]).unwrap())).await.unwrap();
         let mut s = tls_connect(fe.local_addrs()[0], client_cfg).await;
         let pat = Pattern::new(7);
         let (a, _) = pat.block(1);
@@ -947,8 +949,8 @@ async fn tls_is_terminated_in_tcp_mode() {
             }
         );
         assert!(got == payload, "echo through TLS termination differs");
-        assert_eq!(fe.stats().servers[0].counters.total, 1);
-        assert_eq!(fe.stats().servers[0].counters.bytes_in, payload.len() as u64);
+        assert_eq!(fe.stats()[0].servers[0].counters.total, 1);
+        assert_eq!(fe.stats()[0].servers[0].counters.bytes_in, payload.len() as u64);
         fe.drain(Duration::from_secs(1)).await;
         let _ = std::fs::remove_dir_all(&dir);
     })
@@ -1150,6 +1152,247 @@ async fn a_reused_connection_closed_by_the_server_is_replaced_transparently() {
         assert_eq!(fe.http_stats().generated, [0; 5], "no error answered");
         fe.drain(Duration::from_secs(1)).await;
         server.abort();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- SNI, several certificates, accept-proxy + TLS
+
+/// Parses a `[balancer]` section.
+fn balancer_config(text: &str) -> tcp_balancer::config::BalancerConfig {
+    #[derive(serde::Deserialize)]
+    struct Root {
+        balancer: tcp_balancer::config::BalancerConfig,
+    }
+    toml::from_str::<Root>(text).expect("valid balancer config").balancer
+}
+
+/// Self-signed certificates written as PEM files (one per name list, cert and key in one file),
+/// and a client config trusting all of them.
+struct Certs {
+    dir: std::path::PathBuf,
+    files: Vec<std::path::PathBuf>,
+    ders: Vec<Vec<u8>>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Certs {
+    fn new(tag: &str, names: &[&[&str]]) -> Certs {
+        let dir = std::env::temp_dir().join(format!("hastack-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        let (mut files, mut ders) = (Vec::new(), Vec::new());
+        for (i, n) in names.iter().enumerate() {
+            let ck = rcgen::generate_simple_self_signed(n.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+            let f = dir.join(format!("c{i}.pem"));
+            std::fs::write(&f, format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem())).unwrap();
+            roots.add(ck.cert.der().clone()).unwrap();
+            files.push(f);
+            ders.push(ck.cert.der().to_vec());
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Certs { dir, files, ders, client: Arc::new(client) }
+    }
+
+    /// `tls = {...}` with the first certificate as default and the others chosen by SNI.
+    fn toml(&self) -> String {
+        let more: Vec<String> =
+            self.files[1..].iter().map(|f| format!("{{ cert = \"{0}\", key = \"{0}\" }}", f.display())).collect();
+        format!("tls = {{ cert = \"{0}\", key = \"{0}\", sni_certs = [{1}] }}", self.files[0].display(), more.join(", "))
+    }
+
+    /// A TLS connection asking for `name` (a DNS name sends SNI, an IP address does not), with
+    /// `prefix` written before the ClientHello; returns it with the index of the certificate
+    /// the balancer showed.
+    async fn connect(&self, addr: SocketAddr, name: &str, prefix: &[u8]) -> (tokio_rustls::client::TlsStream<TcpStream>, usize) {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(prefix).await.unwrap();
+        let sn = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let s = tokio_rustls::TlsConnector::from(self.client.clone()).connect(sn, tcp).await.expect("TLS handshake");
+        let shown = s.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
+        let i = self.ders.iter().position(|d| *d == shown).expect("one of our certificates");
+        (s, i)
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three backends `be-a`, `be-b`, `be-d` (servers named a, b, d) as TOML.
+fn three_backends(a: &Api, b: &Api, d: &Api) -> String {
+    [("be-a", "a", a.addr), ("be-b", "b", b.addr), ("be-d", "d", d.addr)]
+        .iter()
+        .map(|(be, sv, addr)| {
+            format!("[[balancer.backend]]\nname = \"{be}\"\n[[balancer.backend.server]]\nname = \"{sv}\"\naddress = \"{addr}\"\n")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_mode_tls_picks_certificate_and_backend_by_sni() {
+    bounded(20, async {
+        let certs = Certs::new("sni-tcp", &[&["127.0.0.1", "x.test"], &["a.test"], &["*.b.test"]]);
+        let (a, b, d) = (Api::start("a").await, Api::start("b").await, Api::start("d").await);
+        let cfg = balancer_config(&format!(
+            "[balancer]\n[[balancer.frontend]]\nname = \"tls\"\nbind = [\"127.0.0.1:0\"]\nbackend = \"be-d\"\n{}\n\
+             [[balancer.frontend.route]]\nsni = \"a.test\"\nbackend = \"be-a\"\n\
+             [[balancer.frontend.route]]\nsni = \"*.b.test\"\nbackend = \"be-b\"\n{}",
+            certs.toml(),
+            three_backends(&a, &b, &d)
+        ));
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let addr = bal.tls_tcp_frontends()[0].local_addrs()[0];
+        // (server name asked for, certificate shown, backend that answers)
+        for (name, cert, server) in [("a.test", 1, "a"), ("web.b.test", 2, "b"), ("x.test", 0, "d"), ("127.0.0.1", 0, "d")] {
+            let (s, shown) = certs.connect(addr, name, b"").await;
+            assert_eq!(shown, cert, "certificate for {name}");
+            let mut c = Client::new(s);
+            let r = c.get("/name").await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&r.body), server, "backend for {name}");
+        }
+        bal.drain(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_tls_routes_by_sni_before_host() {
+    bounded(20, async {
+        let certs = Certs::new("sni-http", &[&["127.0.0.1"], &["a.test"], &["*.b.test"]]);
+        let (a, b, d) = (Api::start("a").await, Api::start("b").await, Api::start("d").await);
+        let cfg = balancer_config(&format!(
+            "[balancer]\n[[balancer.frontend]]\nname = \"web\"\nmode = \"http\"\nbind = [\"127.0.0.1:0\"]\nbackend = \"be-d\"\n{}\n\
+             [[balancer.frontend.route]]\nsni = \"a.test\"\nbackend = \"be-a\"\n\
+             [[balancer.frontend.route]]\nsni = \"*.b.test\"\npath_prefix = \"/b/\"\nbackend = \"be-b\"\n{}",
+            certs.toml(),
+            three_backends(&a, &b, &d)
+        ));
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let addr = bal.http_frontends()[0].local_addr();
+        let (s, shown) = certs.connect(addr, "a.test", b"").await;
+        assert_eq!(shown, 1);
+        let mut c = Client::new(s);
+        // The Host header (api.example) is not what routes: the server name is.
+        for _ in 0..3 {
+            assert_eq!(c.get("/name").await.unwrap().body, b"a");
+        }
+        let (s, shown) = certs.connect(addr, "x.b.test", b"").await;
+        assert_eq!(shown, 2);
+        let mut c = Client::new(s);
+        assert_eq!(c.get("/b/name").await.unwrap().body, b"b");
+        assert_eq!(c.get("/name").await.unwrap().body, b"d", "path condition of the sni route");
+        let (s, shown) = certs.connect(addr, "127.0.0.1", b"").await;
+        assert_eq!(shown, 0);
+        assert_eq!(Client::new(s).get("/b/name").await.unwrap().body, b"d", "no SNI: default backend");
+        bal.drain(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_before_tls_gives_the_real_client() {
+    bounded(20, async {
+        let certs = Certs::new("proxy-tls", &[&["127.0.0.1", "api.test"]]);
+        let (a, b, d) = (Api::start("a").await, Api::start("b").await, Api::start("d").await);
+        let cfg = balancer_config(&format!(
+            "[balancer]\n[[balancer.frontend]]\nname = \"web\"\nmode = \"http\"\nbind = [\"127.0.0.1:0\"]\nbackend = \"be-a\"\n\
+             accept_proxy = true\nforwarded_for = true\n{}\n\
+             [[balancer.frontend]]\nname = \"raw\"\nbind = [\"127.0.0.1:0\"]\nbackend = \"be-b\"\naccept_proxy = true\n\
+             [balancer.frontend.tls]\ncert = \"{1}\"\nkey = \"{1}\"\n{2}",
+            certs.toml(),
+            certs.files[0].display(),
+            three_backends(&a, &b, &d)
+        ));
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let web = bal.http_frontends()[0].local_addr();
+        // v1 and v2 headers, each followed at once by the ClientHello.
+        let v1 = b"PROXY TCP4 198.18.0.55 198.18.0.100 40000 443\r\n".to_vec();
+        let mut v2 = Vec::new();
+        let h = tcp_balancer::proxy_protocol::Header::Tcp {
+            src: "[fd00:198:18::77]:40001".parse().unwrap(),
+            dst: "[fd00:198:18::100]:443".parse().unwrap(),
+        };
+        tcp_balancer::proxy_protocol::emit(&h, tcp_balancer::proxy_protocol::Version::V2, &mut v2);
+        for (hdr, client) in [(v1, "198.18.0.55"), (v2, "fd00:198:18::77")] {
+            let (s, _) = certs.connect(web, "api.test", &hdr).await;
+            let mut c = Client::new(s);
+            for _ in 0..2 {
+                let r = c.get("/name").await.unwrap();
+                assert_eq!((r.status, r.header("x-saw-xff")), (200, client));
+            }
+        }
+        // No header: no handshake, counted.
+        let tcp = TcpStream::connect(web).await.unwrap();
+        let sn = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+        let hs = tokio_rustls::TlsConnector::from(certs.client.clone()).connect(sn, tcp).await;
+        assert!(hs.is_err(), "a TLS client without a PROXY header was served");
+        assert!(eventually(Duration::from_secs(2), || bal.http_stats()[0].1.bad_proxy_header == 1).await);
+        // tcp mode with TLS: the PROXY header's client reaches the backend's sessions.
+        let raw = bal.tls_tcp_frontends()[0].local_addrs()[0];
+        let (s, _) = certs.connect(raw, "api.test", b"PROXY TCP4 198.18.0.66 198.18.0.100 40002 443\r\n").await;
+        let mut c = Client::new(s);
+        assert_eq!(c.get("/name").await.unwrap().body, b"b");
+        let sess = bal.sessions();
+        assert!(sess.iter().any(|(fe, s)| fe == "raw" && s.client.ip().to_string() == "198.18.0.66"), "{sess:?}");
+        bal.drain(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_only_frontend_needs_no_backend() {
+    bounded(10, async {
+        let cfg = balancer_config(
+            "[balancer]\n[[balancer.frontend]]\nname = \"healthz\"\nmode = \"http\"\nbind = [\"127.0.0.1:0\"]\nmonitor_uri = \"/healthz\"\n",
+        );
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let mut c = connect(bal.http_frontends()[0].local_addr()).await;
+        assert_eq!(c.get("/healthz").await.unwrap().status, 200);
+        assert_eq!(c.get("/healthz").await.unwrap().status, 200, "kept alive");
+        assert_eq!(c.get("/other").await.unwrap().status, 503);
+        bal.drain(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontends_sharing_a_backend_share_its_health_checks() {
+    bounded(20, async {
+        let api = Api::start("a").await;
+        let ports = || "bind = [\"127.0.0.1:0\"]\nbackend = \"be\"\n".to_string();
+        let cfg = balancer_config(&format!(
+            "[balancer]\n[[balancer.frontend]]\nname = \"one\"\n{0}[[balancer.frontend]]\nname = \"two\"\n{0}\
+             [[balancer.frontend]]\nname = \"web\"\nmode = \"http\"\n{0}\
+             [[balancer.backend]]\nname = \"be\"\ncheck = {{ type = \"tcp\", inter = \"100ms\", rise = 1, fall = 1 }}\n\
+             [[balancer.backend.server]]\nname = \"a\"\naddress = \"{1}\"\n",
+            ports(),
+            api.addr
+        ));
+        let bal = tcp_balancer::runtime::Balancer::start(&cfg).await.unwrap();
+        let before = api.conns.load(Ordering::Relaxed);
+        let window = Duration::from_millis(1500);
+        tokio::time::sleep(window).await;
+        let checks = api.conns.load(Ordering::Relaxed) - before;
+        // One checker at 100 ms: about 15 in the window; three (one per frontend) would be ~45.
+        assert!((8..=22).contains(&checks), "{checks} checks in {window:?} at inter 100ms");
+        // One state: the server goes down once for every frontend.
+        api.kill();
+        assert!(
+            eventually(Duration::from_secs(3), || bal.stats().iter().all(|s| s.servers[0].status == "DOWN")).await,
+            "every frontend sees the server down"
+        );
+        let state = tcp_balancer::stats::servers_state(&bal.stats());
+        let lines: Vec<&str> = state.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines.len(), 1, "one line for the one server of the one backend: {state}");
+        assert!(lines[0].starts_with("be a DOWN "), "{state}");
+        bal.drain(Duration::from_secs(1)).await;
     })
     .await;
 }

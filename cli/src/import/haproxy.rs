@@ -48,6 +48,7 @@ fn runtime_check(r: &mut Import, sections: &[Section]) {
             tcp_balancer::from_config::MapError::NoBackend(p) | tcp_balancer::from_config::MapError::NoBind(p) => Some(p.clone()),
             tcp_balancer::from_config::MapError::UnknownBackend { frontend, .. } => Some(frontend.clone()),
             tcp_balancer::from_config::MapError::Tls { frontend, .. } => Some(frontend.clone()),
+            tcp_balancer::from_config::MapError::Check { backend, .. } => Some(backend.clone()),
         };
         let line = sections
             .iter()
@@ -1124,7 +1125,7 @@ impl Conv {
         let mut freebind = false;
         let mut backlog = None;
         let mut ssl = false;
-        let mut crt: Option<PathBuf> = None;
+        let mut crts: Vec<PathBuf> = Vec::new();
         let mut alpn: Vec<String> = Vec::new();
         let mut i = 1;
         while i < words.len() {
@@ -1139,13 +1140,11 @@ impl Conv {
                 "ssl" => ssl = true,
                 "crt" => {
                     let path = words.get(i + 1).ok_or("crt needs a file")?;
-                    if crt.is_some() {
-                        return Err("more than one crt (certificates chosen by SNI) is not supported".into());
-                    }
                     if path.ends_with('/') || !path.starts_with('/') {
-                        return Err(format!("unsupported value crt {path}: give the absolute path of one PEM file"));
+                        return Err(format!("unsupported value crt {path}: give the absolute path of one PEM file (list a directory's files as crt lines)"));
                     }
-                    crt = Some(PathBuf::from(path));
+                    // Several crt: the first is the default, the others are chosen by SNI.
+                    crts.push(PathBuf::from(path));
                     i += 1;
                 }
                 "alpn" => {
@@ -1156,9 +1155,15 @@ impl Conv {
             }
             i += 1;
         }
-        let tls = match (ssl, crt) {
+        let several = crts.len() > 1;
+        let tls = match (ssl, crts.split_first()) {
             (false, None) if alpn.is_empty() => None,
-            (true, Some(pem)) => Some(tcp_balancer::config::FrontendTls { cert: pem.clone(), key: pem, alpn }),
+            (true, Some((pem, more))) => Some(tcp_balancer::config::FrontendTls {
+                cert: pem.clone(),
+                key: pem.clone(),
+                alpn,
+                sni_certs: more.iter().map(|p| tcp_balancer::config::CertKey { cert: p.clone(), key: p.clone() }).collect(),
+            }),
             _ => return Err("TLS termination needs ssl and crt together".into()),
         };
         if let Some(t) = tls {
@@ -1169,6 +1174,9 @@ impl Conv {
             f.tls = Some(t);
             self.place(n, &fpath.key("tls"));
             self.draft.note(n, "crt holds the chain and the key in one PEM file: tls cert and key both name it");
+            if several {
+                self.draft.note(n, "the first crt is the default certificate; the others (tls sni_certs) are chosen by the client's SNI against their names");
+            }
         }
         let start = f.bind.len();
         for (j, a) in addrs.into_iter().enumerate() {
@@ -1644,6 +1652,17 @@ mod tests {
         assert_eq!(tls.alpn, ["h2", "http/1.1"]);
         assert_eq!(un.len(), 1);
         assert!(un[0].1.contains("one certificate per frontend"), "{un:?}");
+    }
+
+    #[test]
+    fn several_crt_on_a_bind_become_certificates_chosen_by_sni() {
+        let (c, un) = run("frontend web\n mode http\n bind :443 ssl crt /etc/haproxy/default.pem crt /etc/haproxy/a.pem crt /etc/haproxy/b.pem\n default_backend b\nbackend b\n server s 198.18.0.21:80\n");
+        assert!(un.is_empty(), "{un:?}");
+        let tls = c.balancer.unwrap().frontends[0].tls.clone().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/haproxy/default.pem"));
+        let more: Vec<&std::path::Path> = tls.sni_certs.iter().map(|c| c.cert.as_path()).collect();
+        assert_eq!(more, [std::path::Path::new("/etc/haproxy/a.pem"), std::path::Path::new("/etc/haproxy/b.pem")]);
+        assert!(tls.sni_certs.iter().all(|c| c.cert == c.key));
     }
 
     #[test]

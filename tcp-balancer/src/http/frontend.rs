@@ -22,7 +22,7 @@ use super::answer::Answer;
 use super::io::Client;
 use super::route::HttpRoute;
 use crate::proxy::{
-    FrontendConfig, Keepalive, Proxy, ProxyConfig, ProxyError, Stats, bind_addr, next_connection, read_proxy, tune_client,
+    FrontendConfig, Keepalive, Proxy, ProxyConfig, ProxyError, Stats, next_connection, read_proxy, read_proxy_exact, tune_client,
 };
 use crate::proxy_protocol::Header;
 use crate::relay::RelayMode;
@@ -65,7 +65,8 @@ pub struct HttpFrontendConfig {
     pub routes: Vec<HttpRoute>,
     /// Backend of requests no route matches (`None`: 503).
     pub default: Option<usize>,
-    /// Path answered locally: 200 when the default backend (or else any) has a usable server.
+    /// Path answered locally: 200 when the default backend (or else any) has a usable server, or
+    /// always when the frontend has no backend (monitor-only).
     pub monitor_uri: Option<String>,
     /// Add `X-Forwarded-For` with the client's address.
     pub forwarded_for: bool,
@@ -231,8 +232,13 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    /// monitor-uri: the default backend (or, without one, any backend) has a usable server.
+    /// monitor-uri: the default backend (or, without one, any backend) has a usable server; a
+    /// monitor-only frontend (no backend at all) answers 200 while the process serves, as
+    /// HAProxy's `monitor-uri` does.
     pub(crate) fn monitor_ok(&self) -> bool {
+        if self.backends.is_empty() {
+            return true;
+        }
         match self.cfg.default {
             Some(i) => self.backends[i].has_usable_server(),
             None => self.backends.iter().any(|b| b.has_usable_server()),
@@ -284,15 +290,7 @@ impl HttpFrontend {
             backends.push(Arc::new(p));
         }
         let fe = cfg.frontend.clone();
-        let addrs: Vec<SocketAddr> = std::iter::once(fe.bind).chain(fe.extra_binds.iter().copied()).collect();
-        let listeners = crate::handover::take_or_bind(&addrs, inherited, |a| bind_addr(&fe, a))
-            .map_err(|source| ProxyError::Bind { frontend: fe.name.clone(), addr: fe.bind, source })?;
-        let locals: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let handover = listeners
-            .iter()
-            .zip(&locals)
-            .filter_map(|(l, &a)| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok().map(|fd| (a, fd)))
-            .collect();
+        let (listeners, locals, handover) = crate::handover::listen(&fe, inherited)?;
         let relay_mode = cfg.relay;
         let front = Arc::new(Front {
             cfg,
@@ -412,7 +410,13 @@ async fn connection(fe: &Arc<Front>, mut sock: TcpStream, peer: SocketAddr, tls:
     let mut early = Vec::new();
     let t = fe.cfg.timeouts.http_request;
     if fe.cfg.frontend.accept_proxy {
-        match tokio::time::timeout(t, read_proxy(&mut sock)).await {
+        // Behind TLS the header must be read exactly: the ClientHello follows it.
+        let header = if tls.is_some() {
+            tokio::time::timeout(t, read_proxy_exact(&mut sock)).await.map(|r| r.map(|h| (h, Vec::new())))
+        } else {
+            tokio::time::timeout(t, read_proxy(&mut sock)).await
+        };
+        match header {
             Ok(Ok((Header::Tcp { src, dst }, rest))) => {
                 (peer, local, early) = (src, dst, rest);
             }
@@ -425,25 +429,18 @@ async fn connection(fe: &Arc<Front>, mut sock: TcpStream, peer: SocketAddr, tls:
     }
     let client = match tls {
         None => Client::Plain(sock),
-        Some(acceptor) => {
-            if !early.is_empty() {
-                // Bytes past the PROXY header belong to the TLS handshake; not supported together.
+        Some(acceptor) => match tokio::time::timeout(t, acceptor.accept(sock)).await {
+            Ok(Ok(s)) => Client::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            match tokio::time::timeout(t, acceptor.accept(sock)).await {
-                Ok(Ok(s)) => Client::Tls(Box::new(s)),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(_) => {
-                    fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+            Err(_) => {
+                fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-        }
+        },
     };
     super::session::serve(fe.clone(), client, peer, local, early).await;
 }

@@ -38,6 +38,15 @@ impl Client {
             Client::Tls(s) => s.get_ref().0,
         }
     }
+
+    /// The TLS server name (SNI) the client asked for, lowercased; `None` on plain TCP or
+    /// without SNI.
+    pub fn server_name(&self) -> Option<String> {
+        match self {
+            Client::Plain(_) => None,
+            Client::Tls(s) => s.get_ref().1.server_name().map(str::to_ascii_lowercase),
+        }
+    }
 }
 
 impl AsyncRead for Client {

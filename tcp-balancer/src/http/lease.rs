@@ -284,3 +284,32 @@ pub fn tune_client(sock: &TcpStream, ka: Option<&Keepalive>) {
 pub(crate) async fn read_proxy(client: &mut TcpStream) -> std::io::Result<(Header, Vec<u8>)> {
     read_proxy_header(client, Vec::new()).await
 }
+
+/// Reads a PROXY header and not one byte more, so what follows (a TLS ClientHello: HAProxy's
+/// `bind ... accept-proxy ssl`) stays in the socket for the next reader. v2 headers are read in
+/// two exact reads; a v1 line byte by byte after its first 15 bytes (at most 107 in all).
+pub(crate) async fn read_proxy_exact(client: &mut TcpStream) -> std::io::Result<Header> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    // 15 bytes: the shortest v1 header ("PROXY UNKNOWN\r\n") and less than a v2 fixed header.
+    let mut buf = vec![0u8; 15];
+    client.read_exact(&mut buf).await?;
+    loop {
+        match proxy_protocol::parse(&buf) {
+            Ok(Some((h, len))) if len == buf.len() => return Ok(h),
+            Ok(Some(_)) => return Err(bad("PROXY header shorter than what was read".into())),
+            Ok(None) => {}
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let want = if buf.starts_with(&proxy_protocol::V2_SIG) && buf.len() >= 16 {
+            (16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]))).saturating_sub(buf.len()).max(1)
+        } else {
+            1
+        };
+        if buf.len() + want > proxy_protocol::V2_MAX.max(proxy_protocol::V1_MAX) {
+            return Err(bad("PROXY header too long".into()));
+        }
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        client.read_exact(&mut buf[start..]).await?;
+    }
+}

@@ -52,6 +52,8 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
     }
     let mut stop = fe.stop.subscribe();
     let t = fe.cfg.timeouts;
+    // Routes on the TLS server name hold for the whole connection.
+    let sni = if fe.cfg.routes.iter().any(|r| r.sni.is_some()) { client.server_name() } else { None };
     loop {
         let start = Instant::now();
         if cbuf.is_empty() {
@@ -114,7 +116,7 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
             }
             continue;
         }
-        let target = route::pick(&fe.cfg.routes, fe.cfg.default, req.host_name(data), req.path(data));
+        let target = route::pick(&fe.cfg.routes, fe.cfg.default, sni.as_deref(), req.host_name(data), req.path(data));
         let Some(bi) = target else {
             fe.counters.no_route.fetch_add(1, Ordering::Relaxed);
             answer(&fe, &mut client, Answer::ServiceUnavailable).await;
