@@ -600,58 +600,36 @@ impl ReplicationCore {
     /// The new records rank just above both (derived decisions). Returns them, already in the
     /// table.
     fn settle_conflicts(&mut self) -> Vec<LogRecord> {
-        let active = |r: &LogRecord| match r {
-            LogRecord::Upsert(l) if l.state == crate::leases::LeaseState::Active => Some(l.clone()),
-            _ => None,
-        };
+        use crate::leases::LeaseState;
+        let mut active: Vec<Lease> = self
+            .table
+            .values()
+            .filter_map(|r| match r {
+                LogRecord::Upsert(l) if l.state == LeaseState::Active => Some(l.clone()),
+                _ => None,
+            })
+            .collect();
+        active.sort_by_key(|l| l.addr);
         let mut changed: Vec<LogRecord> = Vec::new();
         // One lease per client: client-id when the client sent one, else the hardware address.
-        let mut by_client: HashMap<Vec<u8>, Lease> = HashMap::new();
-        let mut leases: Vec<Lease> = self.table.values().filter_map(active).collect();
-        leases.sort_by_key(|l| l.addr);
-        for l in leases {
-            let key = match (&l.client_id, l.hwaddr.is_empty()) {
-                (Some(c), _) => [&[0u8][..], c].concat(),
-                (None, false) => [&[1u8][..], &l.hwaddr].concat(),
-                (None, true) => continue,
-            };
-            match by_client.remove(&key) {
-                None => {
-                    by_client.insert(key, l);
-                }
-                Some(other) => {
-                    let (win, mut lose) =
-                        if LogRecord::Upsert(l.clone()).newer_than(&LogRecord::Upsert(other.clone())) { (l, other) } else { (other, l) };
-                    lose.rev = lose.rev.max(win.rev).saturating_add(1);
-                    lose.state = crate::leases::LeaseState::Released;
-                    lose.fqdn = None;
-                    lose.hostname = None;
-                    changed.push(LogRecord::Upsert(lose));
-                    by_client.insert(key, win);
-                }
-            }
-        }
+        let client = |l: &Lease| match (&l.client_id, l.hwaddr.is_empty()) {
+            (Some(c), _) => Some([&[0u8][..], c].concat()),
+            (None, false) => Some([&[1u8][..], &l.hwaddr].concat()),
+            (None, true) => None,
+        };
+        let release = |l: &mut Lease| {
+            l.state = LeaseState::Released;
+            l.fqdn = None;
+            l.hostname = None;
+        };
+        let still_active = newest_per_key(active, client, release, &mut changed);
         // One address per name, among the leases still active after that.
-        let mut by_name: HashMap<String, Lease> = HashMap::new();
-        let mut named: Vec<Lease> = by_client.into_values().filter(|l| l.fqdn.is_some()).collect();
-        named.sort_by_key(|l| l.addr);
-        for l in named {
-            let Some(name) = l.fqdn.as_ref().map(|n| n.to_ascii_lowercase()) else { continue };
-            match by_name.remove(&name) {
-                None => {
-                    by_name.insert(name, l);
-                }
-                Some(other) => {
-                    let (win, mut lose) =
-                        if LogRecord::Upsert(l.clone()).newer_than(&LogRecord::Upsert(other.clone())) { (l, other) } else { (other, l) };
-                    lose.rev = lose.rev.max(win.rev).saturating_add(1);
-                    lose.fqdn = None;
-                    lose.hostname = None;
-                    changed.push(LogRecord::Upsert(lose));
-                    by_name.insert(name, win);
-                }
-            }
-        }
+        let name = |l: &Lease| l.fqdn.as_ref().map(|n| n.to_ascii_lowercase());
+        let unname = |l: &mut Lease| {
+            l.fqdn = None;
+            l.hostname = None;
+        };
+        newest_per_key(still_active, name, unname, &mut changed);
         for r in &changed {
             self.table.insert(r.addr(), r.clone());
         }
@@ -780,6 +758,37 @@ impl ReplicationCore {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// Keep the newest of the leases (sorted by address) that share a key; each older one is
+/// changed by `demote`, ranked just above both (a decision derived from them), and pushed to
+/// `changed`. Returns the leases kept (those without a key too), sorted by address.
+fn newest_per_key<K: std::hash::Hash + Eq>(
+    leases: Vec<Lease>,
+    key: impl Fn(&Lease) -> Option<K>,
+    demote: impl Fn(&mut Lease),
+    changed: &mut Vec<LogRecord>,
+) -> Vec<Lease> {
+    let mut best: HashMap<K, Lease> = HashMap::new();
+    let mut kept = Vec::new();
+    for l in leases {
+        let Some(k) = key(&l) else {
+            kept.push(l);
+            continue;
+        };
+        let Some(other) = best.remove(&k) else {
+            best.insert(k, l);
+            continue;
+        };
+        let (win, mut lose) = if LogRecord::Upsert(l.clone()).newer_than(&LogRecord::Upsert(other.clone())) { (l, other) } else { (other, l) };
+        lose.rev = lose.rev.max(win.rev).saturating_add(1);
+        demote(&mut lose);
+        changed.push(LogRecord::Upsert(lose));
+        best.insert(k, win);
+    }
+    kept.extend(best.into_values());
+    kept.sort_by_key(|l| l.addr);
+    kept
 }
 
 // ------------------------------------------------------------------------------------------------

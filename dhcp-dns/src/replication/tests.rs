@@ -26,6 +26,7 @@ fn m(node: u32) -> MemberId {
     MemberId { node, member: 1 }
 }
 
+#[derive(Clone)]
 enum Item {
     Msg(MemberId, Vec<u8>),
     View(Vec<MemberId>),
@@ -563,10 +564,7 @@ fn a_joiner_acks_records_while_it_loads_the_snapshot_and_nobody_waits_out_the_de
     let chunks: Vec<Item> = bus.queue.drain(..).collect();
     assert!(chunks.len() >= 3, "a snapshot in several chunks ({})", chunks.len());
     let (first, rest) = chunks.split_at(1);
-    bus.queue.extend(first.iter().map(|i| match i {
-        Item::Msg(f, b) => Item::Msg(*f, b.clone()),
-        Item::View(v) => Item::View(v.clone()),
-    }));
+    bus.queue.extend(first.iter().cloned());
     let fresh = lease(250, 300, "fresh");
     bus.local(m(2), 9, LogRecord::Upsert(fresh.clone()));
     // Deliver the first chunk, the record and the acks it causes: gateway 3 is still loading.
@@ -575,10 +573,7 @@ fn a_joiner_acks_records_while_it_loads_the_snapshot_and_nobody_waits_out_the_de
     }
     assert!(!bus.node(m(3)).synced, "the record completed while gateway 3 was still loading the snapshot");
     assert_eq!(bus.node(m(2)).done, vec![(9, Ok(()))], "gateway 3 acknowledged it when applied, no timeout");
-    bus.queue.extend(rest.iter().map(|i| match i {
-        Item::Msg(f, b) => Item::Msg(*f, b.clone()),
-        Item::View(v) => Item::View(v.clone()),
-    }));
+    bus.queue.extend(rest.iter().cloned());
     bus.run();
     assert!(bus.node(m(3)).synced);
     assert_eq!(bus.node(m(3)).core.table_len(), 201);
