@@ -57,6 +57,17 @@ struct Successor {
 /// Runs the balancer until SIGTERM/SIGINT (then drains) or until a reload handed everything to
 /// a successor. `config_path` is re-read on reload.
 pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf, metrics: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    // Descriptors for maxconn, as HAProxy sizes its ulimit-n (an error only with strict_limits).
+    let fds = tcp_balancer::from_config::raise_fd_limit(cfg)?;
+    if !fds.enough() {
+        warn!(
+            limit = fds.soft,
+            needed = fds.needed,
+            maxconn = cfg.maxconn,
+            "descriptor limit too low for maxconn: connections beyond about half the limit will be refused; \
+             raise LimitNOFILE= (or ulimit -n) or lower maxconn (strict_limits = true makes this an error)"
+        );
+    }
     // `threads` (default: one per core).
     let threads = cfg.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;

@@ -48,6 +48,10 @@ pub struct BalancerConfig {
     pub splice: bool,
     /// After a reload, the longest an old process may keep connections it could not hand over.
     pub hard_stop_after: Option<HumanDuration>,
+    /// Refuse to start when the descriptor limit cannot be raised to what `maxconn` needs
+    /// (HAProxy's `strict-limits`); otherwise a warning says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_limits: bool,
     /// Session timeouts, `[balancer.timeouts]`.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -648,6 +652,7 @@ impl Default for BalancerConfig {
             threads: None,
             splice: true,
             hard_stop_after: None,
+            strict_limits: false,
             timeouts: Timeouts::default(),
             keepalive: Keepalive::default(),
             frontends: Vec::new(),

@@ -436,6 +436,85 @@ fn check(
     Ok((spec, params))
 }
 
+/// The process's descriptor limit against what the config needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    /// Descriptors the config needs at full load ([`fds_needed`]).
+    pub needed: u64,
+    /// RLIMIT_NOFILE soft limit now.
+    pub soft: u64,
+    /// RLIMIT_NOFILE hard limit now.
+    pub hard: u64,
+}
+
+impl FdLimit {
+    /// The soft limit covers the need.
+    pub fn enough(&self) -> bool {
+        self.soft >= self.needed
+    }
+}
+
+/// The descriptor limit is below what `maxconn` needs and `strict_limits` is set.
+#[derive(Debug, Error)]
+#[error(
+    "descriptor limit {} is too low for maxconn {maxconn}: {} needed (two per connection, splice pipes, listeners, checks); \
+     raise it (systemd LimitNOFILE=, ulimit -n, or give the process CAP_SYS_RESOURCE) or lower maxconn",
+    limit.soft,
+    limit.needed
+)]
+pub struct FdLimitError {
+    /// The global maxconn.
+    pub maxconn: u32,
+    /// What was reached.
+    pub limit: FdLimit,
+}
+
+/// Descriptors the balancer needs at full load, computed as HAProxy computes its `ulimit-n`
+/// from `maxconn`: a client and a server socket per connection, a pipe pair (two descriptors)
+/// for a quarter of them (HAProxy's default `maxpipes`; idle sessions hold none), every listener,
+/// one probe socket per checked server, and a reserve for the runtime (control socket, epoll,
+/// log, reload handover).
+pub fn fds_needed(cfg: &BalancerConfig) -> u64 {
+    let maxconn = u64::from(cfg.maxconn);
+    let listeners: u64 = cfg.frontends.iter().map(|f| f.bind.len() as u64).sum();
+    let checks: u64 = cfg.backends.iter().map(|b| if b.check.is_some() { b.servers.len() as u64 } else { 0 }).sum();
+    2 * maxconn + 2 * (maxconn / 4) + listeners + checks + 64
+}
+
+/// Raises RLIMIT_NOFILE towards [`fds_needed`], as HAProxy does at start: the soft limit up to
+/// the hard one, and the hard one too when the process may (root with CAP_SYS_RESOURCE, up to
+/// `fs.nr_open`). Never lowers a limit. Falling short is an error only with `strict_limits`; the
+/// caller warns otherwise.
+pub fn raise_fd_limit(cfg: &BalancerConfig) -> Result<FdLimit, FdLimitError> {
+    let needed = fds_needed(cfg);
+    let get = || {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct we own.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
+        ok.then_some((r.rlim_cur as u64, r.rlim_max as u64))
+    };
+    let set = |soft: u64, hard: u64| {
+        let r = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: setrlimit reads the struct we own.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0 }
+    };
+    let (soft, hard) = get().unwrap_or((0, 0));
+    if soft < needed {
+        // The kernel refuses a hard limit above fs.nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let target = nr_open.map_or(needed, |n| needed.min(n));
+        if !(hard < target && set(target, target)) {
+            let _ = set(target.min(hard), hard);
+        }
+    }
+    let (soft, hard) = get().unwrap_or((soft, hard));
+    let limit = FdLimit { needed, soft, hard };
+    if !limit.enough() && cfg.strict_limits {
+        return Err(FdLimitError { maxconn: cfg.maxconn, limit });
+    }
+    Ok(limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +525,41 @@ mod tests {
             balancer: BalancerConfig,
         }
         toml::from_str::<Root>(toml_text).expect("valid config").balancer
+    }
+
+    #[test]
+    fn descriptors_needed_follow_maxconn_like_haproxy() {
+        let cfg = parse(
+            r#"
+[balancer]
+maxconn = 1000
+[[balancer.frontend]]
+name = "f"
+bind = ["198.18.0.100:6443", "[fd00:198:18::100]:6443"]
+backend = "b"
+[[balancer.backend]]
+name = "b"
+check = { type = "tcp" }
+[[balancer.backend.server]]
+name = "s1"
+address = "198.18.0.21:6443"
+[[balancer.backend.server]]
+name = "s2"
+address = "198.18.0.22:6443"
+"#,
+        );
+        assert_eq!(fds_needed(&cfg), 2000 + 500 + 2 + 2 + 64);
+        // This process's limit already covers a small need: nothing to raise, never lowered.
+        let small = BalancerConfig { maxconn: 1, ..cfg.clone() };
+        let before = raise_fd_limit(&small).expect("not strict");
+        assert!(before.enough(), "{before:?}");
+        let after = raise_fd_limit(&small).unwrap();
+        assert_eq!((after.soft, after.hard), (before.soft, before.hard));
+        // An impossible need: refused with strict_limits, a plain report without.
+        let huge = BalancerConfig { maxconn: u32::MAX / 4, strict_limits: true, ..cfg };
+        let e = raise_fd_limit(&huge).expect_err("no process may hold 2^31 descriptors");
+        assert!(e.to_string().contains("too low for maxconn"), "{e}");
+        assert!(!raise_fd_limit(&BalancerConfig { strict_limits: false, ..huge }).unwrap().enough());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub use hastack_lab as lab;
 
+pub mod balancer;
 pub mod dhclient;
 
 pub use hastack_lab::{

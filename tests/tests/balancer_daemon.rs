@@ -6,6 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hastack_tests::balancer::{BalancerToml, free_port, lower_nofile_soft, max_open_files};
 use hastack_tests::{KillOnDrop, hastack_bin, stop_with_sigterm};
 
 /// A backend that answers every connection with its name, in a thread (bounded by the test).
@@ -22,45 +23,18 @@ fn backend(name: &'static str) -> u16 {
     port
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn balancer_daemon_serves_reports_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, front, metrics) = (backend("a"), backend("b"), free_port(), free_port());
     let socket = dir.path().join("balancer.sock");
     let cfg = dir.path().join("hastack.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[control]
-balancer_socket = "{}"
-metrics_balancer = "127.0.0.1:{metrics}"
-
-[[balancer.frontend]]
-name = "api"
-bind = ["127.0.0.1:{front}"]
-mode = "tcp"
-backend = "apis"
-
-[[balancer.backend]]
-name = "apis"
-balance = "roundrobin"
-
-[[balancer.backend.server]]
-name = "a"
-address = "127.0.0.1:{a}"
-
-[[balancer.backend.server]]
-name = "b"
-address = "127.0.0.1:{b}"
-"#,
-            socket.display()
-        ),
-    )
-    .unwrap();
+    BalancerToml::new(&socket)
+        .metrics(metrics)
+        .frontend("api", front, "tcp", "apis")
+        .backend_with("apis", &["balance = \"roundrobin\""], &[("a", a), ("b", b)])
+        .write(&cfg)
+        .unwrap();
     let bin = hastack_bin().unwrap();
     let check = Command::new(&bin).args(["config", "check"]).arg(&cfg).output().unwrap();
     assert!(check.status.success(), "config check: {}", String::from_utf8_lossy(&check.stderr));
@@ -110,6 +84,33 @@ address = "127.0.0.1:{b}"
         .unwrap_or_else(|| panic!("no sessions_total for server b in: {scrape}"));
     assert!(served_by_b >= 3.0, "server b took at least the 3 sessions while a was in maint: {scrape}");
     // SIGTERM: drains and exits cleanly.
+    let st = stop_with_sigterm(&mut daemon, Duration::from_secs(15));
+    assert!(st.success(), "balancer exit {st:?}");
+}
+
+/// Like HAProxy sizing `ulimit-n` from `maxconn`, the daemon raises its own descriptor limit to
+/// what its maxconn needs (two per connection plus pipes, listeners and a reserve), here from a
+/// soft limit of 1024 as a service manager might leave it.
+#[test]
+fn balancer_daemon_raises_its_descriptor_limit_for_maxconn() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("balancer.sock");
+    let cfg = dir.path().join("hastack.toml");
+    let front = free_port();
+    BalancerToml::new(&socket).global("maxconn = 3000").frontend("api", front, "tcp", "apis").backend("apis", &[("a", backend("a"))]).write(&cfg).unwrap();
+    let bin = hastack_bin().unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["balancer", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null());
+    lower_nofile_soft(&mut cmd, 1024);
+    let mut daemon = KillOnDrop(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", front)).is_err() {
+        assert!(Instant::now() < deadline, "balancer did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (soft, hard) = max_open_files(daemon.id()).expect("/proc/<pid>/limits");
+    // 2 × 3000 + 3000 / 4 × 2 + 1 listener + 64 = 7565 (or the hard limit, if lower).
+    assert!(soft >= 7565.min(hard), "descriptor limit {soft} (hard {hard}) not raised for maxconn 3000");
     let st = stop_with_sigterm(&mut daemon, Duration::from_secs(15));
     assert!(st.success(), "balancer exit {st:?}");
 }

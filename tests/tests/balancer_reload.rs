@@ -15,11 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use hastack_tests::balancer::{BalancerToml, free_port, max_open_files};
 use hastack_tests::{KillOnDrop, hastack_bin, in_ci, poll_until, stop_with_sigterm};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A skip that fails under CI=true.
 fn skip(reason: &str) {
@@ -124,64 +121,21 @@ struct Setup {
     push_front: u16,
 }
 
-fn config_text(socket: &Path, front: u16, http: u16, stream_front: u16, echo: u16, push_front: u16, push: u16) -> String {
-    format!(
-        r#"[control]
-balancer_socket = "{}"
-
-[balancer]
-hard_stop_after = "10s"
-
-[[balancer.frontend]]
-name = "web"
-bind = ["127.0.0.1:{front}"]
-mode = "tcp"
-backend = "webs"
-
-[[balancer.frontend]]
-name = "streams"
-bind = ["127.0.0.1:{stream_front}"]
-mode = "tcp"
-backend = "echo"
-
-[[balancer.frontend]]
-name = "bulk"
-bind = ["127.0.0.1:{push_front}"]
-mode = "tcp"
-backend = "push"
-
-[[balancer.backend]]
-name = "webs"
-
-[[balancer.backend.server]]
-name = "w1"
-address = "127.0.0.1:{http}"
-
-[[balancer.backend]]
-name = "echo"
-
-[[balancer.backend.server]]
-name = "e1"
-address = "127.0.0.1:{echo}"
-
-[[balancer.backend]]
-name = "push"
-
-[[balancer.backend.server]]
-name = "p1"
-address = "127.0.0.1:{push}"
-"#,
-        socket.display()
-    )
-}
-
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("balancer.sock");
     let cfg = dir.path().join("hastack.toml");
     let (front, stream_front, push_front) = (free_port(), free_port(), free_port());
-    let text = config_text(&socket, front, http_backend(2000), stream_front, echo_backend(200), push_front, pusher_backend());
-    std::fs::write(&cfg, text).unwrap();
+    BalancerToml::new(&socket)
+        .global("hard_stop_after = \"10s\"")
+        .frontend("web", front, "tcp", "webs")
+        .frontend("streams", stream_front, "tcp", "echo")
+        .frontend("bulk", push_front, "tcp", "push")
+        .backend("webs", &[("w1", http_backend(2000))])
+        .backend("echo", &[("e1", echo_backend(200))])
+        .backend("push", &[("p1", pusher_backend())])
+        .write(&cfg)
+        .unwrap();
     Setup { _dir: dir, cfg, socket, front, stream_front, push_front }
 }
 
@@ -454,17 +408,12 @@ fn raise_nofile() -> u64 {
 
 #[test]
 fn ten_thousand_idle_connections_keep_rss_bounded() {
-    // The balancer holds two descriptors per connection (client and server side): 10k idle
-    // connections need ~20k. Where the hard limit is lower (a container without
-    // CAP_SYS_RESOURCE) the test runs with as many as fit and says so.
+    // This process and the backend holder each hold one descriptor per connection; the
+    // balancer holds two (client and server side) and raises its own limit for its maxconn
+    // (20000: 50k descriptors). Where the hard limit cannot be raised (a container without
+    // CAP_SYS_RESOURCE caps it) the test runs with as many connections as the balancer's limit
+    // fits and says so.
     let limit = raise_nofile();
-    let n = (10_000usize).min((limit as usize).saturating_sub(200) / 2);
-    if n < 2_000 {
-        return skip(&format!("RLIMIT_NOFILE {limit} leaves room for only {n} connections"));
-    }
-    if n < 10_000 {
-        eprintln!("NOTE: RLIMIT_NOFILE is {limit} and cannot be raised here: {n} idle connections instead of 10000");
-    }
     let bin = hastack_bin().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("balancer.sock");
@@ -489,41 +438,31 @@ fn ten_thousand_idle_connections_keep_rss_bounded() {
         }
     };
     let front = free_port();
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[control]
-balancer_socket = "{}"
-
-[balancer]
-maxconn = 20000
-
-[balancer.timeouts]
-client = "5m"
-server = "5m"
-
-[[balancer.frontend]]
-name = "idle"
-bind = ["127.0.0.1:{front}"]
-mode = "tcp"
-backend = "b"
-
-[[balancer.backend]]
-name = "b"
-
-[[balancer.backend.server]]
-name = "s"
-address = "127.0.0.1:{bport}"
-"#,
-            socket.display()
-        ),
-    )
-    .unwrap();
+    BalancerToml::new(&socket)
+        .global("maxconn = 20000")
+        .timeout("client", "5m")
+        .timeout("server", "5m")
+        .frontend("idle", front, "tcp", "b")
+        .backend("b", &[("s", bport)])
+        .write(&cfg)
+        .unwrap();
     let mut daemon = KillOnDrop(
         Command::new(&bin).args(["balancer", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap(),
     );
     let pid = daemon.id();
     assert!(poll_until(Duration::from_secs(10), Duration::from_millis(20), || socket.exists()));
+    let (dsoft, dhard) = max_open_files(pid).expect("/proc/<pid>/limits");
+    assert!(dsoft >= 50_064.min(dhard), "the balancer did not raise its descriptor limit: {dsoft} (hard {dhard})");
+    let n = 10_000usize.min((dsoft as usize).saturating_sub(200) / 2).min((limit as usize).saturating_sub(200));
+    if n < 2_000 {
+        return skip(&format!("RLIMIT_NOFILE {dsoft} leaves room for only {n} connections"));
+    }
+    if n < 10_000 {
+        eprintln!(
+            "NOTE: the balancer's descriptor limit is {dsoft} (hard limit {dhard}, not raisable without CAP_SYS_RESOURCE): \
+             {n} idle connections instead of 10000"
+        );
+    }
     let q = |w: &[&str]| String::from_utf8(Command::new(&bin).args(["balancer", "--config"]).arg(&cfg).args(w).output().unwrap().stdout).unwrap();
     // Warm up: a few sessions through, so lazily built state (runtime, tables) is counted before.
     let warm: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(("127.0.0.1", front)).unwrap()).collect();
