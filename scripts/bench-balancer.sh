@@ -6,6 +6,11 @@
 # RSS each balancer adds per idle connection with IDLE idle connections.
 #
 # Usage: scripts/bench-balancer.sh [--runs N] [--secs S] [--idle N] [--out FILE] [--bin PATH]
+#            [--before PATH] [--targets "t1 t2 ..."] [--sizes "small 1m"] [--threads N]
+# --before adds "hastack-before": another hastack binary (e.g. the previous commit's) in tcp mode,
+# for before/after figures in the same run. --targets keeps only the named targets (direct,
+# haproxy-tcp, haproxy-splice, haproxy-http, nginx-stream, hastack-tcp, hastack-copy,
+# hastack-http, hastack-before). --threads sets hastack's [balancer] threads.
 # Needs: wrk, haproxy, nginx (+ stream module), python3; a release hastack binary (built here
 # unless --bin is given). Bounded: every wrk run is S seconds; everything it starts is stopped by
 # PID on exit. Traffic stays on 127.0.0.1.
@@ -18,6 +23,10 @@ SECS=5
 IDLE=10000
 OUT=""
 BIN=""
+BEFORE=""
+ONLY=""
+SIZES="small 1m"
+THREADS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
@@ -25,6 +34,10 @@ while [ $# -gt 0 ]; do
         --idle) IDLE=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --bin) BIN=$2; shift 2 ;;
+        --before) BEFORE=$2; shift 2 ;;
+        --targets) ONLY=$2; shift 2 ;;
+        --sizes) SIZES=$2; shift 2 ;;
+        --threads) THREADS=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -66,7 +79,8 @@ if [ "$IDLE" -gt $((HMAXCONN - 100)) ]; then
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B1=$(port); B2=$(port)
-P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port)
+P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port); P_HKB=$(port)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- backends: two nginx instances, one worker each -------------------------------------------
 mkdir -p "$W/www"
@@ -138,6 +152,7 @@ balancer_socket = "$W/hastack-$1.sock"
 [balancer]
 maxconn = 20000
 splice = ${3:-true}
+${THREADS:+threads = $THREADS}
 
 [balancer.timeouts]
 client = "300s"
@@ -165,6 +180,7 @@ EOF
 hastack_cfg $P_HK tcp > "$W/hastack-tcp.toml"
 hastack_cfg $P_HKC tcp false > "$W/hastack-copy.toml"
 hastack_cfg $P_HKH http > "$W/hastack-http.toml"
+hastack_cfg $P_HKB tcp > "$W/hastack-before.toml"
 
 # name port command...: starts a balancer in the foreground-style, records its PID.
 declare -A PORT PID
@@ -175,17 +191,27 @@ start() {
     PIDS+=($!)
     PORT[$name]=$port
 }
-start haproxy-tcp $P_HT haproxy -db -f "$W/haproxy-tcp.cfg"
-start haproxy-splice $P_HS haproxy -db -f "$W/haproxy-splice.cfg"
-start haproxy-http $P_HH haproxy -db -f "$W/haproxy-http.cfg"
-start nginx-stream $P_NG nginx -c "$W/nginx-stream.conf" -g 'daemon off;'
-start hastack-tcp $P_HK "$BIN" balancer --config "$W/hastack-tcp.toml"
-start hastack-copy $P_HKC "$BIN" balancer --config "$W/hastack-copy.toml"
-TARGETS="direct haproxy-tcp haproxy-splice haproxy-http nginx-stream hastack-tcp hastack-copy"
-if "$BIN" config check "$W/hastack-http.toml" >/dev/null 2>&1; then
-    start hastack-http $P_HKH "$BIN" balancer --config "$W/hastack-http.toml"
-    TARGETS="$TARGETS hastack-http"
+wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+TARGETS=""
+want_start() { # name port command...
+    wanted "$1" || return 0
+    start "$@"
+    TARGETS="$TARGETS $1"
+}
+wanted direct && TARGETS="direct"
+want_start haproxy-tcp $P_HT haproxy -db -f "$W/haproxy-tcp.cfg"
+want_start haproxy-splice $P_HS haproxy -db -f "$W/haproxy-splice.cfg"
+want_start haproxy-http $P_HH haproxy -db -f "$W/haproxy-http.cfg"
+want_start nginx-stream $P_NG nginx -c "$W/nginx-stream.conf" -g 'daemon off;'
+if [ -n "$BEFORE" ]; then
+    want_start hastack-before $P_HKB "$BEFORE" balancer --config "$W/hastack-before.toml"
 fi
+want_start hastack-tcp $P_HK "$BIN" balancer --config "$W/hastack-tcp.toml"
+want_start hastack-copy $P_HKC "$BIN" balancer --config "$W/hastack-copy.toml"
+if "$BIN" config check "$W/hastack-http.toml" >/dev/null 2>&1; then
+    want_start hastack-http $P_HKH "$BIN" balancer --config "$W/hastack-http.toml"
+fi
+TARGETS=$(echo $TARGETS)
 PORT[direct]=$B1
 sleep 1
 for t in $TARGETS; do
@@ -221,7 +247,7 @@ HZ=$(getconf CLK_TCK)
 
 RES="$W/results"
 : > "$RES"
-for size in small 1m; do
+for size in $SIZES; do
     for run in $(seq 1 "$RUNS"); do
         for t in $TARGETS; do
             pid=${PID[$t]:-}
@@ -280,8 +306,9 @@ fi
 {
     echo "Balancer benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r)"
     echo "wrk -t1 -c50 -d${SECS}s, medians of $RUNS runs; two nginx backends (1 worker each); $(haproxy -v | head -1 | cut -d' ' -f1-3); nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+    echo "load average (1/5/15 min) at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg); hastack threads: ${THREADS:-default}"
     echo
-    for size in small 1m; do
+    for size in $SIZES; do
         d_rps=$(awk -v s=$size '$1==s && $2=="direct"{print $4}' "$RES" | median)
         h_rps=$(awk -v s=$size '$1==s && $2=="haproxy-tcp"{print $4}' "$RES" | median)
         hs_rps=$(awk -v s=$size '$1==s && $2=="haproxy-splice"{print $4}' "$RES" | median)
@@ -297,7 +324,8 @@ fi
             errs=$(awk -v s=$size -v t=$t '$1==s && $2==t{e+=$8} END{print e+0}' "$RES")
             [ "$t" = direct ] && cpu="-"
             awk -v t=$t -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v d="$d_rps" -v h="$h_rps" -v hs="$hs_rps" -v e="$errs" \
-                'BEGIN{ printf "| %s | %.0f | %.3f | %.3f | %s | %.2f | %.2f | %.2f | %d |\n", t, r, a, b, c, r/d, r/h, r/hs, e }'
+                'function q(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" }
+                 BEGIN{ printf "| %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %d |\n", t, r, a, b, c, q(r, d), q(r, h), q(r, hs), e }'
         done
         echo
     done

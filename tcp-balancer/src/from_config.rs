@@ -284,7 +284,8 @@ fn keepalive(cfg: &BalancerConfig) -> Option<Keepalive> {
 }
 
 fn relay_mode(cfg: &BalancerConfig) -> RelayMode {
-    if cfg.splice { RelayMode::Splice } else { RelayMode::Copy }
+    // splice = true: HAProxy's splice-auto (copy small transfers, splice bulk ones).
+    if cfg.splice { RelayMode::Auto } else { RelayMode::Copy }
 }
 
 /// A frontend with its default backend, whatever its mode (checks are the caller's).

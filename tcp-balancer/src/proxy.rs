@@ -39,7 +39,8 @@ use crate::checker::{BackendChecks, CheckSpec, TlsConfigError, follow};
 use crate::health::{HealthEvent, HealthParams};
 use crate::proxy_protocol::{self, Header, Version as ProxyVersion};
 use crate::handover::{HandedSession, Outgoing};
-use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side, Stop, relay_state};
+use crate::runtime::{InFlight, spawn_session};
+use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side, Stop, StopSignal, relay_signal};
 
 // Server legs for sessions relayed elsewhere (http mode, TLS termination); a child module so it
 // shares the backend's private state.
@@ -257,7 +258,7 @@ impl ProxyConfig {
             },
             timeouts: Timeouts::default(),
             keepalive: Some(Keepalive::default()),
-            relay: RelayMode::Splice,
+            relay: RelayMode::Auto,
         }
     }
 }
@@ -450,8 +451,40 @@ struct SessionEntry {
     client: SocketAddr,
     server: usize,
     since: Instant,
-    /// Closes this one session (rebalancing).
-    kill: Arc<Notify>,
+    /// Stops this one session (rebalancing, shutdown-sessions, hard stop, handover).
+    kill: SessionKill,
+}
+
+/// How a session in the table is told to stop: a tcp-mode relay's own [`StopSignal`] (every
+/// cause reaches it through the table), or the [`Notify`] of a session relayed elsewhere (http
+/// mode, TLS), which also follows the backend's kill watches itself.
+#[derive(Clone)]
+enum SessionKill {
+    Relay(Arc<StopSignal>),
+    Notify(Arc<Notify>),
+}
+
+impl From<Arc<Notify>> for SessionKill {
+    fn from(n: Arc<Notify>) -> Self {
+        SessionKill::Notify(n)
+    }
+}
+
+impl SessionKill {
+    /// Rebalancing: close this one session.
+    fn kill(&self) {
+        match self {
+            SessionKill::Relay(s) => s.raise(Stop::Kill),
+            SessionKill::Notify(n) => n.notify_one(),
+        }
+    }
+
+    /// A cause the tcp relay learns only through the table (the others follow the watches).
+    fn raise(&self, why: Stop) {
+        if let SessionKill::Relay(s) = self {
+            s.raise(why);
+        }
+    }
 }
 
 struct ServerRt {
@@ -525,6 +558,20 @@ impl Shared {
         }
     }
 
+    /// Raises `why` on every tcp-mode relay in the table that `pick` selects.
+    fn stop_sessions(&self, why: Stop, pick: impl Fn(&SessionEntry) -> bool) {
+        let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for e in s.values().filter(|e| pick(e)) {
+            e.kill.raise(why);
+        }
+    }
+
+    /// Shuts every session on server `idx` (http-mode legs through the watch, relays directly).
+    fn kill_server(&self, idx: usize) {
+        self.servers[idx].kill.send_modify(|g| *g += 1);
+        self.stop_sessions(Stop::Kill, |e| e.server == idx);
+    }
+
     fn release(&self, idx: usize) {
         let mut st = self.lock();
         st.table.session_ended(idx);
@@ -550,7 +597,7 @@ impl Shared {
                     self.dispatch(&mut st);
                 }
                 if shutdown_sessions {
-                    self.servers[idx].kill.send_modify(|g| *g += 1);
+                    self.kill_server(idx);
                 }
             }
             HealthEvent::WeightChanged(w) => {
@@ -719,6 +766,7 @@ impl Proxy {
         if let Some(r) = shared.cfg.backend.rebalance {
             tasks.push(tokio::spawn(rebalancer(shared.clone(), r)));
         }
+        tasks.push(tokio::spawn(kill_all_relays(shared.clone(), shared.kill_all.subscribe())));
         Ok(Proxy { shared, local, locals, tasks: Mutex::new(tasks), handover: Mutex::new(handover) })
     }
 
@@ -847,7 +895,7 @@ impl Proxy {
     /// `shutdown sessions server <b>/<s>`: closes every session on that server.
     pub fn shutdown_server_sessions(&self, server: &str) -> Result<(), ProxyError> {
         let i = self.server_index(server)?;
-        self.shared.servers[i].kill.send_modify(|g| *g += 1);
+        self.shared.kill_server(i);
         Ok(())
     }
 
@@ -869,6 +917,8 @@ impl Proxy {
     /// here. Pair with [`Proxy::drain`], which stops accepting and waits for them to leave.
     pub fn hand_over_sessions(&self, to: std::sync::mpsc::Sender<Outgoing>) {
         self.shared.handover.send_replace(Some(to));
+        // Sessions reaching the relay from now on see the watch; these are told here.
+        self.shared.stop_sessions(Stop::HandOver, |_| true);
     }
 
     /// Reload, new side: resumes a session handed over by the old process. Fails (giving the
@@ -876,20 +926,15 @@ impl Proxy {
     pub fn adopt(&self, s: HandedSession) -> Result<(), Box<HandedSession>> {
         let sh = self.shared.clone();
         let Some(idx) = sh.servers.iter().position(|x| x.name == s.server) else { return Err(Box::new(s)) };
-        let to_tokio = |fd: std::os::fd::OwnedFd| {
-            let std = std::net::TcpStream::from(fd);
-            std.set_nonblocking(true)?;
-            TcpStream::from_std(std)
-        };
         let HandedSession { peer, age, timeouts, client, server_fd, relay, .. } = s;
-        let (client, server) = match (to_tokio(client), to_tokio(server_fd)) {
+        let (client, server) = match (InFlight::from_fd(client), InFlight::from_fd(server_fd)) {
             (Ok(c), Ok(s)) => (c, s),
             (c, s) => {
                 tracing::warn!(client = ?c.err(), server = ?s.err(), "cannot resume a handed-over session");
                 return Ok(());
             }
         };
-        sh.alive.fetch_add(1, Ordering::AcqRel);
+        let alive = Alive::new(&sh);
         sh.adopted.fetch_add(1, Ordering::Relaxed);
         sh.frontend.open();
         sh.lock().table.session_started(idx);
@@ -897,12 +942,16 @@ impl Proxy {
         let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         let state = RelayState::thaw(relay);
         let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer, adopted = true);
-        tokio::spawn(
+        spawn_session(
             async move {
-                let slot = SlotGuard { sh: &sh, idx };
-                relay_phase(&sh, id, client, server, peer, slot, since, timeouts, state).await;
-                if sh.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    sh.idle.notify_waiters();
+                let sh = &alive.0;
+                let slot = SlotGuard { sh, idx };
+                match (client.arrive(), server.arrive()) {
+                    (Ok(client), Ok(server)) => relay_phase(sh, id, client, server, peer, slot, since, timeouts, state).await,
+                    (c, s) => {
+                        tracing::warn!(client = ?c.err(), server = ?s.err(), "cannot resume a handed-over session");
+                        sh.frontend.close();
+                    }
                 }
             }
             .instrument(span),
@@ -923,16 +972,22 @@ impl Proxy {
     /// Serves a connection accepted elsewhere (an SNI router): `early` holds bytes already read
     /// from the client, sent to the server first; `guard` is dropped when the session ends.
     pub fn handle<G: Send + 'static>(&self, stream: TcpStream, peer: SocketAddr, early: Vec<u8>, guard: G) {
-        let sh = self.shared.clone();
-        sh.alive.fetch_add(1, Ordering::AcqRel);
-        let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer);
-        tokio::spawn(
+        let alive = Alive::new(&self.shared);
+        let span = tracing::debug_span!("session", frontend = %self.shared.cfg.frontend.name, %peer);
+        let stream = match InFlight::new(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot move the connection to a session worker");
+                return;
+            }
+        };
+        spawn_session(
             async move {
-                session(&sh, stream, peer, early).await;
-                drop(guard);
-                if sh.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    sh.idle.notify_waiters();
+                if let Ok(stream) = stream.arrive() {
+                    session(&alive.0, stream, peer, early).await;
                 }
+                drop(guard);
+                drop(alive);
             }
             .instrument(span),
         );
@@ -969,13 +1024,20 @@ async fn rebalancer(sh: Arc<Shared>, r: Rebalance) {
                     .map(|e| e.kill.clone())
             };
             let Some(kill) = victim else { break };
-            kill.notify_one();
+            kill.kill();
             sh.servers[idx].counters.rebalanced.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {},
                 _ = stopped(&mut stop) => return,
             }
         }
+    }
+}
+
+/// Fans the end of a drain (`kill_all`, bumped by [`wait_then_kill`]) out to every relay.
+async fn kill_all_relays(sh: Arc<Shared>, mut rx: watch::Receiver<u64>) {
+    while rx.changed().await.is_ok() {
+        sh.stop_sessions(Stop::Kill, |_| true);
     }
 }
 
@@ -1013,19 +1075,43 @@ pub(crate) async fn next_connection(
 async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, sem: Arc<Semaphore>) {
     let mut stop = sh.stop.subscribe();
     while let Some((permit, sock, peer)) = next_connection(&listener, &sem, &mut stop).await {
-        sh.alive.fetch_add(1, Ordering::AcqRel);
-        let sh2 = sh.clone();
+        let alive = Alive::new(&sh);
         let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer);
-        tokio::spawn(
+        let sock = match InFlight::new(sock) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot move the connection to a session worker");
+                continue;
+            }
+        };
+        spawn_session(
             async move {
-                session(&sh2, sock, peer, Vec::new()).await;
-                drop(permit);
-                if sh2.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    sh2.idle.notify_waiters();
+                if let Ok(sock) = sock.arrive() {
+                    session(&alive.0, sock, peer, Vec::new()).await;
                 }
+                drop(permit);
+                drop(alive);
             }
             .instrument(span),
         );
+    }
+}
+
+/// Counts a session in `alive` for as long as it lives (drain waits for the count to reach 0).
+struct Alive(Arc<Shared>);
+
+impl Alive {
+    fn new(sh: &Arc<Shared>) -> Self {
+        sh.alive.fetch_add(1, Ordering::AcqRel);
+        Alive(sh.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.0.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -1268,25 +1354,22 @@ async fn relay_phase(
 ) {
     let srv = &sh.servers[slot.idx];
     srv.counters.open();
-    let kill_one = Arc::new(Notify::new());
+    // One stop signal, raised through the session table by every cause: an idle session waits
+    // on its two sockets, its timer and this, nothing else.
+    let signal = Arc::new(StopSignal::new());
+    let (gen_srv, gen_all) = (*srv.kill.borrow(), *sh.kill_all.borrow());
     sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
         id,
-        SessionEntry { client: peer, server: slot.idx, since, kill: kill_one.clone() },
+        SessionEntry { client: peer, server: slot.idx, since, kill: SessionKill::Relay(signal.clone()) },
     );
-
-    let mut kill_srv = srv.kill.subscribe();
-    let mut kill_all = sh.kill_all.subscribe();
-    let mut handover = sh.handover.subscribe();
-    let stop = async {
-        tokio::select! {
-            _ = kill_srv.changed() => Stop::Kill,
-            _ = kill_all.changed() => Stop::Kill,
-            _ = kill_one.notified() => Stop::Kill,
-            _ = handover.wait_for(|h| h.is_some()) => Stop::HandOver,
-        }
-    };
+    // A cause raised between reading the generations and the insertion missed the table.
+    if sh.handover.borrow().is_some() {
+        signal.raise(Stop::HandOver);
+    } else if *srv.kill.borrow() != gen_srv || *sh.kill_all.borrow() != gen_all {
+        signal.raise(Stop::Kill);
+    }
     let sink = Sink { fe: &sh.frontend, srv: &srv.counters };
-    let end = relay_state(&client, &server, sh.cfg.relay, timeouts, &sink, stop, &mut state).await;
+    let end = relay_signal(&client, &server, sh.cfg.relay, timeouts, &sink, &signal, &mut state).await;
     if matches!(end, RelayEnd::HandOver) {
         let tx = sh.handover.borrow().clone();
         let (c_fd, s_fd) = (client.into_std().map(std::os::fd::OwnedFd::from), server.into_std().map(std::os::fd::OwnedFd::from));

@@ -1,18 +1,34 @@
-//! Full-duplex byte relay between two TCP sockets: zero-copy `splice(2)` through a pipe per
-//! direction on Linux, or a plain copy through a buffer.
+//! Full-duplex byte relay between two TCP sockets: copy through a per-thread scratch buffer for
+//! small transfers, zero-copy `splice(2)` through a pipe for bulk ones (HAProxy's splice-auto),
+//! or either one only.
 //!
-//! Lifecycle of one direction (a "pump"): wait for the source to be readable → move a chunk
-//! into the pipe (or buffer) → drain it to the destination → repeat; on the source's FIN, shut
-//! the destination's write side (half-close is forwarded) and finish. The relay is over when
-//! both pumps finished, one failed, a side stayed idle past its timeout, or it was killed.
-//! The pipe is created on the first readable event, so idle connections hold no pipe.
+//! Lifecycle of one direction (a "pump"):
+//! - **copying** (start): wait for the source to be readable → read into the thread's scratch
+//!   buffer → write it to the destination at once. Bytes the destination does not take are kept
+//!   in a per-session buffer (allocated then, freed once drained), so an idle session holds no
+//!   buffer. A read that leaves the buffer partly empty drained the socket: readiness is cleared
+//!   without the extra read that would only say EAGAIN.
+//! - **splicing** ([`RelayMode::Auto`]: once a read filled the scratch buffer, i.e. a bulk
+//!   transfer; [`RelayMode::Splice`]: always): source → pipe → destination. The pipe comes from a
+//!   per-thread pool and goes back to it as soon as it is empty and the source has nothing more
+//!   (EAGAIN) or sent a short chunk (Auto goes back to copying then), so idle sessions hold no
+//!   pipe and a burst costs no pipe2(2).
+//! - **done**: the source's FIN is forwarded (shutdown of the destination's write side) once
+//!   every byte before it was delivered.
+//!
+//! The relay is over when both pumps finished, one failed, a side stayed idle past its timeout
+//! (one timer per session, re-armed only when it fires, not on every chunk), or its stop signal
+//! was raised (kill, handover).
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -20,8 +36,11 @@ use tokio::time::Instant;
 /// How bytes are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelayMode {
-    /// splice(2) through a pipe (zero-copy), falling back to copy if a pipe cannot be made.
+    /// Copy small transfers, splice(2) bulk ones (a read filled the copy buffer), as HAProxy's
+    /// `option splice-auto`: fewest syscalls for small exchanges, zero-copy for large ones.
     #[default]
+    Auto,
+    /// Always splice(2) through a pipe (zero-copy), falling back to copy if a pipe cannot be made.
     Splice,
     /// read/write through a user-space buffer.
     Copy,
@@ -76,7 +95,7 @@ pub trait ByteSink: Sync {
 
 /// Bytes moved by splice(2) since start, over all sessions (zero-copy share of the traffic).
 static SPLICED_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Pipes currently held by sessions.
+/// Pipes currently held by sessions (pooled ones not included).
 static PIPES_IN_USE: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes relayed with splice(2) since start (a Prometheus counter).
@@ -89,10 +108,39 @@ pub fn pipes_in_use() -> u64 {
     PIPES_IN_USE.load(Ordering::Relaxed)
 }
 
-/// Largest chunk moved per splice/read.
+/// Largest chunk moved per splice.
 const CHUNK: usize = 256 * 1024;
-/// Copy-mode buffer size per direction.
-const COPY_BUF: usize = 32 * 1024;
+/// The per-thread copy buffer; a read that fills it marks a bulk transfer (Auto splices then).
+/// At most this much is ever kept per direction of a session, so it always fits a pipe when a
+/// session is frozen for a handover.
+const SCRATCH: usize = 32 * 1024;
+/// Empty pipes kept per thread for the next bulk burst.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    /// Where copied bytes pass between read and write; never held across a wait.
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+    /// Empty pipes, ready for the next burst without pipe2(2) and fcntl(2).
+    static PIPE_POOL: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty pipe from this thread's pool, or a new one.
+fn take_pipe() -> Option<Pipe> {
+    match PIPE_POOL.with_borrow_mut(Vec::pop) {
+        Some(fds) => Some(Pipe::from_fds(fds)),
+        None => Pipe::new().ok(),
+    }
+}
+
+/// Gives an empty pipe back to this thread's pool (closed if the pool is full).
+fn put_pipe(p: Pipe) {
+    let fds = p.into_fds();
+    PIPE_POOL.with_borrow_mut(|pool| {
+        if pool.len() < POOL_MAX {
+            pool.push(fds);
+        }
+    });
+}
 
 struct Activity {
     start: Instant,
@@ -136,17 +184,18 @@ impl Activity {
 
 /// Where one direction of a relay stands. It lives outside the relay future, so when a relay is
 /// stopped for a handover nothing in flight is lost: bytes already taken from the source sit in
-/// the pipe (or the copy buffer) and are counted in `pending`.
+/// the pipe (counted in `pending`) or in `stash`.
 #[derive(Default)]
 struct Direction {
-    /// The splice pipe; made on the first data, so an idle session holds none.
+    /// The splice pipe while a burst is spliced; back in the pool once empty.
     pipe: Option<Pipe>,
     /// Bytes in the pipe not yet written to the destination.
     pending: usize,
-    /// Copy mode: the buffer and its unsent range.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Copied bytes the destination has not taken yet (from `sent` on); no allocation when empty.
+    stash: Vec<u8>,
+    sent: usize,
+    /// Auto mode: the last read filled its buffer (a bulk transfer), so the next one splices.
+    bulk: bool,
     /// The source's FIN was seen and forwarded to the destination.
     done: bool,
     /// Bytes delivered to the destination in this direction.
@@ -216,22 +265,23 @@ impl RelayState {
         (self.up.bytes, self.down.bytes)
     }
 
-    /// Detaches the state from this process: pipes are kept as they are (their bytes travel with
-    /// them); bytes pending in a copy buffer are written into a fresh pipe.
+    /// Detaches the state from this process: pipes with bytes are kept as they are (their bytes
+    /// travel with them); bytes kept in a copy stash are written into a fresh pipe.
     pub fn freeze(self) -> io::Result<Frozen> {
         fn dir(d: Direction) -> io::Result<FrozenDirection> {
-            let (pipe, pending) = if d.end > d.start {
+            // Never both: a direction reads (and so fills a pipe) only once its stash is empty.
+            let (pipe, pending) = if d.sent < d.stash.len() {
                 let p = Pipe::new()?;
-                let mut off = d.start;
-                while off < d.end {
+                let mut off = d.sent;
+                while off < d.stash.len() {
                     // SAFETY: write(2) from a live buffer range into a pipe we own.
-                    let n = unsafe { libc::write(p.w.as_raw_fd(), d.buf[off..d.end].as_ptr().cast(), d.end - off) };
+                    let n = unsafe { libc::write(p.w.as_raw_fd(), d.stash[off..].as_ptr().cast(), d.stash.len() - off) };
                     if n <= 0 {
                         return Err(io::Error::other("copy buffer does not fit a pipe"));
                     }
                     off += n as usize;
                 }
-                (Some(p), d.end - d.start)
+                (Some(p), d.stash.len() - d.sent)
             } else if d.pending > 0 {
                 (d.pipe, d.pending)
             } else {
@@ -264,6 +314,68 @@ pub enum Stop {
     HandOver,
 }
 
+/// A session's stop request, raised from any thread and seen by its relay at once: the one wake
+/// source a relay needs besides its two sockets and its timer, instead of a subscription per
+/// cause (server down, hard stop, rebalancing, handover).
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    /// 0: none; 1: [`Stop::Kill`]; 2: [`Stop::HandOver`].
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl StopSignal {
+    /// Not raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the relay to stop; the first request wins (a session handed over is not then killed
+    /// here, and a killed one is not handed over).
+    pub fn raise(&self, why: Stop) {
+        let v = match why {
+            Stop::Kill => 1,
+            Stop::HandOver => 2,
+        };
+        if self.state.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.waker.wake();
+        }
+    }
+
+    /// The request, if one was raised.
+    pub fn raised(&self) -> Option<Stop> {
+        match self.state.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Stop::Kill),
+            _ => Some(Stop::HandOver),
+        }
+    }
+}
+
+/// What a relay polls to learn it must stop.
+trait StopSource {
+    fn poll_stop(&mut self, cx: &mut Context<'_>) -> Poll<Stop>;
+}
+
+impl<K: std::future::Future<Output = Stop>> StopSource for Pin<&mut K> {
+    fn poll_stop(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        self.as_mut().poll(cx)
+    }
+}
+
+impl StopSource for &StopSignal {
+    fn poll_stop(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        if let Some(s) = self.raised() {
+            return Poll::Ready(s);
+        }
+        self.waker.register(cx.waker());
+        match self.raised() {
+            Some(s) => Poll::Ready(s),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// Relays until done; `kill` resolves to end the session early.
 pub async fn relay<K: std::future::Future<Output = ()>>(
     client: &TcpStream,
@@ -280,10 +392,6 @@ pub async fn relay<K: std::future::Future<Output = ()>>(
 /// Relays with the state kept by the caller (fresh, or thawed after a handover) until done,
 /// or until `stop` resolves: [`Stop::HandOver`] leaves `state` consistent for
 /// [`RelayState::freeze`] and returns [`RelayEnd::HandOver`].
-///
-/// One hand-written poll loop drives both directions and the idle watchdog: no sub-future per
-/// await point, so an idle session's relay is small (it holds its state, a timer and the stop
-/// future) and a wake-up costs one poll of each direction.
 pub async fn relay_state<K: std::future::Future<Output = Stop>>(
     client: &TcpStream,
     server: &TcpStream,
@@ -293,14 +401,45 @@ pub async fn relay_state<K: std::future::Future<Output = Stop>>(
     stop: K,
     state: &mut RelayState,
 ) -> RelayEnd {
+    let stop = std::pin::pin!(stop);
+    run(client, server, mode, timeouts, counters, stop, state).await
+}
+
+/// [`relay_state`] with a [`StopSignal`] as the stop source: the smallest relay, for sessions
+/// that may stay idle by the thousand.
+pub async fn relay_signal(
+    client: &TcpStream,
+    server: &TcpStream,
+    mode: RelayMode,
+    timeouts: IdleTimeouts,
+    counters: &dyn ByteSink,
+    stop: &StopSignal,
+    state: &mut RelayState,
+) -> RelayEnd {
+    run(client, server, mode, timeouts, counters, stop, state).await
+}
+
+/// One hand-written poll loop drives both directions, the stop source and the idle watchdog: no
+/// sub-future per await point, so an idle session's relay is small, and a wake-up costs one
+/// poll of each direction. The timer is armed for the earliest idle deadline and only re-armed
+/// when it fires (activity only moves deadlines later) or a half-close shortens the timeouts.
+async fn run<S: StopSource>(
+    client: &TcpStream,
+    server: &TcpStream,
+    mode: RelayMode,
+    timeouts: IdleTimeouts,
+    counters: &dyn ByteSink,
+    mut stop: S,
+    state: &mut RelayState,
+) -> RelayEnd {
     let RelayState { up, down, act } = state;
     let act = &*act;
-    let mut stop = std::pin::pin!(stop);
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(watch_deadline(act, &timeouts).0));
+    let mut armed_half = act.half_closed.load(Ordering::Relaxed);
     std::future::poll_fn(|cx| {
         // Stop first: a handover must find the state between two syscalls, which it always is
         // here, before any more bytes move.
-        if let Poll::Ready(s) = stop.as_mut().poll(cx) {
+        if let Poll::Ready(s) = stop.poll_stop(cx) {
             return Poll::Ready(match s {
                 Stop::Kill => RelayEnd::Killed,
                 Stop::HandOver => RelayEnd::HandOver,
@@ -319,18 +458,24 @@ pub async fn relay_state<K: std::future::Future<Output = Stop>>(
         if up.done && down.done {
             return Poll::Ready(RelayEnd::Closed);
         }
-        // Activity or a half-close may have moved the deadline since the timer was set.
+        let half = act.half_closed.load(Ordering::Relaxed);
+        if half != armed_half {
+            // The fin timeouts may be shorter than the deadline armed before the half-close.
+            armed_half = half;
+            let (deadline, _) = watch_deadline(act, &timeouts);
+            if deadline < sleep.deadline() {
+                sleep.as_mut().reset(deadline);
+            }
+        }
         loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             let (deadline, side) = watch_deadline(act, &timeouts);
             if Instant::now() >= deadline {
                 return Poll::Ready(RelayEnd::Timeout(side));
             }
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            sleep.as_mut().reset(deadline);
         }
     })
     .await
@@ -344,6 +489,16 @@ fn watch_deadline(act: &Activity, t: &IdleTimeouts) -> (Instant, Side) {
     let c = act.start + Duration::from_millis(act.client_ms.load(Ordering::Relaxed)) + client_t;
     let s = act.start + Duration::from_millis(act.server_ms.load(Ordering::Relaxed)) + server_t;
     if c <= s { (c, Side::Client) } else { (s, Side::Server) }
+}
+
+/// Outcome of one copy step.
+enum Copied {
+    /// No data (readiness cleared, or spurious).
+    Nothing,
+    /// The source's FIN.
+    Fin,
+    /// `read` bytes read, `written` of them delivered at once (the rest stashed).
+    Data { read: usize, written: usize },
 }
 
 /// Moves bytes from `src` (side `from`) to `dst`: `Ready(Ok)` once `src`'s FIN was forwarded,
@@ -368,9 +523,13 @@ fn poll_pump(
         Side::Client => Side::Server,
         Side::Server => Side::Client,
     };
-    let count = |n: usize| match from {
-        Side::Client => counters.client_to_server(n as u64),
-        Side::Server => counters.server_to_client(n as u64),
+    let delivered = |dir: &mut Direction, n: usize| {
+        dir.bytes += n as u64;
+        match from {
+            Side::Client => counters.client_to_server(n as u64),
+            Side::Server => counters.server_to_client(n as u64),
+        }
+        act.touch(to);
     };
     let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
     loop {
@@ -383,62 +542,81 @@ fn poll_pump(
                 Ok(0) => return Poll::Ready(Err((to, io::ErrorKind::WriteZero.into()))),
                 Ok(m) => {
                     dir.pending -= m;
-                    dir.bytes += m as u64;
-                    count(m);
                     SPLICED_BYTES.fetch_add(m as u64, Ordering::Relaxed);
-                    act.touch(to);
+                    delivered(dir, m);
+                    // A short burst is over once delivered: back to copying (Auto).
+                    if dir.pending == 0 && !dir.bulk && mode == RelayMode::Auto
+                        && let Some(p) = dir.pipe.take()
+                    {
+                        put_pipe(p);
+                    }
                 }
                 Err(e) if would_block(&e) => {}
                 Err(e) => return Poll::Ready(Err((to, e))),
             }
             continue;
         }
-        if dir.start < dir.end {
+        if dir.sent < dir.stash.len() {
             ready!(dst.poll_write_ready(cx)).map_err(|e| (to, e))?;
-            match dst.try_write(&dir.buf[dir.start..dir.end]) {
+            match dst.try_write(&dir.stash[dir.sent..]) {
                 Ok(0) => return Poll::Ready(Err((to, io::ErrorKind::WriteZero.into()))),
                 Ok(m) => {
-                    dir.start += m;
-                    dir.bytes += m as u64;
-                    count(m);
-                    act.touch(to);
+                    dir.sent += m;
+                    delivered(dir, m);
+                    if dir.sent == dir.stash.len() {
+                        // Drained: an idle session keeps no buffer.
+                        dir.stash = Vec::new();
+                        dir.sent = 0;
+                    }
                 }
                 Err(e) if would_block(&e) => {}
                 Err(e) => return Poll::Ready(Err((to, e))),
             }
             continue;
         }
-        if dir.pipe.is_none() && dir.buf.is_empty() {
-            // Lazily made: an idle connection holds no pipe and no buffer. A one-byte peek (not
-            // mere readiness, which can be spurious) waits for data or a FIN.
-            let mut one = [0u8; 1];
-            let mut rb = tokio::io::ReadBuf::new(&mut one);
-            ready!(src.poll_peek(cx, &mut rb)).map_err(|e| (from, e))?;
-            if mode == RelayMode::Splice {
-                dir.pipe = Pipe::new().ok();
-            }
-            if dir.pipe.is_none() {
-                dir.buf = vec![0u8; COPY_BUF];
-            }
-        }
         ready!(src.poll_read_ready(cx)).map_err(|e| (from, e))?;
-        let r = match &dir.pipe {
-            Some(pipe) => src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK)),
-            None => src.try_read(&mut dir.buf),
+        let splicing = match mode {
+            RelayMode::Copy => false,
+            RelayMode::Splice => true,
+            RelayMode::Auto => dir.bulk,
         };
-        match r {
-            Ok(0) => break,
-            Ok(n) => {
-                if dir.pipe.is_some() {
-                    dir.pending = n;
-                } else {
-                    dir.start = 0;
-                    dir.end = n;
+        if splicing && dir.pipe.is_none() {
+            dir.pipe = take_pipe();
+        }
+        if let Some(pipe) = &dir.pipe {
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK)) {
+                Ok(0) => {
+                    if let Some(p) = dir.pipe.take() {
+                        put_pipe(p);
+                    }
+                    break;
                 }
-                act.touch(from);
+                Ok(n) => {
+                    dir.pending = n;
+                    dir.bulk = n >= SCRATCH;
+                    act.touch(from);
+                }
+                Err(e) if would_block(&e) => {
+                    // Nothing more for now: an empty pipe goes back to the pool, so a session
+                    // that turns idle holds none.
+                    if let Some(p) = dir.pipe.take() {
+                        put_pipe(p);
+                    }
+                }
+                Err(e) => return Poll::Ready(Err((from, e))),
             }
-            Err(e) if would_block(&e) => {}
-            Err(e) => return Poll::Ready(Err((from, e))),
+            continue;
+        }
+        match copy_step(src, dst, from, to, dir)? {
+            Copied::Nothing => {}
+            Copied::Fin => break,
+            Copied::Data { read, written } => {
+                act.touch(from);
+                dir.bulk = read == SCRATCH;
+                if written > 0 {
+                    delivered(dir, written);
+                }
+            }
         }
     }
     // FIN from src: forward the half-close. A peer that already reset makes this fail; the
@@ -448,6 +626,47 @@ fn poll_pump(
     act.half_closed.store(true, Ordering::Relaxed);
     act.touch(from);
     Poll::Ready(Ok(()))
+}
+
+/// Reads once into the thread's scratch buffer and writes what came straight to `dst`; what
+/// `dst` does not take is stashed in `dir`. A read that leaves the buffer partly empty drained
+/// the socket (as tokio's own reads assume), so its readiness is cleared then and the next
+/// read waits for the next edge instead of costing an EAGAIN.
+fn copy_step(src: &TcpStream, dst: &TcpStream, from: Side, to: Side, dir: &mut Direction) -> Result<Copied, (Side, io::Error)> {
+    SCRATCH_BUF.with_borrow_mut(|buf| {
+        let mut short = 0usize;
+        let r = src.try_io(Interest::READABLE, || {
+            // SAFETY: recv(2) into a live buffer of buf.len() bytes.
+            let n = unsafe { libc::recv(src.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 && n < buf.len() {
+                short = n;
+                // Reported as WouldBlock so that tokio clears the readiness it saw.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match r {
+            Ok(0) => return Ok(Copied::Fin),
+            Ok(n) => n,
+            Err(_) if short > 0 => short,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
+            Err(e) => return Err((from, e)),
+        };
+        let m = match dst.try_write(&buf[..n]) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err((to, e)),
+        };
+        if m < n {
+            dir.stash = buf[m..n].to_vec();
+            dir.sent = 0;
+        }
+        Ok(Copied::Data { read: n, written: m })
+    })
 }
 
 /// A non-blocking pipe used as the splice intermediary.
@@ -546,7 +765,7 @@ mod tests {
 
     #[tokio::test]
     async fn relays_both_ways_and_forwards_half_close() {
-        for mode in [RelayMode::Splice, RelayMode::Copy] {
+        for mode in [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy] {
             // client <-> (c_far | proxy | s_far) <-> server
             let (mut client, c_far) = pair().await;
             let (s_far, mut server) = pair().await;
@@ -568,6 +787,147 @@ mod tests {
             let (end, ()) = tokio::join!(fut, task);
             assert!(matches!(end, RelayEnd::Closed), "{mode:?}: {end:?}");
         }
+    }
+
+    /// A deterministic byte pattern: byte `i` of the stream.
+    fn pat(i: usize) -> u8 {
+        (i.wrapping_mul(31) ^ (i >> 11)) as u8
+    }
+
+    /// Small and bulk bursts in a row go through byte-exact in every mode, and once the source
+    /// is quiet the session holds neither a pipe nor a buffer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mixed_bursts_are_byte_exact_and_leave_nothing_held() {
+        for mode in [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy] {
+            let (mut client, c_far) = pair().await;
+            let (s_far, mut server) = pair().await;
+            let bursts = [100usize, 1 << 20, 50, 300 << 10, 7, 2 << 20, 1];
+            let total: usize = bursts.iter().sum();
+            let (quiet_tx, quiet_rx) = tokio::sync::oneshot::channel::<()>();
+            let relay = async {
+                let mut state = RelayState::new();
+                let stop = async {
+                    let _ = quiet_rx.await;
+                    Stop::HandOver
+                };
+                let end = relay_state(&c_far, &s_far, mode, timeouts(), &NoCount, stop, &mut state).await;
+                (end, state)
+            };
+            let traffic = async {
+                let mut off = 0;
+                let mut got = 0;
+                let mut buf = vec![0u8; 64 << 10];
+                for &b in &bursts {
+                    let chunk: Vec<u8> = (off..off + b).map(pat).collect();
+                    let w = async { client.write_all(&chunk).await.unwrap() };
+                    let r = async {
+                        while got < off + b {
+                            let n = server.read(&mut buf).await.unwrap();
+                            assert!(n > 0, "{mode:?}: EOF at {got}");
+                            assert!(buf[..n].iter().enumerate().all(|(k, &x)| x == pat(got + k)), "{mode:?}: mismatch near {got}");
+                            got += n;
+                        }
+                    };
+                    tokio::join!(w, r);
+                    off += b;
+                }
+                // Let the relay see the quiet socket (its next read says EAGAIN).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                quiet_tx.send(()).unwrap();
+            };
+            let ((end, state), ()) = tokio::join!(relay, traffic);
+            assert!(matches!(end, RelayEnd::HandOver), "{mode:?}: {end:?}");
+            assert_eq!(state.bytes(), (total as u64, 0), "{mode:?}");
+            assert!(state.up.pipe.is_none() && state.up.pending == 0, "{mode:?}: a quiet session holds a pipe");
+            assert!(state.up.stash.capacity() == 0, "{mode:?}: a quiet session holds a buffer");
+        }
+    }
+
+    /// A relay stopped while the destination is not reading keeps the bytes it already took
+    /// (stash or pipe); frozen and thawed, they are delivered first and the stream stays exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handover_carries_stashed_and_piped_bytes() {
+        for mode in [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy] {
+            let (mut client, c_far) = pair().await;
+            let (s_far, mut server) = pair().await;
+            const TOTAL: usize = 8 << 20;
+            let data: Vec<u8> = (0..TOTAL).map(pat).collect();
+            let writer = {
+                let data = data.clone();
+                tokio::spawn(async move {
+                    client.write_all(&data).await.unwrap();
+                    client.shutdown().await.unwrap();
+                    client
+                })
+            };
+            // First relay: runs until the server's buffers are full, then is stopped.
+            let mut state = RelayState::new();
+            let stop = tokio::time::sleep(Duration::from_millis(300));
+            let end = relay_state(&c_far, &s_far, mode, timeouts(), &NoCount, async { stop.await; Stop::HandOver }, &mut state).await;
+            assert!(matches!(end, RelayEnd::HandOver), "{mode:?}: {end:?}");
+            let delivered = state.bytes().0;
+            let frozen = state.freeze().unwrap();
+            assert!(frozen.up.pending > 0, "{mode:?}: nothing in flight ({delivered} delivered)");
+            // Second relay (as in the new process): owed bytes first, then the rest.
+            let mut state = RelayState::thaw(frozen);
+            let relay = relay_state(&c_far, &s_far, mode, timeouts(), &NoCount, std::future::pending(), &mut state);
+            let reader = async {
+                let mut got = Vec::with_capacity(TOTAL);
+                server.read_to_end(&mut got).await.unwrap();
+                assert!(got == data, "{mode:?}: stream differs after the handover ({} bytes)", got.len());
+                server.shutdown().await.unwrap();
+            };
+            let (end, ()) = tokio::join!(relay, reader);
+            assert!(matches!(end, RelayEnd::Closed), "{mode:?}: {end:?}");
+            assert_eq!(state.bytes().0, TOTAL as u64);
+            drop(writer.await.unwrap());
+        }
+    }
+
+    /// The idle timer is armed once and re-armed only when it fires: steady activity keeps the
+    /// session, silence ends it one timeout after the last byte.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_follows_the_last_activity() {
+        let (mut client, c_far) = pair().await;
+        let (s_far, mut server) = pair().await;
+        let t = IdleTimeouts { client: Duration::from_millis(250), server: Duration::from_millis(250), ..timeouts() };
+        let relay = relay(&c_far, &s_far, RelayMode::Auto, t, &NoCount, std::future::pending::<()>());
+        let traffic = async {
+            let mut b = [0u8; 1];
+            for _ in 0..10 {
+                client.write_all(b"x").await.unwrap();
+                server.read_exact(&mut b).await.unwrap();
+                server.write_all(b"y").await.unwrap();
+                client.read_exact(&mut b).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Instant::now()
+        };
+        let start = Instant::now();
+        // Bounded: a timer that never fires fails here (virtual time) instead of hanging.
+        let (end, last) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(relay, traffic) })
+            .await
+            .expect("the idle timeout never fired");
+        assert!(matches!(end, RelayEnd::Timeout(_)), "{end:?}");
+        let idle = Instant::now() - last;
+        assert!(last - start >= Duration::from_millis(900), "timed out during activity");
+        assert!(idle <= Duration::from_millis(200), "ended {idle:?} after the last sleep (timeout 250 ms from the last byte)");
+    }
+
+    #[tokio::test]
+    async fn a_raised_signal_stops_an_idle_relay() {
+        let (_client, c_far) = pair().await;
+        let (s_far, _server) = pair().await;
+        let signal = StopSignal::new();
+        let mut state = RelayState::new();
+        let relay = relay_signal(&c_far, &s_far, RelayMode::Auto, timeouts(), &NoCount, &signal, &mut state);
+        let raise = async {
+            tokio::task::yield_now().await;
+            signal.raise(Stop::HandOver);
+            signal.raise(Stop::Kill);
+        };
+        let (end, ()) = tokio::join!(relay, raise);
+        assert!(matches!(end, RelayEnd::HandOver), "{end:?}: the first request wins");
     }
 
     #[tokio::test]

@@ -13,6 +13,86 @@ use crate::router::SniRouter;
 use crate::http::HttpFrontend;
 use crate::tls::TlsTcpFrontend;
 
+/// Where tcp-mode sessions run. By default on the runtime that accepted them; after
+/// [`start_session_workers`], on one of N current-thread runtimes, each alone on its thread
+/// (HAProxy's nbthread model): a session's wake-ups never cross threads and no idle worker is
+/// woken to steal work, which a multi-thread scheduler pays in futex wake-ups on every burst.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+static WORKERS: std::sync::OnceLock<Workers> = std::sync::OnceLock::new();
+
+/// Starts `n` session worker threads (at least one), each driving its own current-thread
+/// runtime for the life of the process; every tcp-mode session accepted or adopted from then
+/// on runs on one of them (round robin). Call once, before the balancer starts.
+pub fn start_session_workers(n: usize) -> std::io::Result<usize> {
+    let n = n.max(1);
+    let mut handles = Vec::with_capacity(n);
+    let mut runtimes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        handles.push(rt.handle().clone());
+        runtimes.push(rt);
+    }
+    WORKERS
+        .set(Workers { handles, next: std::sync::atomic::AtomicUsize::new(0) })
+        .map_err(|_| std::io::Error::other("session workers already started"))?;
+    for (i, rt) in runtimes.into_iter().enumerate() {
+        std::thread::Builder::new().name(format!("balancer-{i}")).spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    }
+    Ok(n)
+}
+
+/// Session worker threads running (0 before [`start_session_workers`]).
+pub fn session_workers() -> usize {
+    WORKERS.get().map_or(0, |w| w.handles.len())
+}
+
+/// Runs a session on the next worker, or on the current runtime when none were started.
+/// Sockets the future registers (see [`InFlight::arrive`]) are driven by that runtime.
+pub(crate) fn spawn_session<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    match WORKERS.get() {
+        Some(w) => {
+            let i = w.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % w.handles.len();
+            w.handles[i].spawn(f);
+        }
+        None => {
+            tokio::spawn(f);
+        }
+    }
+}
+
+/// A connected socket on its way to the runtime that will drive it: taken off this runtime's
+/// reactor only when sessions run on workers.
+pub(crate) enum InFlight {
+    Here(tokio::net::TcpStream),
+    Moving(std::net::TcpStream),
+}
+
+impl InFlight {
+    /// Prepares `s` for [`spawn_session`].
+    pub(crate) fn new(s: tokio::net::TcpStream) -> std::io::Result<Self> {
+        if WORKERS.get().is_some() { s.into_std().map(InFlight::Moving) } else { Ok(InFlight::Here(s)) }
+    }
+
+    /// A descriptor received from another process (non-blocking from here on).
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<Self> {
+        let s = std::net::TcpStream::from(fd);
+        s.set_nonblocking(true)?;
+        Ok(InFlight::Moving(s))
+    }
+
+    /// The socket on the current runtime's reactor (call inside the spawned session).
+    pub(crate) fn arrive(self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            InFlight::Here(s) => Ok(s),
+            InFlight::Moving(s) => tokio::net::TcpStream::from_std(s),
+        }
+    }
+}
+
 /// Why the balancer could not start or an admin command failed.
 #[derive(Debug, Error)]
 pub enum BalancerError {

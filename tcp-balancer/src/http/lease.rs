@@ -106,7 +106,7 @@ impl Lease {
         self.kill_srv = srv.kill.subscribe();
         self.sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
             self.id,
-            SessionEntry { client: peer, server: self.idx, since: Instant::now(), kill: self.kill_one.clone() },
+            SessionEntry { client: peer, server: self.idx, since: Instant::now(), kill: self.kill_one.clone().into() },
         );
         self.registered = true;
     }
