@@ -400,6 +400,9 @@ pub struct Engine {
     next_heartbeat: Instant,
     propose_not_before: Instant,
     lhm: u32,
+    /// The part of the health multiplier earned by this node's own late timers (not by refuted
+    /// suspicions): it alone stretches how long a silent member still counts for the view quorum.
+    late_lhm: u32,
     on_time_ticks: u32,
     /// Heartbeat ticks since start; every 100th also measures link latency.
     ticks: u64,
@@ -433,6 +436,8 @@ pub struct Engine {
     decision_due: Option<Instant>,
     /// The latest `now` seen (status snapshots report time left relative to it).
     last_now: Instant,
+    /// The newest view this node acked or proposed (its vote left every older view then).
+    max_acked_epoch: u64,
 }
 
 impl Engine {
@@ -509,6 +514,7 @@ impl Engine {
             next_heartbeat: now,
             propose_not_before: now + params.timing.join_delay,
             lhm: 0,
+            late_lhm: 0,
             on_time_ticks: 0,
             ticks: 0,
             left: false,
@@ -531,6 +537,7 @@ impl Engine {
             grant_wake: false,
             decision_due: None,
             last_now: now,
+            max_acked_epoch: 0,
             params,
         };
         let ids: Vec<NodeId> = e.peers.keys().copied().collect();
@@ -587,8 +594,12 @@ impl Engine {
             })
         };
         // Only peers heard directly count: one that others vouch for but we cannot hear may well be
-        // on the other side of a partition, holding its own quorum with a shared witness.
-        let timeout = self.suspect_timeout();
+        // on the other side of a partition, holding its own quorum with a shared witness. The
+        // silence allowed is stretched only by this node's own lateness, not by suspicions of it
+        // that were refuted: those say nothing about this node being slow, and a multiplier raised
+        // by them (a peer it cannot hear, vouched for by others) must not keep it quorate for up to
+        // 9 x suspect_timeout after a partition while the other side takes over in ~45 ms.
+        let timeout = self.params.timing.suspect_timeout * (1 + self.late_lhm);
         let heard = |p: &Peer| p.last_heard.is_some_and(|h| now.saturating_duration_since(h) <= timeout);
         present.extend(
             self.peers
@@ -604,7 +615,7 @@ impl Engine {
     /// view. At any instant, every node for which this holds is in the same view (crate docs,
     /// "Vote leases"); under loss it can lapse for a moment without any view change.
     pub fn quorate_at(&self, now: Instant) -> bool {
-        !self.left && self.view.is_some() && !self.chan.blocked() && self.quorum.quorate_with(&self.lease_voters(now))
+        !self.left && !self.vote_withheld() && self.quorum.quorate_with(&self.lease_voters(now))
     }
 
     /// Voters whose vote this node may count at `now`: itself once its quiet period is over, and
@@ -813,7 +824,7 @@ impl Engine {
         let view = self.view.as_ref().map(|v| v.id);
         let span = lease_span(&self.params.timing);
         let fresh = vote_lease(&self.params.timing);
-        let may_grant = !self.left && now >= self.vote_free_at && !self.chan.blocked();
+        let may_grant = !self.left && now >= self.vote_free_at && !self.vote_withheld();
         let member = |p: &Peer| {
             self.view
                 .as_ref()
@@ -834,7 +845,9 @@ impl Engine {
             view,
             incarnation: self.incarnation,
             delivered: self.chan.delivered(),
-            blocked: self.chan.blocked(),
+            // Also while its vote is withheld from its view because it acked a newer one that was
+            // not installed here: the coordinator then proposes a view newer than both.
+            blocked: self.chan.blocked() || self.view.as_ref().is_some_and(|v| self.max_acked_epoch > v.id.epoch),
             round,
             echo,
         }
@@ -1295,6 +1308,14 @@ impl Engine {
             self.chan.cancel_flush();
         }
         self.acked.insert(view, info);
+        self.max_acked_epoch = self.max_acked_epoch.max(view.epoch);
+    }
+
+    /// Whether this node's vote is withheld from its installed view: it acked (or proposed) a newer
+    /// view, and stays out of quorum in the old one until it installs a view at least that new
+    /// (installing an older view it had also acked does not release it), or it is blocked.
+    fn vote_withheld(&self) -> bool {
+        self.chan.blocked() || self.view.as_ref().is_none_or(|v| self.max_acked_epoch > v.id.epoch)
     }
 
     fn finish_pending(&mut self, now: Instant) {
@@ -1466,9 +1487,13 @@ impl Engine {
         }
         self.grant_wake = self.vote_free_at > now;
         // A new view is a new quorum decision even if the flag stays the same: exactly one of
-        // QuorumGained (for this view) or QuorumLost follows, at the latest by `decision_due`.
+        // QuorumGained (for this view) or QuorumLost follows. Normally within a round trip (the
+        // members' leases in the view), or at once when the view quorum does not hold; the
+        // deadline is only a backstop (members heard but never granting would be cut one way and
+        // leave the view soon), generous so that a loaded host is not judged non-quorate for the
+        // whole view because its leases came late.
         let t = &self.params.timing;
-        self.decision_due = Some(now + lease_span(t) + t.view_timeout * 2 * self.mult());
+        self.decision_due = Some(now + lease_span(t) + t.view_timeout * 20 * self.mult());
         self.effective_quorate = false;
         self.update_quorate(now);
         self.heartbeat_members_now(now);
@@ -1491,11 +1516,13 @@ impl Engine {
             if late {
                 self.stats.late_timers += 1;
                 self.lhm_up();
+                self.late_lhm = (self.late_lhm + 1).min(self.params.timing.max_lhm);
             } else {
                 self.on_time_ticks += 1;
                 if self.on_time_ticks >= 32 {
                     self.on_time_ticks = 0;
                     self.lhm = self.lhm.saturating_sub(1);
+                    self.late_lhm = self.late_lhm.saturating_sub(1).min(self.lhm);
                 }
             }
             self.next_heartbeat = now + hb;
@@ -1731,7 +1758,7 @@ impl Engine {
     /// The vote-lease part of the status at `now`.
     pub fn vote_status(&self, now: Instant) -> VoteStatus {
         let ms = |t: Instant| t.saturating_duration_since(now).as_millis().min(u64::MAX as u128) as u64;
-        let own = !self.left && !self.chan.blocked() && now >= self.vote_free_at;
+        let own = !self.left && !self.vote_withheld() && now >= self.vote_free_at;
         VoteStatus {
             lease_quorate: self.quorate_at(now),
             lease_ms: self.quorum_lease(now).map(ms),

@@ -26,15 +26,17 @@
 //!   V'* has run out; until then it neither counts its own vote nor grants it. A node that said
 //!   Leave needs no quiet period (it counts nothing any more); a starting node waits one full
 //!   `T_q·(1+ε)` (leases of its previous life). Leases are void on every install.
-//! - A node that acks (or makes) a proposal stops counting itself quorate in its view at once.
+//! - A node that acks (or makes) a proposal stops counting itself quorate in its view at once, and
+//!   grants nothing, until it installs a view at least as new as the one it acked.
 //!
 //! The strict quorum, [`Engine::quorate_at`]`(now)`, holds when these leases (own vote included)
 //! carry votequorum's threshold. Claim: at any instant, every node for which it holds is in the same
 //! view. Two nodes quorate in views V1 ≠ V2 would hold leases from a common voter P (majorities
 //! intersect; the tie-breaker's vote must be held too). P was in V1, then in V2 (views only move
 //! forward). If A (in V1) is not in V2, P granted nothing in V2 before A's lease ran out. If A is in
-//! V2, V2 was installed only after A acked it, and from then A is blocked until it installs a view, so
-//! it is not quorate in V1. Exempt by design: `two_node` without a witness (votequorum relies on
+//! V2, V2 was installed only after A acked it, and from then A withholds its quorum until it installs
+//! a view at least as new as V2 (installing an older view it had also acked does not count), so it is
+//! not quorate in V1. Exempt by design: `two_node` without a witness (votequorum relies on
 //! fencing there). The simulator checks this after every step of every suite.
 //!
 //! Crash failover costs nothing: a crashed node's leases end `T_q·(1+ε)` after the others last heard
