@@ -11,7 +11,8 @@
 # Every process it starts is stopped by PID on exit.
 #
 # Usage: scripts/bench-dns.sh [--runs N] [--secs S] [--cases "a ptr tcp fwd nx"] [--tcp-clients N]
-#        HASTACK=target/release/hastack (default) picks the binary.
+#        HASTACK=target/release/hastack (default) picks the binary; UDP_COALESCE="0s" (or another
+#        duration) sets hastack's [dns] udp_coalesce (default: the daemon's default).
 set -euo pipefail
 
 RUNS=3
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
         --secs) SECS=$2; shift 2 ;;
         --cases) CASES=$2; shift 2 ;;
         --tcp-clients) TCP_CLIENTS=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -90,6 +91,7 @@ reverse_networks = ["198.18.0.0/16"]
 servers = ["$UP:$PORT"]
 cache_size = 10000
 rebind_protection = false
+${UDP_COALESCE:+udp_coalesce = \"$UDP_COALESCE\"}
 EOF
 taskset -c 0 "$HASTACK" dhcp-dns --config "$W/hastack.toml" > "$W/hastack.log" 2>&1 &
 HS_PID=$!

@@ -341,6 +341,13 @@ pub struct DnsConfig {
     pub rebind_allow: Vec<String>,
     /// Per-client rate limit (none by default).
     pub rate_limit: Option<RateLimit>,
+    /// Under load, how long a UDP answer may wait so queries share a wake-up (default 100us; 0s: off).
+    #[serde(default = "default_udp_coalesce")]
+    pub udp_coalesce: HumanDuration,
+}
+
+fn default_udp_coalesce() -> HumanDuration {
+    HumanDuration(crate::server::DEFAULT_UDP_COALESCE)
 }
 
 fn default_local_ttl() -> HumanDuration {
@@ -482,6 +489,7 @@ impl DnsConfig {
             rebind_protection: true,
             rebind_allow: Vec::new(),
             rate_limit: None,
+            udp_coalesce: default_udp_coalesce(),
         }
     }
 }
@@ -916,6 +924,9 @@ impl DnsConfig {
         }
         if self.max_inflight == 0 {
             problems.add(base.key("max_inflight"), "max_inflight must be at least 1");
+        }
+        if self.udp_coalesce.get() > std::time::Duration::from_millis(10) {
+            problems.add(base.key("udp_coalesce"), "udp_coalesce is at most 10ms (it delays answers under load)");
         }
         if self.cache_size > 10_000_000 {
             problems.add(

@@ -223,6 +223,7 @@ fn dns_runtime(d: &DnsSection, dhcp: Option<&DhcpSection>, problems: &mut Vec<St
         udp: listen.clone(),
         tcp: listen,
         udp_sockets_per_addr: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
+        udp_coalesce: d.udp_coalesce.get(),
         forward: (!d.servers.is_empty() || !d.forwards.is_empty()).then(|| ForwardConfig {
             upstreams: d.servers.iter().map(|h| SocketAddr::new(h.ip, h.port.unwrap_or(53))).collect(),
             domains: d

@@ -1,21 +1,27 @@
 //! Thin tokio drivers for the DHCP core and the DNS answerer.
 //!
 //! # DHCP driver lifecycle
-//! One reader task per socket feeds a bounded queue; one task owns the core.
-//! `receiving` — a datagram goes to [`DhcpServer::handle_packet`] with the wall-clock `now`;
+//! One OS thread with a current-thread runtime owns the core and the sockets, so socket
+//! wake-ups, the core and commit completions never hop between threads per packet.
+//! `receiving` — when a socket is readable, everything it has queued (up to a batch) is read
+//! into one reused buffer and each datagram goes to [`DhcpServer::handle_packet`] with the
+//! wall-clock `now`;
 //! each [`Action`] is applied: `Reply` is sent at once, `LeaseChanged` updates the zone at once,
 //! `PersistLease` goes to the [`GroupCommitter`] (and, with replication, to the peers) and its
 //! reply is `held` until the record is durable (and, in sync mode, the peers answered), then
-//! `sent`. `Probe` runs a conflict check in its own task: free → the offer is sent; in use →
+//! `sent`. The records persisted during one turn (a batch of requests) go to the committer as one
+//! group, so a burst costs one `fdatasync` per batch. `Probe` runs a conflict check in its own task: free → the offer is sent; in use →
 //! [`DhcpServer::conflict_detected`] and the same DISCOVER is handled again (at most
 //! `MAX_PROBES` times). Records from peers enter through [`ReplicaInput`]. A timer drives
 //! [`DhcpServer::handle_timeout`] and publishes [`DhcpStatus`]. On shutdown the loop stops
 //! receiving and waits for held replies and probes to finish.
 //!
 //! # DNS servers
-//! UDP: one task per socket (several `SO_REUSEPORT` sockets spread load over cores).
+//! UDP: one thread per socket running the batched loop of [`crate::dns::udp`] (several
+//! `SO_REUSEPORT` sockets spread load over cores).
 //! TCP: one task per connection in the same runtime (no process per connection), RFC 7766
-//! length framing, pipelined queries answered in order, an idle timeout and a connection cap.
+//! length framing; every query already received is answered (in order) into one buffer that
+//! leaves in one write; an idle timeout and a connection cap.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -24,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -35,7 +41,7 @@ use crate::dns::forward::{CacheKey, has_rebind_answer, matches_query};
 use crate::dns::zone::norm;
 use crate::dns::{AnswerStats, DnsCache, ForwardConfig, Outcome, RateLimitConfig, RateLimiter, SharedZone, Transport, answer_or_forward};
 use hickory_proto::op::{Edns, Message as DnsMessage, ResponseCode};
-use crate::leases::{GroupCommitter, LeaseError, LogRecord, UnixTime};
+use crate::leases::{GroupCommitter, LogRecord, UnixTime};
 
 /// Wall-clock seconds since the Unix epoch.
 pub fn unix_now() -> UnixTime {
@@ -43,6 +49,11 @@ pub fn unix_now() -> UnixTime {
 }
 
 fn bind_udp(addr: SocketAddr, reuse_port: bool, device: Option<&str>, broadcast: bool) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(bind_udp_std(addr, reuse_port, device, broadcast)?)
+}
+
+/// A bound non-blocking UDP socket, not yet registered with a runtime.
+fn bind_udp_std(addr: SocketAddr, reuse_port: bool, device: Option<&str>, broadcast: bool) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     if reuse_port {
@@ -57,7 +68,7 @@ fn bind_udp(addr: SocketAddr, reuse_port: bool, device: Option<&str>, broadcast:
     freebind(&s, addr)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 /// A listener on a specific address may bind before the address exists (a VIP that arrives
@@ -82,6 +93,8 @@ pub struct DnsServerConfig {
     pub tcp: Vec<SocketAddr>,
     /// UDP sockets per address (SO_REUSEPORT), to use several cores.
     pub udp_sockets_per_addr: usize,
+    /// Coalescing window of the UDP loop under load (zero: off; see [`crate::dns::udp`]).
+    pub udp_coalesce: Duration,
     /// Close a TCP connection idle this long (RFC 7766 §6.2.3).
     pub tcp_idle: Duration,
     /// Most concurrent TCP connections; more are closed at accept.
@@ -100,6 +113,7 @@ impl Default for DnsServerConfig {
             udp: Vec::new(),
             tcp: Vec::new(),
             udp_sockets_per_addr: 1,
+            udp_coalesce: DEFAULT_UDP_COALESCE,
             tcp_idle: Duration::from_secs(10),
             tcp_max_connections: 4096,
             device: None,
@@ -108,6 +122,10 @@ impl Default for DnsServerConfig {
         }
     }
 }
+
+/// Default coalescing window of the UDP loop: under load an answer waits at most this long, and
+/// the queries of a window share one wake-up.
+pub const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
 
 /// Counters of the DNS transport layer.
 #[derive(Debug, Default)]
@@ -171,7 +189,7 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
         }
         for s in socks {
             let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
-            tasks.push(dns_udp_loop(s, ctx, limiter.clone(), stop_rx.clone())?);
+            tasks.push(dns_udp_loop(s, ctx, limiter.clone(), cfg.udp_coalesce, stop_rx.clone())?);
         }
     }
     for addr in &cfg.tcp {
@@ -233,6 +251,7 @@ fn dns_udp_loop(
     sock: UdpSocket,
     ctx: DnsCtx,
     limiter: Option<Arc<std::sync::Mutex<RateLimiter>>>,
+    coalesce: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<()>> {
     let sock = Arc::new(sock.into_std()?);
@@ -275,6 +294,7 @@ fn dns_udp_loop(
         loop_stats: Arc::default(),
         transport: ctx.transport.clone(),
         stop: flag.clone(),
+        coalesce,
     };
     let th = std::thread::Builder::new().name("dns-udp".into()).spawn(move || crate::dns::udp::serve(cfg, slow))?;
     Ok(tokio::spawn(async move {
@@ -317,47 +337,99 @@ async fn dns_tcp_accept(l: TcpListener, ctx: DnsCtx, cfg: DnsServerConfig, mut s
     }
 }
 
-async fn dns_tcp_conn(conn: TcpStream, ctx: &DnsCtx, idle: Duration, mut stop: watch::Receiver<bool>) -> io::Result<()> {
-    let (r, w) = conn.into_split();
-    let mut r = BufReader::new(r);
-    let mut w = BufWriter::new(w);
-    let mut msg = Vec::with_capacity(512);
+/// Largest read from a TCP connection at once (many pipelined queries).
+const TCP_READ: usize = 16 * 1024;
+
+/// One DNS-over-TCP connection (RFC 7766): every complete query already received is answered in
+/// order into one output buffer, which leaves in one write; then the next read. Plain and cached
+/// queries are answered without allocating; forwarded ones wait for their upstream (answers stay
+/// in order). The idle timer is one per connection, pushed back lazily (no timer work per query).
+async fn dns_tcp_conn(mut conn: TcpStream, ctx: &DnsCtx, idle: Duration, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+    let mut inbuf: Vec<u8> = Vec::with_capacity(TCP_READ);
+    let mut out: Vec<u8> = Vec::with_capacity(TCP_READ);
+    let mut ans: Vec<u8> = Vec::with_capacity(512);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let mut last_read = tokio::time::Instant::now();
     loop {
-        // Flush answers only when no further pipelined query is already buffered.
-        if r.buffer().is_empty() {
-            w.flush().await?;
+        // Answer every complete frame in the buffer.
+        let mut at = 0;
+        while let Some(hdr) = inbuf.get(at..at + 2) {
+            let len = usize::from(u16::from_be_bytes([hdr[0], hdr[1]]));
+            let Some(q) = inbuf.get(at + 2..at + 2 + len) else { break };
+            at += 2 + len;
+            if tcp_answer(ctx, q, &mut ans).await {
+                let Ok(n) = u16::try_from(ans.len()) else { continue };
+                out.extend_from_slice(&n.to_be_bytes());
+                out.extend_from_slice(&ans);
+            }
         }
-        let len = tokio::select! {
-            res = tokio::time::timeout(idle, r.read_u16()) => match res {
-                Ok(Ok(n)) => n as usize,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    ctx.transport.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+        inbuf.drain(..at);
+        if !out.is_empty() {
+            conn.write_all(&out).await?;
+            out.clear();
+        }
+        // Room for the rest of a frame (up to 64 KiB) or a fresh chunk; read into spare capacity.
+        inbuf.reserve(TCP_READ);
+        let n = loop {
+            tokio::select! {
+                biased;
+                r = conn.read_buf(&mut inbuf) => break r?,
+                _ = &mut stopped => return Ok(()),
+                _ = &mut idle_timer => {
+                    let deadline = last_read + idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        ctx.transport.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    idle_timer.as_mut().reset(deadline);
                 }
-            },
-            _ = stop.changed() => return Ok(()),
+            }
         };
-        msg.resize(len, 0);
-        match tokio::time::timeout(idle, r.read_exact(&mut msg)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+        if n == 0 {
+            return Ok(());
         }
-        let resp = match ctx.local(&msg, Transport::Tcp) {
-            Ok(r) => r,
-            Err(req) => match &ctx.forwarder {
-                Some(f) => f.resolve(&req, Transport::Tcp, &ctx.stats).await,
-                None => None,
-            },
-        };
-        if let Some(resp) = resp {
-            let Ok(n) = u16::try_from(resp.len()) else { continue };
-            w.write_u16(n).await?;
-            w.write_all(&resp).await?;
+        last_read = tokio::time::Instant::now();
+    }
+}
+
+/// Answer one TCP query into `ans`; `false`: nothing to send (dropped, or no upstream answer).
+async fn tcp_answer(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
+    if tcp_answer_fast(ctx, q, ans) {
+        return true;
+    }
+    let resp = match ctx.local(q, Transport::Tcp) {
+        Ok(r) => r,
+        Err(req) => match &ctx.forwarder {
+            Some(f) => f.resolve(&req, Transport::Tcp, &ctx.stats).await,
+            None => None,
+        },
+    };
+    ans.clear();
+    match resp {
+        Some(r) => {
+            ans.extend_from_slice(&r);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The allocation-free answers: local plain queries, then cached forwards in wire form.
+fn tcp_answer_fast(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
+    let Ok(z) = ctx.zone.read() else { return false };
+    if crate::dns::fast::answer_fast_into(&z, q, Transport::Tcp, &ctx.stats, ans) {
+        return true;
+    }
+    if let Some(f) = &ctx.forwarder {
+        if crate::dns::fast::answer_cached_into(&z, &f.cache, q, Transport::Tcp, &ctx.stats, ans) {
+            f.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return true;
         }
     }
+    false
 }
 
 /// Counters of the forwarder.
@@ -678,7 +750,9 @@ pub struct DhcpHandle {
     pub stats: Arc<DhcpDriverStats>,
     replica: ReplicaInput,
     stop: watch::Sender<bool>,
-    task: JoinHandle<DhcpServer>,
+    /// The core, handed back when the driver thread ends.
+    task: tokio::sync::oneshot::Receiver<DhcpServer>,
+    thread: Option<std::thread::JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -694,7 +768,11 @@ impl DhcpHandle {
         for r in self.readers {
             r.abort();
         }
-        self.task.await.ok()
+        let core = self.task.await.ok();
+        if let Some(t) = self.thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        core
     }
 }
 
@@ -830,12 +908,12 @@ pub async fn start_dhcp_with(
     extras: DriverExtras,
 ) -> io::Result<DhcpHandle> {
     let DriverExtras { replication, prober, follow_vip } = extras;
-    let mut socks = Vec::new();
+    let mut std_socks = Vec::new();
     let mut locals = Vec::new();
     for c in &cfgs {
-        let s = Arc::new(bind_udp(SocketAddr::V4(c.bind), false, c.interface.as_deref(), true)?);
+        let s = bind_udp_std(SocketAddr::V4(c.bind), false, c.interface.as_deref(), true)?;
         locals.push(s.local_addr()?);
-        socks.push(s);
+        std_socks.push(s);
     }
     let stats = Arc::new(DhcpDriverStats::default());
     let (stop, stop_rx) = watch::channel(false);
@@ -862,36 +940,27 @@ pub async fn start_dhcp_with(
             }
         }));
     }
-    // Readers only receive; the core (one task) decides; bounded queue so a flood is dropped at
-    // the socket rather than buffered without limit.
-    let (in_tx, in_rx) = mpsc::channel::<(usize, Vec<u8>, SocketAddrV4)>(4096);
-    let mut readers = Vec::new();
-    for (i, s) in socks.iter().enumerate() {
-        let (s, tx, active, stats) = (s.clone(), in_tx.clone(), active.clone(), stats.clone());
-        readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match s.recv_from(&mut buf).await {
-                    Ok((_, SocketAddr::V4(_))) if !active.load(Ordering::Relaxed) => {
-                        stats.standby_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok((n, SocketAddr::V4(src))) => {
-                        if tx.send((i, buf[..n].to_vec(), src)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "dhcp recv"),
-                }
-            }
-        }));
-    }
-    drop(in_tx);
+    // The driver runs on its own thread with a current-thread runtime: the socket wake-ups, the
+    // core and the commit completions stay on one thread (no hand-off between workers per packet).
+    let (rt, socks) = driver_runtime(std_socks)?;
     let (rep_tx, rep_rx) = mpsc::channel(4096);
-    let io = DhcpIo { cfgs, socks, committer, zone, stats: stats.clone(), replication, prober };
-    let task = tokio::spawn(dhcp_loop(io, in_rx, rep_rx, core, stop_rx));
-    readers.extend(follower);
-    Ok(DhcpHandle { locals, stats, replica: ReplicaInput { tx: rep_tx }, stop, task, readers })
+    let io = DhcpIo { cfgs, socks, committer, zone, stats: stats.clone(), replication, prober, active };
+    let (core_tx, core_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
+        let core = rt.block_on(dhcp_loop(io, rep_rx, core, stop_rx));
+        let _ = core_tx.send(core);
+    })?;
+    Ok(DhcpHandle { locals, stats, replica: ReplicaInput { tx: rep_tx }, stop, task: core_rx, thread: Some(thread), readers: follower.into_iter().collect() })
+}
+
+/// A current-thread runtime for the DHCP driver and its sockets registered with it.
+fn driver_runtime(std_socks: Vec<std::net::UdpSocket>) -> io::Result<(tokio::runtime::Runtime, Vec<Arc<UdpSocket>>)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let socks = {
+        let _in = rt.enter();
+        std_socks.into_iter().map(|s| UdpSocket::from_std(s).map(Arc::new)).collect::<io::Result<Vec<_>>>()?
+    };
+    Ok((rt, socks))
 }
 
 struct DhcpIo {
@@ -902,6 +971,8 @@ struct DhcpIo {
     stats: Arc<DhcpDriverStats>,
     replication: Option<Replication>,
     prober: Option<Arc<dyn AddressProber>>,
+    /// False while following a VIP held elsewhere: requests are dropped.
+    active: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A probe's outcome, with what is needed to act on it.
@@ -918,126 +989,77 @@ struct Probed {
 /// Most probes for one DISCOVER before the offer goes out unprobed (availability first).
 const MAX_PROBES: u8 = 3;
 
-/// Completion of one part of a held reply.
+/// Most datagrams taken from one socket per wake-up before the other sources get a turn.
+const DHCP_BATCH: usize = 64;
+
+/// Completion of one part of held replies.
 enum Part {
-    Local(Result<(), LeaseError>),
-    Peers(Result<(), String>),
+    /// The local log made these records durable (or failed: the error's text).
+    Local(Vec<u64>, Result<(), String>),
+    /// The peers answered for this record.
+    Peers(u64, Result<(), String>),
 }
 
 /// A reply waiting for its lease to be durable (and, in sync mode, replicated).
 struct Held {
     idx: usize,
     reply: Option<Reply>,
-    local: Option<Result<(), LeaseError>>,
+    local: Option<Result<(), String>>,
     peers_done: bool,
     replica_done: Option<ReplicaDone>,
 }
 
-async fn dhcp_loop(
-    io: DhcpIo,
-    mut input: mpsc::Receiver<(usize, Vec<u8>, SocketAddrV4)>,
-    mut replicas: mpsc::Receiver<(LogRecord, Option<ReplicaDone>)>,
-    mut core: DhcpServer,
-    mut stop: watch::Receiver<bool>,
-) -> DhcpServer {
-    let (part_tx, mut part_rx) = mpsc::unbounded_channel::<(u64, Part)>();
-    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<Probed>();
-    let mut probing = 0usize;
-    let mut held: hashbrown::HashMap<u64, Held> = hashbrown::HashMap::new();
-    let mut next_id = 0u64;
-    let mut stopping = false;
-    loop {
-        if stopping && held.is_empty() && probing == 0 {
-            return core;
-        }
-        let now = unix_now();
-        let wake = core.poll_timeout().map_or(Duration::from_secs(1), |t| Duration::from_secs(t.saturating_sub(now)).min(Duration::from_secs(1)));
-        let mut replica_done = None;
-        let mut request: Option<(Arc<Vec<u8>>, RecvMeta, u8)> = None;
-        let (idx, actions) = tokio::select! {
-            Some((i, pkt, src)) = input.recv(), if !stopping => {
-                let meta = RecvMeta { src, local_addr: io.cfgs[i].local_addr };
-                let acts = core.handle_packet(unix_now(), &pkt, meta);
-                request = Some((Arc::new(pkt), meta, 0));
-                (i, acts)
-            },
-            Some(p) = probe_rx.recv() => {
-                probing -= 1;
-                if !p.in_use {
-                    send_reply(&io.socks[p.idx], &io.cfgs[p.idx], &io.stats, p.reply).await;
-                    (p.idx, Vec::new())
-                } else {
-                    let now = unix_now();
-                    let mut acts = core.conflict_detected(p.addr, now);
-                    if !stopping {
-                        // Same DISCOVER again: the core picks another address.
-                        acts.extend(core.handle_packet(now, &p.request, p.meta));
-                        request = Some((p.request.clone(), p.meta, p.attempt + 1));
-                    }
-                    (p.idx, acts)
-                }
-            },
-            Some((rec, done)) = replicas.recv(), if !stopping => {
-                replica_done = done;
-                (0, core.apply_replicated(rec, unix_now()))
-            },
-            Some((id, part)) = part_rx.recv() => {
-                if let Some(h) = held.get_mut(&id) {
-                    match part {
-                        Part::Local(r) => h.local = Some(r),
-                        Part::Peers(r) => {
-                            if let Err(e) = r {
-                                io.stats.replication_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(error = %e, "lease not replicated to peers; serving on");
-                            }
-                            h.peers_done = true;
-                        }
-                    }
-                    if h.local.is_some() && h.peers_done {
-                        if let Some(h) = held.remove(&id) {
-                            release_held(&io, h).await;
-                        }
-                    }
-                }
-                (0, Vec::new())
-            }
-            _ = tokio::time::sleep(wake) => {
-                let now = unix_now();
-                let acts = core.handle_timeout(now);
-                if let Ok(mut st) = io.stats.status.lock() {
-                    st.counters = core.counters().clone();
-                    st.lease_records = core.leases().len();
-                    st.active_leases = core.leases().iter().filter(|l| l.is_active(now)).count();
-                }
-                (0, acts)
-            }
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                (0, Vec::new())
-            }
-        };
+/// The request that produced some actions (needed again when a probe finds its address in use).
+enum Request<'a> {
+    /// From the socket: copied only if a probe needs it.
+    Wire(&'a [u8], RecvMeta, u8),
+    /// Already copied for an earlier probe.
+    Shared(Arc<Vec<u8>>, RecvMeta, u8),
+}
+
+/// What the driver loop keeps between turns.
+struct LoopState {
+    held: hashbrown::HashMap<u64, Held>,
+    next_id: u64,
+    probing: usize,
+    part_tx: mpsc::UnboundedSender<Part>,
+    probe_tx: mpsc::UnboundedSender<Probed>,
+    /// Records persisted during this turn, committed together at its end (one group).
+    to_commit: Vec<LogRecord>,
+    to_commit_ids: Vec<u64>,
+}
+
+impl LoopState {
+    /// Carry out the core's actions for a request that came in on socket `idx`.
+    fn apply(&mut self, io: &DhcpIo, idx: usize, actions: Vec<Action>, request: Option<Request<'_>>, mut replica_done: Option<ReplicaDone>) {
         let from_peer = replica_done.is_some();
         for a in actions {
             match a {
-                Action::Reply(r) => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, r).await,
-                Action::Probe { addr, reply } => match (&io.prober, &request) {
-                    (Some(prober), Some((req, meta, attempt))) if *attempt < MAX_PROBES => {
-                        probing += 1;
-                        let (prober, tx) = (prober.clone(), probe_tx.clone());
-                        let (req, meta, attempt) = (req.clone(), *meta, *attempt);
-                        tokio::spawn(async move {
-                            let in_use = match prober.probe(addr).await {
-                                Ok(b) => b,
-                                Err(e) => {
-                                    tracing::debug!(%addr, error = %e, "probe failed; treating the address as free");
-                                    false
-                                }
-                            };
-                            let _ = tx.send(Probed { idx, addr, reply, request: req, meta, attempt, in_use });
-                        });
+                Action::Reply(r) => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, r),
+                Action::Probe { addr, reply } => {
+                    let req = match &request {
+                        Some(Request::Wire(b, meta, attempt)) if *attempt < MAX_PROBES => Some((Arc::new(b.to_vec()), *meta, *attempt)),
+                        Some(Request::Shared(b, meta, attempt)) if *attempt < MAX_PROBES => Some((b.clone(), *meta, *attempt)),
+                        _ => None,
+                    };
+                    match (&io.prober, req) {
+                        (Some(prober), Some((req, meta, attempt))) => {
+                            self.probing += 1;
+                            let (prober, tx) = (prober.clone(), self.probe_tx.clone());
+                            tokio::spawn(async move {
+                                let in_use = match prober.probe(addr).await {
+                                    Ok(b) => b,
+                                    Err(e) => {
+                                        tracing::debug!(%addr, error = %e, "probe failed; treating the address as free");
+                                        false
+                                    }
+                                };
+                                let _ = tx.send(Probed { idx, addr, reply, request: req, meta, attempt, in_use });
+                            });
+                        }
+                        _ => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, reply),
                     }
-                    _ => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, reply).await,
-                },
+                }
                 Action::LeaseChanged(ch) => {
                     if let Some(z) = &io.zone {
                         if let Ok(mut z) = z.write() {
@@ -1046,24 +1068,22 @@ async fn dhcp_loop(
                     }
                 }
                 Action::PersistLease { record, reply } => {
-                    let id = next_id;
-                    next_id += 1;
+                    let id = self.next_id;
+                    self.next_id += 1;
                     // Records from peers are not sent back to them; our own changes are.
                     let sync = match (&io.replication, from_peer) {
                         (Some(rep), false) => {
-                            let tx = part_tx.clone();
+                            let tx = self.part_tx.clone();
                             rep.sink.replicate(&record, Box::new(move |r| {
-                                let _ = tx.send((id, Part::Peers(r)));
+                                let _ = tx.send(Part::Peers(id, r));
                             }));
                             rep.mode == ReplicationMode::Sync && reply.is_some()
                         }
                         _ => false,
                     };
-                    held.insert(id, Held { idx, reply, local: None, peers_done: !sync, replica_done: replica_done.take() });
-                    let tx = part_tx.clone();
-                    io.committer.submit(vec![record], Box::new(move |res| {
-                        let _ = tx.send((id, Part::Local(res)));
-                    }));
+                    self.held.insert(id, Held { idx, reply, local: None, peers_done: !sync, replica_done: replica_done.take() });
+                    self.to_commit.push(record);
+                    self.to_commit_ids.push(id);
                 }
             }
         }
@@ -1072,30 +1092,179 @@ async fn dhcp_loop(
             done(Ok(()));
         }
     }
+
+    /// Hand this turn's records to the committer as one group.
+    fn flush_commits(&mut self, io: &DhcpIo) {
+        if self.to_commit.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.to_commit_ids);
+        let tx = self.part_tx.clone();
+        io.committer.submit(std::mem::take(&mut self.to_commit), Box::new(move |res| {
+            let _ = tx.send(Part::Local(ids, res.map_err(|e| e.to_string())));
+        }));
+    }
+
+    /// Record a completion; replies whose parts are all done go out.
+    fn complete(&mut self, io: &DhcpIo, part: Part) {
+        let (ids, local, peers) = match part {
+            Part::Local(ids, r) => (ids, Some(r), None),
+            Part::Peers(id, r) => (vec![id], None, Some(r)),
+        };
+        if let Some(Err(e)) = &peers {
+            io.stats.replication_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "lease not replicated to peers; serving on");
+        }
+        for id in ids {
+            let Some(h) = self.held.get_mut(&id) else { continue };
+            if let Some(r) = &local {
+                h.local = Some(r.clone());
+            }
+            if peers.is_some() {
+                h.peers_done = true;
+            }
+            if h.local.is_some() && h.peers_done {
+                if let Some(h) = self.held.remove(&id) {
+                    release_held(io, h);
+                }
+            }
+        }
+    }
 }
 
-async fn release_held(io: &DhcpIo, h: Held) {
+/// Wait until one of `socks` has a datagram to read.
+async fn recv_ready(socks: &[Arc<UdpSocket>]) {
+    std::future::poll_fn(|cx| {
+        for s in socks {
+            if s.poll_recv_ready(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Take what every socket has queued (up to [`DHCP_BATCH`] each) and hand each request to the
+/// core; the buffer is reused, nothing is copied per packet.
+fn drain(io: &DhcpIo, core: &mut DhcpServer, st: &mut LoopState, buf: &mut [u8]) {
+    for (i, s) in io.socks.iter().enumerate() {
+        for _ in 0..DHCP_BATCH {
+            match s.try_recv_from(buf) {
+                Ok((_, SocketAddr::V4(_))) if !io.active.load(Ordering::Relaxed) => {
+                    io.stats.standby_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((n, SocketAddr::V4(src))) => {
+                    let meta = RecvMeta { src, local_addr: io.cfgs[i].local_addr };
+                    let acts = core.handle_packet(unix_now(), &buf[..n], meta);
+                    st.apply(io, i, acts, Some(Request::Wire(&buf[..n], meta, 0)), None);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here; the socket is still readable.
+                    tracing::debug!(error = %e, "dhcp recv");
+                }
+            }
+        }
+    }
+}
+
+async fn dhcp_loop(
+    io: DhcpIo,
+    mut replicas: mpsc::Receiver<(LogRecord, Option<ReplicaDone>)>,
+    mut core: DhcpServer,
+    mut stop: watch::Receiver<bool>,
+) -> DhcpServer {
+    let (part_tx, mut part_rx) = mpsc::unbounded_channel::<Part>();
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<Probed>();
+    let mut st = LoopState {
+        held: hashbrown::HashMap::new(),
+        next_id: 0,
+        probing: 0,
+        part_tx,
+        probe_tx,
+        to_commit: Vec::new(),
+        to_commit_ids: Vec::new(),
+    };
+    let mut buf = vec![0u8; 4096];
+    let mut stopping = false;
+    // One timer, reset only when it fires (the core's timeouts have second granularity).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    loop {
+        if stopping && st.held.is_empty() && st.probing == 0 {
+            return core;
+        }
+        tokio::select! {
+            _ = recv_ready(&io.socks), if !stopping => drain(&io, &mut core, &mut st, &mut buf),
+            Some(p) = probe_rx.recv() => {
+                st.probing -= 1;
+                if !p.in_use {
+                    send_reply(&io.socks[p.idx], &io.cfgs[p.idx], &io.stats, p.reply);
+                } else {
+                    let now = unix_now();
+                    let mut acts = core.conflict_detected(p.addr, now);
+                    let mut request = None;
+                    if !stopping {
+                        // Same DISCOVER again: the core picks another address.
+                        acts.extend(core.handle_packet(now, &p.request, p.meta));
+                        request = Some(Request::Shared(p.request.clone(), p.meta, p.attempt + 1));
+                    }
+                    st.apply(&io, p.idx, acts, request, None);
+                }
+            },
+            Some((rec, done)) = replicas.recv(), if !stopping => {
+                let acts = core.apply_replicated(rec, unix_now());
+                st.apply(&io, 0, acts, None, done);
+            },
+            Some(part) = part_rx.recv() => {
+                st.complete(&io, part);
+                while let Ok(part) = part_rx.try_recv() {
+                    st.complete(&io, part);
+                }
+            }
+            _ = &mut timer => {
+                let now = unix_now();
+                let acts = core.handle_timeout(now);
+                if let Ok(mut s) = io.stats.status.lock() {
+                    s.counters = core.counters().clone();
+                    s.lease_records = core.leases().len();
+                    s.active_leases = core.leases().iter().filter(|l| l.is_active(now)).count();
+                }
+                st.apply(&io, 0, acts, None, None);
+                let wake = core.poll_timeout().map_or(Duration::from_secs(1), |t| Duration::from_secs(t.saturating_sub(now)).min(Duration::from_secs(1)));
+                timer.as_mut().reset(tokio::time::Instant::now() + wake.max(Duration::from_millis(10)));
+            }
+            _ = stop.changed(), if !stopping => stopping = true,
+        }
+        st.flush_commits(&io);
+    }
+}
+
+fn release_held(io: &DhcpIo, h: Held) {
     match h.local {
         Some(Ok(())) => {
             if let Some(done) = h.replica_done {
                 done(Ok(()));
             }
             if let Some(r) = h.reply {
-                send_reply(&io.socks[h.idx], &io.cfgs[h.idx], &io.stats, r).await;
+                send_reply(&io.socks[h.idx], &io.cfgs[h.idx], &io.stats, r);
             }
         }
         Some(Err(e)) => {
             io.stats.not_durable.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "lease not durable: reply withheld");
             if let Some(done) = h.replica_done {
-                done(Err(e.to_string()));
+                done(Err(e));
             }
         }
         None => {}
     }
 }
 
-async fn send_reply(sock: &UdpSocket, cfg: &DhcpDriverConfig, stats: &DhcpDriverStats, r: Reply) {
+/// Send a reply now (never waits: a full socket buffer counts as a send error).
+fn send_reply(sock: &UdpSocket, cfg: &DhcpDriverConfig, stats: &DhcpDriverStats, r: Reply) {
     let dest = match &r.to {
         ReplyTarget::Relay(a) => SocketAddrV4::new(*a.ip(), cfg.relay_port),
         ReplyTarget::Unicast(a) => SocketAddrV4::new(*a.ip(), cfg.client_port),
@@ -1109,7 +1278,7 @@ async fn send_reply(sock: &UdpSocket, cfg: &DhcpDriverConfig, stats: &DhcpDriver
             }
         }
     };
-    match sock.send_to(&r.packet, dest).await {
+    match sock.try_send_to(&r.packet, SocketAddr::V4(dest)) {
         Ok(_) => {
             stats.sent.fetch_add(1, Ordering::Relaxed);
         }

@@ -9,13 +9,20 @@
 //! before the slow path, which may take it again) → `sending` (`sendmmsg`; a datagram the kernel
 //! refuses is counted and skipped, never retried in a loop) → `waiting`. Two system calls per
 //! batch, however many queries it holds. A set stop flag ends the loop at the next wake-up.
+//!
+//! Coalescing (`UdpLoop::coalesce`, like a NIC's interrupt moderation): while queries keep
+//! arriving (the last wake-up took more than one, or came within two windows of the one before),
+//! the loop sleeps out the rest of a short window after answering instead of blocking at once, so
+//! the queries that arrive meanwhile cost one wake-up and two system calls together rather than
+//! a wake-up each. Light traffic (a query now and then) never waits; under load an answer waits at
+//! most one window. A full batch never waits.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::answer::{AnswerStats, Transport};
 use super::fast::answer_fast_into;
@@ -45,6 +52,8 @@ pub struct UdpLoopStats {
     pub received: AtomicU64,
     /// Oversized or unreadable datagrams dropped.
     pub dropped: AtomicU64,
+    /// Coalescing waits taken (the loop slept out a window before receiving again).
+    pub coalesced_waits: AtomicU64,
 }
 
 /// What one UDP loop serves from. The loop makes the socket blocking (with a receive timeout);
@@ -64,6 +73,8 @@ pub struct UdpLoop {
     pub transport: Arc<DnsTransportStats>,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
+    /// Coalescing window under load (zero: off): see the module docs.
+    pub coalesce: Duration,
 }
 
 /// Buffers and kernel message headers for one batch, allocated once. The headers point into the
@@ -160,6 +171,7 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
     // A deeper receive queue absorbs bursts while this thread waits for the CPU (best effort: the
     // kernel caps it at net.core.rmem_max).
     let _ = socket2::SockRef::from(&*cfg.sock).set_recv_buffer_size(RCVBUF);
+    let mut last_wake: Option<Instant> = None;
     while !cfg.stop.load(Ordering::Relaxed) {
         b.arm_rx();
         // SAFETY: rx_hdr holds BATCH armed headers pointing into b's buffers, alive and unmoved.
@@ -174,6 +186,7 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
             continue;
         }
         let n = n as usize;
+        let woke = Instant::now();
         cfg.loop_stats.batches.fetch_add(1, Ordering::Relaxed);
         cfg.loop_stats.received.fetch_add(n as u64, Ordering::Relaxed);
         declined.clear();
@@ -231,7 +244,27 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
             }
         }
         send_all(fd, &mut b, &reply_of, &cfg.transport);
+        if let Some(wait) = coalesce_wait(cfg.coalesce, n, woke, last_wake, Instant::now()) {
+            cfg.loop_stats.coalesced_waits.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(wait);
+        }
+        last_wake = Some(woke);
     }
+}
+
+/// How long to wait before the next receive: the rest of the window opened at `woke`, when the
+/// loop is under load (`n` > 1 queries taken, or this wake-up came within two windows of the
+/// previous one) and the batch was not full. `None`: receive (and block) at once.
+fn coalesce_wait(window: Duration, n: usize, woke: Instant, prev: Option<Instant>, now: Instant) -> Option<Duration> {
+    if window.is_zero() || n >= BATCH {
+        return None;
+    }
+    let busy = n > 1 || prev.is_some_and(|p| woke.saturating_duration_since(p) < window * 2);
+    if !busy {
+        return None;
+    }
+    let rest = (woke + window).saturating_duration_since(now);
+    (!rest.is_zero()).then_some(rest)
 }
 
 /// Send the answers in tx slots `0..reply_of.len()` to the peers of the queries `reply_of[slot]`.
@@ -297,6 +330,7 @@ mod tests {
             loop_stats: loop_stats.clone(),
             transport: Arc::new(DnsTransportStats::default()),
             stop: stop.clone(),
+            coalesce: Duration::from_micros(200),
         };
         // The slow path answers "other." with a fixed marker and drops everything else.
         let slow: SlowPath = Box::new(|q: &[u8], _peer, out: &mut Vec<u8>| {
@@ -343,5 +377,63 @@ mod tests {
         th.join().unwrap();
         assert_eq!(loop_stats.received.load(Ordering::Relaxed), u64::from(total) + 2);
         assert!(loop_stats.batches.load(Ordering::Relaxed) <= u64::from(total) + 2);
+    }
+
+    #[test]
+    fn coalescing_waits_only_under_load_and_at_most_one_window() {
+        let w = Duration::from_micros(100);
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        // Off, or a full batch: never wait.
+        assert_eq!(coalesce_wait(Duration::ZERO, 5, at(0), Some(at(0)), at(1)), None);
+        assert_eq!(coalesce_wait(w, BATCH, at(1000), Some(at(990)), at(1001)), None);
+        // A lone query after a quiet spell: answered and back to blocking at once.
+        assert_eq!(coalesce_wait(w, 1, at(1000), None, at(1010)), None);
+        assert_eq!(coalesce_wait(w, 1, at(1000), Some(at(500)), at(1010)), None);
+        // Several queries in one wake-up, or wake-ups close together: wait out the window.
+        assert_eq!(coalesce_wait(w, 3, at(1000), None, at(1010)), Some(Duration::from_micros(90)));
+        assert_eq!(coalesce_wait(w, 1, at(1000), Some(at(850)), at(1030)), Some(Duration::from_micros(70)));
+        // Answering took the whole window already: no wait.
+        assert_eq!(coalesce_wait(w, 3, at(1000), None, at(1200)), None);
+    }
+
+    #[test]
+    fn coalescing_loop_answers_a_steady_stream_in_fewer_wake_ups() {
+        let mut z = Zone::new(ZoneConfig::new("cluster.test"));
+        z.add_host("api.cluster.test", "198.18.0.10".parse().unwrap());
+        let sock = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let loop_stats = Arc::new(UdpLoopStats::default());
+        let cfg = UdpLoop {
+            sock,
+            zone: z.shared(),
+            stats: Arc::new(AnswerStats::default()),
+            limiter: None,
+            loop_stats: loop_stats.clone(),
+            transport: Arc::new(DnsTransportStats::default()),
+            stop: stop.clone(),
+            coalesce: Duration::from_millis(2),
+        };
+        let th = std::thread::spawn(move || serve(cfg, Box::new(|_: &[u8], _, _: &mut Vec<u8>| false)));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Pairs of queries 200 µs apart: far more often than one per window, so the loop coalesces.
+        let total = 40u16;
+        for id in 0..total {
+            client.send_to(&query(id, "api.cluster.test."), addr).unwrap();
+            if id % 2 == 1 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let mut buf = [0u8; 1500];
+        for _ in 0..total {
+            client.recv(&mut buf).expect("every query answered");
+        }
+        stop.store(true, Ordering::Relaxed);
+        th.join().unwrap();
+        let batches = loop_stats.batches.load(Ordering::Relaxed);
+        assert!(loop_stats.coalesced_waits.load(Ordering::Relaxed) > 0);
+        assert!(batches < u64::from(total) / 2, "{batches} wake-ups for {total} queries");
     }
 }
