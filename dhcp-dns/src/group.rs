@@ -238,13 +238,23 @@ impl GroupReader {
 impl GroupWriter {
     /// Multicast `payload` to the group (delivered to every member, this one included).
     pub async fn multicast(&mut self, payload: &[u8]) -> Result<(), GroupError> {
-        if payload.len() > MAX_MESSAGE {
-            return Err(GroupError::TooLarge(payload.len()));
+        self.multicast_many(std::slice::from_ref(&payload)).await
+    }
+
+    /// Multicast several payloads, in order, with one write to the daemon (one wake-up there).
+    pub async fn multicast_many<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<(), GroupError> {
+        let mut buf = Vec::with_capacity(payloads.iter().map(|p| 5 + p.as_ref().len()).sum());
+        for p in payloads {
+            let p = p.as_ref();
+            if p.len() > MAX_MESSAGE {
+                return Err(GroupError::TooLarge(p.len()));
+            }
+            buf.extend_from_slice(&frame(KIND_MCAST, p));
         }
-        self.w
-            .write_all(&frame(KIND_MCAST, payload))
-            .await
-            .map_err(|source| GroupError::Io { path: self.path.clone(), source })
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.w.write_all(&buf).await.map_err(|source| GroupError::Io { path: self.path.clone(), source })
     }
 }
 

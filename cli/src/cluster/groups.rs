@@ -41,6 +41,9 @@ use tracing::{debug, info, warn};
 /// Most messages queued for one local member before it is disconnected as stuck.
 const MEMBER_QUEUE: usize = 65_536;
 
+/// Bytes of queued frames written to a local member at once.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// First bytes of a group message on the cluster channel.
 const TAG: &[u8; 4] = b"\0HSG";
 const MCAST: u8 = 3;
@@ -273,8 +276,19 @@ impl Router {
             if writer.write_all(hello.as_bytes()).await.is_err() {
                 return;
             }
+            // Frames queued meanwhile go out in one write: under load the member (and this
+            // daemon) wake once per burst, not once per message.
+            let mut buf = Vec::new();
             while let Some(f) = rx.recv().await {
-                if writer.write_all(&f).await.is_err() {
+                buf.clear();
+                buf.extend_from_slice(&f);
+                while buf.len() < COALESCE_BYTES {
+                    match rx.try_recv() {
+                        Ok(more) => buf.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&buf).await.is_err() {
                     return;
                 }
             }

@@ -947,14 +947,13 @@ struct Io {
 
 impl Io {
     /// Apply actions; multicasts go to `out` (None: not connected, dropped).
-    async fn apply(&mut self, acts: Vec<RepAction>, mut out: Option<&mut group::GroupWriter>) -> Result<(), group::GroupError> {
+    async fn apply(&mut self, acts: Vec<RepAction>, out: Option<&mut group::GroupWriter>) -> Result<(), group::GroupError> {
+        // Multicasts leave in one write after the rest is done (their order among themselves
+        // is kept; nothing else here depends on them having been sent).
+        let mut mcasts: Vec<Vec<u8>> = Vec::new();
         for a in acts {
             match a {
-                RepAction::Multicast(b) => {
-                    if let Some(w) = out.as_deref_mut() {
-                        w.multicast(&b).await?;
-                    }
-                }
+                RepAction::Multicast(b) => mcasts.push(b),
                 RepAction::Apply { record, ack } => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
                     match &self.input {
@@ -1002,7 +1001,10 @@ impl Io {
                 }
             }
         }
-        Ok(())
+        match out {
+            Some(w) => w.multicast_many(&mcasts).await,
+            None => Ok(()),
+        }
     }
 
     /// A burst of commands: local records go out as one batch and acks as one message (a busy
