@@ -7,7 +7,8 @@
 #
 # Usage: scripts/bench-membership.sh [--runs N] [--loss-secs S] [--hog-secs S] [--tokens LIST]
 #                                    [--no-corosync | --no-hastack]
-#        HASTACK=path/to/hastack picks the binary (default: build the debug one).
+#        HASTACK=path/to/hastack picks the binary (default: build the release one, as the
+#        published figures use).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 as_root "$@"
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 install_packages corosync nftables iproute2 iputils-ping
 if [ -z "${HASTACK:-}" ]; then
     ensure_cargo
-    cargo build -q -p hastack
-    HASTACK="${CARGO_TARGET_DIR:-target}/debug/hastack"
+    cargo build -q --release -p hastack
+    HASTACK="${CARGO_TARGET_DIR:-target}/release/hastack"
 fi
 exec "$HASTACK" bench membership "$@"

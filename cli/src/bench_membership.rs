@@ -93,6 +93,9 @@ pub struct StackResult {
     pub detection: Vec<Duration>,
     /// Runs in which no such view appeared within the timeout.
     pub detection_timeouts: usize,
+    /// Kill → last survivor had that view with quorum (hastack: the resource engine got the view
+    /// flagged quorate, i.e. the survivors' vote leases in it came back), per run; empty for corosync.
+    pub quorate: Vec<Duration>,
     /// Views committed during the 5 % loss window (None: not measured).
     pub loss5: Option<Window>,
     /// Views committed during the 10 % loss window.
@@ -412,8 +415,9 @@ impl Bench {
         Window { views: ids.len(), member_changes: changed.len() }
     }
 
-    /// Kill node `victim`; the time until every survivor logged a view without it.
-    fn detect_once(&mut self, victim: usize, timeout: Duration) -> anyhow::Result<Option<Duration>> {
+    /// Kill node `victim`; the time until every survivor logged a view without it, and (hastack)
+    /// until every survivor's resource engine got that view flagged quorate.
+    fn detect_once(&mut self, victim: usize, timeout: Duration) -> anyhow::Result<(Option<Duration>, Option<Duration>)> {
         let Some(p) = self.procs[victim].as_ref() else { bail!("node {victim} has no daemon") };
         let killed = SystemTime::now();
         p.signal(Signal::SIGKILL)?;
@@ -435,8 +439,35 @@ impl Bench {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let quorate = match (self.stack, result) {
+            (Stack::Hastack, Some(_)) => loop {
+                let mut worst = Some(Duration::ZERO);
+                for i in (1..=NODES).filter(|i| *i != victim) {
+                    let seen = self.quorate_views(i).into_iter().find(|(at, m)| *at >= killed && !m.contains(&v));
+                    worst = match (worst, seen) {
+                        (Some(w), Some((at, _))) => Some(w.max(at.duration_since(killed).unwrap_or_default())),
+                        _ => None,
+                    };
+                }
+                if worst.is_some() || Instant::now() >= deadline {
+                    break worst;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            },
+            _ => None,
+        };
         self.kill(victim);
-        Ok(result)
+        Ok((result, quorate))
+    }
+
+    /// hastack: every view node i's resource engine received flagged quorate, (when, members).
+    fn quorate_views(&self, i: usize) -> Vec<(SystemTime, Vec<u32>)> {
+        let mut out = Vec::new();
+        for path in &self.logs[i] {
+            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            out.extend(text.lines().filter_map(parse_hastack_quorate_line));
+        }
+        out
     }
 
     /// Views committed while `pct` % of the cluster packets between every pair are dropped.
@@ -479,7 +510,8 @@ impl Bench {
 
     fn measure(&mut self, stack: Stack, opts: &Options) -> anyhow::Result<StackResult> {
         eprintln!("== {}", stack.label());
-        let mut r = StackResult { stack, detection: Vec::new(), detection_timeouts: 0, loss5: None, loss10: None, cpu: None };
+        let mut r =
+            StackResult { stack, detection: Vec::new(), detection_timeouts: 0, quorate: Vec::new(), loss5: None, loss10: None, cpu: None };
         if !self.start_all(stack)? {
             bail!("{}: no three-node view within 30 s", stack.label());
         }
@@ -491,11 +523,13 @@ impl Bench {
             // Rotate the victim: the coordinator (lowest id) and the others fail differently.
             let victim = NODES - run % NODES;
             match self.detect_once(victim, timeout)? {
-                Some(d) => {
-                    eprintln!("  run {}: kill -9 node {victim}: new view after {:.1} ms", run + 1, d.as_secs_f64() * 1e3);
+                (Some(d), q) => {
+                    let qs = q.map(|q| format!(", quorate after {:.1} ms", q.as_secs_f64() * 1e3)).unwrap_or_default();
+                    eprintln!("  run {}: kill -9 node {victim}: new view after {:.1} ms{qs}", run + 1, d.as_secs_f64() * 1e3);
                     r.detection.push(d);
+                    r.quorate.extend(q);
                 }
-                None => {
+                (None, _) => {
                     eprintln!("  run {}: kill -9 node {victim}: no new view within {timeout:?}", run + 1);
                     r.detection_timeouts += 1;
                 }
@@ -563,8 +597,8 @@ pub fn render(r: &Report) -> String {
         r.took.as_secs_f64()
     );
     let _ = writeln!(s, "Views are distinct view (ring) ids committed during the window; in brackets those whose members differed from the node's previous view.\n");
-    let _ = writeln!(s, "| stack | detection min / median / max (ms) | median vs hastack | views at 5% loss | views at 10% loss | views under CPU hog |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| stack | detection min / median / max (ms) | median vs hastack | kill → quorate view min / median / max (ms) | views at 5% loss | views at 10% loss | views under CPU hog |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     let base = r.stacks.iter().find(|x| x.stack == Stack::Hastack).and_then(|x| stats(&x.detection)).map(|s| s.1);
     let opt = |v: Option<Window>| v.map_or("-".into(), |v| v.to_string());
     for x in &r.stacks {
@@ -577,7 +611,11 @@ pub fn render(r: &Report) -> String {
             (Some((_, m, _)), Some(b)) if !b.is_zero() => format!("{:.0}×", m.as_secs_f64() / b.as_secs_f64()),
             _ => "-".into(),
         };
-        let _ = writeln!(s, "| {} | {det} | {ratio} | {} | {} | {} |", x.stack.label(), opt(x.loss5), opt(x.loss10), opt(x.cpu));
+        let quorate = match stats(&x.quorate) {
+            Some((a, m, z)) => format!("{} / {} / {}", ms(a), ms(m), ms(z)),
+            None => "-".into(),
+        };
+        let _ = writeln!(s, "| {} | {det} | {ratio} | {quorate} | {} | {} | {} |", x.stack.label(), opt(x.loss5), opt(x.loss10), opt(x.cpu));
     }
     if !r.search.is_empty() {
         let _ = writeln!(s, "\nCorosync token search (token_coefficient 0, 5% loss for {} s each, descending, stop at the first member change):\n", o.loss_secs);
@@ -641,17 +679,34 @@ fn parse_clock(t: &str) -> Option<(u32, u32, u32, u32)> {
     Some((h, m, s, nanos))
 }
 
-/// `2026-11-25T15:40:00.123456Z  INFO ha_membership::engine: view installed view=1.5 members=[1, 2]`
-fn parse_hastack_line(line: &str) -> Option<LoggedView> {
-    if !line.contains("view installed") {
-        return None;
-    }
+/// The leading `2026-11-25T15:40:00.123456Z` of a hastack text log line.
+fn hastack_timestamp(line: &str) -> Option<SystemTime> {
     let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
     let (date, clock) = ts.split_once('T')?;
     let mut d = date.split('-');
     let (y, mo, da) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
     let (h, mi, s, ns) = parse_clock(clock)?;
-    let at = at(days_from_civil(y, mo, da), h, mi, s, ns)?;
+    at(days_from_civil(y, mo, da), h, mi, s, ns)
+}
+
+/// `2026-11-25T15:40:00.125Z  INFO hastack::cluster::channel: view installed epoch=5 members=[1, 2] quorate=true`
+/// (the view as the resource engine receives it, after its quorum decision): when and members.
+fn parse_hastack_quorate_line(line: &str) -> Option<(SystemTime, Vec<u32>)> {
+    if !line.contains("view installed") || !line.contains(" epoch=") || !line.contains("quorate=true") {
+        return None;
+    }
+    let at = hastack_timestamp(line)?;
+    let list = line.split_once("members=[")?.1.split_once(']')?.0;
+    let members = list.split(',').map(str::trim).filter(|x| !x.is_empty()).map(|x| x.parse().ok()).collect::<Option<Vec<u32>>>()?;
+    Some((at, members))
+}
+
+/// `2026-11-25T15:40:00.123456Z  INFO ha_membership::engine: view installed view=1.5 members=[1, 2]`
+fn parse_hastack_line(line: &str) -> Option<LoggedView> {
+    if !line.contains("view installed") {
+        return None;
+    }
+    let at = hastack_timestamp(line)?;
     let id = line.split_once(" view=")?.1.split_whitespace().next()?.to_string();
     let list = line.split_once("members=[")?.1.split_once(']')?.0;
     let members = list.split(',').map(str::trim).filter(|x| !x.is_empty()).map(|x| x.parse().ok()).collect::<Option<Vec<u32>>>()?;
@@ -701,6 +756,15 @@ fn parse_corosync_log(text: &str, year: i64) -> Vec<LoggedView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hastack_quorate_lines_parse() {
+        let l = "2026-11-25T15:40:00.125000Z  INFO hastack::cluster::channel: view installed epoch=5 members=[1, 2] quorate=true";
+        let (_, m) = parse_hastack_quorate_line(l).unwrap();
+        assert_eq!(m, vec![1, 2]);
+        assert!(parse_hastack_quorate_line(&l.replace("quorate=true", "quorate=false")).is_none());
+        assert!(parse_hastack_line(l).is_none(), "the resource engine's line is not a membership view");
+    }
 
     #[test]
     fn hastack_log_lines_parse() {

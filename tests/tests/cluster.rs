@@ -40,7 +40,16 @@ fn kill_9_commits_a_new_view_and_the_node_rejoins() {
     let id2 = c.status(2).unwrap()["membership"]["view"]["id"].clone();
     assert_eq!(id1, id2);
     assert!(id1["epoch"].as_u64().unwrap() > epoch_before);
-    assert_eq!(c.quorate(1), Some(true));
+    // Quorum in the new view follows it by a round trip (the survivors' vote leases in it).
+    assert!(c.wait(WITHIN, |c| c.quorate(1) == Some(true) && c.quorate(2) == Some(true)), "survivors not quorate");
+    // The strict quorum: node 1 holds node 2's vote lease in the new view.
+    let holds = |c: &LabCluster| {
+        c.status(1).is_some_and(|s| {
+            let v = &s["membership"]["vote"];
+            v["lease_quorate"] == serde_json::json!(true) && v["held"].as_array().is_some_and(|h| h.iter().any(|l| l["node"] == 2))
+        })
+    };
+    assert!(c.wait(WITHIN, holds), "node 1 holds no vote lease from node 2: {}", c.status(1).unwrap()["membership"]["vote"]);
     c.start_daemon(3).unwrap();
     assert!(
         c.wait(WITHIN, |c| (1..=3).all(|i| c.view_members(i) == Some(vec![1, 2, 3]))),
@@ -54,7 +63,9 @@ fn vip_moves_on_node_crash_and_the_client_learns_the_new_mac() {
     let Some(mut c) = cluster() else { return };
     let from = c.wait_for_holder(WITHIN).unwrap();
     let t0 = Instant::now();
-    let s = c.failover(Fault::Crash, Duration::from_secs(10)).expect("failover after a node crash");
+    let s = c
+        .failover(Fault::Crash, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("failover after a node crash: {e:#}\n{}", logs(&c)));
     assert_ne!(s.to, from);
     assert!(s.outage < Duration::from_secs(2), "outage {:?}", s.outage);
     // Never two holders among nodes that can talk (the crashed node is cut off).
@@ -83,7 +94,9 @@ fn vip_moves_on_daemon_kill_and_the_dead_daemons_vip_expires() {
 fn sigstop_releases_on_wakeup_and_graceful_stop_hands_over() {
     let Some(mut c) = cluster() else { return };
     let t0 = Instant::now();
-    let s = c.failover(Fault::Stop, Duration::from_secs(10)).expect("failover after SIGSTOP");
+    let s = c
+        .failover(Fault::Stop, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("failover after SIGSTOP: {e:#}\n{}", logs(&c)));
     // After SIGCONT (done by failover's restore) the frozen node holds nothing.
     assert!(
         !c.holders().contains(&s.from),
@@ -176,6 +189,7 @@ fn forged_and_garbage_datagrams_change_nothing_and_are_counted() {
         .sum();
     assert!(dropped >= 150, "metrics count the dropped datagrams: {scrape}");
     assert!(scrape.lines().any(|l| l == "hastack_cluster_quorate 1"), "{scrape}");
+    assert!(scrape.lines().any(|l| l == "hastack_cluster_vote_lease_quorate 1"), "{scrape}");
 }
 
 fn total_drops(s: &serde_json::Value) -> u64 {

@@ -4,7 +4,7 @@
 //! the membership sequencer receives them.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use ha_membership::driver::ClusterHandle;
@@ -23,12 +23,15 @@ pub struct MembershipChannel {
     ahead: VecDeque<Event>,
     outgoing: mpsc::UnboundedSender<Bytes>,
     quorate: bool,
+    /// Weak: the channel must not keep the membership handle (and so the leave) alive.
+    handle: Weak<ClusterHandle>,
 }
 
 impl MembershipChannel {
     /// Wraps a running membership node; its handle is shared with the daemon (status).
     pub fn new(handle: Arc<ClusterHandle>, events: mpsc::UnboundedReceiver<Event>) -> Self {
         let (outgoing, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        let keep = Arc::downgrade(&handle);
         tokio::spawn(async move {
             while let Some(payload) = rx.recv().await {
                 if let Err(e) = handle.broadcast(payload).await {
@@ -36,13 +39,31 @@ impl MembershipChannel {
                 }
             }
         });
-        MembershipChannel { events, ahead: VecDeque::new(), outgoing, quorate: false }
+        MembershipChannel { events, ahead: VecDeque::new(), outgoing, quorate: false, handle: keep }
     }
 
-    async fn next(&mut self) -> Option<Event> {
-        match self.ahead.pop_front() {
-            Some(e) => Some(e),
-            None => self.events.recv().await,
+    /// The quorum decision that follows the view at the front of `ahead`, waiting for it without
+    /// taking the view off the queue: `recv` runs inside the resource driver's `select!` and may be
+    /// cancelled at any await, so nothing may be held only in a local across one (the mpsc
+    /// receiver's own `recv` is cancel-safe). `Some(None)`: superseded by the next view first.
+    async fn decision(&mut self, view: ha_membership::ViewId) -> Option<bool> {
+        loop {
+            while let Ok(e) = self.events.try_recv() {
+                self.ahead.push_back(e);
+            }
+            let decided = self.ahead.iter().skip(1).find_map(|e| match e {
+                Event::QuorumGained { view: v } if v.epoch == view.epoch => Some(Some(true)),
+                Event::QuorumLost => Some(Some(false)),
+                Event::ViewInstalled { .. } => Some(None),
+                _ => None,
+            });
+            if let Some(q) = decided {
+                return q;
+            }
+            match self.events.recv().await {
+                Some(e) => self.ahead.push_back(e),
+                None => return Some(false),
+            }
         }
     }
 }
@@ -50,22 +71,33 @@ impl MembershipChannel {
 impl ClusterChannel for MembershipChannel {
     async fn recv(&mut self) -> Option<ChannelEvent> {
         loop {
-            match self.next().await? {
+            if self.ahead.is_empty() {
+                let e = self.events.recv().await?;
+                self.ahead.push_back(e);
+            }
+            // Exactly one quorum decision follows every install: QuorumGained for this view once
+            // its vote leases came back (a round trip; longer only while a quiet period runs), or
+            // QuorumLost. The view waits at the front of the queue for it, with what comes meanwhile
+            // held behind it in order, so it reaches the resource engine with the right flag.
+            let decided = match self.ahead.front() {
+                Some(Event::ViewInstalled { view, .. }) => {
+                    let view = *view;
+                    Some(self.decision(view).await)
+                }
+                _ => None,
+            };
+            let Some(ev) = self.ahead.pop_front() else { continue };
+            match ev {
                 Event::ViewInstalled { view, members } => {
-                    // The engine decides quorum for the new view in the same step and queues the
-                    // decision right behind it: read it now, so the view carries the right flag.
-                    while let Ok(e) = self.events.try_recv() {
-                        self.ahead.push_back(e);
-                    }
-                    let mut quorate = self.quorate;
-                    for e in &self.ahead {
-                        match e {
-                            Event::QuorumGained { view: v } if v.epoch == view.epoch => quorate = true,
-                            Event::QuorumLost => quorate = false,
-                            Event::ViewInstalled { .. } => break,
-                            _ => {}
-                        }
-                    }
+                    let Some(quorate) = decided.flatten() else {
+                        // Superseded before its quorum was decided (two views installed back to
+                        // back, as when a healed partition merges in two steps): the resource
+                        // engine skips it, and the messages delivered in it, rather than taking
+                        // a view that is only undecided for a non-quorate one and releasing.
+                        info!(epoch = view.epoch, "view superseded before its quorum decision; skipped");
+                        self.ahead.retain(|e| !matches!(e, Event::Delivered { view: v, .. } if *v == view));
+                        continue;
+                    };
                     self.quorate = quorate;
                     let ids: Vec<NodeId> =
                         members.iter().filter(|m| m.node != WITNESS_NODE_ID).map(|m| NodeId(m.node.0)).collect();
@@ -93,6 +125,10 @@ impl ClusterChannel for MembershipChannel {
                 Event::PeerFailed { node } => warn!(peer = node.0, "peer declared failed"),
             }
         }
+    }
+
+    fn vote_lease_valid(&self) -> bool {
+        self.handle.upgrade().is_some_and(|h| h.vote_lease_valid())
     }
 
     fn broadcast(&mut self, msg: &Msg) -> Result<(), ChannelError> {
