@@ -70,6 +70,10 @@ pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf, metrics: O
     }
     // `threads` (default: one per core).
     let threads = cfg.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // tcp-mode sessions run on `threads` current-thread runtimes, one per thread (nbthread): no
+    // cross-thread wake-ups per burst. The main runtime accepts, checks, serves http mode and
+    // the runtime API.
+    tcp_balancer::runtime::start_session_workers(threads)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     rt.block_on(async {
         let predecessor = match std::env::var(HANDOVER_FD_ENV) {
@@ -205,6 +209,7 @@ fn handover_socket(v: &str) -> anyhow::Result<UnixStream> {
 fn take_over(sock: UnixStream, bal: &Arc<Balancer>) -> anyhow::Result<()> {
     handover::send_control(&sock, &Message::Ready).context("telling the old process we serve")?;
     let (tx, mut rx) = mpsc::channel::<HandedSession>(handover::MAX_SESSIONS_PER_BATCH * 4);
+    let (http_tx, mut http_rx) = mpsc::channel::<handover::HandedHttpClient>(handover::MAX_HTTP_CLIENTS_PER_BATCH * 2);
     ADOPTING.store(true, std::sync::atomic::Ordering::Release);
     std::thread::Builder::new().name("handover-rx".into()).spawn(move || {
         let mut adopted = 0usize;
@@ -215,6 +220,14 @@ fn take_over(sock: UnixStream, bal: &Arc<Balancer>) -> anyhow::Result<()> {
                     adopted += v.len();
                     for s in v {
                         if tx.blocking_send(s).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Some(Message::HttpClients(v))) => {
+                    adopted += v.len();
+                    for c in v {
+                        if http_tx.blocking_send(c).is_err() {
                             return;
                         }
                     }
@@ -238,6 +251,17 @@ fn take_over(sock: UnixStream, bal: &Arc<Balancer>) -> anyhow::Result<()> {
         while let Some(s) = rx.recv().await {
             let Some(bal) = weak.upgrade() else { return };
             adopt(&bal, s);
+        }
+    });
+    // Idle http keep-alive connections resume in the http frontend of the same name.
+    let weak = Arc::downgrade(bal);
+    tokio::spawn(async move {
+        while let Some(c) = http_rx.recv().await {
+            let Some(bal) = weak.upgrade() else { return };
+            match bal.http_frontends().iter().find(|h| h.name() == c.frontend) {
+                Some(h) => h.adopt(c),
+                None => warn!(frontend = %c.frontend, "http frontend gone after reload: handed-over connection closed"),
+            }
         }
     });
     Ok(())
@@ -318,6 +342,10 @@ async fn retire(bal: Result<Balancer, Arc<Balancer>>, s: Successor, hard_stop: D
             for p in all_proxies(&b) {
                 p.hand_over_sessions(tx.clone());
             }
+            // Idle http keep-alive connections follow as they become idle.
+            for h in b.http_frontends() {
+                h.hand_over_idle(tx.clone());
+            }
             // Stops accepting; handed-over sessions leave at once, the rest get `hard_stop`.
             b.drain(hard_stop).await
         }
@@ -327,8 +355,14 @@ async fn retire(bal: Result<Balancer, Arc<Balancer>>, s: Successor, hard_stop: D
             for p in all_proxies(&b) {
                 p.hand_over_sessions(tx.clone());
             }
+            for h in b.http_frontends() {
+                h.hand_over_idle(tx.clone());
+            }
             for p in all_proxies(&b) {
                 forced += p.drain(hard_stop).await;
+            }
+            for h in b.http_frontends() {
+                forced += h.drain(hard_stop).await;
             }
             forced
         }

@@ -196,6 +196,26 @@ pub struct HandedSession {
     pub relay: Frozen,
 }
 
+/// An idle http-mode keep-alive client connection crossing to the new process: between two
+/// requests, nothing read from it and nothing owed to it, so the socket alone carries it (bytes
+/// of a next request the client already sent wait in the kernel for the new process).
+#[derive(Debug)]
+pub struct HandedHttpClient {
+    /// Frontend name.
+    pub frontend: String,
+    /// The client's address (from the PROXY header when the frontend accepts one).
+    pub peer: SocketAddr,
+    /// The address the client reached.
+    pub local: SocketAddr,
+    /// No request was read from it yet (its first one gets `timeout http-request`).
+    pub fresh: bool,
+    /// The client socket.
+    pub client: OwnedFd,
+}
+
+/// Most http clients in one message (one descriptor each).
+pub const MAX_HTTP_CLIENTS_PER_BATCH: usize = 200;
+
 /// A message after the listeners.
 #[derive(Debug)]
 pub enum Message {
@@ -205,6 +225,8 @@ pub enum Message {
     Main,
     /// O → N: established sessions.
     Sessions(Vec<HandedSession>),
+    /// O → N: idle http-mode keep-alive client connections.
+    HttpClients(Vec<HandedHttpClient>),
     /// O → N: no session left; the old process exits.
     Done,
 }
@@ -213,6 +235,7 @@ const TAG_READY: u8 = b'R';
 const TAG_MAIN: u8 = b'M';
 const TAG_SESSIONS: u8 = b'S';
 const TAG_DONE: u8 = b'D';
+const TAG_HTTP: u8 = b'H';
 
 fn send_tagged(sock: &UnixStream, tag: u8, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut head = [0u8; 5];
@@ -234,7 +257,9 @@ pub fn send_control(sock: &UnixStream, m: &Message) -> io::Result<()> {
         Message::Ready => TAG_READY,
         Message::Main => TAG_MAIN,
         Message::Done => TAG_DONE,
-        Message::Sessions(_) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "use send_sessions")),
+        Message::Sessions(_) | Message::HttpClients(_) => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "use send_sessions or send_http_clients"));
+        }
     };
     send_tagged(sock, tag, &[], &[])
 }
@@ -356,6 +381,47 @@ pub fn send_sessions(sock: &UnixStream, batch: &[HandedSession]) -> io::Result<(
     send_tagged(sock, TAG_SESSIONS, &e.0, &fds)
 }
 
+/// Sends up to [`MAX_HTTP_CLIENTS_PER_BATCH`] idle http clients in one message (descriptors
+/// duplicated into the receiver; the caller closes its own after this returns).
+pub fn send_http_clients(sock: &UnixStream, batch: &[HandedHttpClient]) -> io::Result<()> {
+    if batch.is_empty() || batch.len() > MAX_HTTP_CLIENTS_PER_BATCH {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "0 or too many http clients in a batch"));
+    }
+    let mut e = Enc(Vec::with_capacity(batch.len() * 64));
+    e.0.extend_from_slice(&(batch.len() as u16).to_be_bytes());
+    for c in batch {
+        e.str(&c.frontend);
+        e.str(&c.peer.to_string());
+        e.str(&c.local.to_string());
+        e.u8(u8::from(c.fresh));
+    }
+    let fds: Vec<RawFd> = batch.iter().map(|c| c.client.as_raw_fd()).collect();
+    send_tagged(sock, TAG_HTTP, &e.0, &fds)
+}
+
+fn decode_http_clients(body: &[u8], fds: Vec<OwnedFd>) -> io::Result<Vec<HandedHttpClient>> {
+    let mut d = Dec(body);
+    let n = d.u16()? as usize;
+    if n == 0 || n > MAX_HTTP_CLIENTS_PER_BATCH || n != fds.len() {
+        return Err(invalid("bad http client count"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for client in fds {
+        let frontend = d.str()?;
+        let peer: SocketAddr = d.str()?.parse().map_err(|_| invalid("bad client address"))?;
+        let local: SocketAddr = d.str()?.parse().map_err(|_| invalid("bad local address"))?;
+        let fresh = d.u8()? != 0;
+        if !is_stream_socket(&client) {
+            return Err(invalid("an http client descriptor is not a stream socket"));
+        }
+        out.push(HandedHttpClient { frontend, peer, local, fresh, client });
+    }
+    if !d.0.is_empty() {
+        return Err(invalid("trailing bytes in an http clients message"));
+    }
+    Ok(out)
+}
+
 fn is_stream_socket(fd: &OwnedFd) -> bool {
     matches!(socket2::SockRef::from(fd).r#type(), Ok(t) if t == socket2::Type::STREAM)
 }
@@ -474,6 +540,7 @@ pub fn recv_message(sock: &UnixStream) -> io::Result<Option<Message>> {
         TAG_MAIN => no_fds(Message::Main),
         TAG_DONE => no_fds(Message::Done),
         TAG_SESSIONS => Ok(Some(Message::Sessions(decode_sessions(body, fds)?))),
+        TAG_HTTP => Ok(Some(Message::HttpClients(decode_http_clients(body, fds)?))),
         _ => Err(invalid("unknown handover message")),
     }
 }
@@ -483,6 +550,8 @@ pub fn recv_message(sock: &UnixStream) -> io::Result<Option<Message>> {
 pub enum Outgoing {
     /// A session stopped for the handover.
     Session(Box<HandedSession>),
+    /// An idle http-mode client connection.
+    HttpClient(Box<HandedHttpClient>),
     /// Every session is gone: send [`Message::Done`] and stop.
     Finish,
 }
@@ -494,16 +563,28 @@ pub enum Outgoing {
 pub fn run_sender(sock: &UnixStream, rx: std::sync::mpsc::Receiver<Outgoing>) -> io::Result<usize> {
     let mut sent = 0;
     let mut batch = Vec::with_capacity(MAX_SESSIONS_PER_BATCH);
+    let mut http = Vec::new();
     let mut finish = false;
+    let take = |o: Outgoing, batch: &mut Vec<HandedSession>, http: &mut Vec<HandedHttpClient>| match o {
+        Outgoing::Session(s) => {
+            batch.push(*s);
+            false
+        }
+        Outgoing::HttpClient(c) => {
+            http.push(*c);
+            false
+        }
+        Outgoing::Finish => true,
+    };
     while !finish {
         match rx.recv() {
-            Ok(Outgoing::Session(s)) => batch.push(*s),
-            Ok(Outgoing::Finish) | Err(_) => finish = true,
+            Ok(o) => finish = take(o, &mut batch, &mut http),
+            Err(_) => finish = true,
         }
-        while batch.len() < MAX_SESSIONS_PER_BATCH && !finish {
+        while batch.len() < MAX_SESSIONS_PER_BATCH && http.len() < MAX_HTTP_CLIENTS_PER_BATCH && !finish {
             match rx.try_recv() {
-                Ok(Outgoing::Session(s)) => batch.push(*s),
-                Ok(Outgoing::Finish) | Err(std::sync::mpsc::TryRecvError::Disconnected) => finish = true,
+                Ok(o) => finish = take(o, &mut batch, &mut http),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => finish = true,
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
             }
         }
@@ -511,6 +592,11 @@ pub fn run_sender(sock: &UnixStream, rx: std::sync::mpsc::Receiver<Outgoing>) ->
             send_sessions(sock, &batch)?;
             sent += batch.len();
             batch.clear();
+        }
+        if !http.is_empty() {
+            send_http_clients(sock, &http)?;
+            sent += http.len();
+            http.clear();
         }
     }
     send_control(sock, &Message::Done)?;
@@ -527,6 +613,40 @@ mod tests {
         let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn idle_http_clients_cross_with_their_addresses() {
+        let (old, new) = channel().unwrap();
+        let (mut far, near) = tcp_pair();
+        let c = HandedHttpClient {
+            frontend: "web".into(),
+            peer: "198.18.0.55:40000".parse().unwrap(),
+            local: "[fd00:198:18::100]:80".parse().unwrap(),
+            fresh: true,
+            client: OwnedFd::from(near),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(Outgoing::HttpClient(Box::new(c))).unwrap();
+        tx.send(Outgoing::Finish).unwrap();
+        assert_eq!(run_sender(&old, rx).unwrap(), 1);
+        let Some(Message::HttpClients(v)) = recv_message(&new).unwrap() else { panic!("no http clients message") };
+        assert_eq!(v.len(), 1);
+        let got = &v[0];
+        assert_eq!((got.frontend.as_str(), got.fresh), ("web", true));
+        assert_eq!(got.peer.to_string(), "198.18.0.55:40000");
+        assert_eq!(got.local.to_string(), "[fd00:198:18::100]:80");
+        // The descriptor is the same connection.
+        let mut s = std::net::TcpStream::from(v.into_iter().next().unwrap().client);
+        far.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
+        assert!(matches!(recv_message(&new).unwrap(), Some(Message::Done)));
+        // A count that disagrees with the descriptors is refused.
+        let mut e = Enc(Vec::new());
+        e.0.extend_from_slice(&2u16.to_be_bytes());
+        assert!(decode_http_clients(&e.0, Vec::new()).is_err());
     }
 
     #[test]

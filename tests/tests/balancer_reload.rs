@@ -4,6 +4,8 @@
 //! - A reload under a bounded `wrk` run loses no request; long-lived streams opened before it
 //!   (idle, half-closed, and one pushing 64 MiB through the splice pipes) keep flowing byte-exact
 //!   after it, served by the new process, and the old process has exited.
+//! - In http mode, idle keep-alive connections are handed to the new process: clients reusing
+//!   them are served, a bounded wrk run sees no error, the old process exits at once.
 //! - A reload with a bad config is refused with file:line:reason and changes nothing.
 //! - 10k idle client connections through the balancer cost it a bounded amount of memory.
 
@@ -309,6 +311,97 @@ fn reload_under_load_loses_nothing_and_keeps_streams() {
         c.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
     }
+}
+
+/// One keep-alive request on `c`: the backend's 2-byte answer, or the error.
+fn http_get(c: &mut TcpStream) -> std::io::Result<String> {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// http mode: idle keep-alive client connections go to the new process on reload (their socket
+/// only: nothing is buffered between requests), so a client reusing its connection after the
+/// reload is served, wrk sees no error, and the old process exits at once instead of lingering
+/// until `hard_stop_after` (HAProxy closes them, and clients racing a request see a reset).
+#[test]
+fn reload_hands_idle_http_keep_alive_connections_over() {
+    if !wrk_available() {
+        return skip("wrk is not installed (Debian package wrk)");
+    }
+    let bin = hastack_bin().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup {
+        cfg: dir.path().join("hastack.toml"),
+        socket: dir.path().join("balancer.sock"),
+        front: free_port(),
+        stream_front: free_port(),
+        push_front: free_port(),
+        _dir: dir,
+    };
+    BalancerToml::new(&s.socket)
+        .global("hard_stop_after = \"20s\"")
+        .frontend("web", s.front, "http", "webs")
+        .backend("webs", &[("w1", http_backend(2000))])
+        .write(&s.cfg)
+        .unwrap();
+    let mut old = start_daemon(&bin, &s);
+    let old_pid = old.id();
+    // Idle keep-alive connections opened before the reload, each served once.
+    let mut idle: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", s.front)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            http_get(&mut c).unwrap();
+            c
+        })
+        .collect();
+    let url = format!("http://127.0.0.1:{}/", s.front);
+    let wrk = Command::new("wrk").args(["-t1", "-c20", "-d4s", &url]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut wrk = KillOnDrop(wrk);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = ctl(&bin, &s, &["reload"]);
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "reload: {answer} {}", String::from_utf8_lossy(&out.stderr));
+    let new_pid: u32 = answer
+        .split_whitespace()
+        .skip_while(|w| *w != "process")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {answer:?}"));
+    let _stop_new = StopPid(new_pid);
+    let reloaded = Instant::now();
+    // No connection is left in the old process: it exits well before hard_stop_after (20 s).
+    let exited = poll_until(Duration::from_secs(8), Duration::from_millis(20), || matches!(old.try_wait(), Ok(Some(_))));
+    assert!(exited, "old balancer {old_pid} still running {:?} after the reload", reloaded.elapsed());
+    assert!(old.try_wait().unwrap().unwrap().success());
+    // The idle connections are served on, by the new process (the old one is gone).
+    for (i, c) in idle.iter_mut().enumerate() {
+        let r = http_get(c).unwrap_or_else(|e| panic!("idle connection {i} after the reload: {e}"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    let status = wrk.0.wait().unwrap();
+    let mut report = String::new();
+    wrk.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    eprintln!("wrk (http mode) across the reload:\n{report}");
+    assert!(status.success(), "wrk failed: {report}");
+    assert!(!report.contains("Socket errors"), "wrk saw socket errors across the reload:\n{report}");
+    assert!(!report.contains("Non-2xx"), "wrk saw failed responses across the reload:\n{report}");
+    let requests: u64 = report
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 1000, "wrk made only {requests} requests: {report}");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! running; listeners bound or inherited) → **serving** (accept below maxconn; each connection
 //! is [`super::session::serve`]d) → **drain** (stop accepting, idle keep-alive connections
 //! close at once, in-flight exchanges finish within the grace, the rest are killed, backends
-//! stopped).
+//! stopped); or, on reload, **handing over** (idle plain keep-alive connections go to the new
+//! process as they become idle, the rest drain as above). A new process **adopts** them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use super::route::HttpRoute;
 use crate::proxy::{
     FrontendConfig, Keepalive, Proxy, ProxyConfig, ProxyError, Stats, next_connection, read_proxy, read_proxy_exact, tune_client,
 };
+use crate::handover::{HandedHttpClient, Outgoing};
 use crate::proxy_protocol::Header;
 use crate::relay::RelayMode;
 
@@ -227,11 +229,40 @@ pub(crate) struct Front {
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) kill: watch::Sender<u64>,
     pub(crate) relay_mode: RelayMode,
+    /// Reload: idle plain keep-alive connections go to this sender (the new process).
+    pub(crate) handover: watch::Sender<Option<std::sync::mpsc::Sender<Outgoing>>>,
+    /// Connections handed to a new process, and adopted from an old one.
+    pub(crate) handed_over: AtomicU64,
+    adopted: AtomicU64,
+    /// maxconn over every listener (adopted connections take a slot too).
+    sem: Arc<Semaphore>,
     alive: AtomicUsize,
     idle: Notify,
 }
 
 impl Front {
+    /// Whether a client connection may stay open after its current exchange: the frontend is
+    /// not stopping, or it is reloading and a plain connection can go to the new process.
+    pub(crate) fn keeps_clients(&self, plain: bool) -> bool {
+        !*self.stop.borrow() || (plain && self.handover.borrow().is_some())
+    }
+
+    /// Reload: hands an idle plain client connection (nothing buffered, nothing owed) to the new
+    /// process. Returns the connection when there is no handover to give it to.
+    pub(crate) fn hand_over(&self, sock: TcpStream, peer: SocketAddr, local: SocketAddr, fresh: bool) -> Result<(), TcpStream> {
+        let Some(tx) = self.handover.borrow().clone() else { return Err(sock) };
+        let fd = match sock.into_std() {
+            Ok(s) => std::os::fd::OwnedFd::from(s),
+            // Not registered any more: nothing to hand over, the connection closes.
+            Err(_) => return Ok(()),
+        };
+        let c = HandedHttpClient { frontend: self.cfg.frontend.name.clone(), peer, local, fresh, client: fd };
+        if tx.send(Outgoing::HttpClient(Box::new(c))).is_ok() {
+            self.handed_over.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// monitor-uri: the default backend (or, without one, any backend) has a usable server; a
     /// monitor-only frontend (no backend at all) answers 200 while the process serves, as
     /// HAProxy's `monitor-uri` does.
@@ -300,11 +331,14 @@ impl HttpFrontend {
             stop: watch::channel(false).0,
             kill: watch::channel(0).0,
             relay_mode,
+            handover: watch::channel(None).0,
+            handed_over: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
+            sem: Arc::new(Semaphore::new(fe.maxconn.max(1))),
             alive: AtomicUsize::new(0),
             idle: Notify::new(),
         });
-        let sem = Arc::new(Semaphore::new(fe.maxconn.max(1)));
-        let tasks = listeners.into_iter().map(|l| tokio::spawn(accept_loop(front.clone(), l, sem.clone()))).collect();
+        let tasks = listeners.into_iter().map(|l| tokio::spawn(accept_loop(front.clone(), l))).collect();
         Ok(Self { front, locals, tasks: Mutex::new(tasks), handover: Mutex::new(handover) })
     }
 
@@ -321,6 +355,40 @@ impl HttpFrontend {
     /// Frontend name.
     pub fn name(&self) -> &str {
         &self.front.cfg.frontend.name
+    }
+
+    /// Reload, old side: every idle plain keep-alive connection (now, and each one that becomes
+    /// idle from now on) is sent to `to` as an [`Outgoing::HttpClient`] instead of being closed
+    /// by the drain; exchanges in flight finish first, upgraded and TLS connections drain. Pair
+    /// with [`HttpFrontend::drain`].
+    pub fn hand_over_idle(&self, to: std::sync::mpsc::Sender<Outgoing>) {
+        self.front.handover.send_replace(Some(to));
+    }
+
+    /// Reload, new side: serves an idle client connection handed over by the old process.
+    pub fn adopt(&self, c: HandedHttpClient) {
+        let std = std::net::TcpStream::from(c.client);
+        let sock = match std.set_nonblocking(true).and_then(|()| TcpStream::from_std(std)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume a handed-over http connection");
+                return;
+            }
+        };
+        let fe = self.front.clone();
+        fe.adopted.fetch_add(1, Ordering::Relaxed);
+        // Over maxconn it is served anyway: refusing would cut a connection the client holds.
+        let permit = fe.sem.clone().try_acquire_owned().ok();
+        let (peer, local, fresh) = (c.peer, c.local, c.fresh);
+        spawn_connection(&fe, peer, permit, move |fe| async move {
+            tune_client(&sock, fe.cfg.keepalive.as_ref());
+            super::session::serve(fe, Client::Plain(sock), peer, local, Vec::new(), fresh).await;
+        });
+    }
+
+    /// Idle connections handed to a new process, and adopted from an old one.
+    pub fn handover_counts(&self) -> (u64, u64) {
+        (self.front.handed_over.load(Ordering::Relaxed), self.front.adopted.load(Ordering::Relaxed))
     }
 
     /// The backends, in config order (for admin commands and stats).
@@ -381,26 +449,35 @@ impl HttpFrontend {
     }
 }
 
-async fn accept_loop(fe: Arc<Front>, listener: TcpListener, sem: Arc<Semaphore>) {
+async fn accept_loop(fe: Arc<Front>, listener: TcpListener) {
     let mut stop = fe.stop.subscribe();
     let tls = fe.cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    while let Some((permit, sock, peer)) = next_connection(&listener, &sem, &mut stop).await {
-        fe.alive.fetch_add(1, Ordering::AcqRel);
+    while let Some((permit, sock, peer)) = next_connection(&listener, &fe.sem, &mut stop).await {
         fe.counters.connections.fetch_add(1, Ordering::Relaxed);
-        let fe2 = fe.clone();
         let tls = tls.clone();
-        let span = tracing::debug_span!("http", frontend = %fe.cfg.frontend.name, %peer);
-        tokio::spawn(
-            async move {
-                connection(&fe2, sock, peer, tls).await;
-                drop(permit);
-                if fe2.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    fe2.idle.notify_waiters();
-                }
-            }
-            .instrument(span),
-        );
+        spawn_connection(&fe, peer, Some(permit), move |fe| async move { connection(&fe, sock, peer, tls).await });
     }
+}
+
+/// Runs one client connection on its own task, counted for drain, holding its maxconn slot.
+fn spawn_connection<F, Fut>(fe: &Arc<Front>, peer: SocketAddr, permit: Option<tokio::sync::OwnedSemaphorePermit>, f: F)
+where
+    F: FnOnce(Arc<Front>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    fe.alive.fetch_add(1, Ordering::AcqRel);
+    let fe = fe.clone();
+    let span = tracing::debug_span!("http", frontend = %fe.cfg.frontend.name, %peer);
+    tokio::spawn(
+        async move {
+            f(fe.clone()).await;
+            drop(permit);
+            if fe.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                fe.idle.notify_waiters();
+            }
+        }
+        .instrument(span),
+    );
 }
 
 async fn connection(fe: &Arc<Front>, mut sock: TcpStream, peer: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) {
@@ -442,5 +519,5 @@ async fn connection(fe: &Arc<Front>, mut sock: TcpStream, peer: SocketAddr, tls:
             }
         },
     };
-    super::session::serve(fe.clone(), client, peer, local, early).await;
+    super::session::serve(fe.clone(), client, peer, local, early, true).await;
 }

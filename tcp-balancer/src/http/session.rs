@@ -2,7 +2,8 @@
 //!
 //! Connection lifecycle:
 //! 1. **wait** for a request: the first within `timeout http-request` (else 408), the next ones
-//!    within `timeout http-keep-alive` (else a silent close); a drain closes an idle connection.
+//!    within `timeout http-keep-alive` (else a silent close); a drain closes an idle connection,
+//!    a reload hands an idle plain one to the new process (its socket only: nothing is buffered).
 //! 2. **head**: read until the head is complete, within `timeout http-request` from its first
 //!    byte (slowloris is cut with a 408); a malformed head is answered 400 and the connection closed.
 //! 3. **monitor-uri** is answered here (200, or 503 when no backend server is usable).
@@ -41,10 +42,20 @@ enum Next {
     Tunnel(TcpStream, Buf, Lease),
 }
 
-/// Serves one client connection until it closes, times out, or the frontend stops.
-pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, local: SocketAddr, early: Vec<u8>) {
+/// What ended the wait for a request.
+enum Wait {
+    Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+    Stopped,
+    HandOver,
+}
+
+/// Serves one client connection until it closes, times out, the frontend stops, or (reload) it
+/// goes to the new process while idle. `fresh`: no request was read from it yet.
+pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, local: SocketAddr, early: Vec<u8>, fresh: bool) {
     let mut cbuf = Buf::new();
-    let mut first = true;
+    let mut first = fresh;
+    let plain = matches!(client, Client::Plain(_));
+    let mut handover = fe.handover.subscribe();
     if !early.is_empty() {
         // Bytes read past a PROXY header: the start of the first request.
         let mut e = &early[..];
@@ -60,9 +71,21 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
             // An idle keep-alive connection holds no buffer (10k idle clients cost little).
             cbuf = Buf::new();
             let wait = if first { t.http_request } else { t.http_keep_alive };
-            let r = tokio::select! {
-                r = tokio::time::timeout(wait, cbuf.fill(&mut client)) => r,
-                _ = stopped(&mut stop) => return,
+            let w = tokio::select! {
+                biased;
+                _ = handover.wait_for(|h| h.is_some()), if plain => Wait::HandOver,
+                _ = stopped(&mut stop) => Wait::Stopped,
+                r = tokio::time::timeout(wait, cbuf.fill(&mut client)) => Wait::Read(r),
+            };
+            let r = match w {
+                Wait::Read(r) => r,
+                // Reload: nothing read, nothing owed: the socket alone carries the connection.
+                Wait::HandOver | Wait::Stopped => {
+                    if let Client::Plain(sock) = client {
+                        let _ = fe.hand_over(sock, peer, local, first);
+                    }
+                    return;
+                }
             };
             match r {
                 Err(_) => {
@@ -102,7 +125,7 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
             }
         };
         fe.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let keep = req.keep_alive && !*stop.borrow();
+        let keep = req.keep_alive && fe.keeps_clients(plain);
         let data = cbuf.data();
         if fe.cfg.monitor_uri.as_deref().is_some_and(|m| m == req.path(data)) {
             fe.counters.monitor.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +289,7 @@ async fn transfer(
     lease: &Lease,
     idle: IdleTimeouts,
 ) -> (Down, bool) {
+    let plain = matches!(client, Client::Plain(_));
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut sr, mut sw) = server.split();
     let count_in = |n| lease.count_in(n);
@@ -278,7 +302,7 @@ async fn transfer(
             out.clear();
             let resp = loop {
                 // A drain that began while the server worked still closes this client after its answer.
-                let cx = ResponseContext { client_keep_alive: cx.client_keep_alive && !*fe.stop.borrow(), ..cx };
+                let cx = ResponseContext { client_keep_alive: cx.client_keep_alive && fe.keeps_clients(plain), ..cx };
                 out.clear();
                 match parse_response(sbuf.data(), cx, &mut out) {
                     Ok(Some(r)) => break r,
