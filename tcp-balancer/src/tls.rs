@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::http::io::{Client, TunnelEnd, copy_tunnel};
+use crate::http::io::{TunnelEnd, copy_tunnel, tls_accept};
 use crate::proxy::{FrontendConfig, Proxy, ProxyConfig, ProxyError, Stats, next_connection, read_proxy_exact, tune_client};
 use crate::proxy_protocol::Header;
 use crate::router::SniRoute;
@@ -328,18 +328,7 @@ async fn session(sh: &Shared, mut sock: TcpStream, mut peer: SocketAddr, accepto
             }
         }
     }
-    let mut client = match tokio::time::timeout(t.idle.client, acceptor.accept(sock)).await {
-        Ok(Ok(s)) => Client::Tls(Box::new(s)),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            sh.handshake_failed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Err(_) => {
-            sh.handshake_failed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
+    let Some(mut client) = tls_accept(&acceptor, sock, t.idle.client, &sh.handshake_failed, peer).await else { return };
     // Route by the server name the handshake was made for.
     let name = client.server_name();
     let target = match &name {

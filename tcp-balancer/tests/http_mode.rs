@@ -155,32 +155,6 @@ async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, want: usize) -
     Some(())
 }
 
-/// Decodes a chunked body from `buf` + `s`; leaves the bytes after it in `buf`.
-async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            let l = buf.len();
-            fill(s, buf, l + 1).await?;
-        };
-        let line = std::str::from_utf8(&buf[..line_end]).ok()?;
-        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // No trailers from our clients: just the final CRLF.
-            fill(s, buf, 2).await?;
-            buf.drain(..2);
-            return Some(body);
-        }
-        fill(s, buf, size + 2).await?;
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
 struct Head {
     method: String,
     path: String,
@@ -194,12 +168,13 @@ fn parse_head(bytes: &[u8]) -> Option<Head> {
     Some(Head {
         method: r.method?.to_string(),
         path: r.path?.to_string(),
-        headers: r
-            .headers
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-            .collect(),
+        headers: header_map(r.headers),
     })
+}
+
+/// Header names lowercased, values as text.
+fn header_map(headers: &[httparse::Header<'_>]) -> HashMap<String, String> {
+    headers.iter().map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned())).collect()
 }
 
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, st: State, conn: u64) {
@@ -340,16 +315,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut r = httparse::Response::new(&mut h);
         r.parse(&self.buf[..n]).ok()?;
         let status = r.code?;
-        let headers: HashMap<String, String> = r
-            .headers
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-            .collect();
+        let headers = header_map(r.headers);
         self.buf.drain(..n);
         let body = if status == 101 || status == 204 || status == 304 {
             Vec::new()
         } else if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            read_chunked_trailers(&mut self.s, &mut self.buf).await?
+            read_chunked(&mut self.s, &mut self.buf).await?
         } else if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
             fill(&mut self.s, &mut self.buf, len).await?;
             self.buf.drain(..len).collect()
@@ -367,8 +338,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
-/// Like [`read_chunked`] but skipping trailer lines.
-async fn read_chunked_trailers<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+/// Decodes a chunked body from `buf` + `s`, skipping trailer lines; leaves the bytes after it in
+/// `buf`.
+async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::answer::Answer;
-use super::io::Client;
+use super::io::{Client, tls_accept};
 use super::route::HttpRoute;
 use crate::proxy::{
     FrontendConfig, Keepalive, Proxy, ProxyConfig, ProxyError, Stats, next_connection, read_proxy, read_proxy_exact, tune_client,
@@ -506,17 +506,9 @@ async fn connection(fe: &Arc<Front>, mut sock: TcpStream, peer: SocketAddr, tls:
     }
     let client = match tls {
         None => Client::Plain(sock),
-        Some(acceptor) => match tokio::time::timeout(t, acceptor.accept(sock)).await {
-            Ok(Ok(s)) => Client::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(_) => {
-                fe.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        Some(acceptor) => match tls_accept(&acceptor, sock, t, &fe.counters.tls_failed, peer).await {
+            Some(c) => c,
+            None => return,
         },
     };
     super::session::serve(fe.clone(), client, peer, local, early, true).await;

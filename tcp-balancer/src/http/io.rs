@@ -49,6 +49,30 @@ impl Client {
     }
 }
 
+/// Terminates TLS on an accepted connection within `limit`; a failed or timed-out handshake is
+/// counted in `failed` (and logged at debug) and gives `None`.
+pub(crate) async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    sock: TcpStream,
+    limit: std::time::Duration,
+    failed: &std::sync::atomic::AtomicU64,
+    peer: std::net::SocketAddr,
+) -> Option<Client> {
+    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+        Ok(Ok(s)) => Some(Client::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 impl AsyncRead for Client {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
