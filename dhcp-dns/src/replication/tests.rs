@@ -180,6 +180,15 @@ impl Bus {
         let _ = self.nodes.get_mut(&who).expect("node").core.local_record(u64::MAX - 1, rec, now);
     }
 
+    /// While `cut` is cut off, gateway 1 decides `recs` (tokens 1, 2, ...); then the cut heals.
+    fn decide_then_heal(&mut self, cut: MemberId, recs: &[LogRecord]) {
+        for (i, r) in recs.iter().enumerate() {
+            self.local(m(1), i as u64 + 1, r.clone());
+        }
+        self.run();
+        self.heal(cut);
+    }
+
     fn entry(&self, who: MemberId, addr: Ipv4Addr) -> Option<LogRecord> {
         self.node(who).core.entry(addr).cloned()
     }
@@ -437,11 +446,8 @@ fn a_lease_released_and_collected_while_a_gateway_was_cut_off_does_not_come_back
     let mut rel = a.clone();
     rel.state = LeaseState::Released;
     rel.rev = 150;
-    bus.local(m(1), 1, LogRecord::Upsert(rel.clone()));
-    bus.local(m(1), 2, LogRecord::Remove(a.addr, rel.rev + 1));
-    bus.run();
+    bus.decide_then_heal(m(2), &[LogRecord::Upsert(rel.clone()), LogRecord::Remove(a.addr, rel.rev + 1)]);
     assert_eq!(bus.node(m(1)).core.tombstones(), 1);
-    bus.heal(m(2));
     converged_on(&bus, &LogRecord::Remove(a.addr, 151), &LogRecord::Upsert(a.clone()));
     assert!(bus.node(m(2)).applied.contains(&LogRecord::Remove(a.addr, 151)), "the rejoining gateway forgets the lease too");
     assert_eq!(bus.node(m(2)).core.table_len(), 0);
@@ -453,9 +459,7 @@ fn a_lease_that_expired_and_was_collected_while_a_gateway_was_cut_off_does_not_c
     // just above the lease), and it still beats the rejoining gateway's copy.
     let a = lease(10, 100, "a");
     let mut bus = three_then_cut(vec![a.clone()]);
-    bus.local(m(3), 1, LogRecord::Remove(a.addr, a.rev + 1));
-    bus.run();
-    bus.heal(m(2));
+    bus.decide_then_heal(m(2), &[LogRecord::Remove(a.addr, a.rev + 1)]);
     converged_on(&bus, &LogRecord::Remove(a.addr, a.rev + 1), &LogRecord::Upsert(a));
 }
 
@@ -464,16 +468,12 @@ fn a_lease_declined_while_a_gateway_was_cut_off_stays_quarantined_then_gone() {
     let a = lease(10, 100, "a");
     let mut bus = three_then_cut(vec![a.clone()]);
     let q = Lease { hwaddr: Vec::new(), client_id: None, hostname: None, fqdn: None, start: 200, expiry: 800, state: LeaseState::Declined, rev: 200, ..a.clone() };
-    bus.local(m(1), 1, LogRecord::Upsert(q.clone()));
-    bus.run();
-    bus.heal(m(2));
+    bus.decide_then_heal(m(2), &[LogRecord::Upsert(q.clone())]);
     converged_on(&bus, &LogRecord::Upsert(q.clone()), &LogRecord::Upsert(a.clone()));
     // Cut again; the quarantine ends (the address is forgotten) while it is away.
     bus.nodes.values_mut().for_each(|n| n.applied.clear());
     bus.cut_off(m(2));
-    bus.local(m(1), 2, LogRecord::Remove(a.addr, q.rev + 1));
-    bus.run();
-    bus.heal(m(2));
+    bus.decide_then_heal(m(2), &[LogRecord::Remove(a.addr, q.rev + 1)]);
     converged_on(&bus, &LogRecord::Remove(a.addr, q.rev + 1), &LogRecord::Upsert(q));
 }
 
@@ -484,11 +484,8 @@ fn a_rename_while_a_gateway_was_cut_off_wins_over_its_old_names() {
     let b = lease(11, 100, "b");
     let mut bus = three_then_cut(vec![a.clone(), b.clone()]);
     let a2 = Lease { hostname: Some("a2".into()), fqdn: Some("a2.lab.test".into()), start: 200, rev: 200, ..a.clone() };
-    bus.local(m(1), 1, LogRecord::Upsert(a2.clone()));
     let b2 = Lease { hostname: Some("a".into()), fqdn: Some("a.lab.test".into()), start: 210, rev: 210, ..b.clone() };
-    bus.local(m(1), 2, LogRecord::Upsert(b2.clone()));
-    bus.run();
-    bus.heal(m(2));
+    bus.decide_then_heal(m(2), &[LogRecord::Upsert(a2.clone()), LogRecord::Upsert(b2.clone())]);
     converged_on(&bus, &LogRecord::Upsert(a2), &LogRecord::Upsert(a));
     converged_on(&bus, &LogRecord::Upsert(b2), &LogRecord::Upsert(b));
 }
@@ -501,9 +498,7 @@ fn a_client_given_addresses_on_both_sides_of_a_cut_keeps_the_newest() {
     let apart = lease(20, 250, "x");
     let here = Lease { hwaddr: apart.hwaddr.clone(), start: 240, rev: 240, ..lease(30, 240, "x") };
     bus.local_apart(m(2), LogRecord::Upsert(apart.clone()));
-    bus.local(m(1), 1, LogRecord::Upsert(here.clone()));
-    bus.run();
-    bus.heal(m(2));
+    bus.decide_then_heal(m(2), &[LogRecord::Upsert(here.clone())]);
     let released = Lease { state: LeaseState::Released, hostname: None, fqdn: None, rev: 251, ..here };
     for i in 1..=3 {
         assert_eq!(bus.entry(m(i), apart.addr), Some(LogRecord::Upsert(apart.clone())), "gateway {i}");
@@ -519,9 +514,7 @@ fn a_name_given_on_both_sides_of_a_cut_stays_with_the_newest_lease() {
     let apart = lease(20, 250, "web");
     let here = lease(30, 260, "web");
     bus.local_apart(m(2), LogRecord::Upsert(apart.clone()));
-    bus.local(m(1), 1, LogRecord::Upsert(here.clone()));
-    bus.run();
-    bus.heal(m(2));
+    bus.decide_then_heal(m(2), &[LogRecord::Upsert(here.clone())]);
     let unnamed = Lease { hostname: None, fqdn: None, rev: 261, ..apart };
     for i in 1..=3 {
         assert_eq!(bus.entry(m(i), here.addr), Some(LogRecord::Upsert(here.clone())), "gateway {i}");
