@@ -586,6 +586,11 @@ impl Conv {
                     }
                     None => self.skip(n, format!("unsupported value {}", args[0])),
                 },
+                ("strict-limits", 0) => {
+                    self.balancer.strict_limits = true;
+                    self.place(n, &base.key("strict_limits"));
+                    self.balancer_lines.push(n);
+                }
                 ("nbproc", 1) if args[0] == "1" => self.consume(n),
                 ("stats", _) if l.word(1) == "socket" => self.stats_socket(l),
                 ("stats", _) => self.skip(n, "the runtime API is [control] balancer_socket; its timeouts and limits are fixed"),
@@ -594,7 +599,8 @@ impl Conv {
                     self.consume(n);
                 }
                 ("log" | "log-tag" | "log-send-hostname" | "log-format", _) => self.skip(n, LOGGING),
-                ("daemon" | "master-worker" | "user" | "group" | "uid" | "gid" | "chroot" | "pidfile" | "ulimit-n" | "node"
+                ("ulimit-n", _) => self.skip(n, "the balancer sizes its descriptor limit from maxconn itself (strict_limits makes a shortfall an error); a lower cap is systemd's LimitNOFILE="),
+                ("daemon" | "master-worker" | "user" | "group" | "uid" | "gid" | "chroot" | "pidfile" | "node"
                 | "description", _) => self.skip(n, "process settings are systemd's (dist/hastack-balancer.service)"),
                 (kw, _) if kw.starts_with("ssl-") || kw.starts_with("tune.") || kw.starts_with("ca-base") || kw.starts_with("crt-base") => {
                     self.skip(n, "no hastack equivalent")
@@ -1652,6 +1658,14 @@ mod tests {
         assert_eq!(tls.alpn, ["h2", "http/1.1"]);
         assert_eq!(un.len(), 1);
         assert!(un[0].1.contains("one certificate per frontend"), "{un:?}");
+    }
+
+    #[test]
+    fn strict_limits_is_converted_and_ulimit_n_explained() {
+        let (c, un) = run("global\n maxconn 100\n strict-limits\n ulimit-n 4096\nlisten l\n bind :80\n server s 198.18.0.21:80\n");
+        assert!(c.balancer.unwrap().strict_limits);
+        assert_eq!(un.len(), 1, "{un:?}");
+        assert!(un[0].0 == 4 && un[0].1.contains("descriptor limit from maxconn"), "{un:?}");
     }
 
     #[test]
