@@ -70,6 +70,10 @@ pub fn run(config_path: &Path, cfg: &BalancerConfig, socket: PathBuf, metrics: O
     }
     // `threads` (default: one per core).
     let threads = cfg.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // tcp-mode sessions run on `threads` current-thread runtimes, one per thread (nbthread): no
+    // cross-thread wake-ups per burst. The main runtime accepts, checks, serves http mode and
+    // the runtime API.
+    tcp_balancer::runtime::start_session_workers(threads)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     rt.block_on(async {
         let predecessor = match std::env::var(HANDOVER_FD_ENV) {

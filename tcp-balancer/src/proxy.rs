@@ -1567,6 +1567,7 @@ mod size_tests {
         drop(f);
         eprintln!("session future {session_size} bytes, relay phase {relay_size} bytes");
         assert!(session_size <= relay_size + 256, "session {session_size} vs relay phase {relay_size}");
-        assert!(relay_size < 3 * 1024, "relay phase future is {relay_size} bytes");
+        // 2.4 KB before the relay became one plain future with one stop signal (1.0 KB in a debug build).
+        assert!(relay_size < 1536, "relay phase future is {relay_size} bytes");
     }
 }

@@ -402,49 +402,71 @@ pub async fn relay_state<K: std::future::Future<Output = Stop>>(
     state: &mut RelayState,
 ) -> RelayEnd {
     let stop = std::pin::pin!(stop);
-    run(client, server, mode, timeouts, counters, stop, state).await
+    Run::new(client, server, mode, timeouts, counters, stop, state).await
 }
 
-/// [`relay_state`] with a [`StopSignal`] as the stop source: the smallest relay, for sessions
-/// that may stay idle by the thousand.
-pub async fn relay_signal(
-    client: &TcpStream,
-    server: &TcpStream,
+/// [`relay_state`] with a [`StopSignal`] as the stop source: the smallest relay (a plain future
+/// of a few pointers, its timeouts and a boxed timer), for sessions that may stay idle by the
+/// thousand.
+pub fn relay_signal<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
     mode: RelayMode,
     timeouts: IdleTimeouts,
-    counters: &dyn ByteSink,
-    stop: &StopSignal,
-    state: &mut RelayState,
-) -> RelayEnd {
-    run(client, server, mode, timeouts, counters, stop, state).await
+    counters: &'a dyn ByteSink,
+    stop: &'a StopSignal,
+    state: &'a mut RelayState,
+) -> impl std::future::Future<Output = RelayEnd> + 'a {
+    Run::new(client, server, mode, timeouts, counters, stop, state)
 }
 
-/// One hand-written poll loop drives both directions, the stop source and the idle watchdog: no
+/// One hand-written future drives both directions, the stop source and the idle watchdog: no
 /// sub-future per await point, so an idle session's relay is small, and a wake-up costs one
 /// poll of each direction. The timer is armed for the earliest idle deadline and only re-armed
 /// when it fires (activity only moves deadlines later) or a half-close shortens the timeouts.
-async fn run<S: StopSource>(
-    client: &TcpStream,
-    server: &TcpStream,
-    mode: RelayMode,
+struct Run<'a, S> {
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    counters: &'a dyn ByteSink,
+    state: &'a mut RelayState,
+    stop: S,
+    sleep: Pin<Box<tokio::time::Sleep>>,
     timeouts: IdleTimeouts,
-    counters: &dyn ByteSink,
-    mut stop: S,
-    state: &mut RelayState,
-) -> RelayEnd {
-    let RelayState { up, down, act } = state;
-    let act = &*act;
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(watch_deadline(act, &timeouts).0));
-    let mut armed_half = act.half_closed.load(Ordering::Relaxed);
-    std::future::poll_fn(|cx| {
+    mode: RelayMode,
+    armed_half: bool,
+}
+
+impl<'a, S: StopSource + Unpin> Run<'a, S> {
+    fn new(
+        client: &'a TcpStream,
+        server: &'a TcpStream,
+        mode: RelayMode,
+        timeouts: IdleTimeouts,
+        counters: &'a dyn ByteSink,
+        stop: S,
+        state: &'a mut RelayState,
+    ) -> Self {
+        let sleep = Box::pin(tokio::time::sleep_until(watch_deadline(&state.act, &timeouts).0));
+        let armed_half = state.act.half_closed.load(Ordering::Relaxed);
+        Run { client, server, counters, state, stop, sleep, timeouts, mode, armed_half }
+    }
+}
+
+impl<S: StopSource + Unpin> std::future::Future for Run<'_, S> {
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let me = self.get_mut();
         // Stop first: a handover must find the state between two syscalls, which it always is
         // here, before any more bytes move.
-        if let Poll::Ready(s) = stop.poll_stop(cx) {
+        if let Poll::Ready(s) = me.stop.poll_stop(cx) {
             return Poll::Ready(match s {
                 Stop::Kill => RelayEnd::Killed,
                 Stop::HandOver => RelayEnd::HandOver,
             });
         }
+        let RelayState { up, down, act } = &mut *me.state;
+        let (client, server, mode, counters) = (me.client, me.server, me.mode, me.counters);
         if !up.done
             && let Poll::Ready(Err((side, e))) = poll_pump(cx, client, server, Side::Client, mode, act, counters, up)
         {
@@ -459,26 +481,25 @@ async fn run<S: StopSource>(
             return Poll::Ready(RelayEnd::Closed);
         }
         let half = act.half_closed.load(Ordering::Relaxed);
-        if half != armed_half {
+        if half != me.armed_half {
             // The fin timeouts may be shorter than the deadline armed before the half-close.
-            armed_half = half;
-            let (deadline, _) = watch_deadline(act, &timeouts);
-            if deadline < sleep.deadline() {
-                sleep.as_mut().reset(deadline);
+            me.armed_half = half;
+            let (deadline, _) = watch_deadline(act, &me.timeouts);
+            if deadline < me.sleep.deadline() {
+                me.sleep.as_mut().reset(deadline);
             }
         }
         loop {
-            if sleep.as_mut().poll(cx).is_pending() {
+            if me.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let (deadline, side) = watch_deadline(act, &timeouts);
+            let (deadline, side) = watch_deadline(act, &me.timeouts);
             if Instant::now() >= deadline {
                 return Poll::Ready(RelayEnd::Timeout(side));
             }
-            sleep.as_mut().reset(deadline);
+            me.sleep.as_mut().reset(deadline);
         }
-    })
-    .await
+    }
 }
 
 /// The earliest idle deadline and its side.
