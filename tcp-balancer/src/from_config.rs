@@ -492,7 +492,10 @@ pub fn raise_fd_limit(cfg: &BalancerConfig) -> Result<FdLimit, FdLimitError> {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into the struct we own.
         let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
-        ok.then_some((r.rlim_cur as u64, r.rlim_max as u64))
+        // rlim_t is not u64 on every target.
+        #[allow(clippy::unnecessary_cast)]
+        let v = (r.rlim_cur as u64, r.rlim_max as u64);
+        ok.then_some(v)
     };
     let set = |soft: u64, hard: u64| {
         let r = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
