@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 
 use super::answer::{AnswerStats, CLASSIC_UDP, OUR_UDP_PAYLOAD, Transport};
 use super::forward::{CacheKeyRef, DnsCache};
-use super::zone::{FastRec, Lookup, Zone, norm};
+use super::zone::{FastRec, Lookup, Zone};
 
 const MAX_NAME: usize = 255;
 
@@ -275,37 +275,51 @@ fn fast_into(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats, o
     Some(())
 }
 
-/// Append `name` (dotted, normalised) in wire form; `None` if a label is invalid.
+/// Append `name` (dotted; a trailing dot is ignored, letters are lowercased as `zone::norm` does) in
+/// wire form; `None` if a label is invalid.
 fn put_name(out: &mut Vec<u8>, name: &str) -> Option<()> {
+    let name = name.trim_end_matches('.');
     if !name.is_empty() {
         for l in name.split('.') {
-            if l.is_empty() || l.len() > 63 {
-                return None;
-            }
-            out.push(l.len() as u8);
-            out.extend_from_slice(l.as_bytes());
+            put_label(out, l)?;
         }
     }
     out.push(0);
     Some(())
 }
 
+/// Append one label, lowercased; `None` if empty or longer than 63 bytes.
+fn put_label(out: &mut Vec<u8>, l: &str) -> Option<()> {
+    if l.is_empty() || l.len() > 63 {
+        return None;
+    }
+    out.push(l.len() as u8);
+    out.extend(l.bytes().map(|b| b.to_ascii_lowercase()));
+    Some(())
+}
+
 /// Append the SOA of the zone holding `name` (same data as the general path's).
 fn put_soa(zone: &Zone, name: &str, out: &mut Vec<u8>) -> Option<()> {
     let cfg = zone.config();
-    let apex = zone.apex_of(name);
-    put_name(out, &apex)?;
+    put_name(out, zone.apex_of(name))?;
     out.extend_from_slice(&[0, 6, 0, 1]);
     out.extend_from_slice(&cfg.negative_ttl.to_be_bytes());
     let at = out.len();
     out.extend_from_slice(&[0, 0]);
+    // Written label by label (normalised on the way): no allocation per answer.
     match &cfg.mname {
-        Some(m) => put_name(out, &norm(m))?,
-        None => put_name(out, &format!("ns.{}", cfg.domain))?,
+        Some(m) => put_name(out, m)?,
+        None => {
+            put_label(out, "ns")?;
+            put_name(out, &cfg.domain)?;
+        }
     }
     match &cfg.rname {
-        Some(r) => put_name(out, &norm(r))?,
-        None => put_name(out, &format!("hostmaster.{}", cfg.domain))?,
+        Some(r) => put_name(out, r)?,
+        None => {
+            put_label(out, "hostmaster")?;
+            put_name(out, &cfg.domain)?;
+        }
     }
     for v in [zone.serial(), 3600, 600, 86400, cfg.negative_ttl] {
         out.extend_from_slice(&v.to_be_bytes());

@@ -242,27 +242,30 @@ fn under(name: &str, suffix: &str) -> bool {
 /// The address a reverse name stands for (`5.0.18.198.in-addr.arpa` → 198.18.0.5).
 pub fn parse_reverse(name: &str) -> Option<IpAddr> {
     if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
-        let parts: Vec<&str> = rest.split('.').collect();
-        if parts.len() != 4 {
-            return None;
-        }
+        // Labels are the octets in reverse order; no allocation (the DNS fast path calls this).
         let mut o = [0u8; 4];
-        for (i, p) in parts.iter().rev().enumerate() {
-            o[i] = p.parse().ok()?;
+        let mut k = 0;
+        for p in rest.rsplit('.') {
+            *o.get_mut(k)? = p.parse().ok()?;
+            k += 1;
+        }
+        if k != 4 {
+            return None;
         }
         return Some(IpAddr::V4(Ipv4Addr::from(o)));
     }
     if let Some(rest) = name.strip_suffix(".ip6.arpa") {
-        let nibbles: Vec<&str> = rest.split('.').collect();
-        if nibbles.len() != 32 {
-            return None;
-        }
         let mut v: u128 = 0;
-        for n in nibbles.iter().rev() {
-            if n.len() != 1 {
+        let mut k = 0;
+        for n in rest.rsplit('.') {
+            if n.len() != 1 || k == 32 {
                 return None;
             }
             v = (v << 4) | u128::from(u8::from_str_radix(n, 16).ok()?);
+            k += 1;
+        }
+        if k != 32 {
+            return None;
         }
         return Some(IpAddr::V6(Ipv6Addr::from(v)));
     }
@@ -461,16 +464,15 @@ impl Zone {
     }
 
     /// The apex (zone name) that holds `name`, for the SOA of negative answers.
-    pub fn apex_of(&self, name: &str) -> String {
+    pub fn apex_of(&self, name: &str) -> &str {
         if under(name, &self.cfg.domain) {
-            return self.cfg.domain.clone();
+            return &self.cfg.domain;
         }
         self.reverse_zones
             .iter()
             .filter(|z| under(name, z))
             .max_by_key(|z| z.len())
-            .cloned()
-            .unwrap_or_else(|| self.cfg.domain.clone())
+            .map_or(&self.cfg.domain, |z| z)
     }
 
     /// Every record at `name`: static ones, then the lease's A or PTR, else wildcard addresses.
