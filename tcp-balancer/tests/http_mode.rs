@@ -1353,7 +1353,8 @@ async fn frontends_sharing_a_backend_share_its_health_checks() {
         tokio::time::sleep(window).await;
         let checks = api.conns.load(Ordering::Relaxed) - before;
         // One checker at 100 ms: about 15 in the window; three (one per frontend) would be ~45.
-        assert!((8..=22).contains(&checks), "{checks} checks in {window:?} at inter 100ms");
+        // (A loaded machine runs timers late: the lower bound only says checks do run.)
+        assert!((4..=24).contains(&checks), "{checks} checks in {window:?} at inter 100ms");
         // One state: the server goes down once for every frontend.
         api.kill();
         assert!(
