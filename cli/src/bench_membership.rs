@@ -689,7 +689,7 @@ fn hastack_timestamp(line: &str) -> Option<SystemTime> {
     at(days_from_civil(y, mo, da), h, mi, s, ns)
 }
 
-/// `2026-11-25T15:40:00.125Z  INFO hastack::cluster::channel: view installed epoch=5 members=[1, 2] quorate=true`
+/// `2026-11-25T15:40:00.125Z  INFO hastack::cluster::channel: view installed epoch=5 members=[NodeId(1), NodeId(2)] quorate=true`
 /// (the view as the resource engine receives it, after its quorum decision): when and members.
 fn parse_hastack_quorate_line(line: &str) -> Option<(SystemTime, Vec<u32>)> {
     if !line.contains("view installed") || !line.contains(" epoch=") || !line.contains("quorate=true") {
@@ -697,7 +697,9 @@ fn parse_hastack_quorate_line(line: &str) -> Option<(SystemTime, Vec<u32>)> {
     }
     let at = hastack_timestamp(line)?;
     let list = line.split_once("members=[")?.1.split_once(']')?.0;
-    let members = list.split(',').map(str::trim).filter(|x| !x.is_empty()).map(|x| x.parse().ok()).collect::<Option<Vec<u32>>>()?;
+    // The resource engine's node ids print as `NodeId(1)`.
+    let id = |x: &str| x.trim().trim_start_matches("NodeId(").trim_end_matches(')').parse().ok();
+    let members = list.split(',').filter(|x| !x.trim().is_empty()).map(id).collect::<Option<Vec<u32>>>()?;
     Some((at, members))
 }
 
@@ -759,7 +761,7 @@ mod tests {
 
     #[test]
     fn hastack_quorate_lines_parse() {
-        let l = "2026-11-25T15:40:00.125000Z  INFO hastack::cluster::channel: view installed epoch=5 members=[1, 2] quorate=true";
+        let l = "2026-11-25T15:40:00.125000Z  INFO hastack::cluster::channel: view installed epoch=5 members=[NodeId(1), NodeId(2)] quorate=true";
         let (_, m) = parse_hastack_quorate_line(l).unwrap();
         assert_eq!(m, vec![1, 2]);
         assert!(parse_hastack_quorate_line(&l.replace("quorate=true", "quorate=false")).is_none());
