@@ -190,6 +190,39 @@ fn echo_round(s: &mut TcpStream, msg: &[u8]) {
     assert_eq!(got, msg);
 }
 
+/// `hastack balancer reload`: must succeed; returns the new process's pid.
+fn reload(bin: &Path, s: &Setup) -> u32 {
+    let out = ctl(bin, s, &["reload"]);
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "reload: {answer} {}", String::from_utf8_lossy(&out.stderr));
+    answer
+        .split_whitespace()
+        .skip_while(|w| *w != "process")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {answer:?}"))
+}
+
+/// Waits for a bounded wrk run and checks it saw no error of any kind and made over 1000
+/// requests; returns its report.
+fn wrk_clean(mut wrk: KillOnDrop, what: &str) -> String {
+    let status = wrk.0.wait().unwrap();
+    let mut report = String::new();
+    wrk.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
+    eprintln!("wrk {what}:\n{report}");
+    assert!(status.success(), "wrk failed: {report}");
+    let requests: u64 = report
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in {report}"));
+    assert!(requests > 1000, "wrk made only {requests} requests: {report}");
+    assert!(!report.contains("Socket errors"), "wrk saw socket errors {what}:\n{report}");
+    assert!(!report.contains("Non-2xx"), "wrk saw failed responses {what}:\n{report}");
+    report
+}
+
 fn wrk_available() -> bool {
     Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
@@ -254,18 +287,10 @@ fn reload_under_load_loses_nothing_and_keeps_streams() {
     // A bounded wrk run with the reload in its middle.
     let url = format!("http://127.0.0.1:{}/", s.front);
     let wrk = Command::new("wrk").args(["-t1", "-c20", "-d4s", "--latency", &url]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut wrk = KillOnDrop(wrk);
+    let wrk = KillOnDrop(wrk);
     std::thread::sleep(Duration::from_millis(1200));
     half.shutdown(Shutdown::Write).unwrap();
-    let out = ctl(&bin, &s, &["reload"]);
-    let answer = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "reload: {answer} {}", String::from_utf8_lossy(&out.stderr));
-    let new_pid: u32 = answer
-        .split_whitespace()
-        .skip_while(|w| *w != "process")
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no new pid in {answer:?}"));
+    let new_pid = reload(&bin, &s);
     let _stop_new = StopPid(new_pid);
     assert_ne!(new_pid, old_pid);
 
@@ -277,20 +302,7 @@ fn reload_under_load_loses_nothing_and_keeps_streams() {
     assert!(pid_alive(new_pid));
 
     // wrk: no error of any kind.
-    let status = wrk.0.wait().unwrap();
-    let mut report = String::new();
-    wrk.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
-    assert!(status.success(), "wrk failed: {report}");
-    let requests: u64 = report
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no request count in {report}"));
-    eprintln!("wrk across the reload:\n{report}");
-    assert!(requests > 1000, "wrk made only {requests} requests: {report}");
-    assert!(!report.contains("Socket errors"), "wrk saw socket errors across the reload:\n{report}");
-    assert!(!report.contains("Non-2xx"), "wrk saw failed responses across the reload:\n{report}");
+    wrk_clean(wrk, "across the reload");
 
     // Streams opened before the reload keep flowing through the new process.
     for (i, c) in streams.iter_mut().enumerate() {
@@ -366,17 +378,9 @@ fn reload_hands_idle_http_keep_alive_connections_over() {
         .collect();
     let url = format!("http://127.0.0.1:{}/", s.front);
     let wrk = Command::new("wrk").args(["-t1", "-c20", "-d4s", &url]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut wrk = KillOnDrop(wrk);
+    let wrk = KillOnDrop(wrk);
     std::thread::sleep(Duration::from_millis(1500));
-    let out = ctl(&bin, &s, &["reload"]);
-    let answer = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "reload: {answer} {}", String::from_utf8_lossy(&out.stderr));
-    let new_pid: u32 = answer
-        .split_whitespace()
-        .skip_while(|w| *w != "process")
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no new pid in {answer:?}"));
+    let new_pid = reload(&bin, &s);
     let _stop_new = StopPid(new_pid);
     let reloaded = Instant::now();
     // No connection is left in the old process: it exits well before hard_stop_after (20 s).
@@ -388,20 +392,7 @@ fn reload_hands_idle_http_keep_alive_connections_over() {
         let r = http_get(c).unwrap_or_else(|e| panic!("idle connection {i} after the reload: {e}"));
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     }
-    let status = wrk.0.wait().unwrap();
-    let mut report = String::new();
-    wrk.0.stdout.take().unwrap().read_to_string(&mut report).unwrap();
-    eprintln!("wrk (http mode) across the reload:\n{report}");
-    assert!(status.success(), "wrk failed: {report}");
-    assert!(!report.contains("Socket errors"), "wrk saw socket errors across the reload:\n{report}");
-    assert!(!report.contains("Non-2xx"), "wrk saw failed responses across the reload:\n{report}");
-    let requests: u64 = report
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(requests > 1000, "wrk made only {requests} requests: {report}");
+    wrk_clean(wrk, "(http mode) across the reload");
 }
 
 #[test]
