@@ -37,6 +37,17 @@
 //! every member of a view holds it identically. Partitions heal because the coordinators of the two
 //! sides hear each other's heartbeats and the lower one proposes the union.
 //!
+//! # Lifecycle of a vote (leases; see the crate docs, "Vote leases")
+//! ```text
+//!  quiet (start, or after installing a view without a node it granted to) --T_q(1+e) after the
+//!  last grant to such a node--> granting (heartbeats echo members' rounds) --ack/propose a newer
+//!  view--> withheld (no grants, not quorate, heartbeat says blocked) --install a view at least
+//!  that new--> quiet or granting
+//! ```
+//! Quorum is reported (QuorumGained) only once the leases held in the installed view carry it,
+//! and reported lost (QuorumLost) when the view's members fall silent or move to a view this node
+//! never acked; [`Engine::quorate_at`] is the strict, lease-only test.
+//!
 //! One-way cuts: a member that never acked a proposal stays out of R (`needs_contact`) until it
 //! answers a probe sent after that (two-way contact); a lower-id peer stuck in a view nobody else
 //! shares is passed over the same way; a member refuses a proposal that drops a lower member it
@@ -1368,6 +1379,11 @@ impl Engine {
             return false;
         }
         if self.view.as_ref().is_some_and(|v| view.epoch <= v.id.epoch) {
+            return false;
+        }
+        // Installing a view older than one already acked would leave this node's vote withheld
+        // (see `vote_withheld`): refuse, so the proposer learns the epoch and proposes above it.
+        if view.epoch < self.max_acked_epoch {
             return false;
         }
         if self.pending.is_some() && self.params.local < from {

@@ -1288,7 +1288,9 @@ fn witness_split_gives_quorum_to_one_side() {
             if !strict(winner) {
                 panic!("{}", sim.fail(&format!("node {winner} reports quorum without holding the witness's vote")));
             }
-            handovers.push(handover.unwrap_or_else(|| panic!("{}", sim.fail("a new view but no strict quorum in it"))));
+            if view(winner) != old {
+                handovers.push(handover.unwrap_or_else(|| panic!("{}", sim.fail("a new view but no strict quorum in it"))));
+            }
         }
         let before = views_per_node(&sim);
         sim.run_for(Duration::from_millis(500));
