@@ -19,7 +19,9 @@
 //! # DNS servers
 //! UDP: one thread per socket running the batched loop of [`crate::dns::udp`] (several
 //! `SO_REUSEPORT` sockets spread load over cores).
-//! TCP: one task per connection in the same runtime (no process per connection), RFC 7766
+//! TCP: [`default_tcp_threads`] threads (one per core), each a current-thread runtime accepting
+//! from the shared listener; one task per connection on the thread that accepted it (no process
+//! per connection), RFC 7766
 //! length framing; every query already received is answered (in order) into one buffer that
 //! leaves in one write; an idle timeout and a connection cap.
 
@@ -99,6 +101,9 @@ pub struct DnsServerConfig {
     pub tcp_idle: Duration,
     /// Most concurrent TCP connections; more are closed at accept.
     pub tcp_max_connections: usize,
+    /// Threads serving TCP, each with its own current-thread runtime (None: one per core this
+    /// process may run on, see [`default_tcp_threads`]).
+    pub tcp_threads: Option<usize>,
     /// SO_BINDTODEVICE for every socket.
     pub device: Option<String>,
     /// Forward names outside our zones (None: answer REFUSED).
@@ -116,6 +121,7 @@ impl Default for DnsServerConfig {
             udp_coalesce: DEFAULT_UDP_COALESCE,
             tcp_idle: Duration::from_secs(10),
             tcp_max_connections: 4096,
+            tcp_threads: None,
             device: None,
             forward: None,
             rate_limit: None,
@@ -192,6 +198,8 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
             tasks.push(dns_udp_loop(s, ctx, limiter.clone(), cfg.udp_coalesce, stop_rx.clone())?);
         }
     }
+    let tcp_threads = cfg.tcp_threads.unwrap_or_else(default_tcp_threads).max(1);
+    let live = Arc::new(AtomicUsize::new(0));
     for addr in &cfg.tcp {
         let s = Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))?;
         s.set_reuse_address(true)?;
@@ -202,10 +210,14 @@ pub async fn start_dns(cfg: DnsServerConfig, zone: SharedZone) -> io::Result<Dns
         s.set_nonblocking(true)?;
         s.bind(&(*addr).into())?;
         s.listen(1024)?;
-        let l = TcpListener::from_std(s.into())?;
+        let l: std::net::TcpListener = s.into();
         tcp_addrs.push(l.local_addr()?);
-        let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
-        tasks.push(tokio::spawn(dns_tcp_accept(l, ctx, cfg.clone(), stop_rx.clone())));
+        // Every TCP thread accepts from the same listening socket (no SO_REUSEPORT: a second
+        // server on the same port still fails to bind instead of silently sharing it).
+        for _ in 0..tcp_threads {
+            let ctx = DnsCtx { zone: zone.clone(), stats: stats.clone(), transport: transport.clone(), forwarder: forwarder.clone() };
+            tasks.push(dns_tcp_thread(l.try_clone()?, ctx, cfg.clone(), live.clone(), stop_rx.clone())?);
+        }
     }
     Ok(DnsHandle { udp_addrs, tcp_addrs, stats, transport, forwarder, stop, tasks })
 }
@@ -258,13 +270,8 @@ fn dns_udp_loop(
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = tokio::runtime::Handle::current();
     let (slow_ctx, slow_sock) = (ctx.clone(), sock.clone());
+    // Plain local and cached queries never get here: the loop answers them itself.
     let slow: crate::dns::udp::SlowPath = Box::new(move |q, peer, out| {
-        if let (Some(f), Ok(z)) = (&slow_ctx.forwarder, slow_ctx.zone.read()) {
-            if crate::dns::fast::answer_cached_into(&z, &f.cache, q, Transport::Udp, &slow_ctx.stats, out) {
-                f.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
-        }
         match slow_ctx.local(q, Transport::Udp) {
             Ok(Some(r)) => {
                 out.extend_from_slice(&r);
@@ -295,6 +302,7 @@ fn dns_udp_loop(
         transport: ctx.transport.clone(),
         stop: flag.clone(),
         coalesce,
+        forwarder: ctx.forwarder.clone(),
     };
     let th = std::thread::Builder::new().name("dns-udp".into()).spawn(move || crate::dns::udp::serve(cfg, slow))?;
     Ok(tokio::spawn(async move {
@@ -304,8 +312,38 @@ fn dns_udp_loop(
     }))
 }
 
-async fn dns_tcp_accept(l: TcpListener, ctx: DnsCtx, cfg: DnsServerConfig, mut stop: watch::Receiver<bool>) {
-    let live = Arc::new(AtomicUsize::new(0));
+/// Threads serving DNS over TCP by default: one per core this process may run on (its CPU
+/// affinity, so a server pinned to one core gets one thread), at most 8.
+pub fn default_tcp_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+
+/// One DNS TCP thread: a current-thread runtime accepting from `l` and serving the connections
+/// it accepted (a connection stays on the thread that accepted it, so its wake-ups never hop
+/// between threads, unlike tasks on a shared multi-thread runtime). The returned task joins the
+/// thread after `stop`; open connections end with the thread's runtime.
+fn dns_tcp_thread(
+    l: std::net::TcpListener,
+    ctx: DnsCtx,
+    cfg: DnsServerConfig,
+    live: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let th = std::thread::Builder::new().name("dns-tcp".into()).spawn(move || {
+        rt.block_on(async move {
+            match TcpListener::from_std(l) {
+                Ok(l) => dns_tcp_accept(l, ctx, cfg, live, stop).await,
+                Err(e) => tracing::error!(error = %e, "dns tcp listener; thread not started"),
+            }
+        });
+    })?;
+    Ok(tokio::spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || th.join()).await;
+    }))
+}
+
+async fn dns_tcp_accept(l: TcpListener, ctx: DnsCtx, cfg: DnsServerConfig, live: Arc<AtomicUsize>, mut stop: watch::Receiver<bool>) {
     loop {
         let (conn, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -478,6 +516,11 @@ impl Forwarder {
     /// Cache counters and size.
     pub fn cache_len(&self) -> usize {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The answer cache (shared by every transport; inspection, preloading).
+    pub fn cache(&self) -> &std::sync::Mutex<DnsCache> {
+        &self.cache
     }
 
     /// The cached response to `req`, if fresh.
@@ -729,7 +772,7 @@ pub struct Replication {
 /// Feeds records received from peer gateways into a running driver.
 #[derive(Clone)]
 pub struct ReplicaInput {
-    tx: mpsc::Sender<(LogRecord, Option<ReplicaDone>)>,
+    tx: mpsc::Sender<(Vec<LogRecord>, Option<ReplicaDone>)>,
 }
 
 /// Told when a replicated record is durable here.
@@ -738,7 +781,13 @@ pub type ReplicaDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 impl ReplicaInput {
     /// Apply `record` from a peer; `done` is called once it is durable in our log.
     pub async fn apply(&self, record: LogRecord, done: Option<ReplicaDone>) -> Result<(), LogRecord> {
-        self.tx.send((record, done)).await.map_err(|e| e.0.0)
+        self.apply_batch(vec![record], done).await.map_err(|mut v| v.remove(0))
+    }
+
+    /// Apply a peer's records in one turn of the driver: one group commit for all of them, and
+    /// `done` (called from the committer) once they are all durable in our log.
+    pub async fn apply_batch(&self, records: Vec<LogRecord>, done: Option<ReplicaDone>) -> Result<(), Vec<LogRecord>> {
+        self.tx.send((records, done)).await.map_err(|e| e.0.0)
     }
 }
 
@@ -1006,7 +1055,6 @@ struct Held {
     reply: Option<Reply>,
     local: Option<Result<(), String>>,
     peers_done: bool,
-    replica_done: Option<ReplicaDone>,
 }
 
 /// The request that produced some actions (needed again when a probe finds its address in use).
@@ -1027,12 +1075,16 @@ struct LoopState {
     /// Records persisted during this turn, committed together at its end (one group).
     to_commit: Vec<LogRecord>,
     to_commit_ids: Vec<u64>,
+    /// Peers' records in this turn's group wait only for it: told from the committer.
+    to_commit_replicas: Vec<ReplicaDone>,
 }
 
 impl LoopState {
     /// Carry out the core's actions for a request that came in on socket `idx`.
-    fn apply(&mut self, io: &DhcpIo, idx: usize, actions: Vec<Action>, request: Option<Request<'_>>, mut replica_done: Option<ReplicaDone>) {
-        let from_peer = replica_done.is_some();
+    /// `from_peer`: the actions apply peers' records (persisted, never sent back to them);
+    /// `replica_done` is told once this turn's group commit holds them.
+    fn apply(&mut self, io: &DhcpIo, idx: usize, actions: Vec<Action>, request: Option<Request<'_>>, from_peer: bool, replica_done: Option<ReplicaDone>) {
+        let mut peer_persisted = false;
         for a in actions {
             match a {
                 Action::Reply(r) => send_reply(&io.socks[idx], &io.cfgs[idx], &io.stats, r),
@@ -1067,6 +1119,10 @@ impl LoopState {
                         }
                     }
                 }
+                Action::PersistLease { record, reply } if from_peer && reply.is_none() => {
+                    self.to_commit.push(record);
+                    peer_persisted = true;
+                }
                 Action::PersistLease { record, reply } => {
                     let id = self.next_id;
                     self.next_id += 1;
@@ -1081,15 +1137,19 @@ impl LoopState {
                         }
                         _ => false,
                     };
-                    self.held.insert(id, Held { idx, reply, local: None, peers_done: !sync, replica_done: replica_done.take() });
+                    self.held.insert(id, Held { idx, reply, local: None, peers_done: !sync });
                     self.to_commit.push(record);
                     self.to_commit_ids.push(id);
                 }
             }
         }
         if let Some(done) = replica_done {
-            // A replica that changed nothing here is already as durable as it needs to be.
-            done(Ok(()));
+            if peer_persisted {
+                self.to_commit_replicas.push(done);
+            } else {
+                // A replica that changed nothing here is already as durable as it needs to be.
+                done(Ok(()));
+            }
         }
     }
 
@@ -1099,9 +1159,23 @@ impl LoopState {
             return;
         }
         let ids = std::mem::take(&mut self.to_commit_ids);
+        let replicas = std::mem::take(&mut self.to_commit_replicas);
         let tx = self.part_tx.clone();
+        let stats = io.stats.clone();
         io.committer.submit(std::mem::take(&mut self.to_commit), Box::new(move |res| {
-            let _ = tx.send(Part::Local(ids, res.map_err(|e| e.to_string())));
+            let res = res.map_err(|e| e.to_string());
+            if !replicas.is_empty() {
+                if let Err(e) = &res {
+                    stats.not_durable.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "peer's lease records not durable here: not acknowledged");
+                }
+                for done in replicas {
+                    done(res.clone());
+                }
+            }
+            if !ids.is_empty() {
+                let _ = tx.send(Part::Local(ids, res));
+            }
         }));
     }
 
@@ -1157,7 +1231,7 @@ fn drain(io: &DhcpIo, core: &mut DhcpServer, st: &mut LoopState, buf: &mut [u8])
                 Ok((n, SocketAddr::V4(src))) => {
                     let meta = RecvMeta { src, local_addr: io.cfgs[i].local_addr };
                     let acts = core.handle_packet(unix_now(), &buf[..n], meta);
-                    st.apply(io, i, acts, Some(Request::Wire(&buf[..n], meta, 0)), None);
+                    st.apply(io, i, acts, Some(Request::Wire(&buf[..n], meta, 0)), false, None);
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1172,7 +1246,7 @@ fn drain(io: &DhcpIo, core: &mut DhcpServer, st: &mut LoopState, buf: &mut [u8])
 
 async fn dhcp_loop(
     io: DhcpIo,
-    mut replicas: mpsc::Receiver<(LogRecord, Option<ReplicaDone>)>,
+    mut replicas: mpsc::Receiver<(Vec<LogRecord>, Option<ReplicaDone>)>,
     mut core: DhcpServer,
     mut stop: watch::Receiver<bool>,
 ) -> DhcpServer {
@@ -1186,6 +1260,7 @@ async fn dhcp_loop(
         probe_tx,
         to_commit: Vec::new(),
         to_commit_ids: Vec::new(),
+        to_commit_replicas: Vec::new(),
     };
     let mut buf = vec![0u8; 4096];
     let mut stopping = false;
@@ -1211,12 +1286,16 @@ async fn dhcp_loop(
                         acts.extend(core.handle_packet(now, &p.request, p.meta));
                         request = Some(Request::Shared(p.request.clone(), p.meta, p.attempt + 1));
                     }
-                    st.apply(&io, p.idx, acts, request, None);
+                    st.apply(&io, p.idx, acts, request, false, None);
                 }
             },
-            Some((rec, done)) = replicas.recv(), if !stopping => {
-                let acts = core.apply_replicated(rec, unix_now());
-                st.apply(&io, 0, acts, None, done);
+            Some((recs, done)) = replicas.recv(), if !stopping => {
+                let now = unix_now();
+                let mut acts = Vec::new();
+                for rec in recs {
+                    acts.extend(core.apply_replicated(rec, now));
+                }
+                st.apply(&io, 0, acts, None, true, done);
             },
             Some(part) = part_rx.recv() => {
                 st.complete(&io, part);
@@ -1232,7 +1311,7 @@ async fn dhcp_loop(
                     s.lease_records = core.leases().len();
                     s.active_leases = core.leases().iter().filter(|l| l.is_active(now)).count();
                 }
-                st.apply(&io, 0, acts, None, None);
+                st.apply(&io, 0, acts, None, false, None);
                 let wake = core.poll_timeout().map_or(Duration::from_secs(1), |t| Duration::from_secs(t.saturating_sub(now)).min(Duration::from_secs(1)));
                 timer.as_mut().reset(tokio::time::Instant::now() + wake.max(Duration::from_millis(10)));
             }
@@ -1245,9 +1324,6 @@ async fn dhcp_loop(
 fn release_held(io: &DhcpIo, h: Held) {
     match h.local {
         Some(Ok(())) => {
-            if let Some(done) = h.replica_done {
-                done(Ok(()));
-            }
             if let Some(r) = h.reply {
                 send_reply(&io.socks[h.idx], &io.cfgs[h.idx], &io.stats, r);
             }
@@ -1255,9 +1331,6 @@ fn release_held(io: &DhcpIo, h: Held) {
         Some(Err(e)) => {
             io.stats.not_durable.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "lease not durable: reply withheld");
-            if let Some(done) = h.replica_done {
-                done(Err(e));
-            }
         }
         None => {}
     }

@@ -1,6 +1,6 @@
 //! The UDP DNS loop allocates nothing per query once warm: local A and PTR answers, NXDOMAIN
-//! with the SOA, and cached forwarded answers (served in wire form) are all written into the
-//! loop's preallocated buffers. A counting global allocator sees every allocation of every thread
+//! with the SOA, and cached forwarded answers (served in wire form by the loop itself, never the
+//! slow path) are all written into the loop's preallocated buffers. A counting global allocator sees every allocation of every thread
 //! of this test binary while a burst of queries is answered.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dhcp_dns::dns::fast::answer_cached_into;
-use dhcp_dns::dns::forward::CacheKey;
+use dhcp_dns::dns::forward::{CacheKey, ForwardConfig};
 use dhcp_dns::dns::udp::{SlowPath, UdpLoop, UdpLoopStats, serve};
-use dhcp_dns::dns::{AnswerStats, DnsCache, Transport, Zone, ZoneConfig};
-use dhcp_dns::server::DnsTransportStats;
+use dhcp_dns::dns::{AnswerStats, Zone, ZoneConfig};
+use dhcp_dns::server::{DnsTransportStats, Forwarder};
 use hickory_proto::op::{Message, OpCode, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -59,21 +58,23 @@ fn udp_loop_answers_without_allocating_per_query() {
     for i in 0..100u8 {
         z.add_host(&format!("host-{i}.cluster.test"), std::net::IpAddr::from([198, 18, 0, i + 1]));
     }
-    // A forwarded answer in the cache.
-    let cache = Arc::new(std::sync::Mutex::new(DnsCache::new(100, 86_400, 3600)));
+    // A forwarded answer in the forwarder's cache: the loop serves it itself, in wire form.
+    let fwd_state = Arc::new(Forwarder::new(ForwardConfig::default()));
     let fwd = Name::from_ascii("www.example.org.").unwrap();
     let mut resp = Message::response(1, OpCode::Query);
     resp.add_query(Query::query(fwd.clone(), RecordType::A));
     resp.add_answer(Record::from_rdata(fwd, 300, RData::A(A("192.0.2.1".parse().unwrap()))));
     let req = Message::from_vec(&query(1, "www.example.org.", RecordType::A)).unwrap();
-    cache.lock().unwrap().insert(CacheKey::of(&req).unwrap(), &resp, Instant::now());
+    fwd_state.cache().lock().unwrap().insert(CacheKey::of(&req).unwrap(), &resp, Instant::now());
 
     let zone = z.shared();
     let stats = Arc::new(AnswerStats::default());
-    let (slow_zone, slow_stats, slow_cache) = (zone.clone(), stats.clone(), cache.clone());
-    let slow: SlowPath = Box::new(move |q: &[u8], _peer, out: &mut Vec<u8>| {
-        let z = slow_zone.read().unwrap();
-        answer_cached_into(&z, &slow_cache, q, Transport::Udp, &slow_stats, out)
+    // Every query here is plain: none may reach the slow path.
+    let slow_calls = Arc::new(AtomicU64::new(0));
+    let sc = slow_calls.clone();
+    let slow: SlowPath = Box::new(move |_q: &[u8], _peer, _out: &mut Vec<u8>| {
+        sc.fetch_add(1, Ordering::Relaxed);
+        false
     });
     let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
     let addr = sock.local_addr().unwrap();
@@ -88,6 +89,7 @@ fn udp_loop_answers_without_allocating_per_query() {
         transport: Arc::new(DnsTransportStats::default()),
         stop: stop.clone(),
         coalesce: Duration::from_micros(100),
+        forwarder: Some(fwd_state.clone()),
     };
     let th = std::thread::spawn(move || serve(cfg, slow));
 
@@ -127,4 +129,6 @@ fn udp_loop_answers_without_allocating_per_query() {
     th.join().unwrap();
     assert_eq!(loop_stats.received.load(Ordering::Relaxed), 800);
     assert_eq!(counts, [0, 0, 0, 0], "allocations per 100 queries: A, PTR, NXDOMAIN, cached forward");
+    assert_eq!(slow_calls.load(Ordering::Relaxed), 0, "the loop answered every query itself");
+    assert_eq!(fwd_state.stats.cache_hits.load(Ordering::Relaxed), 200);
 }

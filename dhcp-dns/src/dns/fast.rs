@@ -25,7 +25,47 @@ pub fn answer_fast(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerSt
 /// grown to the usual answer size. `false`: not handled here (then `out` holds nothing useful).
 pub fn answer_fast_into(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats, out: &mut Vec<u8>) -> bool {
     out.clear();
-    fast_into(zone, q, transport, stats, out).is_some()
+    match parse_question(q) {
+        Some(qs) => fast_into(zone, &qs, q, transport, stats, out).is_some(),
+        None => false,
+    }
+}
+
+/// What [`answer_wire_into`] did with a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireAnswer {
+    /// Answered from the zone.
+    Local,
+    /// Answered from the forwarder's cache.
+    Cached,
+    /// Not handled here (unusual query, not cached, too big): the general path decides.
+    Declined,
+}
+
+/// The whole wire fast path in one pass over the query: the question is parsed once, then a name
+/// we answer for goes to the zone ([`answer_fast_into`]'s answer), any other name to `cache`
+/// ([`answer_cached_into`]'s answer) when forwarding is on. `now` is the caller's clock (one
+/// reading per batch of queries). The answer is written into `out` (cleared first).
+pub fn answer_wire_into(
+    zone: &Zone,
+    cache: Option<&std::sync::Mutex<DnsCache>>,
+    q: &[u8],
+    transport: Transport,
+    stats: &AnswerStats,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> WireAnswer {
+    out.clear();
+    let Some(qs) = parse_question(q) else { return WireAnswer::Declined };
+    let ours = match (cache, qs.name()) {
+        (Some(_), Some(name)) => zone.answers_for(name),
+        _ => true,
+    };
+    let done = match (ours, cache) {
+        (false, Some(c)) => cached_into(c, &qs, q, transport, stats, now, out).map(|_| WireAnswer::Cached),
+        _ => fast_into(zone, &qs, q, transport, stats, out).map(|_| WireAnswer::Local),
+    };
+    done.unwrap_or(WireAnswer::Declined)
 }
 
 /// The header and single question of a plain query, parsed from the wire without allocating.
@@ -133,24 +173,31 @@ pub fn answer_cached_into(
     out: &mut Vec<u8>,
 ) -> bool {
     out.clear();
-    cached_into(zone, cache, q, transport, stats, out).is_some()
+    match parse_question(q) {
+        Some(qs) if qs.name().is_some_and(|n| !zone.answers_for(n)) => {
+            cached_into(cache, &qs, q, transport, stats, Instant::now(), out).is_some()
+        }
+        _ => false,
+    }
 }
 
+/// The cache part of [`answer_cached_into`] for a parsed question (the caller checked that the
+/// name is not one of ours).
 fn cached_into(
-    zone: &Zone,
     cache: &std::sync::Mutex<DnsCache>,
+    qs: &Question,
     q: &[u8],
     transport: Transport,
     stats: &AnswerStats,
+    now: Instant,
     out: &mut Vec<u8>,
 ) -> Option<()> {
-    let qs = parse_question(q)?;
     let name = qs.name()?;
-    if qs.qclass != 1 || zone.answers_for(name) {
+    if qs.qclass != 1 {
         return None;
     }
     let mut cache = cache.lock().ok()?;
-    let hit = cache.get_wire(&CacheKeyRef { name, qtype: qs.qtype, qclass: qs.qclass }, Instant::now())?;
+    let hit = cache.get_wire(&CacheKeyRef { name, qtype: qs.qtype, qclass: qs.qclass }, now)?;
     out.extend_from_slice(&q[..qs.qend]);
     let base = out.len();
     out.extend_from_slice(hit.bytes);
@@ -174,8 +221,7 @@ fn cached_into(
     Some(())
 }
 
-fn fast_into(zone: &Zone, q: &[u8], transport: Transport, stats: &AnswerStats, out: &mut Vec<u8>) -> Option<()> {
-    let qs = parse_question(q)?;
+fn fast_into(zone: &Zone, qs: &Question, q: &[u8], transport: Transport, stats: &AnswerStats, out: &mut Vec<u8>) -> Option<()> {
     let (qtype, qend) = (qs.qtype, qs.qend);
     if qs.qclass != 1 {
         return None;
@@ -465,6 +511,49 @@ mod tests {
         let mut out = Vec::new();
         assert!(!answer_cached_into(&z, &cache, &query("api.cluster.test.", RecordType::A, false, true), Transport::Udp, &s, &mut out));
         assert!(!answer_cached_into(&z, &cache, &query("other.example.org.", RecordType::A, false, true), Transport::Udp, &s, &mut out));
+    }
+
+    #[test]
+    fn one_pass_wire_path_matches_the_separate_paths() {
+        use crate::dns::forward::CacheKey;
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record};
+        let z = zone();
+        let s = AnswerStats::default();
+        let cache = std::sync::Mutex::new(DnsCache::new(100, 86_400, 3600));
+        let n = Name::from_ascii("www.example.org.").unwrap();
+        let mut resp = Message::response(1, hickory_proto::op::OpCode::Query);
+        resp.add_query(Query::query(n.clone(), RecordType::A));
+        resp.add_answer(Record::from_rdata(n, 300, RData::A(A("192.0.2.1".parse().unwrap()))));
+        let req = Message::from_vec(&query("www.example.org.", RecordType::A, false, true)).unwrap();
+        let now = std::time::Instant::now();
+        cache.lock().unwrap().insert(CacheKey::of(&req).unwrap(), &resp, now);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (name, t, want) in [
+            ("api.cluster.test.", RecordType::A, WireAnswer::Local),
+            ("7.1.18.198.in-addr.arpa.", RecordType::PTR, WireAnswer::Local),
+            ("nope.cluster.test.", RecordType::A, WireAnswer::Local),
+            ("WWW.example.ORG.", RecordType::A, WireAnswer::Cached),
+            ("other.example.org.", RecordType::A, WireAnswer::Declined),
+            ("www.cluster.test.", RecordType::A, WireAnswer::Declined),
+        ] {
+            for edns in [false, true] {
+                let q = query(name, t, edns, true);
+                assert_eq!(answer_wire_into(&z, Some(&cache), &q, Transport::Udp, &s, now, &mut a), want, "{name}");
+                let separate = answer_fast_into(&z, &q, Transport::Udp, &s, &mut b)
+                    || answer_cached_into(&z, &cache, &q, Transport::Udp, &s, &mut b);
+                assert_eq!(separate, want != WireAnswer::Declined, "{name}");
+                if separate {
+                    assert_eq!(a, b, "{name} edns={edns}");
+                }
+            }
+        }
+        // Without a forwarder, names not ours are declined (the general path refuses them).
+        let q = query("www.example.org.", RecordType::A, false, true);
+        assert_eq!(answer_wire_into(&z, None, &q, Transport::Udp, &s, now, &mut a), WireAnswer::Declined);
+        // An expired entry is not served (the general path removes it and forwards again).
+        let later = now + std::time::Duration::from_secs(300);
+        assert_eq!(answer_wire_into(&z, Some(&cache), &q, Transport::Udp, &s, later, &mut a), WireAnswer::Declined);
     }
 
     proptest::proptest! {

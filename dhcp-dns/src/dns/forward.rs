@@ -304,21 +304,21 @@ impl DnsCache {
         Some(Cached { rcode: e.rcode, answers: dec(&e.answers), authorities: dec(&e.authorities) })
     }
 
-    /// A fresh answer for `key` at `now` in wire form (no allocation); `None` when absent,
-    /// expired (then removed) or not encodable.
+    /// A fresh answer for `key` at `now` in wire form (no allocation, one hash lookup); `None`
+    /// when absent, expired or not encodable. An expired entry stays until the forwarded answer
+    /// replaces it or space is needed (the wire path only reads).
     pub(crate) fn get_wire(&mut self, key: &CacheKeyRef<'_>, now: Instant) -> Option<WireHit<'_>> {
+        let stats = &mut self.stats;
         let Some(e) = self.map.get(key) else {
-            self.stats.misses += 1;
+            stats.misses += 1;
             return None;
         };
         let age = now.saturating_duration_since(e.stored).as_secs();
         if age >= u64::from(e.ttl) {
-            self.map.remove(key);
-            self.stats.misses += 1;
+            stats.misses += 1;
             return None;
         }
-        self.stats.hits += 1;
-        let e = self.map.get(key)?;
+        stats.hits += 1;
         let w = e.wire.as_ref()?;
         Some(WireHit {
             rcode: e.rcode,

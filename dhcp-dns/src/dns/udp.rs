@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::answer::{AnswerStats, Transport};
-use super::fast::answer_fast_into;
+use super::fast::{WireAnswer, answer_wire_into};
 use super::ratelimit::RateLimiter;
 use super::zone::SharedZone;
-use crate::server::DnsTransportStats;
+use crate::server::{DnsTransportStats, Forwarder};
 
 /// Most datagrams taken and answered per system call.
 pub const BATCH: usize = 64;
@@ -54,6 +54,24 @@ pub struct UdpLoopStats {
     pub dropped: AtomicU64,
     /// Coalescing waits taken (the loop slept out a window before receiving again).
     pub coalesced_waits: AtomicU64,
+    /// Wake-ups by how many datagrams one `recvmmsg` took: 1, 2–3, 4–7, 8–15, 16–31, 32–63,
+    /// 64 (a full batch). Says whether the loop is paying a wake-up per query or per batch.
+    pub batch_sizes: [AtomicU64; 7],
+}
+
+impl UdpLoopStats {
+    /// Count one wake-up that took `n` (≥ 1) datagrams.
+    fn record_batch(&self, n: usize) {
+        let bucket = (usize::BITS - 1 - n.max(1).leading_zeros()) as usize;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.batch_sizes[bucket.min(6)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The batch-size histogram as plain numbers (see [`UdpLoopStats::batch_sizes`]).
+    pub fn batch_histogram(&self) -> [u64; 7] {
+        std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed))
+    }
 }
 
 /// What one UDP loop serves from. The loop makes the socket blocking (with a receive timeout);
@@ -75,6 +93,9 @@ pub struct UdpLoop {
     pub stop: Arc<AtomicBool>,
     /// Coalescing window under load (zero: off): see the module docs.
     pub coalesce: Duration,
+    /// The forwarder, when forwarding is on: its cached answers are served by the loop itself
+    /// in wire form ([`answer_wire_into`]), like local ones.
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 /// Buffers and kernel message headers for one batch, allocated once. The headers point into the
@@ -187,12 +208,11 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
         }
         let n = n as usize;
         let woke = Instant::now();
-        cfg.loop_stats.batches.fetch_add(1, Ordering::Relaxed);
-        cfg.loop_stats.received.fetch_add(n as u64, Ordering::Relaxed);
+        cfg.loop_stats.record_batch(n);
         declined.clear();
         reply_of.clear();
         if let Some(l) = &cfg.limiter {
-            let now = std::time::Instant::now();
+            let now = woke;
             let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
             for i in 0..n {
                 let peer = peer_of(&b.names[i], b.rx_hdr[i].msg_hdr.msg_namelen);
@@ -204,8 +224,10 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
         } else {
             allowed[..n].fill(true);
         }
-        // Fast path with the zone read lock taken once for the batch.
+        // Fast path (zone, then cached forwards) with the zone read lock taken once per batch.
         {
+            let cache = cfg.forwarder.as_deref().map(|f| &f.cache);
+            let mut hits = 0u64;
             let zone = match cfg.zone.read() {
                 Ok(z) => Some(z),
                 Err(_) => None,
@@ -221,14 +243,20 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
                 }
                 let slot = reply_of.len();
                 let answered = match &zone {
-                    Some(z) => answer_fast_into(z, &b.rx[i][..len], Transport::Udp, &cfg.stats, &mut b.tx[slot]),
-                    None => false,
+                    Some(z) => answer_wire_into(z, cache, &b.rx[i][..len], Transport::Udp, &cfg.stats, woke, &mut b.tx[slot]),
+                    None => WireAnswer::Declined,
                 };
-                if answered {
-                    reply_of.push(i);
-                } else {
-                    declined.push(i);
+                match answered {
+                    WireAnswer::Local => reply_of.push(i),
+                    WireAnswer::Cached => {
+                        hits += 1;
+                        reply_of.push(i);
+                    }
+                    WireAnswer::Declined => declined.push(i),
                 }
+            }
+            if let (Some(f), true) = (&cfg.forwarder, hits > 0) {
+                f.stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
             }
         }
         for &i in &declined {
@@ -250,6 +278,14 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
         }
         last_wake = Some(woke);
     }
+    let st = &cfg.loop_stats;
+    tracing::info!(
+        batches = st.batches.load(Ordering::Relaxed),
+        received = st.received.load(Ordering::Relaxed),
+        coalesced_waits = st.coalesced_waits.load(Ordering::Relaxed),
+        batch_sizes = ?st.batch_histogram(),
+        "dns udp loop stopped (batch sizes: 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64)"
+    );
 }
 
 /// How long to wait before the next receive: the rest of the window opened at `woke`, when the
@@ -331,6 +367,7 @@ mod tests {
             transport: Arc::new(DnsTransportStats::default()),
             stop: stop.clone(),
             coalesce: Duration::from_micros(200),
+            forwarder: None,
         };
         // The slow path answers "other." with a fixed marker and drops everything else.
         let slow: SlowPath = Box::new(|q: &[u8], _peer, out: &mut Vec<u8>| {
@@ -380,6 +417,17 @@ mod tests {
     }
 
     #[test]
+    fn batch_sizes_fall_in_power_of_two_buckets() {
+        let st = UdpLoopStats::default();
+        for n in [1, 2, 3, 4, 7, 8, 16, 31, 32, 63, 64] {
+            st.record_batch(n);
+        }
+        assert_eq!(st.batch_histogram(), [1, 2, 2, 1, 2, 2, 1]);
+        assert_eq!(st.batches.load(Ordering::Relaxed), 11);
+        assert_eq!(st.received.load(Ordering::Relaxed), 231);
+    }
+
+    #[test]
     fn coalescing_waits_only_under_load_and_at_most_one_window() {
         let w = Duration::from_micros(100);
         let t0 = Instant::now();
@@ -414,6 +462,7 @@ mod tests {
             transport: Arc::new(DnsTransportStats::default()),
             stop: stop.clone(),
             coalesce: Duration::from_millis(2),
+            forwarder: None,
         };
         let th = std::thread::spawn(move || serve(cfg, Box::new(|_: &[u8], _, _: &mut Vec<u8>| false)));
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
