@@ -31,6 +31,12 @@ pub const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x198, 0x18
 pub const SERVICE_PORT: u16 = 8080;
 /// How often the client opens a connection to the VIP: the resolution of every outage figure.
 pub const PROBE_EVERY: Duration = Duration::from_millis(2);
+/// Where the vote-only witness of a two-node lab cluster runs (its own namespace on the bridge,
+/// like the third machine corosync-qnetd runs on).
+pub const WITNESS_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+/// How long a daemon may take to exit after its signal before a restart gives up on it: a graceful
+/// stop hands over within the daemon's 3 s stop deadline; a SIGKILLed one exits at once.
+const EXIT_WAIT: Duration = Duration::from_secs(6);
 
 /// A fault injected on the VIP holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,6 +131,14 @@ pub struct LabCluster {
     held: Arc<Mutex<Held>>,
     nodes: usize,
     vip: IpAddr,
+    /// The witness's host and its `hastack witness` process, in a two-node lab cluster.
+    witness: Option<Witness>,
+}
+
+/// The vote-only witness of a two-node lab cluster.
+struct Witness {
+    host: hastack_lab::HostId,
+    daemon: Option<Proc>,
 }
 
 /// Which nodes (by index) held the VIP, after each change seen by a watcher.
@@ -197,28 +211,41 @@ impl Drop for LabCluster {
     }
 }
 
-/// The config the lab cluster runs with.
 /// Where every lab node's cluster daemon serves Prometheus metrics (inside its namespace).
 pub const LAB_METRICS: &str = "127.0.0.1:9650";
 
+/// The config the three-node lab cluster runs with.
 pub fn lab_config(nodes: usize, links: usize, authkey: &Path) -> String {
     lab_config_for(nodes, links, authkey, IpAddr::V4(VIP))
 }
 
 /// The lab cluster's config with `vip` (the IPv4 or the IPv6 lab VIP) as its one VIP resource.
 pub fn lab_config_for(nodes: usize, links: usize, authkey: &Path, vip: IpAddr) -> String {
+    lab_config_spec(&LabSpec { nodes, links, ..LabSpec::new(nodes) }, authkey, vip)
+}
+
+/// The config of a lab cluster built from `spec`, as an operator would write it: the node list,
+/// with a witness its `[cluster.witness]` and `wait_for_all` (a cold-started pair waits until both
+/// nodes were seen once, like examples/two-node.toml), stickiness, and one VIP resource.
+pub fn lab_config_spec(spec: &LabSpec, authkey: &Path, vip: IpAddr) -> String {
+    // Each node has its own loopback, so every node serves its metrics at the same address.
     let mut s = format!(
-        "[cluster]\nname = \"hastack-lab\"\nauthkey = \"{}\"\n\n",
+        "[control]\nmetrics_cluster = \"{LAB_METRICS}\"\n\n[cluster]\nname = \"hastack-lab\"\nauthkey = \"{}\"\n\n",
         authkey.display()
     );
-    // Each node has its own loopback, so every node serves its metrics at the same address.
-    s = format!("[control]\nmetrics_cluster = \"{LAB_METRICS}\"\n\n{s}");
-    for i in 1..=nodes {
+    for i in 1..=spec.nodes {
         let mut addrs = vec![format!("\"198.18.0.{}/24\"", 10 + i)];
-        if links > 1 {
+        if spec.links > 1 {
             addrs.push(format!("\"198.19.0.{}/24\"", 10 + i));
         }
         s += &format!("[[cluster.node]]\nid = {i}\nname = \"lb{i}\"\nlinks = [{}]\n\n", addrs.join(", "));
+    }
+    if spec.witness {
+        s += &format!(
+            "# A vote-only tie-breaker on a third machine (`hastack witness`).\n[cluster.witness]\naddress = \"{WITNESS_ADDR}:{}\"\nvotes = 1\n\n",
+            ha_membership::config::DEFAULT_WITNESS_PORT
+        );
+        s += "[quorum]\n# After a cold start, wait until both nodes have been seen once.\nwait_for_all = true\n\n";
     }
     s += "[resource_defaults]\n# Keep the VIP where it runs: a recovered node takes nothing back.\nstickiness = 100\n\n";
     let prefix = if vip.is_ipv4() { 24 } else { 64 };
@@ -226,58 +253,95 @@ pub fn lab_config_for(nodes: usize, links: usize, authkey: &Path, vip: IpAddr) -
     s
 }
 
+/// How a lab cluster is built.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// LB nodes (1 to 8).
+    pub nodes: usize,
+    /// Cluster links per node (1 or 2).
+    pub links: usize,
+    /// What holds the VIP.
+    pub stack: Stack,
+    /// IPv6 VIP ([`VIP6`]) instead of [`VIP`].
+    pub v6: bool,
+    /// A vote-only witness (`hastack witness` at [`WITNESS_ADDR`], in its own namespace).
+    pub witness: bool,
+    /// Appended to the config (more resources and constraints; `{dir}` becomes the lab's directory).
+    pub extra: String,
+}
+
+impl LabSpec {
+    /// `nodes` hastack nodes on one link, IPv4 VIP, no witness.
+    pub fn new(nodes: usize) -> LabSpec {
+        LabSpec { nodes, links: 1, stack: Stack::Hastack, v6: false, witness: false, extra: String::new() }
+    }
+
+    /// Two hastack nodes and a vote-only witness: the two-node gateway pair of examples/two-node.toml.
+    pub fn two_node_witness() -> LabSpec {
+        LabSpec { witness: true, ..LabSpec::new(2) }
+    }
+}
+
 impl LabCluster {
     /// Builds the lab, writes the config and key, starts a daemon and a TCP service per node, and
     /// the client's probe loop. `binary` is the `hastack` executable.
     pub fn start(binary: &Path, nodes: usize) -> anyhow::Result<LabCluster> {
-        Self::start_stack(binary, nodes, Stack::Hastack)
+        Self::start_spec(binary, &LabSpec::new(nodes))
     }
 
     /// Like [`LabCluster::start`], with the VIP held by `stack`.
     pub fn start_stack(binary: &Path, nodes: usize, stack: Stack) -> anyhow::Result<LabCluster> {
-        Self::start_with(binary, nodes, 1, stack)
+        Self::start_spec(binary, &LabSpec { stack, ..LabSpec::new(nodes) })
     }
 
     /// Like [`LabCluster::start_stack`], with `links` cluster links (1 or 2) per node.
     pub fn start_with(binary: &Path, nodes: usize, links: usize, stack: Stack) -> anyhow::Result<LabCluster> {
-        Self::start_family(binary, nodes, links, stack, false, "")
+        Self::start_spec(binary, &LabSpec { links, stack, ..LabSpec::new(nodes) })
     }
 
     /// A hastack lab cluster whose VIP is the IPv6 address [`VIP6`] (the lab then has IPv6 on every
     /// link, cluster traffic stays on IPv4); the client probes `[VIP6]:8080`.
     pub fn start_v6(binary: &Path, nodes: usize) -> anyhow::Result<LabCluster> {
-        Self::start_family(binary, nodes, 1, Stack::Hastack, true, "")
+        Self::start_spec(binary, &LabSpec { v6: true, ..LabSpec::new(nodes) })
     }
 
     /// Like [`LabCluster::start`], with `extra` appended to the config (more resources and
     /// constraints; `{dir}` in it is replaced by the lab's directory).
     pub fn start_with_config(binary: &Path, nodes: usize, extra: &str) -> anyhow::Result<LabCluster> {
-        Self::start_family(binary, nodes, 1, Stack::Hastack, false, extra)
+        Self::start_spec(binary, &LabSpec { extra: extra.into(), ..LabSpec::new(nodes) })
     }
 
-    fn start_family(
-        binary: &Path,
-        nodes: usize,
-        links: usize,
-        stack: Stack,
-        v6: bool,
-        extra: &str,
-    ) -> anyhow::Result<LabCluster> {
-        if nodes > 8 {
-            bail!("at most 8 nodes");
+    /// Two nodes and a vote-only witness in its own namespace ([`LabSpec::two_node_witness`]).
+    pub fn start_two_node_witness(binary: &Path) -> anyhow::Result<LabCluster> {
+        Self::start_spec(binary, &LabSpec::two_node_witness())
+    }
+
+    /// Builds the lab cluster `spec` describes and starts everything in it (the witness first, so
+    /// the nodes find their tie-breaker at once).
+    pub fn start_spec(binary: &Path, spec: &LabSpec) -> anyhow::Result<LabCluster> {
+        let (nodes, links, stack, v6) = (spec.nodes, spec.links, spec.stack, spec.v6);
+        if nodes == 0 || nodes > 8 {
+            bail!("1 to 8 nodes");
         }
         if v6 && stack != Stack::Hastack {
             bail!("the IPv6 lab runs hastack only");
         }
+        if spec.witness && (stack != Stack::Hastack || nodes != 2) {
+            bail!("a witness lab is two hastack nodes");
+        }
         let vip = if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) };
         let mut lab = Lab::builder().nodes(nodes).links(links).ipv6(v6).build().context("building the lab")?;
         lab.add_client(Ipv4Addr::new(198, 18, 0, 200)).context("adding the client")?;
+        let witness = match spec.witness {
+            true => Some(Witness { host: lab.add_client(WITNESS_ADDR).context("adding the witness host")?, daemon: None }),
+            false => None,
+        };
         let dir = lab.dir().to_path_buf();
         let key = dir.join("authkey");
         ha_membership::auth::keygen(&key).context("writing the cluster key")?;
         let config = dir.join("hastack.toml");
-        let extra = extra.replace("{dir}", &dir.display().to_string());
-        std::fs::write(&config, lab_config_for(nodes, links, &key, vip) + "\n" + &extra)?;
+        let extra = spec.extra.replace("{dir}", &dir.display().to_string());
+        std::fs::write(&config, lab_config_spec(spec, &key, vip) + "\n" + &extra)?;
         let stop = Arc::new(AtomicBool::new(false));
         for i in 1..=nodes {
             let stop = stop.clone();
@@ -296,7 +360,11 @@ impl LabCluster {
             held: Arc::new(Mutex::new(Held::default())),
             nodes,
             vip,
+            witness,
         };
+        if c.witness.is_some() {
+            c.start_witness()?;
+        }
         for i in 1..=nodes {
             c.start_daemon(i)?;
         }
@@ -307,6 +375,67 @@ impl LabCluster {
             c.lab.node(i).thread_in(move || watch_vip(i, &stop, &holders, &held, vip))?;
         }
         Ok(c)
+    }
+
+    /// Number of LB nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes
+    }
+
+    /// The witness's control socket (a two-node lab cluster only).
+    pub fn witness_socket(&self) -> Option<PathBuf> {
+        self.witness.as_ref().map(|_| self.lab.dir().join("witness.sock"))
+    }
+
+    /// The witness's host in the lab, e.g. to cut it off with nftables (a two-node lab only).
+    pub fn witness_host(&self) -> Option<hastack_lab::HostId> {
+        self.witness.as_ref().map(|w| w.host)
+    }
+
+    /// The running witness process, if any.
+    pub fn witness_daemon(&self) -> Option<&Proc> {
+        self.witness.as_ref().and_then(|w| w.daemon.as_ref())
+    }
+
+    /// Starts (or restarts, once the previous one has exited) `hastack witness` on its host.
+    pub fn start_witness(&mut self) -> anyhow::Result<()> {
+        let socket = self.witness_socket().context("this lab cluster has no witness")?;
+        let (binary, config, state) = (self.binary.clone(), self.config.clone(), self.lab.dir().join("witness"));
+        let w = self.witness.as_mut().context("this lab cluster has no witness")?;
+        if let Some(old) = w.daemon.take() {
+            reap_before_restart(&old, "the witness")?;
+        }
+        let p = self.lab.host(w.host).spawn(&[
+            binary.as_os_str(),
+            "witness".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ])?;
+        w.daemon = Some(p);
+        Ok(())
+    }
+
+    /// SIGKILLs the witness and reaps it (its vote is gone; the nodes keep 2 of 3 votes).
+    pub fn kill_witness(&mut self) -> anyhow::Result<()> {
+        let w = self.witness.as_mut().context("this lab cluster has no witness")?;
+        if let Some(p) = w.daemon.take() {
+            p.kill();
+        }
+        Ok(())
+    }
+
+    /// The witness's status answer (None if it does not answer or there is no witness).
+    pub fn witness_status(&self) -> Option<serde_json::Value> {
+        crate::control::query(&self.witness_socket()?, &crate::control::Request::Status).ok()
+    }
+
+    /// The witness's log (for error reports).
+    pub fn witness_log(&self) -> String {
+        self.witness_daemon().map(|p| p.log()).unwrap_or_default()
     }
 
     /// The VIP the cluster holds ([`VIP`], or [`VIP6`] for [`LabCluster::start_v6`]).
@@ -346,6 +475,18 @@ impl LabCluster {
         self.status(i)?["membership"]["quorum"]["quorate"].as_bool()
     }
 
+    /// Node i's answer to `hastack quorum --json` (None if it does not answer).
+    pub fn quorum_json(&self, i: usize) -> Option<serde_json::Value> {
+        crate::control::query(&self.socket(i), &crate::control::Request::Quorum).ok()
+    }
+
+    /// Node i's view id as (coordinator, epoch) (None without a view or an answer).
+    pub fn view_id(&self, i: usize) -> Option<(u64, u64)> {
+        let v = self.status(i)?;
+        let id = &v["membership"]["view"]["id"];
+        Some((id["coordinator"].as_u64()?, id["epoch"].as_u64()?))
+    }
+
     /// Waits until `f` holds, polling every 20 ms; false after `within`.
     pub fn wait(&self, within: Duration, mut f: impl FnMut(&Self) -> bool) -> bool {
         let deadline = Instant::now() + within;
@@ -358,8 +499,16 @@ impl LabCluster {
         f(self)
     }
 
-    /// Starts (or restarts) the daemon of node i.
+    /// Starts (or restarts) the daemon of node i. A previous daemon of node i must have been
+    /// signalled to stop: it is waited for and reaped first, because until it has exited it still
+    /// owns the node's cluster UDP port and control socket (a graceful stop may still be handing
+    /// over and leaving; a SIGKILLed one may not have finished exiting on a loaded machine), and the
+    /// new daemon would fail with "Address already in use" or lose its socket file to the old
+    /// one's exit.
     pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(old) = self.daemons.remove(&i) {
+            reap_before_restart(&old, &format!("lb{i}'s daemon"))?;
+        }
         self.starts += 1;
         let n = self.starts;
         let p = match self.stack {
@@ -593,11 +742,9 @@ impl LabCluster {
         }
         loop {
             let rejoined = match self.stack {
+                // Every node in the restored node's view (a witness is a member too).
                 Stack::Hastack => {
-                    crate::control::query(&self.socket(node), &crate::control::Request::Status)
-                        .ok()
-                        .and_then(|v| v["membership"]["view"]["members"].as_array().map(|a| a.len()))
-                        == Some(self.nodes)
+                    self.view_members(node).is_some_and(|m| (1..=self.nodes as u64).all(|n| m.contains(&n)))
                 }
                 Stack::Keepalived { .. } => true,
             };
@@ -622,6 +769,22 @@ impl LabCluster {
     /// The daemon log of node i (for error reports).
     pub fn daemon_log(&self, i: usize) -> String {
         self.daemons.get(&i).map(|p| p.log()).unwrap_or_default()
+    }
+}
+
+/// Waits (bounded by [`EXIT_WAIT`]) for a daemon that was told to stop and reaps it, so that its
+/// sockets are closed before its successor binds the same addresses: the kernel closes a process's
+/// descriptors when its last thread exits, which `waitpid` reporting the exit guarantees.
+fn reap_before_restart(old: &Proc, what: &str) -> anyhow::Result<()> {
+    match old.wait_timeout(EXIT_WAIT) {
+        Ok(Some(_)) => Ok(()),
+        // Reaped already (e.g. killed through the lab): nothing left to wait for.
+        Err(hastack_lab::LabError::Invalid(_)) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("waiting for {what} (pid {}) to exit", old.pid())),
+        Ok(None) => bail!(
+            "{what} (pid {}) was not stopped or is still running {EXIT_WAIT:?} after its signal; not starting a second one beside it",
+            old.pid()
+        ),
     }
 }
 
