@@ -32,14 +32,13 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::balance::{AdminState, Algorithm, BalanceError, Decision, ServerSpec, ServerTable, hash_addr};
 use crate::checker::{BackendChecks, CheckSpec, TlsConfigError, follow};
 use crate::health::{HealthEvent, HealthParams};
 use crate::proxy_protocol::{self, Header, Version as ProxyVersion};
 use crate::handover::{HandedSession, Outgoing};
-use crate::runtime::{InFlight, spawn_session};
+use crate::runtime::{InFlight, spawn_session_in};
 use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, RelayMode, RelayState, Side, Stop, StopSignal, relay_signal};
 
 // Server legs for sessions relayed elsewhere (http mode, TLS termination); a child module so it
@@ -942,7 +941,8 @@ impl Proxy {
         let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         let state = RelayState::thaw(relay);
         let span = tracing::debug_span!("session", frontend = %sh.cfg.frontend.name, %peer, adopted = true);
-        spawn_session(
+        spawn_session_in(
+            span,
             async move {
                 let sh = &alive.0;
                 let slot = SlotGuard { sh, idx };
@@ -953,8 +953,7 @@ impl Proxy {
                         sh.frontend.close();
                     }
                 }
-            }
-            .instrument(span),
+            },
         );
         Ok(())
     }
@@ -981,15 +980,15 @@ impl Proxy {
                 return;
             }
         };
-        spawn_session(
+        spawn_session_in(
+            span,
             async move {
                 if let Ok(stream) = stream.arrive() {
                     session(&alive.0, stream, peer, early).await;
                 }
                 drop(guard);
                 drop(alive);
-            }
-            .instrument(span),
+            },
         );
     }
 
@@ -1084,15 +1083,15 @@ async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, sem: Arc<Semaphore>
                 continue;
             }
         };
-        spawn_session(
+        spawn_session_in(
+            span,
             async move {
                 if let Ok(sock) = sock.arrive() {
                     session(&alive.0, sock, peer, Vec::new()).await;
                 }
                 drop(permit);
                 drop(alive);
-            }
-            .instrument(span),
+            },
         );
     }
 }

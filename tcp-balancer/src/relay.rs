@@ -173,6 +173,13 @@ impl Activity {
         }
     }
 
+    /// Both sides active now (a chunk read from one was written to the other at once).
+    fn touch_both(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.client_ms.store(ms, Ordering::Relaxed);
+        self.server_ms.store(ms, Ordering::Relaxed);
+    }
+
     fn idle(&self, side: Side) -> Duration {
         let ms = match side {
             Side::Client => self.client_ms.load(Ordering::Relaxed),
@@ -632,10 +639,17 @@ fn poll_pump(
             Copied::Nothing => {}
             Copied::Fin => break,
             Copied::Data { read, written } => {
-                act.touch(from);
                 dir.bulk = read == SCRATCH;
                 if written > 0 {
-                    delivered(dir, written);
+                    // One clock read for both sides: the read and the write were one step.
+                    dir.bytes += written as u64;
+                    match from {
+                        Side::Client => counters.client_to_server(written as u64),
+                        Side::Server => counters.server_to_client(written as u64),
+                    }
+                    act.touch_both();
+                } else {
+                    act.touch(from);
                 }
             }
         }

@@ -13,7 +13,7 @@ use crate::router::SniRouter;
 use crate::http::HttpFrontend;
 use crate::tls::TlsTcpFrontend;
 
-/// Where tcp-mode sessions run. By default on the runtime that accepted them; after
+/// Where tcp-mode and http-mode sessions run. By default on the runtime that accepted them; after
 /// [`start_session_workers`], on one of N current-thread runtimes, each alone on its thread
 /// (HAProxy's nbthread model): a session's wake-ups never cross threads and no idle worker is
 /// woken to steal work, which a multi-thread scheduler pays in futex wake-ups on every burst.
@@ -23,6 +23,18 @@ struct Workers {
 }
 
 static WORKERS: std::sync::OnceLock<Workers> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// This thread's session worker index (0 on any other thread).
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The session worker running the calling thread (0 off the workers): per-worker state such as
+/// http mode's idle server connections is indexed by it, so a session only ever touches sockets
+/// registered with its own thread's reactor.
+pub(crate) fn worker_index() -> usize {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
 
 /// Starts `n` session worker threads (at least one), each driving its own current-thread
 /// runtime for the life of the process; every tcp-mode session accepted or adopted from then
@@ -40,7 +52,10 @@ pub fn start_session_workers(n: usize) -> std::io::Result<usize> {
         .set(Workers { handles, next: std::sync::atomic::AtomicUsize::new(0) })
         .map_err(|_| std::io::Error::other("session workers already started"))?;
     for (i, rt) in runtimes.into_iter().enumerate() {
-        std::thread::Builder::new().name(format!("balancer-{i}")).spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        std::thread::Builder::new().name(format!("balancer-{i}")).spawn(move || {
+            WORKER_INDEX.with(|w| w.set(i));
+            rt.block_on(std::future::pending::<()>())
+        })?;
     }
     Ok(n)
 }
@@ -53,6 +68,16 @@ pub fn session_workers() -> usize {
 /// Runs a session on the next worker, or on the current runtime when none were started.
 /// Sockets the future registers (see [`InFlight::arrive`]) are driven by that runtime.
 pub(crate) fn spawn_session<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    spawn_on_worker(f)
+}
+
+/// [`spawn_session`] inside `span`, or without a span when it is disabled (debug logging off),
+/// so a session's every wake-up does not enter and leave a span that records nothing.
+pub(crate) fn spawn_session_in<F: std::future::Future<Output = ()> + Send + 'static>(span: tracing::Span, f: F) {
+    if span.is_none() { spawn_on_worker(f) } else { spawn_on_worker(tracing::Instrument::instrument(f, span)) }
+}
+
+fn spawn_on_worker<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
     match WORKERS.get() {
         Some(w) => {
             let i = w.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % w.handles.len();

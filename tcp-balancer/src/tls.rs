@@ -300,8 +300,22 @@ async fn accept_loop(sh: Arc<Shared>, l: TcpListener, sem: Arc<Semaphore>, accep
         sh.alive.fetch_add(1, Ordering::AcqRel);
         let sh2 = sh.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            session(&sh2, sock, peer, acceptor).await;
+        // On a session worker, as tcp mode's sessions (see `crate::runtime::spawn_session`).
+        let sock = match crate::runtime::InFlight::new(sock) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot move the connection to a session worker");
+                drop(permit);
+                if sh.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    sh.idle.notify_waiters();
+                }
+                continue;
+            }
+        };
+        crate::runtime::spawn_session(async move {
+            if let Ok(sock) = sock.arrive() {
+                session(&sh2, sock, peer, acceptor).await;
+            }
             drop(permit);
             if sh2.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
                 sh2.idle.notify_waiters();

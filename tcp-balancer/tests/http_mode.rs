@@ -24,7 +24,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// Session workers this suite runs with: none here (sessions on the test's runtime); the same
+/// suite runs again on two workers, as `hastack balancer` runs it, from `http_workers.rs`.
+#[allow(dead_code)]
+const WORKERS: usize = 0;
+
+/// Starts the session workers the including test crate asks for (none for this file alone).
+#[allow(dead_code)]
+fn setup() {}
+
 async fn bounded<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
+    crate::setup();
     tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test exceeded its time bound");
 }
 
@@ -423,11 +433,18 @@ async fn keep_alive_on_both_sides_reuses_server_connections() {
         // A second client connection reuses the idle server connection too.
         let mut c2 = connect(fe.local_addr()).await;
         assert_eq!(c2.get("/name").await.unwrap().status, 200);
-        assert_eq!(api.conns.load(Ordering::Relaxed), 1, "one server connection for 21 requests");
+        // Idle server connections are kept per session worker: the second client reuses one
+        // only if it runs on the first one's worker.
+        let conns = api.conns.load(Ordering::Relaxed);
+        if crate::WORKERS > 1 {
+            assert!((1..=2).contains(&conns), "{conns} server connections for 21 requests on two clients");
+        } else {
+            assert_eq!(conns, 1, "one server connection for 21 requests");
+        }
         assert_eq!(api.requests.load(Ordering::Relaxed), 21);
         let st = fe.http_stats();
         assert_eq!(st.requests, 21);
-        assert_eq!(st.reused, 20);
+        assert_eq!(st.reused, 21 - conns);
         let s = &fe.stats()[0];
         assert_eq!(s.servers[0].counters.http.requests, 21);
         assert_eq!(s.servers[0].counters.http.responses[1], 21, "21 2xx");

@@ -17,7 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::answer::Answer;
 use super::io::{Client, tls_accept};
@@ -28,6 +27,7 @@ use crate::proxy::{
 use crate::handover::{HandedHttpClient, Outgoing};
 use crate::proxy_protocol::Header;
 use crate::relay::RelayMode;
+use crate::runtime::{InFlight, spawn_session_in};
 
 /// Timeouts of an http frontend (HAProxy's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,34 +104,40 @@ impl HttpFrontendConfig {
 /// Most idle connections kept per server.
 const MAX_IDLE_PER_SERVER: usize = 64;
 
-/// Idle keep-alive connections to the servers of one backend, newest reused first.
+/// Idle keep-alive connections to the servers of one backend, newest reused first, kept per
+/// session worker: a connection is registered with the reactor of the worker whose session
+/// used it, so only sessions on that worker reuse it (no cross-thread wake-ups, no lock
+/// contention between workers).
 pub(crate) struct Pool {
-    idle: Mutex<Vec<Vec<(TcpStream, Instant)>>>,
+    per_worker: Vec<Mutex<Vec<Vec<(TcpStream, Instant)>>>>,
     max_age: Duration,
     reused: AtomicU64,
 }
 
 impl Pool {
     fn new(servers: usize, max_age: Duration) -> Self {
-        Self { idle: Mutex::new((0..servers).map(|_| Vec::new()).collect()), max_age, reused: AtomicU64::new(0) }
+        let workers = crate::runtime::session_workers().max(1);
+        let per_worker = (0..workers).map(|_| Mutex::new((0..servers).map(|_| Vec::new()).collect())).collect();
+        Self { per_worker, max_age, reused: AtomicU64::new(0) }
+    }
+
+    /// The calling worker's share.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Vec<(TcpStream, Instant)>>> {
+        let i = crate::runtime::worker_index() % self.per_worker.len();
+        self.per_worker[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A live idle connection to server `idx`, if one is kept.
     pub(crate) fn take(&self, idx: usize) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.mine();
         let list = idle.get_mut(idx)?;
         while let Some((s, since)) = list.pop() {
             if since.elapsed() >= self.max_age {
                 continue;
             }
-            // Alive and silent: reading must block. A FIN, reset or stray bytes disqualify it.
-            let mut probe = [0u8; 1];
-            match s.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.reused.fetch_add(1, Ordering::Relaxed);
-                    return Some(s);
-                }
-                _ => continue,
+            if quiet(&s) {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                return Some(s);
             }
         }
         None
@@ -139,7 +145,7 @@ impl Pool {
 
     /// Keeps a connection whose exchange ended cleanly.
     pub(crate) fn put(&self, idx: usize, s: TcpStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.mine();
         let Some(list) = idle.get_mut(idx) else { return };
         let max_age = self.max_age;
         list.retain(|(_, since)| since.elapsed() < max_age);
@@ -150,12 +156,27 @@ impl Pool {
     }
 
     fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().for_each(Vec::clear);
+        for w in &self.per_worker {
+            w.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().for_each(Vec::clear);
+        }
     }
 
     fn len(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).iter().map(Vec::len).sum()
+        self.per_worker.iter().map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).iter().map(Vec::len).sum::<usize>()).sum()
     }
+}
+
+/// Whether an idle server connection is alive and silent (a FIN, a reset or stray bytes
+/// disqualify it). The reactor already knows when nothing arrived since the connection's last
+/// read drained it (its read readiness is clear): then no probe is needed, saving a recv(2)
+/// that would only say EAGAIN on every reuse. Otherwise one non-blocking read decides.
+fn quiet(s: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if s.poll_read_ready(&mut cx).is_pending() {
+        return true;
+    }
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Frontend-level HTTP counters.
@@ -367,8 +388,7 @@ impl HttpFrontend {
 
     /// Reload, new side: serves an idle client connection handed over by the old process.
     pub fn adopt(&self, c: HandedHttpClient) {
-        let std = std::net::TcpStream::from(c.client);
-        let sock = match std.set_nonblocking(true).and_then(|()| TcpStream::from_std(std)) {
+        let sock = match InFlight::from_fd(c.client) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot resume a handed-over http connection");
@@ -381,6 +401,7 @@ impl HttpFrontend {
         let permit = fe.sem.clone().try_acquire_owned().ok();
         let (peer, local, fresh) = (c.peer, c.local, c.fresh);
         spawn_connection(&fe, peer, permit, move |fe| async move {
+            let Ok(sock) = sock.arrive() else { return };
             tune_client(&sock, fe.cfg.keepalive.as_ref());
             super::session::serve(fe, Client::Plain(sock), peer, local, Vec::new(), fresh).await;
         });
@@ -454,12 +475,24 @@ async fn accept_loop(fe: Arc<Front>, listener: TcpListener) {
     let tls = fe.cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     while let Some((permit, sock, peer)) = next_connection(&listener, &fe.sem, &mut stop).await {
         fe.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let sock = match InFlight::new(sock) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot move the connection to a session worker");
+                continue;
+            }
+        };
         let tls = tls.clone();
-        spawn_connection(&fe, peer, Some(permit), move |fe| async move { connection(&fe, sock, peer, tls).await });
+        spawn_connection(&fe, peer, Some(permit), move |fe| async move {
+            if let Ok(sock) = sock.arrive() {
+                connection(&fe, sock, peer, tls).await;
+            }
+        });
     }
 }
 
-/// Runs one client connection on its own task, counted for drain, holding its maxconn slot.
+/// Runs one client connection on its own task on a session worker (see
+/// [`crate::runtime::spawn_session`]), counted for drain, holding its maxconn slot.
 fn spawn_connection<F, Fut>(fe: &Arc<Front>, peer: SocketAddr, permit: Option<tokio::sync::OwnedSemaphorePermit>, f: F)
 where
     F: FnOnce(Arc<Front>) -> Fut + Send + 'static,
@@ -468,15 +501,15 @@ where
     fe.alive.fetch_add(1, Ordering::AcqRel);
     let fe = fe.clone();
     let span = tracing::debug_span!("http", frontend = %fe.cfg.frontend.name, %peer);
-    tokio::spawn(
+    spawn_session_in(
+        span,
         async move {
             f(fe.clone()).await;
             drop(permit);
             if fe.alive.fetch_sub(1, Ordering::AcqRel) == 1 {
                 fe.idle.notify_waiters();
             }
-        }
-        .instrument(span),
+        },
     );
 }
 
