@@ -505,10 +505,12 @@ impl LabCluster {
     /// over and leaving; a SIGKILLed one may not have finished exiting on a loaded machine), and the
     /// new daemon would fail with "Address already in use" or lose its socket file to the old
     /// one's exit.
-    pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
-        if let Some(old) = self.daemons.remove(&i) {
-            reap_before_restart(&old, &format!("lb{i}'s daemon"))?;
-        }
+    /// Returns how the previous daemon ended, if there was one and it had not been reaped yet.
+    pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let previous = match self.daemons.remove(&i) {
+            Some(old) => reap_before_restart(&old, &format!("lb{i}'s daemon"))?,
+            None => None,
+        };
         self.starts += 1;
         let n = self.starts;
         let p = match self.stack {
@@ -545,7 +547,7 @@ impl LabCluster {
             }
         };
         self.daemons.insert(i, p);
-        Ok(())
+        Ok(previous)
     }
 
     /// Total time, since `t`, during which two nodes other than `except` certainly held the VIP
@@ -727,7 +729,16 @@ impl LabCluster {
                 self.lab.link_up(node, 0)?;
                 self.start_daemon(node)?;
             }
-            Fault::Kill | Fault::Graceful => self.start_daemon(node)?,
+            Fault::Kill => {
+                self.start_daemon(node)?;
+            }
+            Fault::Graceful => {
+                // A graceful stop ends with a clean exit of its own (after handing over and leaving).
+                let log = self.daemon_log(node);
+                if let Some(st) = self.start_daemon(node)?.filter(|st| !st.success()) {
+                    bail!("the gracefully stopped daemon of lb{node} ended with {st}:\n{log}");
+                }
+            }
             Fault::Stop => {
                 if let Some(d) = self.daemons.get(&node) {
                     d.signal(Signal::SIGCONT)?;
@@ -748,6 +759,13 @@ impl LabCluster {
                 }
                 Stack::Keepalived { .. } => true,
             };
+            // The restarted daemon itself must be running (a status answer could only come from it,
+            // but a daemon that failed at start-up should say why at once, not after 15 s).
+            if let Some(d) = self.daemons.get(&node) {
+                if fault != Fault::Stop && d.try_wait().ok().flatten().is_some() {
+                    bail!("the restarted daemon of lb{node} exited after {}:\n{}", fault.name(), d.log());
+                }
+            }
             if rejoined && self.holders().len() == 1 {
                 return Ok(());
             }
@@ -775,11 +793,12 @@ impl LabCluster {
 /// Waits (bounded by [`EXIT_WAIT`]) for a daemon that was told to stop and reaps it, so that its
 /// sockets are closed before its successor binds the same addresses: the kernel closes a process's
 /// descriptors when its last thread exits, which `waitpid` reporting the exit guarantees.
-fn reap_before_restart(old: &Proc, what: &str) -> anyhow::Result<()> {
+/// Returns its exit status (None if it had been reaped already).
+fn reap_before_restart(old: &Proc, what: &str) -> anyhow::Result<Option<std::process::ExitStatus>> {
     match old.wait_timeout(EXIT_WAIT) {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(st)) => Ok(Some(st)),
         // Reaped already (e.g. killed through the lab): nothing left to wait for.
-        Err(hastack_lab::LabError::Invalid(_)) => Ok(()),
+        Err(hastack_lab::LabError::Invalid(_)) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("waiting for {what} (pid {}) to exit", old.pid())),
         Ok(None) => bail!(
             "{what} (pid {}) was not stopped or is still running {EXIT_WAIT:?} after its signal; not starting a second one beside it",

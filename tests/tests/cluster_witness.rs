@@ -287,3 +287,30 @@ fn a_cut_between_the_nodes_leaves_exactly_one_quorate_holder() {
     assert!(c.wait(WITHIN, |c| c.holders().len() == 1), "holders after the heal: {:?}", c.holders());
     assert_eq!(c.double_holders_since(t_cut, None), Duration::ZERO, "two holders around the heal:\n{}", logs(&c));
 }
+
+
+#[test]
+fn a_daemon_restarted_right_after_a_graceful_stop_binds_and_rejoins() {
+    let Some(mut c) = pair() else { return };
+    let holder = c.wait_for_holder(WITHIN).unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&c)));
+    // SIGTERM and restart at once, as `hastack bench failover` does after a graceful handover: the
+    // stopping daemon still owns its cluster port and control socket while it hands over and
+    // leaves, so the restart must wait for its exit (it used to race it: "Address already in use",
+    // and the status check then talked to the old daemon).
+    let victim = other(holder);
+    c.daemon(victim).expect("daemon").signal(Signal::SIGTERM).unwrap();
+    let previous = c.start_daemon(victim).expect("restart after a graceful stop");
+    // The old daemon finished its leave and exited by itself (it used to be SIGKILLed by the
+    // restart, racing the new daemon's bind).
+    assert!(previous.is_some_and(|st| st.success()), "the stopping daemon did not exit cleanly: {previous:?}");
+    assert!(
+        c.wait(Duration::from_secs(10), |c| (1..=2).all(|i| c.view_members(i) == Some(vec![1, 2, WITNESS]) && c.quorate(i) == Some(true))),
+        "lb{victim} did not rejoin after its restart: {:?}\n{}",
+        c.view_members(victim),
+        logs(&c)
+    );
+    let d = c.daemon(victim).expect("restarted daemon");
+    assert_eq!(d.try_wait().ok(), Some(None), "the restarted daemon exited:\n{}", d.log());
+    assert!(!d.log().contains("Address already in use"), "{}", d.log());
+    assert_eq!(c.holders(), vec![holder], "the VIP moved");
+}
