@@ -16,11 +16,15 @@
 # the real disk. Two loads per start: steady (-r RATE) and flood (-r FLOOD -R FLOOD_CLIENTS), new
 # clients each.
 #
-# --profile DIR records a CPU profile (perf record -g) of every server process during each flood
-# into DIR/<mode>-<run>.data (read with `perf report -i`).
+# --profile DIR records a CPU profile (perf record -g) of every server process during each load
+# into DIR/<mode>-<steady|flood>-<run>.data (read with `perf report -i`).
+# --modes "sync dnsmasq" runs only those servers (default: none sync async dnsmasq).
+# --idle also measures the gateways' CPU while idle for SECS before the loads (fixed cost:
+# heartbeats, timers). Per run, stderr shows the CPU seconds of each process (holder first).
 #
 # Bounded: RUNS × 4 servers × (start-up ≤ 30 s + 2 × SECS). Root needed. Cleans up by PID and
-# namespace. Usage: scripts/bench-dhcp-ha.sh [--runs N] [--secs S] [--rate R] [--flood R] [--profile DIR]
+# namespace. Usage: scripts/bench-dhcp-ha.sh [--runs N] [--secs S] [--rate R] [--flood R]
+#   [--profile DIR] [--modes "M ..."] [--idle]
 set -euo pipefail
 
 RUNS=3
@@ -29,6 +33,8 @@ RATE=1000
 FLOOD=10000
 FLOOD_CLIENTS=30000
 PROFILE=
+MODES="none sync async dnsmasq"
+IDLE=
 HASTACK=${HASTACK:-target/release/hastack}
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,7 +43,9 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift 2 ;;
         --flood) FLOOD=$2; FLOOD_CLIENTS=$((FLOOD * 3)); shift 2 ;;
         --profile) PROFILE=$(mkdir -p "$2" && readlink -f "$2"); shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --modes) MODES=$2; shift 2 ;;
+        --idle) IDLE=1; shift ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -134,11 +142,13 @@ start_gateways() { # replication
         ip netns exec $P-gw$i taskset -c 0 "$HASTACK" cluster --config "$W/gw$i.toml" --node gw$i \
             --socket "$W/gw$i.sock" --state-dir "$W/gw$i" > "$W/gw$i.cluster.log" 2>&1 &
         PIDS+=($!)
+        PNAME[$!]=gw$i.cluster
     done
     wait_for 20 "a VIP holder" one_holder
     for i in 1 2 3; do
         ip netns exec $P-gw$i taskset -c 0 "$HASTACK" dhcp-dns --config "$W/gw$i.toml" > "$W/gw$i.dhcp.log" 2>&1 &
         PIDS+=($!)
+        PNAME[$!]=gw$i.dhcp
     done
     wait_for 20 "every dhcp-dns in the lease group, the holder answering" synced "$1"
     TARGET=$VIP
@@ -152,6 +162,7 @@ start_dnsmasq() {
         --dhcp-range=198.18.1.0,198.18.255.254,255.255.0.0,1h --dhcp-lease-max=100000 \
         --log-facility=/dev/null > "$W/dm.log" 2>&1 &
     PIDS+=($!)
+    PNAME[$!]=dnsmasq
     port67() { ip netns exec $P-gw1 ss -lun 2>/dev/null | grep -q ':67 '; }
     wait_for 5 "dnsmasq on port 67" port67
     TARGET=198.18.0.11
@@ -166,15 +177,33 @@ ticks() { # all started pids: utime + stime (children included)
 }
 HZ=$(getconf CLK_TCK)
 
+# name=ticks of every started process (gateway daemons: gwN.cluster / gwN.dhcp).
+proc_ticks() {
+    local p
+    for p in "${PIDS[@]}"; do
+        [ -r "/proc/$p/stat" ] && printf '%s=%s ' "${PNAME[$p]:-$p}" "$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$p/stat")"
+    done
+    echo
+}
+# CPU seconds per process between two proc_ticks lines.
+proc_delta() { # before after
+    awk -v hz="$HZ" -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); for (i = 1; i <= n; i++) { split(x[i], kv, "="); t0[kv[1]] = kv[2] }
+        n = split(b, y, " "); for (i = 1; i <= n; i++) { split(y[i], kv, "="); printf "%s %.2f  ", kv[1], (kv[2] - t0[kv[1]]) / hz }
+        print "" }'
+}
+declare -A PNAME
+
 # perfdhcp for SECS at RATE with CLIENTS new clients from MAC base MACBASE:
 # prints "dora_per_s unanswered_pct cpu_s dora_per_cpu_s ack_avg_ms ack_max_ms".
 perf_run() { # rate clients macbase [profile-file]
-    local t0 t1
+    local t0 t1 p0
     if [ -n "${4:-}" ]; then
         perf record -q -F 499 -g -p "$(IFS=,; echo "${PIDS[*]}")" -o "$4" > /dev/null 2>&1 &
         PERF_PID=$!
     fi
     t0=$(ticks)
+    p0=$(proc_ticks)
     ip netns exec $NS_PERF taskset -c 1 perfdhcp -4 -l 198.18.0.200 -r "$1" -R "$2" -b "mac=$3" -p "$SECS" "$TARGET" \
         > "$W/perf.out" 2>&1 || true
     if [ -n "$PERF_PID" ]; then
@@ -185,6 +214,7 @@ perf_run() { # rate clients macbase [profile-file]
     # Let the servers finish what is queued (and the peers persist it) before reading CPU time.
     sleep 0.5
     t1=$(ticks)
+    echo "#   cpu s by process (VIP on gw$(holder 2>/dev/null | head -1)): $(proc_delta "$p0" "$(proc_ticks)")" >&2
     # perfdhcp prints sent/received and delays for DISCOVER-OFFER, then for REQUEST-ACK.
     awk -v dt=$((t1 - t0)) -v hz="$HZ" -v secs="$SECS" '
         /sent packets:/ { sent[++s] = $3 }
@@ -205,13 +235,16 @@ active_leases() { # gateway -> active leases in its lease log
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A STEADY FLOOD_R LEASES
-MODES="none sync async dnsmasq"
 for r in $(seq 1 "$RUNS"); do
     for who in $MODES; do
         if [ $who = dnsmasq ]; then start_dnsmasq; else start_gateways $who; fi
-        STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01)
+        if [ -n "$IDLE" ]; then
+            i0=$(ticks); sleep "$SECS"; i1=$(ticks)
+            echo "# run $r $who idle ${SECS}s: cpu_s = $(awk -v d=$((i1 - i0)) -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz }')" >&2
+        fi
+        STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01 "${PROFILE:+$PROFILE/$who-steady-$r.data}")
         echo "# run $r $who steady $RATE/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${STEADY[$who,$r]}" >&2
-        FLOOD_R[$who,$r]=$(perf_run "$FLOOD" "$FLOOD_CLIENTS" 02:10:00:00:00:01 "${PROFILE:+$PROFILE/$who-$r.data}")
+        FLOOD_R[$who,$r]=$(perf_run "$FLOOD" "$FLOOD_CLIENTS" 02:10:00:00:00:01 "${PROFILE:+$PROFILE/$who-flood-$r.data}")
         echo "# run $r $who flood $FLOOD/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${FLOOD_R[$who,$r]}" >&2
         stop_all
         if [ $who != dnsmasq ]; then

@@ -9,13 +9,20 @@
 //! # Socket protocol
 //! ```text
 //! client: {"cmd":"group-join","group":"leases"}\n
-//! daemon: {"ok":true,"node":N,"member":M}\n        (or {"error":"..."}\n and close)
+//! daemon: {"ok":true,"node":N,"member":M,"targeted":true}\n  (or {"error":"..."}\n and close)
 //! then frames both ways:  len:u32be kind:u8 body[len-1]
-//!   client -> daemon  kind 1 MCAST   body = payload (at most MAX_MESSAGE bytes)
-//!   daemon -> client  kind 2 DELIVER body = node:u32be member:u64be payload
-//!                     kind 3 VIEW    body = count:u16be (node:u32be member:u64be)*count
+//!   client -> daemon  kind 1 MCAST    body = payload (at most MAX_MESSAGE bytes)
+//!                     kind 4 MCAST_TO body = count:u8 (node:u32be member:u64be)*count payload
+//!   daemon -> client  kind 2 DELIVER  body = node:u32be member:u64be payload
+//!                     kind 3 VIEW     body = count:u16be (node:u32be member:u64be)*count
 //! ```
 //! The first VIEW a client gets is the one that contains it. Members are sorted.
+//!
+//! `MCAST_TO` is a multicast in the same total order that the daemons deliver only to the listed
+//! members (an acknowledgement concerns its origin alone: the others need not wake up for it).
+//! A daemon that offers it says `"targeted":true` in its join answer; a client sends it only
+//! then. Delivery to the others is allowed (a daemon in a cluster with older daemons delivers
+//! it to everyone), so a receiver still checks who a message is for.
 //!
 //! # Client lifecycle
 //! `connecting` → `joined` (first VIEW with itself) → events until the socket closes (the cluster
@@ -42,6 +49,10 @@ pub const KIND_MCAST: u8 = 1;
 pub const KIND_DELIVER: u8 = 2;
 /// A group view.
 pub const KIND_VIEW: u8 = 3;
+/// A multicast for some members only.
+pub const KIND_MCAST_TO: u8 = 4;
+/// Most targets of one `MCAST_TO`.
+pub const MAX_TARGETS: usize = 16;
 
 /// One member of a group: the node it runs on and its id there (unique within the node's life).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,6 +112,36 @@ pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     out.push(kind);
     out.extend_from_slice(body);
     out
+}
+
+/// Append one frame to `out` (no allocation of its own).
+pub fn frame_into(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(body);
+}
+
+/// Append an `MCAST_TO` frame for `to` carrying `payload` to `out`.
+pub fn mcast_to_frame_into(out: &mut Vec<u8>, to: &[MemberId], payload: &[u8]) {
+    let n = to.len().min(MAX_TARGETS);
+    out.extend_from_slice(&((2 + 12 * n + payload.len()) as u32).to_be_bytes());
+    out.push(KIND_MCAST_TO);
+    out.push(n as u8);
+    for m in &to[..n] {
+        out.extend_from_slice(&m.node.to_be_bytes());
+        out.extend_from_slice(&m.member.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Split an `MCAST_TO` body into its targets and payload (`None`: malformed).
+pub fn parse_mcast_to(body: &[u8]) -> Option<(Vec<MemberId>, &[u8])> {
+    let n = usize::from(*body.first()?);
+    if n == 0 || n > MAX_TARGETS {
+        return None;
+    }
+    let to = (0..n).map(|i| member_at(body.get(1 + 12 * i..)?)).collect::<Option<Vec<_>>>()?;
+    Some((to, body.get(1 + 12 * n..)?))
 }
 
 /// Encode a DELIVER frame.
@@ -171,9 +212,13 @@ pub fn valid_group_name(g: &str) -> bool {
     !g.is_empty() && g.len() <= MAX_GROUP_NAME && g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// A joined member's receiving half.
+/// A joined member's receiving half. Reading is cancel-safe (bytes read are kept in its buffer
+/// until a whole frame is there), so it can sit in a `select!` without a task of its own.
 pub struct GroupReader {
-    r: BufReader<OwnedReadHalf>,
+    r: OwnedReadHalf,
+    /// Bytes read; frames start at `head`.
+    buf: Vec<u8>,
+    head: usize,
     path: String,
 }
 
@@ -181,6 +226,10 @@ pub struct GroupReader {
 pub struct GroupWriter {
     w: OwnedWriteHalf,
     path: String,
+    /// The daemon delivers `MCAST_TO` to its targets only.
+    targeted: bool,
+    /// Reused for each burst of frames.
+    out: Vec<u8>,
 }
 
 /// Join `group` through the cluster daemon at `socket`; returns this member's id and the halves.
@@ -195,7 +244,11 @@ pub async fn join(socket: &Path, group: &str) -> Result<(MemberId, GroupReader, 
     let mut line = String::new();
     r.read_line(&mut line).await.map_err(io_err)?;
     let me = parse_join_answer(&line)?;
-    Ok((me, GroupReader { r, path: path.clone() }, GroupWriter { w, path }))
+    let targeted = line.contains("\"targeted\":true");
+    // Frames the daemon sent right after the answer may already sit in the line reader's buffer.
+    let buf = r.buffer().to_vec();
+    let r = r.into_inner();
+    Ok((me, GroupReader { r, buf, head: 0, path: path.clone() }, GroupWriter { w, path, targeted, out: Vec::new() }))
 }
 
 fn serde_json_line(group: &str) -> String {
@@ -224,18 +277,82 @@ fn parse_join_answer(line: &str) -> Result<MemberId, GroupError> {
 }
 
 impl GroupReader {
-    /// The next event; `Ok(None)` when the daemon closed the connection.
+    /// Take one complete frame out of the buffer, decoded (`Ok(None)`: none complete yet).
+    fn pop_event(&mut self) -> Result<Option<GroupEvent>, GroupError> {
+        let b = &self.buf[self.head..];
+        let Some(len) = b.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) else { return Ok(None) };
+        if len == 0 || len > MAX_FRAME {
+            return Err(GroupError::Protocol(format!("frame length {len}")));
+        }
+        if b.len() < 4 + len {
+            return Ok(None);
+        }
+        let kind = b[4];
+        let ev = decode_event(kind, &b[5..4 + len]);
+        self.head += 4 + len;
+        ev.map(Some).ok_or_else(|| GroupError::Protocol(format!("bad frame kind {kind} of {} bytes", len - 1)))
+    }
+
+    /// Read what the socket has; false at the end of the stream. Cancel-safe: bytes read stay
+    /// in the buffer.
+    async fn fill(&mut self) -> Result<bool, GroupError> {
+        // Drop the frames already taken (a partial one moves to the front).
+        if self.head > 0 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        let n = self.r.read_buf(&mut self.buf).await.map_err(|source| GroupError::Io { path: self.path.clone(), source })?;
+        Ok(n > 0)
+    }
+
+    /// Wait for events and append every one that has arrived to `out` (at least one);
+    /// `Ok(false)` when the daemon closed the connection. Cancel-safe.
+    pub async fn next_batch(&mut self, out: &mut Vec<GroupEvent>) -> Result<bool, GroupError> {
+        let start = out.len();
+        loop {
+            while let Some(e) = self.pop_event()? {
+                out.push(e);
+            }
+            if out.len() > start {
+                return Ok(true);
+            }
+            if !self.fill().await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The next event; `Ok(None)` when the daemon closed the connection. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<GroupEvent>, GroupError> {
-        let f = read_frame(&mut self.r).await.map_err(|source| GroupError::Io { path: self.path.clone(), source })?;
-        let Some((kind, body)) = f else { return Ok(None) };
-        match decode_event(kind, &body) {
-            Some(e) => Ok(Some(e)),
-            None => Err(GroupError::Protocol(format!("bad frame kind {kind} of {} bytes", body.len()))),
+        loop {
+            if let Some(e) = self.pop_event()? {
+                return Ok(Some(e));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
         }
     }
 }
 
+/// One message to send: to the whole group (`to` empty) or to some members only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The members it is for (empty: everyone).
+    pub to: Vec<MemberId>,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
 impl GroupWriter {
+    /// Whether the daemon delivers targeted messages to their targets only.
+    pub fn targeted(&self) -> bool {
+        self.targeted
+    }
+
     /// Multicast `payload` to the group (delivered to every member, this one included).
     pub async fn multicast(&mut self, payload: &[u8]) -> Result<(), GroupError> {
         self.multicast_many(std::slice::from_ref(&payload)).await
@@ -243,18 +360,44 @@ impl GroupWriter {
 
     /// Multicast several payloads, in order, with one write to the daemon (one wake-up there).
     pub async fn multicast_many<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<(), GroupError> {
-        let mut buf = Vec::with_capacity(payloads.iter().map(|p| 5 + p.as_ref().len()).sum());
+        self.out.clear();
         for p in payloads {
             let p = p.as_ref();
             if p.len() > MAX_MESSAGE {
                 return Err(GroupError::TooLarge(p.len()));
             }
-            buf.extend_from_slice(&frame(KIND_MCAST, p));
+            frame_into(&mut self.out, KIND_MCAST, p);
         }
-        if buf.is_empty() {
+        self.flush().await
+    }
+
+    /// Send several messages, in order, with one write: targeted ones as `MCAST_TO` when the
+    /// daemon offers it, else to everyone.
+    pub async fn send_many(&mut self, msgs: &[Outgoing]) -> Result<(), GroupError> {
+        self.out.clear();
+        for m in msgs {
+            if m.payload.len() > MAX_MESSAGE {
+                return Err(GroupError::TooLarge(m.payload.len()));
+            }
+            if self.targeted && !m.to.is_empty() && m.to.len() <= MAX_TARGETS {
+                mcast_to_frame_into(&mut self.out, &m.to, &m.payload);
+            } else {
+                frame_into(&mut self.out, KIND_MCAST, &m.payload);
+            }
+        }
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), GroupError> {
+        if self.out.is_empty() {
             return Ok(());
         }
-        self.w.write_all(&buf).await.map_err(|source| GroupError::Io { path: self.path.clone(), source })
+        let r = self.w.write_all(&self.out).await.map_err(|source| GroupError::Io { path: self.path.clone(), source });
+        // Keep a buffer of a usual burst's size, not the largest ever (a snapshot).
+        if self.out.capacity() > 256 * 1024 {
+            self.out = Vec::new();
+        }
+        r
     }
 }
 
@@ -276,6 +419,64 @@ mod tests {
         assert!(!valid_group_name(""));
         assert!(!valid_group_name("a b"));
         assert!(!valid_group_name(&"x".repeat(33)));
+    }
+
+    #[test]
+    fn mcast_to_frames_parse_and_garbage_is_rejected() {
+        let to = vec![MemberId { node: 1, member: 7 }, MemberId { node: 3, member: 2 }];
+        let mut f = Vec::new();
+        mcast_to_frame_into(&mut f, &to, b"ack");
+        assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+        assert_eq!(f[4], KIND_MCAST_TO);
+        assert_eq!(parse_mcast_to(&f[5..]), Some((to, &b"ack"[..])));
+        assert_eq!(parse_mcast_to(&[0]), None, "no target");
+        assert_eq!(parse_mcast_to(&[1, 0, 0]), None, "short target");
+        assert_eq!(parse_mcast_to(&[MAX_TARGETS as u8 + 1]), None);
+    }
+
+    /// Frames split at every byte boundary, read by a reader whose reads are cancelled between
+    /// bytes, come out whole and in order.
+    #[tokio::test]
+    async fn the_reader_is_cancel_safe_and_batches_what_arrived() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (r, _w) = a.into_split();
+        let mut reader = GroupReader { r, buf: Vec::new(), head: 0, path: "test".into() };
+        let (_r2, mut w) = b.into_split();
+        let evs: Vec<GroupEvent> = (0..20u8)
+            .map(|i| if i % 5 == 0 { GroupEvent::View(vec![MemberId { node: 1, member: u64::from(i) }]) } else { GroupEvent::Deliver { from: MemberId { node: 2, member: 1 }, payload: vec![i; usize::from(i) * 50] } })
+            .collect();
+        let mut wire = Vec::new();
+        for e in &evs {
+            match e {
+                GroupEvent::Deliver { from, payload } => wire.extend(deliver_frame(*from, payload)),
+                GroupEvent::View(v) => wire.extend(view_frame(v)),
+            }
+        }
+        let mut got = Vec::new();
+        for byte in wire {
+            w.write_all(&[byte]).await.unwrap();
+            // A read that is abandoned must not lose what it took.
+            let _ = tokio::time::timeout(std::time::Duration::from_micros(1), reader.next_batch(&mut got)).await;
+        }
+        while got.len() < evs.len() {
+            assert!(reader.next_batch(&mut got).await.unwrap());
+        }
+        assert_eq!(got, evs);
+        // Several frames already there come out in one call.
+        let mut wire = Vec::new();
+        for i in 0..3u8 {
+            wire.extend(deliver_frame(MemberId { node: 9, member: 9 }, &[i]));
+        }
+        w.write_all(&wire).await.unwrap();
+        let mut batch = Vec::new();
+        assert!(reader.next_batch(&mut batch).await.unwrap());
+        while batch.len() < 3 {
+            assert!(reader.next_batch(&mut batch).await.unwrap());
+        }
+        assert_eq!(batch.len(), 3);
+        drop(w);
+        drop(_r2);
+        assert!(!reader.next_batch(&mut batch).await.unwrap(), "end of stream");
     }
 
     proptest! {

@@ -5,8 +5,16 @@
 //!
 //! On the channel a group message is `TAG kind ...`; the tag cannot start a JSON document, so the
 //! resource engine's messages (JSON) are told apart by their first byte and reach it untouched.
-//! Two kinds: `MCAST group member payload` (a member's message) and `STATE (group member)*` (the
-//! complete list of one node's local members).
+//! Kinds: `MCAST group member payload` (a member's message), `STATE (group member)*` (the
+//! complete list of one node's local members), `MCAST_TO group member targets payload` (a
+//! member's message that each daemon hands only to the targets among its local members) and
+//! `FEATURES flags` (what this node's daemon understands, sent after every view).
+//!
+//! A local member's `MCAST_TO` goes on the channel as `MCAST_TO` only while every node of the view
+//! has said (FEATURES, in this view) that it delivers it; otherwise as a plain `MCAST` that every
+//! member gets (a daemon of an older version drops kinds it does not know, so a mixed cluster
+//! during a rolling upgrade falls back to delivering to everyone; receivers check who a
+//! message is for).
 //!
 //! # Lifecycle of a group member (as this daemon sees it)
 //! ```text
@@ -48,6 +56,10 @@ const COALESCE_BYTES: usize = 64 * 1024;
 const TAG: &[u8; 4] = b"\0HSG";
 const MCAST: u8 = 3;
 const STATE: u8 = 4;
+const MCAST_TO: u8 = 5;
+const FEATURES: u8 = 6;
+/// FEATURES flag: this daemon delivers `MCAST_TO` to its targets.
+const FEATURE_TARGETED: u8 = 1;
 
 /// A control-socket connection that asked to join a group.
 pub struct GroupConn {
@@ -144,7 +156,20 @@ pub fn start(
     let (views_tx, views) = watch::channel(BTreeMap::new());
     let router = tokio::spawn(async move {
         let (local_tx, mut local_rx) = mpsc::unbounded_channel::<FromLocal>();
-        let mut r = Router { local, quorate: false, view: BTreeSet::new(), pending: BTreeSet::new(), table: BTreeMap::new(), notified: BTreeMap::new(), views: views_tx, locals: HashMap::new(), next_member: 1, bcast: bcast_tx, local_tx };
+        let mut r = Router {
+            local,
+            quorate: false,
+            view: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            table: BTreeMap::new(),
+            targeted: BTreeSet::new(),
+            notified: BTreeMap::new(),
+            views: views_tx,
+            locals: HashMap::new(),
+            next_member: 1,
+            bcast: bcast_tx,
+            local_tx,
+        };
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -178,6 +203,8 @@ pub fn start(
 
 enum FromLocal {
     Mcast(u64, Vec<u8>),
+    /// A message for some members only: `count (node member)* payload` (the socket body).
+    McastTo(u64, Vec<u8>),
     Closed(u64),
 }
 
@@ -200,6 +227,8 @@ struct Router {
     pending: BTreeSet<u32>,
     /// Each node's members, as its last delivered STATE said.
     table: BTreeMap<u32, Vec<(String, u64)>>,
+    /// Nodes that said in this view that they deliver MCAST_TO to its targets.
+    targeted: BTreeSet<u32>,
     /// The group views last given to local members.
     notified: BTreeMap<String, Vec<MemberId>>,
     /// `notified`, for status.
@@ -271,7 +300,7 @@ impl Router {
         let id = self.next_member;
         self.next_member += 1;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MEMBER_QUEUE);
-        let hello = format!("{{\"ok\":true,\"node\":{},\"member\":{id}}}\n", self.local);
+        let hello = format!("{{\"ok\":true,\"node\":{},\"member\":{id},\"targeted\":true}}\n", self.local);
         tokio::spawn(async move {
             if writer.write_all(hello.as_bytes()).await.is_err() {
                 return;
@@ -302,6 +331,11 @@ impl Router {
                             return;
                         }
                     }
+                    Ok(Some((group::KIND_MCAST_TO, body))) if group::parse_mcast_to(&body).is_some() => {
+                        if to_router.send(FromLocal::McastTo(id, body)).is_err() {
+                            return;
+                        }
+                    }
                     Ok(Some((kind, _))) => {
                         warn!(member = id, kind, "unexpected frame from a group member; closing it");
                         break;
@@ -329,6 +363,21 @@ impl Router {
                     return;
                 }
                 let _ = self.bcast.send(encode(MCAST, &l.group, id, &payload));
+            }
+            FromLocal::McastTo(id, body) => {
+                let Some(l) = self.locals.get(&id) else { return };
+                let Some((_, payload)) = group::parse_mcast_to(&body) else { return };
+                if payload.len() > MAX_MESSAGE {
+                    warn!(member = id, len = payload.len(), "group message too large; dropped");
+                    return;
+                }
+                let every_node_targets = self.view.iter().all(|n| *n == WITNESS_NODE_ID.0 || self.targeted.contains(n));
+                let m = encode(MCAST_TO, &l.group, id, &body);
+                if every_node_targets && m.len() <= ha_membership::wire::MAX_PAYLOAD {
+                    let _ = self.bcast.send(m);
+                } else {
+                    let _ = self.bcast.send(encode(MCAST, &l.group, id, payload));
+                }
             }
             FromLocal::Closed(id) => {
                 if let Some(l) = self.locals.remove(&id) {
@@ -430,12 +479,38 @@ impl Router {
                     .collect();
                 self.drop_stuck(stuck);
             }
+            MCAST_TO => {
+                let Some((to, payload)) = group::parse_mcast_to(body) else {
+                    warn!(origin, "undecodable targeted group message dropped");
+                    return;
+                };
+                // Only this node's targets wake up for it (none here: nothing to do at all).
+                let local = self.local;
+                let mut frame = None;
+                let stuck: Vec<u64> = self
+                    .locals
+                    .iter()
+                    .filter(|(id, l)| l.joined && l.group == group && to.contains(&MemberId { node: local, member: **id }))
+                    .filter(|(_, l)| l.tx.try_send(frame.get_or_insert_with(|| deliver_frame(who, payload)).clone()).is_err())
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.drop_stuck(stuck);
+            }
+            FEATURES => {
+                if body.first().is_some_and(|f| f & FEATURE_TARGETED != 0) {
+                    self.targeted.insert(origin);
+                }
+            }
             _ => warn!(origin, kind, "unknown group message kind dropped"),
         }
     }
 
     fn on_view(&mut self, nodes: BTreeSet<u32>) {
         self.table.retain(|n, _| nodes.contains(n));
+        // Every node says again what it understands (a node may have restarted with another
+        // version between two views); until it has, its members get everything.
+        self.targeted.clear();
+        let _ = self.bcast.send(encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
         // Every node says again who its members are; views wait until all have (a vote-only
         // witness runs no processes and says nothing).
         self.pending = nodes.iter().copied().filter(|n| *n != WITNESS_NODE_ID.0).collect();
@@ -484,6 +559,81 @@ mod tests {
             let _ = decode(&b);
             let _ = decode_state(&b);
         }
+    }
+
+    fn router() -> (Router, mpsc::UnboundedReceiver<Bytes>) {
+        let (bcast, bcast_rx) = mpsc::unbounded_channel();
+        let (local_tx, _) = mpsc::unbounded_channel();
+        let (views, _) = watch::channel(BTreeMap::new());
+        let r = Router {
+            local: 1,
+            quorate: true,
+            view: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            table: BTreeMap::new(),
+            targeted: BTreeSet::new(),
+            notified: BTreeMap::new(),
+            views,
+            locals: HashMap::new(),
+            next_member: 1,
+            bcast,
+            local_tx,
+        };
+        (r, bcast_rx)
+    }
+
+    fn add_local(r: &mut Router, id: u64) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel(16);
+        r.locals.insert(id, Local { group: "leases".into(), joined: true, tx });
+        rx
+    }
+
+    fn mcast_to_body(to: &[MemberId], payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        group::mcast_to_frame_into(&mut f, to, payload);
+        f[5..].to_vec()
+    }
+
+    #[test]
+    fn a_targeted_message_reaches_its_targets_only() {
+        let (mut r, _b) = router();
+        let mut a = add_local(&mut r, 1);
+        let mut b = add_local(&mut r, 2);
+        let body = mcast_to_body(&[MemberId { node: 1, member: 2 }, MemberId { node: 3, member: 1 }], b"ack");
+        r.on_delivered(2, &encode(MCAST_TO, "leases", 5, &body));
+        assert!(a.try_recv().is_err(), "member 1 is not a target");
+        assert_eq!(b.try_recv().unwrap(), deliver_frame(MemberId { node: 2, member: 5 }, b"ack"));
+        // Garbage behind the kind is dropped without a delivery.
+        r.on_delivered(2, &encode(MCAST_TO, "leases", 5, &[0]));
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
+    }
+
+    #[test]
+    fn targeted_sends_wait_until_every_node_of_the_view_understands_them() {
+        let (mut r, mut out) = router();
+        let _a = add_local(&mut r, 1);
+        r.on_view([1, 2, 3].into());
+        let mut sent = Vec::new();
+        while let Ok(m) = out.try_recv() {
+            sent.push(m);
+        }
+        assert!(sent.iter().any(|m| decode(m).is_some_and(|(k, _, _, b)| k == FEATURES && b == [FEATURE_TARGETED])), "FEATURES after the view");
+        let body = mcast_to_body(&[MemberId { node: 2, member: 1 }], b"ack");
+        let kind_sent = |r: &mut Router, out: &mut mpsc::UnboundedReceiver<Bytes>| {
+            r.on_local(FromLocal::McastTo(1, body.clone()));
+            let m = out.try_recv().unwrap();
+            let (k, _, _, b) = decode(&m).unwrap();
+            (k, b.to_vec())
+        };
+        r.on_delivered(1, &encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
+        r.on_delivered(2, &encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
+        assert_eq!(kind_sent(&mut r, &mut out), (MCAST, b"ack".to_vec()), "node 3 has not said it delivers MCAST_TO");
+        r.on_delivered(3, &encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
+        assert_eq!(kind_sent(&mut r, &mut out), (MCAST_TO, body.clone()));
+        // A new view: everyone says it again before targeted sends resume.
+        r.on_view([1, 2, 3].into());
+        while out.try_recv().is_ok() {}
+        assert_eq!(kind_sent(&mut r, &mut out).0, MCAST);
     }
 
     #[test]

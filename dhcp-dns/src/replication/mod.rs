@@ -5,7 +5,9 @@
 //!
 //! # Protocol (messages multicast in the group, delivered in one total order to every member)
 //! - `Record{seq, record}`: a lease change made by the origin. Every other member persists it
-//!   (fdatasync) and then multicasts `Ack{to: origin, seq}`.
+//!   (fdatasync) and then multicasts `Ack{to: origin, seq}`, addressed to the origin alone (the
+//!   daemons deliver it to the origin only, when they all can). A delivered batch of records is
+//!   persisted as one group commit and acknowledged with one message per origin.
 //! - The origin, when its own `Record` comes back in the total order, waits for an `Ack` from
 //!   every *other* member of the group view at that point; a member that leaves the view (its
 //!   node failed, its process stopped) is no longer waited for. All acks in → the lease is
@@ -212,6 +214,14 @@ impl Default for CoreConfig {
 pub enum RepAction {
     /// Multicast this payload to the group.
     Multicast(Vec<u8>),
+    /// Multicast this payload in the group's order for `to` only (the others may get it too and
+    /// ignore it: acks and snapshots name who they are for).
+    SendTo {
+        /// The member it is for.
+        to: MemberId,
+        /// The payload.
+        payload: Vec<u8>,
+    },
     /// Persist and publish a peer's record; then, if `ack` is set, call
     /// [`ReplicationCore::applied`] with it.
     Apply {
@@ -444,14 +454,24 @@ impl ReplicationCore {
         self.applied_many(vec![(to, seq)])
     }
 
-    /// Several peer records durable here: acknowledge them (batched).
-    pub fn applied_many(&mut self, acks: Vec<(MemberId, u64)>) -> Vec<RepAction> {
+    /// Several peer records durable here: acknowledge them, one message per origin (and per
+    /// [`MAX_MESSAGE`] bytes), each for its origin only.
+    pub fn applied_many(&mut self, mut acks: Vec<(MemberId, u64)>) -> Vec<RepAction> {
         if self.me.is_none() {
             return Vec::new();
         }
-        acks.chunks((MAX_MESSAGE - 1) / 20)
-            .filter_map(|c| (GroupMsg::Ack { acks: c.to_vec() }).encode().map(RepAction::Multicast))
-            .collect()
+        // Stable: each origin's acks stay in its sequence order.
+        acks.sort_by_key(|(to, _)| *to);
+        let mut out = Vec::new();
+        for per_origin in acks.chunk_by(|a, b| a.0 == b.0) {
+            let to = per_origin[0].0;
+            for c in per_origin.chunks((MAX_MESSAGE - 1) / 20) {
+                if let Some(payload) = (GroupMsg::Ack { acks: c.to_vec() }).encode() {
+                    out.push(RepAction::SendTo { to, payload });
+                }
+            }
+        }
+        out
     }
 
     fn complete_if_done(&mut self, seq: u64, out: &mut Vec<RepAction>) {
@@ -539,16 +559,16 @@ impl ReplicationCore {
                 continue;
             }
             if size + b.len() > MAX_MESSAGE {
-                if let Some(m) = (GroupMsg::Snapshot { to, last: false, records: std::mem::take(&mut chunk) }).encode() {
-                    out.push(RepAction::Multicast(m));
+                if let Some(payload) = (GroupMsg::Snapshot { to, last: false, records: std::mem::take(&mut chunk) }).encode() {
+                    out.push(RepAction::SendTo { to, payload });
                 }
                 size = 14;
             }
             size += b.len();
             chunk.push(rec);
         }
-        if let Some(m) = (GroupMsg::Snapshot { to, last: true, records: chunk }).encode() {
-            out.push(RepAction::Multicast(m));
+        if let Some(payload) = (GroupMsg::Snapshot { to, last: true, records: chunk }).encode() {
+            out.push(RepAction::SendTo { to, payload });
         }
         out
     }
@@ -838,7 +858,8 @@ enum Cmd {
     Local(LogRecord, Done),
     Attach(ReplicaInput),
     TakeBuffered(oneshot::Sender<Vec<LogRecord>>),
-    Applied(MemberId, u64),
+    /// Peers' records durable here: (origin, sequence number) to acknowledge.
+    Applied(Vec<(MemberId, u64)>),
     Stop,
 }
 
@@ -946,44 +967,22 @@ struct Io {
 }
 
 impl Io {
-    /// Apply actions; multicasts go to `out` (None: not connected, dropped).
+    /// Apply actions; messages go to `out` (None: not connected, dropped). The peers' records
+    /// among them go to the DHCP driver as one batch (one group commit, one acknowledgement per
+    /// origin once it is durable).
     async fn apply(&mut self, acts: Vec<RepAction>, out: Option<&mut group::GroupWriter>) -> Result<(), group::GroupError> {
-        // Multicasts leave in one write after the rest is done (their order among themselves
+        // Messages leave in one write after the rest is done (their order among themselves
         // is kept; nothing else here depends on them having been sent).
-        let mut mcasts: Vec<Vec<u8>> = Vec::new();
+        let mut msgs: Vec<group::Outgoing> = Vec::new();
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut acks: Vec<(MemberId, u64)> = Vec::new();
         for a in acts {
             match a {
-                RepAction::Multicast(b) => mcasts.push(b),
+                RepAction::Multicast(payload) => msgs.push(group::Outgoing { to: Vec::new(), payload }),
+                RepAction::SendTo { to, payload } => msgs.push(group::Outgoing { to: vec![to], payload }),
                 RepAction::Apply { record, ack } => {
-                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
-                    match &self.input {
-                        Some(input) => {
-                            let tx = self.cmd_tx.clone();
-                            let done: Option<Done> = ack.map(|(to, seq)| {
-                                Box::new(move |r: Result<(), String>| {
-                                    if r.is_ok() {
-                                        let _ = tx.send(Cmd::Applied(to, seq));
-                                    }
-                                }) as Done
-                            });
-                            if input.apply(record, done).await.is_err() {
-                                tracing::warn!("DHCP driver stopped; replicated lease dropped");
-                            }
-                        }
-                        None => {
-                            // No DHCP driver yet (start-up state transfer): persist it here and
-                            // ack it as soon as it is durable, not after the whole snapshot.
-                            let tx = self.cmd_tx.clone();
-                            self.committer.submit(vec![record.clone()], Box::new(move |r| match (r, ack) {
-                                (Ok(()), Some((to, seq))) => {
-                                    let _ = tx.send(Cmd::Applied(to, seq));
-                                }
-                                (Ok(()), None) => {}
-                                (Err(e), _) => tracing::error!(error = %e, "replicated lease not durable here; not acknowledged"),
-                            }));
-                            self.buffered.push(record);
-                        }
-                    }
+                    records.push(record);
+                    acks.extend(ack);
                 }
                 RepAction::Complete { token, result } => {
                     match &result {
@@ -1001,9 +1000,40 @@ impl Io {
                 }
             }
         }
+        if !records.is_empty() {
+            self.persist(records, acks).await;
+        }
         match out {
-            Some(w) => w.multicast_many(&mcasts).await,
+            Some(w) => w.send_many(&msgs).await,
             None => Ok(()),
+        }
+    }
+
+    /// Persist peers' records (through the DHCP driver once attached, so its table and the DNS
+    /// follow) and acknowledge `acks` once they are durable.
+    async fn persist(&mut self, records: Vec<LogRecord>, acks: Vec<(MemberId, u64)>) {
+        self.stats.applied.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let tx = self.cmd_tx.clone();
+        let ack = move |r: Result<(), String>| match r {
+            Ok(()) => {
+                if !acks.is_empty() {
+                    let _ = tx.send(Cmd::Applied(acks));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "replicated leases not durable here; not acknowledged"),
+        };
+        match &self.input {
+            Some(input) => {
+                if input.apply_batch(records, Some(Box::new(ack))).await.is_err() {
+                    tracing::warn!("DHCP driver stopped; replicated leases dropped");
+                }
+            }
+            None => {
+                // No DHCP driver yet (start-up state transfer): persist them here and ack them
+                // as soon as they are durable, not after the whole snapshot.
+                self.committer.submit(records.clone(), Box::new(move |r| ack(r.map_err(|e| e.to_string()))));
+                self.buffered.extend(records);
+            }
         }
     }
 
@@ -1021,7 +1051,7 @@ impl Io {
                     self.done.insert(token, DoneGuard(Some(done)));
                     batch.push((token, rec));
                 }
-                Cmd::Applied(to, seq) => acks.push((to, seq)),
+                Cmd::Applied(a) => acks.extend(a),
                 other => stop |= self.command(core, other, w.as_deref_mut()).await?,
             }
         }
@@ -1046,15 +1076,16 @@ impl Io {
                 let acts = core.local_record(token, rec, Instant::now());
                 self.apply(acts, w).await?;
             }
-            Cmd::Applied(to, seq) => {
-                let acts = core.applied(to, seq);
+            Cmd::Applied(acks) => {
+                let acts = core.applied_many(acks);
                 self.apply(acts, w).await?;
             }
             Cmd::Attach(input) => {
                 // Received after the caller took the buffer: the DHCP core has not seen them
                 // (they are durable and acked already).
-                for rec in std::mem::take(&mut self.buffered) {
-                    let _ = input.apply(rec, None).await;
+                let buffered = std::mem::take(&mut self.buffered);
+                if !buffered.is_empty() {
+                    let _ = input.apply_batch(buffered, None).await;
                 }
                 self.input = Some(input);
             }
@@ -1101,39 +1132,30 @@ async fn run(
         io.stats.joins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(member = %me, group = %group_name, "joined the lease group");
         core.connected(me);
-        // The reader runs apart so a half-read frame is never lost to select!.
-        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-        let rd = tokio::spawn(async move {
-            loop {
-                match reader.next().await {
-                    Ok(Some(e)) => {
-                        if ev_tx.send(e).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lease group connection");
-                        return;
-                    }
-                }
-            }
-        });
+        let mut events: Vec<GroupEvent> = Vec::new();
         let res: Result<bool, group::GroupError> = async {
             loop {
                 let wake = core.poll_timeout().map(tokio::time::Instant::from_std);
                 tokio::select! {
-                    ev = ev_rx.recv() => {
+                    // Cancel-safe: a half-read frame stays in the reader's buffer. Everything
+                    // that arrived is handled in one turn: the peers' records of the whole burst
+                    // become one batch for the DHCP driver, the replies one write.
+                    more = reader.next_batch(&mut events) => {
+                        if !more? {
+                            return Ok(false);
+                        }
                         let now = Instant::now();
-                        let acts = match ev {
-                            None => return Ok(false),
-                            Some(GroupEvent::View(m)) => {
-                                io.stats.members.store(m.len() as u64, Ordering::Relaxed);
-                                tracing::info!(members = ?m.iter().map(|x| x.to_string()).collect::<Vec<_>>(), "lease group view");
-                                core.on_view(m, now)
+                        let mut acts = Vec::new();
+                        for ev in events.drain(..) {
+                            match ev {
+                                GroupEvent::View(m) => {
+                                    io.stats.members.store(m.len() as u64, Ordering::Relaxed);
+                                    tracing::info!(members = ?m.iter().map(|x| x.to_string()).collect::<Vec<_>>(), "lease group view");
+                                    acts.extend(core.on_view(m, now));
+                                }
+                                GroupEvent::Deliver { from, payload } => acts.extend(core.on_deliver(from, &payload, now)),
                             }
-                            Some(GroupEvent::Deliver { from, payload }) => core.on_deliver(from, &payload, now),
-                        };
+                        }
                         io.apply(acts, Some(&mut writer)).await?;
                     }
                     c = rx.recv() => match c {
@@ -1157,7 +1179,6 @@ async fn run(
             }
         }
         .await;
-        rd.abort();
         io.stats.members.store(0, Ordering::Relaxed);
         let acts = core.disconnected();
         let _ = io.apply(acts, None).await;

@@ -28,7 +28,8 @@ fn m(node: u32) -> MemberId {
 
 #[derive(Clone)]
 enum Item {
-    Msg(MemberId, Vec<u8>),
+    /// From, for (None: everyone), payload.
+    Msg(MemberId, Option<MemberId>, Vec<u8>),
     View(Vec<MemberId>),
 }
 
@@ -49,11 +50,13 @@ struct Bus {
     target: Vec<MemberId>,
     now: Instant,
     cfg: CoreConfig,
+    /// Targeted messages reach their target only (false: every member, as with older daemons).
+    targeted: bool,
 }
 
 impl Bus {
     fn new() -> Bus {
-        Bus { nodes: BTreeMap::new(), queue: VecDeque::new(), group: Vec::new(), target: Vec::new(), now: Instant::now(), cfg: CoreConfig::default() }
+        Bus { nodes: BTreeMap::new(), queue: VecDeque::new(), group: Vec::new(), target: Vec::new(), now: Instant::now(), cfg: CoreConfig::default(), targeted: true }
     }
 
     fn join(&mut self, who: MemberId, leases: Vec<Lease>) {
@@ -74,7 +77,8 @@ impl Bus {
     fn act(&mut self, who: MemberId, acts: Vec<RepAction>) {
         for a in acts {
             match a {
-                RepAction::Multicast(b) => self.queue.push_back(Item::Msg(who, b)),
+                RepAction::Multicast(b) => self.queue.push_back(Item::Msg(who, None, b)),
+                RepAction::SendTo { to, payload } => self.queue.push_back(Item::Msg(who, Some(to), payload)),
                 RepAction::Apply { record, ack } => {
                     let Some(n) = self.nodes.get_mut(&who) else { return };
                     n.applied.push(record);
@@ -112,8 +116,11 @@ impl Bus {
                     self.act(who, acts);
                 }
             }
-            Item::Msg(from, b) => {
+            Item::Msg(from, to, b) => {
                 for who in self.group.clone() {
+                    if self.targeted && to.is_some_and(|t| t != who) {
+                        continue;
+                    }
                     let acts = match self.nodes.get_mut(&who) {
                         Some(n) => n.core.on_deliver(from, &b, now),
                         None => continue,
@@ -382,7 +389,7 @@ fn a_large_table_is_sent_in_chunks_that_fit_one_message() {
     bus.join(m(2), vec![]);
     let mut max = 0;
     while let Some(item) = bus.queue.front() {
-        if let Item::Msg(_, b) = item {
+        if let Item::Msg(_, _, b) = item {
             max = max.max(b.len());
         }
         bus.step();
@@ -408,6 +415,37 @@ fn a_batch_is_one_message_and_every_record_in_it_completes() {
     done.sort();
     assert_eq!(done, (0..40).collect::<Vec<u64>>());
     assert_eq!(bus.node(m(2)).applied.len(), 40);
+}
+
+#[test]
+fn acks_go_to_their_origin_only_one_message_per_origin() {
+    let mut core = ReplicationCore::new(CoreConfig::default(), vec![]);
+    let now = Instant::now();
+    core.connected(m(3));
+    core.on_view(vec![m(1), m(2), m(3)], now);
+    let acts = core.applied_many(vec![(m(1), 5), (m(2), 9), (m(1), 6), (m(2), 10), (m(1), 7)]);
+    let expect = |to: MemberId, seqs: &[u64]| RepAction::SendTo { to, payload: (GroupMsg::Ack { acks: seqs.iter().map(|s| (to, *s)).collect() }).encode().unwrap() };
+    assert_eq!(acts, vec![expect(m(1), &[5, 6, 7]), expect(m(2), &[9, 10])]);
+}
+
+#[test]
+fn with_daemons_that_deliver_acks_to_everyone_only_the_origin_counts_them() {
+    let mut bus = Bus::new();
+    bus.targeted = false;
+    for i in 1..=3 {
+        bus.join(m(i), vec![]);
+        bus.run();
+    }
+    bus.local(m(1), 1, LogRecord::Upsert(lease(10, 100, "a")));
+    bus.local(m(2), 2, LogRecord::Upsert(lease(11, 100, "b")));
+    bus.run();
+    assert_eq!(bus.node(m(1)).done, vec![(1, Ok(()))]);
+    assert_eq!(bus.node(m(2)).done, vec![(2, Ok(()))]);
+    assert!(bus.node(m(3)).done.is_empty());
+    for i in 1..=3 {
+        assert_eq!(bus.node(m(i)).core.counters().malformed, 0);
+        assert_eq!(bus.node(m(i)).core.table_len(), 2);
+    }
 }
 
 #[test]
