@@ -116,6 +116,10 @@ pub struct TimingConfig {
     pub view_commit_timeout: HumanDuration,
     /// How often a node outside the view asks to join.
     pub join_interval: HumanDuration,
+    /// How long a peer may go without a direct datagram (on any link) before it is left out of
+    /// views although others still vouch for it (default 4 x suspect_timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_timeout: Option<HumanDuration>,
 }
 
 impl Default for TimingConfig {
@@ -128,6 +132,7 @@ impl Default for TimingConfig {
             max_health_multiplier: 8,
             view_commit_timeout: HumanDuration::from_millis(100),
             join_interval: HumanDuration::from_millis(50),
+            partition_timeout: None,
         }
     }
 }
@@ -492,6 +497,11 @@ impl ClusterConfig {
 }
 
 impl TimingConfig {
+    /// `partition_timeout`, or its default of 4 x `suspect_timeout`.
+    pub fn partition_timeout(&self) -> std::time::Duration {
+        self.partition_timeout.map_or_else(|| self.suspect_timeout.get().saturating_mul(4), |d| d.get())
+    }
+
     /// Reports timings that cannot work together.
     pub fn validate(&self, problems: &mut Problems) {
         let base = KeyPath::new("cluster.timing");
@@ -515,6 +525,17 @@ impl TimingConfig {
                 format!(
                     "suspect_timeout {} is less than two heartbeat intervals ({}): one lost heartbeat would raise a suspicion",
                     self.suspect_timeout, self.heartbeat_interval
+                ),
+            );
+        }
+        if let Some(p) = self.partition_timeout
+            && p.get() <= self.suspect_timeout.get()
+        {
+            problems.add(
+                base.key("partition_timeout"),
+                format!(
+                    "partition_timeout {p} must be longer than suspect_timeout ({}): a peer only one link-silence away would be cut out of views before it is even suspected",
+                    self.suspect_timeout
                 ),
             );
         }
@@ -666,5 +687,24 @@ links = ["198.18.0.13/24"]
         let mut p = Problems::new();
         TimingConfig::default().validate(&mut p);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn partition_timeout_defaults_to_four_suspect_timeouts_and_must_exceed_it() {
+        #[derive(Deserialize)]
+        struct T {
+            timing: TimingConfig,
+        }
+        let t = toml::from_str::<T>("[timing]\nsuspect_timeout = \"50ms\"").unwrap().timing;
+        assert_eq!(t.partition_timeout(), std::time::Duration::from_millis(200));
+        let t = toml::from_str::<T>("[timing]\npartition_timeout = \"300ms\"").unwrap().timing;
+        assert_eq!(t.partition_timeout(), std::time::Duration::from_millis(300));
+        let mut p = Problems::new();
+        t.validate(&mut p);
+        assert!(p.is_empty());
+        let t = toml::from_str::<T>("[timing]\npartition_timeout = \"30ms\"").unwrap().timing;
+        let mut p = Problems::new();
+        t.validate(&mut p);
+        assert_eq!(p.len(), 1);
     }
 }

@@ -44,14 +44,24 @@
 //!  view--> withheld (no grants, not quorate, heartbeat says blocked) --install a view at least
 //!  that new--> quiet or granting
 //! ```
-//! Quorum is reported (QuorumGained) only once the leases held in the installed view carry it,
-//! and reported lost (QuorumLost) when the view's members fall silent or move to a view this node
-//! never acked; [`Engine::quorate_at`] is the strict, lease-only test.
+//! Quorum is reported (QuorumGained) only once the leases held in the installed view carry it
+//! ([`Engine::quorate_at`], the strict test), and reported lost (QuorumLost) once they have not
+//! carried it for [`report_grace`] (`G`); quiet periods include `G` so nobody is quorate without a
+//! node before that node's flag is down. A lease about to run out asks for an urgent echo.
+//! ```text
+//!  reported off --strict quorum in the installed view--> reported on --strict lapses--> grace
+//!  grace --leases renewed--> reported on;  grace --G passed / leave--> reported off (QuorumLost)
+//!  any --install--> reported off until the view's decision (QuorumGained for it, or QuorumLost)
+//! ```
 //!
 //! One-way cuts: a member that never acked a proposal stays out of R (`needs_contact`) until it
 //! answers a probe sent after that (two-way contact); a lower-id peer stuck in a view nobody else
 //! shares is passed over the same way; a member refuses a proposal that drops a lower member it
 //! hears clearly; and peers that moved to a newer view without us stop counting for our quorum.
+//!
+//! Cuts that spare a third party: a peer not heard *directly* for `partition_timeout` leaves R
+//! even while others vouch for it; a node does not coordinate while a lower peer is vouched for
+//! but not heard directly (that peer's side wins); consecutive refused proposals back off.
 
 use crate::auth::{Authenticator, DropCounters, ReplayGuard};
 use crate::channel::{Channel, ChannelError, Out};
@@ -93,6 +103,10 @@ pub struct Timing {
     pub max_lhm: u32,
     /// How many other members an indirect probe asks (0 means all).
     pub indirect_probes: usize,
+    /// A peer from which no datagram arrived directly (on any link) for this long is left out of
+    /// views even while others vouch for it: a view needs direct two-way contact among its
+    /// members (Corosync's totem does too). Stretched only by this node's own late timers.
+    pub partition_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -107,6 +121,7 @@ impl Default for Timing {
             join_delay: Duration::from_millis(40),
             max_lhm: 8,
             indirect_probes: 0,
+            partition_timeout: Duration::from_millis(120),
         }
     }
 }
@@ -242,6 +257,8 @@ struct Peer {
     /// Until when a vote lease this node granted the peer may still run anywhere (the arrival of
     /// the echoed round + `T_q·(1+ε)`): this node's vote counts in no view without the peer before.
     granted_until: Option<Instant>,
+    /// When this node last answered an urgent heartbeat of the peer at once (rate limit).
+    urgent_answered: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -373,6 +390,9 @@ fn check_timing(t: &Timing) -> Result<(), ParamsError> {
     if t.confirm_min > t.confirm_max || t.view_timeout.is_zero() {
         return Err(ParamsError::Timing("confirm_min <= confirm_max and view_timeout > 0 required"));
     }
+    if t.partition_timeout <= t.suspect_timeout {
+        return Err(ParamsError::Timing("partition_timeout must exceed suspect_timeout"));
+    }
     Ok(())
 }
 
@@ -389,6 +409,21 @@ pub fn vote_lease(t: &Timing) -> Duration {
 fn lease_span(t: &Timing) -> Duration {
     let q = vote_lease(t);
     q + q / 16
+}
+
+/// `G`, the grace of the reported quorum: the reported flag ([`Engine::quorate`]) survives a lapse
+/// of the strict quorum this long (lost heartbeats), and a node's vote counts in a view without a
+/// peer only `G·(1+ε)` after every lease it granted that peer ran out, so that peer's reported flag
+/// is down before anyone holds a quorum without it. It equals `confirm_min`, the least time failure
+/// detection adds after a lease has run out, so crash failover waits for nothing extra.
+pub fn report_grace(t: &Timing) -> Duration {
+    t.confirm_min
+}
+
+/// The quiet period a granter adds for [`report_grace`]: `G·(1+ε)`.
+fn grace_span(t: &Timing) -> Duration {
+    let g = report_grace(t);
+    g + g / 16
 }
 
 /// Rounds remembered for lease look-ups at most (a lease on an older round has run out anyway).
@@ -449,6 +484,11 @@ pub struct Engine {
     last_now: Instant,
     /// The newest view this node acked or proposed (its vote left every older view then).
     max_acked_epoch: u64,
+    /// Until when the strict quorum in the installed view lasts (predicted while it holds, the
+    /// instant it ended once it did not): the reported flag holds until `report_grace` after it.
+    strict_until: Option<Instant>,
+    /// Proposals of this node refused in a row since its last install (backs re-proposals off).
+    refusals: u32,
 }
 
 impl Engine {
@@ -504,6 +544,7 @@ impl Engine {
                         round_at: None,
                         lease_until: None,
                         granted_until: None,
+                        urgent_answered: None,
                     },
                 )
             })
@@ -543,12 +584,15 @@ impl Engine {
             rounds: VecDeque::new(),
             round: 0,
             // A restarted node may have granted leases in its previous life just before it died: it
-            // grants nothing and counts itself nowhere until they have surely run out.
-            vote_free_at: now + lease_span(&params.timing),
+            // grants nothing and counts itself nowhere until they (and the grace of the quorum they
+            // carried) have surely run out.
+            vote_free_at: now + lease_span(&params.timing) + grace_span(&params.timing),
             grant_wake: false,
             decision_due: None,
             last_now: now,
             max_acked_epoch: 0,
+            strict_until: None,
+            refusals: 0,
             params,
         };
         let ids: Vec<NodeId> = e.peers.keys().copied().collect();
@@ -575,15 +619,35 @@ impl Engine {
         self.view.as_ref()
     }
 
-    /// Whether this node's partition is quorate: the agreed view has quorum and this node still hears
-    /// enough of its members to carry it.
+    /// The reported quorum flag (what `QuorumGained`/`QuorumLost` announce): gained with the strict
+    /// quorum ([`Self::quorate_at`]) in the installed view, kept while the strict quorum lapsed less
+    /// than [`report_grace`] ago (a few lost heartbeats), lost after that, on leaving, or when a
+    /// new view is installed until its own decision. While it is set here, no node holds a quorum
+    /// (strict or reported) in a view this node is not a member of (crate docs, "Vote leases").
     pub fn quorate(&self) -> bool {
         self.effective_quorate
     }
 
-    /// Whether the view quorum holds: the view is quorate and the members this node hears, and
-    /// that have not moved on to a view without it, still carry it. Tolerant of loss (a member
-    /// counts until it has been silent for the suspect timeout); the strict test is [`Self::quorate_at`].
+    /// The reported flag as this node would hold it at `now` with timers that fire on time (the
+    /// simulator checks its invariants with it for nodes whose timers are late).
+    #[cfg(test)]
+    pub(crate) fn quorate_reported_at(&self, now: Instant) -> bool {
+        self.effective_quorate && self.reported_holds(now)
+    }
+
+    /// Whether a reported quorum may be kept at `now`: the strict quorum holds, or lapsed less
+    /// than the grace ago.
+    fn reported_holds(&self, now: Instant) -> bool {
+        let grace = report_grace(&self.params.timing);
+        !self.left
+            && self.view.is_some()
+            && (self.quorate_at(now) || self.strict_until.is_some_and(|u| now < u + grace))
+    }
+
+    /// Whether the installed view could still be quorate: the members this node hears, and that
+    /// have not moved on to a view without it, carry its quorum. It only decides when the quorum
+    /// decision owed after an install can be given up (`QuorumLost` at once rather than waiting
+    /// for the view's vote leases); the flag itself follows the leases.
     fn view_quorum_holds(&self, now: Instant) -> bool {
         let Some(view) = &self.view else { return false };
         if self.left {
@@ -658,13 +722,20 @@ impl Engine {
         Some(now + vote_lease(&self.params.timing))
     }
 
-    /// Emit QuorumGained/QuorumLost when the effective quorate flag changes, and the decision owed
-    /// after an install. The flag is gained only with a strict quorum ([`Self::quorate_at`]) and
-    /// kept while the view quorum holds, so a brief lease lapse under loss changes nothing.
+    /// Emit QuorumGained/QuorumLost when the reported flag changes, and the decision owed after an
+    /// install. The flag is gained only with a strict quorum ([`Self::quorate_at`]) and kept while
+    /// the strict quorum lapsed less than [`report_grace`] ago, so a brief lease lapse under loss
+    /// changes nothing.
     fn update_quorate(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        let holds = self.view_quorum_holds(now);
-        let q = if self.effective_quorate { holds } else { holds && self.quorate_at(now) };
+        let strict = self.quorate_at(now);
+        if strict {
+            self.strict_until = self.quorum_lease(now);
+        } else if self.strict_until.is_some_and(|u| u > now) {
+            // Ended before its leases ran out: an ack withholds this node's vote at once.
+            self.strict_until = Some(now);
+        }
+        let q = if self.effective_quorate { self.reported_holds(now) } else { strict };
         if q != self.effective_quorate {
             self.effective_quorate = q;
             self.decision_due = None;
@@ -672,7 +743,7 @@ impl Engine {
                 (true, Some(v)) => self.events.push_back(Event::QuorumGained { view: v.id }),
                 _ => self.events.push_back(Event::QuorumLost),
             }
-        } else if !q && self.decision_due.is_some_and(|due| !holds || now >= due) {
+        } else if !q && self.decision_due.is_some_and(|due| now >= due || !self.view_quorum_holds(now)) {
             // The view's quorum decision was owed: not quorate (the view lacks votes, or its
             // leases did not come in time; a lease that comes later still emits QuorumGained).
             self.decision_due = None;
@@ -755,6 +826,12 @@ impl Engine {
         if let Some(d) = self.decision_due {
             t = t.min(d);
         }
+        if self.effective_quorate
+            && let Some(u) = self.strict_until
+        {
+            // The reported flag drops exactly when the grace after the strict quorum runs out.
+            t = t.min(u + report_grace(&self.params.timing));
+        }
         Some(t)
     }
 
@@ -828,20 +905,39 @@ impl Engine {
         self.rounds.binary_search_by_key(&round, |(r, _)| *r).ok().map(|i| self.rounds[i].1)
     }
 
+    /// Whether `p` (in its known life) is a member of the installed view.
+    fn is_member(&self, p: &Peer) -> bool {
+        self.view.as_ref().is_some_and(|v| v.members.iter().any(|m| m.node == p.spec.id && Some(m.boot) == p.boot))
+    }
+
+    /// Whether this node grants its vote to `to` now (see `heartbeat_for`).
+    fn grants_to(&self, now: Instant, to: NodeId) -> bool {
+        !self.left
+            && now >= self.vote_free_at
+            && !self.vote_withheld()
+            && self.peers.get(&to).is_some_and(|p| self.is_member(p))
+    }
+
     /// The heartbeat for `to`: it echoes `to`'s latest round, granting `to` this node's vote in
     /// the installed view, when `to` is a member of it, this node acked no other proposal, and its
     /// quiet period is over. Every grant is remembered (`granted_until`) for the next quiet period.
+    /// It is marked urgent when `to` announces this node's view, votes, and the lease this node
+    /// holds from it ends within a heartbeat interval (its regular echoes were lost): `to` then
+    /// echoes at once instead of at its next round.
     fn heartbeat_for(&mut self, now: Instant, to: NodeId, round: u64) -> Message {
         let view = self.view.as_ref().map(|v| v.id);
         let span = lease_span(&self.params.timing);
         let fresh = vote_lease(&self.params.timing);
-        let may_grant = !self.left && now >= self.vote_free_at && !self.vote_withheld();
-        let member = |p: &Peer| {
-            self.view
-                .as_ref()
-                .is_some_and(|v| v.members.iter().any(|m| m.node == p.spec.id && Some(m.boot) == p.boot))
-        };
-        let grant = may_grant && self.peers.get(&to).is_some_and(member);
+        let hb = self.params.timing.heartbeat_interval;
+        let grant = self.grants_to(now, to);
+        let urgent = !self.left
+            && view.is_some()
+            && self.peers.get(&to).is_some_and(|p| {
+                p.spec.votes > 0
+                    && p.view == view
+                    && self.is_member(p)
+                    && p.lease_until.is_none_or(|u| u <= now + hb)
+            });
         let mut echo = 0;
         if grant
             && let Some(p) = self.peers.get_mut(&to)
@@ -859,6 +955,7 @@ impl Engine {
             // Also while its vote is withheld from its view because it acked a newer one that was
             // not installed here: the coordinator then proposes a view newer than both.
             blocked: self.chan.blocked() || self.view.as_ref().is_some_and(|v| self.max_acked_epoch > v.id.epoch),
+            urgent,
             round,
             echo,
         }
@@ -919,6 +1016,22 @@ impl Engine {
         }
     }
 
+    /// Whether to answer an urgent heartbeat from `from` at once: only with a grant (an answer
+    /// without one renews nothing), and at most once per half heartbeat interval per peer (the
+    /// same round arrives once per link, and a peer may not make this node send at its rate).
+    fn answer_urgent(&mut self, now: Instant, from: NodeId) -> bool {
+        let gap = self.params.timing.heartbeat_interval / 2;
+        if !self.grants_to(now, from) {
+            return false;
+        }
+        let Some(p) = self.peers.get_mut(&from) else { return false };
+        if p.urgent_answered.is_some_and(|t| now.saturating_duration_since(t) < gap) {
+            return false;
+        }
+        p.urgent_answered = Some(now);
+        true
+    }
+
     /// Leave the cluster on purpose: tell every peer (twice, for loss) and stop.
     pub fn leave(&mut self, now: Instant) {
         if self.left {
@@ -953,10 +1066,11 @@ impl Engine {
         let from = header.sender;
         self.heard(now, from, header.boot, link);
         match msg {
-            Message::Heartbeat { view, incarnation, delivered, blocked, round, echo } => {
+            Message::Heartbeat { view, incarnation, delivered, blocked, urgent, round, echo } => {
                 self.note_incarnation(from, incarnation);
                 self.on_heartbeat_lease(now, from, header.boot, view, round, echo);
-                if self.note_peer_view(now, from, view, blocked) {
+                let joined = self.note_peer_view(now, from, view, blocked);
+                if joined || (urgent && self.answer_urgent(now, from)) {
                     self.send_heartbeat_now(now, from);
                 }
                 self.chan.on_heartbeat(from, view, delivered);
@@ -1207,12 +1321,29 @@ impl Engine {
         Member { node: self.params.local, boot: self.boot }
     }
 
+    /// How long a peer may go without a direct datagram before it is left out of views
+    /// (`partition_timeout`, stretched only by this node's own late timers: refuted suspicions of a
+    /// peer that others vouch for must not stretch it).
+    fn partition_timeout(&self) -> Duration {
+        self.params.timing.partition_timeout * (1 + self.late_lhm)
+    }
+
+    /// Not heard directly (on any link) for the partition timeout: alive only by others' word.
+    fn partitioned(&self, p: &Peer, now: Instant) -> bool {
+        p.last_heard.is_none_or(|h| now.saturating_duration_since(h) >= self.partition_timeout())
+    }
+
+    /// Whether `p` may be in a view this node proposes (before the direct-contact rule).
+    fn eligible(p: &Peer, now: Instant) -> bool {
+        matches!(p.state, PeerState::Alive | PeerState::Suspect)
+            && p.excluded_until.is_none_or(|t| now >= t)
+            && !p.needs_contact
+    }
+
     fn reachable(&self, now: Instant) -> Vec<Member> {
         let mut r = vec![self.my_member()];
         for p in self.peers.values() {
-            let ok = matches!(p.state, PeerState::Alive | PeerState::Suspect)
-                && p.excluded_until.is_none_or(|t| now >= t)
-                && !p.needs_contact;
+            let ok = Self::eligible(p, now) && !self.partitioned(p, now);
             if let (true, Some(boot)) = (ok, p.boot) {
                 r.push(Member { node: p.spec.id, boot });
             }
@@ -1261,6 +1392,15 @@ impl Engine {
         self.distrust_stuck_coordinators(now);
         let r = self.reachable(now);
         if r[0].node != self.params.local {
+            return;
+        }
+        // A lower node that the others still vouch for but this node has not heard directly for
+        // the partition timeout is on the other side of a cut that spares the third parties: it
+        // forms the view (without this node, if it cannot hear it either), and the third parties
+        // side with it, so the lowest id's side wins (corosync-qnetd's ffsplit tie-breaker). This
+        // node does not fight it with a view of its own; it stays out, not quorate.
+        let local = self.params.local;
+        if self.peers.values().any(|p| p.spec.id < local && Self::eligible(p, now) && self.partitioned(p, now)) {
             return;
         }
         let vt = self.params.timing.view_timeout;
@@ -1437,7 +1577,12 @@ impl Engine {
         }
         if !accept {
             self.pending = None;
-            self.propose_not_before = now + self.params.timing.heartbeat_interval;
+            // Retry at once above the epoch learnt; consecutive refusals (a member that follows
+            // a lower coordinator this node cannot hear) back off up to 4 x view_timeout.
+            let t = &self.params.timing;
+            let backoff = t.heartbeat_interval.saturating_mul(1u32 << self.refusals.min(16)).min(t.view_timeout.saturating_mul(4));
+            self.refusals = self.refusals.saturating_add(1);
+            self.propose_not_before = now + backoff;
             return;
         }
         if p.members.iter().any(|m| m.node == from) {
@@ -1488,19 +1633,22 @@ impl Engine {
         let cuts = std::mem::take(&mut self.pending_cuts);
         self.chan.installed(id, &members);
         self.must_install = false;
+        self.refusals = 0;
         self.acked.clear();
         self.view = Some(View { id, members: members.clone(), cuts });
         self.events.push_back(Event::ViewInstalled { view: id, members });
         let _ = self.quorum.on_view(now, &ids);
         // Vote leases belong to one view: the old ones are void, and this node's vote counts in
         // the new view only once every lease it granted to a node outside it has run out.
+        // The grace is added so that such a node's reported flag is down first too.
         let quiet = self.peers.values().filter(|p| !ids.contains(&p.spec.id)).filter_map(|p| p.granted_until).max();
         if let Some(t) = quiet {
-            self.vote_free_at = self.vote_free_at.max(t);
+            self.vote_free_at = self.vote_free_at.max(t + grace_span(&self.params.timing));
         }
         for p in self.peers.values_mut() {
             p.lease_until = None;
         }
+        self.strict_until = None;
         self.grant_wake = self.vote_free_at > now;
         // A new view is a new quorum decision even if the flag stays the same: exactly one of
         // QuorumGained (for this view) or QuorumLost follows. Normally within a round trip (the
@@ -1824,7 +1972,11 @@ mod tests {
     }
 
     fn heartbeat(from: u32, seq: u64) -> Bytes {
-        from_peer(from, seq, Message::Heartbeat { view: None, incarnation: 0, delivered: 0, blocked: false, round: seq, echo: 0 })
+        from_peer(
+            from,
+            seq,
+            Message::Heartbeat { view: None, incarnation: 0, delivered: 0, blocked: false, urgent: false, round: seq, echo: 0 },
+        )
     }
 
     fn sent(e: &mut Engine) -> Vec<(NodeId, Message)> {
@@ -1889,7 +2041,9 @@ mod tests {
         assert!(e.update_timing(bad).is_err());
         let slower = Timing { heartbeat_interval: Duration::from_millis(50), ..Timing::default() };
         assert!(e.update_timing(slower.clone()).is_err(), "suspect_timeout must exceed the heartbeat");
-        let ok = Timing { suspect_timeout: Duration::from_millis(150), ..slower };
+        let ok = Timing { suspect_timeout: Duration::from_millis(150), ..slower.clone() };
+        assert!(e.update_timing(ok.clone()).is_err(), "partition_timeout must exceed suspect_timeout");
+        let ok = Timing { partition_timeout: Duration::from_millis(600), ..ok };
         e.update_timing(ok).unwrap();
         e.handle_timeout(t);
         assert_eq!(e.poll_timeout(), Some(t + Duration::from_millis(50)));

@@ -43,6 +43,7 @@ impl From<&TimingConfig> for Timing {
             join_delay: t.join_interval.get(),
             max_lhm: t.max_health_multiplier,
             indirect_probes: t.indirect_probes as usize,
+            partition_timeout: t.partition_timeout(),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::fmt;
 /// Two magic bytes that open every hastack membership datagram.
 pub const MAGIC: [u8; 2] = *b"HS";
 /// The wire format version this code speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 28;
 /// Size of the trailing MAC in bytes.
@@ -106,8 +106,18 @@ pub enum Message {
     /// the sender's heartbeat rounds (one per interval, the same on every link and to every peer);
     /// `echo`, when not 0, is the latest round the sender received from the recipient and grants the
     /// recipient the sender's vote in `view` for a vote lease counted from when that round was sent
-    /// (see the engine's "Vote leases").
-    Heartbeat { view: Option<ViewId>, incarnation: u32, delivered: u64, blocked: bool, round: u64, echo: u64 },
+    /// (see the engine's "Vote leases"). `urgent` asks the recipient to echo this round at once
+    /// (the sender's lease from it is about to run out: its regular echoes were lost). On the wire
+    /// `blocked` and `urgent` share one flags byte (bit 0, bit 1; other bits must be 0).
+    Heartbeat {
+        view: Option<ViewId>,
+        incarnation: u32,
+        delivered: u64,
+        blocked: bool,
+        urgent: bool,
+        round: u64,
+        echo: u64,
+    },
     /// A direct probe, answered by `Ack`.
     Ping { probe: u32 },
     /// Answer to `Ping`.
@@ -363,11 +373,11 @@ pub fn emit(header: &Header, msg: &Message) -> Result<BytesMut, WireError> {
     b.put_u64(header.boot);
     b.put_u64(header.seq);
     match msg {
-        Message::Heartbeat { view, incarnation, delivered, blocked, round, echo } => {
+        Message::Heartbeat { view, incarnation, delivered, blocked, urgent, round, echo } => {
             put_opt_view(&mut b, view);
             b.put_u32(*incarnation);
             b.put_u64(*delivered);
-            b.put_u8(u8::from(*blocked));
+            b.put_u8(u8::from(*blocked) | (u8::from(*urgent) << 1));
             b.put_u64(*round);
             b.put_u64(*echo);
         }
@@ -465,11 +475,17 @@ pub fn parse(buf: &[u8]) -> Result<(Header, Message), WireError> {
     let mut r = Reader { buf, pos: HEADER_LEN };
     let msg = match t {
         ty::HEARTBEAT => {
+            let (view, incarnation, delivered) = (r.opt_view()?, r.u32()?, r.u64()?);
+            let flags = r.u8()?;
+            if flags & !0b11 != 0 {
+                return Err(WireError::InvalidField("heartbeat flags"));
+            }
             Message::Heartbeat {
-                view: r.opt_view()?,
-                incarnation: r.u32()?,
-                delivered: r.u64()?,
-                blocked: r.bool("blocked")?,
+                view,
+                incarnation,
+                delivered,
+                blocked: flags & 1 != 0,
+                urgent: flags & 2 != 0,
                 round: r.u64()?,
                 echo: r.u64()?,
             }
@@ -553,12 +569,21 @@ pub(crate) mod tests {
 
     pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (proptest::option::of(arb_view()), any::<u32>(), any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>())
-                .prop_map(|(view, incarnation, delivered, blocked, round, echo)| Message::Heartbeat {
+            (
+                proptest::option::of(arb_view()),
+                any::<u32>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(view, incarnation, delivered, blocked, urgent, round, echo)| Message::Heartbeat {
                     view,
                     incarnation,
                     delivered,
                     blocked,
+                    urgent,
                     round,
                     echo
                 }),
@@ -647,6 +672,27 @@ pub(crate) mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1600)) {
             let _ = parse(&data);
         }
+    }
+
+    #[test]
+    fn unknown_heartbeat_flags_rejected() {
+        let h = Header { cluster_id: 1, sender: NodeId(2), boot: 3, seq: 4 };
+        let m = Message::Heartbeat {
+            view: None,
+            incarnation: 0,
+            delivered: 0,
+            blocked: true,
+            urgent: true,
+            round: 5,
+            echo: 6,
+        };
+        let mut b = emit(&h, &m).unwrap();
+        assert_eq!(parse(&b).unwrap().1, m);
+        // view tag (1) + incarnation (4) + delivered (8), then the flags byte.
+        let flags = HEADER_LEN + 1 + 4 + 8;
+        assert_eq!(b[flags], 0b11);
+        b[flags] = 0b111;
+        assert_eq!(parse(&b).unwrap_err(), WireError::InvalidField("heartbeat flags"));
     }
 
     #[test]
