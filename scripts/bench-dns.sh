@@ -78,7 +78,7 @@ DM_PID=$!
 PIDS+=($DM_PID)
 cat > "$W/hastack.toml" <<EOF
 [logging]
-level = "warn"
+level = "info"
 
 [dns]
 listen = ["$HS:$PORT"]
@@ -169,6 +169,11 @@ for c in $CASES; do
     P99[$c,dm]=$(p99_run $DM "$c")
     echo "# $c p99 ms: hastack ${P99[$c,hs]} dnsmasq ${P99[$c,dm]}" >&2
 done
+
+# hastack's UDP loop logs its recvmmsg batch-size histogram when it stops (every UDP case of the run).
+kill "$HS_PID" 2>/dev/null || true
+wait "$HS_PID" 2>/dev/null || true
+grep -h "dns udp loop stopped" "$W/hastack.log" | sed 's/^/# hastack /' >&2 || true
 
 # --- table ----------------------------------------------------------------------------------------
 col() { # case who field

@@ -341,7 +341,7 @@ pub struct DnsConfig {
     pub rebind_allow: Vec<String>,
     /// Per-client rate limit (none by default).
     pub rate_limit: Option<RateLimit>,
-    /// Under load, how long a UDP answer may wait so queries share a wake-up (default 100us; 0s: off).
+    /// Under load, how long a UDP answer may wait so queries share a wake-up (default 0s: off).
     #[serde(default = "default_udp_coalesce")]
     pub udp_coalesce: HumanDuration,
 }

@@ -129,9 +129,11 @@ impl Default for DnsServerConfig {
     }
 }
 
-/// Default coalescing window of the UDP loop: under load an answer waits at most this long, and
-/// the queries of a window share one wake-up.
-pub const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(100);
+/// Default coalescing window of the UDP loop: off. Measured (docs/bench/dhcp-dns.md, session 4):
+/// under dnsperf load the loop's `recvmmsg` batches are already mostly full without it (no CPU
+/// saved per query), while a client asking one query after another waited a window per query
+/// (57 µs → 179 µs round trip with 100us).
+pub const DEFAULT_UDP_COALESCE: Duration = Duration::ZERO;
 
 /// Counters of the DNS transport layer.
 #[derive(Debug, Default)]
@@ -457,17 +459,19 @@ async fn tcp_answer(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
 
 /// The allocation-free answers: local plain queries, then cached forwards in wire form.
 fn tcp_answer_fast(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
+    use crate::dns::fast::{WireAnswer, answer_wire_into};
     let Ok(z) = ctx.zone.read() else { return false };
-    if crate::dns::fast::answer_fast_into(&z, q, Transport::Tcp, &ctx.stats, ans) {
-        return true;
-    }
-    if let Some(f) = &ctx.forwarder {
-        if crate::dns::fast::answer_cached_into(&z, &f.cache, q, Transport::Tcp, &ctx.stats, ans) {
-            f.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return true;
+    let cache = ctx.forwarder.as_deref().map(|f| &f.cache);
+    match answer_wire_into(&z, cache, q, Transport::Tcp, &ctx.stats, std::time::Instant::now(), ans) {
+        WireAnswer::Local => true,
+        WireAnswer::Cached => {
+            if let Some(f) = &ctx.forwarder {
+                f.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            true
         }
+        WireAnswer::Declined => false,
     }
-    false
 }
 
 /// Counters of the forwarder.
