@@ -454,34 +454,26 @@ struct SessionEntry {
     kill: SessionKill,
 }
 
-/// How a session in the table is told to stop: a tcp-mode relay's own [`StopSignal`] (every
-/// cause reaches it through the table), or the [`Notify`] of a session relayed elsewhere (http
-/// mode, TLS), which also follows the backend's kill watches itself.
+/// How a session in the table is told to stop: through its own [`StopSignal`], raised by every
+/// cause through the table. A tcp-mode relay may also be handed over; a leased session (http
+/// mode, TLS termination: the caller relays) is only ever killed.
 #[derive(Clone)]
 enum SessionKill {
     Relay(Arc<StopSignal>),
-    Notify(Arc<Notify>),
-}
-
-impl From<Arc<Notify>> for SessionKill {
-    fn from(n: Arc<Notify>) -> Self {
-        SessionKill::Notify(n)
-    }
+    Lease(Arc<StopSignal>),
 }
 
 impl SessionKill {
     /// Rebalancing: close this one session.
     fn kill(&self) {
-        match self {
-            SessionKill::Relay(s) => s.raise(Stop::Kill),
-            SessionKill::Notify(n) => n.notify_one(),
-        }
+        self.raise(Stop::Kill);
     }
 
-    /// A cause the tcp relay learns only through the table (the others follow the watches).
+    /// Stops the session for `why` (a leased session ignores a handover: it is not frozen).
     fn raise(&self, why: Stop) {
-        if let SessionKill::Relay(s) = self {
-            s.raise(why);
+        match (self, why) {
+            (SessionKill::Relay(s), _) | (SessionKill::Lease(s), Stop::Kill) => s.raise(why),
+            (SessionKill::Lease(_), Stop::HandOver) => {}
         }
     }
 }
@@ -565,7 +557,7 @@ impl Shared {
         }
     }
 
-    /// Shuts every session on server `idx` (http-mode legs through the watch, relays directly).
+    /// Shuts every session on server `idx` (the watch tells sessions about to register).
     fn kill_server(&self, idx: usize) {
         self.servers[idx].kill.send_modify(|g| *g += 1);
         self.stop_sessions(Stop::Kill, |e| e.server == idx);

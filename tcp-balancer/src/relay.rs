@@ -349,6 +349,12 @@ impl StopSignal {
         }
     }
 
+    /// Ready with the request once one is raised; otherwise the task is woken when it is.
+    pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<Stop> {
+        let mut me = self;
+        me.poll_stop(cx)
+    }
+
     /// The request, if one was raised.
     pub fn raised(&self) -> Option<Stop> {
         match self.state.load(Ordering::Acquire) {

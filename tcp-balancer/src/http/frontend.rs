@@ -8,6 +8,7 @@
 //! stopped); or, on reload, **handing over** (idle plain keep-alive connections go to the new
 //! process as they become idle, the rest drain as above). A new process **adopts** them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -259,13 +260,109 @@ pub(crate) struct Front {
     sem: Arc<Semaphore>,
     alive: AtomicUsize,
     idle: Notify,
+    /// Every client connection's signal, raised by the frontend-wide events (reload, drain,
+    /// end of drain): a connection waits on its own signal, never on a channel shared by all.
+    conns: Mutex<HashMap<u64, Arc<ConnSignal>>>,
+    next_conn: AtomicU64,
+}
+
+/// Frontend-wide events a client connection reacts to (bits of [`ConnSignal`]).
+pub(crate) mod conn_event {
+    /// Reload: idle plain connections go to the new process.
+    pub(crate) const HANDOVER: u8 = 1;
+    /// Drain: idle connections close, the others after their exchange.
+    pub(crate) const STOP: u8 = 2;
+    /// End of the drain: every connection ends now.
+    pub(crate) const KILL: u8 = 4;
+}
+
+/// One client connection's view of the frontend-wide events: sticky bits and the waker of the
+/// connection's task. Raising it touches only this connection's memory, and waiting on it
+/// costs no lock and no registration on state every connection shares (a watch channel per
+/// cause cost two or three such registrations per request).
+#[derive(Default)]
+pub(crate) struct ConnSignal {
+    bits: std::sync::atomic::AtomicU8,
+    waker: futures::task::AtomicWaker,
+}
+
+impl ConnSignal {
+    fn raise(&self, bits: u8) {
+        if self.bits.fetch_or(bits, Ordering::AcqRel) & bits != bits {
+            self.waker.wake();
+        }
+    }
+
+    /// The events raised so far.
+    pub(crate) fn get(&self) -> u8 {
+        self.bits.load(Ordering::Acquire)
+    }
+
+    /// Resolves with the events raised once one of `mask` is.
+    pub(crate) async fn wait(&self, mask: u8) -> u8 {
+        std::future::poll_fn(|cx| {
+            let b = self.get();
+            if b & mask != 0 {
+                return std::task::Poll::Ready(b);
+            }
+            self.waker.register(cx.waker());
+            let b = self.get();
+            if b & mask != 0 { std::task::Poll::Ready(b) } else { std::task::Poll::Pending }
+        })
+        .await
+    }
+
+    /// Whether the connection may stay open after its current exchange: the frontend is not
+    /// stopping, or it is reloading and a plain connection can go to the new process.
+    pub(crate) fn keeps_clients(&self, plain: bool) -> bool {
+        let b = self.get();
+        b & conn_event::STOP == 0 || (plain && b & conn_event::HANDOVER != 0)
+    }
+}
+
+/// A connection's registration in [`Front::conns`], removed on drop.
+pub(crate) struct ConnGuard<'a> {
+    fe: &'a Front,
+    id: u64,
+    /// The connection's signal.
+    pub(crate) signal: Arc<ConnSignal>,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.fe.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
 }
 
 impl Front {
-    /// Whether a client connection may stay open after its current exchange: the frontend is
-    /// not stopping, or it is reloading and a plain connection can go to the new process.
-    pub(crate) fn keeps_clients(&self, plain: bool) -> bool {
-        !*self.stop.borrow() || (plain && self.handover.borrow().is_some())
+    /// Registers a client connection for the frontend-wide events (those already raised are
+    /// set on it at once).
+    pub(crate) fn register_conn(&self) -> ConnGuard<'_> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let signal = Arc::new(ConnSignal::default());
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, signal.clone());
+        // An event raised before the insertion missed the table.
+        let mut bits = 0;
+        if self.handover.borrow().is_some() {
+            bits |= conn_event::HANDOVER;
+        }
+        if *self.stop.borrow() {
+            bits |= conn_event::STOP;
+        }
+        if *self.kill.borrow() != 0 {
+            bits |= conn_event::KILL;
+        }
+        if bits != 0 {
+            signal.raise(bits);
+        }
+        ConnGuard { fe: self, id, signal }
+    }
+
+    /// Raises `bits` on every registered connection.
+    fn raise_all(&self, bits: u8) {
+        for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            c.raise(bits);
+        }
     }
 
     /// Reload: hands an idle plain client connection (nothing buffered, nothing owed) to the new
@@ -315,6 +412,7 @@ impl std::fmt::Debug for HttpFrontend {
 impl Drop for HttpFrontend {
     fn drop(&mut self) {
         self.front.stop.send_replace(true);
+        self.front.raise_all(conn_event::STOP);
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }
@@ -358,6 +456,19 @@ impl HttpFrontend {
             sem: Arc::new(Semaphore::new(fe.maxconn.max(1))),
             alive: AtomicUsize::new(0),
             idle: Notify::new(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        });
+        // The end of a drain (`kill` bumped by `wait_then_kill`) reaches every connection.
+        let mut kill = front.kill.subscribe();
+        let weak = Arc::downgrade(&front);
+        tokio::spawn(async move {
+            while kill.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(fe) => fe.raise_all(conn_event::KILL),
+                    None => return,
+                }
+            }
         });
         let tasks = listeners.into_iter().map(|l| tokio::spawn(accept_loop(front.clone(), l))).collect();
         Ok(Self { front, locals, tasks: Mutex::new(tasks), handover: Mutex::new(handover) })
@@ -384,6 +495,7 @@ impl HttpFrontend {
     /// with [`HttpFrontend::drain`].
     pub fn hand_over_idle(&self, to: std::sync::mpsc::Sender<Outgoing>) {
         self.front.handover.send_replace(Some(to));
+        self.front.raise_all(conn_event::HANDOVER);
     }
 
     /// Reload, new side: serves an idle client connection handed over by the old process.
@@ -455,6 +567,7 @@ impl HttpFrontend {
     pub async fn drain(&self, grace: Duration) -> usize {
         let fe = self.front.clone();
         fe.stop.send_replace(true);
+        fe.raise_all(conn_event::STOP);
         self.handover.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();

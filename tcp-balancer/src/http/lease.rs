@@ -36,9 +36,10 @@ pub struct Lease {
     held: bool,
     registered: bool,
     id: u64,
-    kill_srv: watch::Receiver<u64>,
-    kill_all: watch::Receiver<u64>,
-    kill_one: Arc<Notify>,
+    /// Raised through the session table by every cause (server down with shutdown-sessions,
+    /// `shutdown sessions`, rebalancing, end of drain): one wake source per request instead of
+    /// a subscription per cause.
+    signal: Arc<StopSignal>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -66,7 +67,7 @@ impl Lease {
 
     /// What ends the session early: see [`KillSignal::wait`].
     pub fn kill_signal(&self) -> KillSignal {
-        KillSignal { kill_srv: self.kill_srv.clone(), kill_all: self.kill_all.clone(), kill_one: self.kill_one.clone() }
+        KillSignal(self.signal.clone())
     }
 
     /// Adds `n` bytes relayed from the client to the server.
@@ -103,12 +104,16 @@ impl Lease {
         srv.counters.http.requests.fetch_add(1, Ordering::Relaxed);
         self.sh.frontend.open();
         self.sh.frontend.http.requests.fetch_add(1, Ordering::Relaxed);
-        self.kill_srv = srv.kill.subscribe();
+        let (gen_srv, gen_all) = (*srv.kill.borrow(), *self.sh.kill_all.borrow());
         self.sh.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
             self.id,
-            SessionEntry { client: peer, server: self.idx, since: Instant::now(), kill: self.kill_one.clone().into() },
+            SessionEntry { client: peer, server: self.idx, since: Instant::now(), kill: SessionKill::Lease(self.signal.clone()) },
         );
         self.registered = true;
+        // A kill raised between reading the generations and the insertion missed the table.
+        if *srv.kill.borrow() != gen_srv || *self.sh.kill_all.borrow() != gen_all {
+            self.signal.raise(Stop::Kill);
+        }
     }
 }
 
@@ -130,21 +135,13 @@ impl Drop for Lease {
 
 /// The balancer's reasons to end one leased session.
 #[derive(Debug)]
-pub struct KillSignal {
-    kill_srv: watch::Receiver<u64>,
-    kill_all: watch::Receiver<u64>,
-    kill_one: Arc<Notify>,
-}
+pub struct KillSignal(Arc<StopSignal>);
 
 impl KillSignal {
     /// Resolves when the session must end: its server was marked down with shutdown-sessions,
     /// an operator shut its sessions, rebalancing shed it, or the backend is stopping hard.
     pub async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.kill_srv.changed() => {},
-            _ = self.kill_all.changed() => {},
-            _ = self.kill_one.notified() => {},
-        }
+        std::future::poll_fn(|cx| self.0.poll_raised(cx)).await;
     }
 }
 
@@ -178,9 +175,7 @@ impl Proxy {
             held: true,
             registered: false,
             id: sh.next_id.fetch_add(1, Ordering::Relaxed),
-            kill_srv: sh.servers[idx].kill.subscribe(),
-            kill_all: sh.kill_all.subscribe(),
-            kill_one: Arc::new(Notify::new()),
+            signal: Arc::new(StopSignal::new()),
         };
         if let Some(s) = reuse(idx) {
             lease.register(peer);

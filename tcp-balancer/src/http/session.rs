@@ -27,12 +27,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::answer::Answer;
-use super::frontend::Front;
+use super::frontend::{ConnSignal, Front, conn_event};
 use super::head::{Framing, Request, RequestRewrite, ResponseContext, parse_request, parse_response};
 use super::chunked::ChunkedScanner;
 use super::io::{BodyError, Buf, Client, TunnelEnd, copy_tunnel, forward_body, take_buffered};
 use super::route;
-use crate::proxy::{Lease, LeaseError, stopped};
+use crate::proxy::{Lease, LeaseError};
 use crate::relay::{ByteSink, IdleTimeouts, RelayEnd, relay};
 
 /// What the connection does after one exchange.
@@ -45,8 +45,8 @@ enum Next {
 /// What ended the wait for a request.
 enum Wait {
     Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
-    Stopped,
-    HandOver,
+    /// A reload or a drain: the idle connection leaves.
+    Leave,
 }
 
 /// Serves one client connection until it closes, times out, the frontend stops, or (reload) it
@@ -55,13 +55,16 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
     let mut cbuf = Buf::new();
     let mut first = fresh;
     let plain = matches!(client, Client::Plain(_));
-    let mut handover = fe.handover.subscribe();
+    let conn = fe.register_conn();
+    let sig = &*conn.signal;
+    // An idle plain connection leaves on a reload (to the new process) or a drain; a TLS one
+    // only on a drain.
+    let leave = if plain { conn_event::HANDOVER | conn_event::STOP } else { conn_event::STOP };
     if !early.is_empty() {
         // Bytes read past a PROXY header: the start of the first request.
         let mut e = &early[..];
         let _ = cbuf.fill(&mut e).await;
     }
-    let mut stop = fe.stop.subscribe();
     let t = fe.cfg.timeouts;
     // Routes on the TLS server name hold for the whole connection.
     let sni = if fe.cfg.routes.iter().any(|r| r.sni.is_some()) { client.server_name() } else { None };
@@ -73,14 +76,13 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
             let wait = if first { t.http_request } else { t.http_keep_alive };
             let w = tokio::select! {
                 biased;
-                _ = handover.wait_for(|h| h.is_some()), if plain => Wait::HandOver,
-                _ = stopped(&mut stop) => Wait::Stopped,
+                _ = sig.wait(leave) => Wait::Leave,
                 r = tokio::time::timeout(wait, cbuf.fill(&mut client)) => Wait::Read(r),
             };
             let r = match w {
                 Wait::Read(r) => r,
                 // Reload: nothing read, nothing owed: the socket alone carries the connection.
-                Wait::HandOver | Wait::Stopped => {
+                Wait::Leave => {
                     if let Client::Plain(sock) = client {
                         let _ = fe.hand_over(sock, peer, local, first);
                     }
@@ -125,7 +127,7 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
             }
         };
         fe.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let keep = req.keep_alive && fe.keeps_clients(plain);
+        let keep = req.keep_alive && sig.keeps_clients(plain);
         let data = cbuf.data();
         if fe.cfg.monitor_uri.as_deref().is_some_and(|m| m == req.path(data)) {
             fe.counters.monitor.fetch_add(1, Ordering::Relaxed);
@@ -146,11 +148,11 @@ pub(crate) async fn serve(fe: Arc<Front>, mut client: Client, peer: SocketAddr, 
             return;
         };
         cbuf.consume(req.head_len);
-        match exchange(&fe, bi, &mut client, &mut cbuf, &req, &head, peer, local, keep).await {
+        match exchange(&fe, sig, bi, &mut client, &mut cbuf, &req, &head, peer, local, keep).await {
             Next::KeepAlive => continue,
             Next::Close => return,
             Next::Tunnel(server, sbuf, lease) => {
-                tunnel(&fe, client, cbuf, server, sbuf, lease).await;
+                tunnel(&fe, sig, client, cbuf, server, sbuf, lease).await;
                 return;
             }
         }
@@ -198,6 +200,7 @@ enum Down {
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     fe: &Front,
+    sig: &ConnSignal,
     bi: usize,
     client: &mut Client,
     cbuf: &mut Buf,
@@ -238,7 +241,7 @@ async fn exchange(
         lease.count_in(head.len() as u64);
         let mut sbuf = Buf::new();
         let cx = ResponseContext { method: req.method, upgrade: req.upgrade, client_keep_alive: keep, client_minor: req.minor };
-        let (down, upload_done) = transfer(fe, client, cbuf, &mut server, &mut sbuf, req.framing, cx, &lease, t.idle).await;
+        let (down, upload_done) = transfer(sig, client, cbuf, &mut server, &mut sbuf, req.framing, cx, &lease, t.idle).await;
         match down {
             Down::Done { server_keep_alive, close_client } => {
                 if server_keep_alive && upload_done && sbuf.is_empty() && !lease.sends_proxy() {
@@ -279,7 +282,7 @@ async fn exchange(
 /// and whether the whole request body was passed on.
 #[allow(clippy::too_many_arguments)]
 async fn transfer(
-    fe: &Front,
+    sig: &ConnSignal,
     client: &mut Client,
     cbuf: &mut Buf,
     server: &mut TcpStream,
@@ -302,7 +305,7 @@ async fn transfer(
             out.clear();
             let resp = loop {
                 // A drain that began while the server worked still closes this client after its answer.
-                let cx = ResponseContext { client_keep_alive: cx.client_keep_alive && fe.keeps_clients(plain), ..cx };
+                let cx = ResponseContext { client_keep_alive: cx.client_keep_alive && sig.keeps_clients(plain), ..cx };
                 out.clear();
                 match parse_response(sbuf.data(), cx, &mut out) {
                     Ok(Some(r)) => break r,
@@ -352,7 +355,6 @@ async fn transfer(
     };
     tokio::pin!(up, down);
     let mut kill = lease.kill_signal();
-    let mut fe_kill = fe.kill.subscribe();
     let mut up_done: Option<bool> = None;
     loop {
         tokio::select! {
@@ -382,7 +384,7 @@ async fn transfer(
                 lease.count_killed();
                 return (Down::ClientGone, false);
             }
-            _ = fe_kill.changed() => {
+            _ = sig.wait(conn_event::KILL) => {
                 lease.count_killed();
                 return (Down::ClientGone, false);
             }
@@ -414,7 +416,7 @@ impl ByteSink for LeaseSink<'_> {
 }
 
 /// After a 101: bytes already read on either side first, then a relay until either side ends.
-async fn tunnel(fe: &Front, mut client: Client, cbuf: Buf, mut server: TcpStream, sbuf: Buf, lease: Lease) {
+async fn tunnel(fe: &Front, sig: &ConnSignal, mut client: Client, cbuf: Buf, mut server: TcpStream, sbuf: Buf, lease: Lease) {
     let idle = fe.cfg.timeouts;
     let tunnel_idle = idle.tunnel.unwrap_or(idle.client.max(idle.server));
     if !sbuf.is_empty() {
@@ -430,11 +432,10 @@ async fn tunnel(fe: &Front, mut client: Client, cbuf: Buf, mut server: TcpStream
         lease.count_in(cbuf.data().len() as u64);
     }
     let mut kill = lease.kill_signal();
-    let mut fe_kill = fe.kill.subscribe();
     let kill_fut = async {
         tokio::select! {
             _ = kill.wait() => {},
-            _ = fe_kill.changed() => {},
+            _ = sig.wait(conn_event::KILL) => {},
         }
     };
     let killed = match &mut client {
