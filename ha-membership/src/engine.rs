@@ -622,8 +622,8 @@ impl Engine {
     /// The reported quorum flag (what `QuorumGained`/`QuorumLost` announce): gained with the strict
     /// quorum ([`Self::quorate_at`]) in the installed view, kept while the strict quorum lapsed less
     /// than [`report_grace`] ago (a few lost heartbeats), lost after that, on leaving, or when a
-    /// new view is installed until its own decision. While it is set here, no node holds a quorum
-    /// (strict or reported) in a view this node is not a member of (crate docs, "Vote leases").
+    /// new view is installed until its own decision. While it is set here, no node holds the
+    /// strict quorum in a view this node is not a member of (crate docs, "The reported quorum").
     pub fn quorate(&self) -> bool {
         self.effective_quorate
     }
@@ -1328,9 +1328,12 @@ impl Engine {
         self.params.timing.partition_timeout * (1 + self.late_lhm)
     }
 
-    /// Not heard directly (on any link) for the partition timeout: alive only by others' word.
+    /// Alive only by others' word: another member vouched for it after this node last heard it
+    /// directly (on any link), and that was the partition timeout ago or more. A peer merely not
+    /// heard while this node itself was stalled is not partitioned (nobody vouched for it since).
     fn partitioned(&self, p: &Peer, now: Instant) -> bool {
-        p.last_heard.is_none_or(|h| now.saturating_duration_since(h) >= self.partition_timeout())
+        p.vouched.is_some_and(|v| p.last_heard.is_none_or(|h| v > h))
+            && p.last_heard.is_none_or(|h| now.saturating_duration_since(h) >= self.partition_timeout())
     }
 
     /// Whether `p` may be in a view this node proposes (before the direct-contact rule).

@@ -52,14 +52,15 @@
 //! by exactly one decision, `QuorumGained` for that view or `QuorumLost`). A lapse is a lease
 //! renewed late because heartbeats were lost; it is not a failure, and it is not reported.
 //!
-//! Guarantee: while node A reports quorum in view V, no node holds a quorum, strict or reported,
-//! in any view A is not a member of. Proof sketch: when A's strict quorum last held it carried
-//! leases from a majority S; a quorum in V' ∌ A needs a voter P ∈ S to count in V', which P's
-//! quiet period delays until its leases to A ran out plus `G·(1+ε)`, i.e. past the moment A's
-//! flag dropped. Two nodes that report quorum in different views are therefore each a member of
-//! the other's view, and a hand-over between them is ordered through the view both are in
-//! (vip-manager's planner releases on the old holder before adding on the new one). The simulator
-//! checks this after every step too.
+//! Guarantee: while node A reports quorum in view V, no node holds the strict quorum in a view A
+//! is not a member of. Proof sketch: when A's strict quorum last held it carried leases from a
+//! majority S; a quorum in V' ∌ A needs a voter P ∈ S to count in V', which P's quiet period
+//! delays until its leases to A ran out plus `G·(1+ε)`, i.e. past the moment A's flag dropped.
+//! Consequently, of two nodes that report quorum in different views, the one whose strict quorum
+//! ended first (it acked the other's view, or lapsed) is a member of the other's view, so a
+//! hand-over between them is ordered through that view (vip-manager's planner releases on the old
+//! holder before adding on the new one, and the old holder acts only once it installed it). The
+//! simulator checks both after every step.
 //!
 //! Which signal a consumer must use:
 //! - Holding something exclusive (the VIP, a lease-owning service): act on `QuorumGained` /
@@ -87,8 +88,10 @@
 //! proposal that drops a lower member it still hears, so it never sides with 2 while it hears 1),
 //! and node 2 does not propose while a lower node it cannot hear is vouched for by others. Node 2
 //! stays in its old view, its leases run out, and it reports `QuorumLost`; the winning view's
-//! channel works (every member reaches its sequencer). A one-way cut (2 cannot hear 1 only) keeps
-//! one view: 1 still hears 2, and 2 fetches what the sequencer sends it from the third party.
+//! channel works (every member reaches its sequencer). A one-way cut where 1 cannot hear 2 ends
+//! the same way. One where only 2 cannot hear 1 keeps one view (1 still hears 2, and 2 fetches
+//! what the sequencer sends it from the third party) until some view change needs 2's ack, after
+//! which 2 stays out until two-way contact returns; either way one quorate view holds 1.
 //! Limit: with non-transitive connectivity in larger clusters, the lowest id's side wins even
 //! when it is the smaller one; if it lacks quorum, the rest keep their old view (quorate only on
 //! their own leases) until the cut heals.
