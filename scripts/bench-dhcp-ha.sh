@@ -18,7 +18,9 @@
 #
 # --profile DIR records a CPU profile (perf record -g) of every server process during each load
 # into DIR/<mode>-<steady|flood>-<run>.data (read with `perf report -i`).
-# --modes "sync dnsmasq" runs only those servers (default: none sync async dnsmasq).
+# --modes "sync dnsmasq" runs only those servers (default: none sync async dnsmasq). With
+# HASTACK_BEFORE=<binary>, a mode written "sync@before" runs that binary instead: an earlier
+# build measured side by side with the current one, interleaved in every run.
 # --idle also measures the gateways' CPU while idle for SECS before the loads (fixed cost:
 # heartbeats, timers). Per run, stderr shows the CPU seconds of each process (holder first).
 #
@@ -54,6 +56,8 @@ for t in perfdhcp dnsmasq taskset ip ss "$HASTACK"; do
     command -v "$t" >/dev/null || { echo "bench-dhcp-ha: $t not found (apt install kea-admin dnsmasq; cargo build --release -p hastack)" >&2; exit 1; }
 done
 HASTACK=$(readlink -f "$HASTACK")
+HASTACK_NOW=$HASTACK
+if [ -n "${HASTACK_BEFORE:-}" ]; then HASTACK_BEFORE=$(readlink -f "$HASTACK_BEFORE"); fi
 [ $((RATE * SECS + FLOOD_CLIENTS)) -lt 65000 ] || { echo "bench-dhcp-ha: more clients than the pool holds" >&2; exit 2; }
 
 P=bh$$
@@ -237,10 +241,23 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (
 declare -A STEADY FLOOD_R LEASES
 for r in $(seq 1 "$RUNS"); do
     for who in $MODES; do
-        if [ $who = dnsmasq ]; then start_dnsmasq; else start_gateways $who; fi
+        case $who in
+            *@before) HASTACK=${HASTACK_BEFORE:?HASTACK_BEFORE names the earlier binary} ;;
+            *) HASTACK=$HASTACK_NOW ;;
+        esac
+        if [ $who = dnsmasq ]; then start_dnsmasq; else start_gateways "${who%@before}"; fi
         if [ -n "$IDLE" ]; then
-            i0=$(ticks); sleep "$SECS"; i1=$(ticks)
-            echo "# run $r $who idle ${SECS}s: cpu_s = $(awk -v d=$((i1 - i0)) -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz }')" >&2
+            if [ -n "$PROFILE" ]; then
+                perf record -q -F 499 -g -p "$(IFS=,; echo "${PIDS[*]}")" -o "$PROFILE/$who-idle-$r.data" > /dev/null 2>&1 &
+                PERF_PID=$!
+            fi
+            i0=$(ticks); p0=$(proc_ticks); sleep "$SECS"; i1=$(ticks)
+            echo "# run $r $who idle ${SECS}s: cpu_s = $(awk -v d=$((i1 - i0)) -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz }'); by process: $(proc_delta "$p0" "$(proc_ticks)")" >&2
+            if [ -n "$PERF_PID" ]; then
+                kill -INT "$PERF_PID" 2>/dev/null || true
+                wait "$PERF_PID" 2>/dev/null || true
+                PERF_PID=
+            fi
         fi
         STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01 "${PROFILE:+$PROFILE/$who-steady-$r.data}")
         echo "# run $r $who steady $RATE/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${STEADY[$who,$r]}" >&2
@@ -249,17 +266,18 @@ for r in $(seq 1 "$RUNS"); do
         stop_all
         if [ $who != dnsmasq ]; then
             LEASES[$who,$r]="$(active_leases 1)/$(active_leases 2)/$(active_leases 3)"
+            HASTACK=$HASTACK_NOW
             echo "# run $r $who: active leases in the logs of gw1/gw2/gw3 = ${LEASES[$who,$r]}" >&2
         fi
     done
 done
 
-name() { case $1 in none) echo "hastack, replication none" ;; sync) echo "hastack, replication sync" ;; async) echo "hastack, replication async" ;; dnsmasq) echo "dnsmasq (--no-ping), single server" ;; esac; }
+name() { case $1 in none) echo "hastack, replication none" ;; sync) echo "hastack, replication sync" ;; async) echo "hastack, replication async" ;; dnsmasq) echo "dnsmasq (--no-ping), single server" ;; *@before) echo "$(name "${1%@before}") (HASTACK_BEFORE)" ;; esac; }
 col() { # load who field
     local r
     for r in $(seq 1 "$RUNS"); do
-        if [ "$1" = steady ]; then echo "${STEADY[$2,$r]}"; else echo "${FLOOD_R[$2,$r]}"; fi
-    done | awk -v f="$3" '$f != "-" { print $f }' | median
+        if [ "$1" = steady ]; then echo "${STEADY[$2,$r]:-}"; else echo "${FLOOD_R[$2,$r]:-}"; fi
+    done | awk -v f="$3" 'NF && $f != "-" { print $f }' | median
 }
 echo "Replicated DHCP (three gateways behind a VIP; leases fsync'd on every gateway that holds them):"
 echo
@@ -269,10 +287,16 @@ for who in $MODES; do
     echo "| $(name $who) | $(col steady $who 1) | $(col steady $who 4) | $(col steady $who 5) / $(col steady $who 6) | $(col flood $who 1) | $(col flood $who 4) | $(col flood $who 5) / $(col flood $who 6) | $(col flood $who 2) |"
 done
 echo
-for who in none sync async; do
+for who in none sync async none@before sync@before async@before; do
+    case " $MODES " in *" $who "*) ;; *) continue ;; esac
     echo "$(name $who): active leases in gw1/gw2/gw3 logs after each run: $(for r in $(seq 1 "$RUNS"); do printf '%s ' "${LEASES[$who,$r]}"; done)"
 done
 echo
+for b in $MODES; do
+    case $b in *@before) ;; *) continue ;; esac
+    awk -v b="$b" -v bs="$(col steady "$b" 4)" -v ns="$(col steady "${b%@before}" 4)" -v bf="$(col flood "$b" 4)" -v nf="$(col flood "${b%@before}" 4)" \
+        'BEGIN { printf "%s -> current build, DORA per CPU-s: steady %.2f×, flood %.2f×\n", b, (bs > 0 ? ns / bs : 0), (bf > 0 ? nf / bf : 0) }'
+done
 awk -v sc="$(col steady sync 4)" -v ac="$(col steady async 4)" -v dc="$(col steady dnsmasq 4)" \
     -v sf="$(col flood sync 1)" -v nf="$(col flood none 1)" -v af="$(col flood async 1)" \
     -v scf="$(col flood sync 4)" -v dcf="$(col flood dnsmasq 4)" 'BEGIN {

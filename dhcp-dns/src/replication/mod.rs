@@ -400,12 +400,13 @@ impl ReplicationCore {
     }
 
     /// Several local changes at once (one message per [`MAX_MESSAGE`] bytes: under load the
-    /// channel carries batches, not one message per lease).
+    /// channel carries batches, not one message per lease). Records are encoded straight into
+    /// the message.
     pub fn local_records(&mut self, batch: Vec<(u64, LogRecord)>, now: Instant) -> Vec<RepAction> {
         let joined = self.me.is_some() && !matches!(self.state, SyncState::Disconnected | SyncState::Joining);
         let mut out = Vec::new();
-        let mut chunk: Vec<(u64, LogRecord, Vec<u8>)> = Vec::new();
-        let mut size = 9;
+        let mut msg: Vec<u8> = Vec::new();
+        let mut tokens: Vec<u64> = Vec::new();
         for (token, rec) in batch {
             // Kept or not (a peer's newer record may have overtaken it), it goes out: every
             // member compares revisions, so a stale one changes nothing anywhere.
@@ -415,38 +416,47 @@ impl ReplicationCore {
                 out.push(RepAction::Complete { token, result: Err(RepFailure::NotConnected) });
                 continue;
             }
-            let mut b = Vec::new();
-            if rec.encode(&mut b).is_err() || 9 + b.len() > MAX_MESSAGE {
+            if msg.is_empty() {
+                msg.reserve(MAX_MESSAGE);
+                msg.push(MSG_RECORD);
+                msg.extend_from_slice(&[0; 8]);
+            }
+            let before = msg.len();
+            if rec.encode(&mut msg).is_err() || msg.len() - before + 9 > MAX_MESSAGE {
+                msg.truncate(before);
                 self.counters.failed += 1;
                 out.push(RepAction::Complete { token, result: Err(RepFailure::Encode) });
                 continue;
             }
-            if size + b.len() > MAX_MESSAGE {
-                self.send_chunk(std::mem::take(&mut chunk), now, &mut out);
-                size = 9;
+            if msg.len() > MAX_MESSAGE {
+                // Full: this record starts the next message.
+                let tail = msg.split_off(before);
+                self.send_chunk(&mut msg, &mut tokens, now, &mut out);
+                msg.reserve(MAX_MESSAGE);
+                msg.push(MSG_RECORD);
+                msg.extend_from_slice(&[0; 8]);
+                msg.extend_from_slice(&tail);
             }
-            size += b.len();
-            chunk.push((token, rec, b));
+            tokens.push(token);
         }
-        self.send_chunk(chunk, now, &mut out);
+        self.send_chunk(&mut msg, &mut tokens, now, &mut out);
         out
     }
 
-    fn send_chunk(&mut self, chunk: Vec<(u64, LogRecord, Vec<u8>)>, now: Instant, out: &mut Vec<RepAction>) {
-        if chunk.is_empty() {
+    /// Number the records of `msg` (one per token), remember them as pending and send it.
+    fn send_chunk(&mut self, msg: &mut Vec<u8>, tokens: &mut Vec<u64>, now: Instant, out: &mut Vec<RepAction>) {
+        if tokens.is_empty() {
+            msg.clear();
             return;
         }
         let seq = self.next_seq;
-        let mut bytes = Vec::with_capacity(9 + chunk.iter().map(|c| c.2.len()).sum::<usize>());
-        bytes.push(MSG_RECORD);
-        bytes.extend_from_slice(&seq.to_be_bytes());
-        for (i, (token, _, b)) in chunk.into_iter().enumerate() {
-            bytes.extend_from_slice(&b);
+        msg[1..9].copy_from_slice(&seq.to_be_bytes());
+        for (i, token) in tokens.drain(..).enumerate() {
             self.counters.sent += 1;
             self.pending.insert(seq + i as u64, Pending { token, waiting: None, deadline: now + self.cfg.ack_deadline });
             self.next_seq += 1;
         }
-        out.push(RepAction::Multicast(bytes));
+        out.push(RepAction::Multicast(std::mem::take(msg)));
     }
 
     /// A peer's record `seq` from `to` is durable here: acknowledge it.
@@ -882,7 +892,13 @@ pub struct ReplicationHandle {
     synced: watch::Receiver<bool>,
     /// Counters.
     pub stats: Arc<ReplicationStats>,
-    task: JoinHandle<()>,
+    task: Driver,
+}
+
+/// Where the driver runs: its own thread (normally) or a task of the caller's runtime.
+enum Driver {
+    Thread(oneshot::Receiver<()>),
+    Task(JoinHandle<()>),
 }
 
 impl ReplicationHandle {
@@ -915,7 +931,14 @@ impl ReplicationHandle {
     /// Stop the driver (leaves the group).
     pub async fn shutdown(self) {
         let _ = self.replicator.tx.send(Cmd::Stop);
-        let _ = self.task.await;
+        match self.task {
+            Driver::Thread(ended) => {
+                let _ = ended.await;
+            }
+            Driver::Task(t) => {
+                let _ = t.await;
+            }
+        }
     }
 }
 
@@ -934,7 +957,7 @@ pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, committer: Arc<Gro
     let stats = Arc::new(ReplicationStats::default());
     let replicator = Arc::new(ClusterReplicator { tx: tx.clone() });
     let task_stats = stats.clone();
-    let task = tokio::spawn(async move {
+    let driver = async move {
         let c = committer.clone();
         let records = match tokio::task::spawn_blocking(move || c.snapshot_records()).await {
             Ok(Ok(r)) => r,
@@ -950,7 +973,38 @@ pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, committer: Arc<Gro
         let core = ReplicationCore::new(cfg, records);
         let io = Io { done: Default::default(), next_token: 0, input: None, buffered: Vec::new(), committer, cmd_tx: tx, synced: synced_tx, stats: task_stats };
         run(socket, group, core, rx, io).await
-    });
+    };
+    // Its own thread with a current-thread runtime (as the DHCP driver): every wake-up of the
+    // replication path (a local record, a delivered burst, a commit's ack) lands on one thread,
+    // not on whichever worker of the shared runtime is free, which then wakes another to steal.
+    let (ended_tx, ended_rx) = oneshot::channel();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let task = match rt {
+        Ok(rt) => {
+            let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(driver)));
+            let on_thread = slot.clone();
+            let spawned = std::thread::Builder::new().name("lease-repl".into()).spawn(move || {
+                if let Some(d) = on_thread.lock().ok().and_then(|mut s| s.take()) {
+                    rt.block_on(d);
+                }
+                let _ = ended_tx.send(());
+            });
+            match spawned {
+                Ok(_) => Driver::Thread(ended_rx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for lease replication; running it on the shared runtime");
+                    match slot.lock().ok().and_then(|mut s| s.take()) {
+                        Some(d) => Driver::Task(tokio::spawn(d)),
+                        None => Driver::Thread(ended_rx),
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime for lease replication's thread; running it on the shared runtime");
+            Driver::Task(tokio::spawn(driver))
+        }
+    };
     ReplicationHandle { replicator, synced, stats, task }
 }
 
