@@ -14,4 +14,5 @@ ensure_cargo
 
 echo "building hastack (release)…" >&2
 cargo build --release --locked -p hastack
-exec target/release/hastack demo "$@"
+# Cargo puts the binary under $CARGO_TARGET_DIR when that is set (sudo -E keeps it).
+exec "${CARGO_TARGET_DIR:-target}/release/hastack" demo "$@"

@@ -4,6 +4,11 @@
 //! milliseconds. A fault hits the node that holds the VIP; the outage is what the client saw: from
 //! its last answered probe before the fault to its first probe answered by the new holder.
 //!
+//! The same lab also builds the two-node gateway pair with a vote-only witness
+//! ([`LabCluster::start_two_node_witness`]): `hastack witness` runs in its own namespace on the
+//! bridge ([`WITNESS_ADDR`]), and the config is what an operator writes for that shape
+//! (`[cluster.witness]`, `wait_for_all`).
+//!
 //! Faults: `crash` (daemon killed and the node's link cut at once: a dead machine), `kill` (the
 //! daemon alone killed with SIGKILL: the node stays up), `stop` (SIGSTOP: a frozen daemon), and
 //! `graceful` (SIGTERM: a planned handover). Every run is bounded in time and count and cleans up
