@@ -7,10 +7,10 @@
 #
 # Usage: scripts/bench-balancer.sh [--runs N] [--secs S] [--idle N] [--out FILE] [--bin PATH]
 #            [--before PATH] [--targets "t1 t2 ..."] [--sizes "small 1m"] [--threads N]
-# --before adds "hastack-before": another hastack binary (e.g. the previous commit's) in tcp mode,
-# for before/after figures in the same run. --targets keeps only the named targets (direct,
+# --before adds "hastack-before" and "hastack-before-http": another hastack binary (e.g. the
+# previous commit's) in tcp and http mode, for before/after figures in the same run. --targets keeps only the named targets (direct,
 # haproxy-tcp, haproxy-splice, haproxy-http, nginx-stream, hastack-tcp, hastack-copy,
-# hastack-http, hastack-before). --threads sets hastack's [balancer] threads.
+# hastack-http, hastack-before, hastack-before-http). --threads sets hastack's [balancer] threads.
 # Needs: wrk, haproxy, nginx (+ stream module), python3; a release hastack binary (built here
 # unless --bin is given). Bounded: every wrk run is S seconds; everything it starts is stopped by
 # PID on exit. Traffic stays on 127.0.0.1.
@@ -79,7 +79,7 @@ if [ "$IDLE" -gt $((HMAXCONN - 100)) ]; then
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B1=$(port); B2=$(port)
-P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port); P_HKB=$(port)
+P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port); P_HKB=$(port); P_HKBH=$(port)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- backends: two nginx instances, one worker each -------------------------------------------
@@ -181,6 +181,7 @@ hastack_cfg $P_HK tcp > "$W/hastack-tcp.toml"
 hastack_cfg $P_HKC tcp false > "$W/hastack-copy.toml"
 hastack_cfg $P_HKH http > "$W/hastack-http.toml"
 hastack_cfg $P_HKB tcp > "$W/hastack-before.toml"
+hastack_cfg $P_HKBH http > "$W/hastack-before-http.toml"
 
 # name port command...: starts a balancer in the foreground-style, records its PID.
 declare -A PORT PID
@@ -205,6 +206,7 @@ want_start haproxy-http $P_HH haproxy -db -f "$W/haproxy-http.cfg"
 want_start nginx-stream $P_NG nginx -c "$W/nginx-stream.conf" -g 'daemon off;'
 if [ -n "$BEFORE" ]; then
     want_start hastack-before $P_HKB "$BEFORE" balancer --config "$W/hastack-before.toml"
+    want_start hastack-before-http $P_HKBH "$BEFORE" balancer --config "$W/hastack-before-http.toml"
 fi
 want_start hastack-tcp $P_HK "$BIN" balancer --config "$W/hastack-tcp.toml"
 want_start hastack-copy $P_HKC "$BIN" balancer --config "$W/hastack-copy.toml"
@@ -312,10 +314,11 @@ fi
         d_rps=$(awk -v s=$size '$1==s && $2=="direct"{print $4}' "$RES" | median)
         h_rps=$(awk -v s=$size '$1==s && $2=="haproxy-tcp"{print $4}' "$RES" | median)
         hs_rps=$(awk -v s=$size '$1==s && $2=="haproxy-splice"{print $4}' "$RES" | median)
+        hh_rps=$(awk -v s=$size '$1==s && $2=="haproxy-http"{print $4}' "$RES" | median)
         echo "### $size responses"
         echo
-        echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | × direct | × HAProxy tcp | × HAProxy splice | errors |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | × direct | × HAProxy tcp | × HAProxy splice | × HAProxy http | errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for t in $TARGETS; do
             rps=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $4}' "$RES" | median)
             p50=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $5}' "$RES" | median)
@@ -323,9 +326,9 @@ fi
             cpu=$(awk -v s=$size -v t=$t '$1==s && $2==t{print $7}' "$RES" | median)
             errs=$(awk -v s=$size -v t=$t '$1==s && $2==t{e+=$8} END{print e+0}' "$RES")
             [ "$t" = direct ] && cpu="-"
-            awk -v t=$t -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v d="$d_rps" -v h="$h_rps" -v hs="$hs_rps" -v e="$errs" \
+            awk -v t=$t -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v d="$d_rps" -v h="$h_rps" -v hs="$hs_rps" -v hh="$hh_rps" -v e="$errs" \
                 'function q(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" }
-                 BEGIN{ printf "| %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %d |\n", t, r, a, b, c, q(r, d), q(r, h), q(r, hs), e }'
+                 BEGIN{ printf "| %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %s | %d |\n", t, r, a, b, c, q(r, d), q(r, h), q(r, hs), q(r, hh), e }'
         done
         echo
     done
