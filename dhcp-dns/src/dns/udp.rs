@@ -228,10 +228,7 @@ pub fn serve(cfg: UdpLoop, mut slow: SlowPath) {
         {
             let cache = cfg.forwarder.as_deref().map(|f| &f.cache);
             let mut hits = 0u64;
-            let zone = match cfg.zone.read() {
-                Ok(z) => Some(z),
-                Err(_) => None,
-            };
+            let zone = cfg.zone.read().ok();
             for i in 0..n {
                 if !allowed[i] {
                     continue;
