@@ -21,6 +21,9 @@
 # --modes "sync dnsmasq" runs only those servers (default: none sync async dnsmasq). With
 # HASTACK_BEFORE=<binary>, a mode written "sync@before" runs that binary instead: an earlier
 # build measured side by side with the current one, interleaved in every run.
+# --strace DIR counts the system calls of every server process (strace -c -f, one per process)
+# during each steady load into DIR/<mode>-steady-<run>.<process>.txt (slows the servers: use it
+# for calls per lease, not for the CPU figures).
 # --idle also measures the gateways' CPU while idle for SECS before the loads (fixed cost:
 # heartbeats, timers). Per run, stderr shows the CPU seconds of each process (holder first).
 #
@@ -37,6 +40,8 @@ FLOOD_CLIENTS=30000
 PROFILE=
 MODES="none sync async dnsmasq"
 IDLE=
+STRACE=
+STRACE_PIDS=()
 HASTACK=${HASTACK:-target/release/hastack}
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
         --profile) PROFILE=$(mkdir -p "$2" && readlink -f "$2"); shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         --idle) IDLE=1; shift ;;
+        --strace) STRACE=$(mkdir -p "$2" && readlink -f "$2"); shift 2 ;;
         -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -75,6 +81,7 @@ stop_all() {
 }
 cleanup() {
     [ -n "$PERF_PID" ] && kill "$PERF_PID" 2>/dev/null || true
+    for p in "${STRACE_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
     stop_all
     # Safety net: anything this run started that is still alive names our unique work dir.
     local p
@@ -206,6 +213,14 @@ perf_run() { # rate clients macbase [profile-file]
         perf record -q -F 499 -g -p "$(IFS=,; echo "${PIDS[*]}")" -o "$4" > /dev/null 2>&1 &
         PERF_PID=$!
     fi
+    if [ -n "${5:-}" ]; then
+        local p
+        for p in "${PIDS[@]}"; do
+            strace -c -f -p "$p" -o "$5.${PNAME[$p]:-$p}.txt" > /dev/null 2>&1 &
+            STRACE_PIDS+=($!)
+        done
+        sleep 0.5
+    fi
     t0=$(ticks)
     p0=$(proc_ticks)
     ip netns exec $NS_PERF taskset -c 1 perfdhcp -4 -l 198.18.0.200 -r "$1" -R "$2" -b "mac=$3" -p "$SECS" "$TARGET" \
@@ -217,6 +232,11 @@ perf_run() { # rate clients macbase [profile-file]
     fi
     # Let the servers finish what is queued (and the peers persist it) before reading CPU time.
     sleep 0.5
+    if [ ${#STRACE_PIDS[@]} -gt 0 ]; then
+        for p in "${STRACE_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+        for p in "${STRACE_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+        STRACE_PIDS=()
+    fi
     t1=$(ticks)
     echo "#   cpu s by process (VIP on gw$(holder 2>/dev/null | head -1)): $(proc_delta "$p0" "$(proc_ticks)")" >&2
     # perfdhcp prints sent/received and delays for DISCOVER-OFFER, then for REQUEST-ACK.
@@ -259,7 +279,7 @@ for r in $(seq 1 "$RUNS"); do
                 PERF_PID=
             fi
         fi
-        STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01 "${PROFILE:+$PROFILE/$who-steady-$r.data}")
+        STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01 "${PROFILE:+$PROFILE/$who-steady-$r.data}" "${STRACE:+$STRACE/$who-steady-$r}")
         echo "# run $r $who steady $RATE/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${STEADY[$who,$r]}" >&2
         FLOOD_R[$who,$r]=$(perf_run "$FLOOD" "$FLOOD_CLIENTS" 02:10:00:00:00:01 "${PROFILE:+$PROFILE/$who-flood-$r.data}")
         echo "# run $r $who flood $FLOOD/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${FLOOD_R[$who,$r]}" >&2

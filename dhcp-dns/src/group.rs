@@ -9,19 +9,21 @@
 //! # Socket protocol
 //! ```text
 //! client: {"cmd":"group-join","group":"leases"}\n
-//! daemon: {"ok":true,"node":N,"member":M,"targeted":true}\n  (or {"error":"..."}\n and close)
+//! daemon: {"ok":true,"node":N,"member":M,"targeted":true,"others":true}\n  (or {"error":"..."}\n and close)
 //! then frames both ways:  len:u32be kind:u8 body[len-1]
 //!   client -> daemon  kind 1 MCAST    body = payload (at most MAX_MESSAGE bytes)
 //!                     kind 4 MCAST_TO body = count:u8 (node:u32be member:u64be)*count payload
+//!                     kind 5 MCAST_OTHERS body = payload (every member but the sender)
 //!   daemon -> client  kind 2 DELIVER  body = node:u32be member:u64be payload
 //!                     kind 3 VIEW     body = count:u16be (node:u32be member:u64be)*count
 //! ```
 //! The first VIEW a client gets is the one that contains it. Members are sorted.
 //!
 //! `MCAST_TO` is a multicast in the same total order that the daemons deliver only to the listed
-//! members (an acknowledgement concerns its origin alone: the others need not wake up for it).
-//! A daemon that offers it says `"targeted":true` in its join answer; a client sends it only
-//! then. Delivery to the others is allowed (a daemon in a cluster with older daemons delivers
+//! members (an acknowledgement concerns its origin alone: the others need not wake up for it);
+//! `MCAST_OTHERS` one they deliver to every member but its sender (a member that joins while it
+//! is in flight included). A daemon that offers them says `"targeted":true` (`"others":true`) in
+//! its join answer; a client sends them only then. Delivery to the others is allowed (a daemon in a cluster with older daemons delivers
 //! it to everyone), so a receiver still checks who a message is for.
 //!
 //! # Client lifecycle
@@ -51,6 +53,8 @@ pub const KIND_DELIVER: u8 = 2;
 pub const KIND_VIEW: u8 = 3;
 /// A multicast for some members only.
 pub const KIND_MCAST_TO: u8 = 4;
+/// A multicast for every member but the sender.
+pub const KIND_MCAST_OTHERS: u8 = 5;
 /// Most targets of one `MCAST_TO`.
 pub const MAX_TARGETS: usize = 16;
 
@@ -228,6 +232,8 @@ pub struct GroupWriter {
     path: String,
     /// The daemon delivers `MCAST_TO` to its targets only.
     targeted: bool,
+    /// The daemon takes `MCAST_OTHERS`.
+    others: bool,
     /// Reused for each burst of frames.
     out: Vec<u8>,
 }
@@ -245,10 +251,11 @@ pub async fn join(socket: &Path, group: &str) -> Result<(MemberId, GroupReader, 
     r.read_line(&mut line).await.map_err(io_err)?;
     let me = parse_join_answer(&line)?;
     let targeted = line.contains("\"targeted\":true");
+    let others = line.contains("\"others\":true");
     // Frames the daemon sent right after the answer may already sit in the line reader's buffer.
     let buf = r.buffer().to_vec();
     let r = r.into_inner();
-    Ok((me, GroupReader { r, buf, head: 0, path: path.clone() }, GroupWriter { w, path, targeted, out: Vec::new() }))
+    Ok((me, GroupReader { r, buf, head: 0, path: path.clone() }, GroupWriter { w, path, targeted, others, out: Vec::new() }))
 }
 
 fn serde_json_line(group: &str) -> String {
@@ -343,6 +350,8 @@ impl GroupReader {
 pub struct Outgoing {
     /// The members it is for (empty: everyone).
     pub to: Vec<MemberId>,
+    /// Not for the sender itself (with `to` empty).
+    pub not_self: bool,
     /// The payload.
     pub payload: Vec<u8>,
 }
@@ -381,6 +390,8 @@ impl GroupWriter {
             }
             if self.targeted && !m.to.is_empty() && m.to.len() <= MAX_TARGETS {
                 mcast_to_frame_into(&mut self.out, &m.to, &m.payload);
+            } else if self.others && m.to.is_empty() && m.not_self {
+                frame_into(&mut self.out, KIND_MCAST_OTHERS, &m.payload);
             } else {
                 frame_into(&mut self.out, KIND_MCAST, &m.payload);
             }

@@ -21,12 +21,18 @@
 //! ([`group`]: Corosync CPG's contract over the membership's ordered channel: every member gets
 //! every message and every group view change in one total order). [`replication`] implements the
 //! DHCP driver's [`server::LeaseReplicator`] on it: each lease change is multicast, every other
-//! member persists it (`fdatasync`) and acknowledges it.
+//! member persists it (`fdatasync`) and acknowledges it. A burst of records delivered together
+//! is applied by the DHCP driver in one turn and made durable by one group commit, then
+//! acknowledged with one message per origin, addressed to the origin alone (the cluster
+//! daemons hand it to no other member once every node of the view supports targeted
+//! messages; see [`group`]); a record is not delivered back to its origin. The replication
+//! driver runs on its own thread.
 //!
 //! - `replication = "sync"`: the DHCPACK is sent only after the lease is durable in the local log
-//!   **and** every other member of the group view (at the record's point in the total order) has
+//!   **and** every other member of the group (as this gateway knew it when it sent the record) has
 //!   acknowledged it durable in its own log. A member that leaves the view (node failed, process
-//!   stopped) is not waited for. If the acks do not arrive within `replication_timeout` (default
+//!   stopped) is not waited for; one that joins while the record is in flight receives it after
+//!   its join and persists it (it is loading its state then, not serving), unwaited for. If the acks do not arrive within `replication_timeout` (default
 //!   500 ms), or the cluster daemon is unreachable, the ACK is sent anyway and the lease is
 //!   counted in `replication_failures` and logged: availability first, a lone gateway serves.
 //!   **Guarantee:** after a failover the new active gateway holds every lease the old one

@@ -7,11 +7,12 @@
 //! resource engine's messages (JSON) are told apart by their first byte and reach it untouched.
 //! Kinds: `MCAST group member payload` (a member's message), `STATE (group member)*` (the
 //! complete list of one node's local members), `MCAST_TO group member targets payload` (a
-//! member's message that each daemon hands only to the targets among its local members) and
+//! member's message that each daemon hands only to the targets among its local members),
+//! `MCAST_OTHERS group member payload` (handed to every member but its sender) and
 //! `FEATURES flags` (what this node's daemon understands, sent after every view).
 //!
-//! A local member's `MCAST_TO` goes on the channel as `MCAST_TO` only while every node of the view
-//! has said (FEATURES, in this view) that it delivers it; otherwise as a plain `MCAST` that every
+//! A local member's `MCAST_TO` (`MCAST_OTHERS`) goes on the channel as such only while every node
+//! of the view has said (FEATURES, in this view) that it delivers it; otherwise as a plain `MCAST` that every
 //! member gets (a daemon of an older version drops kinds it does not know, so a mixed cluster
 //! during a rolling upgrade falls back to delivering to everyone; receivers check who a
 //! message is for).
@@ -58,8 +59,13 @@ const MCAST: u8 = 3;
 const STATE: u8 = 4;
 const MCAST_TO: u8 = 5;
 const FEATURES: u8 = 6;
+const MCAST_OTHERS: u8 = 7;
 /// FEATURES flag: this daemon delivers `MCAST_TO` to its targets.
 const FEATURE_TARGETED: u8 = 1;
+/// FEATURES flag: this daemon delivers `MCAST_OTHERS` to every member but the sender.
+const FEATURE_OTHERS: u8 = 2;
+/// What this daemon announces.
+const OUR_FEATURES: u8 = FEATURE_TARGETED | FEATURE_OTHERS;
 
 /// A control-socket connection that asked to join a group.
 pub struct GroupConn {
@@ -162,7 +168,7 @@ pub fn start(
             view: BTreeSet::new(),
             pending: BTreeSet::new(),
             table: BTreeMap::new(),
-            targeted: BTreeSet::new(),
+            features: BTreeMap::new(),
             notified: BTreeMap::new(),
             views: views_tx,
             locals: HashMap::new(),
@@ -205,6 +211,8 @@ enum FromLocal {
     Mcast(u64, Vec<u8>),
     /// A message for some members only: `count (node member)* payload` (the socket body).
     McastTo(u64, Vec<u8>),
+    /// A message for every member but its sender.
+    McastOthers(u64, Vec<u8>),
     Closed(u64),
 }
 
@@ -227,8 +235,8 @@ struct Router {
     pending: BTreeSet<u32>,
     /// Each node's members, as its last delivered STATE said.
     table: BTreeMap<u32, Vec<(String, u64)>>,
-    /// Nodes that said in this view that they deliver MCAST_TO to its targets.
-    targeted: BTreeSet<u32>,
+    /// What each node said in this view that it delivers (FEATURE_* flags).
+    features: BTreeMap<u32, u8>,
     /// The group views last given to local members.
     notified: BTreeMap<String, Vec<MemberId>>,
     /// `notified`, for status.
@@ -300,7 +308,7 @@ impl Router {
         let id = self.next_member;
         self.next_member += 1;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MEMBER_QUEUE);
-        let hello = format!("{{\"ok\":true,\"node\":{},\"member\":{id},\"targeted\":true}}\n", self.local);
+        let hello = format!("{{\"ok\":true,\"node\":{},\"member\":{id},\"targeted\":true,\"others\":true}}\n", self.local);
         tokio::spawn(async move {
             if writer.write_all(hello.as_bytes()).await.is_err() {
                 return;
@@ -333,6 +341,11 @@ impl Router {
                     }
                     Ok(Some((group::KIND_MCAST_TO, body))) if group::parse_mcast_to(&body).is_some() => {
                         if to_router.send(FromLocal::McastTo(id, body)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some((group::KIND_MCAST_OTHERS, body))) => {
+                        if to_router.send(FromLocal::McastOthers(id, body)).is_err() {
                             return;
                         }
                     }
@@ -371,13 +384,21 @@ impl Router {
                     warn!(member = id, len = payload.len(), "group message too large; dropped");
                     return;
                 }
-                let every_node_targets = self.view.iter().all(|n| *n == WITNESS_NODE_ID.0 || self.targeted.contains(n));
                 let m = encode(MCAST_TO, &l.group, id, &body);
-                if every_node_targets && m.len() <= ha_membership::wire::MAX_PAYLOAD {
+                if self.every_node_has(FEATURE_TARGETED) && m.len() <= ha_membership::wire::MAX_PAYLOAD {
                     let _ = self.bcast.send(m);
                 } else {
                     let _ = self.bcast.send(encode(MCAST, &l.group, id, payload));
                 }
+            }
+            FromLocal::McastOthers(id, payload) => {
+                let Some(l) = self.locals.get(&id) else { return };
+                if payload.len() > MAX_MESSAGE {
+                    warn!(member = id, len = payload.len(), "group message too large; dropped");
+                    return;
+                }
+                let kind = if self.every_node_has(FEATURE_OTHERS) { MCAST_OTHERS } else { MCAST };
+                let _ = self.bcast.send(encode(kind, &l.group, id, &payload));
             }
             FromLocal::Closed(id) => {
                 if let Some(l) = self.locals.remove(&id) {
@@ -386,6 +407,11 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Whether every node of the view (the witness aside) said it delivers `feature`.
+    fn every_node_has(&self, feature: u8) -> bool {
+        self.view.iter().all(|n| *n == WITNESS_NODE_ID.0 || self.features.get(n).is_some_and(|f| f & feature != 0))
     }
 
     /// Tell the cluster which local members this node has (none while not quorate).
@@ -496,9 +522,21 @@ impl Router {
                     .collect();
                 self.drop_stuck(stuck);
             }
+            MCAST_OTHERS => {
+                let local = self.local;
+                let mut frame = None;
+                let stuck: Vec<u64> = self
+                    .locals
+                    .iter()
+                    .filter(|(id, l)| l.joined && l.group == group && who != MemberId { node: local, member: **id })
+                    .filter(|(_, l)| l.tx.try_send(frame.get_or_insert_with(|| deliver_frame(who, body)).clone()).is_err())
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.drop_stuck(stuck);
+            }
             FEATURES => {
-                if body.first().is_some_and(|f| f & FEATURE_TARGETED != 0) {
-                    self.targeted.insert(origin);
+                if let Some(f) = body.first() {
+                    self.features.insert(origin, *f);
                 }
             }
             _ => warn!(origin, kind, "unknown group message kind dropped"),
@@ -509,8 +547,8 @@ impl Router {
         self.table.retain(|n, _| nodes.contains(n));
         // Every node says again what it understands (a node may have restarted with another
         // version between two views); until it has, its members get everything.
-        self.targeted.clear();
-        let _ = self.bcast.send(encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
+        self.features.clear();
+        let _ = self.bcast.send(encode(FEATURES, "", 0, &[OUR_FEATURES]));
         // Every node says again who its members are; views wait until all have (a vote-only
         // witness runs no processes and says nothing).
         self.pending = nodes.iter().copied().filter(|n| *n != WITNESS_NODE_ID.0).collect();
@@ -571,7 +609,7 @@ mod tests {
             view: BTreeSet::new(),
             pending: BTreeSet::new(),
             table: BTreeMap::new(),
-            targeted: BTreeSet::new(),
+            features: BTreeMap::new(),
             notified: BTreeMap::new(),
             views,
             locals: HashMap::new(),
@@ -609,6 +647,19 @@ mod tests {
     }
 
     #[test]
+    fn a_message_for_the_others_skips_its_sender_only() {
+        let (mut r, _b) = router();
+        let mut a = add_local(&mut r, 1);
+        let mut b = add_local(&mut r, 2);
+        r.on_delivered(1, &encode(MCAST_OTHERS, "leases", 1, b"rec"));
+        assert!(a.try_recv().is_err(), "the sender");
+        assert_eq!(b.try_recv().unwrap(), deliver_frame(MemberId { node: 1, member: 1 }, b"rec"));
+        // Member 1 of another node is someone else.
+        r.on_delivered(2, &encode(MCAST_OTHERS, "leases", 1, b"rec"));
+        assert!(a.try_recv().is_ok() && b.try_recv().is_ok());
+    }
+
+    #[test]
     fn targeted_sends_wait_until_every_node_of_the_view_understands_them() {
         let (mut r, mut out) = router();
         let _a = add_local(&mut r, 1);
@@ -617,7 +668,7 @@ mod tests {
         while let Ok(m) = out.try_recv() {
             sent.push(m);
         }
-        assert!(sent.iter().any(|m| decode(m).is_some_and(|(k, _, _, b)| k == FEATURES && b == [FEATURE_TARGETED])), "FEATURES after the view");
+        assert!(sent.iter().any(|m| decode(m).is_some_and(|(k, _, _, b)| k == FEATURES && b == [OUR_FEATURES])), "FEATURES after the view");
         let body = mcast_to_body(&[MemberId { node: 2, member: 1 }], b"ack");
         let kind_sent = |r: &mut Router, out: &mut mpsc::UnboundedReceiver<Bytes>| {
             r.on_local(FromLocal::McastTo(1, body.clone()));
@@ -625,11 +676,17 @@ mod tests {
             let (k, _, _, b) = decode(&m).unwrap();
             (k, b.to_vec())
         };
-        r.on_delivered(1, &encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
-        r.on_delivered(2, &encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
+        r.on_delivered(1, &encode(FEATURES, "", 0, &[OUR_FEATURES]));
+        r.on_delivered(2, &encode(FEATURES, "", 0, &[OUR_FEATURES]));
         assert_eq!(kind_sent(&mut r, &mut out), (MCAST, b"ack".to_vec()), "node 3 has not said it delivers MCAST_TO");
+        // A node that delivers MCAST_TO but not MCAST_OTHERS (the first version that had FEATURES).
         r.on_delivered(3, &encode(FEATURES, "", 0, &[FEATURE_TARGETED]));
         assert_eq!(kind_sent(&mut r, &mut out), (MCAST_TO, body.clone()));
+        r.on_local(FromLocal::McastOthers(1, b"rec".to_vec()));
+        assert_eq!(decode(&out.try_recv().unwrap()).map(|(k, ..)| k), Some(MCAST), "node 3 cannot leave the sender out");
+        r.on_delivered(3, &encode(FEATURES, "", 0, &[OUR_FEATURES]));
+        r.on_local(FromLocal::McastOthers(1, b"rec".to_vec()));
+        assert_eq!(decode(&out.try_recv().unwrap()).map(|(k, ..)| k), Some(MCAST_OTHERS));
         // A new view: everyone says it again before targeted sends resume.
         r.on_view([1, 2, 3].into());
         while out.try_recv().is_ok() {}

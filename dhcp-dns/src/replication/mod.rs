@@ -8,9 +8,12 @@
 //!   (fdatasync) and then multicasts `Ack{to: origin, seq}`, addressed to the origin alone (the
 //!   daemons deliver it to the origin only, when they all can). A delivered batch of records is
 //!   persisted as one group commit and acknowledged with one message per origin.
-//! - The origin, when its own `Record` comes back in the total order, waits for an `Ack` from
-//!   every *other* member of the group view at that point; a member that leaves the view (its
-//!   node failed, its process stopped) is no longer waited for. All acks in → the lease is
+//! - The origin waits for an `Ack` from every *other* member of the group as it knows it when it
+//!   sends the record (a record is not delivered back to its origin when the daemons can avoid
+//!   it; when it does come back, the wait is set again to the members at that point of the
+//!   order, which precedes every ack); a member that leaves the view (its node failed, its
+//!   process stopped) is no longer waited for. A member that joins while the record is in flight
+//!   gets it after its join and persists it, unwaited for. All acks in → the lease is
 //!   replicated; the deadline passes first → it is reported as failed (counted, served anyway).
 //! - State transfer: when a member joins, the lowest-id member that was already in the group
 //!   (the donor) multicasts `Snapshot{to: joiner}` chunks of its table — leases *and tombstones*
@@ -214,6 +217,9 @@ impl Default for CoreConfig {
 pub enum RepAction {
     /// Multicast this payload to the group.
     Multicast(Vec<u8>),
+    /// Multicast this payload to every member but this one (it may come back here too: the
+    /// core then treats it as the point in the order the record took).
+    MulticastOthers(Vec<u8>),
     /// Multicast this payload in the group's order for `to` only (the others may get it too and
     /// ignore it: acks and snapshots name who they are for).
     SendTo {
@@ -451,12 +457,16 @@ impl ReplicationCore {
         }
         let seq = self.next_seq;
         msg[1..9].copy_from_slice(&seq.to_be_bytes());
+        let me = self.me;
+        let others: BTreeSet<MemberId> = self.members.iter().filter(|m| Some(**m) != me).copied().collect();
+        out.push(RepAction::MulticastOthers(std::mem::take(msg)));
         for (i, token) in tokens.drain(..).enumerate() {
             self.counters.sent += 1;
-            self.pending.insert(seq + i as u64, Pending { token, waiting: None, deadline: now + self.cfg.ack_deadline });
+            self.pending.insert(seq + i as u64, Pending { token, waiting: Some(others.clone()), deadline: now + self.cfg.ack_deadline });
             self.next_seq += 1;
+            // Nobody else in the group: durable everywhere it has to be.
+            self.complete_if_done(seq + i as u64, out);
         }
-        out.push(RepAction::Multicast(std::mem::take(msg)));
     }
 
     /// A peer's record `seq` from `to` is durable here: acknowledge it.
@@ -616,7 +626,7 @@ impl ReplicationCore {
         let batch: Vec<(u64, LogRecord)> = mine.into_iter().map(|r| (u64::MAX, r)).collect();
         self.state = SyncState::Synced;
         for a in self.local_records(batch, now) {
-            if let RepAction::Multicast(_) = a {
+            if let RepAction::MulticastOthers(_) = a {
                 out.push(a);
             }
         }
@@ -680,7 +690,8 @@ impl ReplicationCore {
                     let others: BTreeSet<MemberId> = self.members.iter().filter(|m| **m != me).copied().collect();
                     for i in 0..records.len() as u64 {
                         if let Some(p) = self.pending.get_mut(&(seq + i)) {
-                            // Acks may only come after this point in the order, so none is lost.
+                            // Our record came back (a daemon that cannot leave us out): this is
+                            // its point in the order. Acks may only come after it, so none is lost.
                             p.waiting = Some(others.clone());
                         }
                         self.complete_if_done(seq + i, &mut out);
@@ -1032,8 +1043,9 @@ impl Io {
         let mut acks: Vec<(MemberId, u64)> = Vec::new();
         for a in acts {
             match a {
-                RepAction::Multicast(payload) => msgs.push(group::Outgoing { to: Vec::new(), payload }),
-                RepAction::SendTo { to, payload } => msgs.push(group::Outgoing { to: vec![to], payload }),
+                RepAction::Multicast(payload) => msgs.push(group::Outgoing { to: Vec::new(), not_self: false, payload }),
+                RepAction::MulticastOthers(payload) => msgs.push(group::Outgoing { to: Vec::new(), not_self: true, payload }),
+                RepAction::SendTo { to, payload } => msgs.push(group::Outgoing { to: vec![to], not_self: false, payload }),
                 RepAction::Apply { record, ack } => {
                     records.push(record);
                     acks.extend(ack);

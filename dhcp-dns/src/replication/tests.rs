@@ -26,10 +26,18 @@ fn m(node: u32) -> MemberId {
     MemberId { node, member: 1 }
 }
 
+/// Who a message is for.
+#[derive(Clone, Copy)]
+enum Dest {
+    All,
+    Others,
+    To(MemberId),
+}
+
 #[derive(Clone)]
 enum Item {
-    /// From, for (None: everyone), payload.
-    Msg(MemberId, Option<MemberId>, Vec<u8>),
+    /// From, for, payload.
+    Msg(MemberId, Dest, Vec<u8>),
     View(Vec<MemberId>),
 }
 
@@ -77,8 +85,9 @@ impl Bus {
     fn act(&mut self, who: MemberId, acts: Vec<RepAction>) {
         for a in acts {
             match a {
-                RepAction::Multicast(b) => self.queue.push_back(Item::Msg(who, None, b)),
-                RepAction::SendTo { to, payload } => self.queue.push_back(Item::Msg(who, Some(to), payload)),
+                RepAction::Multicast(b) => self.queue.push_back(Item::Msg(who, Dest::All, b)),
+                RepAction::MulticastOthers(b) => self.queue.push_back(Item::Msg(who, Dest::Others, b)),
+                RepAction::SendTo { to, payload } => self.queue.push_back(Item::Msg(who, Dest::To(to), payload)),
                 RepAction::Apply { record, ack } => {
                     let Some(n) = self.nodes.get_mut(&who) else { return };
                     n.applied.push(record);
@@ -118,7 +127,12 @@ impl Bus {
             }
             Item::Msg(from, to, b) => {
                 for who in self.group.clone() {
-                    if self.targeted && to.is_some_and(|t| t != who) {
+                    let skip = match to {
+                        Dest::All => false,
+                        Dest::Others => who == from,
+                        Dest::To(t) => t != who,
+                    };
+                    if self.targeted && skip {
                         continue;
                     }
                     let acts = match self.nodes.get_mut(&who) {
@@ -295,7 +309,7 @@ fn not_connected_fails_at_once_and_disconnect_fails_what_is_in_flight() {
     assert_eq!(core.on_view(vec![m(1), m(2)], now), vec![]);
     assert!(!core.is_synced());
     let acts = core.local_record(2, LogRecord::Remove(Ipv4Addr::new(198, 18, 0, 1), 1), now);
-    assert!(matches!(acts[..], [RepAction::Multicast(_)]));
+    assert!(matches!(acts[..], [RepAction::MulticastOthers(_)]));
     assert_eq!(core.disconnected(), vec![RepAction::Complete { token: 2, result: Err(RepFailure::Disconnected) }]);
 }
 
@@ -408,7 +422,7 @@ fn a_batch_is_one_message_and_every_record_in_it_completes() {
     let now = bus.now;
     let batch: Vec<(u64, LogRecord)> = (0..40u8).map(|i| (u64::from(i), LogRecord::Upsert(lease(i + 1, 100, &format!("h{i}"))))).collect();
     let acts = bus.nodes.get_mut(&m(1)).unwrap().core.local_records(batch, now);
-    assert_eq!(acts.iter().filter(|a| matches!(a, RepAction::Multicast(_))).count(), 3, "40 records of ~65 bytes fit in three messages");
+    assert_eq!(acts.iter().filter(|a| matches!(a, RepAction::MulticastOthers(_))).count(), 3, "40 records of ~65 bytes fit in three messages");
     bus.act(m(1), acts);
     bus.run();
     let mut done: Vec<u64> = bus.node(m(1)).done.iter().filter(|(_, r)| r.is_ok()).map(|(t, _)| *t).collect();
