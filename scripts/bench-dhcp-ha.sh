@@ -24,6 +24,9 @@
 # --strace DIR counts the system calls of every server process (strace -c -f, one per process)
 # during each steady load into DIR/<mode>-steady-<run>.<process>.txt (slows the servers: use it
 # for calls per lease, not for the CPU figures).
+# --counts also counts, per process and per ACKed lease, the system calls and context switches
+# during each steady load (perf stat on raw_syscalls:sys_enter and context-switches: cheap
+# enough to leave the figures as they are).
 # --idle also measures the gateways' CPU while idle for SECS before the loads (fixed cost:
 # heartbeats, timers). Per run, stderr shows the CPU seconds of each process (holder first).
 #
@@ -40,6 +43,7 @@ FLOOD_CLIENTS=30000
 PROFILE=
 MODES="none sync async dnsmasq"
 IDLE=
+COUNTS=
 STRACE=
 STRACE_PIDS=()
 HASTACK=${HASTACK:-target/release/hastack}
@@ -52,6 +56,7 @@ while [ $# -gt 0 ]; do
         --profile) PROFILE=$(mkdir -p "$2" && readlink -f "$2"); shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         --idle) IDLE=1; shift ;;
+        --counts) COUNTS=1; shift ;;
         --strace) STRACE=$(mkdir -p "$2" && readlink -f "$2"); shift 2 ;;
         -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -213,6 +218,16 @@ perf_run() { # rate clients macbase [profile-file]
         perf record -q -F 499 -g -p "$(IFS=,; echo "${PIDS[*]}")" -o "$4" > /dev/null 2>&1 &
         PERF_PID=$!
     fi
+    local counts=() cdir=
+    if [ -n "${6:-}" ]; then
+        local c
+        cdir=$(mktemp -d "$W/counts.XXXXXX")
+        for c in "${PIDS[@]}"; do
+            perf stat -e raw_syscalls:sys_enter,context-switches -x, -p "$c" -o "$cdir/${PNAME[$c]:-$c}" > /dev/null 2>&1 &
+            counts+=($!)
+        done
+        sleep 0.3
+    fi
     if [ -n "${5:-}" ]; then
         local p
         for p in "${PIDS[@]}"; do
@@ -232,6 +247,13 @@ perf_run() { # rate clients macbase [profile-file]
     fi
     # Let the servers finish what is queued (and the peers persist it) before reading CPU time.
     sleep 0.5
+    if [ ${#counts[@]} -gt 0 ]; then
+        for c in "${counts[@]}"; do kill -INT "$c" 2>/dev/null || true; done
+        for c in "${counts[@]}"; do wait "$c" 2>/dev/null || true; done
+        local acked
+        acked=$(awk '/received packets:/ { r++; if (r == 2) print $3 }' "$W/perf.out")
+        echo "#   per ACKed lease ($acked): $(for f in "$cdir"/*; do awk -F, -v n="$(basename "$f")" -v a="${acked:-0}" '$3 ~ /sys_enter/ { s = $1 } $3 ~ /context-switches/ { c = $1 } END { if (a > 0) printf "%s %.1f syscalls %.1f cs  ", n, s / a, c / a }' "$f"; done)" >&2
+    fi
     if [ ${#STRACE_PIDS[@]} -gt 0 ]; then
         for p in "${STRACE_PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
         for p in "${STRACE_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -279,7 +301,7 @@ for r in $(seq 1 "$RUNS"); do
                 PERF_PID=
             fi
         fi
-        STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01 "${PROFILE:+$PROFILE/$who-steady-$r.data}" "${STRACE:+$STRACE/$who-steady-$r}")
+        STEADY[$who,$r]=$(perf_run "$RATE" $((RATE * SECS)) 02:00:00:00:00:01 "${PROFILE:+$PROFILE/$who-steady-$r.data}" "${STRACE:+$STRACE/$who-steady-$r}" "$COUNTS")
         echo "# run $r $who steady $RATE/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${STEADY[$who,$r]}" >&2
         FLOOD_R[$who,$r]=$(perf_run "$FLOOD" "$FLOOD_CLIENTS" 02:10:00:00:00:01 "${PROFILE:+$PROFILE/$who-flood-$r.data}")
         echo "# run $r $who flood $FLOOD/s: DORA/s unanswered% cpu_s DORA/cpu_s ack_avg_ms ack_max_ms = ${FLOOD_R[$who,$r]}" >&2
