@@ -24,12 +24,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Session workers this suite runs with: none here (sessions on the test's runtime); the same
-/// suite runs again on two workers, as `hastack balancer` runs it, from `http_workers.rs`.
-#[allow(dead_code)]
-const WORKERS: usize = 0;
-
-/// Starts the session workers the including test crate asks for (none for this file alone).
+/// Starts the session workers the including test crate asks for: none for this file alone
+/// (sessions on the test's runtime); `http_workers.rs` runs the same suite on two workers, as
+/// `hastack balancer` runs it.
 #[allow(dead_code)]
 fn setup() {}
 
@@ -436,7 +433,7 @@ async fn keep_alive_on_both_sides_reuses_server_connections() {
         // Idle server connections are kept per session worker: the second client reuses one
         // only if it runs on the first one's worker.
         let conns = api.conns.load(Ordering::Relaxed);
-        if crate::WORKERS > 1 {
+        if tcp_balancer::runtime::session_workers() > 1 {
             assert!((1..=2).contains(&conns), "{conns} server connections for 21 requests on two clients");
         } else {
             assert_eq!(conns, 1, "one server connection for 21 requests");

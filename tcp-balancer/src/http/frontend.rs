@@ -105,12 +105,15 @@ impl HttpFrontendConfig {
 /// Most idle connections kept per server.
 const MAX_IDLE_PER_SERVER: usize = 64;
 
+/// One worker's idle connections, per server: each with the time it became idle.
+type IdleLists = Vec<Vec<(TcpStream, Instant)>>;
+
 /// Idle keep-alive connections to the servers of one backend, newest reused first, kept per
 /// session worker: a connection is registered with the reactor of the worker whose session
 /// used it, so only sessions on that worker reuse it (no cross-thread wake-ups, no lock
 /// contention between workers).
 pub(crate) struct Pool {
-    per_worker: Vec<Mutex<Vec<Vec<(TcpStream, Instant)>>>>,
+    per_worker: Vec<Mutex<IdleLists>>,
     max_age: Duration,
     reused: AtomicU64,
 }
@@ -123,7 +126,7 @@ impl Pool {
     }
 
     /// The calling worker's share.
-    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Vec<(TcpStream, Instant)>>> {
+    fn mine(&self) -> std::sync::MutexGuard<'_, IdleLists> {
         let i = crate::runtime::worker_index() % self.per_worker.len();
         self.per_worker[i].lock().unwrap_or_else(|p| p.into_inner())
     }

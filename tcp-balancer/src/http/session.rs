@@ -330,6 +330,11 @@ async fn transfer(
                 Err(_) => return Down::Broken { started },
             };
             let early_body = (out.len() - body_start) as u64;
+            // Counted as received, before the client can see it (stats read right after a
+            // response arrived include it).
+            if !resp.interim {
+                lease.count_response(resp.status);
+            }
             if write_all_flush(&mut cw, &out, idle.client).await.is_err() {
                 return Down::ClientGone;
             }
@@ -338,7 +343,6 @@ async fn transfer(
             if resp.interim {
                 continue;
             }
-            lease.count_response(resp.status);
             if resp.tunnel {
                 return Down::Tunnel;
             }
