@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dhcp_dns::dns::answer::{AnswerStats, Transport, answer_general, forwarded_response};
-use dhcp_dns::dns::fast::{answer_cached_into, answer_fast_into};
+use dhcp_dns::dns::fast::{WireAnswer, answer_cached_into, answer_fast_into, answer_wire_into};
 use dhcp_dns::dns::forward::{CacheKey, DnsCache};
 use dhcp_dns::dns::hosts::HostsEntry;
 use dhcp_dns::dns::zone::{Zone, ZoneConfig};
@@ -77,6 +77,19 @@ fn bench_cached_forward(c: &mut Criterion) {
     assert!(answer_cached_into(&z, &cache, &q, Transport::Udp, &stats, &mut out));
     let mut g = c.benchmark_group("dns/cached-forward");
     g.bench_function("wire", |b| b.iter(|| answer_cached_into(&z, &cache, black_box(&q), Transport::Udp, &stats, &mut out)));
+    // What the UDP loop pays per cached forward: one pass (session 4) vs the zone fast path
+    // declining it first, then the cache path parsing it again (session 3).
+    let now = Instant::now();
+    assert_eq!(answer_wire_into(&z, Some(&cache), &q, Transport::Udp, &stats, now, &mut out), WireAnswer::Cached);
+    g.bench_function("loop/one-pass", |b| {
+        b.iter(|| answer_wire_into(&z, Some(&cache), black_box(&q), Transport::Udp, &stats, now, &mut out))
+    });
+    g.bench_function("loop/fast-then-cache", |b| {
+        b.iter(|| {
+            answer_fast_into(&z, black_box(&q), Transport::Udp, &stats, &mut out)
+                || answer_cached_into(&z, &cache, black_box(&q), Transport::Udp, &stats, &mut out)
+        })
+    });
     g.bench_function("decode+records+encode", |b| {
         b.iter(|| {
             let req = Message::from_vec(black_box(&q)).expect("decode");
