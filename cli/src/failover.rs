@@ -766,10 +766,8 @@ impl LabCluster {
             };
             // The restarted daemon itself must be running (a status answer could only come from it,
             // but a daemon that failed at start-up should say why at once, not after 15 s).
-            if let Some(d) = self.daemons.get(&node) {
-                if fault != Fault::Stop && d.try_wait().ok().flatten().is_some() {
-                    bail!("the restarted daemon of lb{node} exited after {}:\n{}", fault.name(), d.log());
-                }
+            if let Some(d) = self.daemons.get(&node).filter(|d| fault != Fault::Stop && d.try_wait().ok().flatten().is_some()) {
+                bail!("the restarted daemon of lb{node} exited after {}:\n{}", fault.name(), d.log());
             }
             if rejoined && self.holders().len() == 1 {
                 return Ok(());

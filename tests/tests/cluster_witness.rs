@@ -231,10 +231,8 @@ fn a_cut_between_the_nodes_leaves_exactly_one_quorate_holder() {
             (_, Some(n)) => Some((Instant::now(), n)),
             (_, None) => None,
         };
-        if let Some((t, w)) = settled_since {
-            if t.elapsed() >= settled_for {
-                break Some(w);
-            }
+        if let Some((_, w)) = settled_since.filter(|(t, _)| t.elapsed() >= settled_for) {
+            break Some(w);
         }
         if Instant::now() > deadline {
             break None;
