@@ -1142,6 +1142,45 @@ async fn a_reused_connection_closed_by_the_server_is_replaced_transparently() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_connection_closed_by_the_server_is_not_reused() {
+    bounded(10, async {
+        // Answers one request with keep-alive, then closes the connection at once: the pooled
+        // connection has seen a FIN by the time the next request comes.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicU64::new(0));
+        let c2 = conns.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else { return };
+                c2.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    if read_head(&mut s, &mut buf).await.is_some() {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                });
+            }
+        });
+        let fe = HttpFrontend::start(http_config(vec![backend("be", &[("s", addr)])])).await.unwrap();
+        let mut c = connect(fe.local_addr()).await;
+        for i in 0..5 {
+            let r = c.get(&format!("/x{i}")).await.expect("answered");
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "request {i}");
+            // Time for the FIN to reach the balancer's reactor.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(conns.load(Ordering::Relaxed), 5);
+        let st = fe.http_stats();
+        assert_eq!(st.reused, 0, "a connection the server closed was offered for reuse");
+        assert_eq!(st.generated, [0; 5], "no error answered");
+        fe.drain(Duration::from_secs(1)).await;
+        server.abort();
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------- SNI, several certificates, accept-proxy + TLS
 
 /// Parses a `[balancer]` section.
