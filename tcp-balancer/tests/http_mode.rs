@@ -511,12 +511,14 @@ async fn a_watch_streams_events_as_they_happen() {
         let head = String::from_utf8_lossy(&c.buf[..n]).into_owned();
         assert!(head.starts_with("HTTP/1.1 200") && head.contains("Transfer-Encoding: chunked"), "{head}");
         c.buf.drain(..n);
-        // Each event arrives while the server is still producing (not buffered to the end).
+        // Each event arrives while the server is still producing (not buffered to the end: the
+        // server sends 600, one per 50 ms). The slack of 10 events (500 ms) is for a loaded
+        // machine's scheduling stalls, not for buffering.
         for i in 0..5 {
             let ev = read_one_chunk(&mut c).await;
             assert!(ev.contains(&format!("\"n\":{i}")), "event {i}: {ev}");
             let sent = api.events.load(Ordering::Relaxed);
-            assert!(sent <= i + 2, "event {i} delivered only after {sent} were sent");
+            assert!(sent <= i + 10, "event {i} delivered only after {sent} were sent");
         }
         drop(c);
         fe.drain(Duration::from_secs(1)).await;
