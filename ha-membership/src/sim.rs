@@ -1441,10 +1441,10 @@ fn pair_cut_suite(base: u64, shape: Shape) {
     for s in seeds(200) {
         // Half the seeds also lose datagrams everywhere (to and from the third party too).
         let loss = if s % 2 == 1 { 0.05 + 0.3 * ((s / 2) % 8) as f64 / 8.0 } else { 0.0 };
-        if let Some(t) = pair_cut(base + s, shape, PairCut::Both, loss) {
-            if loss == 0.0 {
-                handovers.push(t);
-            }
+        if let Some(t) = pair_cut(base + s, shape, PairCut::Both, loss)
+            && loss == 0.0
+        {
+            handovers.push(t);
         }
         // One-way variants on every other seed (with and without loss, both directions).
         if s % 4 >= 2 {
