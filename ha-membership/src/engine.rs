@@ -489,6 +489,9 @@ pub struct Engine {
     strict_until: Option<Instant>,
     /// Proposals of this node refused in a row since its last install (backs re-proposals off).
     refusals: u32,
+    /// When a peer this node held failed (or had not heard) was last heard again: merges wait for
+    /// the rest of its side (see `coordinator_duty`).
+    last_return: Option<Instant>,
 }
 
 impl Engine {
@@ -593,6 +596,7 @@ impl Engine {
             max_acked_epoch: 0,
             strict_until: None,
             refusals: 0,
+            last_return: None,
             params,
         };
         let ids: Vec<NodeId> = e.peers.keys().copied().collect();
@@ -1135,6 +1139,7 @@ impl Engine {
     }
 
     fn heard(&mut self, now: Instant, from: NodeId, boot: u64, link: usize) {
+        let mut returned = false;
         let Some(p) = self.peers.get_mut(&from) else { return };
         if p.boot.is_some_and(|b| boot > b) {
             // A new life of this node: the old one is gone.
@@ -1163,9 +1168,18 @@ impl Engine {
         if p.state != PeerState::Alive {
             if p.state == PeerState::Suspect {
                 self.stats.suspicions_cleared += 1;
+            } else {
+                // Heard again after it was failed (a healed cut): how long it has announced another
+                // view counts from now, or `distrust_stuck_coordinators` would take the time it spent
+                // cut off for a stuck coordinator and leave it out of the merge.
+                p.view_mismatch_since = None;
+                returned = true;
             }
             p.state = PeerState::Alive;
             p.suspicion = None;
+        }
+        if returned {
+            self.last_return = Some(now);
         }
     }
 
@@ -1418,6 +1432,16 @@ impl Engine {
         if same && !stale_peer && !self.must_install {
             return;
         }
+        // A merge waits until no peer has come back for two heartbeat intervals: the first
+        // heartbeat across a healed cut comes from one node of the other side, and a view of just
+        // that node would pull it out of its side's quorate view, then the rest would follow one
+        // view at a time, the majority losing quorum meanwhile. Crash failover adds nobody, so it
+        // never waits here.
+        let hb2 = self.params.timing.heartbeat_interval * 2;
+        let adds = self.view.as_ref().is_some_and(|v| r.iter().any(|m| !v.members.contains(m)));
+        if adds && self.last_return.is_some_and(|t| now < t + hb2) {
+            return;
+        }
         self.propose(now, r);
     }
 
@@ -1625,6 +1649,13 @@ impl Engine {
             self.pending = None;
         }
         self.promise = None;
+        if id.coordinator != self.params.local
+            && let Some(c) = self.peers.get_mut(&id.coordinator)
+            && c.boot == Some(id.coordinator_boot)
+        {
+            // Two-way contact proven: it had our ack, we have its install.
+            c.needs_contact = false;
+        }
         for p in self.peers.values_mut() {
             p.view_mismatch_since = if p.view == Some(id) { None } else { Some(now) };
             // Members unblock by installing this view; their next heartbeat says so.

@@ -999,8 +999,18 @@ fn partition_one_two_keeps_majority_quorate() {
     assert!(sim.engine(NodeId(3)).unwrap().quorate());
     let v1 = sim.engine(NodeId(1)).unwrap().view().unwrap().members.len();
     assert_eq!(v1, 1);
+    let losses = sim.quorum_losses;
+    let majority_quorate = |s: &Sim| [2, 3].iter().all(|n| s.engine(NodeId(*n)).is_some_and(|e| e.quorate()));
     sim.heal();
-    sim.run_until(CONVERGE_WITHIN, Sim::converged).unwrap_or_else(|| panic!("{}", sim.fail("no heal")));
+    let mut dropped = None;
+    sim.run_until(CONVERGE_WITHIN, |s| {
+        if dropped.is_none() && !majority_quorate(s) {
+            dropped = Some(s.now);
+        }
+        false
+    });
+    assert!(sim.converged(), "{}", sim.fail("no heal"));
+    assert!(dropped.is_none() && sim.quorum_losses == losses, "{}", sim.fail("the majority lost quorum while the cut-off node rejoined"));
 }
 
 /// The cut-off node loses the strict quorum, and then its reported flag (the grace later), before
