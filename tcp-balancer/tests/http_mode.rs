@@ -1107,29 +1107,46 @@ async fn drain_closes_idle_connections_and_lets_exchanges_finish() {
     .await;
 }
 
+/// What a [`one_answer_server`] connection does once it has answered its one request.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterAnswer {
+    /// Wait for the next request head, then drop the connection without an answer.
+    DropOnNextRequest,
+    /// Close the connection at once.
+    Close,
+}
+
+/// A server that answers one request per connection (`200 ok`, keep-alive), then ends the
+/// connection as `after` says; returns its address, its count of accepted connections and its task.
+async fn one_answer_server(after: AfterAnswer) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicU64::new(0));
+    let c2 = conns.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            c2.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(n) = read_head(&mut s, &mut buf).await else { return };
+                buf.drain(..n);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                if after == AfterAnswer::DropOnNextRequest {
+                    let _ = read_head(&mut s, &mut buf).await;
+                }
+            });
+        }
+    });
+    (addr, conns, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_connection_closed_by_the_server_is_replaced_transparently() {
     bounded(10, async {
         // Answers one request per connection with keep-alive, then drops the connection when the
         // next request arrives (an idle timeout racing the balancer's reuse).
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(AtomicU64::new(0));
-        let c2 = conns.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
-                c2.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let Some(n) = read_head(&mut s, &mut buf).await else { return };
-                    buf.drain(..n);
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-                    let _ = read_head(&mut s, &mut buf).await;
-                    // Dropped without an answer.
-                });
-            }
-        });
+        let (addr, conns, server) = one_answer_server(AfterAnswer::DropOnNextRequest).await;
         let fe = HttpFrontend::start(http_config(vec![backend("be", &[("s", addr)])])).await.unwrap();
         let mut c = connect(fe.local_addr()).await;
         for i in 0..5 {
@@ -1149,22 +1166,7 @@ async fn an_idle_server_connection_closed_by_the_server_is_not_reused() {
     bounded(10, async {
         // Answers one request with keep-alive, then closes the connection at once: the pooled
         // connection has seen a FIN by the time the next request comes.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(AtomicU64::new(0));
-        let c2 = conns.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
-                c2.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    if read_head(&mut s, &mut buf).await.is_some() {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-                    }
-                });
-            }
-        });
+        let (addr, conns, server) = one_answer_server(AfterAnswer::Close).await;
         let fe = HttpFrontend::start(http_config(vec![backend("be", &[("s", addr)])])).await.unwrap();
         let mut c = connect(fe.local_addr()).await;
         for i in 0..5 {
