@@ -151,6 +151,25 @@ impl ClusterHandle {
     }
 }
 
+/// Sends on the ordered channel from tasks running on the membership thread itself (see
+/// [`spawn_with`]): a message handed to it reaches the engine without crossing threads. It holds
+/// the command queue weakly, so it never keeps a node running after its [`ClusterHandle`] is gone.
+#[derive(Clone)]
+pub struct ChannelSender {
+    cmds: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl ChannelSender {
+    /// Queue a message on the ordered cluster channel (as [`ClusterHandle::broadcast`]).
+    pub async fn broadcast(&self, payload: Bytes) -> Result<u64, DriverError> {
+        let cmds = self.cmds.upgrade().ok_or(DriverError::Stopped)?;
+        let (tx, rx) = oneshot::channel();
+        cmds.send(Command::Broadcast(payload, tx)).map_err(|_| DriverError::Stopped)?;
+        drop(cmds);
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+}
+
 /// A boot epoch from the wall clock (microseconds since the Unix epoch).
 pub fn boot_epoch() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
@@ -185,6 +204,28 @@ fn set_realtime(priority: i32) {
 /// Start the membership thread: binds the link sockets, then runs until `leave` or the handle drops.
 /// Events (views, quorum, links, channel deliveries) arrive on the returned receiver, in order.
 pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceiver<Event>), DriverError> {
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let handle = start(cfg, ev_tx, Box::new(|_| {}))?;
+    Ok((handle, ev_rx))
+}
+
+/// [`spawn`], with the events handed to `on_thread`, which is called once on the membership
+/// thread, inside its runtime, before the engine's loop starts: tasks it spawns (`tokio::spawn`)
+/// run on that thread beside the engine, so a consumer of the channel can take deliveries and
+/// send messages ([`ChannelSender`]) without a thread hop per message. They are dropped when the
+/// membership thread ends (after a leave or halt). Keep them short per wake-up: they share the
+/// thread (and its real-time priority) with failure detection.
+pub fn spawn_with<F>(cfg: DriverConfig, on_thread: F) -> Result<ClusterHandle, DriverError>
+where
+    F: FnOnce(mpsc::UnboundedReceiver<Event>, ChannelSender) + Send + 'static,
+{
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    start(cfg, ev_tx, Box::new(move |sender| on_thread(ev_rx, sender)))
+}
+
+type OnThread = Box<dyn FnOnce(ChannelSender) + Send>;
+
+fn start(cfg: DriverConfig, ev_tx: mpsc::UnboundedSender<Event>, on_thread: OnThread) -> Result<ClusterHandle, DriverError> {
     let auth = match &cfg.key {
         KeySource::File(p) => Authenticator::load(p)?,
         KeySource::Material(m) => Authenticator::from_key_material(m),
@@ -218,9 +259,9 @@ pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceive
     let lease = Arc::new(std::sync::Mutex::new(None));
     let lease_w = lease.clone();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let addrs = cfg.addrs.clone();
     let prio = cfg.realtime_priority;
+    let sender = ChannelSender { cmds: cmd_tx.downgrade() };
     let thread = std::thread::Builder::new()
         .name(format!("hastack-membership-{local}"))
         .spawn(move || {
@@ -234,10 +275,13 @@ pub fn spawn(cfg: DriverConfig) -> Result<(ClusterHandle, mpsc::UnboundedReceive
                     return;
                 }
             };
-            rt.block_on(run(engine, binds, addrs, cmd_rx, ev_tx, status_tx, lease_w));
+            rt.block_on(async move {
+                on_thread(sender);
+                run(engine, binds, addrs, cmd_rx, ev_tx, status_tx, lease_w).await
+            });
         })
         .map_err(DriverError::Thread)?;
-    Ok((ClusterHandle { cmds: cmd_tx, status: status_rx, lease, thread: Some(thread) }, ev_rx))
+    Ok(ClusterHandle { cmds: cmd_tx, status: status_rx, lease, thread: Some(thread) })
 }
 
 async fn run(

@@ -73,7 +73,16 @@ fn raise_priority(priority: i32) {
 async fn serve(setup: Setup) -> anyhow::Result<()> {
     let Setup { driver: dcfg, resources, control_socket, names, metrics } = setup;
     let local = dcfg.params.local;
-    let (handle, events) = driver::spawn(dcfg).context("starting membership")?;
+    // Process groups (lease replication) ride the same ordered channel on full nodes, served on
+    // the membership thread itself; other events pass through. A vote-only witness runs no
+    // processes and has no groups.
+    let (handle, events, group_conns, groups) = if resources.is_some() {
+        let (handle, events, conns, groups) = super::groups::spawn(dcfg, local.0).context("starting membership")?;
+        (handle, events, Some(conns), Some(groups))
+    } else {
+        let (handle, events) = driver::spawn(dcfg).context("starting membership")?;
+        (handle, events, None, None)
+    };
     let handle = Arc::new(handle);
     let scrape = match metrics {
         Some(addr) => {
@@ -87,14 +96,7 @@ async fn serve(setup: Setup) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // Process groups (lease replication) ride the same ordered channel on full nodes; other
-    // events pass through. A vote-only witness runs no processes and has no groups.
-    let (mut events, group_conns, groups) = if resources.is_some() {
-        let (events, conns, groups) = super::groups::start(events, handle.clone(), local.0);
-        (events, Some(conns), Some(groups))
-    } else {
-        (events, None, None)
-    };
+    let mut events = events;
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
     let _control = control::serve_with_groups(control_socket.clone(), ctl_tx, group_conns)

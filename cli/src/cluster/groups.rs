@@ -32,19 +32,17 @@
 //! quorate view (a restarting gateway first merges with the cluster).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dhcp_dns::group::{self, MAX_MESSAGE, MemberId, deliver_frame, valid_group_name, view_frame};
 use ha_membership::Event;
 use ha_membership::channel::ChannelError;
-use ha_membership::driver::{ClusterHandle, DriverError};
+use ha_membership::driver::{self, ChannelSender, ClusterHandle, DriverConfig, DriverError};
 use ha_membership::from_config::WITNESS_NODE_ID;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// Most messages queued for one local member before it is disconnected as stuck.
@@ -95,8 +93,8 @@ impl JoinRequest {
 
 /// The running group service.
 pub struct Groups {
-    router: JoinHandle<()>,
-    sender: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    ended: oneshot::Receiver<()>,
     views: watch::Receiver<BTreeMap<String, Vec<MemberId>>>,
 }
 
@@ -117,32 +115,57 @@ impl Groups {
         v.to_string()
     }
 
-    /// Stop routing and drop the membership handle this service holds (so the daemon can leave).
+    /// Stop routing: local members are disconnected (they reconnect to the next daemon).
     pub async fn shutdown(self) {
-        self.router.abort();
-        let _ = self.router.await;
-        // The sender ends once the router's queue is gone; bounded anyway.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.sender).await;
+        let _ = self.stop.send(true);
+        // The router ends at its next turn on the membership thread; bounded anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ended).await;
     }
 }
 
-/// Splits the membership events: group messages are consumed here; every other event (views
-/// included) comes out of the returned receiver unchanged, in order. Joining connections go
-/// into the returned sender.
-pub fn start(
-    mut events: mpsc::UnboundedReceiver<Event>,
-    handle: Arc<ClusterHandle>,
+/// Starts the membership node with the group service running on its thread: local members'
+/// sockets are read and written there, their messages go to the engine and its deliveries
+/// come back to them without a thread hop (per message, one wake-up of one thread). Group
+/// messages are consumed there; every other event (views included) comes out of the returned
+/// receiver unchanged, in order, for the resource engine. Joining connections go into the
+/// returned sender.
+#[allow(clippy::type_complexity)]
+pub fn spawn(
+    cfg: DriverConfig,
     local: u32,
-) -> (mpsc::UnboundedReceiver<Event>, mpsc::UnboundedSender<GroupConn>, Groups) {
+) -> Result<(ClusterHandle, mpsc::UnboundedReceiver<Event>, mpsc::UnboundedSender<GroupConn>, Groups), DriverError> {
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<GroupConn>();
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel::<GroupConn>();
+    let (views_tx, views) = watch::channel(BTreeMap::new());
+    let (stop, stop_rx) = watch::channel(false);
+    let (ended_tx, ended) = oneshot::channel();
+    let handle = driver::spawn_with(cfg, move |events, sender| {
+        tokio::spawn(async move {
+            route(events, sender, local, out_tx, conn_rx, views_tx, stop_rx).await;
+            let _ = ended_tx.send(());
+        });
+    })?;
+    Ok((handle, out_rx, conn_tx, Groups { stop, ended, views }))
+}
+
+/// The group service's loop, on the membership thread.
+async fn route(
+    mut events: mpsc::UnboundedReceiver<Event>,
+    channel: ChannelSender,
+    local: u32,
+    out_tx: mpsc::UnboundedSender<Event>,
+    mut conn_rx: mpsc::UnboundedReceiver<GroupConn>,
+    views_tx: watch::Sender<BTreeMap<String, Vec<MemberId>>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (bcast_tx, mut bcast_rx) = mpsc::unbounded_channel::<Bytes>();
-    // One sender task keeps this node's group messages in FIFO order on the channel.
-    let sender = tokio::spawn(async move {
+    // One sender task keeps this node's group messages in FIFO order on the channel. It runs
+    // on this thread too: a broadcast and its answer are task switches, not thread wake-ups.
+    tokio::spawn(async move {
         while let Some(p) = bcast_rx.recv().await {
             let mut tries = 0;
             loop {
-                match handle.broadcast(p.clone()).await {
+                match channel.broadcast(p.clone()).await {
                     Ok(_) => break,
                     Err(DriverError::Stopped | DriverError::Channel(ChannelError::Left)) => return,
                     Err(e @ DriverError::Channel(ChannelError::Full)) if tries < 200 => {
@@ -159,52 +182,49 @@ pub fn start(
             }
         }
     });
-    let (views_tx, views) = watch::channel(BTreeMap::new());
-    let router = tokio::spawn(async move {
-        let (local_tx, mut local_rx) = mpsc::unbounded_channel::<FromLocal>();
-        let mut r = Router {
-            local,
-            quorate: false,
-            view: BTreeSet::new(),
-            pending: BTreeSet::new(),
-            table: BTreeMap::new(),
-            features: BTreeMap::new(),
-            notified: BTreeMap::new(),
-            views: views_tx,
-            locals: HashMap::new(),
-            next_member: 1,
-            bcast: bcast_tx,
-            local_tx,
-        };
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    None => return,
-                    Some(Event::Delivered { origin, payload, .. }) if payload.starts_with(TAG) => r.on_delivered(origin.0, &payload),
-                    Some(ev) => {
-                        match &ev {
-                            Event::ViewInstalled { members, .. } => r.on_view(members.iter().map(|m| m.node.0).collect()),
-                            Event::QuorumGained { .. } => {
-                                r.quorate = true;
-                                r.announce();
-                            }
-                            Event::QuorumLost => {
-                                r.quorate = false;
-                                r.announce();
-                            }
-                            _ => {}
+    let (local_tx, mut local_rx) = mpsc::unbounded_channel::<FromLocal>();
+    let mut r = Router {
+        local,
+        quorate: false,
+        view: BTreeSet::new(),
+        pending: BTreeSet::new(),
+        table: BTreeMap::new(),
+        features: BTreeMap::new(),
+        notified: BTreeMap::new(),
+        views: views_tx,
+        locals: HashMap::new(),
+        next_member: 1,
+        bcast: bcast_tx,
+        local_tx,
+    };
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                None => return,
+                Some(Event::Delivered { origin, payload, .. }) if payload.starts_with(TAG) => r.on_delivered(origin.0, &payload),
+                Some(ev) => {
+                    match &ev {
+                        Event::ViewInstalled { members, .. } => r.on_view(members.iter().map(|m| m.node.0).collect()),
+                        Event::QuorumGained { .. } => {
+                            r.quorate = true;
+                            r.announce();
                         }
-                        if out_tx.send(ev).is_err() {
-                            return;
+                        Event::QuorumLost => {
+                            r.quorate = false;
+                            r.announce();
                         }
+                        _ => {}
                     }
-                },
-                Some(c) = conn_rx.recv() => r.on_conn(c),
-                Some(m) = local_rx.recv() => r.on_local(m),
-            }
+                    if out_tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            },
+            Some(c) = conn_rx.recv() => r.on_conn(c),
+            Some(m) = local_rx.recv() => r.on_local(m),
+            _ = stop.changed() => return,
         }
-    });
-    (out_rx, conn_tx, Groups { router, sender, views })
+    }
 }
 
 enum FromLocal {
@@ -298,7 +318,28 @@ fn decode_state(b: &[u8]) -> Option<Vec<(String, u64)>> {
 
 impl Router {
     fn on_conn(&mut self, c: GroupConn) {
-        let GroupConn { group, mut reader, mut writer } = c;
+        let GroupConn { group, reader, writer } = c;
+        // The connection was accepted on the daemon's main runtime: register it with this
+        // thread's, so its wake-ups land here and not on the main thread first. Bytes the
+        // request-line reader took past the request stay in front of the rest.
+        let early = reader.buffer().to_vec();
+        let moved = reader
+            .into_inner()
+            .reunite(writer)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|s| s.into_std())
+            .and_then(tokio::net::UnixStream::from_std);
+        let (reader, mut writer) = match moved {
+            Ok(s) => {
+                let (r, w) = s.into_split();
+                (BufReader::new(std::io::Cursor::new(early).chain(r)), w)
+            }
+            Err(e) => {
+                warn!(%group, error = %e, "group member connection cannot be moved to the membership thread; dropped");
+                return;
+            }
+        };
+        let mut reader = reader;
         if !valid_group_name(&group) {
             tokio::spawn(async move {
                 let _ = writer.write_all(b"{\"error\":\"group names are 1-32 characters of [A-Za-z0-9._-]\"}\n").await;
