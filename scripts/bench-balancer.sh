@@ -10,9 +10,17 @@
 # --before adds "hastack-before" and "hastack-before-http": another hastack binary (e.g. the
 # previous commit's) in tcp and http mode, for before/after figures in the same run. --targets keeps only the named targets (direct,
 # haproxy-tcp, haproxy-splice, haproxy-http, nginx-stream, hastack-tcp, hastack-copy,
-# hastack-http, hastack-before, hastack-before-http). --threads sets hastack's [balancer] threads.
-# Needs: wrk, haproxy, nginx (+ stream module), python3; a release hastack binary (built here
-# unless --bin is given). Bounded: every wrk run is S seconds; everything it starts is stopped by
+# hastack-http, hastack-before, hastack-before-http, floor-relay, floor-relay-1t, haproxy-tcp-1t,
+# hastack-tcp-1t; the -1t ones run one thread: nbthread 1, threads = 1). --threads sets
+# hastack's [balancer] threads (and floor-relay's). floor-relay is scripts/floor/relay.c (the
+# cheapest copying relay: epoll, recv/send, half-close, nothing else) built with gcc -O2 here, one
+# thread per core (floor-relay-1t: one thread): the floor any copying proxy can reach.
+# Besides req/s and the balancer's CPU, every run records per request: the balancer's voluntary
+# and involuntary context switches (all threads), the CPU of wrk and of the two nginx backends,
+# and the whole machine's busy CPU (/proc/stat) and idle share, so a balancer that makes its
+# neighbours pay (more wake-ups, split segments) shows.
+# Needs: wrk, haproxy, nginx (+ stream module), python3, gcc (floor targets), GNU time; a release
+# hastack binary (built here unless --bin is given). Bounded: every wrk run is S seconds; everything it starts is stopped by
 # PID on exit. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +87,7 @@ if [ "$IDLE" -gt $((HMAXCONN - 100)) ]; then
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B1=$(port); B2=$(port)
-P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port); P_HKB=$(port); P_HKBH=$(port)
+P_HT=$(port); P_HS=$(port); P_HH=$(port); P_NG=$(port); P_HK=$(port); P_HKH=$(port); P_HKC=$(port); P_HKB=$(port); P_HKBH=$(port); P_FL=$(port); P_FL1=$(port); P_HT1=$(port); P_HK1=$(port)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- backends: two nginx instances, one worker each -------------------------------------------
@@ -109,11 +117,12 @@ EOF
 done
 
 # --- balancers ------------------------------------------------------------------------------
-haproxy_cfg() { # mode extra port
+haproxy_cfg() { # mode extra port [global extra]
     cat <<EOF
 global
     maxconn $HMAXCONN
     maxpipes 1000
+    ${4:-}
 defaults
     mode $1
     timeout connect 5s
@@ -130,6 +139,7 @@ EOF
 haproxy_cfg tcp "" $P_HT > "$W/haproxy-tcp.cfg"
 haproxy_cfg tcp "option splice-auto" $P_HS > "$W/haproxy-splice.cfg"
 haproxy_cfg http "option http-keep-alive" $P_HH > "$W/haproxy-http.cfg"
+haproxy_cfg tcp "" $P_HT1 "nbthread 1" > "$W/haproxy-tcp-1t.cfg"
 cat > "$W/nginx-stream.conf" <<EOF
 worker_processes auto;
 user root;
@@ -144,7 +154,8 @@ stream {
 }
 EOF
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || sed -i '/load_module/d' "$W/nginx-stream.conf"
-hastack_cfg() { # port mode splice
+hastack_cfg() { # port mode splice [threads]
+    local threads=${4:-$THREADS}
     cat <<EOF
 [control]
 balancer_socket = "$W/hastack-$1.sock"
@@ -152,7 +163,7 @@ balancer_socket = "$W/hastack-$1.sock"
 [balancer]
 maxconn = 20000
 splice = ${3:-true}
-${THREADS:+threads = $THREADS}
+${threads:+threads = $threads}
 
 [balancer.timeouts]
 client = "300s"
@@ -179,6 +190,7 @@ EOF
 }
 hastack_cfg $P_HK tcp > "$W/hastack-tcp.toml"
 hastack_cfg $P_HKC tcp false > "$W/hastack-copy.toml"
+hastack_cfg $P_HK1 tcp true 1 > "$W/hastack-tcp-1t.toml"
 hastack_cfg $P_HKH http > "$W/hastack-http.toml"
 hastack_cfg $P_HKB tcp > "$W/hastack-before.toml"
 hastack_cfg $P_HKBH http > "$W/hastack-before-http.toml"
@@ -200,7 +212,12 @@ want_start() { # name port command...
     TARGETS="$TARGETS $1"
 }
 wanted direct && TARGETS="direct"
+if wanted floor-relay || wanted floor-relay-1t; then
+    command -v gcc >/dev/null || { echo "missing: gcc (floor-relay)" >&2; exit 2; }
+    gcc -O2 -pthread -o "$W/relay" scripts/floor/relay.c
+fi
 want_start haproxy-tcp $P_HT haproxy -db -f "$W/haproxy-tcp.cfg"
+want_start haproxy-tcp-1t $P_HT1 haproxy -db -f "$W/haproxy-tcp-1t.cfg"
 want_start haproxy-splice $P_HS haproxy -db -f "$W/haproxy-splice.cfg"
 want_start haproxy-http $P_HH haproxy -db -f "$W/haproxy-http.cfg"
 want_start nginx-stream $P_NG nginx -c "$W/nginx-stream.conf" -g 'daemon off;'
@@ -208,8 +225,11 @@ if [ -n "$BEFORE" ]; then
     want_start hastack-before $P_HKB "$BEFORE" balancer --config "$W/hastack-before.toml"
     want_start hastack-before-http $P_HKBH "$BEFORE" balancer --config "$W/hastack-before-http.toml"
 fi
+want_start floor-relay $P_FL "$W/relay" -t "${THREADS:-$(nproc)}" 127.0.0.1:$P_FL 127.0.0.1:$B1 127.0.0.1:$B2
+want_start floor-relay-1t $P_FL1 "$W/relay" -t 1 127.0.0.1:$P_FL1 127.0.0.1:$B1 127.0.0.1:$B2
 want_start hastack-tcp $P_HK "$BIN" balancer --config "$W/hastack-tcp.toml"
 want_start hastack-copy $P_HKC "$BIN" balancer --config "$W/hastack-copy.toml"
+want_start hastack-tcp-1t $P_HK1 "$BIN" balancer --config "$W/hastack-tcp-1t.toml"
 if "$BIN" config check "$W/hastack-http.toml" >/dev/null 2>&1; then
     want_start hastack-http $P_HKH "$BIN" balancer --config "$W/hastack-http.toml"
 fi
@@ -246,6 +266,20 @@ to_ms() { # wrk latency (e.g. 812.00us, 1.23ms, 2.01s) to ms
 }
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 HZ=$(getconf CLK_TCK)
+BACKENDS="${PIDS[0]} ${PIDS[1]}"
+ctx_switches() { # "voluntary involuntary", summed over every thread of the processes
+    local v=0 i=0 p f
+    for p in $(procs "$1"); do
+        for f in /proc/$p/task/*/status; do
+            [ -r "$f" ] || continue
+            read -r a b < <(awk '/^voluntary_ctxt_switches/{v=$2} /^nonvoluntary_ctxt_switches/{i=$2} END{print v+0, i+0}' "$f")
+            v=$((v + a)); i=$((i + b))
+        done
+    done
+    echo "$v $i"
+}
+backend_ticks() { local s=0 b; for b in $BACKENDS; do s=$((s + $(cpu_ticks "$b"))); done; echo $s; }
+machine_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; } # busy idle(+iowait)
 
 RES="$W/results"
 : > "$RES"
@@ -254,16 +288,26 @@ for size in $SIZES; do
         for t in $TARGETS; do
             pid=${PID[$t]:-}
             c0=0; [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-            out=$(wrk -t1 -c50 -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$t]}/$size" 2>&1)
+            x0="0 0"; [ -n "$pid" ] && x0=$(ctx_switches "$pid")
+            n0=$(backend_ticks); read -r m0 i0 < <(machine_ticks)
+            # GNU time's last line: wrk's user and system seconds, voluntary and involuntary switches.
+            out=$(/usr/bin/time -f "WRKTIME %U %S %w %c" wrk -t1 -c50 -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$t]}/$size" 2>&1)
             c1=0; [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+            x1="0 0"; [ -n "$pid" ] && x1=$(ctx_switches "$pid")
+            n1=$(backend_ticks); read -r m1 i1 < <(machine_ticks)
             reqs=$(echo "$out" | awk '/requests in/{print $1}')
             rps=$(echo "$out" | awk '/^Requests\/sec/{print $2}')
             p50=$(to_ms "$(echo "$out" | awk '$1=="50%"{print $2}')")
             p99=$(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")
             errs=$(echo "$out" | grep -c -E "Socket errors|Non-2xx" || true)
             cpu_us=$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v n="$reqs" 'BEGIN{ if (n>0) printf "%.1f", d/hz*1e6/n; else print 0 }')
-            echo "$size $t $run $rps $p50 $p99 $cpu_us $errs" >> "$RES"
-            echo "$size $t run $run: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu_us}us/req errors $errs" >&2
+            extra=$(echo "$out" | awk -v x0="$x0" -v x1="$x1" -v n="$reqs" -v hz="$HZ" -v nb=$((n1 - n0)) -v mb=$((m1 - m0)) -v mi=$((i1 - i0)) '
+                /^WRKTIME/{ split(x0, a, " "); split(x1, b, " ")
+                    if (n <= 0) { print "0 0 0 0 0 0"; exit }
+                    printf "%.3f %.3f %.1f %.1f %.1f %.1f\n", (b[1]-a[1])/n, (b[2]-a[2])/n, ($2+$3)*1e6/n, nb/hz*1e6/n, mb/hz*1e6/n, ((mb+mi) > 0 ? 100*mi/(mb+mi) : 0) }')
+            [ -n "$extra" ] || extra="0 0 0 0 0 0"
+            echo "$size $t $run $rps $p50 $p99 $cpu_us $errs $extra" >> "$RES"
+            echo "$size $t run $run: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu_us}us/req errors $errs (vcs ivcs wrk-us nginx-us machine-us idle%: $extra)" >&2
         done
     done
 done
@@ -329,6 +373,20 @@ fi
             awk -v t=$t -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v d="$d_rps" -v h="$h_rps" -v hs="$hs_rps" -v hh="$hh_rps" -v e="$errs" \
                 'function q(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" }
                  BEGIN{ printf "| %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %s | %d |\n", t, r, a, b, c, q(r, d), q(r, h), q(r, hs), q(r, hh), e }'
+        done
+        echo
+        echo "Per request, same runs (medians): the balancer's context switches (all threads), CPU µs of wrk,"
+        echo "of the two nginx backends, of the balancer, their sum, and the whole machine's busy CPU µs (/proc/stat,"
+        echo "includes softirq and everything else running) and idle share."
+        echo
+        echo "| target | vol. cs/req | invol. cs/req | wrk µs | nginx µs | balancer µs | sum µs | machine µs | idle % |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for t in $TARGETS; do
+            col() { awk -v s=$size -v t=$t -v c=$1 '$1==s && $2==t{print $c}' "$RES" | median; }
+            vcs=$(col 9); ics=$(col 10); wus=$(col 11); nus=$(col 12); bus=$(col 7); mus=$(col 13); idl=$(col 14)
+            [ "$t" = direct ] && bus=0
+            awk -v t=$t -v a="$vcs" -v b="$ics" -v w="$wus" -v n="$nus" -v c="$bus" -v m="$mus" -v i="$idl" \
+                'BEGIN{ printf "| %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", t, a, b, w, n, c, w+n+c, m, i }'
         done
         echo
     done
