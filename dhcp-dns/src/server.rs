@@ -394,16 +394,17 @@ async fn dns_tcp_conn(mut conn: TcpStream, ctx: &DnsCtx, idle: Duration, mut sto
     tokio::pin!(stopped);
     let mut last_read = tokio::time::Instant::now();
     loop {
-        // Answer every complete frame in the buffer.
+        // Answer every complete frame in the buffer: the plain and cached ones under one zone
+        // lock and one clock reading per read; a query they decline goes to the general path
+        // (which may await an upstream) with the lock released, then the fast pass resumes.
         let mut at = 0;
-        while let Some(hdr) = inbuf.get(at..at + 2) {
-            let len = usize::from(u16::from_be_bytes([hdr[0], hdr[1]]));
-            let Some(q) = inbuf.get(at + 2..at + 2 + len) else { break };
-            at += 2 + len;
-            if tcp_answer(ctx, q, &mut ans).await {
-                let Ok(n) = u16::try_from(ans.len()) else { continue };
-                out.extend_from_slice(&n.to_be_bytes());
-                out.extend_from_slice(&ans);
+        let now = std::time::Instant::now();
+        loop {
+            let (declined, next) = tcp_answer_frames(ctx, &inbuf, at, now, &mut ans, &mut out);
+            at = next;
+            let Some(q) = declined else { break };
+            if tcp_answer_slow(ctx, &inbuf[q], &mut ans).await {
+                push_frame(&mut out, &ans);
             }
         }
         inbuf.drain(..at);
@@ -435,11 +436,63 @@ async fn dns_tcp_conn(mut conn: TcpStream, ctx: &DnsCtx, idle: Duration, mut sto
     }
 }
 
-/// Answer one TCP query into `ans`; `false`: nothing to send (dropped, or no upstream answer).
-async fn tcp_answer(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
-    if tcp_answer_fast(ctx, q, ans) {
-        return true;
+/// Append `ans` to `out` as one RFC 7766 frame (length prefix); an answer too long to frame is
+/// not sent (the general path truncates long answers, so this does not happen in practice).
+fn push_frame(out: &mut Vec<u8>, ans: &[u8]) {
+    if let Ok(n) = u16::try_from(ans.len()) {
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(ans);
     }
+}
+
+/// Answer the complete frames of `inbuf` from `at` on with the allocation-free paths (local plain
+/// queries, then cached forwards in wire form), appending framed answers to `out`, with the zone
+/// read lock taken once. Stops at the first query these paths decline and returns its byte range
+/// (for [`tcp_answer_slow`]) and the offset after it; `None` and the offset of the first
+/// incomplete frame when every complete frame was answered.
+fn tcp_answer_frames(
+    ctx: &DnsCtx,
+    inbuf: &[u8],
+    mut at: usize,
+    now: std::time::Instant,
+    ans: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> (Option<std::ops::Range<usize>>, usize) {
+    use crate::dns::fast::{WireAnswer, answer_wire_into};
+    let zone = ctx.zone.read().ok();
+    let cache = ctx.forwarder.as_deref().map(|f| &f.cache);
+    let mut hits = 0u64;
+    let mut declined = None;
+    while let Some(hdr) = inbuf.get(at..at + 2) {
+        let len = usize::from(u16::from_be_bytes([hdr[0], hdr[1]]));
+        let Some(q) = inbuf.get(at + 2..at + 2 + len) else { break };
+        let range = at + 2..at + 2 + len;
+        at += 2 + len;
+        let answered = match &zone {
+            Some(z) => answer_wire_into(z, cache, q, Transport::Tcp, &ctx.stats, now, ans),
+            None => WireAnswer::Declined,
+        };
+        match answered {
+            WireAnswer::Local => push_frame(out, ans),
+            WireAnswer::Cached => {
+                hits += 1;
+                push_frame(out, ans);
+            }
+            WireAnswer::Declined => {
+                declined = Some(range);
+                break;
+            }
+        }
+    }
+    if let (Some(f), true) = (&ctx.forwarder, hits > 0) {
+        f.stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
+    }
+    (declined, at)
+}
+
+/// Answer one TCP query the fast paths declined into `ans` (general answerer, cache, upstream);
+/// `false`: nothing to send (dropped, or no upstream answer).
+async fn tcp_answer_slow(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
     let resp = match ctx.local(q, Transport::Tcp) {
         Ok(r) => r,
         Err(req) => match &ctx.forwarder {
@@ -454,23 +507,6 @@ async fn tcp_answer(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
             true
         }
         None => false,
-    }
-}
-
-/// The allocation-free answers: local plain queries, then cached forwards in wire form.
-fn tcp_answer_fast(ctx: &DnsCtx, q: &[u8], ans: &mut Vec<u8>) -> bool {
-    use crate::dns::fast::{WireAnswer, answer_wire_into};
-    let Ok(z) = ctx.zone.read() else { return false };
-    let cache = ctx.forwarder.as_deref().map(|f| &f.cache);
-    match answer_wire_into(&z, cache, q, Transport::Tcp, &ctx.stats, std::time::Instant::now(), ans) {
-        WireAnswer::Local => true,
-        WireAnswer::Cached => {
-            if let Some(f) = &ctx.forwarder {
-                f.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            }
-            true
-        }
-        WireAnswer::Declined => false,
     }
 }
 

@@ -396,6 +396,22 @@ mod tests {
         z.add_host("two.cluster.test", "198.18.0.12".parse().unwrap());
         z.add_record("www.cluster.test", crate::dns::zone::parse_rdata("CNAME", "api", "cluster.test").unwrap(), None);
         z.apply_lease(&LeaseChange { addr: Ipv4Addr::new(198, 18, 1, 7), old_name: None, new_name: Some("node-7.cluster.test".into()) });
+        // The zone's inline A index: more A records than it holds inline, a name too long for it,
+        // records with their own TTL, a name with no A record, and lease names that repeat (or
+        // not) a static address of the same name.
+        for i in 1..=3 {
+            z.add_host("three.cluster.test", std::net::IpAddr::from([198, 18, 0, 20 + i]));
+        }
+        for i in 1..=2 {
+            z.add_host("a-name-longer-than-thirty-bytes.cluster.test", std::net::IpAddr::from([198, 18, 0, 30 + i]));
+        }
+        z.add_record("ttl.cluster.test", crate::dns::zone::parse_rdata("A", "198.18.0.40", "cluster.test").unwrap(), Some(77));
+        z.add_record("ttl.cluster.test", crate::dns::zone::parse_rdata("A", "198.18.0.41", "cluster.test").unwrap(), None);
+        z.add_record("mx.cluster.test", crate::dns::zone::parse_rdata("MX", "10 api", "cluster.test").unwrap(), None);
+        z.add_host("leased.cluster.test", "198.18.1.8".parse().unwrap());
+        z.apply_lease(&LeaseChange { addr: Ipv4Addr::new(198, 18, 1, 8), old_name: None, new_name: Some("leased.cluster.test".into()) });
+        z.add_host("moved.cluster.test", "198.18.1.9".parse().unwrap());
+        z.apply_lease(&LeaseChange { addr: Ipv4Addr::new(198, 18, 1, 10), old_name: None, new_name: Some("moved.cluster.test".into()) });
         z
     }
 
@@ -427,6 +443,12 @@ mod tests {
             ("api.cluster.test.", RecordType::PTR),
             ("99.9.18.198.in-addr.arpa.", RecordType::PTR),
             ("cluster.test.", RecordType::A),
+            ("three.cluster.test.", RecordType::A),
+            ("a-name-longer-than-thirty-bytes.cluster.test.", RecordType::A),
+            ("ttl.cluster.test.", RecordType::A),
+            ("mx.cluster.test.", RecordType::A),
+            ("leased.cluster.test.", RecordType::A),
+            ("moved.cluster.test.", RecordType::A),
         ];
         for (name, t) in cases {
             for edns in [false, true] {
@@ -438,6 +460,9 @@ mod tests {
                     assert_eq!(f.metadata, g.metadata, "{name} {t:?} edns={edns}");
                     assert_eq!(f.queries, g.queries);
                     assert_eq!(f.answers, g.answers, "{name} {t:?}");
+                    // Record equality ignores TTLs: compare them too.
+                    let ttls = |m: &Message| m.answers.iter().chain(&m.authorities).map(|r| r.ttl).collect::<Vec<_>>();
+                    assert_eq!(ttls(&f), ttls(&g), "{name} {t:?} TTLs");
                     assert_eq!(f.authorities, g.authorities, "{name} {t:?}");
                     assert_eq!(f.edns.as_ref().map(|e| e.max_payload()), g.edns.as_ref().map(|e| e.max_payload()));
                 }
