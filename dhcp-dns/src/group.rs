@@ -32,10 +32,12 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
 
 /// Largest payload a member may multicast (what fits in one cluster-channel datagram with the
 /// group header).
@@ -228,7 +230,7 @@ pub struct GroupReader {
 
 /// A joined member's sending half.
 pub struct GroupWriter {
-    w: OwnedWriteHalf,
+    shared: Arc<SharedOut>,
     path: String,
     /// The daemon delivers `MCAST_TO` to its targets only.
     targeted: bool,
@@ -236,6 +238,82 @@ pub struct GroupWriter {
     others: bool,
     /// Reused for each burst of frames.
     out: Vec<u8>,
+}
+
+/// The socket's writing half and the bytes queued for it, shared by the [`GroupWriter`] and its
+/// [`FrameSender`]s: whoever holds the lock appends whole frames and writes from the front of
+/// the queue, so frames from several threads reach the daemon whole and in the order they were
+/// queued.
+struct SharedOut {
+    w: OwnedWriteHalf,
+    q: Mutex<OutQueue>,
+    /// Told when bytes were left queued by a thread that cannot wait for the socket.
+    kick: Notify,
+}
+
+#[derive(Default)]
+struct OutQueue {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    head: usize,
+    /// A write failed for good: the connection is gone (the reader sees it too).
+    broken: bool,
+}
+
+impl OutQueue {
+    /// Write what the socket takes now without waiting; `Ok(true)` when nothing is left.
+    fn write_now(&mut self, w: &OwnedWriteHalf) -> io::Result<bool> {
+        while self.head < self.buf.len() {
+            match w.try_write(&self.buf[self.head..]) {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => self.head += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.clear();
+        self.head = 0;
+        // Keep a buffer of a usual burst's size, not the largest ever (a snapshot).
+        if self.buf.capacity() > 256 * 1024 {
+            self.buf = Vec::new();
+        }
+        Ok(true)
+    }
+}
+
+/// Sends whole frames to the daemon from any thread (e.g. acknowledgements from the thread
+/// that made the records durable), without waiting: what the socket does not take at once is
+/// written by the [`GroupWriter`]'s owner when it next runs [`GroupWriter::drain`] (it is
+/// woken for it through [`GroupWriter::kicked`]).
+#[derive(Clone)]
+pub struct FrameSender {
+    shared: Arc<SharedOut>,
+}
+
+impl FrameSender {
+    /// Queue `frames` (complete frames, see [`GroupWriter::encode`]) behind everything queued
+    /// before and write what the socket takes now. Dropped silently once the connection broke
+    /// (the member rejoins as a new member; what it acknowledged is durable here anyway).
+    pub fn send(&self, frames: &[u8]) {
+        if frames.is_empty() {
+            return;
+        }
+        let Ok(mut q) = self.shared.q.lock() else { return };
+        if q.broken {
+            return;
+        }
+        q.buf.extend_from_slice(frames);
+        if let Ok(false) = q.write_now(&self.shared.w) {
+            self.shared.kick.notify_one();
+        }
+    }
 }
 
 /// Join `group` through the cluster daemon at `socket`; returns this member's id and the halves.
@@ -255,7 +333,7 @@ pub async fn join(socket: &Path, group: &str) -> Result<(MemberId, GroupReader, 
     // Frames the daemon sent right after the answer may already sit in the line reader's buffer.
     let buf = r.buffer().to_vec();
     let r = r.into_inner();
-    Ok((me, GroupReader { r, buf, head: 0, path: path.clone() }, GroupWriter { w, path, targeted, others, out: Vec::new() }))
+    Ok((me, GroupReader { r, buf, head: 0, path: path.clone() }, GroupWriter { shared: Arc::new(SharedOut { w, q: Mutex::new(OutQueue::default()), kick: Notify::new() }), path, targeted, others, out: Vec::new() }))
 }
 
 fn serde_json_line(group: &str) -> String {
@@ -383,32 +461,79 @@ impl GroupWriter {
     /// Send several messages, in order, with one write: targeted ones as `MCAST_TO` when the
     /// daemon offers it, else to everyone.
     pub async fn send_many(&mut self, msgs: &[Outgoing]) -> Result<(), GroupError> {
-        self.out.clear();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let r = self.encode(msgs, &mut out);
+        self.out = out;
+        r?;
+        self.flush().await
+    }
+
+    /// The frames for `msgs`, appended to `out`, as [`GroupWriter::send_many`] sends them (for
+    /// a [`FrameSender`]).
+    pub fn encode(&self, msgs: &[Outgoing], out: &mut Vec<u8>) -> Result<(), GroupError> {
         for m in msgs {
             if m.payload.len() > MAX_MESSAGE {
                 return Err(GroupError::TooLarge(m.payload.len()));
             }
             if self.targeted && !m.to.is_empty() && m.to.len() <= MAX_TARGETS {
-                mcast_to_frame_into(&mut self.out, &m.to, &m.payload);
+                mcast_to_frame_into(out, &m.to, &m.payload);
             } else if self.others && m.to.is_empty() && m.not_self {
-                frame_into(&mut self.out, KIND_MCAST_OTHERS, &m.payload);
+                frame_into(out, KIND_MCAST_OTHERS, &m.payload);
             } else {
-                frame_into(&mut self.out, KIND_MCAST, &m.payload);
+                frame_into(out, KIND_MCAST, &m.payload);
             }
         }
-        self.flush().await
+        Ok(())
+    }
+
+    /// A sender of frames on this connection usable from any thread.
+    pub fn frame_sender(&self) -> FrameSender {
+        FrameSender { shared: self.shared.clone() }
+    }
+
+    /// Resolves when a [`FrameSender`] left bytes queued that only [`GroupWriter::drain`] can
+    /// finish writing. Cancel-safe.
+    pub async fn kicked(&self) {
+        self.shared.kick.notified().await
+    }
+
+    fn io_err(&self, source: io::Error) -> GroupError {
+        GroupError::Io { path: self.path.clone(), source }
+    }
+
+    fn queue(&self, frames: &[u8]) -> Result<(), GroupError> {
+        let mut q = self.shared.q.lock().map_err(|_| self.io_err(io::Error::other("writer lock poisoned")))?;
+        if q.broken {
+            return Err(self.io_err(io::ErrorKind::BrokenPipe.into()));
+        }
+        q.buf.extend_from_slice(frames);
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), GroupError> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = self.w.write_all(&self.out).await.map_err(|source| GroupError::Io { path: self.path.clone(), source });
-        // Keep a buffer of a usual burst's size, not the largest ever (a snapshot).
-        if self.out.capacity() > 256 * 1024 {
-            self.out = Vec::new();
+        self.queue(&self.out)?;
+        self.out.clear();
+        self.drain().await
+    }
+
+    /// Write everything queued (by this writer or a [`FrameSender`]), waiting for the socket.
+    pub async fn drain(&self) -> Result<(), GroupError> {
+        loop {
+            {
+                let mut q = self.shared.q.lock().map_err(|_| self.io_err(io::Error::other("writer lock poisoned")))?;
+                if q.broken {
+                    return Err(self.io_err(io::ErrorKind::BrokenPipe.into()));
+                }
+                if q.write_now(&self.shared.w).map_err(|e| self.io_err(e))? {
+                    return Ok(());
+                }
+            }
+            self.shared.w.writable().await.map_err(|e| self.io_err(e))?;
         }
-        r
     }
 }
 
@@ -488,6 +613,65 @@ mod tests {
         drop(w);
         drop(_r2);
         assert!(!reader.next_batch(&mut batch).await.unwrap(), "end of stream");
+    }
+
+    /// Frames queued from another thread (acks from the committer) and from the writer's owner
+    /// reach the daemon whole, each thread's in its order, also when the socket buffer fills
+    /// and the owner has to finish what the other thread left queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_from_another_thread_arrive_whole_and_in_order() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, w) = a.into_split();
+        let mut writer = GroupWriter {
+            shared: Arc::new(SharedOut { w, q: Mutex::new(OutQueue::default()), kick: Notify::new() }),
+            path: "test".into(),
+            targeted: false,
+            others: false,
+            out: Vec::new(),
+        };
+        let sender = writer.frame_sender();
+        const N: u32 = 3000;
+        let other = std::thread::spawn(move || {
+            for i in 0..N {
+                let mut f = Vec::new();
+                frame_into(&mut f, KIND_MCAST, &[&[1u8][..], &i.to_be_bytes(), &[7u8; 300]].concat());
+                sender.send(&f);
+            }
+        });
+        // The daemon side reads slowly at first, so both writers meet a full socket buffer.
+        let reader = tokio::spawn(async move {
+            let (mut r, _w) = b.into_split();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let (mut next, mut seen) = ([0u32; 2], 0u32);
+            while seen < 2 * N {
+                let (kind, body) = read_frame(&mut r).await.unwrap().expect("stream ended early");
+                assert_eq!(kind, KIND_MCAST);
+                let who = usize::from(body[0] - 1);
+                let i = u32::from_be_bytes(body[1..5].try_into().unwrap());
+                assert_eq!(i, next[who], "writer {who} out of order");
+                assert_eq!(body.len(), 305, "frame cut");
+                next[who] += 1;
+                seen += 1;
+            }
+        });
+        for i in 0..N {
+            // Each send also finishes what the other thread left queued.
+            writer.multicast(&[&[2u8][..], &i.to_be_bytes(), &[9u8; 300]].concat()).await.unwrap();
+        }
+        tokio::task::spawn_blocking(move || other.join().unwrap()).await.unwrap();
+        // The other thread's last frames may wait for the owner: it is told so.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                writer.drain().await.unwrap();
+                if writer.shared.q.lock().unwrap().buf.is_empty() {
+                    break;
+                }
+                writer.kicked().await;
+            }
+        })
+        .await
+        .expect("queued frames never written");
+        tokio::time::timeout(std::time::Duration::from_secs(10), reader).await.expect("frames missing").unwrap();
     }
 
     proptest! {

@@ -179,6 +179,23 @@ impl GroupMsg {
     }
 }
 
+/// The messages acknowledging `acks`: one per origin (and per [`MAX_MESSAGE`] bytes), each for
+/// its origin only.
+fn ack_messages(acks: &mut [(MemberId, u64)]) -> Vec<RepAction> {
+    // Stable: each origin's acks stay in its sequence order.
+    acks.sort_by_key(|(to, _)| *to);
+    let mut out = Vec::new();
+    for per_origin in acks.chunk_by(|a, b| a.0 == b.0) {
+        let to = per_origin[0].0;
+        for c in per_origin.chunks((MAX_MESSAGE - 1) / 20) {
+            if let Some(payload) = (GroupMsg::Ack { acks: c.to_vec() }).encode() {
+                out.push(RepAction::SendTo { to, payload });
+            }
+        }
+    }
+    out
+}
+
 /// Why a record was not replicated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepFailure {
@@ -480,18 +497,7 @@ impl ReplicationCore {
         if self.me.is_none() {
             return Vec::new();
         }
-        // Stable: each origin's acks stay in its sequence order.
-        acks.sort_by_key(|(to, _)| *to);
-        let mut out = Vec::new();
-        for per_origin in acks.chunk_by(|a, b| a.0 == b.0) {
-            let to = per_origin[0].0;
-            for c in per_origin.chunks((MAX_MESSAGE - 1) / 20) {
-                if let Some(payload) = (GroupMsg::Ack { acks: c.to_vec() }).encode() {
-                    out.push(RepAction::SendTo { to, payload });
-                }
-            }
-        }
-        out
+        ack_messages(&mut acks)
     }
 
     fn complete_if_done(&mut self, seq: u64, out: &mut Vec<RepAction>) {
@@ -1067,7 +1073,23 @@ impl Io {
             }
         }
         if !records.is_empty() {
-            self.persist(records, acks).await;
+            // Connected: the acks are encoded now and written by the thread that makes the
+            // records durable (the committer), not handed back to this thread first.
+            let direct = match &out {
+                Some(w) if !acks.is_empty() => {
+                    let msgs: Vec<group::Outgoing> = ack_messages(&mut acks.clone())
+                        .into_iter()
+                        .filter_map(|a| match a {
+                            RepAction::SendTo { to, payload } => Some(group::Outgoing { to: vec![to], not_self: false, payload }),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut frames = Vec::new();
+                    w.encode(&msgs, &mut frames).ok().map(|()| (w.frame_sender(), frames))
+                }
+                _ => None,
+            };
+            self.persist(records, acks, direct).await;
         }
         match out {
             Some(w) => w.send_many(&msgs).await,
@@ -1076,16 +1098,20 @@ impl Io {
     }
 
     /// Persist peers' records (through the DHCP driver once attached, so its table and the DNS
-    /// follow) and acknowledge `acks` once they are durable.
-    async fn persist(&mut self, records: Vec<LogRecord>, acks: Vec<(MemberId, u64)>) {
+    /// follow) and acknowledge `acks` once they are durable: with `direct` (the acks' frames
+    /// and the connection), written by whichever thread completes the commit; else through this
+    /// driver.
+    async fn persist(&mut self, records: Vec<LogRecord>, acks: Vec<(MemberId, u64)>, direct: Option<(group::FrameSender, Vec<u8>)>) {
         self.stats.applied.fetch_add(records.len() as u64, Ordering::Relaxed);
         let tx = self.cmd_tx.clone();
         let ack = move |r: Result<(), String>| match r {
-            Ok(()) => {
-                if !acks.is_empty() {
+            Ok(()) => match direct {
+                Some((sender, frames)) => sender.send(&frames),
+                None if !acks.is_empty() => {
                     let _ = tx.send(Cmd::Applied(acks));
                 }
-            }
+                None => {}
+            },
             Err(e) => tracing::error!(error = %e, "replicated leases not durable here; not acknowledged"),
         };
         match &self.input {
@@ -1241,6 +1267,8 @@ async fn run(
                         let acts = core.tick(Instant::now());
                         io.apply(acts, Some(&mut writer)).await?;
                     }
+                    // Acks another thread queued and the socket did not take at once.
+                    _ = writer.kicked() => writer.drain().await?,
                 }
             }
         }
