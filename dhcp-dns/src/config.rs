@@ -66,6 +66,11 @@ pub struct DhcpConfig {
     /// lease counted as not replicated); default 500ms.
     #[serde(default = "default_replication_timeout")]
     pub replication_timeout: HumanDuration,
+    /// How long a gateway gathers the other gateways' lease records after the first arrives
+    /// before persisting them as one group commit and acknowledging them with one message
+    /// (default 3ms; 0s: each at once). A sync ACK waits at most this much longer.
+    #[serde(default = "default_replication_gather")]
+    pub replication_gather: HumanDuration,
     /// The cluster daemon's control socket the lease group is joined through (default: the
     /// `[control] socket`, else /run/hastack/cluster.sock).
     #[serde(default)]
@@ -104,6 +109,9 @@ fn default_replication_window() -> HumanDuration {
 }
 fn default_replication_timeout() -> HumanDuration {
     HumanDuration::from_millis(500)
+}
+fn default_replication_gather() -> HumanDuration {
+    HumanDuration::from_millis(3)
 }
 fn default_offer_hold() -> HumanDuration {
     HumanDuration::from_secs(30)
@@ -506,6 +514,7 @@ impl DhcpConfig {
             replication: Replication::None,
             replication_window: default_replication_window(),
             replication_timeout: default_replication_timeout(),
+            replication_gather: default_replication_gather(),
             replication_socket: None,
             follow_vip: None,
             domain: None,
@@ -549,6 +558,19 @@ impl DhcpConfig {
                 base.key("conflict_check_timeout"),
                 "conflict_check_timeout must be longer than 0s",
             );
+        }
+        let bound = match self.replication {
+            Replication::None => None,
+            Replication::Sync => Some(("replication_timeout", self.replication_timeout.0)),
+            _ => Some(("replication_window", self.replication_window.0)),
+        };
+        if let Some((key, b)) = bound.filter(|(_, b)| !b.is_zero()) {
+            if self.replication_gather.0 * 4 > b {
+                problems.add(
+                    base.key("replication_gather"),
+                    format!("replication_gather must be at most a quarter of {key} (the acks would come too late)"),
+                );
+            }
         }
         if self.replication == Replication::Async && self.replication_window.is_zero() {
             problems.add(
@@ -1123,6 +1145,12 @@ hostname = "worker1"
         assert_eq!(p.len(), 2, "{p:?}");
         let c: DhcpConfig = toml::from_str(&text.replace("\"0s\"", "\"1s\"").replace("run/cluster.sock", "/run/c.sock")).unwrap();
         assert_eq!(c.follow_vip, Some(Ipv4Addr::new(198, 18, 0, 100)));
+        assert_eq!(c.replication_gather.0, std::time::Duration::from_millis(3), "the default");
+        let p = dhcp_problems(&text.replace("\"0s\"", "\"100ms\"").replace("run/cluster.sock", "/run/c.sock"));
+        assert!(p.is_empty(), "{p:?}");
+        let slow = text.replace("\"0s\"", "\"100ms\"").replace("run/cluster.sock", "/run/c.sock").replace("replication = \"sync\"", "replication = \"sync\"\nreplication_gather = \"30ms\"");
+        let p = dhcp_problems(&slow);
+        assert_eq!(p, vec!["dhcp.replication_gather: replication_gather must be at most a quarter of replication_timeout (the acks would come too late)".to_string()]);
         let per_subnet = DHCP.replace("routers = [\"198.18.0.1\"]", "routers = [\"198.18.0.1\"]\nconflict_check = \"arp\"");
         let c: DhcpConfig = toml::from_str(&per_subnet).unwrap();
         assert_eq!(c.subnets[0].conflict_check, Some(ConflictCheck::Arp));

@@ -199,7 +199,7 @@ fn dhcp_runtime(d: &DhcpSection, local: &[LocalAddr], problems: &mut Vec<String>
                 socket: d.replication_socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CLUSTER_SOCKET)),
                 group: LEASE_GROUP.to_string(),
                 mode,
-                core: CoreConfig { ack_deadline: deadline, ..CoreConfig::default() },
+                core: CoreConfig { ack_deadline: deadline, gather: d.replication_gather.0, ..CoreConfig::default() },
                 sync_wait: std::time::Duration::from_secs(10),
             })
         }

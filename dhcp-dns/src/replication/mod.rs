@@ -6,8 +6,11 @@
 //! # Protocol (messages multicast in the group, delivered in one total order to every member)
 //! - `Record{seq, record}`: a lease change made by the origin. Every other member persists it
 //!   (fdatasync) and then multicasts `Ack{to: origin, seq}`, addressed to the origin alone (the
-//!   daemons deliver it to the origin only, when they all can). A delivered batch of records is
-//!   persisted as one group commit and acknowledged with one message per origin.
+//!   daemons deliver it to the origin only, when they all can). The records delivered within
+//!   [`CoreConfig::gather`] of the first (`[dhcp] replication_gather`, default 3 ms) are
+//!   persisted as one group commit and acknowledged with one message per origin, written by the
+//!   thread that made them durable: a sync ACK waits at most that much longer, and at a steady
+//!   rate the peers' fdatasyncs, wake-ups and acks are shared by the leases of the window.
 //! - The origin waits for an `Ack` from every *other* member of the group as it knows it when it
 //!   sends the record (a record is not delivered back to its origin when the daemons can avoid
 //!   it; when it does come back, the wait is set again to the members at that point of the
@@ -196,6 +199,24 @@ fn ack_messages(acks: &mut [(MemberId, u64)]) -> Vec<RepAction> {
     out
 }
 
+/// Connected: the acks' frames, encoded now, to be written by the thread that makes the records
+/// durable (the committer) rather than handed back to the replication thread first.
+fn direct_acks(out: Option<&group::GroupWriter>, acks: &[(MemberId, u64)]) -> Option<(group::FrameSender, Vec<u8>)> {
+    let w = out?;
+    if acks.is_empty() {
+        return None;
+    }
+    let msgs: Vec<group::Outgoing> = ack_messages(&mut acks.to_vec())
+        .into_iter()
+        .filter_map(|a| match a {
+            RepAction::SendTo { to, payload } => Some(group::Outgoing { to: vec![to], not_self: false, payload }),
+            _ => None,
+        })
+        .collect();
+    let mut frames = Vec::new();
+    w.encode(&msgs, &mut frames).ok().map(|()| (w.frame_sender(), frames))
+}
+
 /// Why a record was not replicated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepFailure {
@@ -221,11 +242,19 @@ pub struct CoreConfig {
     pub ack_deadline: Duration,
     /// How long a joiner waits for its snapshot before serving with what it has.
     pub snapshot_wait: Duration,
+    /// How long a member gathers peers' records after the first one arrives before it persists
+    /// them as one group commit and acknowledges them with one message per origin (zero: each
+    /// delivery at once). A sync ACK waits at most this much longer; in exchange, at a steady
+    /// rate the peers' fdatasyncs, wake-ups and acks are shared by every lease of the window.
+    pub gather: Duration,
 }
+
+/// Default of [`CoreConfig::gather`].
+pub const DEFAULT_GATHER: Duration = Duration::from_millis(3);
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { ack_deadline: Duration::from_millis(500), snapshot_wait: Duration::from_secs(5) }
+        CoreConfig { ack_deadline: Duration::from_millis(500), snapshot_wait: Duration::from_secs(5), gather: DEFAULT_GATHER }
     }
 }
 
@@ -988,7 +1017,18 @@ pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, committer: Arc<Gro
             }
         };
         let core = ReplicationCore::new(cfg, records);
-        let io = Io { done: Default::default(), next_token: 0, input: None, buffered: Vec::new(), committer, cmd_tx: tx, synced: synced_tx, stats: task_stats };
+        let io = Io {
+            done: Default::default(),
+            next_token: 0,
+            input: None,
+            buffered: Vec::new(),
+            committer,
+            cmd_tx: tx,
+            synced: synced_tx,
+            stats: task_stats,
+            gather_for: cfg.gather,
+            gathered: None,
+        };
         run(socket, group, core, rx, io).await
     };
     // Its own thread with a current-thread runtime (as the DHCP driver): every wake-up of the
@@ -1035,9 +1075,36 @@ struct Io {
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     synced: watch::Sender<bool>,
     stats: Arc<ReplicationStats>,
+    /// [`CoreConfig::gather`].
+    gather_for: Duration,
+    /// Peers' records (and their acks) waiting for the gather window to end.
+    gathered: Option<Gathered>,
 }
 
+/// Peers' records gathered for one group commit.
+struct Gathered {
+    until: tokio::time::Instant,
+    records: Vec<LogRecord>,
+    acks: Vec<(MemberId, u64)>,
+}
+
+/// Most peer records gathered before they are persisted without waiting for the window's end.
+const GATHER_MAX: usize = 1024;
+
 impl Io {
+    /// When the gathered records are due (`None`: nothing gathered).
+    fn gather_due(&self) -> Option<tokio::time::Instant> {
+        self.gathered.as_ref().map(|g| g.until)
+    }
+
+    /// Persist the gathered records now; acks go out on `out` from the committing thread.
+    async fn flush_gathered(&mut self, out: Option<&group::GroupWriter>) {
+        if let Some(g) = self.gathered.take() {
+            let direct = direct_acks(out, &g.acks);
+            self.persist(g.records, g.acks, direct).await;
+        }
+    }
+
     /// Apply actions; messages go to `out` (None: not connected, dropped). The peers' records
     /// among them go to the DHCP driver as one batch (one group commit, one acknowledgement per
     /// origin once it is durable).
@@ -1073,23 +1140,28 @@ impl Io {
             }
         }
         if !records.is_empty() {
-            // Connected: the acks are encoded now and written by the thread that makes the
-            // records durable (the committer), not handed back to this thread first.
-            let direct = match &out {
-                Some(w) if !acks.is_empty() => {
-                    let msgs: Vec<group::Outgoing> = ack_messages(&mut acks.clone())
-                        .into_iter()
-                        .filter_map(|a| match a {
-                            RepAction::SendTo { to, payload } => Some(group::Outgoing { to: vec![to], not_self: false, payload }),
-                            _ => None,
-                        })
-                        .collect();
-                    let mut frames = Vec::new();
-                    w.encode(&msgs, &mut frames).ok().map(|()| (w.frame_sender(), frames))
+            // Only in steady state: while starting (no DHCP driver attached yet) records are
+            // persisted as they come, so the state transfer ends with all of them in the log.
+            match (&out, self.gather_for.is_zero() || self.input.is_none()) {
+                (Some(_), false) => {
+                    // Gathered for up to `gather_for` (see CoreConfig::gather); the run loop
+                    // persists them when the window ends.
+                    let g = self.gathered.get_or_insert_with(|| Gathered {
+                        until: tokio::time::Instant::now() + self.gather_for,
+                        records: Vec::new(),
+                        acks: Vec::new(),
+                    });
+                    g.records.extend(records);
+                    g.acks.extend(acks);
+                    if g.records.len() >= GATHER_MAX {
+                        self.flush_gathered(out.as_deref()).await;
+                    }
                 }
-                _ => None,
-            };
-            self.persist(records, acks, direct).await;
+                _ => {
+                    let direct = direct_acks(out.as_deref(), &acks);
+                    self.persist(records, acks, direct).await;
+                }
+            }
         }
         match out {
             Some(w) => w.send_many(&msgs).await,
@@ -1269,11 +1341,16 @@ async fn run(
                     }
                     // Acks another thread queued and the socket did not take at once.
                     _ = writer.kicked() => writer.drain().await?,
+                    // The gather window of peers' records ended.
+                    _ = sleep_until_opt(io.gather_due()) => io.flush_gathered(Some(&writer)).await,
                 }
             }
         }
         .await;
         io.stats.members.store(0, Ordering::Relaxed);
+        // Records gathered but not yet persisted are persisted all the same (the table holds
+        // them already); their acks go nowhere (this member left the group).
+        io.flush_gathered(None).await;
         let acts = core.disconnected();
         let _ = io.apply(acts, None).await;
         match res {
