@@ -1109,6 +1109,7 @@ impl Io {
     /// among them go to the DHCP driver as one batch (one group commit, one acknowledgement per
     /// origin once it is durable).
     async fn apply(&mut self, acts: Vec<RepAction>, out: Option<&mut group::GroupWriter>) -> Result<(), group::GroupError> {
+        let was_synced = *self.synced.borrow();
         // Messages leave in one write after the rest is done (their order among themselves
         // is kept; nothing else here depends on them having been sent).
         let mut msgs: Vec<group::Outgoing> = Vec::new();
@@ -1140,9 +1141,9 @@ impl Io {
             }
         }
         if !records.is_empty() {
-            // Only in steady state: while starting (no DHCP driver attached yet) records are
-            // persisted as they come, so the state transfer ends with all of them in the log.
-            match (&out, self.gather_for.is_zero() || self.input.is_none()) {
+            // Only once synced: during a state transfer records are persisted as they come, so
+            // it ends with all of them in the log.
+            match (&out, self.gather_for.is_zero() || !was_synced) {
                 (Some(_), false) => {
                     // Gathered for up to `gather_for` (see CoreConfig::gather); the run loop
                     // persists them when the window ends.

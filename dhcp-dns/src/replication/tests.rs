@@ -707,3 +707,53 @@ async fn a_starting_gateway_persists_and_acks_records_before_its_snapshot_arrive
     assert_eq!(h.stats.adopted.load(Ordering::Relaxed), 1);
     h.shutdown().await;
 }
+
+/// The driver, against a stand-in cluster daemon: once synced, records delivered one by one
+/// within the gather window are persisted as one group and acknowledged with one message, not
+/// before they are in the log, and not later than the window (plus scheduling) after the first.
+#[tokio::test]
+async fn records_delivered_within_the_gather_window_share_one_commit_and_one_ack() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let within = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cluster.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let (log, _) = crate::leases::LeaseLog::open(dir.path().join("leases.log")).unwrap();
+    let committer = Arc::new(GroupCommitter::start(log, Default::default()));
+    let gather = Duration::from_millis(200);
+    let cfg = CoreConfig { gather, ..CoreConfig::default() };
+    let mut h = spawn(sock.clone(), "leases".into(), cfg, committer.clone());
+    let (conn, _) = tokio::time::timeout(within, listener.accept()).await.expect("joined").unwrap();
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    w.write_all(b"{\"ok\":true,\"node\":3,\"member\":1,\"targeted\":true,\"others\":true}\n").await.unwrap();
+    let (donor, me) = (m(1), m(3));
+    w.write_all(&group::view_frame(&[donor, me])).await.unwrap();
+    let snap = (GroupMsg::Snapshot { to: me, last: true, records: vec![] }).encode().unwrap();
+    w.write_all(&group::deliver_frame(donor, &snap)).await.unwrap();
+    assert!(h.wait_synced(within).await);
+    let commits_before = committer.stats().syncs.load(Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    let recs: Vec<LogRecord> = (20..23).map(|i| LogRecord::Upsert(lease(i, 100, &format!("h{i}")))).collect();
+    for (i, rec) in recs.iter().enumerate() {
+        let msg = (GroupMsg::Record { seq: 7 + i as u64, records: vec![rec.clone()] }).encode().unwrap();
+        w.write_all(&group::deliver_frame(donor, &msg)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (kind, body) = tokio::time::timeout(within, group::read_frame(&mut r)).await.expect("acked").unwrap().expect("frame");
+    let waited = t0.elapsed();
+    eprintln!("first ack after {waited:?}");
+    assert_eq!(kind, group::KIND_MCAST_TO);
+    let (to, payload) = group::parse_mcast_to(&body).expect("targeted ack");
+    assert_eq!((to, GroupMsg::decode(payload)), (vec![donor], Some(GroupMsg::Ack { acks: vec![(donor, 7), (donor, 8), (donor, 9)] })));
+    assert!(waited >= gather - Duration::from_millis(5), "acked after {waited:?}, before the window ended");
+    let c = committer.clone();
+    let in_log = tokio::task::spawn_blocking(move || c.snapshot_records()).await.unwrap().unwrap();
+    for rec in &recs {
+        assert!(in_log.contains(rec), "durable before it was acknowledged");
+    }
+    assert_eq!(committer.stats().syncs.load(Ordering::Relaxed) - commits_before, 1, "one group commit");
+    h.shutdown().await;
+}
