@@ -557,6 +557,61 @@ mod tests {
         h2.leave().await.unwrap();
     }
 
+    /// `spawn_with`: the consumer runs on the membership thread, sends with a `ChannelSender`
+    /// from there, and the sender does not keep a node alive once its handle is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_on_the_membership_thread_send_and_receive() {
+        let ports = free_ports(6);
+        let addrs: BTreeMap<NodeId, Vec<SocketAddr>> =
+            (1..=3u32).map(|i| (NodeId(i), vec![ports[(i as usize - 1) * 2], ports[(i as usize - 1) * 2 + 1]])).collect();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Bytes)>();
+        let (sender_tx, sender_rx) = std::sync::mpsc::channel::<ChannelSender>();
+        let h1 = spawn_with(cfg(1, &addrs), move |mut events, sender| {
+            let _ = sender_tx.send(sender.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    match ev {
+                        // Installed with three members: say so on the channel, from this thread.
+                        Event::ViewInstalled { members, .. } if members.len() == 3 => {
+                            let _ = sender.broadcast(Bytes::from_static(b"from the membership thread")).await;
+                        }
+                        Event::Delivered { payload, .. } => {
+                            let name = std::thread::current().name().unwrap_or("").to_string();
+                            let _ = seen_tx.send((name, payload));
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        })
+        .unwrap();
+        let (h2, mut e2) = spawn(cfg(2, &addrs)).unwrap();
+        let (h3, _e3) = spawn(cfg(3, &addrs)).unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), e2.recv()).await {
+                Ok(Some(Event::Delivered { payload, origin, .. })) => {
+                    assert_eq!((&payload[..], origin), (&b"from the membership thread"[..], NodeId(1)));
+                    break;
+                }
+                Ok(Some(_)) => {}
+                other => panic!("not delivered: {other:?}"),
+            }
+        }
+        h2.broadcast(Bytes::from_static(b"to node 1")).await.unwrap();
+        loop {
+            let (thread, payload) = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.expect("delivered").unwrap();
+            if &payload[..] == b"to node 1" {
+                assert_eq!(thread, "hastack-membership-1", "consumed on the membership thread");
+                break;
+            }
+        }
+        let sender = sender_rx.recv().unwrap();
+        h1.leave().await.unwrap();
+        assert!(matches!(sender.broadcast(Bytes::from_static(b"late")).await, Err(DriverError::Stopped)));
+        h2.leave().await.unwrap();
+        h3.leave().await.unwrap();
+    }
+
     #[test]
     fn boot_epoch_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
