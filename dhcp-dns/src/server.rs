@@ -1087,6 +1087,29 @@ enum Part {
     Local(Vec<u64>, Result<(), String>),
     /// The peers answered for this record.
     Peers(u64, Result<(), String>),
+    /// Both parts of a sync-replicated record, told by whichever completed last.
+    Both(u64, Result<(), String>, Result<(), String>),
+}
+
+/// The two completions of a sync-replicated record meet here, so the driver wakes once per
+/// record (when the second arrives), not once per part.
+#[derive(Default)]
+struct PartJoin(std::sync::Mutex<(Option<Result<(), String>>, Option<Result<(), String>>)>);
+
+impl PartJoin {
+    /// Records the local outcome; the peers' if they answered already.
+    fn local(&self, r: Result<(), String>) -> Option<Result<(), String>> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = Some(r);
+        g.1.clone()
+    }
+
+    /// Records the peers' outcome; the local one if it is known already.
+    fn peers(&self, r: Result<(), String>) -> Option<Result<(), String>> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = Some(r);
+        g.0.clone()
+    }
 }
 
 /// A reply waiting for its lease to be durable (and, in sync mode, replicated).
@@ -1114,7 +1137,7 @@ struct LoopState {
     probe_tx: mpsc::UnboundedSender<Probed>,
     /// Records persisted during this turn, committed together at its end (one group).
     to_commit: Vec<LogRecord>,
-    to_commit_ids: Vec<u64>,
+    to_commit_ids: Vec<(u64, Option<Arc<PartJoin>>)>,
     /// Peers' records in this turn's group wait only for it: told from the committer.
     to_commit_replicas: Vec<ReplicaDone>,
 }
@@ -1167,19 +1190,28 @@ impl LoopState {
                     let id = self.next_id;
                     self.next_id += 1;
                     // Records from peers are not sent back to them; our own changes are.
-                    let sync = match (&io.replication, from_peer) {
+                    let (sync, join) = match (&io.replication, from_peer) {
                         (Some(rep), false) => {
                             let tx = self.part_tx.clone();
+                            let sync = rep.mode == ReplicationMode::Sync && reply.is_some();
+                            let join = sync.then(|| Arc::new(PartJoin::default()));
+                            let j = join.clone();
                             rep.sink.replicate(&record, Box::new(move |r| {
-                                let _ = tx.send(Part::Peers(id, r));
+                                let _ = match &j {
+                                    Some(j) => match j.peers(r.clone()) {
+                                        Some(local) => tx.send(Part::Both(id, local, r)),
+                                        None => Ok(()),
+                                    },
+                                    None => tx.send(Part::Peers(id, r)),
+                                };
                             }));
-                            rep.mode == ReplicationMode::Sync && reply.is_some()
+                            (sync, join)
                         }
-                        _ => false,
+                        _ => (false, None),
                     };
                     self.held.insert(id, Held { idx, reply, local: None, peers_done: !sync });
                     self.to_commit.push(record);
-                    self.to_commit_ids.push(id);
+                    self.to_commit_ids.push((id, join));
                 }
             }
         }
@@ -1213,8 +1245,20 @@ impl LoopState {
                     done(res.clone());
                 }
             }
-            if !ids.is_empty() {
-                let _ = tx.send(Part::Local(ids, res));
+            // A sync-replicated record wakes the driver only once both parts are in.
+            let mut now = Vec::with_capacity(ids.len());
+            for (id, join) in ids {
+                match join {
+                    None => now.push(id),
+                    Some(j) => {
+                        if let Some(peers) = j.local(res.clone()) {
+                            let _ = tx.send(Part::Both(id, res.clone(), peers));
+                        }
+                    }
+                }
+            }
+            if !now.is_empty() {
+                let _ = tx.send(Part::Local(now, res));
             }
         }));
     }
@@ -1224,6 +1268,7 @@ impl LoopState {
         let (ids, local, peers) = match part {
             Part::Local(ids, r) => (ids, Some(r), None),
             Part::Peers(id, r) => (vec![id], None, Some(r)),
+            Part::Both(id, l, r) => (vec![id], Some(l), Some(r)),
         };
         if let Some(Err(e)) = &peers {
             io.stats.replication_failures.fetch_add(1, Ordering::Relaxed);
