@@ -285,7 +285,10 @@ RES="$W/results"
 : > "$RES"
 for size in $SIZES; do
     for run in $(seq 1 "$RUNS"); do
-        for t in $TARGETS; do
+        # Each run starts one target later (rotation): no target always runs right after
+        # "direct" or right after a given neighbour, which biased the first balancer's req/s.
+        order=$(echo $TARGETS | awk -v r="$run" '{ for (i = 0; i < NF; i++) printf "%s ", $(((i + r - 1) % NF) + 1) }')
+        for t in $order; do
             pid=${PID[$t]:-}
             c0=0; [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
             x0="0 0"; [ -n "$pid" ] && x0=$(ctx_switches "$pid")
