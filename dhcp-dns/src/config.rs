@@ -66,9 +66,10 @@ pub struct DhcpConfig {
     /// lease counted as not replicated); default 500ms.
     #[serde(default = "default_replication_timeout")]
     pub replication_timeout: HumanDuration,
-    /// How long a gateway gathers the other gateways' lease records after the first arrives
-    /// before persisting them as one group commit and acknowledging them with one message
-    /// (default 3ms; 0s: each at once). A sync ACK waits at most this much longer.
+    /// How long a gateway gathers its own lease records before multicasting them as one
+    /// message, and the other gateways' records before persisting them as one group commit
+    /// acknowledged with one message (default 3ms; 0s: each at once). A sync ACK waits at most
+    /// twice this much longer.
     #[serde(default = "default_replication_gather")]
     pub replication_gather: HumanDuration,
     /// The cluster daemon's control socket the lease group is joined through (default: the

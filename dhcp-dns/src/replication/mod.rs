@@ -9,8 +9,10 @@
 //!   daemons deliver it to the origin only, when they all can). The records delivered within
 //!   [`CoreConfig::gather`] of the first (`[dhcp] replication_gather`, default 3 ms) are
 //!   persisted as one group commit and acknowledged with one message per origin, written by the
-//!   thread that made them durable: a sync ACK waits at most that much longer, and at a steady
-//!   rate the peers' fdatasyncs, wake-ups and acks are shared by the leases of the window.
+//!   thread that made them durable; the origin gathers its own records for as long before it
+//!   multicasts them as one message. A sync ACK waits at most twice that much longer; in
+//!   exchange, at a steady rate the channel messages, the peers' fdatasyncs, wake-ups and acks
+//!   are shared by the leases of a window.
 //! - The origin waits for an `Ack` from every *other* member of the group as it knows it when it
 //!   sends the record (a record is not delivered back to its origin when the daemons can avoid
 //!   it; when it does come back, the wait is set again to the members at that point of the
@@ -242,10 +244,11 @@ pub struct CoreConfig {
     pub ack_deadline: Duration,
     /// How long a joiner waits for its snapshot before serving with what it has.
     pub snapshot_wait: Duration,
-    /// How long a member gathers peers' records after the first one arrives before it persists
-    /// them as one group commit and acknowledges them with one message per origin (zero: each
-    /// delivery at once). A sync ACK waits at most this much longer; in exchange, at a steady
-    /// rate the peers' fdatasyncs, wake-ups and acks are shared by every lease of the window.
+    /// How long a member gathers its own records before it multicasts them as one message, and
+    /// peers' records after the first one arrives before it persists them as one group commit
+    /// acknowledged with one message per origin (zero: each at once). A sync ACK waits at most
+    /// twice this much longer; in exchange, at a steady rate the channel messages, the peers'
+    /// fdatasyncs, wake-ups and acks are shared by every lease of the window.
     pub gather: Duration,
 }
 
@@ -1028,6 +1031,7 @@ pub fn spawn(socket: PathBuf, group: String, cfg: CoreConfig, committer: Arc<Gro
             stats: task_stats,
             gather_for: cfg.gather,
             gathered: None,
+            local_gathered: None,
         };
         run(socket, group, core, rx, io).await
     };
@@ -1079,6 +1083,8 @@ struct Io {
     gather_for: Duration,
     /// Peers' records (and their acks) waiting for the gather window to end.
     gathered: Option<Gathered>,
+    /// Local records (with their tokens) waiting for the gather window to end.
+    local_gathered: Option<(tokio::time::Instant, Vec<(u64, LogRecord)>)>,
 }
 
 /// Peers' records gathered for one group commit.
@@ -1092,9 +1098,22 @@ struct Gathered {
 const GATHER_MAX: usize = 1024;
 
 impl Io {
-    /// When the gathered records are due (`None`: nothing gathered).
+    /// When the gathered records (peers' or local) are due (`None`: nothing gathered).
     fn gather_due(&self) -> Option<tokio::time::Instant> {
-        self.gathered.as_ref().map(|g| g.until)
+        match (self.gathered.as_ref().map(|g| g.until), self.local_gathered.as_ref().map(|g| g.0)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Send the gathered local records now (`w` None: the connection is gone; they are pending
+    /// and fail with it).
+    async fn flush_local(&mut self, core: &mut ReplicationCore, w: Option<&mut group::GroupWriter>) -> Result<(), group::GroupError> {
+        if let Some((_, batch)) = self.local_gathered.take() {
+            let acts = core.local_records(batch, Instant::now());
+            self.apply(acts, w).await?;
+        }
+        Ok(())
     }
 
     /// Persist the gathered records now; acks go out on `out` from the committing thread.
@@ -1221,8 +1240,18 @@ impl Io {
             }
         }
         if !batch.is_empty() {
-            let acts = core.local_records(batch, Instant::now());
-            self.apply(acts, w.as_deref_mut()).await?;
+            if w.is_some() && !self.gather_for.is_zero() && core.is_synced() {
+                // Gathered like the peers' records (CoreConfig::gather): the run loop sends
+                // them as one message when the window ends.
+                let g = self.local_gathered.get_or_insert_with(|| (tokio::time::Instant::now() + self.gather_for, Vec::new()));
+                g.1.extend(batch);
+                if g.1.len() >= GATHER_MAX {
+                    self.flush_local(core, w.as_deref_mut()).await?;
+                }
+            } else {
+                let acts = core.local_records(batch, Instant::now());
+                self.apply(acts, w.as_deref_mut()).await?;
+            }
         }
         if !acks.is_empty() {
             let acts = core.applied_many(acks);
@@ -1343,7 +1372,10 @@ async fn run(
                     // Acks another thread queued and the socket did not take at once.
                     _ = writer.kicked() => writer.drain().await?,
                     // The gather window of peers' records ended.
-                    _ = sleep_until_opt(io.gather_due()) => io.flush_gathered(Some(&writer)).await,
+                    _ = sleep_until_opt(io.gather_due()) => {
+                        io.flush_gathered(Some(&writer)).await;
+                        io.flush_local(&mut core, Some(&mut writer)).await?;
+                    }
                 }
             }
         }
@@ -1352,6 +1384,8 @@ async fn run(
         // Records gathered but not yet persisted are persisted all the same (the table holds
         // them already); their acks go nowhere (this member left the group).
         io.flush_gathered(None).await;
+        // Gathered local records become pending and fail with the connection, as sent ones do.
+        let _ = io.flush_local(&mut core, None).await;
         let acts = core.disconnected();
         let _ = io.apply(acts, None).await;
         match res {
