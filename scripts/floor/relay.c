@@ -7,7 +7,9 @@
  * the source is not read again until they are delivered. A FIN is forwarded with shutdown(SHUT_WR)
  * once every byte before it was; a pair is closed when both directions ended or on any error.
  * TCP_NODELAY on both sides (as HAProxy and hastack). Nothing else: no timeouts, no health checks,
- * no counters, no limits. Not a product; a yardstick.
+ * no counters, no limits. Not a product; a yardstick. Known shortcut: a socket that reports
+ * EPOLLHUP while bytes read from it still wait for the other side closes the pair (a benchmark
+ * with keep-alive clients never gets there).
  *
  * Build: gcc -O2 -pthread -o relay relay.c
  * Usage: relay [-t THREADS] LISTEN_IP:PORT BACKEND_IP:PORT [BACKEND_IP:PORT ...]
