@@ -203,76 +203,12 @@ impl Kind {
     }
 }
 
-/// Longest name kept in [`Zone`]'s address index (longer names are looked up in `records`).
-const INDEX_NAME: usize = 30;
-
-/// A name of at most [`INDEX_NAME`] bytes stored inline (zero-padded), so comparing a key in the
-/// index touches no memory outside the table's own bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct InlineName {
-    len: u8,
-    b: [u8; INDEX_NAME],
-}
-
-impl InlineName {
-    fn new(name: &str) -> Option<InlineName> {
-        let s = name.as_bytes();
-        let len = u8::try_from(s.len()).ok().filter(|&l| usize::from(l) <= INDEX_NAME)?;
-        let mut b = [0u8; INDEX_NAME];
-        b[..s.len()].copy_from_slice(s);
-        Some(InlineName { len, b })
-    }
-}
-
-/// The A records of one name of `records`, copied beside its key: the fast path answers a plain
-/// A query with one bucket read instead of chasing the key's string and the record vector
-/// (three cache misses per query once the kernel's per-packet work has evicted the zone).
-#[derive(Debug, Clone, Copy)]
-struct AddrEntry {
-    /// How many A records the name has (all of them are in `a` when at most 2).
-    n: u8,
-    /// A CNAME is at this name (the fast path declines it).
-    cname: bool,
-    a: [Ipv4Addr; 2],
-    ttl: [Option<u32>; 2],
-}
-
-impl AddrEntry {
-    fn of(v: &[Rec]) -> AddrEntry {
-        let mut e = AddrEntry { n: 0, cname: false, a: [Ipv4Addr::UNSPECIFIED; 2], ttl: [None; 2] };
-        for r in v {
-            match &r.rdata {
-                RData::CNAME(_) => e.cname = true,
-                RData::A(a) => {
-                    if let Some(slot) = e.a.get_mut(usize::from(e.n)) {
-                        *slot = a.0;
-                        e.ttl[usize::from(e.n)] = r.ttl;
-                    }
-                    e.n = e.n.saturating_add(1);
-                }
-                _ => {}
-            }
-        }
-        e
-    }
-
-    /// The A records, when they all fit here.
-    fn addrs(&self) -> Option<(&[Ipv4Addr], &[Option<u32>])> {
-        let n = usize::from(self.n);
-        (n <= self.a.len()).then(|| (&self.a[..n], &self.ttl[..n]))
-    }
-}
-
 /// The authoritative data.
 #[derive(Debug)]
 pub struct Zone {
     cfg: ZoneConfig,
     /// Static records by owner name (reverse names included, for PTRs).
     records: HashMap<String, Vec<Rec>>,
-    /// Every name of `records` of at most [`INDEX_NAME`] bytes with its A records inline (a name
-    /// that fits and is missing here has no records). Kept in step by [`Zone::add_record`], the
-    /// only writer of `records` (records are never removed; a reload builds a new zone).
-    addr_index: HashMap<InlineName, AddrEntry>,
     lease_fwd: HashMap<String, Ipv4Addr>,
     lease_ptr: HashMap<Ipv4Addr, String>,
     /// (suffix, addresses): the suffix and every name under it.
@@ -385,7 +321,6 @@ impl Zone {
             reverse_zones,
             cfg,
             records: HashMap::new(),
-            addr_index: HashMap::new(),
             lease_fwd: HashMap::new(),
             lease_ptr: HashMap::new(),
             wildcards: Vec::new(),
@@ -427,14 +362,9 @@ impl Zone {
         if !self.records.contains_key(&n) {
             self.mark_interior(&n, true);
         }
-        let key = InlineName::new(&n);
         let v = self.records.entry(n).or_default();
         if !v.iter().any(|r| r.rdata == rdata) {
             v.push(Rec { rdata, ttl });
-        }
-        if let Some(k) = key {
-            let e = AddrEntry::of(v);
-            self.addr_index.insert(k, e);
         }
         self.bump();
     }
@@ -526,10 +456,7 @@ impl Zone {
     /// wildcard at it? `false` means it is forwarded. Allocates nothing (cache fast path).
     pub(crate) fn answers_for(&self, name: &str) -> bool {
         self.is_authoritative(name)
-            || match InlineName::new(name) {
-                Some(k) => self.addr_index.contains_key(&k),
-                None => self.records.contains_key(name),
-            }
+            || self.records.contains_key(name)
             || self.lease_fwd.contains_key(name)
             || self.wildcards.iter().any(|(s, _)| under(name, s))
             || (name.ends_with(".in-addr.arpa")
@@ -578,27 +505,7 @@ impl Zone {
     pub(crate) fn visit(&self, name: &str, qtype: RecordType, f: &mut dyn FnMut(FastRec<'_>, u32)) -> Option<usize> {
         let ttl = self.cfg.ttl;
         let mut n = 0;
-        // Plain A queries for short names: the inline index (no entry: no records at the name).
-        let indexed = match (qtype, InlineName::new(name)) {
-            (RecordType::A, Some(k)) => Some(self.addr_index.get(&k)),
-            _ => None,
-        };
-        let mut index_addrs: Option<&[Ipv4Addr]> = None;
-        match indexed {
-            Some(None) => index_addrs = Some(&[]),
-            Some(Some(e)) if e.cname => return None,
-            Some(Some(e)) => {
-                if let Some((addrs, ttls)) = e.addrs() {
-                    for (a, t) in addrs.iter().zip(ttls) {
-                        f(FastRec::A(*a), t.unwrap_or(ttl));
-                    }
-                    n = addrs.len();
-                    index_addrs = Some(addrs);
-                }
-            }
-            None => {}
-        }
-        if let (None, Some(v)) = (index_addrs, self.records.get(name)) {
+        if let Some(v) = self.records.get(name) {
             for r in v {
                 let t = r.ttl.unwrap_or(ttl);
                 match (&r.rdata, qtype) {
@@ -614,10 +521,7 @@ impl Zone {
         match qtype {
             RecordType::A => {
                 if let Some(a) = self.lease_fwd.get(name) {
-                    let dup = match index_addrs {
-                        Some(addrs) => addrs.contains(a),
-                        None => self.records.get(name).is_some_and(|v| v.iter().any(|r| r.rdata == RData::A(A(*a)))),
-                    };
+                    let dup = self.records.get(name).is_some_and(|v| v.iter().any(|r| r.rdata == RData::A(A(*a))));
                     if !dup {
                         f(FastRec::A(*a), ttl);
                         n += 1;
