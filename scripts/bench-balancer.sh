@@ -11,7 +11,8 @@
 # previous commit's) in tcp and http mode, for before/after figures in the same run. --targets keeps only the named targets (direct,
 # haproxy-tcp, haproxy-splice, haproxy-http, nginx-stream, hastack-tcp, hastack-copy,
 # hastack-http, hastack-before, hastack-before-http, floor-relay, floor-relay-1t, haproxy-tcp-1t,
-# hastack-tcp-1t; the -1t ones run one thread: nbthread 1, threads = 1). --threads sets
+# hastack-tcp-1t; the -1t ones run one thread: nbthread 1, threads = 1, and only when named
+# here). --threads sets
 # hastack's [balancer] threads (and floor-relay's). floor-relay is scripts/floor/relay.c (the
 # cheapest copying relay: epoll, recv/send, half-close, nothing else) built with gcc -O2 here, one
 # thread per core (floor-relay-1t: one thread): the floor any copying proxy can reach.
@@ -205,6 +206,8 @@ start() {
     PORT[$name]=$port
 }
 wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+# The one-thread variants run only when named in --targets.
+named() { [[ " $ONLY " == *" $1 "* ]]; }
 TARGETS=""
 want_start() { # name port command...
     wanted "$1" || return 0
@@ -212,12 +215,19 @@ want_start() { # name port command...
     TARGETS="$TARGETS $1"
 }
 wanted direct && TARGETS="direct"
-if wanted floor-relay || wanted floor-relay-1t; then
-    command -v gcc >/dev/null || { echo "missing: gcc (floor-relay)" >&2; exit 2; }
-    gcc -O2 -pthread -o "$W/relay" scripts/floor/relay.c
+FLOOR=""
+if wanted floor-relay || named floor-relay-1t; then
+    if command -v gcc >/dev/null; then
+        gcc -O2 -pthread -o "$W/relay" scripts/floor/relay.c
+        FLOOR=1
+    elif [ -n "$ONLY" ]; then
+        echo "missing: gcc (floor-relay)" >&2; exit 2
+    else
+        echo "note: no gcc: floor-relay skipped" >&2
+    fi
 fi
 want_start haproxy-tcp $P_HT haproxy -db -f "$W/haproxy-tcp.cfg"
-want_start haproxy-tcp-1t $P_HT1 haproxy -db -f "$W/haproxy-tcp-1t.cfg"
+named haproxy-tcp-1t && want_start haproxy-tcp-1t $P_HT1 haproxy -db -f "$W/haproxy-tcp-1t.cfg"
 want_start haproxy-splice $P_HS haproxy -db -f "$W/haproxy-splice.cfg"
 want_start haproxy-http $P_HH haproxy -db -f "$W/haproxy-http.cfg"
 want_start nginx-stream $P_NG nginx -c "$W/nginx-stream.conf" -g 'daemon off;'
@@ -225,11 +235,11 @@ if [ -n "$BEFORE" ]; then
     want_start hastack-before $P_HKB "$BEFORE" balancer --config "$W/hastack-before.toml"
     want_start hastack-before-http $P_HKBH "$BEFORE" balancer --config "$W/hastack-before-http.toml"
 fi
-want_start floor-relay $P_FL "$W/relay" -t "${THREADS:-$(nproc)}" 127.0.0.1:$P_FL 127.0.0.1:$B1 127.0.0.1:$B2
-want_start floor-relay-1t $P_FL1 "$W/relay" -t 1 127.0.0.1:$P_FL1 127.0.0.1:$B1 127.0.0.1:$B2
+[ -n "$FLOOR" ] && want_start floor-relay $P_FL "$W/relay" -t "${THREADS:-$(nproc)}" 127.0.0.1:$P_FL 127.0.0.1:$B1 127.0.0.1:$B2
+[ -n "$FLOOR" ] && named floor-relay-1t && want_start floor-relay-1t $P_FL1 "$W/relay" -t 1 127.0.0.1:$P_FL1 127.0.0.1:$B1 127.0.0.1:$B2
 want_start hastack-tcp $P_HK "$BIN" balancer --config "$W/hastack-tcp.toml"
 want_start hastack-copy $P_HKC "$BIN" balancer --config "$W/hastack-copy.toml"
-want_start hastack-tcp-1t $P_HK1 "$BIN" balancer --config "$W/hastack-tcp-1t.toml"
+named hastack-tcp-1t && want_start hastack-tcp-1t $P_HK1 "$BIN" balancer --config "$W/hastack-tcp-1t.toml"
 if "$BIN" config check "$W/hastack-http.toml" >/dev/null 2>&1; then
     want_start hastack-http $P_HKH "$BIN" balancer --config "$W/hastack-http.toml"
 fi
