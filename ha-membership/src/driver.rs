@@ -564,6 +564,13 @@ mod tests {
         let ports = free_ports(6);
         let addrs: BTreeMap<NodeId, Vec<SocketAddr>> =
             (1..=3u32).map(|i| (NodeId(i), vec![ports[(i as usize - 1) * 2], ports[(i as usize - 1) * 2 + 1]])).collect();
+        // Its own cluster id: the other loopback tests run at the same time, and a port the
+        // kernel hands out again must not join two tests' nodes into one cluster.
+        let cfg = |n: u32, addrs: &BTreeMap<NodeId, Vec<SocketAddr>>| {
+            let mut c = cfg(n, addrs);
+            c.params.cluster_id = 8;
+            c
+        };
         let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Bytes)>();
         let (sender_tx, sender_rx) = std::sync::mpsc::channel::<ChannelSender>();
         let h1 = spawn_with(cfg(1, &addrs), move |mut events, sender| {
