@@ -565,13 +565,11 @@ impl DhcpConfig {
             Replication::Sync => Some(("replication_timeout", self.replication_timeout.0)),
             _ => Some(("replication_window", self.replication_window.0)),
         };
-        if let Some((key, b)) = bound.filter(|(_, b)| !b.is_zero()) {
-            if self.replication_gather.0 * 4 > b {
-                problems.add(
-                    base.key("replication_gather"),
-                    format!("replication_gather must be at most a quarter of {key} (the acks would come too late)"),
-                );
-            }
+        if let Some((key, _)) = bound.filter(|(_, b)| !b.is_zero() && self.replication_gather.0 * 4 > *b) {
+            problems.add(
+                base.key("replication_gather"),
+                format!("replication_gather must be at most a quarter of {key} (the acks would come too late)"),
+            );
         }
         if self.replication == Replication::Async && self.replication_window.is_zero() {
             problems.add(

@@ -1094,7 +1094,10 @@ enum Part {
 /// The two completions of a sync-replicated record meet here, so the driver wakes once per
 /// record (when the second arrives), not once per part.
 #[derive(Default)]
-struct PartJoin(std::sync::Mutex<(Option<Result<(), String>>, Option<Result<(), String>>)>);
+struct PartJoin(std::sync::Mutex<(Option<PartOutcome>, Option<PartOutcome>)>);
+
+/// One part's outcome (the error's text).
+type PartOutcome = Result<(), String>;
 
 impl PartJoin {
     /// Records the local outcome; the peers' if they answered already.
