@@ -382,6 +382,15 @@ fn a_gateway_cut_off_by_a_partition_gets_the_leases_granted_meanwhile() {
     let back = wait(Duration::from_secs(20), || g.lease_macs(cut).contains_key(&ip));
     assert!(back, "gw{cut} did not get {ip} by state transfer after the heal:\n{}", g.logs());
     assert!(g.dhcp[cut].as_ref().is_some_and(|p| p.log().contains("back in the lease group")), "{}", g.logs());
+    // The majority never left the group: the heal's view change must not make its gateways
+    // see themselves out and back (they took the lease table again from the cut-off node once).
+    for s in (1..=NODES).filter(|i| *i != cut) {
+        assert!(
+            g.dhcp[s].as_ref().is_some_and(|p| !p.log().contains("back in the lease group")),
+            "gw{s} left the lease group although its side kept quorum:\n{}",
+            g.logs()
+        );
+    }
 }
 
 #[test]

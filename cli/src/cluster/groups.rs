@@ -29,7 +29,10 @@
 //! of the order. After each view every node broadcasts its STATE, and group views are held back
 //! until every node of the view has: a node that (re)joins the cluster learns the groups before
 //! its own processes get their first view. A node announces its processes only while it is in a
-//! quorate view (a restarting gateway first merges with the cluster).
+//! quorate view (a restarting gateway first merges with the cluster). Announcements a quorum
+//! change would make are held back briefly ([`ANNOUNCE_HOLD`]): after an install that found the
+//! reported quorum off, until the view's quorum decision; after a QuorumLost, in case a view
+//! change follows at once (the reported flag is off from a node's ack to the new view's decision).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -186,6 +189,8 @@ async fn route(
     let mut r = Router {
         local,
         quorate: false,
+        announce_at: None,
+        decision_owed: false,
         view: BTreeSet::new(),
         pending: BTreeSet::new(),
         table: BTreeMap::new(),
@@ -197,35 +202,46 @@ async fn route(
         bcast: bcast_tx,
         local_tx,
     };
+    // Armed only while an announcement is held back (see `Router::announce_at`).
+    let held = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(held);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 None => return,
                 Some(Event::Delivered { origin, payload, .. }) if payload.starts_with(TAG) => r.on_delivered(origin.0, &payload),
                 Some(ev) => {
+                    let now = tokio::time::Instant::now().into_std();
                     match &ev {
-                        Event::ViewInstalled { members, .. } => r.on_view(members.iter().map(|m| m.node.0).collect()),
-                        Event::QuorumGained { .. } => {
-                            r.quorate = true;
-                            r.announce();
-                        }
-                        Event::QuorumLost => {
-                            r.quorate = false;
-                            r.announce();
-                        }
+                        Event::ViewInstalled { members, .. } => r.on_view(members.iter().map(|m| m.node.0).collect(), now),
+                        Event::QuorumGained { .. } => r.on_quorum(true, now),
+                        Event::QuorumLost => r.on_quorum(false, now),
                         _ => {}
+                    }
+                    if let Some(at) = r.announce_at {
+                        held.as_mut().reset(tokio::time::Instant::from_std(at));
                     }
                     if out_tx.send(ev).is_err() {
                         return;
                     }
                 }
             },
+            () = &mut held, if r.announce_at.is_some() => r.on_hold_over(tokio::time::Instant::now().into_std()),
             Some(c) = conn_rx.recv() => r.on_conn(c),
             Some(m) = local_rx.recv() => r.on_local(m),
             _ = stop.changed() => return,
         }
     }
 }
+
+/// How long an announcement that a quorum change would make is held back: a view change reports
+/// the quorum lost for the few milliseconds between a node's ack and the new view's decision
+/// (longer on a loaded machine), and announcing "no members" then, only to announce them again
+/// a moment later, made every other node see this node's processes leave and come back — a
+/// majority gateway that merely saw a cut-off peer return took the lease table again from it.
+/// A real loss of quorum withdraws this node's processes this much later (its VIPs, and so its
+/// DHCP service, are released at once by the resource engine, not by the group).
+const ANNOUNCE_HOLD: Duration = Duration::from_millis(250);
 
 enum FromLocal {
     Mcast(u64, Vec<u8>),
@@ -248,6 +264,12 @@ struct Router {
     /// restarts must not see a group of its own (and serve without the others' leases) before its
     /// node merged with the cluster.
     quorate: bool,
+    /// When a held-back announcement is made if nothing settles it first: after an install that
+    /// found this node without the reported quorum (announced at the view's quorum decision), or
+    /// after a QuorumLost outside a view change (a view change may follow at once). `None`: none held.
+    announce_at: Option<std::time::Instant>,
+    /// The installed view's quorum decision is still owed (the announcement waits for it).
+    decision_owed: bool,
     /// Nodes of the current view.
     view: BTreeSet<u32>,
     /// Nodes of the current view whose STATE has not been delivered yet: group views are held
@@ -584,7 +606,7 @@ impl Router {
         }
     }
 
-    fn on_view(&mut self, nodes: BTreeSet<u32>) {
+    fn on_view(&mut self, nodes: BTreeSet<u32>, now: std::time::Instant) {
         self.table.retain(|n, _| nodes.contains(n));
         // Every node says again what it understands (a node may have restarted with another
         // version between two views); until it has, its members get everything.
@@ -594,7 +616,41 @@ impl Router {
         // witness runs no processes and says nothing).
         self.pending = nodes.iter().copied().filter(|n| *n != WITNESS_NODE_ID.0).collect();
         self.view = nodes;
-        self.announce();
+        if self.quorate {
+            // The reported quorum held through the install: this view is quorate here.
+            self.decision_owed = false;
+            self.announce_at = None;
+            self.announce();
+        } else {
+            // The reported quorum is off between a node's ack and the new view's decision: this
+            // node's first STATE in the view says what the decision says, so the others do not
+            // complete their group views with an empty list from it and then add its members.
+            self.decision_owed = true;
+            self.announce_at = Some(now + ANNOUNCE_HOLD);
+        }
+    }
+
+    /// The reported quorum flag changed (or, after an install, was decided).
+    fn on_quorum(&mut self, quorate: bool, now: std::time::Instant) {
+        self.quorate = quorate;
+        if quorate || self.decision_owed {
+            self.decision_owed = false;
+            self.announce_at = None;
+            self.announce();
+        } else if self.announce_at.is_none() {
+            // Lost outside a view change: a view change may be under way (the flag drops at the
+            // ack); withdraw this node's processes only if the quorum stays lost.
+            self.announce_at = Some(now + ANNOUNCE_HOLD);
+        }
+    }
+
+    /// The hold ran out with nothing settling it: announce what holds now.
+    fn on_hold_over(&mut self, now: std::time::Instant) {
+        if self.announce_at.is_some_and(|at| now >= at) {
+            self.decision_owed = false;
+            self.announce_at = None;
+            self.announce();
+        }
     }
 }
 
@@ -647,6 +703,8 @@ mod tests {
         let r = Router {
             local: 1,
             quorate: true,
+            announce_at: None,
+            decision_owed: false,
             view: BTreeSet::new(),
             pending: BTreeSet::new(),
             table: BTreeMap::new(),
@@ -704,7 +762,7 @@ mod tests {
     fn targeted_sends_wait_until_every_node_of_the_view_understands_them() {
         let (mut r, mut out) = router();
         let _a = add_local(&mut r, 1);
-        r.on_view([1, 2, 3].into());
+        r.on_view([1, 2, 3].into(), std::time::Instant::now());
         let mut sent = Vec::new();
         while let Ok(m) = out.try_recv() {
             sent.push(m);
@@ -729,9 +787,66 @@ mod tests {
         r.on_local(FromLocal::McastOthers(1, b"rec".to_vec()));
         assert_eq!(decode(&out.try_recv().unwrap()).map(|(k, ..)| k), Some(MCAST_OTHERS));
         // A new view: everyone says it again before targeted sends resume.
-        r.on_view([1, 2, 3].into());
+        r.on_view([1, 2, 3].into(), std::time::Instant::now());
         while out.try_recv().is_ok() {}
         assert_eq!(kind_sent(&mut r, &mut out).0, MCAST);
+    }
+
+    /// The STATEs this router broadcast since the last call, decoded (other kinds skipped).
+    fn states(out: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<Vec<(String, u64)>> {
+        let mut v = Vec::new();
+        while let Ok(m) = out.try_recv() {
+            if let Some(st) = decode_state(&m) {
+                v.push(st);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn a_view_change_announces_the_members_once_not_an_empty_list_first() {
+        // Found by dhcp_failover under load: the flag dropped at the ack (QuorumLost), the view
+        // was installed while it was off (an empty STATE then), QuorumGained announced the
+        // members again: the other nodes completed their group views with the empty list, so a
+        // majority gateway's processes saw themselves leave and come back.
+        let (mut r, mut out) = router();
+        let _a = add_local(&mut r, 1);
+        let t0 = std::time::Instant::now();
+        r.on_view([1, 3].into(), t0);
+        assert_eq!(states(&mut out), vec![vec![("leases".to_string(), 1)]], "quorate through the install: announced at once");
+        r.on_quorum(false, t0 + Duration::from_millis(1));
+        r.on_view([1, 2, 3].into(), t0 + Duration::from_millis(2));
+        assert!(states(&mut out).is_empty(), "nothing announced while the view's decision is owed");
+        r.on_quorum(true, t0 + Duration::from_millis(5));
+        assert_eq!(states(&mut out), vec![vec![("leases".to_string(), 1)]]);
+        assert_eq!(r.announce_at, None);
+        r.on_hold_over(t0 + ANNOUNCE_HOLD * 2);
+        assert!(states(&mut out).is_empty());
+    }
+
+    #[test]
+    fn a_lost_quorum_withdraws_the_members_after_the_hold_or_at_the_views_decision() {
+        let (mut r, mut out) = router();
+        let _a = add_local(&mut r, 1);
+        let t0 = std::time::Instant::now();
+        r.on_view([1, 2, 3].into(), t0);
+        states(&mut out);
+        // Lost without a view change: withdrawn only once the hold is over.
+        r.on_quorum(false, t0);
+        r.on_hold_over(t0 + ANNOUNCE_HOLD / 2);
+        assert!(states(&mut out).is_empty(), "held back");
+        r.on_hold_over(t0 + ANNOUNCE_HOLD);
+        assert_eq!(states(&mut out), vec![Vec::<(String, u64)>::new()], "withdrawn");
+        // A minority view: its decision (not quorate) announces the empty list at once.
+        let t1 = t0 + ANNOUNCE_HOLD * 2;
+        r.on_view([1].into(), t1);
+        assert!(states(&mut out).is_empty());
+        r.on_quorum(false, t1 + Duration::from_millis(3));
+        assert_eq!(states(&mut out), vec![Vec::<(String, u64)>::new()]);
+        // An install without any decision event still announces when the hold is over.
+        r.on_view([1, 2].into(), t1 + Duration::from_millis(10));
+        r.on_hold_over(t1 + Duration::from_millis(10) + ANNOUNCE_HOLD);
+        assert_eq!(states(&mut out), vec![Vec::<(String, u64)>::new()]);
     }
 
     #[test]
