@@ -451,6 +451,20 @@ mod tests {
         }
     }
 
+    /// Skips events until the next delivery, which must be `payload` from `origin` (5 s at most).
+    async fn wait_delivered(rx: &mut mpsc::UnboundedReceiver<Event>, payload: &[u8], origin: NodeId) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Event::Delivered { payload: p, origin: o, .. })) => {
+                    assert_eq!((&p[..], o), (payload, origin));
+                    return;
+                }
+                Ok(Some(_)) => {}
+                other => panic!("not delivered: {other:?}"),
+            }
+        }
+    }
+
     async fn wait_view(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize) -> crate::wire::ViewId {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
@@ -475,16 +489,7 @@ mod tests {
 
         h2.broadcast(Bytes::from_static(b"hello")).await.unwrap();
         for rx in [&mut e1, &mut e3] {
-            loop {
-                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                    Ok(Some(Event::Delivered { payload, origin, .. })) => {
-                        assert_eq!((&payload[..], origin), (&b"hello"[..], NodeId(2)));
-                        break;
-                    }
-                    Ok(Some(_)) => {}
-                    other => panic!("not delivered: {other:?}"),
-                }
-            }
+            wait_delivered(rx, b"hello", NodeId(2)).await;
         }
         let st = h1.status();
         assert!(st.quorum.quorate);
@@ -594,16 +599,7 @@ mod tests {
         .unwrap();
         let (h2, mut e2) = spawn(cfg(2, &addrs)).unwrap();
         let (h3, _e3) = spawn(cfg(3, &addrs)).unwrap();
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), e2.recv()).await {
-                Ok(Some(Event::Delivered { payload, origin, .. })) => {
-                    assert_eq!((&payload[..], origin), (&b"from the membership thread"[..], NodeId(1)));
-                    break;
-                }
-                Ok(Some(_)) => {}
-                other => panic!("not delivered: {other:?}"),
-            }
-        }
+        wait_delivered(&mut e2, b"from the membership thread", NodeId(1)).await;
         h2.broadcast(Bytes::from_static(b"to node 1")).await.unwrap();
         loop {
             let (thread, payload) = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.expect("delivered").unwrap();

@@ -186,22 +186,7 @@ async fn route(
         }
     });
     let (local_tx, mut local_rx) = mpsc::unbounded_channel::<FromLocal>();
-    let mut r = Router {
-        local,
-        quorate: false,
-        announce_at: None,
-        decision_owed: false,
-        view: BTreeSet::new(),
-        pending: BTreeSet::new(),
-        table: BTreeMap::new(),
-        features: BTreeMap::new(),
-        notified: BTreeMap::new(),
-        views: views_tx,
-        locals: HashMap::new(),
-        next_member: 1,
-        bcast: bcast_tx,
-        local_tx,
-    };
+    let mut r = Router::new(local, views_tx, bcast_tx, local_tx);
     // Armed only while an announcement is held back (see `Router::announce_at`).
     let held = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(held);
@@ -339,6 +324,31 @@ fn decode_state(b: &[u8]) -> Option<Vec<(String, u64)>> {
 }
 
 impl Router {
+    /// A router for node `local` with no view, no members and no quorum yet.
+    fn new(
+        local: u32,
+        views: watch::Sender<BTreeMap<String, Vec<MemberId>>>,
+        bcast: mpsc::UnboundedSender<Bytes>,
+        local_tx: mpsc::UnboundedSender<FromLocal>,
+    ) -> Self {
+        Router {
+            local,
+            quorate: false,
+            announce_at: None,
+            decision_owed: false,
+            view: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            table: BTreeMap::new(),
+            features: BTreeMap::new(),
+            notified: BTreeMap::new(),
+            views,
+            locals: HashMap::new(),
+            next_member: 1,
+            bcast,
+            local_tx,
+        }
+    }
+
     fn on_conn(&mut self, c: GroupConn) {
         let GroupConn { group, reader, writer } = c;
         // The connection was accepted on the daemon's main runtime: register it with this
@@ -700,22 +710,8 @@ mod tests {
         let (bcast, bcast_rx) = mpsc::unbounded_channel();
         let (local_tx, _) = mpsc::unbounded_channel();
         let (views, _) = watch::channel(BTreeMap::new());
-        let r = Router {
-            local: 1,
-            quorate: true,
-            announce_at: None,
-            decision_owed: false,
-            view: BTreeSet::new(),
-            pending: BTreeSet::new(),
-            table: BTreeMap::new(),
-            features: BTreeMap::new(),
-            notified: BTreeMap::new(),
-            views,
-            locals: HashMap::new(),
-            next_member: 1,
-            bcast,
-            local_tx,
-        };
+        let mut r = Router::new(1, views, bcast, local_tx);
+        r.quorate = true;
         (r, bcast_rx)
     }
 

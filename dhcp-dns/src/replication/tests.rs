@@ -668,25 +668,46 @@ async fn without_a_cluster_daemon_records_fail_at_once_and_after_shutdown_too() 
     assert!(tokio::time::timeout(Duration::from_secs(2), rx).await.expect("answered").expect("called").is_err());
 }
 
+/// A replication driver joined to a stand-in cluster daemon (this test's end of the group
+/// socket), its lease log and committer in a temporary directory.
+struct StandIn {
+    _dir: tempfile::TempDir,
+    committer: Arc<GroupCommitter>,
+    h: ReplicationHandle,
+    r: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl StandIn {
+    /// Starts the driver with `cfg`, takes its join request for group "leases" and answers it
+    /// with `answer` (one JSON line).
+    async fn joined(cfg: CoreConfig, answer: &[u8]) -> StandIn {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cluster.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let (log, _) = crate::leases::LeaseLog::open(dir.path().join("leases.log")).unwrap();
+        let committer = Arc::new(GroupCommitter::start(log, Default::default()));
+        let h = spawn(sock.clone(), "leases".into(), cfg, committer.clone());
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("joined").unwrap();
+        let (r, mut w) = conn.into_split();
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.contains("group-join") && line.contains("leases"), "{line}");
+        w.write_all(answer).await.unwrap();
+        StandIn { _dir: dir, committer, h, r, w }
+    }
+}
+
 /// The driver, against a stand-in cluster daemon: a gateway starting up (no DHCP driver attached
 /// yet, snapshot not arrived) persists a peer's record and acknowledges it at once.
 #[tokio::test]
 async fn a_starting_gateway_persists_and_acks_records_before_its_snapshot_arrives() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::AsyncWriteExt;
     let within = Duration::from_secs(5);
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("cluster.sock");
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    let (log, _) = crate::leases::LeaseLog::open(dir.path().join("leases.log")).unwrap();
-    let committer = Arc::new(GroupCommitter::start(log, Default::default()));
-    let mut h = spawn(sock.clone(), "leases".into(), CoreConfig::default(), committer.clone());
-    let (conn, _) = tokio::time::timeout(within, listener.accept()).await.expect("joined").unwrap();
-    let (r, mut w) = conn.into_split();
-    let mut r = BufReader::new(r);
-    let mut line = String::new();
-    r.read_line(&mut line).await.unwrap();
-    assert!(line.contains("group-join") && line.contains("leases"), "{line}");
-    w.write_all(b"{\"ok\":true,\"node\":3,\"member\":1}\n").await.unwrap();
+    let StandIn { _dir, committer, mut h, mut r, mut w } =
+        StandIn::joined(CoreConfig::default(), b"{\"ok\":true,\"node\":3,\"member\":1}\n").await;
     let (donor, me) = (m(1), m(3));
     w.write_all(&group::view_frame(&[donor, me])).await.unwrap();
     let rec = LogRecord::Upsert(lease(10, 100, "a"));
@@ -713,22 +734,12 @@ async fn a_starting_gateway_persists_and_acks_records_before_its_snapshot_arrive
 /// before they are in the log, and not later than the window (plus scheduling) after the first.
 #[tokio::test]
 async fn records_delivered_within_the_gather_window_share_one_commit_and_one_ack() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::AsyncWriteExt;
     let within = Duration::from_secs(5);
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("cluster.sock");
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    let (log, _) = crate::leases::LeaseLog::open(dir.path().join("leases.log")).unwrap();
-    let committer = Arc::new(GroupCommitter::start(log, Default::default()));
     let gather = Duration::from_millis(200);
     let cfg = CoreConfig { gather, ..CoreConfig::default() };
-    let mut h = spawn(sock.clone(), "leases".into(), cfg, committer.clone());
-    let (conn, _) = tokio::time::timeout(within, listener.accept()).await.expect("joined").unwrap();
-    let (r, mut w) = conn.into_split();
-    let mut r = BufReader::new(r);
-    let mut line = String::new();
-    r.read_line(&mut line).await.unwrap();
-    w.write_all(b"{\"ok\":true,\"node\":3,\"member\":1,\"targeted\":true,\"others\":true}\n").await.unwrap();
+    let StandIn { _dir, committer, mut h, mut r, mut w } =
+        StandIn::joined(cfg, b"{\"ok\":true,\"node\":3,\"member\":1,\"targeted\":true,\"others\":true}\n").await;
     let (donor, me) = (m(1), m(3));
     w.write_all(&group::view_frame(&[donor, me])).await.unwrap();
     let snap = (GroupMsg::Snapshot { to: me, last: true, records: vec![] }).encode().unwrap();
